@@ -1,0 +1,530 @@
+//! The state document (`state.json`), its history, and the fold that
+//! computes the summary fields from the history.
+
+use super::ladder::{Code, Ladder};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The schema version this program reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A timestamp as stored: UTC, millisecond precision.
+pub type Timestamp = DateTime<Utc>;
+
+/// Where the stage stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    InProgress,
+    Failed,
+    Blocked,
+    Completed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::InProgress,
+        Status::Failed,
+        Status::Blocked,
+        Status::Completed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::InProgress => "in_progress",
+            Status::Failed => "failed",
+            Status::Blocked => "blocked",
+            Status::Completed => "completed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a failure is worth retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Transient,
+    Persistent,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Transient => "transient",
+            FailureKind::Persistent => "persistent",
+        }
+    }
+}
+
+/// A recorded failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub message: String,
+    pub kind: FailureKind,
+}
+
+/// The action an event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Init,
+    Start,
+    Complete,
+    Fail,
+    Retry,
+    Set,
+    Cancel,
+    Restart,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Init => "init",
+            ActionKind::Start => "start",
+            ActionKind::Complete => "complete",
+            ActionKind::Fail => "fail",
+            ActionKind::Retry => "retry",
+            ActionKind::Set => "set",
+            ActionKind::Cancel => "cancel",
+            ActionKind::Restart => "restart",
+        }
+    }
+
+    /// Events after which the stage starts afresh: attempts count from 0.
+    fn resets_attempts(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Init
+                | ActionKind::Restart
+                | ActionKind::Complete
+                | ActionKind::Retry
+                | ActionKind::Set
+        )
+    }
+
+    /// Events after which `last_error` is cleared (a human `retry` keeps it,
+    /// so the next attempt still shows what went wrong).
+    fn clears_error(self) -> bool {
+        self.resets_attempts() && self != ActionKind::Retry
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who made a change: a Concourse build, or a person at the CLI.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl Actor {
+    /// One short phrase: `team/pipeline/job #12`, or `cli:alice`.
+    pub fn describe(&self) -> String {
+        if let Some(job) = &self.job {
+            let mut s = String::new();
+            for part in [&self.team, &self.pipeline].into_iter().flatten() {
+                s.push_str(part);
+                s.push('/');
+            }
+            s.push_str(job);
+            if let Some(name) = &self.build_name {
+                s.push_str(" #");
+                s.push_str(name);
+            }
+            s
+        } else if let Some(id) = &self.build_id {
+            format!("concourse build {id}")
+        } else if let Some(user) = &self.user {
+            format!("cli:{user}")
+        } else {
+            "unknown".to_string()
+        }
+    }
+}
+
+/// One change to the document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    #[serde(with = "rfc3339")]
+    pub at: Timestamp,
+    pub action: ActionKind,
+    /// The code the action named (`complete 25` has target 25, state 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Code>,
+    /// State after the event.
+    pub state: Code,
+    /// Status after the event.
+    pub status: Status,
+    /// The attempt at the stage this event concerns (1-based; 0 when the
+    /// stage has not been attempted).
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
+    pub retry_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub vars: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub by: Actor,
+}
+
+/// `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub schema_version: u32,
+    pub build_id: String,
+    pub run: u64,
+    pub revision: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub state: Code,
+    pub state_name: String,
+    pub status: Status,
+    pub attempts: u32,
+    #[serde(default, with = "rfc3339::option")]
+    pub retry_at: Option<Timestamp>,
+    #[serde(default)]
+    pub last_error: Option<ErrorInfo>,
+    #[serde(default)]
+    pub vars: Map<String, Value>,
+    #[serde(with = "rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(with = "rfc3339")]
+    pub updated_at: Timestamp,
+    pub history: Vec<Event>,
+}
+
+/// The fields of a document that are computed from its history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub revision: u64,
+    pub state: Code,
+    pub status: Status,
+    pub attempts: u32,
+    pub retry_at: Option<Timestamp>,
+    pub last_error: Option<ErrorInfo>,
+    pub vars: Map<String, Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Why a stored document cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("the document is corrupt: {0}")]
+    Corrupt(String),
+    #[error(
+        "schema_version {0} is not supported (this build-state reads version 1); upgrade build-state"
+    )]
+    Schema(u32),
+    #[error(transparent)]
+    OffLadder(#[from] super::ladder::OffLadder),
+}
+
+/// Merges `vars` into `into` key by key (a later value replaces an earlier one).
+pub fn merge_vars(into: &mut Map<String, Value>, vars: &Map<String, Value>) {
+    for (k, v) in vars {
+        into.insert(k.clone(), v.clone());
+    }
+}
+
+/// Computes the summary from a history: the single source of the summary
+/// fields. `None` for an empty history.
+pub fn fold(history: &[Event]) -> Option<Summary> {
+    let first = history.first()?;
+    let last = history.last()?;
+    let mut attempts = 0;
+    let mut last_error = None;
+    let mut vars = Map::new();
+    for e in history {
+        if e.action.resets_attempts() {
+            attempts = 0;
+        }
+        if e.action.clears_error() {
+            last_error = None;
+        }
+        if e.action == ActionKind::Fail {
+            attempts += 1;
+            last_error = e.error.clone();
+        }
+        merge_vars(&mut vars, &e.vars);
+    }
+    Some(Summary {
+        revision: last.revision,
+        state: last.state,
+        status: last.status,
+        attempts,
+        retry_at: last.retry_at,
+        last_error,
+        vars,
+        created_at: first.at,
+        updated_at: last.at,
+    })
+}
+
+impl Document {
+    /// Builds a document whose summary is the fold of `history` (which must
+    /// not be empty).
+    pub fn from_history(
+        build_id: &str,
+        run: u64,
+        labels: BTreeMap<String, String>,
+        history: Vec<Event>,
+        ladder: &Ladder,
+    ) -> Document {
+        let s = fold(&history).expect("a document has at least one event");
+        Document {
+            schema_version: SCHEMA_VERSION,
+            build_id: build_id.to_string(),
+            run,
+            revision: s.revision,
+            labels,
+            state: s.state,
+            state_name: ladder.name(s.state).unwrap_or_default().to_string(),
+            status: s.status,
+            attempts: s.attempts,
+            retry_at: s.retry_at,
+            last_error: s.last_error,
+            vars: s.vars,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            history,
+        }
+    }
+
+    /// The summary fields as stored.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            revision: self.revision,
+            state: self.state,
+            status: self.status,
+            attempts: self.attempts,
+            retry_at: self.retry_at,
+            last_error: self.last_error.clone(),
+            vars: self.vars.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// Checks that the document can be used: its schema, its history (one
+    /// run, revisions rising by one), its summary (exactly the fold of the
+    /// history) and its state (on the ladder). `state_name` is not compared:
+    /// names may be edited in the source; it is rewritten on the next write.
+    pub fn verify(&self, ladder: &Ladder) -> Result<(), DocumentError> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(DocumentError::Schema(self.schema_version));
+        }
+        let corrupt = |m: String| Err(DocumentError::Corrupt(m));
+        let Some(first) = self.history.first() else {
+            return corrupt("its history is empty".into());
+        };
+        if !matches!(first.action, ActionKind::Init | ActionKind::Restart) {
+            return corrupt(format!(
+                "its history starts with '{}' at revision {}, not with init or restart",
+                first.action, first.revision
+            ));
+        }
+        for pair in self.history.windows(2) {
+            if pair[1].revision != pair[0].revision + 1 {
+                return corrupt(format!(
+                    "history revision {} is followed by {} (revisions rise by exactly 1)",
+                    pair[0].revision, pair[1].revision
+                ));
+            }
+        }
+        let mut attempts = 0;
+        for e in &self.history {
+            if e.action.resets_attempts() {
+                attempts = 0;
+            }
+            if e.action == ActionKind::Fail {
+                attempts += 1;
+                if e.attempt != attempts {
+                    return corrupt(format!(
+                        "the fail at revision {} records attempt {} but it is failure {} of its stage",
+                        e.revision, e.attempt, attempts
+                    ));
+                }
+            }
+        }
+        let folded = fold(&self.history).expect("history is not empty");
+        let stored = self.summary();
+        if folded != stored {
+            return corrupt(describe_mismatch(&stored, &folded));
+        }
+        ladder.check(self.state)?;
+        Ok(())
+    }
+
+    /// The document as it was at `revision`, rebuilt from the history;
+    /// `None` when the revision is not in this run.
+    pub fn at_revision(&self, revision: u64, ladder: &Ladder) -> Option<Document> {
+        if revision == self.revision {
+            return Some(self.clone());
+        }
+        let idx = self.history.iter().position(|e| e.revision == revision)?;
+        let mut doc = Document::from_history(
+            &self.build_id,
+            self.run,
+            self.labels.clone(),
+            self.history[..=idx].to_vec(),
+            ladder,
+        );
+        if doc.state_name.is_empty() {
+            doc.state_name = self.state_name.clone();
+        }
+        Some(doc)
+    }
+
+    /// The first revision of this run.
+    pub fn first_revision(&self) -> u64 {
+        self.history.first().map_or(self.revision, |e| e.revision)
+    }
+
+    /// The newest event.
+    pub fn last_event(&self) -> &Event {
+        self.history
+            .last()
+            .expect("a verified document has history")
+    }
+
+    /// `rhel8-web is at 30 (monitoring setup, pending)`.
+    pub fn whereabouts(&self) -> String {
+        let name = if self.state_name.is_empty() {
+            String::new()
+        } else {
+            format!("{}, ", self.state_name)
+        };
+        format!(
+            "{} is at {} ({name}{})",
+            self.build_id, self.state, self.status
+        )
+    }
+
+    /// Pretty-printed JSON with a trailing newline, as stored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("a document always serializes");
+        out.push(b'\n');
+        out
+    }
+}
+
+fn describe_mismatch(stored: &Summary, folded: &Summary) -> String {
+    let mut diffs = Vec::new();
+    macro_rules! cmp {
+        ($field:ident) => {
+            if stored.$field != folded.$field {
+                diffs.push(format!(
+                    "{} is {:?} but its history says {:?}",
+                    stringify!($field),
+                    stored.$field,
+                    folded.$field
+                ));
+            }
+        };
+    }
+    cmp!(revision);
+    cmp!(state);
+    cmp!(status);
+    cmp!(attempts);
+    cmp!(retry_at);
+    cmp!(last_error);
+    cmp!(created_at);
+    cmp!(updated_at);
+    if stored.vars != folded.vars {
+        diffs.push("vars differ from the vars its history set".to_string());
+    }
+    format!(
+        "its summary disagrees with its history: {}",
+        diffs.join("; ")
+    )
+}
+
+/// RFC 3339 timestamps in UTC with milliseconds (`2026-11-23T12:00:00.000Z`).
+pub mod rfc3339 {
+    use super::Timestamp;
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn format(t: &Timestamp) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn parse(s: &str) -> Result<Timestamp, chrono::ParseError> {
+        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+    }
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                Some(s) => parse(&s).map(Some).map_err(serde::de::Error::custom),
+                None => Ok(None),
+            }
+        }
+    }
+}

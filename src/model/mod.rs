@@ -1,0 +1,19 @@
+//! The state model. Pure: no I/O, no clock (callers pass the time in).
+
+pub mod document;
+pub mod gate;
+pub mod ladder;
+pub mod policy;
+pub mod transition;
+
+pub use document::{
+    ActionKind, Actor, Document, DocumentError, ErrorInfo, Event, FailureKind, Status, Summary,
+    Timestamp, fold,
+};
+pub use gate::{Condition, NextStep};
+pub use ladder::{Code, Ladder, LadderError, OffLadder, Step};
+pub use policy::{RetryPolicy, StageRetry};
+pub use transition::{Action, Outcome, Refusal, Rules, Update, allowed, apply, extend};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,507 @@
+//! Unit and property tests of the pure state model.
+
+use super::*;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+}
+
+struct World {
+    ladder: Ladder,
+    retry: RetryPolicy,
+    labels: BTreeMap<String, String>,
+    doc: Option<Document>,
+    clock: DateTime<Utc>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            ladder: Ladder::default(),
+            retry: RetryPolicy::default(),
+            labels: BTreeMap::from([("cloud_provider".to_string(), "aws".to_string())]),
+            doc: None,
+            clock: t0(),
+        }
+    }
+
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            build_id: "rhel8-web",
+            ladder: &self.ladder,
+            retry: &self.retry,
+            labels: &self.labels,
+        }
+    }
+
+    fn update(&mut self, action: Action) -> Update {
+        self.clock += Duration::seconds(1);
+        Update::new(
+            action,
+            Actor {
+                build_id: Some(format!("b{}", self.clock.timestamp())),
+                ..Actor::default()
+            },
+            self.clock,
+        )
+    }
+
+    fn try_do(&mut self, action: Action) -> Result<Outcome, Refusal> {
+        let u = self.update(action);
+        let out = apply(self.doc.as_ref(), &u, &self.rules())?;
+        match &out {
+            Outcome::Write(d) => self.doc = Some(d.clone()),
+            Outcome::Restart { document, .. } => self.doc = Some(document.clone()),
+            Outcome::Unchanged => {}
+        }
+        Ok(out)
+    }
+
+    #[track_caller]
+    fn ok(&mut self, action: Action) -> &Document {
+        self.try_do(action).expect("transition refused");
+        self.doc.as_ref().unwrap()
+    }
+
+    #[track_caller]
+    fn refused(&mut self, action: Action) -> String {
+        let before = self.doc.clone();
+        let err = self
+            .try_do(action)
+            .expect_err("transition allowed")
+            .to_string();
+        assert_eq!(before, self.doc, "a refusal changes nothing");
+        err
+    }
+
+    fn doc(&self) -> &Document {
+        self.doc.as_ref().unwrap()
+    }
+}
+
+fn fail(state: Code, message: &str) -> Action {
+    Action::Fail {
+        state,
+        error: ErrorInfo {
+            message: message.into(),
+            kind: FailureKind::Transient,
+        },
+    }
+}
+
+#[test]
+fn full_ladder_to_delivered() {
+    let mut w = World::new();
+    let d = w.ok(Action::Init { restart: false });
+    assert_eq!(
+        (d.state, d.status, d.revision, d.run),
+        (0, Status::Pending, 1, 1)
+    );
+    assert_eq!(d.labels["cloud_provider"], "aws");
+    for code in (0..100).step_by(5) {
+        w.ok(Action::Start(code));
+        assert_eq!(w.doc().status, Status::InProgress);
+        let d = w.ok(Action::Complete(code));
+        if code < 95 {
+            assert_eq!((d.state, d.status), (code + 5, Status::Pending));
+        }
+    }
+    let d = w.doc();
+    assert_eq!((d.state, d.status), (100, Status::Completed));
+    assert_eq!(d.state_name, "complete and delivered");
+    assert_eq!(d.revision, 41);
+    assert_eq!(d.history.len(), 41);
+    d.verify(&w.ladder).unwrap();
+    // Nothing but set/restart moves a delivered build.
+    assert_eq!(
+        w.refused(Action::Start(100)),
+        "rhel8-web is at 100 (complete and delivered, completed); cannot start 100; \
+         allowed now: init with restart: true, set (with a reason), restart"
+    );
+}
+
+#[test]
+fn three_failures_block_with_growing_backoff() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    w.ok(Action::Complete(0));
+    let d = w.ok(fail(5, "packer timed out")).clone();
+    assert_eq!((d.status, d.attempts), (Status::Failed, 1));
+    assert_eq!(d.retry_at, Some(d.updated_at + Duration::seconds(30)));
+    assert_eq!(d.last_error.as_ref().unwrap().message, "packer timed out");
+    w.ok(Action::Start(5));
+    let d = w.ok(fail(5, "again")).clone();
+    assert_eq!((d.status, d.attempts), (Status::Failed, 2));
+    assert_eq!(d.retry_at, Some(d.updated_at + Duration::seconds(60)));
+    let d = w.ok(fail(5, "third")).clone();
+    assert_eq!(
+        (d.status, d.attempts, d.retry_at),
+        (Status::Blocked, 3, None)
+    );
+    assert_eq!(d.last_error.as_ref().unwrap().message, "third");
+    assert_eq!(
+        w.refused(Action::Start(5)),
+        "rhel8-web is at 5 (kickstart initiated, blocked); cannot start 5; \
+         allowed now: retry 5, set (with a reason), cancel, restart"
+    );
+    // A human retry: pending again, attempts reset, the error kept for context.
+    let d = w.ok(Action::Retry(5)).clone();
+    assert_eq!((d.status, d.attempts), (Status::Pending, 0));
+    assert_eq!(d.last_error.as_ref().unwrap().message, "third");
+    // Completing the stage clears it.
+    let d = w.ok(Action::Complete(5));
+    assert_eq!((d.state, d.attempts, d.last_error.clone()), (10, 0, None));
+}
+
+#[test]
+fn per_state_policy_and_persistent_failures() {
+    let mut w = World::new();
+    w.retry.states.insert(
+        5,
+        StageRetry {
+            max_attempts: 1,
+            ..StageRetry::default()
+        },
+    );
+    w.ok(Action::Init { restart: false });
+    w.ok(Action::Complete(0));
+    assert_eq!(w.ok(fail(5, "x")).status, Status::Blocked);
+    w.ok(Action::Retry(5));
+    w.ok(Action::Complete(5));
+    let d = w.ok(Action::Fail {
+        state: 10,
+        error: ErrorInfo {
+            message: "license rejected".into(),
+            kind: FailureKind::Persistent,
+        },
+    });
+    assert_eq!((d.status, d.attempts), (Status::Blocked, 1));
+}
+
+#[test]
+fn refusals_name_the_build_and_what_is_allowed() {
+    let mut w = World::new();
+    assert_eq!(
+        w.refused(Action::Complete(0)),
+        "rhel8-web has no state yet; cannot complete 0 (put `init: true` first)"
+    );
+    w.ok(Action::Init { restart: false });
+    for code in [0, 5, 10, 15, 20, 25] {
+        w.ok(Action::Complete(code));
+    }
+    assert_eq!(
+        w.refused(Action::Complete(25)),
+        "rhel8-web is at 30 (monitoring setup, pending); cannot complete 25; \
+         allowed now: start 30, complete 30, fail 30, set (with a reason), cancel, restart"
+    );
+    assert_eq!(
+        w.refused(Action::Retry(30)),
+        "rhel8-web is at 30 (monitoring setup, pending); cannot retry 30; \
+         allowed now: start 30, complete 30, fail 30, set (with a reason), cancel, restart"
+    );
+    assert_eq!(
+        w.refused(Action::Start(33)),
+        "state 33 is not on the ladder (0, 5, ..., 100 (steps of 5))"
+    );
+    assert_eq!(
+        w.refused(Action::Init { restart: true }),
+        "rhel8-web is at 30 (monitoring setup, pending); cannot init; \
+         allowed now: start 30, complete 30, fail 30, set (with a reason), cancel, restart"
+    );
+    assert!(
+        w.refused(Action::Set {
+            state: 10,
+            status: Status::Pending,
+            reason: " ".into()
+        })
+        .ends_with("set 10 needs a reason (a manual override is recorded with why)")
+    );
+    assert!(
+        w.refused(Action::Set {
+            state: 10,
+            status: Status::Completed,
+            reason: "x".into()
+        })
+        .ends_with("only the final state 100 (complete and delivered) can be completed")
+    );
+}
+
+#[test]
+fn init_is_idempotent_at_the_start_and_restart_archives() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    assert_eq!(
+        w.try_do(Action::Init { restart: false }),
+        Ok(Outcome::Unchanged)
+    );
+    w.ok(Action::Complete(0));
+    w.ok(Action::Cancel {
+        reason: "superseded".into(),
+    });
+    assert_eq!(w.doc().status, Status::Cancelled);
+    assert_eq!(w.doc().last_event().reason.as_deref(), Some("superseded"));
+    let before = w.doc().clone();
+    match w.try_do(Action::Init { restart: true }).unwrap() {
+        Outcome::Restart { archive, document } => {
+            assert_eq!(archive, before);
+            assert_eq!((document.run, document.revision), (2, before.revision + 1));
+            assert_eq!((document.state, document.status), (0, Status::Pending));
+            assert_eq!(document.history.len(), 1);
+            assert_eq!(document.last_event().action, ActionKind::Init);
+            document.verify(&w.ladder).unwrap();
+        }
+        other => panic!("expected a restart, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_replayed_put_of_the_same_build_is_a_no_op() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    let u = w.update(Action::Start(0));
+    let d = match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
+        Outcome::Write(d) => d,
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(apply(Some(&d), &u, &w.rules()), Ok(Outcome::Unchanged));
+    // The same action from another build is a new event.
+    let mut other = u.clone();
+    other.by.build_id = Some("another".into());
+    assert!(matches!(
+        apply(Some(&d), &other, &w.rules()),
+        Ok(Outcome::Write(_))
+    ));
+    // Without a Concourse build (the CLI) nothing counts as a replay.
+    let mut cli = u.clone();
+    cli.by = Actor {
+        user: Some("alice".into()),
+        ..Actor::default()
+    };
+    assert!(matches!(
+        apply(Some(&d), &cli, &w.rules()),
+        Ok(Outcome::Write(_))
+    ));
+}
+
+#[test]
+fn vars_merge_per_event() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    let mut u = w.update(Action::Complete(0));
+    u.vars = serde_json::json!({"ami": "ami-1", "region": "eu-west-1"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let Outcome::Write(d) = apply(w.doc.as_ref(), &u, &w.rules()).unwrap() else {
+        panic!()
+    };
+    let mut u2 = w.update(Action::Start(5));
+    u2.vars = serde_json::json!({"ami": "ami-2"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let Outcome::Write(d) = apply(Some(&d), &u2, &w.rules()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        d.vars,
+        *serde_json::json!({"ami": "ami-2", "region": "eu-west-1"})
+            .as_object()
+            .unwrap()
+    );
+    assert_eq!(d.at_revision(2, &w.ladder).unwrap().vars["ami"], "ami-1");
+}
+
+#[test]
+fn a_summary_that_disagrees_with_its_history_is_corrupt() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    w.ok(Action::Complete(0));
+    let mut d = w.doc().clone();
+    d.verify(&w.ladder).unwrap();
+    d.state = 25;
+    assert_eq!(
+        d.verify(&w.ladder).unwrap_err().to_string(),
+        "the document is corrupt: its summary disagrees with its history: state is 25 but its history says 5"
+    );
+    let mut d = w.doc().clone();
+    d.history[1].revision = 7;
+    assert!(
+        d.verify(&w.ladder)
+            .unwrap_err()
+            .to_string()
+            .contains("revision 1 is followed by 7")
+    );
+    let mut d = w.doc().clone();
+    d.history.clear();
+    assert!(
+        d.verify(&w.ladder)
+            .unwrap_err()
+            .to_string()
+            .contains("history is empty")
+    );
+    let mut d = w.doc().clone();
+    d.schema_version = 2;
+    assert!(
+        d.verify(&w.ladder)
+            .unwrap_err()
+            .to_string()
+            .contains("schema_version 2")
+    );
+}
+
+#[test]
+fn extend_accepts_only_documents_that_extend_the_history() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    let stored = w.doc().clone();
+    w.ok(Action::Start(0));
+    w.ok(Action::Complete(0));
+    let longer = w.doc().clone();
+    let rules = w.rules();
+    assert_eq!(
+        extend(Some(&stored), longer.clone(), &rules),
+        Ok(Outcome::Write(longer.clone()))
+    );
+    assert_eq!(
+        extend(Some(&longer), longer.clone(), &rules),
+        Ok(Outcome::Unchanged)
+    );
+    let err = extend(Some(&longer), stored.clone(), &rules)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not extend the stored history"), "{err}");
+    let mut forged = longer.clone();
+    forged.status = Status::Completed;
+    let err = extend(Some(&stored), forged, &rules)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("summary disagrees"), "{err}");
+}
+
+#[test]
+fn gates_and_next_steps() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    w.ok(Action::Complete(0));
+    let now = w.clock;
+    let gate = Condition::State(5);
+    assert!(gate.gate_passes(w.doc(), now));
+    assert!(!Condition::State(10).gate_passes(w.doc(), now));
+    assert_eq!(NextStep::of(w.doc(), now), NextStep::Run);
+    w.ok(Action::Start(5));
+    assert!(
+        !gate.gate_passes(w.doc(), w.clock),
+        "never while in progress"
+    );
+    let d = w.ok(fail(5, "x")).clone();
+    let due = d.retry_at.unwrap();
+    assert!(!gate.gate_passes(&d, due - Duration::milliseconds(1)));
+    assert_eq!(
+        NextStep::of(&d, due - Duration::milliseconds(1)),
+        NextStep::Wait
+    );
+    assert!(gate.gate_passes(&d, due));
+    assert_eq!(NextStep::of(&d, due), NextStep::Retry);
+    w.ok(fail(5, "y"));
+    let d = w.ok(fail(5, "z")).clone();
+    assert_eq!(d.status, Status::Blocked);
+    assert!(
+        !gate.gate_passes(&d, due + Duration::days(1)),
+        "never when blocked"
+    );
+    assert_eq!(NextStep::of(&d, now), NextStep::Blocked);
+    assert!(Condition::MinState(5).gate_passes(&d, now));
+    assert!(Condition::MinState(0).gate_passes(&d, now));
+    assert!(!Condition::MinState(10).gate_passes(&d, now));
+    assert!(Condition::State(5).require(&d));
+}
+
+fn arb_action() -> impl Strategy<Value = Action> {
+    let code = (0u32..=20).prop_map(|i| i * 5);
+    prop_oneof![
+        any::<bool>().prop_map(|restart| Action::Init { restart }),
+        code.clone().prop_map(Action::Start),
+        code.clone().prop_map(Action::Complete),
+        (code.clone(), any::<bool>()).prop_map(|(state, persistent)| Action::Fail {
+            state,
+            error: ErrorInfo {
+                message: "boom".into(),
+                kind: if persistent {
+                    FailureKind::Persistent
+                } else {
+                    FailureKind::Transient
+                },
+            },
+        }),
+        code.clone().prop_map(Action::Retry),
+        (code, 0usize..6).prop_map(|(state, s)| Action::Set {
+            state,
+            status: Status::ALL[s],
+            reason: "manual".into(),
+        }),
+        Just(Action::Cancel {
+            reason: "stop".into()
+        }),
+        Just(Action::Restart),
+    ]
+}
+
+proptest! {
+    /// Random action sequences never break the fold invariant, revisions rise
+    /// by exactly one per write and across runs, refusals change nothing, and
+    /// every revision of the run can be rebuilt exactly as it was written.
+    #[test]
+    fn random_sequences_keep_the_invariants(
+        actions in proptest::collection::vec(arb_action(), 1..60),
+        biased in proptest::collection::vec(any::<bool>(), 60),
+    ) {
+        let mut w = World::new();
+        w.ok(Action::Init { restart: false });
+        let mut snapshots = vec![w.doc().clone()];
+        for (i, action) in actions.into_iter().enumerate() {
+            // Half the time, aim the action at the current state so that most
+            // sequences go somewhere instead of being refused.
+            let action = match (biased[i], action) {
+                (true, Action::Start(_)) => Action::Start(w.doc().state),
+                (true, Action::Complete(_)) => Action::Complete(w.doc().state),
+                (true, Action::Retry(_)) => Action::Retry(w.doc().state),
+                (true, Action::Fail { error, .. }) => Action::Fail { state: w.doc().state, error },
+                (_, a) => a,
+            };
+            let before = w.doc().clone();
+            match w.try_do(action) {
+                Err(_) => prop_assert_eq!(&before, w.doc()),
+                Ok(Outcome::Unchanged) => prop_assert_eq!(&before, w.doc()),
+                Ok(Outcome::Write(_)) => {
+                    let d = w.doc();
+                    prop_assert_eq!(d.revision, before.revision + 1);
+                    prop_assert_eq!(d.run, before.run);
+                    prop_assert_eq!(d.history.len(), before.history.len() + 1);
+                    prop_assert_eq!(&d.history[..before.history.len()], &before.history[..]);
+                    snapshots.push(d.clone());
+                }
+                Ok(Outcome::Restart { archive, document }) => {
+                    prop_assert_eq!(&archive, &before);
+                    prop_assert_eq!(document.revision, before.revision + 1);
+                    prop_assert_eq!(document.run, before.run + 1);
+                    snapshots = vec![document];
+                }
+            }
+            let d = w.doc();
+            prop_assert!(d.verify(&w.ladder).is_ok(), "{:?}", d.verify(&w.ladder));
+            prop_assert!(d.status != Status::Completed || d.state == 100);
+            prop_assert!(d.retry_at.is_none() || d.status == Status::Failed);
+            // The document survives a round trip through JSON.
+            let back: Document = serde_json::from_slice(&d.to_bytes()).unwrap();
+            prop_assert_eq!(&back, d);
+        }
+        let d = w.doc();
+        for snap in &snapshots {
+            prop_assert_eq!(&d.at_revision(snap.revision, &w.ladder).unwrap(), snap);
+        }
+    }
+}

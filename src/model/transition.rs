@@ -1,0 +1,404 @@
+//! Transitions: a function from the current document and an update to the
+//! next document, or a refusal that says what would be allowed.
+
+use super::document::{
+    ActionKind, Actor, Document, DocumentError, ErrorInfo, Event, FailureKind, Status, Timestamp,
+};
+use super::ladder::{Code, Ladder, OffLadder};
+use super::policy::RetryPolicy;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// What a put (or a CLI command) asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create the build at its initial state; with `restart`, start a new run
+    /// of a completed or cancelled build.
+    Init {
+        restart: bool,
+    },
+    Start(Code),
+    Complete(Code),
+    Fail {
+        state: Code,
+        error: ErrorInfo,
+    },
+    Retry(Code),
+    Set {
+        state: Code,
+        status: Status,
+        reason: String,
+    },
+    Cancel {
+        reason: String,
+    },
+    Restart,
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::Init { .. } => ActionKind::Init,
+            Action::Start(_) => ActionKind::Start,
+            Action::Complete(_) => ActionKind::Complete,
+            Action::Fail { .. } => ActionKind::Fail,
+            Action::Retry(_) => ActionKind::Retry,
+            Action::Set { .. } => ActionKind::Set,
+            Action::Cancel { .. } => ActionKind::Cancel,
+            Action::Restart => ActionKind::Restart,
+        }
+    }
+
+    /// The code the action names, if any.
+    pub fn target(&self) -> Option<Code> {
+        match self {
+            Action::Start(n) | Action::Complete(n) | Action::Retry(n) => Some(*n),
+            Action::Fail { state, .. } | Action::Set { state, .. } => Some(*state),
+            Action::Init { .. } | Action::Cancel { .. } | Action::Restart => None,
+        }
+    }
+
+    /// `complete 25`, `init`, `cancel`.
+    pub fn describe(&self) -> String {
+        match self.target() {
+            Some(n) => format!("{} {n}", self.kind()),
+            None => self.kind().to_string(),
+        }
+    }
+}
+
+/// An action with what goes along with it into the history entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    pub action: Action,
+    pub vars: Map<String, Value>,
+    pub note: Option<String>,
+    pub by: Actor,
+    pub at: Timestamp,
+}
+
+impl Update {
+    pub fn new(action: Action, by: Actor, at: Timestamp) -> Update {
+        Update {
+            action,
+            vars: Map::new(),
+            note: None,
+            by,
+            at,
+        }
+    }
+}
+
+/// The configuration a transition needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules<'a> {
+    pub build_id: &'a str,
+    pub ladder: &'a Ladder,
+    pub retry: &'a RetryPolicy,
+    /// Labels given to a new document (init) or a new run (restart).
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// What to write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Nothing: the document already reflects the update (a replayed put,
+    /// or `init` of a build that is still at its initial state).
+    Unchanged,
+    /// Write this document (create it when there was none).
+    Write(Document),
+    /// Archive the finished run once, then write the new run.
+    Restart {
+        archive: Document,
+        document: Document,
+    },
+}
+
+/// Why an update was refused. Every message says where the build is and
+/// what the caller can do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{build_id} has no state yet; cannot {attempted} (put `init: true` first)")]
+    NoDocument { build_id: String, attempted: String },
+    #[error("{whereabouts}; cannot {attempted}; allowed now: {allowed}")]
+    NotAllowed {
+        whereabouts: String,
+        attempted: String,
+        allowed: String,
+    },
+    #[error(transparent)]
+    OffLadder(#[from] OffLadder),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Applies `update` to `current` (`None`: no document yet).
+pub fn apply(
+    current: Option<&Document>,
+    update: &Update,
+    rules: &Rules,
+) -> Result<Outcome, Refusal> {
+    let action = &update.action;
+    if let Some(code) = action.target() {
+        rules.ladder.check(code)?;
+    }
+    let Some(doc) = current else {
+        return match action {
+            Action::Init { .. } | Action::Restart => Ok(Outcome::Write(Document::from_history(
+                rules.build_id,
+                1,
+                rules.labels.clone(),
+                vec![event(update, 1, rules.ladder.initial(), Status::Pending, 0)],
+                rules.ladder,
+            ))),
+            _ => Err(Refusal::NoDocument {
+                build_id: rules.build_id.to_string(),
+                attempted: action.describe(),
+            }),
+        };
+    };
+
+    if is_replay(doc, update) {
+        return Ok(Outcome::Unchanged);
+    }
+
+    let refuse = || {
+        Err(Refusal::NotAllowed {
+            whereabouts: doc.whereabouts(),
+            attempted: action.describe(),
+            allowed: allowed(doc),
+        })
+    };
+    let at_stage = |n: Code, statuses: &[Status]| doc.state == n && statuses.contains(&doc.status);
+    use Status::*;
+
+    let (state, status, attempt, retry_at, error) = match action {
+        Action::Init { restart } => {
+            if doc.state == rules.ladder.initial() && doc.status == Pending {
+                return Ok(Outcome::Unchanged);
+            }
+            if *restart && matches!(doc.status, Completed | Cancelled) {
+                return Ok(restart_run(doc, update, rules));
+            }
+            return refuse();
+        }
+        Action::Restart => return Ok(restart_run(doc, update, rules)),
+        Action::Start(n) => {
+            if !at_stage(*n, &[Pending, Failed, InProgress]) {
+                return refuse();
+            }
+            (*n, InProgress, doc.attempts + 1, None, None)
+        }
+        Action::Complete(n) => {
+            if !at_stage(*n, &[Pending, InProgress, Failed]) {
+                return refuse();
+            }
+            let final_code = rules.ladder.final_code();
+            let next = rules.ladder.next(*n).unwrap_or(final_code);
+            let status = if next == final_code {
+                Completed
+            } else {
+                Pending
+            };
+            (next, status, doc.attempts + 1, None, None)
+        }
+        Action::Fail { state: n, error } => {
+            if !at_stage(*n, &[Pending, InProgress, Failed]) {
+                return refuse();
+            }
+            let policy = rules.retry.for_state(*n);
+            let attempts = doc.attempts + 1;
+            if error.kind == FailureKind::Persistent || attempts >= policy.max_attempts {
+                (*n, Blocked, attempts, None, Some(error.clone()))
+            } else {
+                let wait = chrono::Duration::from_std(policy.backoff_after(attempts))
+                    .unwrap_or(chrono::Duration::MAX);
+                let retry_at = update.at.checked_add_signed(wait);
+                (*n, Failed, attempts, retry_at, Some(error.clone()))
+            }
+        }
+        Action::Retry(n) => {
+            if !at_stage(*n, &[Failed, Blocked, InProgress]) {
+                return refuse();
+            }
+            (*n, Pending, 0, None, None)
+        }
+        Action::Set {
+            state: n,
+            status,
+            reason,
+        } => {
+            if reason.trim().is_empty() {
+                return Err(Refusal::Invalid(format!(
+                    "{}; set {n} needs a reason (a manual override is recorded with why)",
+                    doc.whereabouts()
+                )));
+            }
+            if *status == Completed && *n != rules.ladder.final_code() {
+                return Err(Refusal::Invalid(format!(
+                    "{}; cannot set {n} to completed: only the final state {} can be completed",
+                    doc.whereabouts(),
+                    rules.ladder.label(rules.ladder.final_code())
+                )));
+            }
+            (*n, *status, 0, None, None)
+        }
+        Action::Cancel { .. } => {
+            if matches!(doc.status, Completed | Cancelled) {
+                return refuse();
+            }
+            (doc.state, Cancelled, doc.attempts, None, None)
+        }
+    };
+
+    let mut e = event(update, doc.revision + 1, state, status, attempt);
+    e.retry_at = retry_at;
+    e.error = error;
+    let mut history = doc.history.clone();
+    history.push(e);
+    Ok(Outcome::Write(Document::from_history(
+        &doc.build_id,
+        doc.run,
+        doc.labels.clone(),
+        history,
+        rules.ladder,
+    )))
+}
+
+/// A put that repeats the newest history entry of the same Concourse build
+/// (same action and code) changes nothing, so a re-run put step is safe.
+fn is_replay(doc: &Document, update: &Update) -> bool {
+    let last = doc.last_event();
+    update.by.build_id.is_some()
+        && last.by.build_id == update.by.build_id
+        && last.action == update.action.kind()
+        && last.target == update.action.target()
+}
+
+fn restart_run(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
+    let mut labels = doc.labels.clone();
+    labels.extend(rules.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let first = event(
+        update,
+        doc.revision + 1,
+        rules.ladder.initial(),
+        Status::Pending,
+        0,
+    );
+    Outcome::Restart {
+        archive: doc.clone(),
+        document: Document::from_history(
+            &doc.build_id,
+            doc.run + 1,
+            labels,
+            vec![first],
+            rules.ladder,
+        ),
+    }
+}
+
+fn event(update: &Update, revision: u64, state: Code, status: Status, attempt: u32) -> Event {
+    let reason = match &update.action {
+        Action::Set { reason, .. } | Action::Cancel { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    Event {
+        revision,
+        at: update.at,
+        action: update.action.kind(),
+        target: update.action.target(),
+        state,
+        status,
+        attempt,
+        error: None,
+        retry_at: None,
+        vars: update.vars.clone(),
+        reason,
+        note: update.note.clone(),
+        by: update.by.clone(),
+    }
+}
+
+/// What may be done to the build as it stands, for refusal messages.
+pub fn allowed(doc: &Document) -> String {
+    let n = doc.state;
+    let mut out: Vec<String> = match doc.status {
+        Status::Pending => vec![
+            format!("start {n}"),
+            format!("complete {n}"),
+            format!("fail {n}"),
+        ],
+        Status::InProgress | Status::Failed => vec![
+            format!("start {n}"),
+            format!("complete {n}"),
+            format!("fail {n}"),
+            format!("retry {n}"),
+        ],
+        Status::Blocked => vec![format!("retry {n}")],
+        Status::Completed => vec!["init with restart: true".to_string()],
+        Status::Cancelled => vec!["init with restart: true".to_string()],
+    };
+    out.push("set (with a reason)".to_string());
+    if !matches!(doc.status, Status::Completed | Status::Cancelled) {
+        out.push("cancel".to_string());
+    }
+    out.push("restart".to_string());
+    out.join(", ")
+}
+
+/// Accepts a whole document produced elsewhere (a task, the CLI) when it
+/// extends the stored history: same build and run, the stored events
+/// unchanged, new events appended, summary equal to the fold.
+pub fn extend(
+    current: Option<&Document>,
+    proposed: Document,
+    rules: &Rules,
+) -> Result<Outcome, Refusal> {
+    let invalid = |m: String| Err(Refusal::Invalid(format!("the document in `file` {m}")));
+    if proposed.build_id != rules.build_id {
+        return invalid(format!(
+            "is for build {:?}, not {}",
+            proposed.build_id, rules.build_id
+        ));
+    }
+    if let Err(e) = proposed.verify(rules.ladder) {
+        return match e {
+            DocumentError::OffLadder(e) => Err(e.into()),
+            e => invalid(format!("cannot be used: {e}")),
+        };
+    }
+    let mut proposed = proposed;
+    proposed.state_name = rules
+        .ladder
+        .name(proposed.state)
+        .unwrap_or_default()
+        .to_string();
+    let Some(doc) = current else {
+        if proposed.first_revision() != 1 || proposed.run != 1 {
+            return invalid(format!(
+                "starts at revision {} of run {} but {} has no state yet (a new document starts at revision 1 of run 1)",
+                proposed.first_revision(),
+                proposed.run,
+                rules.build_id
+            ));
+        }
+        return Ok(Outcome::Write(proposed));
+    };
+    if proposed.run != doc.run {
+        return invalid(format!(
+            "is run {} but the stored document is run {}",
+            proposed.run, doc.run
+        ));
+    }
+    let n = doc.history.len();
+    if proposed.history.len() < n || proposed.history[..n] != doc.history[..] {
+        return invalid(format!(
+            "does not extend the stored history of {} (revision {}): its first {} events must be the stored ones",
+            rules.build_id, doc.revision, n
+        ));
+    }
+    if proposed.history.len() == n {
+        return Ok(Outcome::Unchanged);
+    }
+    Ok(Outcome::Write(proposed))
+}
