@@ -9,3 +9,6 @@ pub fn now() -> model::Timestamp {
     use chrono::SubsecRound;
     chrono::Utc::now().trunc_subsecs(3)
 }
+
+pub mod config;
+pub mod protocol;

@@ -1,0 +1,490 @@
+//! Validated configuration, built from the raw [`Source`] block.
+
+use crate::model::{Code, Condition, FailureKind, Ladder, RetryPolicy, StageRetry, Step};
+use crate::protocol::{ConditionParam, Secret, Source, StageRetryParam};
+use regex_lite::Regex;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A source block that cannot be used. The message names the field and
+/// says what a valid value looks like.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("source.{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// Everything the resource needs, checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub build_id: String,
+    pub storage: Storage,
+    pub ladder: Ladder,
+    pub retry: RetryPolicy,
+    pub classifier: Classifier,
+    pub labels: BTreeMap<String, String>,
+    pub gate: Option<Condition>,
+}
+
+/// Where documents live, and under which prefix.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Local { dir: PathBuf, prefix: String },
+    S3(S3Config),
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    pub credentials: Credentials,
+    pub role_arn: Option<String>,
+    pub ca_bundle: Option<String>,
+    pub sse: Option<Encryption>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    Static {
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
+    /// The standard AWS credential chain (`enable_aws_creds_provider`).
+    Chain,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    Aes256,
+    Kms { key_id: Option<String> },
+}
+
+/// Decides whether an error message is transient or persistent.
+#[derive(Clone, Debug, Default)]
+pub struct Classifier {
+    pub transient: Vec<Regex>,
+    pub persistent: Vec<Regex>,
+}
+
+impl Classifier {
+    /// A persistent match wins over a transient one (a human looks rather
+    /// than a stage retrying something hopeless); no match means transient.
+    pub fn classify(&self, message: &str) -> FailureKind {
+        if self.persistent.iter().any(|r| r.is_match(message)) {
+            FailureKind::Persistent
+        } else {
+            FailureKind::Transient
+        }
+    }
+}
+
+/// Checks a build id: 1-128 characters of `[A-Za-z0-9._-]`, starting with a
+/// letter or digit, so it can never name a parent directory.
+pub fn validate_build_id(id: &str) -> Result<(), String> {
+    let ok_len = (1..=128).contains(&id.len());
+    let ok_chars = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok_first = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok_len && ok_chars && ok_first {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a valid build id: use 1-128 characters of [A-Za-z0-9._-], starting with a letter or digit"
+        ))
+    }
+}
+
+/// Normalizes a key prefix: no leading slash, a trailing slash when not
+/// empty (`builds` and `builds/` both mean the folder `builds/`).
+fn normalize_prefix(prefix: &str) -> String {
+    let p = prefix.trim().trim_start_matches('/');
+    if p.is_empty() || p.ends_with('/') {
+        p.to_string()
+    } else {
+        format!("{p}/")
+    }
+}
+
+fn duration(
+    field: &str,
+    value: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(v.trim()).or_else(|e| {
+            err(
+                field,
+                format!("{v:?} is not a duration ({e}); write e.g. 30s, 5m or 1h"),
+            )
+        }),
+    }
+}
+
+fn stage_retry(
+    field: &str,
+    p: &StageRetryParam,
+    base: &StageRetry,
+) -> Result<StageRetry, ConfigError> {
+    let r = StageRetry {
+        max_attempts: p.max_attempts.unwrap_or(base.max_attempts),
+        backoff: duration(&format!("{field}.backoff"), &p.backoff, base.backoff)?,
+        factor: p.factor.unwrap_or(base.factor),
+        max_backoff: duration(
+            &format!("{field}.max_backoff"),
+            &p.max_backoff,
+            base.max_backoff,
+        )?,
+    };
+    if r.max_attempts == 0 {
+        return err(format!("{field}.max_attempts"), "must be at least 1");
+    }
+    if !(r.factor.is_finite() && r.factor >= 1.0) {
+        return err(
+            format!("{field}.factor"),
+            format!("{} must be a number >= 1", r.factor),
+        );
+    }
+    Ok(r)
+}
+
+fn condition(field: &str, p: &ConditionParam, ladder: &Ladder) -> Result<Condition, ConfigError> {
+    let c = match (p.state, p.min_state) {
+        (Some(n), None) => Condition::State(n.0),
+        (None, Some(n)) => Condition::MinState(n.0),
+        _ => return err(field, "give exactly one of `state: N` or `min_state: N`"),
+    };
+    ladder
+        .check(c.code())
+        .or_else(|e| err(field, e.to_string()))?;
+    Ok(c)
+}
+
+/// Parses a `{state: N}` / `{min_state: N}` block against a ladder.
+pub fn parse_condition(
+    field: &str,
+    p: &ConditionParam,
+    ladder: &Ladder,
+) -> Result<Condition, ConfigError> {
+    condition(field, p, ladder)
+}
+
+fn regexes(field: &str, list: &[String]) -> Result<Vec<Regex>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Regex::new(r).or_else(|e| {
+                err(
+                    format!("{field}[{i}]"),
+                    format!("{r:?} is not a valid regex: {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+impl Config {
+    pub fn from_source(s: &Source) -> Result<Config, ConfigError> {
+        let build_id = match non_empty(&s.build_id) {
+            Some(id) => id,
+            None => {
+                return err(
+                    "build_id",
+                    "is required: the id of the build this resource tracks (e.g. rhel8-web)",
+                );
+            }
+        };
+        validate_build_id(&build_id).or_else(|m| err("build_id", m))?;
+
+        let prefix = normalize_prefix(&s.prefix);
+        let storage = match (non_empty(&s.bucket), non_empty(&s.local_dir)) {
+            (Some(_), Some(_)) => {
+                return err("bucket", "give either bucket (S3) or local_dir, not both");
+            }
+            (None, None) => {
+                return err(
+                    "bucket",
+                    "is required: the S3 bucket that holds the states (or set local_dir to keep them in a local directory)",
+                );
+            }
+            (None, Some(dir)) => {
+                if prefix.split('/').any(|c| c == ".." || c == ".") {
+                    return err(
+                        "prefix",
+                        format!("{:?} must not contain . or .. path components", s.prefix),
+                    );
+                }
+                Storage::Local {
+                    dir: PathBuf::from(dir),
+                    prefix,
+                }
+            }
+            (Some(bucket), None) => Storage::S3(s3_config(s, bucket, prefix)?),
+        };
+
+        let ladder = match &s.states {
+            None => Ladder::default(),
+            Some(steps) => Ladder::new(
+                steps
+                    .iter()
+                    .map(|st| Step {
+                        code: st.code,
+                        name: st.name.trim().to_string(),
+                    })
+                    .collect(),
+            )
+            .or_else(|e| err("states", e.to_string()))?,
+        };
+
+        let mut retry = RetryPolicy::default();
+        if let Some(r) = &s.retry {
+            let top = StageRetryParam {
+                max_attempts: r.max_attempts,
+                backoff: r.backoff.clone(),
+                factor: r.factor,
+                max_backoff: r.max_backoff.clone(),
+            };
+            retry.default = stage_retry("retry", &top, &StageRetry::default())?;
+            for (code, p) in &r.states {
+                let field = format!("retry.states.{code}");
+                let n: Code = code
+                    .trim()
+                    .parse()
+                    .or_else(|_| err(&field, format!("{code:?} is not a state code")))?;
+                ladder.check(n).or_else(|e| err(&field, e.to_string()))?;
+                let stage = stage_retry(&field, p, &retry.default)?;
+                retry.states.insert(n, stage);
+            }
+        }
+
+        let classifier = Classifier {
+            transient: regexes("transient_errors", &s.transient_errors)?,
+            persistent: regexes("persistent_errors", &s.persistent_errors)?,
+        };
+        let gate = s
+            .gate
+            .as_ref()
+            .map(|g| condition("gate", g, &ladder))
+            .transpose()?;
+
+        Ok(Config {
+            build_id,
+            storage,
+            ladder,
+            retry,
+            classifier,
+            labels: s.labels.clone(),
+            gate,
+        })
+    }
+
+    /// `<prefix><build_id>/state.json`.
+    pub fn state_key(&self) -> String {
+        format!("{}{}/state.json", self.prefix(), self.build_id)
+    }
+
+    /// `<prefix><build_id>/runs/<run>.json`.
+    pub fn archive_key(&self, run: u64) -> String {
+        format!("{}{}/runs/{run}.json", self.prefix(), self.build_id)
+    }
+
+    pub fn prefix(&self) -> &str {
+        match &self.storage {
+            Storage::Local { prefix, .. } => prefix,
+            Storage::S3(s3) => &s3.prefix,
+        }
+    }
+
+    /// Where a key lives, for messages: `s3://bucket/key` or a path.
+    pub fn location(&self, key: &str) -> String {
+        match &self.storage {
+            Storage::Local { dir, .. } => dir.join(key).display().to_string(),
+            Storage::S3(s3) => format!("s3://{}/{key}", s3.bucket),
+        }
+    }
+}
+
+fn s3_config(s: &Source, bucket: String, prefix: String) -> Result<S3Config, ConfigError> {
+    let key = non_empty(&s.access_key_id);
+    let secret = s
+        .secret_access_key
+        .clone()
+        .filter(|k| !k.expose().trim().is_empty());
+    let credentials = match (key, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => Credentials::Static {
+            access_key_id,
+            secret_access_key,
+            session_token: s.session_token.clone().filter(|t| !t.expose().is_empty()),
+        },
+        (Some(_), None) => return err("secret_access_key", "is required with access_key_id"),
+        (None, Some(_)) => return err("access_key_id", "is required with secret_access_key"),
+        (None, None) if s.enable_aws_creds_provider => Credentials::Chain,
+        (None, None) => {
+            return err(
+                "access_key_id",
+                "no credentials: set access_key_id and secret_access_key, or set enable_aws_creds_provider: true to use the AWS credential chain (environment, profile, web identity, container or instance role)",
+            );
+        }
+    };
+    let sse = match non_empty(&s.server_side_encryption).as_deref() {
+        None => {
+            if non_empty(&s.sse_kms_key_id).is_some() {
+                return err("sse_kms_key_id", "needs server_side_encryption: aws:kms");
+            }
+            None
+        }
+        Some("AES256") => Some(Encryption::Aes256),
+        Some("aws:kms") => Some(Encryption::Kms {
+            key_id: non_empty(&s.sse_kms_key_id),
+        }),
+        Some(other) => {
+            return err(
+                "server_side_encryption",
+                format!("{other:?} must be AES256 or aws:kms"),
+            );
+        }
+    };
+    let endpoint = non_empty(&s.endpoint).map(|e| {
+        if e.contains("://") {
+            e
+        } else {
+            format!("https://{e}")
+        }
+    });
+    Ok(S3Config {
+        bucket,
+        prefix,
+        region: non_empty(&s.region_name).unwrap_or_else(|| "us-east-1".to_string()),
+        endpoint,
+        path_style: s.use_path_style,
+        credentials,
+        role_arn: non_empty(&s.aws_role_arn),
+        ca_bundle: non_empty(&s.ca_bundle),
+        sse,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(json: &str) -> Source {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn error(json: &str) -> String {
+        Config::from_source(&source(json)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn build_ids_cannot_escape() {
+        for bad in [
+            "",
+            "../x",
+            "..",
+            "a/b",
+            ".hidden",
+            "-x",
+            &"a".repeat(129),
+            "a b",
+        ] {
+            assert!(validate_build_id(bad).is_err(), "{bad:?}");
+        }
+        for good in ["rhel8-web", "a", "A.b_c-9", &"a".repeat(128)] {
+            assert!(validate_build_id(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn storage_and_credentials_are_required() {
+        assert_eq!(
+            error(r#"{"build_id": "b"}"#),
+            "source.bucket: is required: the S3 bucket that holds the states (or set local_dir to keep them in a local directory)"
+        );
+        assert!(error(r#"{"bucket": "x"}"#).starts_with("source.build_id: is required"));
+        assert!(
+            error(r#"{"build_id": "b", "bucket": "x"}"#)
+                .starts_with("source.access_key_id: no credentials")
+        );
+        assert!(
+            Config::from_source(&source(
+                r#"{"build_id": "b", "bucket": "x", "enable_aws_creds_provider": true}"#
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            error(r#"{"build_id": "b", "local_dir": "/x", "prefix": "../up"}"#),
+            "source.prefix: \"../up\" must not contain . or .. path components"
+        );
+    }
+
+    #[test]
+    fn retry_gate_and_ladder_are_checked() {
+        let base = r#""build_id": "b", "local_dir": "/tmp/x""#;
+        let c = Config::from_source(&source(&format!(
+            r#"{{{base}, "prefix": "builds", "retry": {{"backoff": "1m", "states": {{"5": {{"max_attempts": 5}}}}}}, "gate": {{"state": 5}}}}"#
+        )))
+        .unwrap();
+        assert_eq!(c.state_key(), "builds/b/state.json");
+        assert_eq!(c.retry.for_state(5).max_attempts, 5);
+        assert_eq!(c.retry.for_state(5).backoff, Duration::from_secs(60));
+        assert_eq!(c.gate, Some(Condition::State(5)));
+        assert!(
+            error(&format!(r#"{{{base}, "gate": {{"state": 7}}}}"#))
+                .contains("state 7 is not on the ladder")
+        );
+        assert!(error(&format!(r#"{{{base}, "gate": {{}}}}"#)).contains("exactly one of"));
+        assert!(
+            error(&format!(r#"{{{base}, "retry": {{"backoff": "soon"}}}}"#))
+                .starts_with("source.retry.backoff: \"soon\" is not a duration")
+        );
+        assert!(
+            error(&format!(
+                r#"{{{base}, "retry": {{"states": {{"33": {{}}}}}}}}"#
+            ))
+            .starts_with("source.retry.states.33: state 33 is not on the ladder")
+        );
+        assert!(
+            error(&format!(
+                r#"{{{base}, "states": [{{"code": 5, "name": "a"}}, {{"code": 1, "name": "b"}}]}}"#
+            ))
+            .starts_with("source.states: states must be strictly increasing")
+        );
+        assert!(
+            error(&format!(r#"{{{base}, "persistent_errors": ["("]}}"#))
+                .starts_with("source.persistent_errors[0]: \"(\" is not a valid regex")
+        );
+    }
+
+    #[test]
+    fn classifier_prefers_persistent() {
+        let c = Classifier {
+            transient: vec![Regex::new("timeout").unwrap()],
+            persistent: vec![Regex::new("(?i)license").unwrap()],
+        };
+        assert_eq!(c.classify("connection timeout"), FailureKind::Transient);
+        assert_eq!(c.classify("LICENSE timeout"), FailureKind::Persistent);
+        assert_eq!(c.classify("unknown"), FailureKind::Transient);
+    }
+}

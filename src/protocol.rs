@@ -1,0 +1,305 @@
+//! Every type that crosses the wire between Concourse (or a pipeline file)
+//! and this resource. Strict: unknown fields are rejected by name; every
+//! version field is a string. Validation into usable configuration happens
+//! in [`crate::config`].
+
+use crate::model::Step;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A secret string: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A state code as written in YAML: `25` or `"25"` (a `((var))` may be
+/// either).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeParam(pub u32);
+
+impl<'de> Deserialize<'de> for CodeParam {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = CodeParam;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a state code (a non-negative integer such as 25)")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CodeParam, E> {
+                u32::try_from(v)
+                    .map(CodeParam)
+                    .map_err(|_| E::custom(format!("state code {v} is too large")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CodeParam, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("state code {v} is negative")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<CodeParam, E> {
+                if v.fract() == 0.0 && v >= 0.0 && v <= u32::MAX as f64 {
+                    Ok(CodeParam(v as u32))
+                } else {
+                    Err(E::custom(format!(
+                        "state code {v} is not a non-negative integer"
+                    )))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CodeParam, E> {
+                v.trim().parse::<u32>().map(CodeParam).map_err(|_| {
+                    E::custom(format!("state code {v:?} is not a non-negative integer"))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `{state: N}` or `{min_state: N}`, for `gate` (source) and `require` (get).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionParam {
+    pub state: Option<CodeParam>,
+    pub min_state: Option<CodeParam>,
+}
+
+/// Retry settings, as written in `source.retry` (or under its `states`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageRetryParam {
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<String>,
+    pub factor: Option<f64>,
+    pub max_backoff: Option<String>,
+}
+
+/// `source.retry`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryParam {
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<String>,
+    pub factor: Option<f64>,
+    pub max_backoff: Option<String>,
+    /// Per-state overrides, keyed by code.
+    #[serde(default)]
+    pub states: BTreeMap<String, StageRetryParam>,
+}
+
+/// The resource's `source` block, as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub bucket: Option<String>,
+    pub local_dir: Option<String>,
+    #[serde(default)]
+    pub prefix: String,
+    pub build_id: Option<String>,
+    pub region_name: Option<String>,
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub use_path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub aws_role_arn: Option<String>,
+    pub ca_bundle: Option<String>,
+    pub server_side_encryption: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    #[serde(default)]
+    pub enable_aws_creds_provider: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub states: Option<Vec<Step>>,
+    pub retry: Option<RetryParam>,
+    #[serde(default)]
+    pub transient_errors: Vec<String>,
+    #[serde(default)]
+    pub persistent_errors: Vec<String>,
+    pub gate: Option<ConditionParam>,
+}
+
+/// A version: `{"revision": "42", "state": "25", "status": "failed"}`, plus
+/// the ETag of the object when the version is the current revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Version {
+    pub revision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+/// Name/value metadata shown in the Concourse UI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataField {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub source: Source,
+    pub version: Option<Version>,
+}
+
+/// `get` params.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InParams {
+    pub require: Option<ConditionParam>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InRequest {
+    pub source: Source,
+    pub version: Version,
+    pub params: Option<InParams>,
+}
+
+/// `put` params: exactly one action, plus what goes with it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutParams {
+    pub init: Option<bool>,
+    pub restart: Option<bool>,
+    pub start: Option<CodeParam>,
+    pub complete: Option<CodeParam>,
+    pub fail: Option<CodeParam>,
+    pub finish: Option<CodeParam>,
+    pub retry: Option<CodeParam>,
+    pub set: Option<CodeParam>,
+    pub cancel: Option<String>,
+    pub file: Option<String>,
+    /// With `fail` / `finish`: the error message, or the file holding it.
+    pub error: Option<String>,
+    pub error_file: Option<String>,
+    /// With `fail` / `finish`: `transient` or `persistent`.
+    pub kind: Option<String>,
+    /// With `set`.
+    pub status: Option<String>,
+    pub reason: Option<String>,
+    /// With any action.
+    pub vars_file: Option<String>,
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutRequest {
+    pub source: Source,
+    pub params: Option<OutParams>,
+}
+
+/// The reply of `in` and `out`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub version: Version,
+    pub metadata: Vec<MetadataField>,
+}
+
+/// Parses a request, naming the path of the offending field.
+pub fn parse<T: serde::de::DeserializeOwned>(input: &[u8]) -> Result<T, PayloadError> {
+    let de = &mut serde_json::Deserializer::from_slice(input);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        PayloadError {
+            path: if path == "." { String::new() } else { path },
+            message: inner.to_string(),
+        }
+    })
+}
+
+/// A request that is not valid JSON or does not fit the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid payload: {}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
+pub struct PayloadError {
+    pub path: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e =
+            parse::<CheckRequest>(br#"{"source": {"build_id": "x", "bukket": "b"}}"#).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "invalid payload: source.bukket: unknown field `bukket`, expected one of `bucket`"
+            ),
+            "{e}"
+        );
+        let e = parse::<OutRequest>(br#"{"source": {}, "params": {"start": 5, "stat": 1}}"#)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("params.stat: unknown field `stat`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn codes_are_numbers_or_numeric_strings() {
+        let p: OutParams = serde_json::from_str(r#"{"start": "25"}"#).unwrap();
+        assert_eq!(p.start, Some(CodeParam(25)));
+        let p: OutParams = serde_json::from_str(r#"{"start": 25}"#).unwrap();
+        assert_eq!(p.start, Some(CodeParam(25)));
+        let e = parse::<OutParams>(br#"{"start": -5}"#).unwrap_err();
+        assert!(e.to_string().contains("state code -5 is negative"), "{e}");
+        let e = parse::<OutParams>(br#"{"start": "abc"}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("\"abc\" is not a non-negative integer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn versions_are_strings() {
+        let e = parse::<InRequest>(br#"{"source": {}, "version": {"revision": 4}}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("version.revision: invalid type: integer `4`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let s: Source = serde_json::from_str(
+            r#"{"secret_access_key": "hunter2-secret", "session_token": "tok-secret"}"#,
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("tok-secret"),
+            "{dbg}"
+        );
+    }
+}
