@@ -1,1 +1,57 @@
-fn main() {}
+//! One binary, three programs and a CLI: installed as `/opt/resource/check`,
+//! `in` and `out` it speaks the Concourse resource protocol (chosen by the
+//! name it is called by); as `build-state` it is the CLI.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use build_state::protocol::BuildEnv;
+use build_state::{cli, resource};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let name = Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let rest: Vec<_> = args.collect();
+    let result = match name.as_str() {
+        "check" | "in" | "out" => resource_main(&name, rest.first().map(PathBuf::from)),
+        _ => cli::main(std::iter::once(argv0).chain(rest)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("build-state: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the request from stdin, runs the program, prints the JSON reply.
+fn resource_main(program: &str, dir: Option<PathBuf>) -> Result<ExitCode> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .context("reading the request from stdin")?;
+    let runtime = build_state::runtime()?;
+    let reply = runtime.block_on(async {
+        match (program, dir) {
+            ("check", _) => Ok(serde_json::to_vec(&resource::check(&input).await?)?),
+            ("in", Some(dest)) => Ok(serde_json::to_vec(&resource::get(&input, &dest).await?)?),
+            ("out", Some(src)) => {
+                Ok(serde_json::to_vec(&resource::put(&input, &src, &BuildEnv::from_env()).await?)?)
+            }
+            (p, None) => bail!("usage: {p} DIRECTORY < request.json (Concourse passes the directory)"),
+            _ => unreachable!(),
+        }
+    })?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&reply).context("writing the reply to stdout")?;
+    out.write_all(b"\n").context("writing the reply to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -303,3 +303,60 @@ mod tests {
         );
     }
 }
+
+/// What Concourse tells a step about its build, from the environment
+/// (`BUILD_*`, `ATC_EXTERNAL_URL`, and `BUILD_STATUS` in hooks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildEnv {
+    pub team: Option<String>,
+    pub pipeline: Option<String>,
+    pub job: Option<String>,
+    pub build_name: Option<String>,
+    pub build_id: Option<String>,
+    pub external_url: Option<String>,
+    /// `succeeded`, `failed`, `errored` or `aborted`: set for puts inside
+    /// `on_*` hooks (Concourse 8.2+).
+    pub status: Option<String>,
+}
+
+impl BuildEnv {
+    pub fn from_env() -> BuildEnv {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> BuildEnv {
+        let var = |name: &str| get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        BuildEnv {
+            team: var("BUILD_TEAM_NAME"),
+            pipeline: var("BUILD_PIPELINE_NAME"),
+            job: var("BUILD_JOB_NAME"),
+            build_name: var("BUILD_NAME"),
+            build_id: var("BUILD_ID"),
+            external_url: var("ATC_EXTERNAL_URL"),
+            status: var("BUILD_STATUS"),
+        }
+    }
+
+    /// The build's page, as Concourse links it.
+    pub fn build_url(&self) -> Option<String> {
+        let base = self.external_url.as_deref()?.trim_end_matches('/');
+        match (&self.team, &self.pipeline, &self.job, &self.build_name) {
+            (Some(t), Some(p), Some(j), Some(n)) => {
+                Some(format!("{base}/teams/{t}/pipelines/{p}/jobs/{j}/builds/{n}"))
+            }
+            _ => self.build_id.as_ref().map(|id| format!("{base}/builds/{id}")),
+        }
+    }
+
+    pub fn actor(&self) -> crate::model::Actor {
+        crate::model::Actor {
+            team: self.team.clone(),
+            pipeline: self.pipeline.clone(),
+            job: self.job.clone(),
+            build_name: self.build_name.clone(),
+            build_id: self.build_id.clone(),
+            build_url: self.build_url(),
+            user: None,
+        }
+    }
+}

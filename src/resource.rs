@@ -1,0 +1,456 @@
+//! The Concourse resource: `check`, `in` (get) and `out` (put), each a
+//! function from the request on stdin to the reply on stdout.
+
+use crate::config::{Config, parse_condition};
+use crate::engine::{Builds, ErrorKind, Read};
+use crate::model::{
+    Action, Document, ErrorInfo, FailureKind, NextStep, Rules, Status, Update, apply,
+    document::rfc3339, extend,
+};
+use crate::protocol::{
+    BuildEnv, CheckRequest, InRequest, MetadataField, OutParams, OutRequest, Response, Source,
+    Version, parse,
+};
+use crate::store::AnyStore;
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Map, Value};
+use std::fs;
+use std::path::Path;
+
+/// Validates a source block; errors name the build when the source does.
+pub fn configure(source: &Source) -> Result<Config> {
+    Config::from_source(source).map_err(|e| match source.build_id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() && !e.field.starts_with("build_id") => anyhow!("{id}: {e}"),
+        _ => anyhow!(e),
+    })
+}
+
+async fn open(config: &Config) -> Result<AnyStore> {
+    AnyStore::open(config)
+        .await
+        .map_err(|e| anyhow!("{}: {e}", config.build_id))
+}
+
+/// The version of a document (the ETag only for the live revision).
+pub fn version_of(doc: &Document, etag: Option<&str>) -> Version {
+    Version {
+        revision: doc.revision.to_string(),
+        state: Some(doc.state.to_string()),
+        status: Some(doc.status.to_string()),
+        etag: etag.map(str::to_string),
+    }
+}
+
+fn parse_revision(v: &Version) -> Result<u64> {
+    v.revision
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("invalid payload: version.revision: {:?} is not a revision number", v.revision))
+}
+
+/// `check`: with a gate, the current revision when it passes (else
+/// nothing); without, every revision of the current run after the given one.
+pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
+    let req: CheckRequest = parse(input)?;
+    let config = configure(&req.source)?;
+    let given_rev = req.version.as_ref().map(parse_revision).transpose()?;
+    let store = open(&config).await?;
+    let builds = Builds::new(&config, &store);
+    let etag = req.version.as_ref().and_then(|v| v.etag.as_deref());
+    let current = match builds.read(etag).await? {
+        Read::Absent => return Ok(vec![]),
+        // The given version was emitted for this very object: it still
+        // stands (a gate that passed stays passed while nothing changes).
+        Read::Unchanged => return Ok(req.version.into_iter().collect()),
+        Read::Found(c) => c,
+    };
+    let doc = &current.doc;
+    let newest = version_of(doc, Some(&current.etag));
+    if let Some(gate) = config.gate {
+        return Ok(if gate.gate_passes(doc, crate::now()) {
+            vec![newest]
+        } else {
+            vec![]
+        });
+    }
+    let (Some(given), Some(given_rev)) = (req.version, given_rev) else {
+        return Ok(vec![newest]);
+    };
+    if given_rev > doc.revision {
+        return Ok(vec![newest]);
+    }
+    let mut out = Vec::new();
+    if doc.history.iter().any(|e| e.revision == given_rev) {
+        out.push(given);
+    }
+    for e in doc.history.iter().filter(|e| e.revision > given_rev) {
+        if e.revision == doc.revision {
+            out.push(newest.clone());
+        } else {
+            out.push(Version {
+                revision: e.revision.to_string(),
+                state: Some(e.state.to_string()),
+                status: Some(e.status.to_string()),
+                etag: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Metadata shown in the Concourse UI.
+pub fn metadata(doc: &Document) -> Vec<MetadataField> {
+    let mut m = vec![
+        ("state", doc.state.to_string()),
+        ("state_name", doc.state_name.clone()),
+        ("status", doc.status.to_string()),
+        ("attempts", doc.attempts.to_string()),
+    ];
+    if let Some(t) = doc.retry_at {
+        m.push(("retry_at", rfc3339::format(&t)));
+    }
+    if let Some(e) = &doc.last_error {
+        m.push(("last_error", format!("{} ({})", e.message, e.kind.as_str())));
+    }
+    m.push(("updated_at", rfc3339::format(&doc.updated_at)));
+    if let Some(e) = doc.history.last() {
+        m.push(("updated_by", e.by.describe()));
+    }
+    m.into_iter()
+        .map(|(name, value)| MetadataField {
+            name: name.to_string(),
+            value,
+        })
+        .collect()
+}
+
+/// Single-quotes a value for a POSIX shell.
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', r"'\''"))
+}
+
+/// The files `in` writes, by name.
+pub fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)> {
+    let vars = Value::Object(doc.vars.clone());
+    let mut vars_json = serde_json::to_vec_pretty(&vars).expect("vars serialize");
+    vars_json.push(b'\n');
+    let retry_at = doc.retry_at.map(|t| rfc3339::format(&t)).unwrap_or_default();
+    let last_error = doc.last_error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    let env = [
+        ("BUILD_STATE", doc.state.to_string()),
+        ("BUILD_STATE_NAME", doc.state_name.clone()),
+        ("BUILD_STATE_STATUS", doc.status.to_string()),
+        ("BUILD_STATE_ATTEMPTS", doc.attempts.to_string()),
+        ("BUILD_STATE_REVISION", doc.revision.to_string()),
+        ("BUILD_STATE_ACTION", step.as_str().to_string()),
+        ("BUILD_STATE_BUILD_ID", doc.build_id.clone()),
+        ("BUILD_STATE_RUN", doc.run.to_string()),
+        ("BUILD_STATE_RETRY_AT", retry_at),
+        ("BUILD_STATE_LAST_ERROR", last_error),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={}\n", shell_quote(v)))
+    .collect::<String>();
+    vec![
+        ("state.json", doc.to_bytes()),
+        ("state", doc.state.to_string().into_bytes()),
+        ("state_name", doc.state_name.clone().into_bytes()),
+        ("status", doc.status.to_string().into_bytes()),
+        ("attempts", doc.attempts.to_string().into_bytes()),
+        ("revision", doc.revision.to_string().into_bytes()),
+        ("action", step.as_str().as_bytes().to_vec()),
+        ("vars.json", vars_json),
+        ("state.env", env.into_bytes()),
+    ]
+}
+
+/// `in`: the document as of the requested revision, into `dest`.
+pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
+    let req: InRequest = parse(input)?;
+    let config = configure(&req.source)?;
+    let revision = parse_revision(&req.version)?;
+    let require = match req.params.as_ref().and_then(|p| p.require.as_ref()) {
+        Some(r) => Some(
+            parse_condition("require", r, &config.ladder)
+                .map_err(|e| anyhow!("{}: params.{}", config.build_id, e.to_string().trim_start_matches("source.")))?,
+        ),
+        None => None,
+    };
+    let store = open(&config).await?;
+    let builds = Builds::new(&config, &store);
+    let current = builds.current().await?;
+    let doc = builds.at_revision(current.as_ref().map(|c| &c.doc), revision).await?;
+    if let Some(cond) = require
+        && !cond.require(&doc)
+    {
+        bail!(builds.error(
+            &config.state_key(),
+            ErrorKind::Other(format!(
+                "revision {revision} does not satisfy require {{{cond}}}: {}",
+                doc.whereabouts()
+            ))
+        ));
+    }
+    let step = NextStep::of(&doc, crate::now());
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    for (name, body) in files_for(&doc, step) {
+        let path = dest.join(name);
+        fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("build-state: {} at revision {revision}; next: {}", doc.whereabouts(), step.as_str());
+    // Answer with exactly the version asked for (Concourse matches it).
+    Ok(Response {
+        version: req.version,
+        metadata: metadata(&doc),
+    })
+}
+
+/// What a put asks for, once its params are checked.
+enum PutRequest {
+    Action(Action),
+    File(Document),
+}
+
+fn read_param_file(sources: &Path, field: &str, path: &str) -> Result<Vec<u8>, String> {
+    let full = sources.join(path);
+    fs::read(&full).map_err(|e| format!("params.{field}: cannot read {}: {e}", full.display()))
+}
+
+fn parse_kind(p: &OutParams) -> Result<Option<FailureKind>, String> {
+    match p.kind.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("transient") => Ok(Some(FailureKind::Transient)),
+        Some("persistent") => Ok(Some(FailureKind::Persistent)),
+        Some(other) => Err(format!("params.kind: {other:?} must be transient or persistent")),
+    }
+}
+
+/// The error of a failing stage: `error_file` (its contents), else `error`,
+/// else `default` (for `finish`), else a clear complaint.
+fn error_message(p: &OutParams, sources: &Path, default: Option<String>) -> Result<String, String> {
+    if let Some(file) = &p.error_file {
+        match read_param_file(sources, "error_file", file) {
+            Ok(body) => {
+                let text = String::from_utf8_lossy(&body).trim().to_string();
+                if !text.is_empty() {
+                    return Ok(text);
+                }
+            }
+            Err(e) if p.error.is_none() => {
+                return Err(format!(
+                    "{e}; make the task write it (also when it fails early), or give `error` as a fallback"
+                ));
+            }
+            Err(e) => eprintln!("build-state: warning: {e}; using params.error"),
+        }
+    }
+    if let Some(e) = p.error.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+        return Ok(e.to_string());
+    }
+    default.ok_or_else(|| "params.fail needs `error` or `error_file` (what went wrong)".to_string())
+}
+
+fn put_request(p: &OutParams, config: &Config, env: &BuildEnv, sources: &Path) -> Result<PutRequest, String> {
+    let mut given: Vec<&str> = Vec::new();
+    let named = [
+        ("init", p.init == Some(true)),
+        ("start", p.start.is_some()),
+        ("complete", p.complete.is_some()),
+        ("fail", p.fail.is_some()),
+        ("finish", p.finish.is_some()),
+        ("retry", p.retry.is_some()),
+        ("set", p.set.is_some()),
+        ("cancel", p.cancel.is_some()),
+        ("file", p.file.is_some()),
+        ("restart", p.restart == Some(true) && p.init != Some(true)),
+    ];
+    for (name, present) in named {
+        if present {
+            given.push(name);
+        }
+    }
+    let one_of = "init, start, complete, fail, finish, retry, set, cancel, restart or file";
+    match given.len() {
+        0 => return Err(format!("params: no action given; a put takes exactly one of {one_of}")),
+        1 => {}
+        _ => {
+            return Err(format!(
+                "params: {} given; a put takes exactly one action ({one_of})",
+                given.join(" and ")
+            ));
+        }
+    }
+    let action = given[0];
+    let fails = matches!(action, "fail" | "finish");
+    for (field, present, belongs) in [
+        ("error", p.error.is_some(), fails),
+        ("error_file", p.error_file.is_some(), fails),
+        ("kind", p.kind.is_some(), fails),
+        ("status", p.status.is_some(), action == "set"),
+        ("reason", p.reason.is_some(), action == "set"),
+    ] {
+        if present && !belongs {
+            let with = if fails || !matches!(field, "status" | "reason") { "fail or finish" } else { "set" };
+            return Err(format!("params.{field} goes with {with}, not with {action}"));
+        }
+    }
+    let code = |c: Option<crate::protocol::CodeParam>| {
+        let n = c.expect("the action's code is present").0;
+        config
+            .ladder
+            .check(n)
+            .map_err(|e| format!("params.{action}: {e}"))
+    };
+    let failure = |n: u32, message: String, kind: Option<FailureKind>| Action::Fail {
+        state: n,
+        error: ErrorInfo {
+            kind: kind.unwrap_or_else(|| config.classifier.classify(&message)),
+            message,
+        },
+    };
+    Ok(PutRequest::Action(match action {
+        "init" => Action::Init {
+            restart: p.restart == Some(true),
+        },
+        "restart" => Action::Restart,
+        "start" => Action::Start(code(p.start)?),
+        "complete" => Action::Complete(code(p.complete)?),
+        "retry" => Action::Retry(code(p.retry)?),
+        "fail" => {
+            let n = code(p.fail)?;
+            failure(n, error_message(p, sources, None)?, parse_kind(p)?)
+        }
+        "finish" => {
+            let n = code(p.finish)?;
+            let who = env.actor().describe();
+            match env.status.as_deref() {
+                Some("succeeded") => Action::Complete(n),
+                Some("failed" | "errored") => {
+                    let default = format!("{who} {}", env.status.as_deref().unwrap_or("failed"));
+                    failure(n, error_message(p, sources, Some(default))?, parse_kind(p)?)
+                }
+                Some("aborted") => failure(
+                    n,
+                    format!("{who} was aborted; a human decides what happens next"),
+                    Some(FailureKind::Persistent),
+                ),
+                Some(other) => {
+                    return Err(format!(
+                        "params.finish: unknown build status BUILD_STATUS={other:?} (expected succeeded, failed, errored or aborted)"
+                    ));
+                }
+                None => {
+                    return Err(
+                        "params.finish needs the build status that Concourse 8.2+ gives puts in on_success/on_failure/on_error/on_abort hooks, and BUILD_STATUS is not set; use complete: N and fail: N in separate hooks instead"
+                            .to_string(),
+                    );
+                }
+            }
+        }
+        "set" => {
+            let n = code(p.set)?;
+            let status = match p.status.as_deref().map(str::trim) {
+                None => Status::Pending,
+                Some(s) => Status::parse(s).ok_or_else(|| {
+                    format!("params.status: {s:?} must be one of pending, in_progress, failed, blocked, completed, cancelled")
+                })?,
+            };
+            let reason = p.reason.as_deref().map(str::trim).unwrap_or_default();
+            if reason.is_empty() {
+                return Err("params.set needs a `reason` (a manual override is recorded with why)".to_string());
+            }
+            Action::Set {
+                state: n,
+                status,
+                reason: reason.to_string(),
+            }
+        }
+        "cancel" => {
+            let reason = p.cancel.as_deref().map(str::trim).unwrap_or_default();
+            if reason.is_empty() {
+                return Err("params.cancel takes the reason: cancel: \"superseded by rhel8-web-2\"".to_string());
+            }
+            Action::Cancel {
+                reason: reason.to_string(),
+            }
+        }
+        "file" => {
+            let path = p.file.as_deref().expect("file is present");
+            let body = read_param_file(sources, "file", path)?;
+            let doc: Document = serde_json::from_slice(&body)
+                .map_err(|e| format!("params.file: {path} is not a state document: {e}"))?;
+            return Ok(PutRequest::File(doc));
+        }
+        other => unreachable!("unknown action {other}"),
+    }))
+}
+
+fn read_vars(p: &OutParams, sources: &Path) -> Result<Map<String, Value>, String> {
+    let Some(path) = &p.vars_file else {
+        return Ok(Map::new());
+    };
+    let body = read_param_file(sources, "vars_file", path)?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(format!("params.vars_file: {path} must hold a JSON object ({{\"ami_id\": \"ami-123\"}})")),
+        Err(e) => Err(format!("params.vars_file: {path} is not valid JSON: {e}")),
+    }
+}
+
+/// `out`: one action on the document, as a compare-and-swap.
+pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Response> {
+    let req: OutRequest = parse(input)?;
+    let config = configure(&req.source)?;
+    let params = req.params.unwrap_or_default();
+    let key = config.state_key();
+    let invalid = |m: String| anyhow!("{}: {m}", config.build_id);
+    let request = put_request(&params, &config, env, sources).map_err(invalid)?;
+    let vars = read_vars(&params, sources).map_err(invalid)?;
+    if matches!(request, PutRequest::File(_)) && (!vars.is_empty() || params.note.is_some()) {
+        return Err(invalid("params.vars_file and params.note do not go with file (the document carries its own)".into()));
+    }
+    let store = open(&config).await?;
+    let builds = Builds::new(&config, &store);
+    let rules = Rules {
+        build_id: &config.build_id,
+        ladder: &config.ladder,
+        retry: &config.retry,
+        labels: &config.labels,
+    };
+    let applied = match request {
+        PutRequest::File(doc) => builds.update(|cur| extend(cur, doc.clone(), &rules)).await?,
+        PutRequest::Action(action) => {
+            let mut update = Update::new(action, env.actor(), crate::now());
+            update.vars = vars;
+            update.note = params.note.clone().filter(|n| !n.trim().is_empty());
+            builds
+                .update(|cur| {
+                    update.at = crate::now();
+                    apply(cur, &update, &rules)
+                })
+                .await?
+        }
+    };
+    let doc = &applied.doc;
+    if applied.written {
+        let e = doc.last_event();
+        let what = e.target.map_or(e.action.to_string(), |t| format!("{} {t}", e.action));
+        eprintln!(
+            "build-state: {what}: {} (revision {}) at {}",
+            doc.whereabouts(),
+            doc.revision,
+            config.location(&key)
+        );
+    } else {
+        eprintln!(
+            "build-state: no change: {} (revision {}); the put repeats what is recorded",
+            doc.whereabouts(),
+            doc.revision
+        );
+    }
+    Ok(Response {
+        version: version_of(doc, Some(&applied.etag)),
+        metadata: metadata(doc),
+    })
+}
+

@@ -1,0 +1,219 @@
+//! A store in a local directory, with the same semantics as S3: an ETag per
+//! object (the MD5 of its bytes, as S3 computes it for simple uploads),
+//! conditional writes under an exclusive lock, and atomic replacement
+//! (write to a temporary file, fsync, rename, fsync the directory).
+
+use super::{Fetched, Precondition, Store, StoreError};
+use md5::{Digest, Md5};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// The ETag of a body: its MD5 in quotes, as S3 reports it.
+pub fn etag_of(body: &[u8]) -> String {
+    let digest = Md5::digest(body);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    if e.kind() == ErrorKind::PermissionDenied {
+        StoreError::AccessDenied(format!("{what} {}: {e}", path.display()))
+    } else {
+        StoreError::Other(format!("{what} {}: {e}", path.display()))
+    }
+}
+
+impl LocalStore {
+    pub fn new(root: PathBuf) -> LocalStore {
+        LocalStore { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+        match fs::read(path) {
+            Ok(body) => Ok(Some(body)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("reading", path, e)),
+        }
+    }
+
+    fn put_locked(&self, path: &Path, body: &[u8], when: Precondition<'_>) -> Result<String, StoreError> {
+        let current = self.read(path)?.map(|b| etag_of(&b));
+        let holds = match when {
+            Precondition::Absent => current.is_none(),
+            Precondition::Matches(etag) => current.as_deref() == Some(etag),
+        };
+        if !holds {
+            return Err(StoreError::Conflict);
+        }
+        let dir = path.parent().expect("a key has a parent directory");
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}-{:08x}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(body)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_error("writing", path, e));
+        }
+        Ok(etag_of(body))
+    }
+}
+
+impl Store for LocalStore {
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
+        let path = self.path(key);
+        Ok(match self.read(&path)? {
+            None => Fetched::Absent,
+            Some(body) => {
+                let etag = etag_of(&body);
+                if if_none_match == Some(etag.as_str()) {
+                    Fetched::Unchanged
+                } else {
+                    Fetched::Found { body, etag }
+                }
+            }
+        })
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, when: Precondition<'_>) -> Result<String, StoreError> {
+        let path = self.path(key);
+        let dir = path.parent().expect("a key has a parent directory");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_error("creating", dir, e))?;
+        let lock_path = dir.join(format!(
+            ".{}.lock",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("object")
+        ));
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| io_error("opening lock", &lock_path, e))?;
+        lock.lock().map_err(|e| io_error("locking", &lock_path, e))?;
+        // The lock is released when `lock` is dropped (or the process dies).
+        self.put_locked(&path, &body, when)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        // Walk the deepest directory the prefix names completely.
+        let dir_part = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let mut keys = Vec::new();
+        let mut stack = vec![(self.root.join(dir_part), dir_part.to_string())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("listing", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error("listing", &dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue; // locks and temporary files
+                }
+                let key = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let file_type = entry.file_type().map_err(|e| io_error("listing", &dir, e))?;
+                if file_type.is_dir() {
+                    stack.push((entry.path(), key));
+                } else if key.starts_with(prefix) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("deleting", &path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn conditional_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path().to_path_buf());
+        block_on(async {
+            assert_eq!(s.get("b/state.json", None).await.unwrap(), Fetched::Absent);
+            let e1 = s.put("b/state.json", b"one".to_vec(), Precondition::Absent).await.unwrap();
+            assert_eq!(e1, "\"f97c5d29941bfb1b2fdab0874906ab82\"");
+            assert_eq!(
+                s.put("b/state.json", b"x".to_vec(), Precondition::Absent).await,
+                Err(StoreError::Conflict)
+            );
+            assert_eq!(s.get("b/state.json", Some(&e1)).await.unwrap(), Fetched::Unchanged);
+            let e2 = s.put("b/state.json", b"two".to_vec(), Precondition::Matches(&e1)).await.unwrap();
+            assert_eq!(
+                s.put("b/state.json", b"three".to_vec(), Precondition::Matches(&e1)).await,
+                Err(StoreError::Conflict)
+            );
+            assert_eq!(
+                s.get("b/state.json", Some(&e1)).await.unwrap(),
+                Fetched::Found {
+                    body: b"two".to_vec(),
+                    etag: e2
+                }
+            );
+            let mode = fs::metadata(dir.path().join("b/state.json")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            s.put("b/runs/1.json", b"r".to_vec(), Precondition::Absent).await.unwrap();
+            s.put("c/state.json", b"c".to_vec(), Precondition::Absent).await.unwrap();
+            assert_eq!(
+                s.list("").await.unwrap(),
+                ["b/runs/1.json", "b/state.json", "c/state.json"]
+            );
+            assert_eq!(s.list("b/").await.unwrap(), ["b/runs/1.json", "b/state.json"]);
+            s.delete("c/state.json").await.unwrap();
+            s.delete("c/state.json").await.unwrap();
+            assert_eq!(s.get("c/state.json", None).await.unwrap(), Fetched::Absent);
+        });
+    }
+}

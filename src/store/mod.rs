@@ -1,0 +1,104 @@
+//! Storage of documents: one small trait with conditional reads and writes,
+//! implemented for S3 and for a local directory.
+
+pub mod local;
+pub mod s3;
+
+use crate::config::{Config, Storage};
+
+/// The answer to a (conditional) read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// No object under the key.
+    Absent,
+    /// The object still has the ETag the caller knew (no body transferred).
+    Unchanged,
+    Found { body: Vec<u8>, etag: String },
+}
+
+/// The condition a write depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition<'a> {
+    /// Create: only if no object exists (`If-None-Match: *`).
+    Absent,
+    /// Replace: only if the object still has this ETag (`If-Match`).
+    Matches(&'a str),
+}
+
+/// Why a store operation failed. `Conflict` is the one callers branch on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the object changed since it was read (a concurrent write)")]
+    Conflict,
+    #[error("bucket {0:?} does not exist (check source.bucket, source.region_name and source.endpoint)")]
+    NoSuchBucket(String),
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    #[error("credentials rejected or unavailable: {0}")]
+    Credentials(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Conditional object storage.
+#[allow(async_fn_in_trait)]
+pub trait Store {
+    /// Reads `key`; with `if_none_match`, answers `Unchanged` (without a
+    /// body) when the object still has that ETag.
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError>;
+
+    /// Writes `key` if the precondition holds; returns the new ETag, or
+    /// `StoreError::Conflict` when it does not hold.
+    async fn put(&self, key: &str, body: Vec<u8>, when: Precondition<'_>) -> Result<String, StoreError>;
+
+    /// Every key that starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes `key` (absent is not an error).
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// The store a configuration names.
+pub enum AnyStore {
+    Local(local::LocalStore),
+    S3(s3::S3Store),
+}
+
+impl AnyStore {
+    pub async fn open(config: &Config) -> Result<AnyStore, StoreError> {
+        Ok(match &config.storage {
+            Storage::Local { dir, .. } => AnyStore::Local(local::LocalStore::new(dir.clone())),
+            Storage::S3(s3) => AnyStore::S3(s3::S3Store::connect(s3).await?),
+        })
+    }
+}
+
+impl Store for AnyStore {
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
+        match self {
+            AnyStore::Local(s) => s.get(key, if_none_match).await,
+            AnyStore::S3(s) => s.get(key, if_none_match).await,
+        }
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, when: Precondition<'_>) -> Result<String, StoreError> {
+        match self {
+            AnyStore::Local(s) => s.put(key, body, when).await,
+            AnyStore::S3(s) => s.put(key, body, when).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            AnyStore::Local(s) => s.list(prefix).await,
+            AnyStore::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(s) => s.delete(key).await,
+            AnyStore::S3(s) => s.delete(key).await,
+        }
+    }
+}
