@@ -20,13 +20,19 @@ pub struct Error {
 pub enum ErrorKind {
     #[error(transparent)]
     Refused(#[from] Refusal),
-    #[error("{0}; repair it by hand or with `build-state set`, or restore an earlier version of the object")]
+    #[error(
+        "{0}; repair it by hand or with `build-state set`, or restore an earlier version of the object"
+    )]
     Document(DocumentError),
-    #[error("the document is not valid JSON ({0}); repair it by hand or restore an earlier version of the object")]
+    #[error(
+        "the document is not valid JSON ({0}); repair it by hand or restore an earlier version of the object"
+    )]
     Unreadable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("gave up after {0} attempts: the document kept changing under concurrent writers; run the put again")]
+    #[error(
+        "gave up after {0} attempts: the document kept changing under concurrent writers; run the put again"
+    )]
     Contended(u32),
     #[error("{0}")]
     Other(String),
@@ -121,7 +127,11 @@ impl<'a, S: Store> Builds<'a, S> {
     }
 
     /// The document as of `revision`: from the live run or an archived one.
-    pub async fn at_revision(&self, current: Option<&Document>, revision: u64) -> Result<Document, Error> {
+    pub async fn at_revision(
+        &self,
+        current: Option<&Document>,
+        revision: u64,
+    ) -> Result<Document, Error> {
         let key = self.config.state_key();
         let not_found = |newest: Option<u64>| {
             self.error(
@@ -172,7 +182,8 @@ impl<'a, S: Store> Builds<'a, S> {
         let key = self.config.state_key();
         for attempt in 1..=MAX_ATTEMPTS {
             let current = self.current().await?;
-            let outcome = decide(current.as_ref().map(|c| &c.doc)).map_err(|r| self.error(&key, r))?;
+            let outcome =
+                decide(current.as_ref().map(|c| &c.doc)).map_err(|r| self.error(&key, r))?;
             let when = match &current {
                 Some(c) => Precondition::Matches(&c.etag),
                 None => Precondition::Absent,
@@ -209,7 +220,9 @@ impl<'a, S: Store> Builds<'a, S> {
                 }
                 Err(StoreError::Conflict) => {
                     if attempt > 1 {
-                        eprintln!("build-state: {key} changed concurrently; retrying (attempt {attempt})");
+                        eprintln!(
+                            "build-state: {key} changed concurrently; retrying (attempt {attempt})"
+                        );
                     }
                     // Full jitter, growing to at most 500 ms.
                     let cap = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
@@ -227,7 +240,11 @@ impl<'a, S: Store> Builds<'a, S> {
     async fn archive(&self, run: &Document) -> Result<(), Error> {
         let key = self.config.archive_key(run.run);
         let body = run.to_bytes();
-        match self.store.put(&key, body.clone(), Precondition::Absent).await {
+        match self
+            .store
+            .put(&key, body.clone(), Precondition::Absent)
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(StoreError::Conflict) => {}
             Err(e) => return Err(self.error(&key, e)),

@@ -10,15 +10,17 @@ pub fn now() -> model::Timestamp {
     chrono::Utc::now().trunc_subsecs(3)
 }
 
-pub mod config;
-pub mod protocol;
-pub mod store;
-pub mod engine;
-pub mod resource;
 pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod protocol;
+pub mod resource;
+pub mod store;
 
 /// The runtime every program runs on: one thread (a step is one request at
 /// a time; the CLI's scans use concurrency within it).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }

@@ -43,15 +43,19 @@ fn resource_main(program: &str, dir: Option<PathBuf>) -> Result<ExitCode> {
         match (program, dir) {
             ("check", _) => Ok(serde_json::to_vec(&resource::check(&input).await?)?),
             ("in", Some(dest)) => Ok(serde_json::to_vec(&resource::get(&input, &dest).await?)?),
-            ("out", Some(src)) => {
-                Ok(serde_json::to_vec(&resource::put(&input, &src, &BuildEnv::from_env()).await?)?)
+            ("out", Some(src)) => Ok(serde_json::to_vec(
+                &resource::put(&input, &src, &BuildEnv::from_env()).await?,
+            )?),
+            (p, None) => {
+                bail!("usage: {p} DIRECTORY < request.json (Concourse passes the directory)")
             }
-            (p, None) => bail!("usage: {p} DIRECTORY < request.json (Concourse passes the directory)"),
             _ => unreachable!(),
         }
     })?;
     let mut out = std::io::stdout().lock();
-    out.write_all(&reply).context("writing the reply to stdout")?;
-    out.write_all(b"\n").context("writing the reply to stdout")?;
+    out.write_all(&reply)
+        .context("writing the reply to stdout")?;
+    out.write_all(b"\n")
+        .context("writing the reply to stdout")?;
     Ok(ExitCode::SUCCESS)
 }

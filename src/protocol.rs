@@ -325,7 +325,11 @@ impl BuildEnv {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> BuildEnv {
-        let var = |name: &str| get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let var = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         BuildEnv {
             team: var("BUILD_TEAM_NAME"),
             pipeline: var("BUILD_PIPELINE_NAME"),
@@ -341,10 +345,13 @@ impl BuildEnv {
     pub fn build_url(&self) -> Option<String> {
         let base = self.external_url.as_deref()?.trim_end_matches('/');
         match (&self.team, &self.pipeline, &self.job, &self.build_name) {
-            (Some(t), Some(p), Some(j), Some(n)) => {
-                Some(format!("{base}/teams/{t}/pipelines/{p}/jobs/{j}/builds/{n}"))
-            }
-            _ => self.build_id.as_ref().map(|id| format!("{base}/builds/{id}")),
+            (Some(t), Some(p), Some(j), Some(n)) => Some(format!(
+                "{base}/teams/{t}/pipelines/{p}/jobs/{j}/builds/{n}"
+            )),
+            _ => self
+                .build_id
+                .as_ref()
+                .map(|id| format!("{base}/builds/{id}")),
         }
     }
 

@@ -42,10 +42,12 @@ pub fn version_of(doc: &Document, etag: Option<&str>) -> Version {
 }
 
 fn parse_revision(v: &Version) -> Result<u64> {
-    v.revision
-        .trim()
-        .parse()
-        .map_err(|_| anyhow!("invalid payload: version.revision: {:?} is not a revision number", v.revision))
+    v.revision.trim().parse().map_err(|_| {
+        anyhow!(
+            "invalid payload: version.revision: {:?} is not a revision number",
+            v.revision
+        )
+    })
 }
 
 /// `check`: with a gate, the current revision when it passes (else
@@ -134,8 +136,15 @@ pub fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)>
     let vars = Value::Object(doc.vars.clone());
     let mut vars_json = serde_json::to_vec_pretty(&vars).expect("vars serialize");
     vars_json.push(b'\n');
-    let retry_at = doc.retry_at.map(|t| rfc3339::format(&t)).unwrap_or_default();
-    let last_error = doc.last_error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    let retry_at = doc
+        .retry_at
+        .map(|t| rfc3339::format(&t))
+        .unwrap_or_default();
+    let last_error = doc
+        .last_error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
     let env = [
         ("BUILD_STATE", doc.state.to_string()),
         ("BUILD_STATE_NAME", doc.state_name.clone()),
@@ -170,16 +179,21 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
     let config = configure(&req.source)?;
     let revision = parse_revision(&req.version)?;
     let require = match req.params.as_ref().and_then(|p| p.require.as_ref()) {
-        Some(r) => Some(
-            parse_condition("require", r, &config.ladder)
-                .map_err(|e| anyhow!("{}: params.{}", config.build_id, e.to_string().trim_start_matches("source.")))?,
-        ),
+        Some(r) => Some(parse_condition("require", r, &config.ladder).map_err(|e| {
+            anyhow!(
+                "{}: params.{}",
+                config.build_id,
+                e.to_string().trim_start_matches("source.")
+            )
+        })?),
         None => None,
     };
     let store = open(&config).await?;
     let builds = Builds::new(&config, &store);
     let current = builds.current().await?;
-    let doc = builds.at_revision(current.as_ref().map(|c| &c.doc), revision).await?;
+    let doc = builds
+        .at_revision(current.as_ref().map(|c| &c.doc), revision)
+        .await?;
     if let Some(cond) = require
         && !cond.require(&doc)
     {
@@ -197,7 +211,11 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
         let path = dest.join(name);
         fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
     }
-    eprintln!("build-state: {} at revision {revision}; next: {}", doc.whereabouts(), step.as_str());
+    eprintln!(
+        "build-state: {} at revision {revision}; next: {}",
+        doc.whereabouts(),
+        step.as_str()
+    );
     // Answer with exactly the version asked for (Concourse matches it).
     Ok(Response {
         version: req.version,
@@ -221,7 +239,9 @@ fn parse_kind(p: &OutParams) -> Result<Option<FailureKind>, String> {
         None => Ok(None),
         Some("transient") => Ok(Some(FailureKind::Transient)),
         Some("persistent") => Ok(Some(FailureKind::Persistent)),
-        Some(other) => Err(format!("params.kind: {other:?} must be transient or persistent")),
+        Some(other) => Err(format!(
+            "params.kind: {other:?} must be transient or persistent"
+        )),
     }
 }
 
@@ -250,7 +270,12 @@ fn error_message(p: &OutParams, sources: &Path, default: Option<String>) -> Resu
     default.ok_or_else(|| "params.fail needs `error` or `error_file` (what went wrong)".to_string())
 }
 
-fn put_request(p: &OutParams, config: &Config, env: &BuildEnv, sources: &Path) -> Result<PutRequest, String> {
+fn put_request(
+    p: &OutParams,
+    config: &Config,
+    env: &BuildEnv,
+    sources: &Path,
+) -> Result<PutRequest, String> {
     let mut given: Vec<&str> = Vec::new();
     let named = [
         ("init", p.init == Some(true)),
@@ -271,7 +296,11 @@ fn put_request(p: &OutParams, config: &Config, env: &BuildEnv, sources: &Path) -
     }
     let one_of = "init, start, complete, fail, finish, retry, set, cancel, restart or file";
     match given.len() {
-        0 => return Err(format!("params: no action given; a put takes exactly one of {one_of}")),
+        0 => {
+            return Err(format!(
+                "params: no action given; a put takes exactly one of {one_of}"
+            ));
+        }
         1 => {}
         _ => {
             return Err(format!(
@@ -290,8 +319,14 @@ fn put_request(p: &OutParams, config: &Config, env: &BuildEnv, sources: &Path) -
         ("reason", p.reason.is_some(), action == "set"),
     ] {
         if present && !belongs {
-            let with = if fails || !matches!(field, "status" | "reason") { "fail or finish" } else { "set" };
-            return Err(format!("params.{field} goes with {with}, not with {action}"));
+            let with = if fails || !matches!(field, "status" | "reason") {
+                "fail or finish"
+            } else {
+                "set"
+            };
+            return Err(format!(
+                "params.{field} goes with {with}, not with {action}"
+            ));
         }
     }
     let code = |c: Option<crate::protocol::CodeParam>| {
@@ -357,7 +392,10 @@ fn put_request(p: &OutParams, config: &Config, env: &BuildEnv, sources: &Path) -
             };
             let reason = p.reason.as_deref().map(str::trim).unwrap_or_default();
             if reason.is_empty() {
-                return Err("params.set needs a `reason` (a manual override is recorded with why)".to_string());
+                return Err(
+                    "params.set needs a `reason` (a manual override is recorded with why)"
+                        .to_string(),
+                );
             }
             Action::Set {
                 state: n,
@@ -368,7 +406,10 @@ fn put_request(p: &OutParams, config: &Config, env: &BuildEnv, sources: &Path) -
         "cancel" => {
             let reason = p.cancel.as_deref().map(str::trim).unwrap_or_default();
             if reason.is_empty() {
-                return Err("params.cancel takes the reason: cancel: \"superseded by rhel8-web-2\"".to_string());
+                return Err(
+                    "params.cancel takes the reason: cancel: \"superseded by rhel8-web-2\""
+                        .to_string(),
+                );
             }
             Action::Cancel {
                 reason: reason.to_string(),
@@ -392,7 +433,9 @@ fn read_vars(p: &OutParams, sources: &Path) -> Result<Map<String, Value>, String
     let body = read_param_file(sources, "vars_file", path)?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(format!("params.vars_file: {path} must hold a JSON object ({{\"ami_id\": \"ami-123\"}})")),
+        Ok(_) => Err(format!(
+            "params.vars_file: {path} must hold a JSON object ({{\"ami_id\": \"ami-123\"}})"
+        )),
         Err(e) => Err(format!("params.vars_file: {path} is not valid JSON: {e}")),
     }
 }
@@ -407,7 +450,10 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
     let request = put_request(&params, &config, env, sources).map_err(invalid)?;
     let vars = read_vars(&params, sources).map_err(invalid)?;
     if matches!(request, PutRequest::File(_)) && (!vars.is_empty() || params.note.is_some()) {
-        return Err(invalid("params.vars_file and params.note do not go with file (the document carries its own)".into()));
+        return Err(invalid(
+            "params.vars_file and params.note do not go with file (the document carries its own)"
+                .into(),
+        ));
     }
     let store = open(&config).await?;
     let builds = Builds::new(&config, &store);
@@ -418,7 +464,11 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
         labels: &config.labels,
     };
     let applied = match request {
-        PutRequest::File(doc) => builds.update(|cur| extend(cur, doc.clone(), &rules)).await?,
+        PutRequest::File(doc) => {
+            builds
+                .update(|cur| extend(cur, doc.clone(), &rules))
+                .await?
+        }
         PutRequest::Action(action) => {
             let mut update = Update::new(action, env.actor(), crate::now());
             update.vars = vars;
@@ -434,7 +484,9 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
     let doc = &applied.doc;
     if applied.written {
         let e = doc.last_event();
-        let what = e.target.map_or(e.action.to_string(), |t| format!("{} {t}", e.action));
+        let what = e
+            .target
+            .map_or(e.action.to_string(), |t| format!("{} {t}", e.action));
         eprintln!(
             "build-state: {what}: {} (revision {}) at {}",
             doc.whereabouts(),
@@ -453,4 +505,3 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
         metadata: metadata(doc),
     })
 }
-

@@ -46,7 +46,12 @@ impl LocalStore {
         }
     }
 
-    fn put_locked(&self, path: &Path, body: &[u8], when: Precondition<'_>) -> Result<String, StoreError> {
+    fn put_locked(
+        &self,
+        path: &Path,
+        body: &[u8],
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError> {
         let current = self.read(path)?.map(|b| etag_of(&b));
         let holds = match when {
             Precondition::Absent => current.is_none(),
@@ -58,7 +63,9 @@ impl LocalStore {
         let dir = path.parent().expect("a key has a parent directory");
         let tmp = dir.join(format!(
             ".{}.tmp-{}-{:08x}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object"),
             std::process::id(),
             fastrand::u32(..)
         ));
@@ -97,7 +104,12 @@ impl Store for LocalStore {
         })
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, when: Precondition<'_>) -> Result<String, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError> {
         let path = self.path(key);
         let dir = path.parent().expect("a key has a parent directory");
         DirBuilder::new()
@@ -107,7 +119,9 @@ impl Store for LocalStore {
             .map_err(|e| io_error("creating", dir, e))?;
         let lock_path = dir.join(format!(
             ".{}.lock",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("object")
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object")
         ));
         let lock = OpenOptions::new()
             .write(true)
@@ -116,7 +130,8 @@ impl Store for LocalStore {
             .mode(0o600)
             .open(&lock_path)
             .map_err(|e| io_error("opening lock", &lock_path, e))?;
-        lock.lock().map_err(|e| io_error("locking", &lock_path, e))?;
+        lock.lock()
+            .map_err(|e| io_error("locking", &lock_path, e))?;
         // The lock is released when `lock` is dropped (or the process dies).
         self.put_locked(&path, &body, when)
     }
@@ -146,7 +161,9 @@ impl Store for LocalStore {
                 } else {
                     format!("{rel}/{name}")
                 };
-                let file_type = entry.file_type().map_err(|e| io_error("listing", &dir, e))?;
+                let file_type = entry
+                    .file_type()
+                    .map_err(|e| io_error("listing", &dir, e))?;
                 if file_type.is_dir() {
                     stack.push((entry.path(), key));
                 } else if key.starts_with(prefix) {
@@ -174,7 +191,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -183,16 +203,31 @@ mod tests {
         let s = LocalStore::new(dir.path().to_path_buf());
         block_on(async {
             assert_eq!(s.get("b/state.json", None).await.unwrap(), Fetched::Absent);
-            let e1 = s.put("b/state.json", b"one".to_vec(), Precondition::Absent).await.unwrap();
+            let e1 = s
+                .put("b/state.json", b"one".to_vec(), Precondition::Absent)
+                .await
+                .unwrap();
             assert_eq!(e1, "\"f97c5d29941bfb1b2fdab0874906ab82\"");
             assert_eq!(
-                s.put("b/state.json", b"x".to_vec(), Precondition::Absent).await,
+                s.put("b/state.json", b"x".to_vec(), Precondition::Absent)
+                    .await,
                 Err(StoreError::Conflict)
             );
-            assert_eq!(s.get("b/state.json", Some(&e1)).await.unwrap(), Fetched::Unchanged);
-            let e2 = s.put("b/state.json", b"two".to_vec(), Precondition::Matches(&e1)).await.unwrap();
             assert_eq!(
-                s.put("b/state.json", b"three".to_vec(), Precondition::Matches(&e1)).await,
+                s.get("b/state.json", Some(&e1)).await.unwrap(),
+                Fetched::Unchanged
+            );
+            let e2 = s
+                .put("b/state.json", b"two".to_vec(), Precondition::Matches(&e1))
+                .await
+                .unwrap();
+            assert_eq!(
+                s.put(
+                    "b/state.json",
+                    b"three".to_vec(),
+                    Precondition::Matches(&e1)
+                )
+                .await,
                 Err(StoreError::Conflict)
             );
             assert_eq!(
@@ -202,15 +237,25 @@ mod tests {
                     etag: e2
                 }
             );
-            let mode = fs::metadata(dir.path().join("b/state.json")).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join("b/state.json"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
-            s.put("b/runs/1.json", b"r".to_vec(), Precondition::Absent).await.unwrap();
-            s.put("c/state.json", b"c".to_vec(), Precondition::Absent).await.unwrap();
+            s.put("b/runs/1.json", b"r".to_vec(), Precondition::Absent)
+                .await
+                .unwrap();
+            s.put("c/state.json", b"c".to_vec(), Precondition::Absent)
+                .await
+                .unwrap();
             assert_eq!(
                 s.list("").await.unwrap(),
                 ["b/runs/1.json", "b/state.json", "c/state.json"]
             );
-            assert_eq!(s.list("b/").await.unwrap(), ["b/runs/1.json", "b/state.json"]);
+            assert_eq!(
+                s.list("b/").await.unwrap(),
+                ["b/runs/1.json", "b/state.json"]
+            );
             s.delete("c/state.json").await.unwrap();
             s.delete("c/state.json").await.unwrap();
             assert_eq!(s.get("c/state.json", None).await.unwrap(), Fetched::Absent);

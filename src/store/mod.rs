@@ -13,7 +13,10 @@ pub enum Fetched {
     Absent,
     /// The object still has the ETag the caller knew (no body transferred).
     Unchanged,
-    Found { body: Vec<u8>, etag: String },
+    Found {
+        body: Vec<u8>,
+        etag: String,
+    },
 }
 
 /// The condition a write depends on.
@@ -30,7 +33,9 @@ pub enum Precondition<'a> {
 pub enum StoreError {
     #[error("the object changed since it was read (a concurrent write)")]
     Conflict,
-    #[error("bucket {0:?} does not exist (check source.bucket, source.region_name and source.endpoint)")]
+    #[error(
+        "bucket {0:?} does not exist (check source.bucket, source.region_name and source.endpoint)"
+    )]
     NoSuchBucket(String),
     #[error("access denied: {0}")]
     AccessDenied(String),
@@ -49,7 +54,12 @@ pub trait Store {
 
     /// Writes `key` if the precondition holds; returns the new ETag, or
     /// `StoreError::Conflict` when it does not hold.
-    async fn put(&self, key: &str, body: Vec<u8>, when: Precondition<'_>) -> Result<String, StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError>;
 
     /// Every key that starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
@@ -81,7 +91,12 @@ impl Store for AnyStore {
         }
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, when: Precondition<'_>) -> Result<String, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError> {
         match self {
             AnyStore::Local(s) => s.put(key, body, when).await,
             AnyStore::S3(s) => s.put(key, body, when).await,

@@ -15,7 +15,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     SharedCredentialsProvider,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_async::rt::sleep::default_async_sleep;
@@ -31,7 +31,9 @@ pub struct S3Store {
 
 /// Builds the HTTPS client: rustls with ring (small, fast to start), the
 /// system's roots plus `ca_bundle`.
-fn http_client(ca_bundle: Option<&str>) -> Result<aws_sdk_s3::config::SharedHttpClient, StoreError> {
+fn http_client(
+    ca_bundle: Option<&str>,
+) -> Result<aws_sdk_s3::config::SharedHttpClient, StoreError> {
     let mut trust = tls::TrustStore::default();
     if let Some(pem) = ca_bundle {
         trust = trust.with_pem_certificate(pem.as_bytes().to_vec());
@@ -41,7 +43,9 @@ fn http_client(ca_bundle: Option<&str>) -> Result<aws_sdk_s3::config::SharedHttp
         .build()
         .map_err(|e| StoreError::Other(format!("source.ca_bundle cannot be used: {e}")))?;
     Ok(aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .tls_context(context)
         .build_https())
 }
@@ -149,6 +153,21 @@ impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
     }
 }
 
+/// An error and its sources on one line, without the SDK's Debug dump.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 /// Maps an SDK error to a store error; `None` when the caller handles it.
 fn classify<E>(bucket: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
 where
@@ -160,21 +179,26 @@ where
     let detail = || match (&code, &message) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.clone(),
-        _ => DisplayErrorContext(&e).to_string(),
+        _ => one_line(&e),
     };
     match (code.as_deref(), status) {
         (Some("NoSuchBucket"), _) => StoreError::NoSuchBucket(bucket.to_string()),
-        (Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"), _) => {
-            StoreError::Credentials(detail())
-        }
+        (
+            Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"),
+            _,
+        ) => StoreError::Credentials(detail()),
         (Some("AccessDenied"), _) | (_, Some(403)) => StoreError::AccessDenied(detail()),
         (Some("PreconditionFailed" | "ConditionalRequestConflict"), _) | (_, Some(412 | 409)) => {
             StoreError::Conflict
         }
         _ => {
-            let text = DisplayErrorContext(&e).to_string();
-            if text.contains("credentials") && status.is_none() {
-                StoreError::Credentials(text)
+            let text = one_line(&e);
+            if status.is_none()
+                && (text.contains("no credentials") || text.contains("credential provider"))
+            {
+                StoreError::Credentials(format!(
+                    "{text} (set access_key_id and secret_access_key in the source, or give the worker credentials)"
+                ))
             } else {
                 StoreError::Other(text)
             }
@@ -195,11 +219,10 @@ impl Store for S3Store {
         match result {
             Ok(out) => {
                 let etag = out.e_tag().unwrap_or_default().to_string();
-                let body = out
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| StoreError::Other(format!("reading the body of {key}: {e}")))?;
+                let body =
+                    out.body.collect().await.map_err(|e| {
+                        StoreError::Other(format!("reading the body of {key}: {e}"))
+                    })?;
                 Ok(Fetched::Found {
                     body: body.into_bytes().to_vec(),
                     etag,
@@ -226,7 +249,12 @@ impl Store for S3Store {
         }
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, when: Precondition<'_>) -> Result<String, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError> {
         let mut req = self
             .client
             .put_object()
@@ -248,7 +276,11 @@ impl Store for S3Store {
         match req.send().await {
             Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
             // If-Match on a key that was deleted meanwhile: S3 answers 404.
-            Err(e) if matches!(when, Precondition::Matches(_)) && status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket") => {
+            Err(e)
+                if matches!(when, Precondition::Matches(_))
+                    && status_of(&e) == Some(404)
+                    && e.code() != Some("NoSuchBucket") =>
+            {
                 Err(StoreError::Conflict)
             }
             Err(e) => Err(classify(&self.bucket, e)),
@@ -266,7 +298,11 @@ impl Store for S3Store {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify(&self.bucket, e))?;
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
         }
         keys.sort();
         Ok(keys)

@@ -1,0 +1,125 @@
+//! `check`: versions of the current run, and gates.
+
+use crate::util::World;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn revisions(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["revision"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn lists_revisions_of_the_current_run(w: World) {
+    assert_eq!(w.check().ok(), json!([]), "no document: no versions");
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    let out = w.put(json!({"start": 5})).ok();
+    let newest = w.check().ok();
+    assert_eq!(
+        newest,
+        json!([out["version"]]),
+        "without a version: only the newest"
+    );
+    let v = &newest[0];
+    assert_eq!(
+        (v["state"].as_str(), v["status"].as_str()),
+        (Some("5"), Some("in_progress"))
+    );
+    assert!(v["etag"].is_string(), "the newest carries its ETag");
+    // From a given version: it first (verbatim), then every later one.
+    let from = json!({"revision": "1", "state": "0", "status": "pending"});
+    let list = w.check_from(&from).ok();
+    assert_eq!(revisions(&list), ["1", "2", "3"]);
+    assert_eq!(list[0], from);
+    assert_eq!(
+        list[1],
+        json!({"revision": "2", "state": "5", "status": "pending"})
+    );
+    assert_eq!(list[2], out["version"]);
+    // Unchanged since the given version: exactly it again.
+    assert_eq!(w.check_from(v).ok(), json!([v]));
+    // A version from a run that was restarted away: the new run from its start.
+    w.put(json!({"restart": true})).ok();
+    assert_eq!(revisions(&w.check_from(&from).ok()), ["4"]);
+    assert_eq!(revisions(&w.check_from(v).ok()), ["4"]);
+}
+
+fn gate_waits_for_the_backoff(w: World) {
+    let gated = w.with(json!({"gate": {"state": 5}, "retry": {"backoff": "2s", "factor": 1}}));
+    assert_eq!(gated.check().ok(), json!([]));
+    gated.put(json!({"init": true})).ok();
+    assert_eq!(
+        gated.check().ok(),
+        json!([]),
+        "at 0: the stage-5 gate is shut"
+    );
+    gated.put(json!({"complete": 0})).ok();
+    let due = gated.check().ok();
+    assert_eq!(revisions(&due), ["2"], "pending at 5: due");
+    // Unchanged: the same version again (a conditional GET).
+    assert_eq!(gated.check_from(&due[0]).ok(), due);
+    gated.put(json!({"start": 5})).ok();
+    assert_eq!(
+        gated.check_from(&due[0]).ok(),
+        json!([]),
+        "never while in progress"
+    );
+    gated.put(json!({"fail": 5, "error": "boom"})).ok();
+    let doc = gated.doc();
+    let retry_at = chrono::DateTime::parse_from_rfc3339(doc["retry_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        gated.check_from(&due[0]).ok(),
+        json!([]),
+        "not before retry_at"
+    );
+    let get = gated.get(&json!({"revision": "4"})).run();
+    let dest = get.dest.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dest.join("action")).unwrap(),
+        "wait"
+    );
+    // Sleep past retry_at.
+    let left = retry_at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    std::thread::sleep(left.to_std().unwrap_or_default() + Duration::from_millis(50));
+    let after = gated.check_from(&due[0]).ok();
+    assert_eq!(revisions(&after), ["4"], "after retry_at: due again");
+    assert_eq!(gated.check_from(&after[0]).ok(), after);
+    let get = gated.get(&after[0]).run();
+    assert_eq!(
+        std::fs::read_to_string(get.dest.unwrap().join("action")).unwrap(),
+        "retry"
+    );
+    // Exhausted: blocked, never due.
+    gated.put(json!({"fail": 5, "error": "boom"})).ok();
+    gated.put(json!({"fail": 5, "error": "boom"})).ok();
+    assert_eq!(gated.doc()["status"], "blocked");
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(
+        gated.check_from(&after[0]).ok(),
+        json!([]),
+        "never when blocked"
+    );
+    // A human retry opens the gate again.
+    gated.put(json!({"retry": 5})).ok();
+    assert_eq!(revisions(&gated.check().ok()), ["7"]);
+}
+
+fn min_state_gate(w: World) {
+    let gated = w.with(json!({"gate": {"min_state": 10}}));
+    gated.put(json!({"init": true})).ok();
+    gated.put(json!({"complete": 0})).ok();
+    assert_eq!(gated.check().ok(), json!([]));
+    gated.put(json!({"complete": 5})).ok();
+    assert_eq!(revisions(&gated.check().ok()), ["3"]);
+    gated.put(json!({"complete": 10})).ok();
+    assert_eq!(revisions(&gated.check().ok()), ["4"]);
+}
+
+crate::both_stores!(
+    lists_revisions_of_the_current_run,
+    gate_waits_for_the_backoff,
+    min_state_gate
+);

@@ -1,0 +1,393 @@
+//! Every bad input the SPEC names: exit 1, one clear line on stderr that
+//! says what to do, nothing on stdout, nothing written.
+
+use crate::util::{Kind, World};
+use serde_json::{Value, json};
+
+/// Runs a failing put and checks that the store is exactly as before.
+#[track_caller]
+fn refused_put(w: &World, params: Value) -> String {
+    let before = w.keys();
+    let doc = w.raw("state.json");
+    let err = w.put(params).fails();
+    assert_eq!(w.keys(), before, "no object was added or removed");
+    assert_eq!(w.raw("state.json"), doc, "the document is unchanged");
+    err
+}
+
+fn bad_requests(w: World) {
+    w.put(json!({"init": true})).ok();
+    for program in ["check", "in", "out"] {
+        let step = match program {
+            "check" => w.check(),
+            "in" => w.get(&json!({"revision": "1"})),
+            _ => w.put(json!({})),
+        };
+        let err = step.raw_stdin("<html>not json</html>").fails();
+        assert!(
+            err.contains("invalid payload: expected value at line 1 column 1"),
+            "{program}: {err}"
+        );
+        let err = match program {
+            "check" => w.check().raw_stdin("{}"),
+            "in" => w.get(&json!({})).raw_stdin("{}"),
+            _ => w.put(json!({})).raw_stdin("{}"),
+        }
+        .fails();
+        assert!(
+            err.contains("invalid payload: missing field `source`"),
+            "{program}: {err}"
+        );
+    }
+    let mut source = w.source();
+    source["bukket"] = json!("x");
+    let err = w.check().stdin(json!({"source": source})).fails();
+    assert!(
+        err.contains("invalid payload: source.bukket: unknown field `bukket`, expected one of"),
+        "{err}"
+    );
+    let err = w
+        .check()
+        .stdin(json!({"source": w.source(), "version": {"revision": "1", "serial": "2"}}))
+        .fails();
+    assert!(
+        err.contains("version.serial: unknown field `serial`"),
+        "{err}"
+    );
+    let err = w
+        .get_with(&json!({"revision": "1"}), json!({"skip_download": true}))
+        .fails();
+    assert!(
+        err.contains("params.skip_download: unknown field `skip_download`"),
+        "{err}"
+    );
+}
+
+fn bad_put_params(w: World) {
+    w.put(json!({"init": true})).ok();
+    let err = refused_put(&w, json!({"complete": 0, "stat": 1}));
+    assert!(err.contains("params.stat: unknown field `stat`"), "{err}");
+    let err = refused_put(&w, json!({}));
+    assert!(
+        err.contains("rhel8-web: params: no action given; a put takes exactly one of init, start"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"start": 0, "complete": 0}));
+    assert!(
+        err.contains("params: start and complete given; a put takes exactly one action"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"complete": 33}));
+    assert!(
+        err.contains(
+            "params.complete: state 33 is not on the ladder (0, 5, ..., 100 (steps of 5))"
+        ),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"complete": -5}));
+    assert!(err.contains("state code -5 is negative"), "{err}");
+    let err = refused_put(&w, json!({"complete": 25}));
+    assert!(
+        err.contains("rhel8-web is at 0 (initial, pending); cannot complete 25; allowed now: start 0, complete 0, fail 0, set (with a reason), cancel, restart"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"fail": 0}));
+    assert!(
+        err.contains("params.fail needs `error` or `error_file`"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"fail": 0, "error_file": "out/missing.txt"}));
+    assert!(
+        err.contains("params.error_file: cannot read") && err.contains("make the task write it"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"fail": 0, "error": "x", "kind": "fatal"}));
+    assert!(
+        err.contains("params.kind: \"fatal\" must be transient or persistent"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"start": 0, "error": "x"}));
+    assert!(
+        err.contains("params.error goes with fail or finish, not with start"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"start": 0, "vars_file": "nope.json"}));
+    assert!(err.contains("params.vars_file: cannot read"), "{err}");
+    let err = refused_put(&w, json!({"file": "nope.json"}));
+    assert!(err.contains("params.file: cannot read"), "{err}");
+    // With a fallback `error`, a missing error_file still records the failure.
+    let out = w
+        .put(json!({"fail": 0, "error_file": "missing.txt", "error": "stage failed"}))
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("warning: params.error_file: cannot read"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(w.doc()["last_error"]["message"], "stage failed");
+}
+
+fn bad_sources(w: World) {
+    let before = w.keys();
+    for (id, shown) in [
+        ("../x", "\"../x\""),
+        ("a/b", "\"a/b\""),
+        ("..", "\"..\""),
+        ("", ""),
+    ] {
+        let mut s = w.source();
+        s["build_id"] = json!(id);
+        let err = w
+            .put(json!({"init": true}))
+            .stdin(json!({"source": s, "params": {"init": true}}))
+            .fails();
+        assert!(err.contains("source.build_id:"), "{err}");
+        assert!(err.contains(shown), "{err}");
+    }
+    let mut s = w.source();
+    s["retry"] = json!({"backoff": "soon"});
+    let err = w.check().stdin(json!({"source": s})).fails();
+    assert!(
+        err.contains("rhel8-web: source.retry.backoff: \"soon\" is not a duration"),
+        "{err}"
+    );
+    let mut s = w.source();
+    s["gate"] = json!({"state": 7});
+    let err = w.check().stdin(json!({"source": s})).fails();
+    assert!(
+        err.contains("source.gate: state 7 is not on the ladder"),
+        "{err}"
+    );
+    let mut s = w.source();
+    s["states"] = json!([{"code": 0, "name": "queued"}, {"code": 0, "name": "done"}]);
+    let err = w.check().stdin(json!({"source": s})).fails();
+    assert!(
+        err.contains("source.states: states must be strictly increasing"),
+        "{err}"
+    );
+    // Neither bucket nor local_dir.
+    let err = w
+        .check()
+        .stdin(json!({"source": {"build_id": "rhel8-web"}}))
+        .fails();
+    assert!(err.contains("rhel8-web: source.bucket: is required: the S3 bucket that holds the states (or set local_dir"), "{err}");
+    assert_eq!(w.keys(), before, "nothing written");
+}
+
+fn custom_ladder(w: World) {
+    let w = w.with(json!({"states": [
+        {"code": 0, "name": "queued"}, {"code": 10, "name": "built"}, {"code": 20, "name": "shipped"}
+    ]}));
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    assert_eq!(w.doc()["state_name"], "built");
+    let err = refused_put(&w, json!({"complete": 5}));
+    assert!(
+        err.contains("state 5 is not on the ladder (0, 10, 20)"),
+        "{err}"
+    );
+    w.put(json!({"complete": 10})).ok();
+    assert_eq!(
+        (w.doc()["state"].as_u64(), w.doc()["status"].as_str()),
+        (Some(20), Some("completed"))
+    );
+}
+
+fn corrupt_documents_are_refused(w: World) {
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    let good = w.raw("state.json").unwrap();
+
+    w.write_raw("state.json", b"{\"schema_version\": 1, \"build_id\": ");
+    for step in [w.check(), w.get(&json!({"revision": "1"}))] {
+        let err = step.fails();
+        assert!(
+            err.contains("the document is not valid JSON")
+                && err.contains("restore an earlier version"),
+            "{err}"
+        );
+    }
+    let err = refused_put(&w, json!({"start": 5}));
+    assert!(
+        err.contains("rhel8-web") && err.contains("state.json") && err.contains("not valid JSON"),
+        "{err}"
+    );
+
+    // A summary that disagrees with the history (a hand edit gone wrong).
+    let mut doc: Value = serde_json::from_slice(&good).unwrap();
+    doc["state"] = json!(25);
+    w.write_raw(
+        "state.json",
+        serde_json::to_string_pretty(&doc).unwrap().as_bytes(),
+    );
+    let err = w.check().fails();
+    assert!(
+        err.contains("the document is corrupt: its summary disagrees with its history: state is 25 but its history says 5"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"start": 25}));
+    assert!(err.contains("is corrupt"), "{err}");
+
+    // A document of another build.
+    let mut doc: Value = serde_json::from_slice(&good).unwrap();
+    doc["build_id"] = json!("other");
+    w.write_raw("state.json", doc.to_string().as_bytes());
+    let err = w.check().fails();
+    assert!(
+        err.contains("the document is corrupt: it belongs to build \"other\""),
+        "{err}"
+    );
+}
+
+fn secrets_never_appear(w: World) {
+    let secret = "SECRET-wJalrXUtnFEMI-K7MDENG";
+    let token = "TOKEN-FwoGZXIvYXdzEJr";
+    let w = w.with(json!({}));
+    let mut source = w.source();
+    if w.kind == Kind::Local {
+        // A local source cannot carry keys into a store, but a mistaken
+        // one must still not leak them.
+        source["bukket"] = json!("typo");
+    }
+    source["secret_access_key"] = json!(secret);
+    source["session_token"] = json!(token);
+    if w.kind == Kind::S3 {
+        source["access_key_id"] = json!("AKIDEXAMPLE");
+    }
+    let runs = [
+        w.check().stdin(json!({"source": source})).run(),
+        w.put(json!({}))
+            .stdin(json!({"source": source, "params": {"init": true}}))
+            .run(),
+        w.put(json!({}))
+            .stdin(json!({"source": source, "params": {"complete": 40}}))
+            .run(),
+        w.get(&json!({}))
+            .stdin(json!({"source": source, "version": {"revision": "1"}}))
+            .run(),
+        w.get(&json!({}))
+            .stdin(json!({"source": source, "version": {"revision": "77"}}))
+            .run(),
+    ];
+    for out in &runs {
+        for s in [secret, token] {
+            assert!(
+                !out.stdout.contains(s) && !out.stderr.contains(s),
+                "leaked: {out:?}"
+            );
+        }
+    }
+    if w.kind == Kind::S3 {
+        assert_eq!(runs[1].code, Some(0), "{}", runs[1].stderr);
+        let dest = runs[3].dest.as_ref().unwrap();
+        for entry in std::fs::read_dir(dest).unwrap() {
+            let body = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            assert!(!body.contains(secret) && !body.contains(token));
+        }
+        assert!(
+            !String::from_utf8(w.raw("state.json").unwrap())
+                .unwrap()
+                .contains(secret)
+        );
+    }
+}
+
+crate::both_stores!(
+    bad_requests,
+    bad_put_params,
+    bad_sources,
+    custom_ladder,
+    corrupt_documents_are_refused,
+    secrets_never_appear,
+);
+
+mod s3_only {
+    use super::*;
+
+    fn world(name: &str) -> World {
+        World::new(Kind::S3, name)
+    }
+
+    #[test]
+    fn missing_bucket() {
+        let w = world("missing_bucket");
+        let mut s = w.source();
+        s["bucket"] = json!("no-such-bucket-here");
+        let err = w.check().stdin(json!({"source": s.clone()})).fails();
+        assert!(
+            err.contains("rhel8-web (s3://no-such-bucket-here/missing_bucket-")
+                && err.contains("bucket \"no-such-bucket-here\" does not exist (check source.bucket, source.region_name and source.endpoint)"),
+            "{err}"
+        );
+        let err = w
+            .put(json!({}))
+            .stdin(json!({"source": s, "params": {"init": true}}))
+            .fails();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn missing_credentials() {
+        let w = world("missing_credentials");
+        let mut s = w.source();
+        s.as_object_mut().unwrap().remove("access_key_id");
+        s.as_object_mut().unwrap().remove("secret_access_key");
+        let err = w.check().stdin(json!({"source": s.clone()})).fails();
+        assert!(
+            err.contains("rhel8-web: source.access_key_id: no credentials: set access_key_id and secret_access_key, or set enable_aws_creds_provider: true"),
+            "{err}"
+        );
+        s["access_key_id"] = json!("AKID");
+        let err = w.check().stdin(json!({"source": s})).fails();
+        assert!(
+            err.contains("source.secret_access_key: is required with access_key_id"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn credential_chain_from_the_environment() {
+        // enable_aws_creds_provider: the standard chain (here: environment).
+        let w = world("credential_chain");
+        let mut s = w.source();
+        s.as_object_mut().unwrap().remove("access_key_id");
+        s.as_object_mut().unwrap().remove("secret_access_key");
+        s["enable_aws_creds_provider"] = json!(true);
+        let out = w
+            .put(json!({}))
+            .stdin(json!({"source": s.clone(), "params": {"init": true}}))
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .ok();
+        assert_eq!(out["version"]["revision"], "1");
+        // Nothing in the chain: a clear error, quickly (no metadata stall).
+        let started = std::time::Instant::now();
+        let err = w
+            .check()
+            .stdin(json!({"source": s}))
+            .env("AWS_ACCESS_KEY_ID", "")
+            .env("AWS_SECRET_ACCESS_KEY", "")
+            .env("AWS_PROFILE", "none")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .fails();
+        assert!(err.contains("credentials"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn unreachable_endpoint() {
+        let w = world("unreachable");
+        let mut s = w.source();
+        s["endpoint"] = json!("http://127.0.0.1:9");
+        let err = w.check().stdin(json!({"source": s})).fails();
+        assert!(
+            err.contains("rhel8-web (s3://build-state-tests/unreachable-"),
+            "{err}"
+        );
+    }
+}

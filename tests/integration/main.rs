@@ -1,0 +1,9 @@
+//! Integration tests: the real programs, JSON on stdin, a real store.
+
+mod util;
+
+mod check;
+mod concurrency;
+mod errors;
+mod get;
+mod put;

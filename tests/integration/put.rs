@@ -1,0 +1,334 @@
+//! `out`: every action, as Concourse runs it, on both stores.
+
+use crate::util::World;
+use serde_json::{Value, json};
+
+fn state(v: &Value) -> (&str, &str) {
+    (
+        v["version"]["state"].as_str().unwrap(),
+        v["version"]["status"].as_str().unwrap(),
+    )
+}
+
+fn meta(v: &Value, name: &str) -> Option<String> {
+    v["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .map(|m| m["value"].as_str().unwrap().to_string())
+}
+
+fn full_ladder_to_delivered(w: World) {
+    let w = w.with(json!({"labels": {"cloud_provider": "aws", "image_type": "rhel8"}}));
+    let out = w.put(json!({"init": true})).build("init", 1).ok();
+    assert_eq!(state(&out), ("0", "pending"));
+    assert_eq!(out["version"]["revision"], "1");
+    let mut build = 10;
+    for code in (0..100).step_by(5) {
+        build += 1;
+        let out = w.put(json!({"start": code})).build("stage", build).ok();
+        assert_eq!(state(&out), (code.to_string().as_str(), "in_progress"));
+        let out = w.put(json!({"complete": code})).build("stage", build).ok();
+        if code < 95 {
+            assert_eq!(state(&out), ((code + 5).to_string().as_str(), "pending"));
+        }
+    }
+    let doc = w.doc();
+    assert_eq!(
+        (doc["state"].as_u64(), doc["status"].as_str()),
+        (Some(100), Some("completed"))
+    );
+    assert_eq!(doc["state_name"], "complete and delivered");
+    assert_eq!(doc["revision"], 41);
+    assert_eq!(doc["history"].as_array().unwrap().len(), 41);
+    assert_eq!(doc["labels"]["image_type"], "rhel8");
+    let by = &doc["history"][40]["by"];
+    assert_eq!(by["job"], "stage");
+    assert_eq!(
+        by["build_url"],
+        "https://ci.example.com/teams/main/pipelines/staged-image-build/jobs/stage/builds/30"
+    );
+    // The document is pretty-printed for people.
+    let raw = String::from_utf8(w.raw("state.json").unwrap()).unwrap();
+    assert!(raw.starts_with("{\n  \"schema_version\": 1,"), "{raw}");
+}
+
+fn three_failures_block(w: World) {
+    let w = w.with(json!({"retry": {"backoff": "10m"}}));
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    for (i, expect) in [(1, "failed"), (2, "failed"), (3, "blocked")] {
+        w.put(json!({"start": 5})).build("kickstart", 100 + i).ok();
+        let out = w
+            .put(json!({"fail": 5, "error": format!("packer: timeout {i}")}))
+            .build("kickstart", 100 + i)
+            .ok();
+        assert_eq!(state(&out), ("5", expect));
+        assert_eq!(meta(&out, "attempts").unwrap(), i.to_string());
+    }
+    let doc = w.doc();
+    assert_eq!(doc["attempts"], 3);
+    assert_eq!(doc["retry_at"], Value::Null);
+    assert_eq!(
+        doc["last_error"],
+        json!({"message": "packer: timeout 3", "kind": "transient"})
+    );
+    // A second failure waited twice as long as the first.
+    let h = doc["history"].as_array().unwrap();
+    let wait = |e: &Value| {
+        let at = chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap();
+        let due = chrono::DateTime::parse_from_rfc3339(e["retry_at"].as_str().unwrap()).unwrap();
+        (due - at).num_seconds()
+    };
+    assert_eq!((wait(&h[3]), wait(&h[5])), (600, 1200));
+    // Blocked: only a human moves it on.
+    let err = w.put(json!({"start": 5})).build("kickstart", 200).fails();
+    assert!(
+        err.contains("rhel8-web is at 5 (kickstart initiated, blocked); cannot start 5; allowed now: retry 5, set (with a reason), cancel, restart"),
+        "{err}"
+    );
+    let out = w.put(json!({"retry": 5})).ok();
+    assert_eq!(state(&out), ("5", "pending"));
+    assert_eq!(w.doc()["attempts"], 0);
+}
+
+fn persistent_failures_block_at_once(w: World) {
+    let w = w.with(json!({"persistent_errors": ["(?i)license"], "transient_errors": ["timeout"]}));
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    let out = w
+        .put(json!({"fail": 5, "error": "RHEL license rejected"}))
+        .ok();
+    assert_eq!(state(&out), ("5", "blocked"));
+    assert_eq!(w.doc()["last_error"]["kind"], "persistent");
+    w.put(json!({"retry": 5})).ok();
+    let out = w.put(json!({"fail": 5, "error": "ssh timeout"})).ok();
+    assert_eq!(state(&out), ("5", "failed"));
+    // An explicit kind wins over the lists.
+    let out = w
+        .put(json!({"fail": 5, "error": "ssh timeout", "kind": "persistent"}))
+        .ok();
+    assert_eq!(state(&out), ("5", "blocked"));
+}
+
+fn per_state_retry_policy(w: World) {
+    let w = w.with(json!({"retry": {"max_attempts": 5, "states": {"5": {"max_attempts": 2, "backoff": "5m"}}}}));
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    w.put(json!({"fail": 5, "error": "a"})).ok();
+    let h = w.doc()["history"][2].clone();
+    assert!(h["retry_at"].is_string());
+    let out = w.put(json!({"fail": 5, "error": "b"})).ok();
+    assert_eq!(state(&out), ("5", "blocked"));
+}
+
+fn finish_follows_the_build_status(w: World) {
+    w.put(json!({"init": true})).ok();
+    // Without BUILD_STATUS (Concourse before 8.2, or outside a hook).
+    let before = w.raw("state.json");
+    let err = w.put(json!({"finish": 0})).build("kickstart", 1).fails();
+    assert!(
+        err.contains("params.finish needs the build status")
+            && err.contains("use complete: N and fail: N"),
+        "{err}"
+    );
+    assert_eq!(w.raw("state.json"), before, "nothing written");
+
+    let out = w
+        .put(json!({"finish": 0}))
+        .build("j", 2)
+        .env("BUILD_STATUS", "succeeded")
+        .ok();
+    assert_eq!(state(&out), ("5", "pending"));
+
+    w.write_file("out/error.txt", "  ansible: role 'hardening' failed\n");
+    let hook = json!({"finish": 5, "error_file": "out/error.txt"});
+    let out = w
+        .put(hook.clone())
+        .build("j", 3)
+        .env("BUILD_STATUS", "failed")
+        .ok();
+    assert_eq!(state(&out), ("5", "failed"));
+    assert_eq!(
+        w.doc()["last_error"]["message"],
+        "ansible: role 'hardening' failed"
+    );
+
+    // errored counts as a failure; without an error the build is named.
+    let out = w
+        .put(json!({"finish": 5}))
+        .build("j", 4)
+        .env("BUILD_STATUS", "errored")
+        .ok();
+    assert_eq!(state(&out), ("5", "failed"));
+    assert_eq!(
+        w.doc()["last_error"]["message"],
+        "main/staged-image-build/j #4 errored"
+    );
+
+    // On success the error file is not needed.
+    let out = w
+        .put(json!({"finish": 5, "error_file": "missing.txt"}))
+        .build("j", 5)
+        .env("BUILD_STATUS", "succeeded")
+        .ok();
+    assert_eq!(state(&out), ("10", "pending"));
+
+    // aborted: a human decides.
+    let out = w
+        .put(json!({"finish": 10}))
+        .build("j", 6)
+        .env("BUILD_STATUS", "aborted")
+        .ok();
+    assert_eq!(state(&out), ("10", "blocked"));
+    assert_eq!(w.doc()["last_error"]["kind"], "persistent");
+    assert!(
+        w.doc()["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("was aborted")
+    );
+}
+
+fn a_replayed_put_is_a_no_op(w: World) {
+    w.put(json!({"init": true})).build("init", 7).ok();
+    let first = w.put(json!({"complete": 0})).build("kickstart", 8).ok();
+    let again = w.put(json!({"complete": 0})).build("kickstart", 8);
+    let out = again.run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("no change"), "{}", out.stderr);
+    let again: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(again["version"], first["version"]);
+    assert_eq!(w.doc()["revision"], 2);
+    // init of a build still at its initial state is a no-op too; of a build
+    // under way it is refused.
+    let err = w.put(json!({"init": true})).build("init", 9).fails();
+    assert!(
+        err.contains("rhel8-web is at 5 (kickstart initiated, pending); cannot init"),
+        "{err}"
+    );
+}
+
+fn restart_archives_the_run(w: World) {
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    let err = w.put(json!({"init": true, "restart": true})).fails();
+    assert!(err.contains("cannot init"), "{err}");
+    w.put(json!({"cancel": "superseded by rhel8-web-2"})).ok();
+    assert_eq!(w.doc()["status"], "cancelled");
+    let out = w.put(json!({"init": true, "restart": true})).ok();
+    assert_eq!(out["version"]["revision"], "4");
+    let doc = w.doc();
+    assert_eq!(
+        (
+            doc["run"].as_u64(),
+            doc["revision"].as_u64(),
+            doc["state"].as_u64()
+        ),
+        (Some(2), Some(4), Some(0))
+    );
+    assert_eq!(doc["history"].as_array().unwrap().len(), 1);
+    let archive: Value =
+        serde_json::from_slice(&w.raw("runs/1.json").expect("archive written")).unwrap();
+    assert_eq!(
+        (archive["run"].as_u64(), archive["revision"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(archive["status"], "cancelled");
+    // `restart: true` alone abandons a run under way.
+    w.put(json!({"complete": 0})).ok();
+    let out = w.put(json!({"restart": true})).ok();
+    assert_eq!(out["version"]["revision"], "6");
+    assert!(w.raw("runs/2.json").is_some());
+    assert_eq!(w.doc()["run"], 3);
+}
+
+fn set_and_cancel(w: World) {
+    w.put(json!({"init": true})).ok();
+    let err = w.put(json!({"set": 40})).fails();
+    assert!(err.contains("params.set needs a `reason`"), "{err}");
+    let out = w
+        .put(json!({"set": 40, "status": "failed", "reason": "stages 0-35 done by hand"}))
+        .ok();
+    assert_eq!(state(&out), ("40", "failed"));
+    assert_eq!(w.doc()["history"][1]["reason"], "stages 0-35 done by hand");
+    let err = w
+        .put(json!({"set": 40, "status": "done", "reason": "x"}))
+        .fails();
+    assert!(
+        err.contains("params.status: \"done\" must be one of pending"),
+        "{err}"
+    );
+    w.put(json!({"cancel": "image no longer needed"})).ok();
+    let err = w.put(json!({"cancel": "again"})).fails();
+    assert!(err.contains("cannot cancel"), "{err}");
+}
+
+fn vars_and_notes(w: World) {
+    w.put(json!({"init": true})).ok();
+    w.write_file(
+        "vars.json",
+        r#"{"ami_id": "ami-0abc", "region": "eu-west-1"}"#,
+    );
+    w.put(json!({"complete": 0, "vars_file": "vars.json", "note": "green image"}))
+        .ok();
+    w.write_file("vars2.json", r#"{"ami_id": "ami-0def"}"#);
+    w.put(json!({"start": 5, "vars_file": "vars2.json"})).ok();
+    let doc = w.doc();
+    assert_eq!(
+        doc["vars"],
+        json!({"ami_id": "ami-0def", "region": "eu-west-1"})
+    );
+    assert_eq!(doc["history"][1]["vars"]["ami_id"], "ami-0abc");
+    assert_eq!(doc["history"][1]["note"], "green image");
+    w.write_file("bad.json", "[1, 2]");
+    let err = w.put(json!({"start": 5, "vars_file": "bad.json"})).fails();
+    assert!(
+        err.contains("params.vars_file: bad.json must hold a JSON object"),
+        "{err}"
+    );
+}
+
+fn file_must_extend_the_history(w: World) {
+    w.put(json!({"init": true})).ok();
+    let mut doc = w.doc();
+    // Another tool appends an event to the document.
+    let mut e = doc["history"][0].clone();
+    e["revision"] = json!(2);
+    e["action"] = json!("complete");
+    e["target"] = json!(0);
+    e["state"] = json!(5);
+    e["attempt"] = json!(1);
+    doc["history"].as_array_mut().unwrap().push(e.clone());
+    doc["revision"] = json!(2);
+    doc["state"] = json!(5);
+    doc["updated_at"] = e["at"].clone();
+    w.write_file("doc.json", &doc.to_string());
+    let out = w.put(json!({"file": "doc.json"})).ok();
+    assert_eq!(state(&out), ("5", "pending"));
+    assert_eq!(w.doc()["state_name"], "kickstart initiated");
+    // Again: nothing new, a no-op.
+    w.put(json!({"file": "doc.json"})).ok();
+    assert_eq!(w.doc()["revision"], 2);
+    // A document that rewrites history is refused.
+    let stored = w.raw("state.json");
+    doc["history"][0]["note"] = json!("rewritten");
+    w.write_file("doc.json", &doc.to_string());
+    let err = w.put(json!({"file": "doc.json"})).fails();
+    assert!(err.contains("does not extend the stored history"), "{err}");
+    assert_eq!(w.raw("state.json"), stored);
+}
+
+crate::both_stores!(
+    full_ladder_to_delivered,
+    three_failures_block,
+    persistent_failures_block_at_once,
+    per_state_retry_policy,
+    finish_follows_the_build_status,
+    a_replayed_put_is_a_no_op,
+    restart_archives_the_run,
+    set_and_cancel,
+    vars_and_notes,
+    file_must_extend_the_history,
+);

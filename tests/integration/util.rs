@@ -1,0 +1,511 @@
+//! The test harness: runs the real programs with JSON on stdin, exactly as
+//! Concourse does, against a local directory or a real S3 server on
+//! 127.0.0.1 (started once per test run by `../shared/s3-test-server`).
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The directory holding `check`, `in` and `out`: `BUILD_STATE_RESOURCE_DIR`
+/// (for example a layout made by `scripts/package`), else links to the
+/// binary cargo built, named as in the image.
+pub fn resource_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("BUILD_STATE_RESOURCE_DIR") {
+            return PathBuf::from(dir);
+        }
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_build-state"));
+        let dir = bin
+            .parent()
+            .unwrap()
+            .join(format!("resource-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["check", "in", "out"] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&bin, &link).unwrap();
+        }
+        dir
+    })
+}
+
+/// The local S3 server, started on first use and stopped when the test
+/// process exits (a watcher process waits for it).
+pub struct S3Server {
+    pub endpoint: String,
+}
+
+pub const BUCKET: &str = "build-state-tests";
+
+pub fn s3() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let scripts = std::env::var_os("S3_TEST_SERVER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/s3-test-server"));
+        let start = scripts.join("start.sh");
+        assert!(
+            start.exists(),
+            "the S3 test server scripts are missing at {} (set S3_TEST_SERVER_DIR)",
+            scripts.display()
+        );
+        let out = Command::new("bash")
+            .arg(&start)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running start.sh");
+        assert!(out.status.success(), "start.sh failed: the S3 test server did not start");
+        let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        let endpoint = vars["AWS_ENDPOINT_URL"].clone();
+        let pid = vars["S3_LOCAL_PID"].clone();
+        // Stop the server when this test process is gone.
+        Command::new("setsid")
+            .args([
+                "bash",
+                "-c",
+                r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; bash "$2" "$3" >/dev/null 2>&1"#,
+                "watch",
+                &std::process::id().to_string(),
+                &scripts.join("stop.sh").to_string_lossy(),
+                &pid,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the watcher that stops the S3 server");
+        let server = S3Server { endpoint };
+        server.block_on(async {
+            let c = server.client();
+            c.create_bucket().bucket(BUCKET).send().await.expect("creating the test bucket");
+        });
+        server
+    })
+}
+
+impl S3Server {
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Local,
+    S3,
+}
+
+/// One test's world: a store (a fresh directory, or a fresh prefix in the
+/// shared bucket) and a scratch directory for sources and destinations.
+pub struct World {
+    pub kind: Kind,
+    pub tmp: tempfile::TempDir,
+    pub prefix: String,
+    pub build_id: String,
+    /// Extra source fields (retry, gate, labels, ...).
+    pub extra: Value,
+}
+
+impl World {
+    pub fn new(kind: Kind, test: &str) -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("src")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("states")).unwrap();
+        if kind == Kind::S3 {
+            s3();
+        }
+        World {
+            kind,
+            tmp,
+            prefix: format!("{test}-{}/", std::process::id()),
+            build_id: "rhel8-web".to_string(),
+            extra: json!({}),
+        }
+    }
+
+    pub fn with(mut self, extra: Value) -> World {
+        merge(&mut self.extra, extra);
+        self
+    }
+
+    /// The source block for this world.
+    pub fn source(&self) -> Value {
+        let mut s = match self.kind {
+            Kind::Local => json!({"local_dir": self.states_dir()}),
+            Kind::S3 => json!({
+                "bucket": BUCKET,
+                "endpoint": s3().endpoint,
+                "use_path_style": true,
+                "access_key_id": "test",
+                "secret_access_key": "test",
+            }),
+        };
+        merge(
+            &mut s,
+            json!({"build_id": self.build_id, "prefix": self.prefix}),
+        );
+        merge(&mut s, self.extra.clone());
+        s
+    }
+
+    pub fn states_dir(&self) -> PathBuf {
+        self.tmp.path().join("states")
+    }
+
+    pub fn sources(&self) -> PathBuf {
+        self.tmp.path().join("src")
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{}/{name}", self.prefix, self.build_id)
+    }
+
+    /// The raw bytes stored under `<prefix><build_id>/<name>`.
+    pub fn raw(&self, name: &str) -> Option<Vec<u8>> {
+        let key = self.key(name);
+        match self.kind {
+            Kind::Local => std::fs::read(self.states_dir().join(key)).ok(),
+            Kind::S3 => {
+                let s = s3();
+                s.block_on(async {
+                    match s
+                        .client()
+                        .get_object()
+                        .bucket(BUCKET)
+                        .key(&key)
+                        .send()
+                        .await
+                    {
+                        Ok(o) => Some(o.body.collect().await.unwrap().into_bytes().to_vec()),
+                        Err(_) => None,
+                    }
+                })
+            }
+        }
+    }
+
+    pub fn write_raw(&self, name: &str, body: &[u8]) {
+        let key = self.key(name);
+        match self.kind {
+            Kind::Local => {
+                let path = self.states_dir().join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, body).unwrap();
+            }
+            Kind::S3 => {
+                let s = s3();
+                s.block_on(async {
+                    s.client()
+                        .put_object()
+                        .bucket(BUCKET)
+                        .key(&key)
+                        .body(body.to_vec().into())
+                        .send()
+                        .await
+                        .unwrap();
+                });
+            }
+        }
+    }
+
+    /// Every key stored under this world's prefix.
+    pub fn keys(&self) -> Vec<String> {
+        match self.kind {
+            Kind::Local => {
+                let mut out = Vec::new();
+                for entry in walk(&self.states_dir()) {
+                    let rel = entry
+                        .strip_prefix(self.states_dir())
+                        .unwrap()
+                        .to_string_lossy()
+                        .to_string();
+                    if !rel.rsplit('/').next().unwrap().starts_with('.') {
+                        out.push(rel);
+                    }
+                }
+                out.sort();
+                out
+            }
+            Kind::S3 => {
+                let s = s3();
+                s.block_on(async {
+                    let out = s
+                        .client()
+                        .list_objects_v2()
+                        .bucket(BUCKET)
+                        .prefix(&self.prefix)
+                        .send()
+                        .await
+                        .unwrap();
+                    let mut keys: Vec<String> = out
+                        .contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_string))
+                        .collect();
+                    keys.sort();
+                    keys
+                })
+            }
+        }
+    }
+
+    /// The stored document, parsed.
+    pub fn doc(&self) -> Value {
+        serde_json::from_slice(&self.raw("state.json").expect("no state.json stored")).unwrap()
+    }
+
+    pub fn write_file(&self, rel: &str, body: &str) {
+        let p = self.sources().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+
+    pub fn check(&self) -> Step {
+        Step::new(self, "check").stdin(json!({"source": self.source()}))
+    }
+
+    pub fn check_from(&self, version: &Value) -> Step {
+        Step::new(self, "check").stdin(json!({"source": self.source(), "version": version}))
+    }
+
+    pub fn get(&self, version: &Value) -> Step {
+        self.get_with(version, json!(null))
+    }
+
+    pub fn get_with(&self, version: &Value, params: Value) -> Step {
+        let dest = self.tmp.path().join(format!("get-{}", fastrand::u32(..)));
+        Step::new(self, "in")
+            .arg(dest)
+            .stdin(json!({"source": self.source(), "version": version, "params": params}))
+    }
+
+    pub fn put(&self, params: Value) -> Step {
+        Step::new(self, "out")
+            .arg(self.sources())
+            .stdin(json!({"source": self.source(), "params": params}))
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Merges `b` into `a` (objects key by key; anything else replaces).
+pub fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// One run of a program, built up like the behaviour it checks.
+pub struct Step {
+    program: &'static str,
+    args: Vec<PathBuf>,
+    stdin: Vec<u8>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+}
+
+/// What a program did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// For `in`: the destination directory.
+    pub dest: Option<PathBuf>,
+}
+
+impl Step {
+    fn new(world: &World, program: &'static str) -> Step {
+        Step {
+            program,
+            args: Vec::new(),
+            stdin: Vec::new(),
+            env: Vec::new(),
+            cwd: world.tmp.path().to_path_buf(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<PathBuf>) -> Step {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn stdin(mut self, v: Value) -> Step {
+        self.stdin = serde_json::to_vec(&v).unwrap();
+        self
+    }
+
+    pub fn raw_stdin(mut self, s: &str) -> Step {
+        self.stdin = s.as_bytes().to_vec();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Step {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Sets the `BUILD_*` variables of a Concourse build.
+    pub fn build(self, job: &str, id: u32) -> Step {
+        self.env("BUILD_ID", &id.to_string())
+            .env("BUILD_NAME", &(id % 100).to_string())
+            .env("BUILD_JOB_NAME", job)
+            .env("BUILD_PIPELINE_NAME", "staged-image-build")
+            .env("BUILD_TEAM_NAME", "main")
+            .env("ATC_EXTERNAL_URL", "https://ci.example.com")
+    }
+
+    pub fn run(self) -> Output {
+        let dest = if self.program == "in" {
+            self.args.first().cloned()
+        } else {
+            None
+        };
+        let mut cmd = Command::new(resource_dir().join(self.program));
+        cmd.args(&self.args)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for var in [
+            "BUILD_ID",
+            "BUILD_NAME",
+            "BUILD_JOB_NAME",
+            "BUILD_PIPELINE_NAME",
+            "BUILD_TEAM_NAME",
+            "BUILD_STATUS",
+            "ATC_EXTERNAL_URL",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning the program");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = self.stdin;
+        // Feed stdin from a thread so a program that writes first cannot deadlock.
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            dest,
+        }
+    }
+
+    /// Runs and expects success; returns stdout as JSON.
+    #[track_caller]
+    pub fn ok(self) -> Value {
+        let program = self.program;
+        let out = self.run();
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{program} failed:\nstdout: {}\nstderr: {}",
+            out.stdout,
+            out.stderr
+        );
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{program} printed no JSON ({e}):\n{}", out.stdout))
+    }
+
+    /// Runs and expects exit 1 with nothing on stdout; returns stderr.
+    #[track_caller]
+    pub fn fails(self) -> String {
+        let program = self.program;
+        let out = self.run();
+        assert_eq!(
+            out.code,
+            Some(1),
+            "{program} should fail:\nstdout: {}\nstderr: {}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(out.stdout, "", "{program} printed on stdout while failing");
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "one error line expected:\n{}", out.stderr);
+        out.stderr
+    }
+}
+
+/// Generates one test per store from a function of a `World`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::util::World::new($crate::util::Kind::Local, stringify!($name)));
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::util::World::new($crate::util::Kind::S3, stringify!($name)));
+                }
+            )*
+        }
+    };
+}
