@@ -67,7 +67,9 @@ pub fn s3() -> &'static S3Server {
             .collect();
         let endpoint = vars["AWS_ENDPOINT_URL"].clone();
         let pid = vars["S3_LOCAL_PID"].clone();
-        // Stop the server when this test process is gone.
+        // Stop the server when this test process is gone. The watcher
+        // outlives us by design, so it is never waited for.
+        #[allow(clippy::zombie_processes)]
         Command::new("setsid")
             .args([
                 "bash",
