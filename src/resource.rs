@@ -63,7 +63,14 @@ pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
         Read::Absent => return Ok(vec![]),
         // The given version was emitted for this very object: it still
         // stands (a gate that passed stays passed while nothing changes).
-        Read::Unchanged => return Ok(req.version.into_iter().collect()),
+        Read::Unchanged => {
+            eprintln!(
+                "build-state: {} unchanged since revision {}",
+                config.build_id,
+                req.version.as_ref().map_or("?", |v| v.revision.as_str())
+            );
+            return Ok(req.version.into_iter().collect());
+        }
         Read::Found(c) => c,
     };
     let doc = &current.doc;

@@ -39,8 +39,27 @@ fn lists_revisions_of_the_current_run(w: World) {
         json!({"revision": "2", "state": "5", "status": "pending"})
     );
     assert_eq!(list[2], out["version"]);
-    // Unchanged since the given version: exactly it again.
-    assert_eq!(w.check_from(v).ok(), json!([v]));
+    // Unchanged since the given version: exactly it again, from a
+    // conditional read that transferred no document.
+    let out = w.check_from(v).run();
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).unwrap(),
+        json!([v])
+    );
+    assert!(
+        out.stderr.contains("rhel8-web unchanged since revision 3"),
+        "{}",
+        out.stderr
+    );
+    // A version without its ETag costs a full read but gives the same answer.
+    let mut bare = v.clone();
+    bare.as_object_mut().unwrap().remove("etag");
+    let out = w.check_from(&bare).run();
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).unwrap(),
+        json!([bare])
+    );
+    assert!(!out.stderr.contains("unchanged"), "{}", out.stderr);
     // A version from a run that was restarted away: the new run from its start.
     w.put(json!({"restart": true})).ok();
     assert_eq!(revisions(&w.check_from(&from).ok()), ["4"]);
@@ -60,7 +79,13 @@ fn gate_waits_for_the_backoff(w: World) {
     let due = gated.check().ok();
     assert_eq!(revisions(&due), ["2"], "pending at 5: due");
     // Unchanged: the same version again (a conditional GET).
-    assert_eq!(gated.check_from(&due[0]).ok(), due);
+    let out = gated.check_from(&due[0]).run();
+    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap(), due);
+    assert!(
+        out.stderr.contains("unchanged since revision 2"),
+        "{}",
+        out.stderr
+    );
     gated.put(json!({"start": 5})).ok();
     assert_eq!(
         gated.check_from(&due[0]).ok(),

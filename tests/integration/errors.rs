@@ -391,3 +391,29 @@ mod s3_only {
         );
     }
 }
+
+#[test]
+fn server_side_encryption_is_requested() {
+    let w = World::new(Kind::S3, "sse").with(json!({"server_side_encryption": "AES256"}));
+    w.put(json!({"init": true})).ok();
+    let s = crate::util::s3();
+    let head = s.block_on(async {
+        s.client()
+            .head_object()
+            .bucket(crate::util::BUCKET)
+            .key(w.key("state.json"))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
+    );
+    let w = w.with(json!({"server_side_encryption": "none"}));
+    let err = w.check().fails();
+    assert!(
+        err.contains("source.server_side_encryption: \"none\" must be AES256 or aws:kms"),
+        "{err}"
+    );
+}
