@@ -53,25 +53,28 @@ def run(argv, stdin=b"", env=ENV):
     return p.stdout
 
 
-def measure(argv, stdin=b"", env=ENV, runs=RUNS, before=None):
-    """Median wall time and max peak RSS over `runs` runs."""
+RSS_FILE = os.path.join(WORK, "rss")
+
+
+def measure(argv, stdin=b"", env=ENV, runs=RUNS):
+    """Median wall time and max peak RSS (KiB) over `runs` runs.
+
+    Wall time is taken around the process itself; peak RSS by GNU time,
+    whose small process forks the program (a child forked from this Python
+    would count Python's pages as its own).
+    """
     times, rss = [], []
     for _ in range(runs):
-        if before:
-            before()
         t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=env)
-        p.stdin.write(stdin)
-        p.stdin.close()
-        out = p.stdout.read()
-        err = p.stderr.read()
-        _, status, usage = os.wait4(p.pid, 0)
+        p = subprocess.run(argv, input=stdin, capture_output=True, env=env)
         times.append(time.perf_counter() - t0)
-        p.returncode = os.waitstatus_to_exitcode(status)
         if p.returncode != 0:
-            sys.exit(f"{' '.join(argv)} failed: {err.decode()}")
-        rss.append(usage.ru_maxrss)
+            sys.exit(f"{' '.join(argv)} failed: {p.stderr.decode()}")
+        out = p.stdout
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", RSS_FILE] + argv, input=stdin,
+                       capture_output=True, env=env, check=True)
+        with open(RSS_FILE) as f:
+            rss.append(int(f.read().split()[-1]))
     return statistics.median(times), max(rss), out
 
 
@@ -121,8 +124,11 @@ out("bench", {"init": True})
 v = out("bench", {"complete": 0})["version"]
 
 # ---------------------------------------------------------------- requests
-n, reqs = count_requests(lambda: run([os.path.join(RES, "check")], check_req("bench", v)))
-fig("S3 requests per unchanged check", f"{n} ({', '.join(reqs)})", "1, no body")
+replies = []
+n, reqs = count_requests(lambda: replies.append(subprocess.run(
+    [os.path.join(RES, "check")], input=check_req("bench", v), capture_output=True, env=ENV)))
+body = "304, no body" if b"unchanged since revision" in replies[0].stderr else "with a body"
+fig("S3 requests per unchanged check", f"{n} ({', '.join(reqs)}; {body})", "1, no body")
 n, reqs = count_requests(lambda: out("bench", {"start": 5}))
 fig("S3 requests per put", f"{n} ({', '.join(reqs)})", "2")
 v = json.loads(run([os.path.join(RES, "check")], check_req("bench")))[0]
@@ -141,6 +147,7 @@ def put_req():
 # would be a no-op), so every run writes a new revision.
 times, rss = [], []
 for i in range(RUNS):
+    # (measure runs the program twice: for the time, then for the RSS)
     t, r, _ = measure([os.path.join(RES, "out"), SRC], put_req(),
                       env=dict(ENV, BUILD_ID=f"b{i}"), runs=1)
     times.append(t)
