@@ -299,6 +299,22 @@ impl Config {
         })
     }
 
+    /// The same configuration for another build under the same prefix.
+    pub fn with_build_id(&self, build_id: &str) -> Result<Config, ConfigError> {
+        validate_build_id(build_id).or_else(|m| err("build_id", m))?;
+        let mut c = self.clone();
+        c.build_id = build_id.to_string();
+        Ok(c)
+    }
+
+    /// The build id a state key names (`<prefix><id>/state.json`), if any.
+    pub fn build_id_of_key(&self, key: &str) -> Option<String> {
+        let id = key
+            .strip_prefix(self.prefix())?
+            .strip_suffix("/state.json")?;
+        validate_build_id(id).ok().map(|_| id.to_string())
+    }
+
     /// `<prefix><build_id>/state.json`.
     pub fn state_key(&self) -> String {
         format!("{}{}/state.json", self.prefix(), self.build_id)

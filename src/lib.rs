@@ -24,3 +24,4 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
+pub mod pipeline;

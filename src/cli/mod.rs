@@ -1,0 +1,665 @@
+//! The `build-state` command line: inspect and repair states, run inside
+//! image builds, migrate from the old scripts. Every command goes through
+//! the same source parser, store and transitions as the resource.
+
+mod doctor;
+mod import;
+mod output;
+mod report;
+mod source;
+mod watch;
+
+use crate::config::Config;
+use crate::engine::{Builds, ErrorKind};
+use crate::model::{
+    Action, Actor, Document, ErrorInfo, FailureKind, Refusal, Rules, Status, Update, apply,
+};
+use crate::protocol::BuildEnv;
+use crate::store::{AnyStore, Store};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{CommandFactory, Parser, Subcommand};
+use futures_util::StreamExt;
+use output::{Out, Table};
+use serde_json::{Map, Value, json};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes, as documented in the README.
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_NOT_FOUND: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "build-state",
+    version,
+    about = "Inspect and update build states (the build-state Concourse resource's documents)",
+    after_help = "Configuration: --source FILE, --pipeline FILE --resource NAME, flags, or BUILD_STATE_* \
+                  variables. Credentials come from the source or the standard AWS chain.\n\
+                  Exit codes: 0 ok, 1 error (refused transition, unreadable input, store), 2 usage, \
+                  3 no such build."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    source: source::SourceArgs,
+    /// Print JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Extras {
+    /// A JSON object merged into the build's vars
+    #[arg(long, value_name = "FILE")]
+    vars_file: Option<PathBuf>,
+    /// Free text recorded in the history entry
+    #[arg(long)]
+    note: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a build's state
+    Show { build_id: String },
+    /// Show a build's history (the current run)
+    History { build_id: String },
+    /// List every build under the prefix
+    List {
+        /// Only builds with this status (pending, in_progress, failed, blocked, completed, cancelled)
+        #[arg(long)]
+        status: Option<String>,
+        /// Only builds at this state code
+        #[arg(long)]
+        state: Option<u32>,
+        /// Documents read at once
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Follow one build (or every build under the prefix) and print each transition
+    Watch {
+        build_id: Option<String>,
+        /// Time between polls (conditional GETs: an unchanged document costs no body)
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        /// Stop after this long (default: run until interrupted)
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+    },
+    /// Create a build at its initial state
+    Init {
+        build_id: String,
+        /// A label, e.g. cloud_provider=aws (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Start a new run if the build completed or was cancelled
+        #[arg(long)]
+        restart: bool,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Mark stage N as running
+    Start {
+        build_id: String,
+        state: u32,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Stage N succeeded: move on to the next state
+    Complete {
+        build_id: String,
+        state: u32,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Stage N failed
+    Fail {
+        build_id: String,
+        state: u32,
+        /// What went wrong
+        #[arg(long)]
+        error: Option<String>,
+        /// A file holding what went wrong
+        #[arg(long)]
+        error_file: Option<PathBuf>,
+        /// transient (retried) or persistent (blocked at once); default: from the source's regex lists
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// A human's decision: stage N is due again (attempts reset)
+    Retry {
+        build_id: String,
+        state: u32,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Manual override: put the build at state N
+    Set {
+        build_id: String,
+        state: u32,
+        #[arg(long, default_value = "pending")]
+        status: String,
+        /// Why (recorded in the history)
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Abandon a build
+    Cancel { build_id: String, reason: String },
+    /// Archive the current run and start a new one at the initial state
+    Restart {
+        build_id: String,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Show the ladder and the retry policy
+    States,
+    /// The old update-state.sh: update BUILD_ID STATE [completed|failed] [ERROR]
+    Update {
+        build_id: String,
+        state: u32,
+        /// completed (complete STATE), failed (fail STATE with ERROR); none: start STATE
+        status: Option<String>,
+        error: Option<String>,
+    },
+    /// Migrate builds from the old per-build SQLite databases
+    ImportSqlite {
+        #[arg(required = true)]
+        databases: Vec<PathBuf>,
+        /// Show what would be written, write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace existing documents (their run is archived first)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a self-contained HTML report of every build under the prefix
+    Report {
+        #[arg(long, value_name = "FILE.html")]
+        out: PathBuf,
+    },
+    /// Check credentials, bucket, region, path style and conditional writes
+    Doctor,
+    /// Print shell completions
+    Completions { shell: clap_complete::Shell },
+    /// Run the resource's check (request JSON on stdin), as Concourse does
+    Check,
+    /// Run the resource's in (request JSON on stdin) into DIR
+    In { dir: PathBuf },
+    /// Run the resource's out (request JSON on stdin) from DIR
+    Out { dir: PathBuf },
+}
+
+/// A build with no document: exit 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(String);
+
+pub fn main(args: impl Iterator<Item = OsString>) -> Result<ExitCode> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let runtime = crate::runtime()?;
+    match runtime.block_on(run(cli)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("build-state: error: {e:#}");
+            let not_found = e.downcast_ref::<NotFound>().is_some()
+                || e.downcast_ref::<crate::engine::Error>().is_some_and(|e| {
+                    matches!(e.kind, ErrorKind::Refused(Refusal::NoDocument { .. }))
+                });
+            Ok(ExitCode::from(if not_found {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_ERROR
+            }))
+        }
+    }
+}
+
+/// The person (or build) making a change from the CLI.
+fn actor() -> Actor {
+    let env = BuildEnv::from_env();
+    let mut a = if env.build_id.is_some() {
+        env.actor()
+    } else {
+        Actor::default()
+    };
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok());
+    a.user = Some(match host {
+        Some(h) => format!("{user}@{h}"),
+        None => user,
+    });
+    a
+}
+
+fn read_vars(extras: &Extras) -> Result<Map<String, Value>> {
+    let Some(path) = &extras.vars_file else {
+        return Ok(Map::new());
+    };
+    let body =
+        std::fs::read(path).with_context(|| format!("--vars-file: reading {}", path.display()))?;
+    match serde_json::from_slice(&body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => bail!("--vars-file: {} must hold a JSON object", path.display()),
+        Err(e) => bail!("--vars-file: {} is not valid JSON: {e}", path.display()),
+    }
+}
+
+fn parse_kind(kind: Option<&str>) -> Result<Option<FailureKind>> {
+    match kind {
+        None => Ok(None),
+        Some("transient") => Ok(Some(FailureKind::Transient)),
+        Some("persistent") => Ok(Some(FailureKind::Persistent)),
+        Some(k) => bail!("--kind {k:?} must be transient or persistent"),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let out = Out::new(cli.json);
+    let src = &cli.source;
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "build-state",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Check => resource_cmd("check", None).await,
+        Command::In { dir } => resource_cmd("in", Some(dir)).await,
+        Command::Out { dir } => resource_cmd("out", Some(dir)).await,
+        Command::States => {
+            let config = src.config(None)?;
+            states(&config, &out)
+        }
+        Command::Show { build_id } => {
+            let config = src.config(Some(&build_id))?;
+            let store = open(&config).await?;
+            let doc = current(&config, &store).await?;
+            out.document(&config, &doc)
+        }
+        Command::History { build_id } => {
+            let config = src.config(Some(&build_id))?;
+            let store = open(&config).await?;
+            let doc = current(&config, &store).await?;
+            out.history(&doc)
+        }
+        Command::List {
+            status,
+            state,
+            concurrency,
+        } => {
+            let config = src.config(None)?;
+            let store = open(&config).await?;
+            let status = status
+                .map(|s| Status::parse(&s).ok_or_else(|| anyhow!("--status {s:?} is not a status")))
+                .transpose()?;
+            let rows = scan(&config, &store, concurrency.max(1), true).await?;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| match &r.doc {
+                    Ok(d) => {
+                        status.is_none_or(|s| d.status == s) && state.is_none_or(|n| d.state == n)
+                    }
+                    Err(_) => status.is_none() && state.is_none(),
+                })
+                .collect();
+            out.list(&rows)
+        }
+        Command::Watch {
+            build_id,
+            interval,
+            for_,
+        } => {
+            let config = src.config(build_id.as_deref())?;
+            let store = open(&config).await?;
+            let interval = humantime::parse_duration(&interval).context("--interval")?;
+            let until = for_
+                .map(|d| humantime::parse_duration(&d).context("--for"))
+                .transpose()?;
+            watch::watch(&config, &store, build_id.is_some(), interval, until, &out).await
+        }
+        Command::Init {
+            build_id,
+            labels,
+            restart,
+            extras,
+        } => {
+            let mut config = src.config(Some(&build_id))?;
+            for l in labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--label {l:?} is not KEY=VALUE"))?;
+                config
+                    .labels
+                    .insert(k.trim().to_string(), v.trim().to_string());
+            }
+            act(&config, Action::Init { restart }, &extras, &out).await
+        }
+        Command::Start {
+            build_id,
+            state,
+            extras,
+        } => {
+            act(
+                &src.config(Some(&build_id))?,
+                Action::Start(state),
+                &extras,
+                &out,
+            )
+            .await
+        }
+        Command::Complete {
+            build_id,
+            state,
+            extras,
+        } => {
+            act(
+                &src.config(Some(&build_id))?,
+                Action::Complete(state),
+                &extras,
+                &out,
+            )
+            .await
+        }
+        Command::Fail {
+            build_id,
+            state,
+            error,
+            error_file,
+            kind,
+            extras,
+        } => {
+            let config = src.config(Some(&build_id))?;
+            let message = match (&error_file, &error) {
+                (Some(f), _) => match std::fs::read_to_string(f) {
+                    Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+                    Ok(_) | Err(_) if error.is_some() => error.clone().unwrap_or_default(),
+                    Ok(_) => bail!("--error-file {} is empty", f.display()),
+                    Err(e) => bail!("--error-file: cannot read {}: {e}", f.display()),
+                },
+                (None, Some(e)) => e.clone(),
+                (None, None) => bail!("fail needs --error or --error-file (what went wrong)"),
+            };
+            let kind = parse_kind(kind.as_deref())?
+                .unwrap_or_else(|| config.classifier.classify(&message));
+            let action = Action::Fail {
+                state,
+                error: ErrorInfo { message, kind },
+            };
+            act(&config, action, &extras, &out).await
+        }
+        Command::Retry {
+            build_id,
+            state,
+            extras,
+        } => {
+            act(
+                &src.config(Some(&build_id))?,
+                Action::Retry(state),
+                &extras,
+                &out,
+            )
+            .await
+        }
+        Command::Set {
+            build_id,
+            state,
+            status,
+            reason,
+            extras,
+        } => {
+            let status = Status::parse(&status).ok_or_else(|| {
+                anyhow!("--status {status:?} must be one of pending, in_progress, failed, blocked, completed, cancelled")
+            })?;
+            act(
+                &src.config(Some(&build_id))?,
+                Action::Set {
+                    state,
+                    status,
+                    reason,
+                },
+                &extras,
+                &out,
+            )
+            .await
+        }
+        Command::Cancel { build_id, reason } => {
+            act(
+                &src.config(Some(&build_id))?,
+                Action::Cancel { reason },
+                &Extras::default(),
+                &out,
+            )
+            .await
+        }
+        Command::Restart { build_id, extras } => {
+            act(
+                &src.config(Some(&build_id))?,
+                Action::Restart,
+                &extras,
+                &out,
+            )
+            .await
+        }
+        Command::Update {
+            build_id,
+            state,
+            status,
+            error,
+        } => {
+            let config = src.config(Some(&build_id))?;
+            let action = match status.as_deref() {
+                None => Action::Start(state),
+                Some("completed") => Action::Complete(state),
+                Some("failed") => {
+                    let message = error.unwrap_or_else(|| format!("stage {state} failed"));
+                    let kind = config.classifier.classify(&message);
+                    Action::Fail {
+                        state,
+                        error: ErrorInfo { message, kind },
+                    }
+                }
+                Some(other) => bail!("update: status {other:?} must be completed or failed"),
+            };
+            act(&config, action, &Extras::default(), &out).await
+        }
+        Command::ImportSqlite {
+            databases,
+            dry_run,
+            force,
+        } => {
+            let config = src.config(None)?;
+            let store = open(&config).await?;
+            import::import(&config, &store, &databases, dry_run, force, &out).await
+        }
+        Command::Report { out: path } => {
+            let config = src.config(None)?;
+            let store = open(&config).await?;
+            let rows = scan(&config, &store, 32, true).await?;
+            report::write(&config, &rows, &path)?;
+            out.report(&path, rows.len())
+        }
+        Command::Doctor => {
+            let config = src.config(None)?;
+            doctor::doctor(&config, &out).await
+        }
+    }
+}
+
+async fn resource_cmd(program: &str, dir: Option<PathBuf>) -> Result<()> {
+    use std::io::Read;
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .context("reading the request from stdin")?;
+    let reply = match (program, dir) {
+        ("check", _) => serde_json::to_vec(&crate::resource::check(&input).await?)?,
+        ("in", Some(d)) => serde_json::to_vec(&crate::resource::get(&input, &d).await?)?,
+        (_, Some(d)) => {
+            serde_json::to_vec(&crate::resource::put(&input, &d, &BuildEnv::from_env()).await?)?
+        }
+        _ => unreachable!("clap requires the directory"),
+    };
+    println!("{}", String::from_utf8_lossy(&reply));
+    Ok(())
+}
+
+async fn open(config: &Config) -> Result<AnyStore> {
+    AnyStore::open(config)
+        .await
+        .map_err(|e| anyhow!("opening the store: {e}"))
+}
+
+/// The live document of the configured build, or `NotFound`.
+async fn current(config: &Config, store: &AnyStore) -> Result<Document> {
+    match Builds::new(config, store).current().await? {
+        Some(c) => Ok(c.doc),
+        None => Err(NotFound(format!(
+            "{} has no state at {} (check the build id and the prefix; `build-state list` shows every build)",
+            config.build_id,
+            config.location(&config.state_key())
+        ))
+        .into()),
+    }
+}
+
+/// Applies one action with the resource's engine and prints the result.
+async fn act(config: &Config, action: Action, extras: &Extras, out: &Out) -> Result<()> {
+    let store = open(config).await?;
+    let builds = Builds::new(config, &store);
+    let rules = Rules {
+        build_id: &config.build_id,
+        ladder: &config.ladder,
+        retry: &config.retry,
+        labels: &config.labels,
+    };
+    let mut update = Update::new(action, actor(), crate::now());
+    update.vars = read_vars(extras)?;
+    update.note = extras.note.clone().filter(|n| !n.trim().is_empty());
+    let described = update.action.describe();
+    let applied = builds
+        .update(|cur| {
+            update.at = crate::now();
+            apply(cur, &update, &rules)
+        })
+        .await?;
+    out.applied(&described, &applied.doc, applied.written)
+}
+
+fn states(config: &Config, out: &Out) -> Result<()> {
+    if out.json {
+        let steps: Vec<Value> = config
+            .ladder
+            .steps()
+            .iter()
+            .map(|s| {
+                let r = config.retry.for_state(s.code);
+                json!({"code": s.code, "name": s.name, "max_attempts": r.max_attempts,
+                       "backoff": humantime::format_duration(r.backoff).to_string()})
+            })
+            .collect();
+        return out.print_json(&Value::Array(steps));
+    }
+    let mut t = Table::new(&["CODE", "NAME", "MAX ATTEMPTS", "BACKOFF"]);
+    for s in config.ladder.steps() {
+        let r = config.retry.for_state(s.code);
+        t.row(vec![
+            s.code.to_string(),
+            s.name.clone(),
+            r.max_attempts.to_string(),
+            format!(
+                "{} ×{} ≤ {}",
+                humantime::format_duration(r.backoff),
+                r.factor,
+                humantime::format_duration(r.max_backoff)
+            ),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+/// One build found under the prefix.
+pub struct Row {
+    pub build_id: String,
+    pub doc: Result<Document, String>,
+}
+
+/// Reads every build under the prefix, `concurrency` at a time, with
+/// progress on stderr when it takes long.
+pub async fn scan(
+    config: &Config,
+    store: &AnyStore,
+    concurrency: usize,
+    progress: bool,
+) -> Result<Vec<Row>> {
+    let keys = store
+        .list(config.prefix())
+        .await
+        .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
+    let ids: Vec<String> = keys
+        .iter()
+        .filter_map(|k| config.build_id_of_key(k))
+        .collect();
+    let total = ids.len();
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut rows = Vec::with_capacity(total);
+    let mut results = futures_util::stream::iter(ids.into_iter().map(|id| async move {
+        let doc = match config.with_build_id(&id) {
+            Err(e) => Err(e.to_string()),
+            Ok(c) => match Builds::new(&c, store).current().await {
+                Ok(Some(cur)) => Ok(cur.doc),
+                Ok(None) => Err("deleted while listing".to_string()),
+                Err(e) => Err(match e.kind {
+                    ErrorKind::Store(s) => s.to_string(),
+                    k => k.to_string(),
+                }),
+            },
+        };
+        Row { build_id: id, doc }
+    }))
+    .buffer_unordered(concurrency);
+    while let Some(row) = results.next().await {
+        rows.push(row);
+        if progress && last_report.elapsed().as_millis() >= 1000 {
+            last_report = std::time::Instant::now();
+            if tty {
+                eprint!("\rbuild-state: read {}/{total} builds ...", rows.len());
+            } else {
+                eprintln!("build-state: read {}/{total} builds ...", rows.len());
+            }
+        }
+    }
+    if progress && tty && started.elapsed().as_millis() >= 1000 {
+        eprintln!(
+            "\rbuild-state: read {total}/{total} builds in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
+    Ok(rows)
+}

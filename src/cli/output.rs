@@ -1,0 +1,341 @@
+//! Human output (tables, colour only on a terminal) and `--json`.
+
+use super::Row;
+use crate::config::Config;
+use crate::model::document::rfc3339;
+use crate::model::{Document, Event, Status};
+use anyhow::Result;
+use serde_json::{Value, json};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+pub struct Out {
+    pub json: bool,
+    colour: bool,
+}
+
+/// A plain text table with aligned columns.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+fn width(s: &str) -> usize {
+    // ANSI colour sequences take no room.
+    let mut w = 0;
+    let mut in_escape = false;
+    for c in s.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            _ => w += 1,
+        }
+    }
+    w
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let n = self.header.len();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| width(h)).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate().take(n) {
+                widths[i] = widths[i].max(width(c));
+            }
+        }
+        let mut out = String::new();
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, c) in r.iter().enumerate().take(n) {
+                line.push_str(c);
+                if i + 1 < n {
+                    line.push_str(&" ".repeat(widths[i] - width(c) + 2));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn print(&self) {
+        let _ = std::io::stdout().lock().write_all(self.render().as_bytes());
+    }
+}
+
+/// `3m`, `2h`, `5d`: how long ago.
+pub fn age(t: &chrono::DateTime<chrono::Utc>) -> String {
+    let secs = (chrono::Utc::now() - *t).num_seconds().max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() > max {
+        format!("{}…", s.chars().take(max - 1).collect::<String>())
+    } else {
+        s
+    }
+}
+
+impl Out {
+    pub fn new(json: bool) -> Out {
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Out { json, colour }
+    }
+
+    pub fn print_json(&self, v: &Value) -> Result<()> {
+        let mut s = serde_json::to_string_pretty(v)?;
+        s.push('\n');
+        std::io::stdout().lock().write_all(s.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn status(&self, s: Status) -> String {
+        if !self.colour {
+            return s.to_string();
+        }
+        let code = match s {
+            Status::Pending => "36",
+            Status::InProgress => "34",
+            Status::Failed => "33",
+            Status::Blocked => "1;31",
+            Status::Completed => "32",
+            Status::Cancelled => "2",
+        };
+        format!("\x1b[{code}m{s}\x1b[0m")
+    }
+
+    pub fn document(&self, config: &Config, doc: &Document) -> Result<()> {
+        if self.json {
+            return self.print_json(&serde_json::to_value(doc)?);
+        }
+        let last = doc.last_event();
+        let labels: Vec<String> = doc.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut t = Table::new(&[
+            "build",
+            &format!(
+                "{} (run {}, revision {})",
+                doc.build_id, doc.run, doc.revision
+            ),
+        ]);
+        t.row(vec![
+            "state".into(),
+            format!("{} {}", doc.state, doc.state_name),
+        ]);
+        t.row(vec!["status".into(), self.status(doc.status)]);
+        t.row(vec!["attempts".into(), doc.attempts.to_string()]);
+        if let Some(r) = doc.retry_at {
+            t.row(vec!["retry at".into(), rfc3339::format(&r)]);
+        }
+        if let Some(e) = &doc.last_error {
+            t.row(vec![
+                "last error".into(),
+                format!("{} ({})", one_line(&e.message, 200), e.kind.as_str()),
+            ]);
+        }
+        if !labels.is_empty() {
+            t.row(vec!["labels".into(), labels.join(" ")]);
+        }
+        if !doc.vars.is_empty() {
+            t.row(vec![
+                "vars".into(),
+                Value::Object(doc.vars.clone()).to_string(),
+            ]);
+        }
+        t.row(vec![
+            "updated".into(),
+            format!(
+                "{} ({} ago) by {}",
+                rfc3339::format(&doc.updated_at),
+                age(&doc.updated_at),
+                last.by.describe()
+            ),
+        ]);
+        t.row(vec![
+            "stored at".into(),
+            config.location(&config.state_key()),
+        ]);
+        t.print();
+        Ok(())
+    }
+
+    fn event_row(&self, e: &Event) -> Vec<String> {
+        let what = e
+            .target
+            .map_or(e.action.to_string(), |t| format!("{} {t}", e.action));
+        let detail = e
+            .error
+            .as_ref()
+            .map(|x| format!("{} ({})", one_line(&x.message, 80), x.kind.as_str()))
+            .or_else(|| e.reason.clone())
+            .or_else(|| e.note.clone())
+            .unwrap_or_default();
+        vec![
+            e.revision.to_string(),
+            rfc3339::format(&e.at),
+            what,
+            e.state.to_string(),
+            self.status(e.status),
+            e.attempt.to_string(),
+            e.by.describe(),
+            detail,
+        ]
+    }
+
+    pub fn history(&self, doc: &Document) -> Result<()> {
+        if self.json {
+            return self.print_json(&serde_json::to_value(&doc.history)?);
+        }
+        let mut t = Table::new(&[
+            "REV", "AT", "ACTION", "STATE", "STATUS", "ATTEMPT", "BY", "DETAIL",
+        ]);
+        for e in &doc.history {
+            t.row(self.event_row(e));
+        }
+        t.print();
+        Ok(())
+    }
+
+    /// One transition seen by `watch`.
+    pub fn event(&self, build_id: &str, e: &Event) -> Result<()> {
+        if self.json {
+            let mut v = serde_json::to_value(e)?;
+            v["build_id"] = json!(build_id);
+            let line = format!("{}\n", serde_json::to_string(&v)?);
+            std::io::stdout().lock().write_all(line.as_bytes())?;
+            return Ok(());
+        }
+        let r = self.event_row(e);
+        let line = format!(
+            "{} {build_id} r{} {} → {} {} (attempt {}) by {}{}\n",
+            r[1],
+            r[0],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            if r[7].is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r[7])
+            }
+        );
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(line.as_bytes())?;
+        stdout.flush()?;
+        Ok(())
+    }
+
+    pub fn list(&self, rows: &[Row]) -> Result<()> {
+        if self.json {
+            let v: Vec<Value> = rows
+                .iter()
+                .map(|r| match &r.doc {
+                    Ok(d) => json!({
+                        "build_id": d.build_id, "state": d.state, "state_name": d.state_name,
+                        "status": d.status, "attempts": d.attempts, "revision": d.revision,
+                        "run": d.run, "labels": d.labels,
+                        "updated_at": rfc3339::format(&d.updated_at),
+                        "retry_at": d.retry_at.map(|t| rfc3339::format(&t)),
+                        "last_error": d.last_error,
+                    }),
+                    Err(e) => json!({"build_id": r.build_id, "error": e}),
+                })
+                .collect();
+            return self.print_json(&Value::Array(v));
+        }
+        let mut t = Table::new(&[
+            "BUILD",
+            "STATE",
+            "NAME",
+            "STATUS",
+            "ATTEMPTS",
+            "AGE",
+            "LAST ERROR",
+        ]);
+        for r in rows {
+            t.row(match &r.doc {
+                Ok(d) => vec![
+                    d.build_id.clone(),
+                    d.state.to_string(),
+                    d.state_name.clone(),
+                    self.status(d.status),
+                    d.attempts.to_string(),
+                    age(&d.updated_at),
+                    d.last_error
+                        .as_ref()
+                        .map(|e| one_line(&e.message, 60))
+                        .unwrap_or_default(),
+                ],
+                Err(e) => vec![
+                    r.build_id.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "unreadable".into(),
+                    "-".into(),
+                    "-".into(),
+                    one_line(e, 100),
+                ],
+            });
+        }
+        t.print();
+        if rows.is_empty() {
+            eprintln!("build-state: no builds under this prefix");
+        }
+        Ok(())
+    }
+
+    pub fn applied(&self, described: &str, doc: &Document, written: bool) -> Result<()> {
+        if self.json {
+            return self.print_json(&json!({"written": written, "document": doc}));
+        }
+        let mut stdout = std::io::stdout().lock();
+        if written {
+            writeln!(
+                stdout,
+                "{}: {described} → {} {} ({}), revision {}",
+                doc.build_id,
+                doc.state,
+                doc.state_name,
+                self.status(doc.status),
+                doc.revision
+            )?;
+        } else {
+            writeln!(
+                stdout,
+                "{}: {described}: no change; {} (revision {})",
+                doc.build_id,
+                doc.whereabouts(),
+                doc.revision
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn report(&self, path: &Path, builds: usize) -> Result<()> {
+        if self.json {
+            return self.print_json(&json!({"out": path, "builds": builds}));
+        }
+        println!("wrote {} ({builds} builds)", path.display());
+        Ok(())
+    }
+}

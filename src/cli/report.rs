@@ -1,0 +1,311 @@
+//! `report`: one self-contained HTML page (inline CSS and SVG, no network)
+//! with every build's timeline, failures per stage, and the builds that need
+//! a human.
+
+use super::Row;
+use crate::config::Config;
+use crate::model::document::rfc3339;
+use crate::model::{ActionKind, Code, Document, Status, Timestamp};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+fn colour(s: Status) -> &'static str {
+    match s {
+        Status::Pending => "#7aa6c2",
+        Status::InProgress => "#3b7dd8",
+        Status::Failed => "#e0a526",
+        Status::Blocked => "#d64541",
+        Status::Completed => "#3aa55d",
+        Status::Cancelled => "#9a9a9a",
+    }
+}
+
+/// Time spent at each stage of a run: (state, entered, left, failures, how it ended).
+pub struct Span {
+    pub state: Code,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub failures: u32,
+    pub end: Status,
+}
+
+pub fn spans(doc: &Document, now: Timestamp) -> Vec<Span> {
+    let mut out = Vec::new();
+    let Some(first) = doc.history.first() else {
+        return out;
+    };
+    let mut cur = Span {
+        state: first.state,
+        from: first.at,
+        to: first.at,
+        failures: 0,
+        end: first.status,
+    };
+    for e in &doc.history[1..] {
+        if e.state != cur.state {
+            cur.to = e.at;
+            cur.end = if e.action == ActionKind::Complete {
+                Status::Completed
+            } else {
+                cur.end
+            };
+            let next = Span {
+                state: e.state,
+                from: e.at,
+                to: e.at,
+                failures: 0,
+                end: e.status,
+            };
+            out.push(std::mem::replace(&mut cur, next));
+        } else {
+            cur.end = e.status;
+        }
+        if e.action == ActionKind::Fail {
+            cur.failures += 1;
+        }
+    }
+    cur.to = match doc.status {
+        Status::Completed | Status::Cancelled => doc.updated_at,
+        _ => now.max(doc.updated_at),
+    };
+    out.push(cur);
+    out
+}
+
+fn timeline(config: &Config, doc: &Document, now: Timestamp) -> String {
+    let spans = spans(doc, now);
+    let (start, end) = (
+        doc.created_at,
+        spans.last().map_or(doc.updated_at, |s| s.to),
+    );
+    let total = ((end - start).num_milliseconds().max(1)) as f64;
+    let w = 900.0;
+    let x = |t: Timestamp| ((t - start).num_milliseconds() as f64 / total * w).clamp(0.0, w);
+    let mut svg = format!(
+        r#"<svg class="timeline" viewBox="0 0 {w} 34" width="100%" height="34" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="timeline of {}">"#,
+        esc(&doc.build_id)
+    );
+    for s in &spans {
+        let (x0, x1) = (x(s.from), x(s.to));
+        let width = (x1 - x0).max(2.0);
+        let _ = write!(
+            svg,
+            r##"<rect x="{x0:.1}" y="4" width="{width:.1}" height="22" rx="3" fill="{}" stroke="#fff"><title>{} {}: {} ({} failures, {})</title></rect>"##,
+            colour(s.end),
+            s.state,
+            esc(config.ladder.name(s.state).unwrap_or("?")),
+            duration((s.to - s.from).num_seconds()),
+            s.failures,
+            s.end
+        );
+        if width > 22.0 {
+            let _ = write!(
+                svg,
+                r##"<text x="{:.1}" y="19" font-size="11" fill="#fff">{}</text>"##,
+                x0 + 4.0,
+                s.state
+            );
+        }
+    }
+    for e in doc.history.iter().filter(|e| e.action == ActionKind::Fail) {
+        let _ = write!(
+            svg,
+            r##"<circle cx="{:.1}" cy="30" r="3.5" fill="#d64541"><title>fail {} at {}: {}</title></circle>"##,
+            x(e.at),
+            e.state,
+            rfc3339::format(&e.at),
+            esc(e.error.as_ref().map_or("", |x| x.message.as_str()))
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+pub fn render(config: &Config, rows: &[Row], now: Timestamp) -> String {
+    let docs: Vec<&Document> = rows.iter().filter_map(|r| r.doc.as_ref().ok()).collect();
+    let name = |c: Code| config.ladder.name(c).unwrap_or("?").to_string();
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>build-state report</title>
+<style>
+body{{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1000px;color:#222;padding:0 1rem}}
+h1{{font-size:1.6rem;margin:0 0 .2rem}} h2{{font-size:1.2rem;margin:2rem 0 .6rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}}
+.meta{{color:#666}} table{{border-collapse:collapse;width:100%;margin:.4rem 0}} th,td{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #eee;vertical-align:top}}
+th{{background:#f6f6f6;font-weight:600}} .status{{display:inline-block;padding:0 .45rem;border-radius:.6rem;color:#fff;font-size:12px}}
+.build{{border:1px solid #e3e3e3;border-radius:6px;padding:.6rem .8rem;margin:.8rem 0}} .build h3{{margin:0 0 .3rem;font-size:1.05rem}}
+.legend span{{margin-right:1rem}} .legend i{{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;vertical-align:-1px}}
+details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{color:#3aa55d}}
+</style></head><body>
+<h1>build-state report</h1>
+<p class="meta">{} builds under {} &middot; generated {}</p>
+"#,
+        rows.len(),
+        esc(&config.location(config.prefix())),
+        rfc3339::format(&now)
+    );
+    let badge = |s: Status| {
+        format!(
+            r#"<span class="status" style="background:{}">{s}</span>"#,
+            colour(s)
+        )
+    };
+
+    // Builds that need a human.
+    h.push_str("<h2>Needs a human</h2>\n");
+    let human: Vec<&&Document> = docs
+        .iter()
+        .filter(|d| d.status == Status::Blocked)
+        .collect();
+    let unreadable: Vec<&Row> = rows.iter().filter(|r| r.doc.is_err()).collect();
+    if human.is_empty() && unreadable.is_empty() {
+        h.push_str("<p class=\"ok\">Nothing is blocked.</p>\n");
+    } else {
+        h.push_str("<table class=\"human\"><tr><th>build</th><th>state</th><th>status</th><th>attempts</th><th>last error</th><th>since</th></tr>\n");
+        for d in &human {
+            let _ = writeln!(
+                h,
+                "<tr><td><a href=\"#b-{id}\">{id}</a></td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                d.state,
+                esc(&d.state_name),
+                badge(d.status),
+                d.attempts,
+                esc(d.last_error.as_ref().map_or("", |e| e.message.as_str())),
+                rfc3339::format(&d.updated_at),
+                id = esc(&d.build_id)
+            );
+        }
+        for r in &unreadable {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td colspan=\"5\">unreadable: {}</td></tr>",
+                esc(&r.build_id),
+                esc(r.doc.as_ref().err().map_or("", |e| e.as_str()))
+            );
+        }
+        h.push_str("</table>\n");
+    }
+
+    // Failures per stage across builds.
+    let mut fails: BTreeMap<Code, (u32, u32)> = BTreeMap::new(); // code -> (failures, builds reaching it)
+    for d in &docs {
+        for s in spans(d, now) {
+            let e = fails.entry(s.state).or_default();
+            e.0 += s.failures;
+            e.1 += 1;
+        }
+    }
+    h.push_str("<h2>Failures per stage</h2>\n");
+    let max = fails.values().map(|v| v.0).max().unwrap_or(0).max(1) as f64;
+    let stages: Vec<_> = config
+        .ladder
+        .steps()
+        .iter()
+        .filter(|s| fails.contains_key(&s.code))
+        .collect();
+    let height = stages.len() * 22 + 8;
+    let _ = write!(
+        h,
+        r#"<svg viewBox="0 0 900 {height}" width="100%" height="{height}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="failures per stage">"#
+    );
+    for (i, s) in stages.iter().enumerate() {
+        let (n, reached) = fails[&s.code];
+        let y = i * 22 + 4;
+        let bar = n as f64 / max * 560.0;
+        let rate = if reached > 0 {
+            n as f64 / reached as f64
+        } else {
+            0.0
+        };
+        let _ = write!(
+            h,
+            r##"<text x="0" y="{}" font-size="12">{} {}</text><rect x="250" y="{y}" width="{bar:.1}" height="16" fill="#d64541" rx="2"/><text x="{:.1}" y="{}" font-size="12">{n} failures in {reached} builds ({:.1} per build)</text>"##,
+            y + 13,
+            s.code,
+            esc(&s.name),
+            256.0 + bar,
+            y + 13,
+            rate
+        );
+    }
+    h.push_str("</svg>\n");
+
+    // Every build's timeline.
+    h.push_str("<h2>Builds</h2>\n<p class=\"legend\">");
+    for s in [
+        Status::Completed,
+        Status::InProgress,
+        Status::Pending,
+        Status::Failed,
+        Status::Blocked,
+        Status::Cancelled,
+    ] {
+        let _ = write!(
+            h,
+            r#"<span><i style="background:{}"></i>{s}</span>"#,
+            colour(s)
+        );
+    }
+    h.push_str(
+        "<span><i style=\"background:#d64541;border-radius:50%\"></i>a failure</span></p>\n",
+    );
+    for d in &docs {
+        let labels: Vec<String> = d
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+            .collect();
+        let _ = write!(
+            h,
+            "<div class=\"build\" id=\"b-{id}\"><h3>{id} {}</h3><div class=\"meta\">at {} {} &middot; run {} &middot; revision {} &middot; {} &middot; updated {}</div>{}",
+            badge(d.status),
+            d.state,
+            esc(&d.state_name),
+            d.run,
+            d.revision,
+            labels.join(" "),
+            rfc3339::format(&d.updated_at),
+            timeline(config, d, now),
+            id = esc(&d.build_id)
+        );
+        h.push_str("<details><summary>time per stage</summary><table><tr><th>stage</th><th>time</th><th>failures</th><th>ended</th></tr>");
+        for s in spans(d, now) {
+            let _ = write!(
+                h,
+                "<tr><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                s.state,
+                esc(&name(s.state)),
+                duration((s.to - s.from).num_seconds()),
+                s.failures,
+                s.end
+            );
+        }
+        h.push_str("</table></details></div>\n");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+pub fn write(config: &Config, rows: &[Row], path: &Path) -> Result<()> {
+    let html = render(config, rows, crate::now());
+    std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
+}

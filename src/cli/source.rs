@@ -1,0 +1,145 @@
+//! Where the CLI's source block comes from: a file, a pipeline's resource,
+//! `BUILD_STATE_*` variables and flags (later ones win), all parsed by the
+//! resource's own source type.
+
+use crate::config::Config;
+use crate::pipeline;
+use crate::protocol::{Source, parse};
+use crate::resource::configure;
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// The resource's source block, as JSON or YAML
+    #[arg(
+        long = "source",
+        global = true,
+        env = "BUILD_STATE_SOURCE",
+        value_name = "FILE"
+    )]
+    pub source_file: Option<PathBuf>,
+    /// Take the source from a pipeline file (with --resource)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// The build-state resource in --pipeline
+    #[arg(long, global = true, value_name = "NAME")]
+    pub resource: Option<String>,
+    /// A ((var)) of --pipeline (repeatable)
+    #[arg(short = 'v', long = "var", global = true, value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+    /// S3 bucket
+    #[arg(long, global = true, env = "BUILD_STATE_BUCKET")]
+    pub bucket: Option<String>,
+    /// A local directory instead of S3
+    #[arg(long, global = true, env = "BUILD_STATE_LOCAL_DIR")]
+    pub local_dir: Option<String>,
+    /// Key prefix
+    #[arg(long, global = true, env = "BUILD_STATE_PREFIX")]
+    pub prefix: Option<String>,
+    /// AWS region
+    #[arg(long, global = true, env = "BUILD_STATE_REGION")]
+    pub region: Option<String>,
+    /// S3 endpoint (S3-compatible servers)
+    #[arg(long, global = true, env = "BUILD_STATE_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Path-style addressing
+    #[arg(long, global = true, env = "BUILD_STATE_USE_PATH_STYLE")]
+    pub use_path_style: Option<bool>,
+    /// A role to assume
+    #[arg(long, global = true, env = "BUILD_STATE_ROLE_ARN")]
+    pub role_arn: Option<String>,
+}
+
+impl SourceArgs {
+    /// The raw source block, before validation.
+    pub fn raw(&self) -> Result<Value> {
+        let mut source = match (&self.source_file, &self.pipeline) {
+            (Some(_), Some(_)) => bail!("give --source or --pipeline, not both"),
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--source: reading {}", path.display()))?;
+                let v = pipeline::parse_yaml(&text)
+                    .with_context(|| format!("--source: parsing {}", path.display()))?;
+                // A whole check/in/out request is accepted too.
+                match v.get("source") {
+                    Some(s) if s.is_object() => s.clone(),
+                    _ => v,
+                }
+            }
+            (None, Some(path)) => {
+                let name = self.resource.as_deref().ok_or_else(|| {
+                    anyhow!("--pipeline needs --resource NAME (the build-state resource to use)")
+                })?;
+                let mut vars = BTreeMap::new();
+                for v in &self.vars {
+                    let (k, val) = v
+                        .split_once('=')
+                        .ok_or_else(|| anyhow!("-v {v:?} is not KEY=VALUE"))?;
+                    vars.insert(k.trim().to_string(), val.to_string());
+                }
+                let p = pipeline::load(path, &vars)?;
+                pipeline::resource_source(&p, name)?
+            }
+            (None, None) => json!({}),
+        };
+        if !source.is_object() {
+            bail!("the source must be a mapping of fields");
+        }
+        let obj = source.as_object_mut().expect("checked");
+        let mut set = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                obj.insert(k.to_string(), v);
+            }
+        };
+        set("bucket", self.bucket.clone().map(Value::from));
+        set("local_dir", self.local_dir.clone().map(Value::from));
+        set("prefix", self.prefix.clone().map(Value::from));
+        set("region_name", self.region.clone().map(Value::from));
+        set("endpoint", self.endpoint.clone().map(Value::from));
+        set("use_path_style", self.use_path_style.map(Value::from));
+        set("aws_role_arn", self.role_arn.clone().map(Value::from));
+        if self.local_dir.is_some() {
+            obj.remove("bucket");
+        } else if self.bucket.is_some() {
+            obj.remove("local_dir");
+        }
+        // People and build hosts use the standard AWS credential chain.
+        if !obj.contains_key("access_key_id") {
+            obj.insert("enable_aws_creds_provider".into(), Value::Bool(true));
+        }
+        Ok(source)
+    }
+
+    /// The validated configuration, for `build_id` (or, for commands over
+    /// every build, for a placeholder that is never read or written).
+    pub fn config(&self, build_id: Option<&str>) -> Result<Config> {
+        let mut raw = self.raw()?;
+        if raw.get("bucket").is_none() && raw.get("local_dir").is_none() {
+            bail!(
+                "no store: give --bucket (or BUILD_STATE_BUCKET), --local-dir, --source FILE, or --pipeline FILE --resource NAME"
+            );
+        }
+        match build_id {
+            Some(id) => raw["build_id"] = Value::from(id),
+            None => {
+                if raw
+                    .get("build_id")
+                    .is_none_or(|v| v.as_str().is_none_or(str::is_empty))
+                {
+                    raw["build_id"] = Value::from("all");
+                }
+            }
+        }
+        let source: Source = parse(&serde_json::to_vec(&raw)?).map_err(|e| {
+            anyhow!(
+                "{}",
+                e.to_string()
+                    .replacen("invalid payload: ", "invalid source: ", 1)
+            )
+        })?;
+        configure(&source)
+    }
+}

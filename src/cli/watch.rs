@@ -1,0 +1,89 @@
+//! `watch`: poll with conditional GETs and print each transition once.
+
+use super::output::Out;
+use crate::config::Config;
+use crate::engine::{Builds, Read};
+use crate::store::{AnyStore, Store};
+use anyhow::{Result, anyhow};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+struct Seen {
+    etag: String,
+    run: u64,
+    revision: u64,
+}
+
+pub async fn watch(
+    config: &Config,
+    store: &AnyStore,
+    single: bool,
+    interval: Duration,
+    until: Option<Duration>,
+    out: &Out,
+) -> Result<()> {
+    let deadline = until.map(|d| Instant::now() + d);
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut first = true;
+    loop {
+        let ids = if single {
+            vec![config.build_id.clone()]
+        } else {
+            let keys = store
+                .list(config.prefix())
+                .await
+                .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
+            keys.iter()
+                .filter_map(|k| config.build_id_of_key(k))
+                .collect()
+        };
+        for id in ids {
+            let cfg = config.with_build_id(&id)?;
+            let builds = Builds::new(&cfg, store);
+            let known = seen.get(&id);
+            match builds.read(known.map(|s| s.etag.as_str())).await {
+                Ok(Read::Unchanged) => {}
+                Ok(Read::Absent) => {
+                    if single && first {
+                        eprintln!("build-state: {id} has no state yet; waiting for it");
+                    }
+                }
+                Ok(Read::Found(c)) => {
+                    let doc = &c.doc;
+                    let new: Vec<_> = match known {
+                        // Starting: where the build stands now.
+                        None => doc.history.last().into_iter().collect(),
+                        Some(s) if s.run == doc.run => doc
+                            .history
+                            .iter()
+                            .filter(|e| e.revision > s.revision)
+                            .collect(),
+                        Some(_) => doc.history.iter().collect(),
+                    };
+                    for e in new {
+                        out.event(&id, e)?;
+                    }
+                    seen.insert(
+                        id.clone(),
+                        Seen {
+                            etag: c.etag.clone(),
+                            run: doc.run,
+                            revision: doc.revision,
+                        },
+                    );
+                }
+                Err(e) => eprintln!("build-state: {e}"),
+            }
+        }
+        first = false;
+        let mut wait = interval;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            wait = wait.min(left);
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
