@@ -89,8 +89,9 @@ impl SourceArgs {
             bail!("the source must be a mapping of fields");
         }
         let obj = source.as_object_mut().expect("checked");
+        // An empty flag or variable (BUILD_STATE_BUCKET=) counts as not given.
         let mut set = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
+            if let Some(v) = v.filter(|v| v.as_str() != Some("")) {
                 obj.insert(k.to_string(), v);
             }
         };
@@ -101,9 +102,9 @@ impl SourceArgs {
         set("endpoint", self.endpoint.clone().map(Value::from));
         set("use_path_style", self.use_path_style.map(Value::from));
         set("aws_role_arn", self.role_arn.clone().map(Value::from));
-        if self.local_dir.is_some() {
+        if self.local_dir.as_deref().is_some_and(|d| !d.is_empty()) {
             obj.remove("bucket");
-        } else if self.bucket.is_some() {
+        } else if self.bucket.as_deref().is_some_and(|b| !b.is_empty()) {
             obj.remove("local_dir");
         }
         // People and build hosts use the standard AWS credential chain.

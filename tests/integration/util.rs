@@ -223,7 +223,12 @@ impl World {
     }
 
     pub fn write_raw(&self, name: &str, body: &[u8]) {
-        let key = self.key(name);
+        self.write_raw_key(&self.key(name), body)
+    }
+
+    /// Writes an object under any key, around the programs.
+    pub fn write_raw_key(&self, key: &str, body: &[u8]) {
+        let key = key.to_string();
         match self.kind {
             Kind::Local => {
                 let path = self.states_dir().join(key);
@@ -317,6 +322,23 @@ impl World {
             .stdin(json!({"source": self.source(), "version": version, "params": params}))
     }
 
+    /// The CLI with this world's source (`--source FILE`).
+    pub fn cli(&self, args: &[&str]) -> Step {
+        let file = self.tmp.path().join("source.json");
+        std::fs::write(&file, self.source().to_string()).unwrap();
+        self.bare_cli(args).arg("--source").arg(file)
+    }
+
+    /// The CLI with no source given.
+    pub fn bare_cli(&self, args: &[&str]) -> Step {
+        let mut step = Step::new(self, "build-state");
+        step.exe = cli_path();
+        for a in args {
+            step = step.arg(a);
+        }
+        step
+    }
+
     pub fn put(&self, params: Value) -> Step {
         Step::new(self, "out")
             .arg(self.sources())
@@ -351,9 +373,17 @@ pub fn merge(a: &mut Value, b: Value) {
     }
 }
 
+/// The CLI: `BUILD_STATE_CLI`, else the binary cargo built.
+pub fn cli_path() -> PathBuf {
+    std::env::var_os("BUILD_STATE_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_build-state")))
+}
+
 /// One run of a program, built up like the behaviour it checks.
 pub struct Step {
     program: &'static str,
+    exe: PathBuf,
     args: Vec<PathBuf>,
     stdin: Vec<u8>,
     env: Vec<(String, String)>,
@@ -374,6 +404,7 @@ impl Step {
     fn new(world: &World, program: &'static str) -> Step {
         Step {
             program,
+            exe: resource_dir().join(program),
             args: Vec::new(),
             stdin: Vec::new(),
             env: Vec::new(),
@@ -417,7 +448,7 @@ impl Step {
         } else {
             None
         };
-        let mut cmd = Command::new(resource_dir().join(self.program));
+        let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
             .current_dir(&self.cwd)
             .stdin(Stdio::piped())
@@ -470,14 +501,35 @@ impl Step {
             .unwrap_or_else(|e| panic!("{program} printed no JSON ({e}):\n{}", out.stdout))
     }
 
-    /// Runs and expects exit 1 with nothing on stdout; returns stderr.
+    /// Runs and expects success; returns stdout as text.
     #[track_caller]
-    pub fn fails(self) -> String {
+    pub fn text(self) -> String {
         let program = self.program;
         let out = self.run();
         assert_eq!(
             out.code,
-            Some(1),
+            Some(0),
+            "{program} failed:\nstdout: {}\nstderr: {}",
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    }
+
+    /// Runs and expects exit 1 with nothing on stdout; returns stderr.
+    #[track_caller]
+    pub fn fails(self) -> String {
+        self.fails_with(1)
+    }
+
+    /// Runs and expects exit `code` with nothing on stdout; returns stderr.
+    #[track_caller]
+    pub fn fails_with(self, code: i32) -> String {
+        let program = self.program;
+        let out = self.run();
+        assert_eq!(
+            out.code,
+            Some(code),
             "{program} should fail:\nstdout: {}\nstderr: {}",
             out.stdout,
             out.stderr

@@ -1,0 +1,603 @@
+//! The `build-state` CLI, against both stores: the same transitions,
+//! parser and stores as the resource.
+
+use crate::util::{Kind, World};
+use serde_json::{Value, json};
+use std::path::Path;
+
+fn actions_show_and_history(w: World) {
+    let out = w
+        .cli(&["init", "rhel8-web", "--label", "owner=platform"])
+        .text();
+    assert_eq!(out, "rhel8-web: init → 0 initial (pending), revision 1\n");
+    w.cli(&["start", "rhel8-web", "0"]).text();
+    w.cli(&["complete", "rhel8-web", "0", "--note", "by hand"])
+        .text();
+    w.write_file("err.txt", "packer: build timed out\n");
+    let err_file = w.sources().join("err.txt");
+    w.cli(&[
+        "fail",
+        "rhel8-web",
+        "5",
+        "--error-file",
+        err_file.to_str().unwrap(),
+    ])
+    .text();
+    let show = w.cli(&["show", "rhel8-web"]).text();
+    for want in [
+        "rhel8-web (run 1, revision 4)",
+        "5 kickstart initiated",
+        "failed",
+        "packer: build timed out (transient)",
+        "owner=platform",
+        "cli:",
+    ] {
+        assert!(show.contains(want), "{want:?} missing from:\n{show}");
+    }
+    let doc: Value = serde_json::from_str(&w.cli(&["show", "rhel8-web", "--json"]).text()).unwrap();
+    assert_eq!(doc, w.doc());
+    assert!(
+        doc["history"][0]["by"]["user"]
+            .as_str()
+            .unwrap()
+            .contains('@')
+            || doc["history"][0]["by"]["user"].is_string()
+    );
+    let history: Value =
+        serde_json::from_str(&w.cli(&["history", "rhel8-web", "--json"]).text()).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 4);
+    let table = w.cli(&["history", "rhel8-web"]).text();
+    assert!(table.starts_with("REV  AT"), "{table}");
+    assert!(
+        table.contains("complete 0") && table.contains("by hand"),
+        "{table}"
+    );
+
+    // Refused, unknown, unreadable: exit codes 1, 3, 1; nothing written.
+    let before = w.raw("state.json");
+    let err = w.cli(&["complete", "rhel8-web", "25"]).fails();
+    assert!(err.contains("rhel8-web is at 5 (kickstart initiated, failed); cannot complete 25; allowed now: start 5"), "{err}");
+    let err = w.cli(&["complete", "rhel8-web", "7"]).fails();
+    assert!(err.contains("state 7 is not on the ladder"), "{err}");
+    let err = w.cli(&["show", "no-such-build"]).fails_with(3);
+    assert!(err.contains("no-such-build has no state at"), "{err}");
+    let err = w.cli(&["start", "no-such-build", "0"]).fails_with(3);
+    assert!(
+        err.contains("no-such-build has no state yet; cannot start 0 (put `init: true` first)"),
+        "{err}"
+    );
+    w.write_file("bad-vars.json", "{not json");
+    let bad = w.sources().join("bad-vars.json");
+    let err = w
+        .cli(&[
+            "retry",
+            "rhel8-web",
+            "5",
+            "--vars-file",
+            bad.to_str().unwrap(),
+        ])
+        .fails();
+    assert!(
+        err.contains("--vars-file") && err.contains("is not valid JSON"),
+        "{err}"
+    );
+    let err = w.cli(&["fail", "rhel8-web", "5"]).fails();
+    assert!(err.contains("fail needs --error or --error-file"), "{err}");
+    let err = w
+        .cli(&[
+            "set",
+            "rhel8-web",
+            "40",
+            "--status",
+            "done",
+            "--reason",
+            "x",
+        ])
+        .fails();
+    assert!(err.contains("--status \"done\" must be one of"), "{err}");
+    assert_eq!(w.raw("state.json"), before);
+    let usage = w.cli(&["complete", "rhel8-web"]).run();
+    assert_eq!(usage.code, Some(2), "usage errors exit 2: {}", usage.stderr);
+
+    w.cli(&["retry", "rhel8-web", "5"]).text();
+    w.cli(&[
+        "set",
+        "rhel8-web",
+        "40",
+        "--reason",
+        "stages 5-35 done by hand",
+    ])
+    .text();
+    assert_eq!(w.doc()["state"], 40);
+    w.cli(&["cancel", "rhel8-web", "superseded"]).text();
+    assert_eq!(w.doc()["status"], "cancelled");
+    let out = w.cli(&["restart", "rhel8-web", "--json"]).text();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["written"].as_bool(), v["document"]["run"].as_u64()),
+        (Some(true), Some(2))
+    );
+    assert!(w.raw("runs/1.json").is_some());
+}
+
+fn update_takes_the_old_scripts_arguments(w: World) {
+    w.cli(&["init", "rhel8-web"]).text();
+    w.cli(&["update", "rhel8-web", "0", "completed"]).text();
+    w.cli(&["update", "rhel8-web", "5"]).text();
+    assert_eq!(w.doc()["status"], "in_progress");
+    let out = w
+        .cli(&[
+            "update",
+            "rhel8-web",
+            "5",
+            "failed",
+            "kickstart: anaconda error",
+        ])
+        .text();
+    assert!(out.contains("5 kickstart initiated (failed)"), "{out}");
+    assert_eq!(
+        w.doc()["last_error"]["message"],
+        "kickstart: anaconda error"
+    );
+    let err = w.cli(&["update", "rhel8-web", "5", "done"]).fails();
+    assert!(
+        err.contains("update: status \"done\" must be completed or failed"),
+        "{err}"
+    );
+    let err = w.cli(&["update", "rhel8-web", "10", "completed"]).fails();
+    assert!(err.contains("cannot complete 10"), "{err}");
+}
+
+fn list_filters_and_reports(w: World) {
+    let err = w.cli(&["list"]).run();
+    assert_eq!(err.code, Some(0));
+    assert!(
+        err.stderr.contains("no builds under this prefix"),
+        "{}",
+        err.stderr
+    );
+    for id in ["alpha", "beta", "gamma"] {
+        w.cli(&["init", id]).text();
+        w.cli(&["complete", id, "0"]).text();
+    }
+    w.cli(&[
+        "fail",
+        "beta",
+        "5",
+        "--error",
+        "packer: quota exceeded",
+        "--kind",
+        "persistent",
+    ])
+    .text();
+    w.cli(&["fail", "gamma", "5", "--error", "ssh timeout"])
+        .text();
+    let table = w.cli(&["list"]).text();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[0].starts_with("BUILD") && lines[0].contains("LAST ERROR"),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("beta")
+            && lines[2].contains("blocked")
+            && lines[2].contains("quota exceeded"),
+        "{table}"
+    );
+    let blocked: Value =
+        serde_json::from_str(&w.cli(&["list", "--status", "blocked", "--json"]).text()).unwrap();
+    assert_eq!(blocked.as_array().unwrap().len(), 1);
+    assert_eq!(blocked[0]["build_id"], "beta");
+    let at5: Value =
+        serde_json::from_str(&w.cli(&["list", "--state", "5", "--json"]).text()).unwrap();
+    assert_eq!(at5.as_array().unwrap().len(), 3);
+    // A corrupt document shows as unreadable; the others still list.
+    w.write_raw_key(&format!("{}delta/state.json", w.prefix), b"{broken");
+    let table = w.cli(&["list"]).text();
+    assert!(
+        table.contains("delta") && table.contains("unreadable"),
+        "{table}"
+    );
+}
+
+fn watch_prints_each_transition_once(w: World) {
+    w.cli(&["init", "rhel8-web"]).text();
+    let watcher = {
+        let step = w.cli(&["watch", "rhel8-web", "--interval", "100ms", "--for", "4s"]);
+        std::thread::spawn(move || step.run())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    w.put(json!({"complete": 0})).ok();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    w.put(json!({"start": 5})).ok();
+    w.put(json!({"fail": 5, "error": "boom"})).ok();
+    let out = watcher.join().unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(
+        lines[0].contains("rhel8-web r1 init → 0 pending"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[1].contains("r2 complete 0 → 5 pending"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[2].contains("r3 start 5 → 5 in_progress"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[3].contains("r4 fail 5 → 5 failed (attempt 1)")
+            && lines[3].ends_with(": boom (transient)"),
+        "{}",
+        out.stdout
+    );
+    // Every build under the prefix, as JSON lines.
+    let out = w
+        .cli(&["watch", "--interval", "100ms", "--for", "300ms", "--json"])
+        .text();
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["build_id"].as_str(), first["revision"].as_u64()),
+        (Some("rhel8-web"), Some(4))
+    );
+}
+
+fn sources_from_pipelines_and_the_environment(w: World) {
+    // A pipeline with anchors, a merge key and ((vars)).
+    let storage = match w.kind {
+        Kind::Local => json!({"local_dir": "((dir))"}),
+        Kind::S3 => {
+            json!({"bucket": "((bucket))", "endpoint": "((endpoint))", "use_path_style": true,
+                           "access_key_id": "((key))", "secret_access_key": "((secret))"})
+        }
+    };
+    let pipeline = format!(
+        "storage: &storage {storage}\nresource_types:\n- name: state-type\n  type: registry-image\n  source: {{repository: registry.example.com/platform/build-state}}\nresources:\n- name: rhel8\n  type: state-type\n  source:\n    <<: *storage\n    prefix: ((prefix))\n    build_id: rhel8-web\n    gate: {{state: 5}}\n"
+    );
+    w.write_file("pipeline.yml", &pipeline);
+    let p = w.sources().join("pipeline.yml");
+    let dir = w.states_dir();
+    let vars = [
+        format!("dir={}", dir.display()),
+        format!("bucket={}", crate::util::BUCKET),
+        format!(
+            "endpoint={}",
+            if w.kind == Kind::S3 {
+                crate::util::s3().endpoint.clone()
+            } else {
+                String::new()
+            }
+        ),
+        "key=test".to_string(),
+        "secret=test".to_string(),
+        format!("prefix={}", w.prefix),
+    ];
+    let mut args = vec![
+        "init",
+        "rhel8-web",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--resource",
+        "rhel8",
+    ];
+    for v in &vars {
+        args.push("-v");
+        args.push(v);
+    }
+    w.bare_cli(&args).text();
+    assert_eq!(w.doc()["revision"], 1);
+    let err = w
+        .bare_cli(&[
+            "show",
+            "rhel8-web",
+            "--pipeline",
+            p.to_str().unwrap(),
+            "--resource",
+            "rhel8",
+        ])
+        .fails();
+    assert!(
+        err.contains("uses ((") && err.contains("that no -v gives"),
+        "{err}"
+    );
+    let err = w
+        .bare_cli(&[
+            "show",
+            "rhel8-web",
+            "--pipeline",
+            p.to_str().unwrap(),
+            "--resource",
+            "nope",
+            "-v",
+            "x=y",
+        ])
+        .fails();
+    assert!(
+        err.contains("has no build-state resource named \"nope\" (it has: rhel8)")
+            || err.contains("no -v gives"),
+        "{err}"
+    );
+
+    // BUILD_STATE_* variables, with credentials from the AWS chain.
+    let mut step = w
+        .bare_cli(&["complete", "rhel8-web", "0"])
+        .env("BUILD_STATE_PREFIX", &w.prefix);
+    step = match w.kind {
+        Kind::Local => step.env("BUILD_STATE_LOCAL_DIR", dir.to_str().unwrap()),
+        Kind::S3 => step
+            .env("BUILD_STATE_BUCKET", crate::util::BUCKET)
+            .env("BUILD_STATE_ENDPOINT", &crate::util::s3().endpoint)
+            .env("BUILD_STATE_USE_PATH_STYLE", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true"),
+    };
+    step.text();
+    assert_eq!(w.doc()["state"], 5);
+    let err = w
+        .bare_cli(&["show", "rhel8-web"])
+        .env("BUILD_STATE_BUCKET", "")
+        .fails();
+    assert!(err.contains("no store: give --bucket"), "{err}");
+    w.write_file("bad.yml", "bucket: [unclosed");
+    let bad = w.sources().join("bad.yml");
+    let err = w
+        .bare_cli(&["show", "rhel8-web", "--source", bad.to_str().unwrap()])
+        .fails();
+    assert!(err.contains("--source: parsing"), "{err}");
+    // The source file may be YAML, and is checked by the resource's own types.
+    w.write_file("typo.yml", "local_dir: /tmp\nbukket: x\n");
+    let typo = w.sources().join("typo.yml");
+    let err = w
+        .bare_cli(&["show", "rhel8-web", "--source", typo.to_str().unwrap()])
+        .fails();
+    assert!(
+        err.contains("invalid source: bukket: unknown field `bukket`"),
+        "{err}"
+    );
+}
+
+fn states_and_completions(w: World) {
+    let w = w.with(json!({"retry": {"states": {"5": {"max_attempts": 5, "backoff": "5m"}}}}));
+    let v: Value = serde_json::from_str(&w.cli(&["states", "--json"]).text()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 21);
+    assert_eq!(
+        v[1],
+        json!({"code": 5, "name": "kickstart initiated", "max_attempts": 5, "backoff": "5m"})
+    );
+    let table = w.cli(&["states"]).text();
+    let last = table.lines().nth(21).unwrap();
+    assert!(
+        last.starts_with("100 ") && last.contains("complete and delivered"),
+        "{table}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let script = w.bare_cli(&["completions", shell]).text();
+        assert!(
+            script.contains("build-state") && script.contains("import-sqlite"),
+            "{shell}"
+        );
+    }
+}
+
+fn doctor_probes_conditional_writes(w: World) {
+    let before = w.keys();
+    let out = w.cli(&["doctor"]).text();
+    for want in [
+        "If-None-Match: *  ok",
+        "If-Match          ok",
+        "compare-and-swap  ok",
+        "conditional GET   ok",
+        "cleanup           ok",
+    ] {
+        assert!(out.contains(want), "{want:?} missing:\n{out}");
+    }
+    assert_eq!(w.keys(), before, "the scratch object is gone");
+    let v: Value = serde_json::from_str(&w.cli(&["doctor", "--json"]).text()).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["result"] != "failed"),
+        "{v}"
+    );
+}
+
+fn resource_programs_as_subcommands(w: World) {
+    let req = json!({"source": w.source(), "params": {"init": true}}).to_string();
+    let out: Value =
+        serde_json::from_str(&w.bare_cli(&["out"]).arg(w.sources()).raw_stdin(&req).text())
+            .unwrap();
+    assert_eq!(out["version"]["revision"], "1");
+    let req = json!({"source": w.source()}).to_string();
+    let versions: Value =
+        serde_json::from_str(&w.bare_cli(&["check"]).raw_stdin(&req).text()).unwrap();
+    assert_eq!(versions[0]["revision"], "1");
+    let dest = w.tmp.path().join("fly-in");
+    let req = json!({"source": w.source(), "version": {"revision": "1"}}).to_string();
+    w.bare_cli(&["in"]).arg(&dest).raw_stdin(&req).text();
+    assert_eq!(std::fs::read_to_string(dest.join("action")).unwrap(), "run");
+}
+
+fn create_old_db(
+    path: &Path,
+    builds: &[(&str, i64, &str)],
+    history: &[(&str, i64, &str, &str, Option<&str>)],
+) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE builds (build_id TEXT PRIMARY KEY, current_state INTEGER, cloud_provider TEXT,
+           image_type TEXT, start_time DATETIME, last_update DATETIME, status TEXT);
+         CREATE TABLE state_history (id INTEGER PRIMARY KEY AUTOINCREMENT, build_id TEXT, state INTEGER,
+           timestamp DATETIME, status TEXT, error_message TEXT);",
+    )
+    .unwrap();
+    for (id, state, status) in builds {
+        conn.execute(
+            "INSERT INTO builds VALUES (?1, ?2, 'aws', 'rhel8', '2026-11-01 08:00:00', '2026-11-01 09:00:00', ?3)",
+            rusqlite::params![id, state, status],
+        )
+        .unwrap();
+    }
+    for (id, state, ts, status, err) in history {
+        conn.execute(
+            "INSERT INTO state_history (build_id, state, timestamp, status, error_message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![id, state, ts, status, err],
+        )
+        .unwrap();
+    }
+}
+
+fn import_sqlite(w: World) {
+    let db = w.tmp.path().join("state.db");
+    create_old_db(
+        &db,
+        &[("rhel8-web", 15, "running"), ("rhel9-db", 10, "failed")],
+        &[
+            ("rhel8-web", 0, "2026-11-01 08:01:00", "completed", None),
+            (
+                "rhel8-web",
+                5,
+                "2026-11-01 08:20:00",
+                "failed",
+                Some("packer: ssh timeout"),
+            ),
+            ("rhel8-web", 5, "2026-11-01 08:40:00", "completed", None),
+            ("rhel8-web", 10, "2026-11-01 08:50:00", "completed", None),
+            ("rhel9-db", 5, "2026-11-01 08:10:00", "completed", None),
+            (
+                "rhel9-db",
+                10,
+                "2026-11-01 08:30:00",
+                "failed",
+                Some("ansible: unreachable"),
+            ),
+        ],
+    );
+    let dbs = db.to_str().unwrap();
+    let before = w.keys();
+    let plan = w.cli(&["import-sqlite", dbs, "--dry-run"]).text();
+    assert!(
+        plan.contains("rhel8-web  would create") && plan.contains("15 base configuration"),
+        "{plan}"
+    );
+    assert_eq!(w.keys(), before, "a dry run writes nothing");
+
+    let out = w.cli(&["import-sqlite", dbs]).text();
+    assert!(out.contains("rhel8-web  imported (revision 5)"), "{out}");
+    let doc = w.doc();
+    assert_eq!(
+        (doc["state"].as_u64(), doc["status"].as_str()),
+        (Some(15), Some("pending"))
+    );
+    assert_eq!(
+        doc["labels"],
+        json!({"cloud_provider": "aws", "image_type": "rhel8"})
+    );
+    let actions: Vec<&str> = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["init", "complete", "fail", "complete", "complete"]
+    );
+    assert_eq!(doc["history"][2]["at"], "2026-11-01T08:20:00.000Z");
+    assert_eq!(doc["history"][2]["error"]["message"], "packer: ssh timeout");
+    // The other build's history starts at 5: bridged with a recorded `set`.
+    let other: Value =
+        serde_json::from_str(&w.cli(&["show", "rhel9-db", "--json"]).text()).unwrap();
+    assert_eq!(
+        (
+            other["state"].as_u64(),
+            other["status"].as_str(),
+            other["attempts"].as_u64()
+        ),
+        (Some(10), Some("failed"), Some(1))
+    );
+    assert_eq!(other["history"][1]["action"], "set");
+
+    // Never overwritten without --force.
+    let stored = w.raw("state.json");
+    let again = w.cli(&["import-sqlite", dbs]).run();
+    assert_eq!(again.code, Some(1), "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("it is never overwritten without --force"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(w.raw("state.json"), stored);
+    // With --force: the old run is archived and revisions go on rising.
+    w.cli(&["import-sqlite", dbs, "--force"]).text();
+    let doc = w.doc();
+    assert_eq!(
+        (doc["run"].as_u64(), doc["revision"].as_u64()),
+        (Some(2), Some(10))
+    );
+    assert!(w.raw("runs/1.json").is_some());
+
+    // Inconsistent and unreadable databases.
+    let bad = w.tmp.path().join("bad.db");
+    create_old_db(
+        &bad,
+        &[("rhel7-app", 30, "running")],
+        &[("rhel7-app", 0, "2026-11-01 08:01:00", "completed", None)],
+    );
+    let out = w.cli(&["import-sqlite", bad.to_str().unwrap()]).run();
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("build \"rhel7-app\" is inconsistent: builds says 30 running but its state_history ends at 5 pending"), "{}", out.stderr);
+    let jump = w.tmp.path().join("jump.db");
+    create_old_db(
+        &jump,
+        &[("rhel7-app", 20, "running")],
+        &[
+            ("rhel7-app", 0, "2026-11-01 08:01:00", "completed", None),
+            ("rhel7-app", 15, "2026-11-01 08:02:00", "completed", None),
+        ],
+    );
+    let out = w.cli(&["import-sqlite", jump.to_str().unwrap()]).run();
+    assert!(out.stderr.contains("state_history id 2 (completed 15 at 2026-11-01 08:02:00 UTC) does not follow: rhel7-app is at 5"), "{}", out.stderr);
+    w.write_file(
+        "garbage.db",
+        "this is not sqlite at all, just text that goes on for a while........",
+    );
+    let garbage = w.sources().join("garbage.db");
+    let err = w.cli(&["import-sqlite", garbage.to_str().unwrap()]).fails();
+    assert!(
+        err.contains("is not a readable build-state database of the old scripts"),
+        "{err}"
+    );
+    let empty = w.tmp.path().join("empty.db");
+    rusqlite::Connection::open(&empty)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let err = w.cli(&["import-sqlite", empty.to_str().unwrap()]).fails();
+    assert!(err.contains("no such table: builds"), "{err}");
+    assert!(
+        w.keys().iter().all(|k| !k.contains("rhel7-app")),
+        "nothing of the bad databases written"
+    );
+}
+
+crate::both_stores!(
+    actions_show_and_history,
+    update_takes_the_old_scripts_arguments,
+    list_filters_and_reports,
+    watch_prints_each_transition_once,
+    sources_from_pipelines_and_the_environment,
+    states_and_completions,
+    doctor_probes_conditional_writes,
+    resource_programs_as_subcommands,
+    import_sqlite,
+);
