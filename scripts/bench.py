@@ -235,6 +235,31 @@ landed = sum(1 for r in results.values() if r == 0)
 fig("16 concurrent puts", f"{landed}/16 exited 0; attempts {doc['attempts']}, revision {doc['revision']} "
     f"(expected 16 and 18), {len(doc['history'])} history entries, {t_race:.2f} s", "all land")
 
+# ---------------------------------------------------------------- list
+N = int(os.environ.get("LIST_BUILDS", "10000"))
+template = json.loads(s3.get_object(Bucket=BUCKET, Key="builds/race/state.json")["Body"].read())
+template["history"] = template["history"][:1]
+first = template["history"][0]
+template.update(revision=1, state=0, state_name="initial", status="pending", attempts=0,
+                retry_at=None, last_error=None, vars={}, created_at=first["at"], updated_at=first["at"])
+print(f"creating {N} builds under fleet/ ...", file=sys.stderr)
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+def create(i):
+    doc = dict(template, build_id=f"image-{i:05d}")
+    s3.put_object(Bucket=BUCKET, Key=f"fleet/image-{i:05d}/state.json", Body=json.dumps(doc, indent=2))
+with ThreadPoolExecutor(16) as pool:
+    list(pool.map(create, range(N)))
+fleet = os.path.join(WORK, "fleet.json")
+with open(fleet, "w") as f:
+    json.dump(dict(source("x"), prefix="fleet/"), f)
+t0 = time.perf_counter()
+p = subprocess.run([BIN, "list", "--json", "--source", fleet], capture_output=True, env=ENV)
+t_list = time.perf_counter() - t0
+if p.returncode != 0:
+    sys.exit(f"build-state list failed: {p.stderr.decode()}")
+listed = len(json.loads(p.stdout))
+fig(f"build-state list over {N} builds", f"{t_list:.1f} s ({listed} listed)", "<= 10 s")
+
 # ---------------------------------------------------------------- size
 size = os.path.getsize(BIN)
 fig("programs in the image (check, in, out, build-state: one binary)", f"{size / 1e6:.2f} MB", "<= 8 MB")

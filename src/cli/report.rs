@@ -230,7 +230,7 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
     for (i, s) in stages.iter().enumerate() {
         let (n, reached) = fails[&s.code];
         let y = i * 22 + 4;
-        let bar = n as f64 / max * 560.0;
+        let bar = n as f64 / max * 400.0;
         let rate = if reached > 0 {
             n as f64 / reached as f64
         } else {
@@ -276,14 +276,19 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
             .collect();
         let _ = write!(
             h,
-            "<div class=\"build\" id=\"b-{id}\"><h3>{id} {}</h3><div class=\"meta\">at {} {} &middot; run {} &middot; revision {} &middot; {} &middot; updated {}</div>{}",
+            "<div class=\"build\" id=\"b-{id}\"><h3>{id} {}</h3><div class=\"meta\">{}</div>{}",
             badge(d.status),
-            d.state,
-            esc(&d.state_name),
-            d.run,
-            d.revision,
-            labels.join(" "),
-            rfc3339::format(&d.updated_at),
+            [
+                format!("at {} {}", d.state, esc(&d.state_name)),
+                format!("run {}", d.run),
+                format!("revision {}", d.revision),
+                labels.join(" "),
+                format!("updated {}", rfc3339::format(&d.updated_at)),
+            ]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join(" &middot; "),
             timeline(config, d, now),
             id = esc(&d.build_id)
         );

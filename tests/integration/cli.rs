@@ -600,4 +600,122 @@ crate::both_stores!(
     doctor_probes_conditional_writes,
     resource_programs_as_subcommands,
     import_sqlite,
+    report_renders_in_a_browser,
 );
+
+fn report_renders_in_a_browser(w: World) {
+    w.cli(&["init", "delivered"]).text();
+    for code in (0..100).step_by(5) {
+        w.cli(&["complete", "delivered", &code.to_string()]).text();
+    }
+    w.cli(&["init", "stuck"]).text();
+    w.cli(&["complete", "stuck", "0"]).text();
+    for _ in 0..3 {
+        w.cli(&[
+            "fail",
+            "stuck",
+            "5",
+            "--error",
+            "<script>alert(1)</script> packer: timeout",
+        ])
+        .text();
+    }
+    w.cli(&["init", "running"]).text();
+    w.cli(&["complete", "running", "0"]).text();
+    w.cli(&["start", "running", "5"]).text();
+    w.write_raw_key(&format!("{}broken/state.json", w.prefix), b"{oops");
+    let path = w.tmp.path().join("report.html");
+    let out = w.cli(&["report", "--out", path.to_str().unwrap()]).text();
+    assert!(out.contains("(4 builds)"), "{out}");
+    let html = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        html.contains("<h2>Needs a human</h2>") && html.contains("href=\"#b-stuck\""),
+        "the blocked build is listed"
+    );
+    assert!(
+        html.contains("unreadable: "),
+        "the broken document is listed"
+    );
+    assert!(
+        html.contains(">5 kickstart initiated<")
+            && html.contains("3 failures in 3 builds (1.0 per build)"),
+        "failures per stage"
+    );
+    assert!(
+        html.contains("&lt;script&gt;") && !html.contains("<script>"),
+        "text is escaped"
+    );
+    assert!(
+        !html.contains("src=\"http") && !html.contains("url(") && !html.contains("<link"),
+        "self-contained"
+    );
+    assert_eq!(html.matches("class=\"timeline\"").count(), 3);
+
+    // Render it in a real browser and look at the picture.
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!(
+            "SKIPPED the browser check: no chromium (install Debian's chromium package; .ci/run does)"
+        );
+        return;
+    };
+    let png = w.tmp.path().join("report.png");
+    let profile = w.tmp.path().join("chromium-profile");
+    let shot = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1100,1400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        png.exists(),
+        "chromium wrote no screenshot: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(channels).collect();
+    let ink = pixels
+        .iter()
+        .filter(|p| p[..3].iter().any(|&c| c < 200))
+        .count();
+    let red = pixels
+        .iter()
+        .filter(|p| p[0] > 190 && p[1] < 90 && p[2] < 90)
+        .count();
+    let green = pixels
+        .iter()
+        .filter(|p| p[1] > 140 && p[0] < 90 && p[2] < 120)
+        .count();
+    assert!(
+        ink * 100 > pixels.len(),
+        "the page looks blank: {ink} of {} pixels have ink",
+        pixels.len()
+    );
+    assert!(
+        red > 200 && green > 200,
+        "the SVG bars did not render (red {red}, green {green})"
+    );
+}
