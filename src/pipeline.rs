@@ -95,9 +95,7 @@ pub fn build_state_types(pipeline: &Value) -> BTreeSet<String> {
     let mut out = BTreeSet::from(["build-state".to_string()]);
     for t in pipeline["resource_types"].as_array().into_iter().flatten() {
         let repo = t["source"]["repository"].as_str().unwrap_or_default();
-        if repo
-            .trim_end_matches(|c: char| c == '/')
-            .ends_with("build-state")
+        if repo.trim_end_matches('/').ends_with("build-state")
             && let Some(name) = t["name"].as_str()
         {
             out.insert(name.to_string());

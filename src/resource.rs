@@ -263,12 +263,20 @@ fn error_message(p: &OutParams, sources: &Path, default: Option<String>) -> Resu
                     return Ok(text);
                 }
             }
-            Err(e) if p.error.is_none() => {
+            Err(e) if p.error.is_none() && default.is_none() => {
                 return Err(format!(
                     "{e}; make the task write it (also when it fails early), or give `error` as a fallback"
                 ));
             }
-            Err(e) => eprintln!("build-state: warning: {e}; using params.error"),
+            // `finish` in an on_error/on_abort hook: the task may never have run.
+            Err(e) => eprintln!(
+                "build-state: warning: {e}; using {}",
+                if p.error.is_some() {
+                    "params.error"
+                } else {
+                    "a message naming the build"
+                }
+            ),
         }
     }
     if let Some(e) = p.error.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
@@ -433,11 +441,21 @@ fn put_request(
     }))
 }
 
-fn read_vars(p: &OutParams, sources: &Path) -> Result<Map<String, Value>, String> {
+/// Reads `vars_file`. When the put records a failure, a task that failed
+/// before writing the file is no reason to lose the failure: it is skipped
+/// with a warning.
+fn read_vars(p: &OutParams, sources: &Path, failing: bool) -> Result<Map<String, Value>, String> {
     let Some(path) = &p.vars_file else {
         return Ok(Map::new());
     };
-    let body = read_param_file(sources, "vars_file", path)?;
+    let body = match read_param_file(sources, "vars_file", path) {
+        Ok(b) => b,
+        Err(e) if failing => {
+            eprintln!("build-state: warning: {e}; recording the failure without vars");
+            return Ok(Map::new());
+        }
+        Err(e) => return Err(e),
+    };
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(format!(
@@ -455,7 +473,8 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
     let key = config.state_key();
     let invalid = |m: String| anyhow!("{}: {m}", config.build_id);
     let request = put_request(&params, &config, env, sources).map_err(invalid)?;
-    let vars = read_vars(&params, sources).map_err(invalid)?;
+    let failing = matches!(request, PutRequest::Action(Action::Fail { .. }));
+    let vars = read_vars(&params, sources, failing).map_err(invalid)?;
     if matches!(request, PutRequest::File(_)) && (!vars.is_empty() || params.note.is_some()) {
         return Err(invalid(
             "params.vars_file and params.note do not go with file (the document carries its own)"

@@ -129,7 +129,7 @@ fn to_document(config: &Config, db: &Path, b: &OldBuild) -> Result<Document> {
             b.build_id
         )
     };
-    crate::config::validate_build_id(&b.build_id).map_err(|m| inconsistent(m))?;
+    crate::config::validate_build_id(&b.build_id).map_err(&inconsistent)?;
     let mut labels = config.labels.clone();
     for (k, v) in [
         ("cloud_provider", &b.cloud_provider),

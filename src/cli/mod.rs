@@ -470,7 +470,10 @@ async fn run(cli: Cli) -> Result<()> {
             error,
         } => {
             let config = src.config(Some(&build_id))?;
-            let action = match status.as_deref() {
+            // Empty arguments (an unset variable in a script) count as absent.
+            let status = status.filter(|s| !s.trim().is_empty());
+            let error = error.filter(|e| !e.trim().is_empty());
+            let action = match status.as_deref().map(str::trim) {
                 None => Action::Start(state),
                 Some("completed") => Action::Complete(state),
                 Some("failed") => {

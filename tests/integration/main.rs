@@ -7,4 +7,5 @@ mod cli;
 mod concurrency;
 mod errors;
 mod get;
+mod pipelines;
 mod put;

@@ -155,6 +155,32 @@ fn finish_follows_the_build_status(w: World) {
         "ansible: role 'hardening' failed"
     );
 
+    // In a hook of a build that errored before its task ran, the error file
+    // is missing: finish still records the failure, naming the build.
+    std::fs::remove_file(w.sources().join("out/error.txt")).unwrap();
+    let out = w
+        .put(hook.clone())
+        .build("j", 33)
+        .env("BUILD_STATUS", "errored")
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("warning: params.error_file: cannot read"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        w.doc()["last_error"]["message"],
+        "main/staged-image-build/j #33 errored"
+    );
+    w.put(json!({"retry": 5})).ok();
+    std::fs::write(
+        w.sources().join("out/error.txt"),
+        "  ansible: role 'hardening' failed\n",
+    )
+    .unwrap();
+
     // errored counts as a failure; without an error the build is named.
     let out = w
         .put(json!({"finish": 5}))
@@ -174,6 +200,21 @@ fn finish_follows_the_build_status(w: World) {
         .env("BUILD_STATUS", "succeeded")
         .ok();
     assert_eq!(state(&out), ("10", "pending"));
+
+    // A failing task may not have written its vars: the failure still lands.
+    let out = w
+        .put(json!({"finish": 10, "error_file": "out/error.txt", "vars_file": "out/vars.json"}))
+        .build("j", 7)
+        .env("BUILD_STATUS", "failed")
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("warning: params.vars_file: cannot read"),
+        "{}",
+        out.stderr
+    );
+    w.put(json!({"retry": 10})).ok();
 
     // aborted: a human decides.
     let out = w

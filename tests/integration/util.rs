@@ -401,6 +401,11 @@ pub struct Output {
 }
 
 impl Step {
+    /// `check`, `in` or `out`, with no request yet.
+    pub fn program(world: &World, program: &'static str) -> Step {
+        Step::new(world, program)
+    }
+
     fn new(world: &World, program: &'static str) -> Step {
         Step {
             program,
