@@ -242,14 +242,13 @@ fn read_param_file(sources: &Path, field: &str, path: &str) -> Result<Vec<u8>, S
 }
 
 fn parse_kind(p: &OutParams) -> Result<Option<FailureKind>, String> {
-    match p.kind.as_deref().map(str::trim) {
-        None => Ok(None),
-        Some("transient") => Ok(Some(FailureKind::Transient)),
-        Some("persistent") => Ok(Some(FailureKind::Persistent)),
-        Some(other) => Err(format!(
-            "params.kind: {other:?} must be transient or persistent"
-        )),
-    }
+    p.kind
+        .as_deref()
+        .map(|k| {
+            FailureKind::parse(k)
+                .ok_or_else(|| format!("params.kind: {k:?} must be transient or persistent"))
+        })
+        .transpose()
 }
 
 /// The error of a failing stage: `error_file` (its contents), else `error`,
@@ -456,13 +455,7 @@ fn read_vars(p: &OutParams, sources: &Path, failing: bool) -> Result<Map<String,
         }
         Err(e) => return Err(e),
     };
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(format!(
-            "params.vars_file: {path} must hold a JSON object ({{\"ami_id\": \"ami-123\"}})"
-        )),
-        Err(e) => Err(format!("params.vars_file: {path} is not valid JSON: {e}")),
-    }
+    crate::model::document::parse_vars(&body).map_err(|e| format!("params.vars_file: {path} {e}"))
 }
 
 /// `out`: one action on the document, as a compare-and-swap.

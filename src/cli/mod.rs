@@ -257,20 +257,15 @@ fn read_vars(extras: &Extras) -> Result<Map<String, Value>> {
     };
     let body =
         std::fs::read(path).with_context(|| format!("--vars-file: reading {}", path.display()))?;
-    match serde_json::from_slice(&body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => bail!("--vars-file: {} must hold a JSON object", path.display()),
-        Err(e) => bail!("--vars-file: {} is not valid JSON: {e}", path.display()),
-    }
+    crate::model::document::parse_vars(&body)
+        .map_err(|e| anyhow!("--vars-file: {} {e}", path.display()))
 }
 
 fn parse_kind(kind: Option<&str>) -> Result<Option<FailureKind>> {
-    match kind {
-        None => Ok(None),
-        Some("transient") => Ok(Some(FailureKind::Transient)),
-        Some("persistent") => Ok(Some(FailureKind::Persistent)),
-        Some(k) => bail!("--kind {k:?} must be transient or persistent"),
-    }
+    kind.map(|k| {
+        FailureKind::parse(k).ok_or_else(|| anyhow!("--kind {k:?} must be transient or persistent"))
+    })
+    .transpose()
 }
 
 async fn run(cli: Cli) -> Result<()> {

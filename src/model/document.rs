@@ -67,6 +67,14 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    pub fn parse(s: &str) -> Option<FailureKind> {
+        match s.trim() {
+            "transient" => Some(FailureKind::Transient),
+            "persistent" => Some(FailureKind::Persistent),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Transient => "transient",
@@ -265,6 +273,15 @@ pub enum DocumentError {
     Schema(u32),
     #[error(transparent)]
     OffLadder(#[from] super::ladder::OffLadder),
+}
+
+/// Parses a vars file: a JSON object, or a message saying what is wrong.
+pub fn parse_vars(body: &[u8]) -> Result<Map<String, Value>, String> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("must hold a JSON object ({\"ami_id\": \"ami-123\"})".to_string()),
+        Err(e) => Err(format!("is not valid JSON: {e}")),
+    }
 }
 
 /// Merges `vars` into `into` key by key (a later value replaces an earlier one).
