@@ -202,40 +202,42 @@ fn list_filters_and_reports(w: World) {
 }
 
 fn watch_prints_each_transition_once(w: World) {
+    use std::io::{BufRead, BufReader};
     w.cli(&["init", "rhel8-web"]).text();
-    let watcher = {
-        let step = w.cli(&["watch", "rhel8-web", "--interval", "100ms", "--for", "4s"]);
-        std::thread::spawn(move || step.run())
-    };
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    let file = w.tmp.path().join("source.json");
+    let mut child = std::process::Command::new(crate::util::cli_path())
+        .args([
+            "watch",
+            "rhel8-web",
+            "--interval",
+            "100ms",
+            "--for",
+            "5s",
+            "--source",
+        ])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Where the build stands when the watch starts...
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("rhel8-web r1 init → 0 pending"), "{first}");
+    // ...then each transition as it happens, once.
     w.put(json!({"complete": 0})).ok();
     std::thread::sleep(std::time::Duration::from_millis(400));
     w.put(json!({"start": 5})).ok();
     w.put(json!({"fail": 5, "error": "boom"})).ok();
-    let out = watcher.join().unwrap();
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    assert!(rest[0].contains("r2 complete 0 → 5 pending"), "{rest:?}");
+    assert!(rest[1].contains("r3 start 5 → 5 in_progress"), "{rest:?}");
     assert!(
-        lines[0].contains("rhel8-web r1 init → 0 pending"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        lines[1].contains("r2 complete 0 → 5 pending"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        lines[2].contains("r3 start 5 → 5 in_progress"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        lines[3].contains("r4 fail 5 → 5 failed (attempt 1)")
-            && lines[3].ends_with(": boom (transient)"),
-        "{}",
-        out.stdout
+        rest[2].contains("r4 fail 5 → 5 failed (attempt 1)")
+            && rest[2].ends_with(": boom (transient)"),
+        "{rest:?}"
     );
     // Every build under the prefix, as JSON lines.
     let out = w

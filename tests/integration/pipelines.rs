@@ -305,6 +305,8 @@ fn fly_execute_tasks_run_the_cli() {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Outcome {
     Succeed,
+    /// Succeeds after this many milliseconds (to make builds overlap).
+    SucceedAfter(u64),
     Fail(&'static str),
 }
 
@@ -680,8 +682,11 @@ impl<'a> Runner<'a> {
                 .unwrap_or(Outcome::Succeed);
             let out = ctx.dir.join("out");
             std::fs::create_dir_all(&out).unwrap();
+            if let Outcome::SucceedAfter(ms) = outcome {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
             match outcome {
-                Outcome::Succeed => {
+                Outcome::Succeed | Outcome::SucceedAfter(_) => {
                     std::fs::write(
                         out.join("vars.json"),
                         json!({task: format!("{}#{}", ctx.job, ctx.number)}).to_string(),
@@ -992,6 +997,11 @@ fn racing_builds_lose_no_update(w: World) {
     // complete is refused, because the stage is no longer 5.
     let (rev0, landed0) = (r.doc()["revision"].as_u64().unwrap(), landed());
     let kick = inputs("at-kickstart");
+    // Long tasks, so both builds have started before either finishes.
+    r.script(
+        "packer-kickstart",
+        &[Outcome::SucceedAfter(700), Outcome::SucceedAfter(700)],
+    );
     let statuses: Vec<String> = std::thread::scope(|s| {
         let a = s.spawn(|| r.run_build(&job("kickstart"), &kick));
         let b = s.spawn(|| r.run_build(&job("kickstart"), &kick));
