@@ -199,6 +199,10 @@ where
                 StoreError::Credentials(format!(
                     "{text} (set access_key_id and secret_access_key in the source, or give the worker credentials)"
                 ))
+            } else if text.contains("invalid peer certificate") {
+                StoreError::Other(format!(
+                    "{text} (for an endpoint with a private CA, put the CA's PEM in source.ca_bundle)"
+                ))
             } else {
                 StoreError::Other(text)
             }
@@ -232,14 +236,14 @@ impl Store for S3Store {
                 if status_of(&e) == Some(304) {
                     return Ok(Fetched::Unchanged);
                 }
-                if let SdkError::ServiceError(se) = &e
-                    && se.err().is_no_such_key()
-                {
+                // NoSuchKey, or a 404 without a code (some servers, and any
+                // HEAD-like answer); a missing bucket is a 404 too, and an error.
+                let no_such_key =
+                    matches!(&e, SdkError::ServiceError(se) if se.err().is_no_such_key());
+                if no_such_key || (status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket")) {
                     return Ok(Fetched::Absent);
                 }
                 match classify(&self.bucket, e) {
-                    // Some servers answer 404 without a code.
-                    StoreError::Other(m) if m.contains("404") => Ok(Fetched::Absent),
                     StoreError::AccessDenied(m) => Err(StoreError::AccessDenied(format!(
                         "{m} (without s3:ListBucket, S3 also answers 403 for a key that does not exist: grant s3:GetObject and s3:ListBucket)"
                     ))),
