@@ -333,10 +333,10 @@ fn put_request(
         ("reason", p.reason.is_some(), action == "set"),
     ] {
         if present && !belongs {
-            let with = if fails || !matches!(field, "status" | "reason") {
-                "fail or finish"
-            } else {
+            let with = if matches!(field, "status" | "reason") {
                 "set"
+            } else {
+                "fail or finish"
             };
             return Err(format!(
                 "params.{field} goes with {with}, not with {action}"

@@ -111,6 +111,16 @@ fn bad_put_params(w: World) {
         err.contains("params.error goes with fail or finish, not with start"),
         "{err}"
     );
+    let err = refused_put(&w, json!({"fail": 0, "error": "x", "status": "failed"}));
+    assert!(
+        err.contains("params.status goes with set, not with fail"),
+        "{err}"
+    );
+    let err = refused_put(&w, json!({"start": 0, "reason": "x"}));
+    assert!(
+        err.contains("params.reason goes with set, not with start"),
+        "{err}"
+    );
     let err = refused_put(&w, json!({"start": 0, "vars_file": "nope.json"}));
     assert!(err.contains("params.vars_file: cannot read"), "{err}");
     let err = refused_put(&w, json!({"file": "nope.json"}));
