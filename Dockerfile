@@ -25,7 +25,7 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin build-s
 # shared start script, passed in as the build context "shared").
 FROM builder AS tests
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates openssl \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=shared s3-test-server /shared/s3-test-server
 COPY tests ./tests
