@@ -157,6 +157,18 @@ fn three_failures_block_with_growing_backoff() {
 }
 
 #[test]
+fn long_error_messages_keep_their_end() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    let long = format!("{}the real cause", "x".repeat(10_000));
+    let d = w.ok(fail(0, &long)).clone();
+    let kept = &d.last_error.as_ref().unwrap().message;
+    assert_eq!(kept.chars().count(), transition::MAX_ERROR_CHARS);
+    assert!(kept.starts_with('…') && kept.ends_with("the real cause"));
+    d.verify(&w.ladder).unwrap();
+}
+
+#[test]
 fn per_state_policy_and_persistent_failures() {
     let mut w = World::new();
     w.retry.states.insert(

@@ -208,13 +208,14 @@ pub fn apply(
             }
             let policy = rules.retry.for_state(*n);
             let attempts = doc.attempts + 1;
+            let error = bounded(error);
             if error.kind == FailureKind::Persistent || attempts >= policy.max_attempts {
-                (*n, Blocked, attempts, None, Some(error.clone()))
+                (*n, Blocked, attempts, None, Some(error))
             } else {
                 let wait = chrono::Duration::from_std(policy.backoff_after(attempts))
                     .unwrap_or(chrono::Duration::MAX);
                 let retry_at = update.at.checked_add_signed(wait);
-                (*n, Failed, attempts, retry_at, Some(error.clone()))
+                (*n, Failed, attempts, retry_at, Some(error))
             }
         }
         Action::Retry(n) => {
@@ -316,6 +317,27 @@ fn event(update: &Update, revision: u64, state: Code, status: Status, attempt: u
         reason,
         note: update.note.clone(),
         by: update.by.clone(),
+    }
+}
+
+/// The longest error message a document keeps, in characters. Task output
+/// can be huge; the end of it (where the cause usually is) is kept.
+pub const MAX_ERROR_CHARS: usize = 4000;
+
+/// `error` with its message cut to its last [`MAX_ERROR_CHARS`] characters.
+fn bounded(error: &ErrorInfo) -> ErrorInfo {
+    let n = error.message.chars().count();
+    if n <= MAX_ERROR_CHARS {
+        return error.clone();
+    }
+    let tail: String = error
+        .message
+        .chars()
+        .skip(n - (MAX_ERROR_CHARS - 1))
+        .collect();
+    ErrorInfo {
+        message: format!("…{tail}"),
+        kind: error.kind,
     }
 }
 
