@@ -60,6 +60,16 @@ struct Extras {
     note: Option<String>,
 }
 
+/// A build and one of its stages.
+#[derive(clap::Args, Debug)]
+struct Stage {
+    build_id: String,
+    /// The stage's state code
+    state: u32,
+    #[command(flatten)]
+    extras: Extras,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show a build's state
@@ -101,19 +111,9 @@ enum Command {
         extras: Extras,
     },
     /// Mark stage N as running
-    Start {
-        build_id: String,
-        state: u32,
-        #[command(flatten)]
-        extras: Extras,
-    },
+    Start(Stage),
     /// Stage N succeeded: move on to the next state
-    Complete {
-        build_id: String,
-        state: u32,
-        #[command(flatten)]
-        extras: Extras,
-    },
+    Complete(Stage),
     /// Stage N failed
     Fail {
         build_id: String,
@@ -131,12 +131,7 @@ enum Command {
         extras: Extras,
     },
     /// A human's decision: stage N is due again (attempts reset)
-    Retry {
-        build_id: String,
-        state: u32,
-        #[command(flatten)]
-        extras: Extras,
-    },
+    Retry(Stage),
     /// Manual override: put the build at state N
     Set {
         build_id: String,
@@ -352,28 +347,20 @@ async fn run(cli: Cli) -> Result<()> {
             }
             act(&config, Action::Init { restart }, &extras, &out).await
         }
-        Command::Start {
-            build_id,
-            state,
-            extras,
-        } => {
+        Command::Start(a) => {
             act(
-                &src.config(Some(&build_id))?,
-                Action::Start(state),
-                &extras,
+                &src.config(Some(&a.build_id))?,
+                Action::Start(a.state),
+                &a.extras,
                 &out,
             )
             .await
         }
-        Command::Complete {
-            build_id,
-            state,
-            extras,
-        } => {
+        Command::Complete(a) => {
             act(
-                &src.config(Some(&build_id))?,
-                Action::Complete(state),
-                &extras,
+                &src.config(Some(&a.build_id))?,
+                Action::Complete(a.state),
+                &a.extras,
                 &out,
             )
             .await
@@ -405,15 +392,11 @@ async fn run(cli: Cli) -> Result<()> {
             };
             act(&config, action, &extras, &out).await
         }
-        Command::Retry {
-            build_id,
-            state,
-            extras,
-        } => {
+        Command::Retry(a) => {
             act(
-                &src.config(Some(&build_id))?,
-                Action::Retry(state),
-                &extras,
+                &src.config(Some(&a.build_id))?,
+                Action::Retry(a.state),
+                &a.extras,
                 &out,
             )
             .await
