@@ -471,7 +471,8 @@ impl Step {
             cmd.env_remove(var);
         }
         // The S3 server is on loopback: never through a proxy the machine may set.
-        cmd.env("NO_PROXY", "127.0.0.1,localhost").env("no_proxy", "127.0.0.1,localhost");
+        cmd.env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
