@@ -67,7 +67,7 @@ fn lists_revisions_of_the_current_run(w: World) {
 }
 
 fn gate_waits_for_the_backoff(w: World) {
-    let gated = w.with(json!({"gate": {"state": 5}, "retry": {"backoff": "2s", "factor": 1}}));
+    let gated = w.with(json!({"gate": {"state": 5}, "retry": {"backoff": "3s", "factor": 1}}));
     assert_eq!(gated.check().ok(), json!([]));
     gated.put(json!({"init": true})).ok();
     assert_eq!(
