@@ -76,11 +76,19 @@ pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
     let doc = &current.doc;
     let newest = version_of(doc, Some(&current.etag));
     if let Some(gate) = config.gate {
-        return Ok(if gate.gate_passes(doc, crate::now()) {
-            vec![newest]
-        } else {
-            vec![]
-        });
+        if gate.gate_passes(doc, crate::now()) {
+            return Ok(vec![newest]);
+        }
+        let wait = doc
+            .retry_at
+            .filter(|_| doc.state == gate.code())
+            .map(|t| format!(" (retry due at {})", rfc3339::format(&t)))
+            .unwrap_or_default();
+        eprintln!(
+            "build-state: gate {{{gate}}} is shut: {}{wait}",
+            doc.whereabouts()
+        );
+        return Ok(vec![]);
     }
     let (Some(given), Some(given_rev)) = (req.version, given_rev) else {
         return Ok(vec![newest]);

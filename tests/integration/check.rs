@@ -95,10 +95,12 @@ fn gate_waits_for_the_backoff(w: World) {
     gated.put(json!({"fail": 5, "error": "boom"})).ok();
     let doc = gated.doc();
     let retry_at = chrono::DateTime::parse_from_rfc3339(doc["retry_at"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        gated.check_from(&due[0]).ok(),
-        json!([]),
-        "not before retry_at"
+    let shut = gated.check_from(&due[0]).run();
+    assert_eq!(shut.stdout.trim(), "[]", "not before retry_at");
+    assert!(
+        shut.stderr.contains("gate {state: 5} is shut: rhel8-web is at 5 (kickstart initiated, failed) (retry due at "),
+        "{}",
+        shut.stderr
     );
     let get = gated.get(&json!({"revision": "4"})).run();
     let dest = get.dest.unwrap();
