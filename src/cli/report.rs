@@ -314,3 +314,66 @@ pub fn write(config: &Config, rows: &[Row], path: &Path) -> Result<()> {
     let html = render(config, rows, crate::now());
     std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        Action, Actor, ErrorInfo, FailureKind, Ladder, Outcome, RetryPolicy, Rules, Update, apply,
+    };
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn spans_measure_each_stage_and_count_its_failures() {
+        let (ladder, retry, labels) = (
+            Ladder::default(),
+            RetryPolicy::default(),
+            Default::default(),
+        );
+        let rules = Rules {
+            build_id: "b",
+            ladder: &ladder,
+            retry: &retry,
+            labels: &labels,
+        };
+        let t = |m: i64| {
+            Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap() + chrono::Duration::minutes(m)
+        };
+        let mut doc: Option<Document> = None;
+        let fail = |n| Action::Fail {
+            state: n,
+            error: ErrorInfo {
+                message: "x".into(),
+                kind: FailureKind::Transient,
+            },
+        };
+        for (m, action) in [
+            (0, Action::Init { restart: false }),
+            (1, Action::Complete(0)),
+            (2, Action::Start(5)),
+            (10, fail(5)),
+            (20, Action::Start(5)),
+            (50, Action::Complete(5)),
+            (55, Action::Start(10)),
+        ] {
+            let u = Update::new(action, Actor::default(), t(m));
+            match apply(doc.as_ref(), &u, &rules).unwrap() {
+                Outcome::Write(d) => doc = Some(d),
+                o => panic!("{o:?}"),
+            }
+        }
+        let spans = spans(doc.as_ref().unwrap(), t(60));
+        let got: Vec<(Code, i64, u32, Status)> = spans
+            .iter()
+            .map(|s| (s.state, (s.to - s.from).num_minutes(), s.failures, s.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 1, 0, Status::Completed),
+                (5, 49, 1, Status::Completed),
+                (10, 10, 0, Status::InProgress)
+            ]
+        );
+    }
+}
