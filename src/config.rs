@@ -162,7 +162,12 @@ fn stage_retry(
     Ok(r)
 }
 
-fn condition(field: &str, p: &ConditionParam, ladder: &Ladder) -> Result<Condition, ConfigError> {
+/// Parses a `{state: N}` / `{min_state: N}` block against a ladder.
+pub fn parse_condition(
+    field: &str,
+    p: &ConditionParam,
+    ladder: &Ladder,
+) -> Result<Condition, ConfigError> {
     let c = match (p.state, p.min_state) {
         (Some(n), None) => Condition::State(n.0),
         (None, Some(n)) => Condition::MinState(n.0),
@@ -172,15 +177,6 @@ fn condition(field: &str, p: &ConditionParam, ladder: &Ladder) -> Result<Conditi
         .check(c.code())
         .or_else(|e| err(field, e.to_string()))?;
     Ok(c)
-}
-
-/// Parses a `{state: N}` / `{min_state: N}` block against a ladder.
-pub fn parse_condition(
-    field: &str,
-    p: &ConditionParam,
-    ladder: &Ladder,
-) -> Result<Condition, ConfigError> {
-    condition(field, p, ladder)
 }
 
 fn regexes(field: &str, list: &[String]) -> Result<Vec<Regex>, ConfigError> {
@@ -285,7 +281,7 @@ impl Config {
         let gate = s
             .gate
             .as_ref()
-            .map(|g| condition("gate", g, &ladder))
+            .map(|g| parse_condition("gate", g, &ladder))
             .transpose()?;
 
         Ok(Config {

@@ -9,18 +9,42 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// A secret string: never printed, not even by `Debug`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// A secret string: never printed, not even by `Debug`, nor echoed by a
+/// parse error when it has the wrong type.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (quote it)"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (quote it)"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (quote it)"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (quote it)"))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -300,6 +324,12 @@ mod tests {
         assert!(
             !dbg.contains("hunter2") && !dbg.contains("tok-secret"),
             "{dbg}"
+        );
+        // A mistyped secret is refused without echoing it.
+        let e = parse::<Source>(br#"{"secret_access_key": 987654321}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid payload: secret_access_key: a secret must be a string (quote it) at line 1 column 31"
         );
     }
 }

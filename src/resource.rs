@@ -194,13 +194,10 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
     let config = configure(&req.source)?;
     let revision = parse_revision(&req.version)?;
     let require = match req.params.as_ref().and_then(|p| p.require.as_ref()) {
-        Some(r) => Some(parse_condition("require", r, &config.ladder).map_err(|e| {
-            anyhow!(
-                "{}: params.{}",
-                config.build_id,
-                e.to_string().trim_start_matches("source.")
-            )
-        })?),
+        Some(r) => Some(
+            parse_condition("require", r, &config.ladder)
+                .map_err(|e| anyhow!("{}: params.{}: {}", config.build_id, e.field, e.message))?,
+        ),
         None => None,
     };
     let store = open(&config).await?;

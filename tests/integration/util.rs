@@ -497,16 +497,9 @@ impl Step {
     #[track_caller]
     pub fn ok(self) -> Value {
         let program = self.program;
-        let out = self.run();
-        assert_eq!(
-            out.code,
-            Some(0),
-            "{program} failed:\nstdout: {}\nstderr: {}",
-            out.stdout,
-            out.stderr
-        );
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("{program} printed no JSON ({e}):\n{}", out.stdout))
+        let stdout = self.text();
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{program} printed no JSON ({e}):\n{stdout}"))
     }
 
     /// Runs and expects success; returns stdout as text.
