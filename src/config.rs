@@ -392,9 +392,33 @@ fn s3_config(s: &Source, bucket: String, prefix: String) -> Result<S3Config, Con
         path_style: s.use_path_style,
         credentials,
         role_arn: non_empty(&s.aws_role_arn),
-        ca_bundle: non_empty(&s.ca_bundle),
+        ca_bundle: ca_bundle(&s.ca_bundle)?,
         sse,
     })
+}
+
+/// `ca_bundle`, when given, must hold at least one PEM certificate: a bundle
+/// that holds none would silently trust only the system's roots.
+fn ca_bundle(given: &Option<String>) -> Result<Option<String>, ConfigError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let Some(pem) = given else {
+        return Ok(None);
+    };
+    let mut certificates = 0;
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        match cert {
+            Ok(_) => certificates += 1,
+            Err(e) => return err("ca_bundle", format!("is not valid PEM ({e})")),
+        }
+    }
+    if certificates == 0 {
+        return err(
+            "ca_bundle",
+            "holds no certificate: give the PEM text of the CA's certificate (-----BEGIN CERTIFICATE----- ...)",
+        );
+    }
+    Ok(Some(pem.clone()))
 }
 
 #[cfg(test)]

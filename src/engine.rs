@@ -31,7 +31,7 @@ pub enum ErrorKind {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
-        "gave up after {0} attempts: the document kept changing under concurrent writers; run the put again"
+        "gave up after {0} attempts: each time, another write had changed the document between this update's read and its write; run it again"
     )]
     Contended(u32),
     #[error("{0}")]
@@ -65,6 +65,9 @@ pub struct Applied {
 
 /// Bounds the compare-and-swap loop.
 const MAX_ATTEMPTS: u32 = 40;
+
+/// Bounds the writes whose outcome was unknown, within that loop.
+const MAX_UNCERTAIN: u32 = 5;
 
 /// One build's documents in one store.
 pub struct Builds<'a, S> {
@@ -172,23 +175,53 @@ impl<'a, S: Store> Builds<'a, S> {
         Err(not_found(Some(doc.revision)))
     }
 
+    /// Reads the live document with the bytes it was stored as.
+    async fn current_with_body(&self) -> Result<Option<(Current, Vec<u8>)>, Error> {
+        let key = self.config.state_key();
+        match self.store.get(&key, None).await {
+            Ok(Fetched::Found { body, etag }) => {
+                let doc = self.decode(&key, &body)?;
+                Ok(Some((Current { doc, etag }, body)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+
     /// Read, decide, write-if-unchanged; on a conflict, again (bounded, with
     /// jitter). `decide` sees the freshest document every time, so a refusal
     /// is always a real one.
+    ///
+    /// A write whose answer was lost (a dropped connection, a timeout, a 5xx,
+    /// or a retried request that then met its own write as a 412) is judged
+    /// by the next read: when the stored bytes are exactly the ones sent, it
+    /// landed, and it is not applied a second time.
     pub async fn update<F>(&self, mut decide: F) -> Result<Applied, Error>
     where
         F: FnMut(Option<&Document>) -> Result<Outcome, Refusal>,
     {
         let key = self.config.state_key();
+        let mut sent: Option<(Document, Vec<u8>)> = None;
+        let mut uncertain = 0;
         for attempt in 1..=MAX_ATTEMPTS {
-            let current = self.current().await?;
+            let fresh = self.current_with_body().await?;
+            if let (Some((doc, bytes)), Some((c, body))) = (&sent, &fresh)
+                && body == bytes
+            {
+                return Ok(Applied {
+                    doc: doc.clone(),
+                    etag: c.etag.clone(),
+                    written: true,
+                });
+            }
+            let current = fresh.map(|(c, _)| c);
             let outcome =
                 decide(current.as_ref().map(|c| &c.doc)).map_err(|r| self.error(&key, r))?;
             let when = match &current {
                 Some(c) => Precondition::Matches(&c.etag),
                 None => Precondition::Absent,
             };
-            let result = match outcome {
+            let doc = match outcome {
                 Outcome::Unchanged => {
                     let c = current.expect("an unchanged outcome has a document");
                     return Ok(Applied {
@@ -197,21 +230,18 @@ impl<'a, S: Store> Builds<'a, S> {
                         written: false,
                     });
                 }
-                Outcome::Write(doc) => self
-                    .store
-                    .put(&key, doc.to_bytes(), when)
-                    .await
-                    .map(|etag| (doc, etag)),
+                Outcome::Write(doc) => doc,
                 Outcome::Restart { archive, document } => {
                     self.archive(&archive).await?;
-                    self.store
-                        .put(&key, document.to_bytes(), when)
-                        .await
-                        .map(|etag| (document, etag))
+                    document
                 }
             };
+            let bytes = doc.to_bytes();
+            let result = self.store.put(&key, bytes.clone(), when).await;
+            sent = Some((doc, bytes));
             match result {
-                Ok((doc, etag)) => {
+                Ok(etag) => {
+                    let (doc, _) = sent.expect("just sent");
                     return Ok(Applied {
                         doc,
                         etag,
@@ -221,12 +251,18 @@ impl<'a, S: Store> Builds<'a, S> {
                 Err(StoreError::Conflict) => {
                     if attempt > 1 {
                         eprintln!(
-                            "build-state: {key} changed concurrently; retrying (attempt {attempt})"
+                            "build-state: {key} changed since it was read; reading it again (attempt {attempt})"
                         );
                     }
                     // Full jitter, growing to at most 500 ms.
                     let cap = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=cap))).await;
+                }
+                Err(StoreError::Uncertain(m)) if uncertain < MAX_UNCERTAIN => {
+                    uncertain += 1;
+                    eprintln!(
+                        "build-state: the write of {key} may not have landed ({m}); reading it again"
+                    );
                 }
                 Err(e) => return Err(self.error(&key, e)),
             }

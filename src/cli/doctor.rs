@@ -76,7 +76,7 @@ pub async fn doctor(config: &Config, out: &Out) -> Result<()> {
         }
     };
     if let Some(store) = &store {
-        match store.list(config.prefix()).await {
+        let bucket_ok = match store.list(config.prefix()).await {
             Ok(keys) => {
                 let builds = keys
                     .iter()
@@ -87,20 +87,27 @@ pub async fn doctor(config: &Config, out: &Out) -> Result<()> {
                     Verdict::Ok,
                     format!("readable; {builds} builds under the prefix"),
                 );
+                true
             }
-            Err(StoreError::AccessDenied(m)) => add(
-                "bucket",
-                Verdict::Warn,
-                format!(
-                    "listing denied ({m}): grant s3:ListBucket, or a build with no document yet answers 403 instead of 404"
-                ),
-            ),
-            Err(e @ (StoreError::NoSuchBucket(_) | StoreError::Credentials(_))) => {
-                add("bucket", Verdict::Fail, advice(&e))
+            Err(StoreError::AccessDenied(m)) => {
+                add(
+                    "bucket",
+                    Verdict::Warn,
+                    format!(
+                        "listing denied ({m}): grant s3:ListBucket, or a build with no document yet answers 403 instead of 404"
+                    ),
+                );
+                true
             }
-            Err(e) => add("bucket", Verdict::Fail, advice(&e)),
+            Err(e) => {
+                add("bucket", Verdict::Fail, advice(&e));
+                false
+            }
+        };
+        // Without a bucket the write checks can only repeat that failure.
+        if bucket_ok {
+            probe(config, store, &mut add).await;
         }
-        probe(config, store, &mut add).await;
     }
     let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
     if out.json {
@@ -129,7 +136,13 @@ pub async fn doctor(config: &Config, out: &Out) -> Result<()> {
     Ok(())
 }
 
-/// Writes, conditionally rewrites and deletes a scratch object.
+/// Simultaneous writers in one round of the race probe.
+const RACERS: usize = 8;
+/// Rounds of the race probe.
+const ROUNDS: usize = 3;
+
+/// Proves conditional writes with real requests on a scratch object, then
+/// removes it, whatever the checks found.
 async fn probe(
     config: &Config,
     store: &AnyStore,
@@ -140,47 +153,112 @@ async fn probe(
         config.prefix(),
         fastrand::u64(..)
     );
+    let created = conditional_writes(store, &key, add).await;
+    let quirks = store.quirks();
+    if !quirks.is_empty() {
+        add(
+            "quirks",
+            Verdict::Ok,
+            format!("worked around: {}", quirks.join("; ")),
+        );
+    }
+    if created {
+        match store.delete(&key).await {
+            Ok(()) => add("cleanup", Verdict::Ok, "deleted the scratch object".into()),
+            Err(e) => add(
+                "cleanup",
+                Verdict::Warn,
+                format!("could not delete {key}: {} (delete it by hand)", advice(&e)),
+            ),
+        }
+    }
+}
+
+const LOST: &str = "updates can be lost on this server: do not use it for build-state";
+
+/// The checks on the scratch object; answers whether it may exist now.
+async fn conditional_writes(
+    store: &AnyStore,
+    key: &str,
+    add: &mut impl FnMut(&'static str, Verdict, String),
+) -> bool {
     let body = |n: u32| format!("{{\"doctor\": {n}}}\n").into_bytes();
-    let first = match store.put(&key, body(1), Precondition::Absent).await {
-        Ok(etag) => etag,
+    match store.put(key, body(1), Precondition::Absent).await {
+        Ok(_) => add(
+            "write",
+            Verdict::Ok,
+            format!("wrote a scratch object {key}"),
+        ),
         Err(e) => {
             add(
                 "write",
                 Verdict::Fail,
                 format!("cannot write {key}: {} (grant s3:PutObject)", advice(&e)),
             );
-            return;
+            // A write whose answer was lost may have landed.
+            return matches!(e, StoreError::Uncertain(_));
         }
-    };
-    add(
-        "write",
-        Verdict::Ok,
-        format!("wrote a scratch object {key}"),
-    );
-    match store.put(&key, body(2), Precondition::Absent).await {
-        Err(StoreError::Conflict) => add("If-None-Match: *", Verdict::Ok, "a second create was refused (412)".into()),
+    }
+    match store.put(key, body(2), Precondition::Absent).await {
+        Err(StoreError::Conflict) => add(
+            "If-None-Match: *",
+            Verdict::Ok,
+            "a create over an existing object was refused (412)".into(),
+        ),
         Ok(_) => add(
             "If-None-Match: *",
             Verdict::Fail,
-            "THE ENDPOINT IGNORES If-None-Match: * — two inits can overwrite each other; do not use this server".into(),
+            format!(
+                "the server ignores If-None-Match: * (a create over an existing object succeeded): {LOST}"
+            ),
         ),
         Err(e) => add("If-None-Match: *", Verdict::Fail, advice(&e)),
     }
-    let current = match store.get(&key, None).await {
+    let current = match store.get(key, None).await {
         Ok(Fetched::Found { etag, .. }) => etag,
-        _ => first,
+        Ok(_) => {
+            add(
+                "read",
+                Verdict::Fail,
+                format!("the scratch object {key} cannot be read back after it was written"),
+            );
+            return true;
+        }
+        Err(e) => {
+            add(
+                "read",
+                Verdict::Fail,
+                format!("cannot read {key}: {}", advice(&e)),
+            );
+            return true;
+        }
     };
-    match store.put(&key, body(3), Precondition::Matches("\"00000000000000000000000000000000\"")).await {
-        Err(StoreError::Conflict) => add("If-Match", Verdict::Ok, "a write with a stale ETag was refused (412)".into()),
+    match store
+        .put(
+            key,
+            body(3),
+            Precondition::Matches("\"00000000000000000000000000000000\""),
+        )
+        .await
+    {
+        Err(StoreError::Conflict) => add(
+            "If-Match",
+            Verdict::Ok,
+            "a write with a stale ETag was refused (412)".into(),
+        ),
         Ok(_) => add(
             "If-Match",
             Verdict::Fail,
-            "THE ENDPOINT IGNORES If-Match — concurrent puts WILL LOSE UPDATES; do not use this server for build-state".into(),
+            format!("the server ignores If-Match (a write with a stale ETag succeeded): {LOST}"),
         ),
         Err(e) => add("If-Match", Verdict::Fail, advice(&e)),
     }
-    match store
-        .put(&key, body(4), Precondition::Matches(&current))
+    let current = match store.get(key, None).await {
+        Ok(Fetched::Found { etag, .. }) => etag,
+        _ => current,
+    };
+    let etag = match store
+        .put(key, body(4), Precondition::Matches(&current))
         .await
     {
         Ok(etag) => {
@@ -189,28 +267,146 @@ async fn probe(
                 Verdict::Ok,
                 "a write with the current ETag succeeded".into(),
             );
-            match store.get(&key, Some(&etag)).await {
-                Ok(Fetched::Unchanged) => add("conditional GET", Verdict::Ok, "304 for an unchanged object: a check costs no body".into()),
-                Ok(_) => add(
+            etag
+        }
+        Err(e) => {
+            add(
+                "compare-and-swap",
+                Verdict::Fail,
+                format!("a write with the current ETag failed: {}", advice(&e)),
+            );
+            return true;
+        }
+    };
+    conditional_get(store, key, &etag, add).await;
+    race(store, key, add).await;
+    true
+}
+
+/// A GET with the current ETag must answer 304 (tried in both quotings).
+async fn conditional_get(
+    store: &AnyStore,
+    key: &str,
+    etag: &str,
+    add: &mut impl FnMut(&'static str, Verdict, String),
+) {
+    for _ in 0..2 {
+        match store.get(key, Some(etag)).await {
+            Ok(Fetched::Unchanged) => {
+                add(
                     "conditional GET",
-                    Verdict::Warn,
-                    "no 304 for an unchanged object: every check downloads the document (works, costs more)".into(),
-                ),
-                Err(e) => add("conditional GET", Verdict::Fail, advice(&e)),
+                    Verdict::Ok,
+                    "304 for an unchanged object: a check costs no body".into(),
+                );
+                return;
+            }
+            // The store tries the other quoting on the next call.
+            Ok(_) => continue,
+            Err(e) => {
+                add("conditional GET", Verdict::Fail, advice(&e));
+                return;
             }
         }
-        Err(e) => add(
-            "compare-and-swap",
-            Verdict::Fail,
-            format!("a write with the current ETag failed: {}", advice(&e)),
-        ),
     }
-    match store.delete(&key).await {
-        Ok(()) => add("cleanup", Verdict::Ok, "deleted the scratch object".into()),
-        Err(e) => add(
-            "cleanup",
-            Verdict::Warn,
-            format!("could not delete {key}: {} (delete it by hand)", advice(&e)),
-        ),
+    add(
+        "conditional GET",
+        Verdict::Warn,
+        "no 304 for an unchanged object: every check downloads the document (works, costs more)"
+            .into(),
+    );
+}
+
+/// The race probe: rounds of simultaneous writes that all carry the same
+/// current ETag. An atomic server lets exactly one win; a server that checks
+/// `If-Match` and then writes lets several win, and loses updates.
+async fn race(store: &AnyStore, key: &str, add: &mut impl FnMut(&'static str, Verdict, String)) {
+    for round in 1..=ROUNDS {
+        let etag = match store.get(key, None).await {
+            Ok(Fetched::Found { etag, .. }) => etag,
+            Ok(_) => {
+                add(
+                    "race",
+                    Verdict::Fail,
+                    format!("{key} vanished during the probe"),
+                );
+                return;
+            }
+            Err(e) => {
+                add("race", Verdict::Fail, advice(&e));
+                return;
+            }
+        };
+        let bodies: Vec<Vec<u8>> = (0..RACERS)
+            .map(|i| {
+                format!("{{\"doctor\": \"race\", \"round\": {round}, \"writer\": {i}}}\n")
+                    .into_bytes()
+            })
+            .collect();
+        let results = futures_util::future::join_all(
+            bodies
+                .iter()
+                .map(|b| store.put(key, b.clone(), Precondition::Matches(&etag))),
+        )
+        .await;
+        let winners: Vec<usize> = (0..RACERS).filter(|&i| results[i].is_ok()).collect();
+        let failure = results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .find(|e| !matches!(e, StoreError::Conflict | StoreError::Uncertain(_)));
+        if let Some(e) = failure {
+            add(
+                "race",
+                Verdict::Fail,
+                format!("a simultaneous write failed: {}", advice(e)),
+            );
+            return;
+        }
+        let stored = match store.get(key, None).await {
+            Ok(Fetched::Found { body, .. }) => body,
+            _ => Vec::new(),
+        };
+        if winners.len() > 1 {
+            add(
+                "race",
+                Verdict::Fail,
+                format!(
+                    "{} of {RACERS} simultaneous writes with the same If-Match succeeded (round {round}): the server checks If-Match but not atomically; {LOST}",
+                    winners.len()
+                ),
+            );
+            return;
+        }
+        let landed = bodies.iter().position(|b| *b == stored);
+        match (winners.first(), landed) {
+            (Some(w), Some(l)) if *w == l => {}
+            (None, Some(_)) => {} // the winner's answer was lost, its write landed
+            (Some(w), _) => {
+                add(
+                    "race",
+                    Verdict::Fail,
+                    format!(
+                        "writer {w} was told it won (round {round}), but the object holds another write: {LOST}"
+                    ),
+                );
+                return;
+            }
+            (None, None) => {
+                add(
+                    "race",
+                    Verdict::Fail,
+                    format!(
+                        "none of {RACERS} simultaneous writes with the current ETag succeeded (round {round})"
+                    ),
+                );
+                return;
+            }
+        }
     }
+    add(
+        "race",
+        Verdict::Ok,
+        format!(
+            "{ROUNDS} rounds of {RACERS} simultaneous writes with the same If-Match: exactly one won each time"
+        ),
+    );
 }

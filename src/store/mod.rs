@@ -31,8 +31,22 @@ pub enum Precondition<'a> {
 /// Why a store operation failed. `Conflict` is the one callers branch on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("the object changed since it was read (a concurrent write)")]
+    /// The precondition did not hold, and a fresh read confirmed that the
+    /// object is no longer as it was read (or no longer absent).
+    #[error(
+        "the object changed since it was read (412 Precondition Failed, and a fresh read shows a new ETag)"
+    )]
     Conflict,
+    /// The server refused a precondition that holds: it cannot do
+    /// compare-and-swap as build-state needs.
+    #[error(
+        "{0}: this server cannot do compare-and-swap as build-state needs; run `build-state doctor`"
+    )]
+    ConditionRefused(String),
+    /// A write whose outcome is unknown (the connection dropped, a timeout,
+    /// a 5xx): it may or may not have been applied.
+    #[error("the write may or may not have been applied: {0}")]
+    Uncertain(String),
     #[error(
         "bucket {0:?} does not exist (check source.bucket, source.region_name and source.endpoint)"
     )]
@@ -80,6 +94,16 @@ impl AnyStore {
             Storage::Local { dir, .. } => AnyStore::Local(local::LocalStore::new(dir.clone())),
             Storage::S3(s3) => AnyStore::S3(s3::S3Store::connect(s3).await?),
         })
+    }
+}
+
+impl AnyStore {
+    /// The server quirks this process has met and works around, in words.
+    pub fn quirks(&self) -> Vec<String> {
+        match self {
+            AnyStore::Local(_) => Vec::new(),
+            AnyStore::S3(s) => s.quirks(),
+        }
     }
 }
 

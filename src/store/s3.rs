@@ -21,12 +21,58 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_async::rt::sleep::default_async_sleep;
 use aws_smithy_async::time::SharedTimeSource;
 use aws_smithy_http_client::tls;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 pub struct S3Store {
     client: Client,
     bucket: String,
     sse: Option<Encryption>,
+    /// How this server wants the ETag of an `If-Match` written: as AWS
+    /// documents it (quoted, `QUOTED`) until a 412 proves the server wants
+    /// the other form, then that form for the rest of the process.
+    if_match_form: AtomicU8,
+    /// The same for the `If-None-Match` of a conditional GET.
+    if_none_match_form: AtomicU8,
+}
+
+/// An ETag written as the server sent it (quoted, as AWS documents).
+const QUOTED: u8 = 0;
+/// An ETag written without its quotes (what Ceph RGW matches `If-Match` to).
+const BARE: u8 = 1;
+
+/// The ETag without quotes or a weak prefix: the part servers compare.
+pub fn bare_etag(etag: &str) -> &str {
+    let e = etag.trim();
+    let e = e.strip_prefix("W/").unwrap_or(e);
+    e.strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .unwrap_or(e)
+}
+
+/// Whether two ETags name the same content, however each is quoted.
+pub fn same_etag(a: &str, b: &str) -> bool {
+    bare_etag(a) == bare_etag(b)
+}
+
+fn etag_in(form: u8, etag: &str) -> String {
+    match form {
+        BARE => bare_etag(etag).to_string(),
+        _ => format!("\"{}\"", bare_etag(etag)),
+    }
+}
+
+fn other(form: u8) -> u8 {
+    if form == BARE { QUOTED } else { BARE }
+}
+
+/// What a conditional PutObject answered, before any interpretation.
+enum PutAnswer {
+    Written(String),
+    /// 412 (or 409 ConditionalRequestConflict): the precondition did not hold.
+    Refused,
+    /// `If-Match` on a key that does not exist: S3 answers 404.
+    Missing,
 }
 
 /// Builds the HTTPS client: rustls with ring (small, fast to start), the
@@ -135,8 +181,201 @@ impl S3Store {
             client: Client::from_conf(conf.build()),
             bucket: cfg.bucket.clone(),
             sse: cfg.sse.clone(),
+            if_match_form: AtomicU8::new(QUOTED),
+            if_none_match_form: AtomicU8::new(QUOTED),
         })
     }
+
+    /// The server's quirks this process has learned and works around, in
+    /// words (for `doctor`).
+    pub fn quirks(&self) -> Vec<String> {
+        let mut q = Vec::new();
+        if self.if_match_form.load(Ordering::Relaxed) == BARE {
+            q.push(
+                "If-Match matches only the bare ETag (a quoted one gets 412 although it is current, as on Ceph RGW): build-state sends it bare".to_string(),
+            );
+        }
+        if self.if_none_match_form.load(Ordering::Relaxed) == BARE {
+            q.push(
+                "a conditional GET matches only the bare ETag: build-state sends it bare"
+                    .to_string(),
+            );
+        }
+        q
+    }
+
+    /// The ETag of `key` now, by a HEAD request (`None`: no such object).
+    async fn head_etag(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
+            Err(e) if status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket") => Ok(None),
+            Err(e) => Err(classify(&self.bucket, e)),
+        }
+    }
+
+    /// One PutObject with `If-Match: <if_match>` or, without, `If-None-Match: *`.
+    async fn put_once(
+        &self,
+        key: &str,
+        body: &[u8],
+        if_match: Option<&str>,
+    ) -> Result<PutAnswer, StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body.to_vec()));
+        req = match if_match {
+            None => req.if_none_match("*"),
+            Some(etag) => req.if_match(etag),
+        };
+        req = match &self.sse {
+            None => req,
+            Some(Encryption::Aes256) => req.server_side_encryption(ServerSideEncryption::Aes256),
+            Some(Encryption::Kms { key_id }) => req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+        };
+        match req.send().await {
+            Ok(out) => Ok(PutAnswer::Written(
+                out.e_tag().unwrap_or_default().to_string(),
+            )),
+            Err(e) => {
+                let status = status_of(&e);
+                if matches!(status, Some(412 | 409))
+                    || matches!(
+                        e.code(),
+                        Some("PreconditionFailed" | "ConditionalRequestConflict")
+                    )
+                {
+                    Ok(PutAnswer::Refused)
+                } else if if_match.is_some()
+                    && status == Some(404)
+                    && e.code() != Some("NoSuchBucket")
+                {
+                    Ok(PutAnswer::Missing)
+                } else {
+                    Err(classify_write(&self.bucket, e))
+                }
+            }
+        }
+    }
+
+    /// A replace by `If-Match`. A 412 is a conflict only when the object
+    /// really changed: when its ETag is still the one sent, the server wants
+    /// the ETag written the other way (quoted or bare), which is tried and,
+    /// when it works, kept for the rest of the process.
+    async fn replace(&self, key: &str, body: &[u8], etag: &str) -> Result<String, StoreError> {
+        let form = self.if_match_form.load(Ordering::Relaxed);
+        match self.put_once(key, body, Some(&etag_in(form, etag))).await? {
+            PutAnswer::Written(t) => return Ok(t),
+            PutAnswer::Missing => return Err(StoreError::Conflict),
+            PutAnswer::Refused => {}
+        }
+        match self.head_etag(key).await? {
+            Some(fresh) if same_etag(&fresh, etag) => {}
+            _ => return Err(StoreError::Conflict),
+        }
+        let alt = other(form);
+        match self.put_once(key, body, Some(&etag_in(alt, etag))).await? {
+            PutAnswer::Written(t) => {
+                self.if_match_form.store(alt, Ordering::Relaxed);
+                Ok(t)
+            }
+            PutAnswer::Missing => Err(StoreError::Conflict),
+            PutAnswer::Refused => match self.head_etag(key).await? {
+                Some(fresh) if same_etag(&fresh, etag) => {
+                    Err(StoreError::ConditionRefused(format!(
+                        "the server answered 412 Precondition Failed to If-Match with the object's current ETag {}, quoted and bare",
+                        bare_etag(etag)
+                    )))
+                }
+                _ => Err(StoreError::Conflict),
+            },
+        }
+    }
+
+    /// A create by `If-None-Match: *`. A 412 is a conflict when an object
+    /// exists; when none does, the server refused the condition itself.
+    async fn create(&self, key: &str, body: &[u8]) -> Result<String, StoreError> {
+        match self.put_once(key, body, None).await? {
+            PutAnswer::Written(t) => Ok(t),
+            PutAnswer::Refused | PutAnswer::Missing => match self.head_etag(key).await? {
+                Some(_) => Err(StoreError::Conflict),
+                None => Err(StoreError::ConditionRefused(
+                    "the server answered 412 Precondition Failed to If-None-Match: * although no object exists".to_string(),
+                )),
+            },
+        }
+    }
+
+    /// One GetObject, conditional when `if_none_match` is given.
+    async fn get_once(
+        &self,
+        key: &str,
+        if_none_match: Option<String>,
+    ) -> Result<Fetched, GetError> {
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_none_match(if_none_match)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let etag = out.e_tag().unwrap_or_default().to_string();
+                let body = out.body.collect().await.map_err(|e| {
+                    GetError::Store(StoreError::Other(format!("reading the body of {key}: {e}")))
+                })?;
+                Ok(Fetched::Found {
+                    body: body.into_bytes().to_vec(),
+                    etag,
+                })
+            }
+            Err(e) => {
+                let status = status_of(&e);
+                if status == Some(304) {
+                    return Ok(Fetched::Unchanged);
+                }
+                if status == Some(412) {
+                    return Err(GetError::Refused);
+                }
+                // NoSuchKey, or a 404 without a code (some servers, and any
+                // HEAD-like answer); a missing bucket is a 404 too, and an error.
+                let no_such_key =
+                    matches!(&e, SdkError::ServiceError(se) if se.err().is_no_such_key());
+                if no_such_key || (status == Some(404) && e.code() != Some("NoSuchBucket")) {
+                    return Ok(Fetched::Absent);
+                }
+                match classify(&self.bucket, e) {
+                    StoreError::AccessDenied(m) => {
+                        Err(GetError::Store(StoreError::AccessDenied(format!(
+                            "{m} (without s3:ListBucket, S3 also answers 403 for a key that does not exist: grant s3:GetObject and s3:ListBucket)"
+                        ))))
+                    }
+                    other => Err(GetError::Store(other)),
+                }
+            }
+        }
+    }
+}
+
+/// A GetObject that failed, or whose `If-None-Match` the server refused.
+enum GetError {
+    Store(StoreError),
+    /// 412 to a conditional GET (the answer HTTP gives a condition on a write).
+    Refused,
 }
 
 fn status_of<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
@@ -200,46 +439,58 @@ where
     }
 }
 
+/// Maps the error of a write: an answer that never came, or a 5xx, leaves
+/// the write's outcome unknown.
+fn classify_write<E>(
+    bucket: &str,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let uncertain = match &e {
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) | SdkError::TimeoutError(_) => {
+            true
+        }
+        _ => status_of(&e).is_some_and(|s| s >= 500),
+    };
+    match classify(bucket, e) {
+        StoreError::Other(m) if uncertain => StoreError::Uncertain(m),
+        other => other,
+    }
+}
+
 impl Store for S3Store {
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_if_none_match(if_none_match.map(str::to_string))
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                let etag = out.e_tag().unwrap_or_default().to_string();
-                let body =
-                    out.body.collect().await.map_err(|e| {
-                        StoreError::Other(format!("reading the body of {key}: {e}"))
-                    })?;
-                Ok(Fetched::Found {
-                    body: body.into_bytes().to_vec(),
-                    etag,
-                })
+        let Some(etag) = if_none_match else {
+            return self.get_once(key, None).await.map_err(|e| match e {
+                GetError::Store(e) => e,
+                GetError::Refused => StoreError::Other(format!(
+                    "the server answered 412 Precondition Failed to a GET of {key} that had no condition"
+                )),
+            });
+        };
+        let form = self.if_none_match_form.load(Ordering::Relaxed);
+        match self.get_once(key, Some(etag_in(form, etag))).await {
+            // The object has the ETag sent, yet the server sent it whole: it
+            // may want the ETag written the other way; the next conditional
+            // GET of this process tries that.
+            Ok(Fetched::Found { body, etag: fresh }) => {
+                if same_etag(&fresh, etag) {
+                    self.if_none_match_form.store(other(form), Ordering::Relaxed);
+                }
+                Ok(Fetched::Found { body, etag: fresh })
             }
-            Err(e) => {
-                if status_of(&e) == Some(304) {
-                    return Ok(Fetched::Unchanged);
-                }
-                // NoSuchKey, or a 404 without a code (some servers, and any
-                // HEAD-like answer); a missing bucket is a 404 too, and an error.
-                let no_such_key =
-                    matches!(&e, SdkError::ServiceError(se) if se.err().is_no_such_key());
-                if no_such_key || (status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket")) {
-                    return Ok(Fetched::Absent);
-                }
-                match classify(&self.bucket, e) {
-                    StoreError::AccessDenied(m) => Err(StoreError::AccessDenied(format!(
-                        "{m} (without s3:ListBucket, S3 also answers 403 for a key that does not exist: grant s3:GetObject and s3:ListBucket)"
-                    ))),
-                    other => Err(other),
-                }
-            }
+            Ok(other) => Ok(other),
+            Err(GetError::Store(e)) => Err(e),
+            // A server that answers a conditional GET with 412 rather than
+            // 304 says nothing about the object: read it plainly.
+            Err(GetError::Refused) => self.get_once(key, None).await.map_err(|e| match e {
+                GetError::Store(e) => e,
+                GetError::Refused => StoreError::Other(format!(
+                    "the server answered 412 Precondition Failed to a GET of {key} that had no condition"
+                )),
+            }),
         }
     }
 
@@ -249,35 +500,9 @@ impl Store for S3Store {
         body: Vec<u8>,
         when: Precondition<'_>,
     ) -> Result<String, StoreError> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        req = match when {
-            Precondition::Absent => req.if_none_match("*"),
-            Precondition::Matches(etag) => req.if_match(etag),
-        };
-        req = match &self.sse {
-            None => req,
-            Some(Encryption::Aes256) => req.server_side_encryption(ServerSideEncryption::Aes256),
-            Some(Encryption::Kms { key_id }) => req
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-        };
-        match req.send().await {
-            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
-            // If-Match on a key that was deleted meanwhile: S3 answers 404.
-            Err(e)
-                if matches!(when, Precondition::Matches(_))
-                    && status_of(&e) == Some(404)
-                    && e.code() != Some("NoSuchBucket") =>
-            {
-                Err(StoreError::Conflict)
-            }
-            Err(e) => Err(classify(&self.bucket, e)),
+        match when {
+            Precondition::Absent => self.create(key, &body).await,
+            Precondition::Matches(etag) => self.replace(key, &body, etag).await,
         }
     }
 
