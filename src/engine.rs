@@ -57,7 +57,9 @@ pub enum Read {
 #[derive(Clone, Debug)]
 pub struct Applied {
     pub doc: Document,
-    pub etag: String,
+    /// The document's ETag; `None` when other writes have already followed
+    /// this one (its answer was lost, and a later read found it landed).
+    pub etag: Option<String>,
     /// False when the update was a no-op (a replay, `init` of a fresh build,
     /// a `file` that adds nothing).
     pub written: bool,
@@ -67,7 +69,13 @@ pub struct Applied {
 const MAX_ATTEMPTS: u32 = 40;
 
 /// Bounds the writes whose outcome was unknown, within that loop.
-const MAX_UNCERTAIN: u32 = 5;
+const MAX_UNCERTAIN: u32 = 10;
+
+/// Waits before the next attempt: full jitter, growing to at most 500 ms.
+async fn backoff(attempt: u32) {
+    let cap = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=cap))).await;
+}
 
 /// One build's documents in one store.
 pub struct Builds<'a, S> {
@@ -175,46 +183,35 @@ impl<'a, S: Store> Builds<'a, S> {
         Err(not_found(Some(doc.revision)))
     }
 
-    /// Reads the live document with the bytes it was stored as.
-    async fn current_with_body(&self) -> Result<Option<(Current, Vec<u8>)>, Error> {
-        let key = self.config.state_key();
-        match self.store.get(&key, None).await {
-            Ok(Fetched::Found { body, etag }) => {
-                let doc = self.decode(&key, &body)?;
-                Ok(Some((Current { doc, etag }, body)))
-            }
-            Ok(_) => Ok(None),
-            Err(e) => Err(self.error(&key, e)),
-        }
-    }
-
     /// Read, decide, write-if-unchanged; on a conflict, again (bounded, with
     /// jitter). `decide` sees the freshest document every time, so a refusal
     /// is always a real one.
     ///
-    /// A write whose answer was lost (a dropped connection, a timeout, a 5xx,
-    /// or a retried request that then met its own write as a 412) is judged
-    /// by the next read: when the stored bytes are exactly the ones sent, it
-    /// landed, and it is not applied a second time.
+    /// A write whose answer was lost (a dropped connection, a timeout, a 5xx)
+    /// is judged by the next read: when the stored history holds the event
+    /// it added (the same revision, time, action and writer), it landed,
+    /// and it is not applied a second time.
     pub async fn update<F>(&self, mut decide: F) -> Result<Applied, Error>
     where
         F: FnMut(Option<&Document>) -> Result<Outcome, Refusal>,
     {
         let key = self.config.state_key();
-        let mut sent: Option<(Document, Vec<u8>)> = None;
+        // The last document sent whose answer said nothing certain, and the
+        // event it adds.
+        let mut sent: Option<(Document, crate::model::Event)> = None;
         let mut uncertain = 0;
         for attempt in 1..=MAX_ATTEMPTS {
-            let fresh = self.current_with_body().await?;
-            if let (Some((doc, bytes)), Some((c, body))) = (&sent, &fresh)
-                && body == bytes
+            let current = self.current().await?;
+            if let (Some((doc, event)), Some(c)) = (&sent, &current)
+                && c.doc.history.contains(event)
             {
+                // The write landed (later writes may have followed it).
                 return Ok(Applied {
                     doc: doc.clone(),
-                    etag: c.etag.clone(),
+                    etag: (c.doc == *doc).then(|| c.etag.clone()),
                     written: true,
                 });
             }
-            let current = fresh.map(|(c, _)| c);
             let outcome =
                 decide(current.as_ref().map(|c| &c.doc)).map_err(|r| self.error(&key, r))?;
             let when = match &current {
@@ -226,7 +223,7 @@ impl<'a, S: Store> Builds<'a, S> {
                     let c = current.expect("an unchanged outcome has a document");
                     return Ok(Applied {
                         doc: c.doc,
-                        etag: c.etag,
+                        etag: Some(c.etag),
                         written: false,
                     });
                 }
@@ -238,13 +235,20 @@ impl<'a, S: Store> Builds<'a, S> {
             };
             let bytes = doc.to_bytes();
             let result = self.store.put(&key, bytes.clone(), when).await;
-            sent = Some((doc, bytes));
+            // The event this write adds, as a later read will decode it.
+            let event = self
+                .decode(&key, &bytes)?
+                .history
+                .last()
+                .cloned()
+                .expect("a written document has a history");
+            sent = Some((doc, event));
             match result {
                 Ok(etag) => {
                     let (doc, _) = sent.expect("just sent");
                     return Ok(Applied {
                         doc,
-                        etag,
+                        etag: Some(etag),
                         written: true,
                     });
                 }
@@ -254,15 +258,14 @@ impl<'a, S: Store> Builds<'a, S> {
                             "build-state: {key} changed since it was read; reading it again (attempt {attempt})"
                         );
                     }
-                    // Full jitter, growing to at most 500 ms.
-                    let cap = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
-                    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=cap))).await;
+                    backoff(attempt).await;
                 }
                 Err(StoreError::Uncertain(m)) if uncertain < MAX_UNCERTAIN => {
                     uncertain += 1;
                     eprintln!(
-                        "build-state: the write of {key} may not have landed ({m}); reading it again"
+                        "build-state: no answer to the write of {key} ({m}); reading it again to see whether it landed"
                     );
+                    backoff(attempt).await;
                 }
                 Err(e) => return Err(self.error(&key, e)),
             }

@@ -525,7 +525,7 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
         );
     }
     Ok(Response {
-        version: version_of(doc, Some(&applied.etag)),
+        version: version_of(doc, applied.etag.as_deref()),
         metadata: metadata(doc),
     })
 }

@@ -10,6 +10,7 @@ use aws_config::imds;
 use aws_config::provider_config::ProviderConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -245,7 +246,17 @@ impl S3Store {
                 .server_side_encryption(ServerSideEncryption::AwsKms)
                 .set_ssekms_key_id(key_id.clone()),
         };
-        match req.send().await {
+        // No retries inside the SDK: a conditional write sent again after a
+        // lost answer meets itself as a 412. The caller re-reads instead and
+        // judges by what is stored (see `Builds::update`).
+        let sent = req
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Config::builder().retry_config(RetryConfig::disabled()),
+            )
+            .send()
+            .await;
+        match sent {
             Ok(out) => Ok(PutAnswer::Written(
                 out.e_tag().unwrap_or_default().to_string(),
             )),

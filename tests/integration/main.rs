@@ -1,5 +1,6 @@
 //! Integration tests: the real programs, JSON on stdin, a real store.
 
+mod proxy;
 mod util;
 
 mod check;
@@ -9,3 +10,4 @@ mod errors;
 mod get;
 mod pipelines;
 mod put;
+mod servers;

@@ -37,6 +37,8 @@ pub fn resource_dir() -> &'static Path {
 /// process exits (a watcher process waits for it).
 pub struct S3Server {
     pub endpoint: String,
+    /// Which server `start.sh` started: `ministack`, `moto` or `ceph`.
+    pub server: String,
 }
 
 pub const BUCKET: &str = "build-state-tests";
@@ -85,7 +87,10 @@ pub fn s3() -> &'static S3Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting the watcher that stops the S3 server");
-        let server = S3Server { endpoint };
+        let server = S3Server {
+            endpoint,
+            server: vars.get("S3_LOCAL_SERVER").cloned().unwrap_or_default(),
+        };
         server.block_on(async {
             let c = server.client();
             c.create_bucket().bucket(BUCKET).send().await.expect("creating the test bucket");
@@ -95,6 +100,12 @@ pub fn s3() -> &'static S3Server {
 }
 
 impl S3Server {
+    /// Whether the server verifies request signatures (Ceph RGW does; the
+    /// emulators take any): a proxy that rewrites headers breaks them.
+    pub fn checks_signatures(&self) -> bool {
+        self.server == "ceph"
+    }
+
     pub fn client(&self) -> aws_sdk_s3::Client {
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())

@@ -1,0 +1,282 @@
+//! A misbehaving S3 server for the tests: a small HTTP proxy in front of the
+//! real one (MiniStack, Ceph RGW) that breaks the promise in one chosen way,
+//! as servers seen in the field do. One request per connection; every answer
+//! carries `Connection: close`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How the proxy misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Drops `If-Match` and `If-None-Match` from writes (Garage 2.5, s3rver).
+    IgnoreConditions,
+    /// Checks `If-Match` / `If-None-Match: *` itself with a HEAD, waits, then
+    /// writes unconditionally, so simultaneous writers all pass the check
+    /// (s3s-fs 0.14).
+    NotAtomic,
+    /// Matches `If-Match` only against the bare ETag: a quoted one gets 412
+    /// even when it is current (Ceph RGW 16.2).
+    BareEtags,
+    /// Applies every write, then drops the connection without an answer:
+    /// the client cannot know whether it landed.
+    DropAnswerAfterWrite,
+}
+
+/// A running proxy; it lives as long as the test process.
+pub struct Proxy {
+    pub endpoint: String,
+    /// Writes (PUT requests) seen so far.
+    pub writes: Arc<AtomicUsize>,
+    /// Answers dropped after a write was applied.
+    pub dropped: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    /// Starts a proxy on a free 127.0.0.1 port in front of `upstream`
+    /// (`http://127.0.0.1:PORT`).
+    pub fn start(upstream: &str, fault: Fault) -> Proxy {
+        let upstream = upstream
+            .strip_prefix("http://")
+            .expect("an http:// upstream")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let writes = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (w, d) = (writes.clone(), dropped.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (upstream, w, d) = (upstream.clone(), w.clone(), d.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &upstream, fault, &w, &d);
+                });
+            }
+        });
+        Proxy {
+            endpoint,
+            writes,
+            dropped,
+        }
+    }
+}
+
+/// One HTTP request as read off the wire.
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn without(&self, names: &[&str]) -> Request {
+        Request {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            headers: self
+                .headers
+                .iter()
+                .filter(|(k, _)| !names.iter().any(|n| k.eq_ignore_ascii_case(n)))
+                .cloned()
+                .collect(),
+            body: self.body.clone(),
+        }
+    }
+
+    fn head(&self) -> Request {
+        Request {
+            method: "HEAD".into(),
+            body: Vec::new(),
+            ..self.without(&[
+                "if-match",
+                "if-none-match",
+                "content-length",
+                "content-type",
+            ])
+        }
+    }
+}
+
+fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<Request>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_len = loop {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed.parse(&buf[..head_len]).expect("an HTTP request");
+    let mut req = Request {
+        method: parsed.method.unwrap().to_string(),
+        path: parsed.path.unwrap().to_string(),
+        headers: parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        body: buf[head_len..].to_vec(),
+    };
+    assert!(
+        req.header("transfer-encoding").is_none(),
+        "the proxy reads bodies by Content-Length only"
+    );
+    if req
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+    {
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        req = req.without(&["expect"]);
+    }
+    let len: usize = req
+        .header("content-length")
+        .map_or(0, |l| l.trim().parse().unwrap());
+    while req.body.len() < len {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        req.body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some(req))
+}
+
+/// Sends `req` upstream and answers its raw bytes (read to the end).
+fn forward(upstream: &str, req: &Request) -> std::io::Result<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream)?;
+    up.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut out = format!("{} {} HTTP/1.1\r\n", req.method, req.path).into_bytes();
+    for (k, v) in &req.headers {
+        if k.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(&req.body);
+    up.write_all(&out)?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+/// The status and ETag of a raw answer.
+fn status_and_etag(answer: &[u8]) -> (u16, Option<String>) {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let _ = parsed.parse(answer);
+    let etag = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("etag"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned());
+    (parsed.code.unwrap_or(0), etag)
+}
+
+fn bare(etag: &str) -> &str {
+    etag.trim().trim_matches('"')
+}
+
+fn precondition_failed() -> Vec<u8> {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>";
+    format!(
+        "HTTP/1.1 412 Precondition Failed\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The answer with `Connection: close` (the upstream's own is dropped).
+fn closing(answer: &[u8]) -> Vec<u8> {
+    let Some(line_end) = answer.windows(2).position(|w| w == b"\r\n") else {
+        return answer.to_vec();
+    };
+    let mut out = answer[..line_end + 2].to_vec();
+    out.extend_from_slice(b"Connection: close\r\n");
+    out.extend_from_slice(&answer[line_end + 2..]);
+    out
+}
+
+fn serve(
+    mut conn: TcpStream,
+    upstream: &str,
+    fault: Fault,
+    writes: &AtomicUsize,
+    dropped: &AtomicUsize,
+) -> std::io::Result<()> {
+    let Some(req) = read_request(&mut conn)? else {
+        return Ok(());
+    };
+    // PutObject: `PUT /bucket/key`, with the SDK's `?x-id=PutObject`.
+    let is_write = req.method == "PUT"
+        && match req.path.split_once('?') {
+            None => true,
+            Some((_, query)) => query == "x-id=PutObject",
+        };
+    if is_write {
+        writes.fetch_add(1, Ordering::SeqCst);
+    }
+    let answer = match fault {
+        _ if !is_write => forward(upstream, &req)?,
+        Fault::IgnoreConditions => forward(upstream, &req.without(&["if-match", "if-none-match"]))?,
+        Fault::BareEtags => match req.header("if-match") {
+            Some(etag) if etag.trim().starts_with('"') => precondition_failed(),
+            _ => forward(upstream, &req)?,
+        },
+        Fault::NotAtomic => {
+            let if_match = req.header("if-match").map(str::to_string);
+            let create = req.header("if-none-match").is_some_and(|v| v.trim() == "*");
+            if if_match.is_none() && !create {
+                forward(upstream, &req)?
+            } else {
+                let (status, etag) = status_and_etag(&forward(upstream, &req.head())?);
+                let holds = match (&if_match, status) {
+                    (Some(want), 200) => etag.is_some_and(|e| bare(&e) == bare(want)),
+                    (Some(_), _) => false,
+                    (None, 404) => true,
+                    (None, _) => false,
+                };
+                if holds {
+                    // The window in which another writer passes the same check.
+                    std::thread::sleep(Duration::from_millis(150));
+                    forward(upstream, &req.without(&["if-match", "if-none-match"]))?
+                } else {
+                    precondition_failed()
+                }
+            }
+        }
+        Fault::DropAnswerAfterWrite => {
+            forward(upstream, &req)?;
+            dropped.fetch_add(1, Ordering::SeqCst);
+            conn.shutdown(Shutdown::Both)?;
+            return Ok(());
+        }
+    };
+    conn.write_all(&closing(&answer))?;
+    conn.flush()?;
+    let _ = conn.shutdown(Shutdown::Write);
+    Ok(())
+}
