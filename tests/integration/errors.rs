@@ -557,3 +557,35 @@ fn ca_bundle_trusts_a_private_endpoint() {
     drop(proxy.stdin.take());
     let _ = proxy.wait();
 }
+
+/// A `ca_bundle` that holds no certificate is refused, by the resource and
+/// by the CLI, before any request.
+#[test]
+fn a_ca_bundle_without_a_certificate_is_refused() {
+    let mut w = World::new(Kind::S3, "ca_bundle_empty");
+    for bundle in [
+        "",
+        "not a certificate",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    ] {
+        w.extra = json!({"ca_bundle": bundle});
+        let err = w.check().fails();
+        assert!(
+            err.contains("rhel8-web: source.ca_bundle: holds no certificate"),
+            "{bundle:?}: {err}"
+        );
+        let err = w.put(json!({"init": true})).fails();
+        assert!(
+            err.contains("source.ca_bundle: holds no certificate"),
+            "{err}"
+        );
+        let out = w.cli(&["show", "rhel8-web"]).run();
+        assert_eq!(out.code, Some(1), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("ca_bundle: holds no certificate"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(w.keys(), Vec::<String>::new(), "nothing written");
+}

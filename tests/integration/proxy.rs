@@ -21,8 +21,8 @@ pub enum Fault {
     /// Matches `If-Match` only against the bare ETag: a quoted one gets 412
     /// even when it is current (Ceph RGW 16.2).
     BareEtags,
-    /// Applies every write, then drops the connection without an answer:
-    /// the client cannot know whether it landed.
+    /// Drops the connection instead of answering every write the server
+    /// applied: the client cannot know whether it landed.
     DropAnswerAfterWrite,
 }
 
@@ -269,10 +269,13 @@ fn serve(
             }
         }
         Fault::DropAnswerAfterWrite => {
-            forward(upstream, &req)?;
-            dropped.fetch_add(1, Ordering::SeqCst);
-            conn.shutdown(Shutdown::Both)?;
-            return Ok(());
+            let answer = forward(upstream, &req)?;
+            if (200..300).contains(&status_and_etag(&answer).0) {
+                dropped.fetch_add(1, Ordering::SeqCst);
+                conn.shutdown(Shutdown::Both)?;
+                return Ok(());
+            }
+            answer
         }
     };
     conn.write_all(&closing(&answer))?;
