@@ -214,26 +214,33 @@ fig("update: boto3 one-shot / put", f"{t_boto_update / t_put:.0f}x")
 fig("check: boto3 one-shot / check", f"{t_boto_check / t_check:.0f}x", ">= 20x")
 
 # ---------------------------------------------------------------- concurrency
-out("race", {"init": True})
-out("race", {"complete": 0})
-def racer(i, results):
-    req = json.dumps({"source": source("race", retry={"max_attempts": 100}),
-                      "params": {"fail": 5, "error": f"writer {i}"}}).encode()
-    p = subprocess.run([os.path.join(RES, "out"), SRC], input=req, capture_output=True,
-                       env=dict(ENV, BUILD_ID=f"r{i}"))
-    results[i] = p.returncode
-results = {}
-t0 = time.perf_counter()
-threads = [threading.Thread(target=racer, args=(i, results)) for i in range(16)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-t_race = time.perf_counter() - t0
-doc = json.loads(s3.get_object(Bucket=BUCKET, Key="builds/race/state.json")["Body"].read())
-landed = sum(1 for r in results.values() if r == 0)
-fig("16 concurrent puts", f"{landed}/16 exited 0; attempts {doc['attempts']}, revision {doc['revision']} "
-    f"(expected 16 and 18), {len(doc['history'])} history entries, {t_race:.2f} s", "all land")
+def race(n):
+    build = f"race{n}"
+    out(build, {"init": True})
+    out(build, {"complete": 0})
+
+    def racer(i, results):
+        req = json.dumps({"source": source(build, retry={"max_attempts": 100}),
+                          "params": {"fail": 5, "error": f"writer {i}"}}).encode()
+        p = subprocess.run([os.path.join(RES, "out"), SRC], input=req, capture_output=True,
+                           env=dict(ENV, BUILD_ID=f"r{i}"))
+        results[i] = p.returncode
+    results = {}
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=racer, args=(i, results)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    t_race = time.perf_counter() - t0
+    doc = json.loads(s3.get_object(Bucket=BUCKET, Key=f"builds/{build}/state.json")["Body"].read())
+    landed = sum(1 for r in results.values() if r == 0)
+    fig(f"{n} concurrent puts", f"{landed}/{n} exited 0; attempts {doc['attempts']}, revision {doc['revision']} "
+        f"(expected {n} and {n + 2}), {len(doc['history'])} history entries, {t_race:.2f} s", "all land")
+
+
+race(16)
+race(64)
 
 # ---------------------------------------------------------------- list
 # On a server of its own at the default log level: the DEBUG log that counts
