@@ -549,3 +549,22 @@ impl Store for S3Store {
             .map_err(|e| classify(&self.bucket, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_compare_however_they_are_quoted() {
+        assert_eq!(bare_etag("\"abc\""), "abc");
+        assert_eq!(bare_etag("abc"), "abc");
+        assert_eq!(bare_etag("W/\"abc\""), "abc");
+        assert!(same_etag("\"abc\"", "abc"));
+        assert!(!same_etag("\"abc\"", "\"abd\""));
+        assert_eq!(etag_in(QUOTED, "abc"), "\"abc\"");
+        assert_eq!(etag_in(QUOTED, "\"abc\""), "\"abc\"");
+        assert_eq!(etag_in(BARE, "\"abc\""), "abc");
+        assert_eq!(other(QUOTED), BARE);
+        assert_eq!(other(BARE), QUOTED);
+    }
+}

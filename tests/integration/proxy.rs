@@ -21,6 +21,8 @@ pub enum Fault {
     /// Matches `If-Match` only against the bare ETag: a quoted one gets 412
     /// even when it is current (Ceph RGW 16.2).
     BareEtags,
+    /// Answers 412 to every `If-Match`, current or not, quoted or bare.
+    RefuseIfMatch,
     /// Drops the connection instead of answering every write the server
     /// applied: the client cannot know whether it landed.
     DropAnswerAfterWrite,
@@ -242,6 +244,8 @@ fn serve(
     let answer = match fault {
         _ if !is_write => forward(upstream, &req)?,
         Fault::IgnoreConditions => forward(upstream, &req.without(&["if-match", "if-none-match"]))?,
+        Fault::RefuseIfMatch if req.header("if-match").is_some() => precondition_failed(),
+        Fault::RefuseIfMatch => forward(upstream, &req)?,
         Fault::BareEtags => match req.header("if-match") {
             Some(etag) if etag.trim().starts_with('"') => precondition_failed(),
             _ => forward(upstream, &req)?,

@@ -275,3 +275,39 @@ fn s3_lost_answers_under_concurrent_writers() {
     assert_eq!(errors, want, "each writer's event once");
     assert!(proxy.dropped.load(Ordering::SeqCst) > 0);
 }
+
+/// A server that refuses every `If-Match`: no put can land, and the error
+/// says what the server did, never "concurrent writers".
+#[test]
+fn s3_a_server_that_refuses_every_if_match_is_named() {
+    let (w, _proxy) = proxied("s3_refuses_if_match", Fault::RefuseIfMatch);
+    w.put(json!({"init": true})).ok();
+    let before = w.raw("state.json").unwrap();
+    let err = w.put(json!({"complete": 0})).fails();
+    assert!(
+        err.contains(
+            "the server answered 412 Precondition Failed to If-Match with the object's current ETag"
+        ) && err.contains("quoted and bare")
+            && err.contains("cannot do compare-and-swap"),
+        "{err}"
+    );
+    assert_never_guesses_at_writers(&err);
+    assert_eq!(w.raw("state.json").unwrap(), before, "nothing written");
+    let out = doctor(&w);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let cas = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("compare-and-swap"))
+        .unwrap();
+    assert!(
+        cas.contains("FAILED") && cas.contains("quoted and bare"),
+        "{cas}"
+    );
+    assert_never_guesses_at_writers(&out.stdout);
+    assert!(
+        out.stdout.contains("cleanup           ok"),
+        "{}",
+        out.stdout
+    );
+}
