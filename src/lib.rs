@@ -13,6 +13,7 @@ pub fn now() -> model::Timestamp {
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod inputs;
 pub mod protocol;
 pub mod resource;
 pub mod store;

@@ -241,9 +241,11 @@ enum PutRequest {
     File(Document),
 }
 
-fn read_param_file(sources: &Path, field: &str, path: &str) -> Result<Vec<u8>, String> {
-    let full = sources.join(path);
-    fs::read(&full).map_err(|e| format!("params.{field}: cannot read {}: {e}", full.display()))
+fn read_param_file(sources: &Path, field: &str, path: &str) -> Result<Vec<u8>, (bool, String)> {
+    crate::inputs::read_inside(sources, path).map_err(|e| {
+        let missing = matches!(e, crate::inputs::InputError::Missing(_));
+        (missing, format!("params.{field}: {e}"))
+    })
 }
 
 fn parse_kind(p: &OutParams) -> Result<Option<FailureKind>, String> {
@@ -267,13 +269,15 @@ fn error_message(p: &OutParams, sources: &Path, default: Option<String>) -> Resu
                     return Ok(text);
                 }
             }
-            Err(e) if p.error.is_none() && default.is_none() => {
+            // A file that exists but may not be read is always an error.
+            Err((false, e)) => return Err(e),
+            Err((true, e)) if p.error.is_none() && default.is_none() => {
                 return Err(format!(
                     "{e}; make the task write it (also when it fails early), or give `error` as a fallback"
                 ));
             }
             // `finish` in an on_error/on_abort hook: the task may never have run.
-            Err(e) => eprintln!(
+            Err((true, e)) => eprintln!(
                 "build-state: warning: {e}; using {}",
                 if p.error.is_some() {
                     "params.error"
@@ -436,7 +440,7 @@ fn put_request(
         }
         "file" => {
             let path = p.file.as_deref().expect("file is present");
-            let body = read_param_file(sources, "file", path)?;
+            let body = read_param_file(sources, "file", path).map_err(|(_, e)| e)?;
             let doc: Document = serde_json::from_slice(&body)
                 .map_err(|e| format!("params.file: {path} is not a state document: {e}"))?;
             return Ok(PutRequest::File(doc));
@@ -454,11 +458,12 @@ fn read_vars(p: &OutParams, sources: &Path, failing: bool) -> Result<Map<String,
     };
     let body = match read_param_file(sources, "vars_file", path) {
         Ok(b) => b,
-        Err(e) if failing => {
+        // A failing task may not have written its vars.
+        Err((true, e)) if failing => {
             eprintln!("build-state: warning: {e}; recording the failure without vars");
             return Ok(Map::new());
         }
-        Err(e) => return Err(e),
+        Err((_, e)) => return Err(e),
     };
     crate::model::document::parse_vars(&body).map_err(|e| format!("params.vars_file: {path} {e}"))
 }

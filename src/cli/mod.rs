@@ -250,8 +250,7 @@ fn read_vars(extras: &Extras) -> Result<Map<String, Value>> {
     let Some(path) = &extras.vars_file else {
         return Ok(Map::new());
     };
-    let body =
-        std::fs::read(path).with_context(|| format!("--vars-file: reading {}", path.display()))?;
+    let body = crate::inputs::read_regular(path).map_err(|e| anyhow!("--vars-file: {e}"))?;
     crate::model::document::parse_vars(&body)
         .map_err(|e| anyhow!("--vars-file: {} {e}", path.display()))
 }
@@ -375,11 +374,15 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let config = src.config(Some(&build_id))?;
             let message = match (&error_file, &error) {
-                (Some(f), _) => match std::fs::read_to_string(f) {
-                    Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-                    Ok(_) | Err(_) if error.is_some() => error.clone().unwrap_or_default(),
+                (Some(f), _) => match crate::inputs::read_regular(f) {
+                    Ok(t) if !String::from_utf8_lossy(&t).trim().is_empty() => {
+                        String::from_utf8_lossy(&t).trim().to_string()
+                    }
+                    Ok(_) | Err(crate::inputs::InputError::Missing(_)) if error.is_some() => {
+                        error.clone().unwrap_or_default()
+                    }
                     Ok(_) => bail!("--error-file {} is empty", f.display()),
-                    Err(e) => bail!("--error-file: cannot read {}: {e}", f.display()),
+                    Err(e) => bail!("--error-file: {e}"),
                 },
                 (None, Some(e)) => e.clone(),
                 (None, None) => bail!("fail needs --error or --error-file (what went wrong)"),

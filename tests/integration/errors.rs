@@ -312,7 +312,95 @@ fn secrets_never_appear(w: World) {
     }
 }
 
+/// Files a put reads must be small regular files inside the sources
+/// directory: a FIFO must not hang the step, a device must not be read
+/// without end, and nothing outside may reach the document. A fallback
+/// `error` does not excuse them (it covers only a file never written).
+fn put_files_are_small_regular_files_inside(w: World) {
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    let src = w.sources();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(src.join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink("/dev/zero", src.join("zero")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", src.join("host")).unwrap();
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    w.write_file(
+        "big.json",
+        &format!("{{\"x\": \"{}\"}}", "y".repeat(1 << 20)),
+    );
+    let cases = [
+        ("fifo", "is a FIFO (named pipe); name a regular file"),
+        ("zero", "is outside the sources directory"),
+        ("host", "is outside the sources directory"),
+        (
+            "../../../../../../../etc/passwd",
+            "is outside the sources directory",
+        ),
+        ("/etc/passwd", "is outside the sources directory"),
+        ("dir", "is a directory; name a regular file"),
+        ("big.json", "is larger than 1024 KiB"),
+    ];
+    for (file, want) in cases {
+        for (param, params) in [
+            (
+                "error_file",
+                json!({"fail": 5, "error_file": file, "error": "fallback"}),
+            ),
+            (
+                "vars_file",
+                json!({"fail": 5, "error": "boom", "vars_file": file}),
+            ),
+            ("vars_file", json!({"start": 5, "vars_file": file})),
+            ("file", json!({"file": file})),
+        ] {
+            let err = refused_put(&w, params.clone());
+            assert!(
+                err.contains(&format!("params.{param}: ")) && err.contains(want),
+                "{params}: {err}"
+            );
+        }
+    }
+    // The CLI reads any path a person names, but only small regular files.
+    let doc = w.raw("state.json");
+    let fifo = src.join("fifo");
+    let fifo = fifo.to_str().unwrap();
+    for (args, want) in [
+        (
+            vec!["start", "rhel8-web", "5", "--vars-file", "/dev/zero"],
+            "--vars-file: /dev/zero is a device",
+        ),
+        (
+            vec!["start", "rhel8-web", "5", "--vars-file", fifo],
+            "is a FIFO (named pipe)",
+        ),
+        (
+            vec![
+                "fail",
+                "rhel8-web",
+                "5",
+                "--error-file",
+                fifo,
+                "--error",
+                "x",
+            ],
+            "--error-file: ",
+        ),
+    ] {
+        let out = w.cli(&args).run();
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(w.raw("state.json"), doc, "nothing written");
+}
+
 crate::both_stores!(
+    put_files_are_small_regular_files_inside,
     bad_requests,
     bad_put_params,
     bad_sources,
