@@ -257,7 +257,7 @@ s3_main = s3
 s3 = boto3.client("s3", endpoint_url=ENDPOINT, region_name="us-east-1",
                   aws_access_key_id="test", aws_secret_access_key="test")
 s3.create_bucket(Bucket=BUCKET)
-template = json.loads(s3_main.get_object(Bucket=BUCKET, Key="builds/race/state.json")["Body"].read())
+template = json.loads(s3_main.get_object(Bucket=BUCKET, Key="builds/race16/state.json")["Body"].read())
 template["history"] = template["history"][:1]
 first = template["history"][0]
 template.update(revision=1, state=0, state_name="initial", status="pending", attempts=0,

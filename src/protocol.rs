@@ -162,8 +162,11 @@ pub struct Source {
 
 /// A version: `{"revision": "42", "state": "25", "status": "failed"}`, plus
 /// the ETag of the object when the version is the current revision.
+///
+/// Unlike every other request field, a version tolerates fields it does not
+/// know: Concourse keeps the versions an older image emitted and sends them
+/// back to a newer one, which must keep working with them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Version {
     pub revision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -347,6 +350,11 @@ pub struct BuildEnv {
     /// `succeeded`, `failed`, `errored` or `aborted`: set for puts inside
     /// `on_*` hooks (Concourse 8.2+).
     pub status: Option<String>,
+    /// `BUILD_URL`: the build's page as Concourse 8.0+ links it.
+    pub url: Option<String>,
+    /// `BUILD_CREATED_BY`: who started the build, when the resource has
+    /// `expose_build_created_by: true`.
+    pub created_by: Option<String>,
 }
 
 impl BuildEnv {
@@ -368,11 +376,17 @@ impl BuildEnv {
             build_id: var("BUILD_ID"),
             external_url: var("ATC_EXTERNAL_URL"),
             status: var("BUILD_STATUS"),
+            url: var("BUILD_URL"),
+            created_by: var("BUILD_CREATED_BY"),
         }
     }
 
-    /// The build's page, as Concourse links it.
+    /// The build's page: `BUILD_URL` when Concourse gives it (8.0+), else
+    /// made from `ATC_EXTERNAL_URL` as Concourse makes it.
     pub fn build_url(&self) -> Option<String> {
+        if let Some(url) = &self.url {
+            return Some(url.clone());
+        }
         let base = self.external_url.as_deref()?.trim_end_matches('/');
         match (&self.team, &self.pipeline, &self.job, &self.build_name) {
             (Some(t), Some(p), Some(j), Some(n)) => Some(format!(
@@ -394,6 +408,7 @@ impl BuildEnv {
             build_id: self.build_id.clone(),
             build_url: self.build_url(),
             user: None,
+            created_by: self.created_by.clone(),
         }
     }
 }

@@ -206,6 +206,22 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
     let doc = builds
         .at_revision(current.as_ref().map(|c| &c.doc), revision)
         .await?;
+    let differs = |given: &Option<String>, stored: String| {
+        given.as_deref().is_some_and(|g| g.trim() != stored)
+    };
+    if differs(&req.version.state, doc.state.to_string())
+        || differs(&req.version.status, doc.status.to_string())
+    {
+        bail!(builds.error(
+            &config.state_key(),
+            ErrorKind::Other(format!(
+                "version {{revision: {revision}, state: {}, status: {}}} does not match revision {revision} of this build ({}); it was not emitted for this source (is build_id or prefix different from the resource that emitted it?)",
+                req.version.state.as_deref().unwrap_or("-"),
+                req.version.status.as_deref().unwrap_or("-"),
+                doc.whereabouts()
+            ))
+        ));
+    }
     if let Some(cond) = require
         && !cond.require(&doc)
     {
@@ -217,7 +233,7 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
             ))
         ));
     }
-    let step = NextStep::of(&doc, crate::now());
+    let step = NextStep::of(&doc);
     fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     for (name, body) in files_for(&doc, step) {
         let path = dest.join(name);
@@ -381,9 +397,11 @@ fn put_request(
         "finish" => {
             let n = code(p.finish)?;
             let who = env.actor().describe();
+            // Concourse gives succeeded/failed/errored/aborted; its docs spell
+            // the first two success/failure.
             match env.status.as_deref() {
-                Some("succeeded") => Action::Complete(n),
-                Some("failed" | "errored") => {
+                Some("succeeded" | "success") => Action::Complete(n),
+                Some("failed" | "failure" | "errored") => {
                     let default = format!("{who} {}", env.status.as_deref().unwrap_or("failed"));
                     failure(n, error_message(p, sources, Some(default))?, parse_kind(p)?)
                 }

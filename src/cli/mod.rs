@@ -76,6 +76,9 @@ enum Command {
     Show { build_id: String },
     /// Show a build's history (the current run)
     History { build_id: String },
+    /// Print what a job should do now: run, retry, wait (a retry not due
+    /// yet), blocked, done or cancelled
+    Next { build_id: String },
     /// List every build under the prefix
     List {
         /// Only builds with this status (pending, in_progress, failed, blocked, completed, cancelled)
@@ -287,6 +290,23 @@ async fn run(cli: Cli) -> Result<()> {
             let store = open(&config).await?;
             let doc = current(&config, &store).await?;
             out.document(&config, &doc)
+        }
+        Command::Next { build_id } => {
+            let config = src.config(Some(&build_id))?;
+            let store = open(&config).await?;
+            let doc = current(&config, &store).await?;
+            let step = crate::model::NextStep::live(&doc, crate::now());
+            if out.json {
+                out.print_json(&serde_json::json!({
+                    "next": step.as_str(),
+                    "state": doc.state,
+                    "status": doc.status,
+                    "retry_at": doc.retry_at.map(|t| crate::model::document::rfc3339::format(&t)),
+                }))
+            } else {
+                println!("{}", step.as_str());
+                Ok(())
+            }
         }
         Command::History { build_id } => {
             let config = src.config(Some(&build_id))?;

@@ -160,6 +160,9 @@ pub struct Actor {
     pub build_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Who started the Concourse build (`BUILD_CREATED_BY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 impl Actor {

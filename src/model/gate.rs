@@ -62,9 +62,10 @@ impl fmt::Display for Condition {
 pub enum NextStep {
     /// The stage is due (pending, or in progress after a run that died).
     Run,
-    /// The stage failed and its retry is due.
+    /// The stage failed and will be retried, not before its `retry_at`.
     Retry,
-    /// The stage failed and its retry is not due yet.
+    /// The stage failed and its retry is not due yet (only from
+    /// [`NextStep::live`], which reads the clock).
     Wait,
     /// A human must look.
     Blocked,
@@ -74,19 +75,27 @@ pub enum NextStep {
 }
 
 impl NextStep {
-    pub fn of(doc: &Document, now: Timestamp) -> NextStep {
+    /// The next step as a function of the revision alone: what `in` writes.
+    /// A version's contents never change (Concourse caches a get by its
+    /// version), so a failed stage reads `Retry` whenever it is fetched;
+    /// when the retry is due is `retry_at`'s business (a gated check emits
+    /// the version once it is due).
+    pub fn of(doc: &Document) -> NextStep {
         match doc.status {
             Status::Pending | Status::InProgress => NextStep::Run,
-            Status::Failed => {
-                if doc.retry_at.is_none_or(|t| t <= now) {
-                    NextStep::Retry
-                } else {
-                    NextStep::Wait
-                }
-            }
+            Status::Failed => NextStep::Retry,
             Status::Blocked => NextStep::Blocked,
             Status::Completed => NextStep::Done,
             Status::Cancelled => NextStep::Cancelled,
+        }
+    }
+
+    /// The next step now: `Wait` for a failed stage whose retry is not due
+    /// at `now` (for the CLI, which reads the live document).
+    pub fn live(doc: &Document, now: Timestamp) -> NextStep {
+        match NextStep::of(doc) {
+            NextStep::Retry if doc.retry_at.is_some_and(|t| t > now) => NextStep::Wait,
+            step => step,
         }
     }
 

@@ -106,7 +106,8 @@ fn gate_waits_for_the_backoff(w: World) {
     let dest = get.dest.unwrap();
     assert_eq!(
         std::fs::read_to_string(dest.join("action")).unwrap(),
-        "wait"
+        "retry",
+        "a failed stage: retried, not before retry_at"
     );
     // Sleep past retry_at.
     let left = retry_at.with_timezone(&chrono::Utc) - chrono::Utc::now();

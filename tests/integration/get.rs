@@ -47,14 +47,14 @@ fn writes_every_file(w: World) {
     assert_eq!(read(&d, "status"), "failed");
     assert_eq!(read(&d, "attempts"), "1");
     assert_eq!(read(&d, "revision"), "3");
-    assert_eq!(read(&d, "action"), "wait");
+    assert_eq!(read(&d, "action"), "retry");
     let vars: Value = serde_json::from_str(&read(&d, "vars.json")).unwrap();
     assert_eq!(vars, json!({"ami_id": "ami-0abc"}));
     let doc: Value = serde_json::from_str(&read(&d, "state.json")).unwrap();
     assert_eq!(doc, w.doc());
     let env = read(&d, "state.env");
     assert!(env.contains("BUILD_STATE='5'\n"), "{env}");
-    assert!(env.contains("BUILD_STATE_ACTION='wait'\n"), "{env}");
+    assert!(env.contains("BUILD_STATE_ACTION='retry'\n"), "{env}");
     // The shell reads it back exactly, quotes and all.
     let echoed = std::process::Command::new("sh")
         .arg("-c")
@@ -135,7 +135,89 @@ fn require_guards_the_step(w: World) {
     );
 }
 
+/// Every file `in` wrote, by name.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Concourse caches a get by its version and serves the cache to every
+/// later build: `in` writes the same files for the same version whenever it
+/// runs. What depends on the time is the CLI's `next`, read live.
+fn the_same_version_gives_the_same_files(w: World) {
+    let w = w.with(json!({"retry": {"backoff": "1s"}}));
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    w.put(json!({"fail": 5, "error": "kickstart timed out"}))
+        .ok();
+    let retry_at = chrono::DateTime::parse_from_rfc3339(w.doc()["retry_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let v = json!({"revision": "3", "state": "5", "status": "failed"});
+    let before = w.get(&v).run();
+    assert_eq!(before.code, Some(0), "{}", before.stderr);
+    assert_eq!(w.cli(&["next", "rhel8-web"]).text(), "wait\n");
+    let left = retry_at - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::zero(),
+        "the retry was due too soon for this test"
+    );
+    std::thread::sleep(left.to_std().unwrap() + std::time::Duration::from_millis(20));
+    let after = w.get(&v).run();
+    assert_eq!(after.code, Some(0), "{}", after.stderr);
+    let (a, b) = (files(&before.dest.unwrap()), files(&after.dest.unwrap()));
+    assert_eq!(a, b, "the same version, other files");
+    assert_eq!(a["action"], b"retry");
+    assert_eq!(before.stdout, after.stdout);
+    assert_eq!(w.cli(&["next", "rhel8-web"]).text(), "retry\n");
+    let next: Value =
+        serde_json::from_str(&w.cli(&["next", "rhel8-web", "--json"]).text()).unwrap();
+    assert_eq!(next["next"], "retry");
+    assert_eq!(next["state"], 5);
+}
+
+/// A version must be what its revision holds; fields a version does not
+/// know (written by another image) are tolerated.
+fn a_version_is_checked_against_its_revision(w: World) {
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    let before = w.raw("state.json");
+    let err = w
+        .get(&json!({"revision": "2", "state": "95", "status": "completed"}))
+        .fails();
+    assert!(
+        err.contains("version {revision: 2, state: 95, status: completed} does not match revision 2 of this build (rhel8-web is at 5 (kickstart initiated, pending))"),
+        "{err}"
+    );
+    let err = w.get(&json!({"revision": "2", "status": "failed"})).fails();
+    assert!(
+        err.contains("state: -, status: failed} does not match"),
+        "{err}"
+    );
+    assert_eq!(w.raw("state.json"), before, "nothing written");
+    let old = json!({"revision": "2", "state": "5", "status": "pending", "emitted_by": "build-state 0.0.1"});
+    let out = w.get(&old).run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let reply: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(reply["version"]["revision"], "2");
+    let versions = w.check_from(&old).ok();
+    assert_eq!(
+        versions.as_array().unwrap().last().unwrap()["revision"],
+        "2"
+    );
+}
+
 crate::both_stores!(
+    the_same_version_gives_the_same_files,
+    a_version_is_checked_against_its_revision,
     writes_every_file,
     old_revisions_and_missing_ones,
     no_document_yet,

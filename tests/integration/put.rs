@@ -230,6 +230,46 @@ fn finish_follows_the_build_status(w: World) {
             .unwrap()
             .contains("was aborted")
     );
+
+    // Concourse's docs spell the statuses success and failure: the same.
+    w.put(json!({"retry": 10})).ok();
+    let out = w
+        .put(json!({"finish": 10, "error": "boom"}))
+        .build("j", 8)
+        .env("BUILD_STATUS", "failure")
+        .ok();
+    assert_eq!(state(&out), ("10", "failed"));
+    let out = w
+        .put(json!({"finish": 10}))
+        .build("j", 9)
+        .env("BUILD_STATUS", "success")
+        .ok();
+    assert_eq!(state(&out), ("15", "pending"));
+}
+
+/// The build's page: `BUILD_URL` when Concourse gives it (8.0+), and who
+/// started the build when the resource exposes it.
+fn records_the_build_url_and_creator(w: World) {
+    w.put(json!({"init": true}))
+        .build("start-build", 41)
+        .env("BUILD_URL", "https://ci.example.com/teams/main/pipelines/p/jobs/start-build/builds/41?vars.env=%22prod%22")
+        .env("BUILD_CREATED_BY", "alice")
+        .ok();
+    w.put(json!({"complete": 0})).build("start-build", 42).ok();
+    let doc = w.doc();
+    let by = &doc["history"][0]["by"];
+    assert_eq!(
+        by["build_url"],
+        "https://ci.example.com/teams/main/pipelines/p/jobs/start-build/builds/41?vars.env=%22prod%22"
+    );
+    assert_eq!(by["created_by"], "alice");
+    // Without BUILD_URL (Concourse 7), made from ATC_EXTERNAL_URL.
+    let by = &doc["history"][1]["by"];
+    assert_eq!(
+        by["build_url"],
+        "https://ci.example.com/teams/main/pipelines/staged-image-build/jobs/start-build/builds/42"
+    );
+    assert!(by.get("created_by").is_none());
 }
 
 fn a_replayed_put_is_a_no_op(w: World) {
@@ -367,6 +407,7 @@ crate::both_stores!(
     persistent_failures_block_at_once,
     per_state_retry_policy,
     finish_follows_the_build_status,
+    records_the_build_url_and_creator,
     a_replayed_put_is_a_no_op,
     restart_archives_the_run,
     set_and_cancel,
