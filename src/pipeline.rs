@@ -13,80 +13,163 @@ pub fn parse_yaml(text: &str) -> Result<Value> {
     Ok(serde_json::to_value(yaml)?)
 }
 
-/// Loads a pipeline with `vars` interpolated. Every `((var))` must be given.
-pub fn load(path: &Path, vars: &BTreeMap<String, String>) -> Result<Value> {
+/// Values for `((vars))`, by name: what fly's `-v KEY=VALUE` (a string)
+/// and `-y KEY=YAML` (typed) give.
+pub type Vars = BTreeMap<String, Value>;
+
+/// Parses fly's `-v KEY=VALUE` (the value is a string, whatever it looks
+/// like) or, with `typed`, `-y KEY=YAML`. A dotted key sets a field:
+/// `-v aws.key=x` gives `((aws.key))`.
+pub fn parse_var(vars: &mut Vars, arg: &str, typed: bool) -> Result<()> {
+    let flag = if typed { "-y" } else { "-v" };
+    let (key, text) = arg
+        .split_once('=')
+        .ok_or_else(|| anyhow!("{flag} {arg:?} is not KEY=VALUE"))?;
+    let value = if typed {
+        serde_json::to_value(
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+                .with_context(|| format!("{flag} {key}: not YAML"))?,
+        )?
+    } else {
+        Value::String(text.to_string())
+    };
+    let mut path = key.trim().split('.');
+    let first = path.next().unwrap_or_default().to_string();
+    let mut slot = vars.entry(first).or_insert(Value::Null);
+    for field in path {
+        if !slot.is_object() {
+            *slot = Value::Object(Default::default());
+        }
+        slot = slot
+            .as_object_mut()
+            .expect("made an object")
+            .entry(field.to_string())
+            .or_insert(Value::Null);
+    }
+    *slot = value;
+    Ok(())
+}
+
+/// Loads a whole pipeline with `vars` interpolated. Every `((var))` must be
+/// given.
+pub fn load(path: &Path, vars: &Vars) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut value = parse_yaml(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut missing = BTreeSet::new();
     interpolate(&mut value, vars, &mut missing);
-    if !missing.is_empty() {
-        bail!(
-            "{} uses {} that no -v gives",
-            path.display(),
-            missing
-                .iter()
-                .map(|m| format!("(({m}))"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    require_all(path, &missing)?;
     Ok(value)
 }
 
-/// Replaces `((name))` in every string. A string that is exactly one var
-/// takes the var's value as a YAML scalar (`25` a number, `true` a bool), as
-/// Concourse keeps a var's type; inside longer strings it is text.
-pub fn interpolate(
-    value: &mut Value,
-    vars: &BTreeMap<String, String>,
-    missing: &mut BTreeSet<String>,
-) {
+/// The source of the build-state resource `name` in the pipeline at
+/// `path`, with `vars` interpolated: only the vars that source uses must be
+/// given (a pipeline's other vars, and `((...))` in task scripts, are none
+/// of its business).
+pub fn load_resource_source(path: &Path, name: &str, vars: &Vars) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let pipeline = parse_yaml(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut source = resource_source(&pipeline, name)?;
+    let mut missing = BTreeSet::new();
+    interpolate(&mut source, vars, &mut missing);
+    require_all(path, &missing)?;
+    Ok(source)
+}
+
+fn require_all(path: &Path, missing: &BTreeSet<String>) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} uses {} that no -v gives",
+        path.display(),
+        missing
+            .iter()
+            .map(|m| format!("(({m}))"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Concourse's var syntax (`vars/template.go`): `((name))`, `((name.field))`,
+/// `((source:name))`, `(("quoted.name"))`. Anything else between double
+/// parentheses, such as the shell's `$((N + 1))`, is not a var.
+fn var_pattern() -> &'static regex_lite::Regex {
+    static RE: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        regex_lite::Regex::new(r#"\(\((([-/.\w]+:)?[-/.:@"\w]+)\)\)"#).expect("a valid pattern")
+    })
+}
+
+/// The value of the var named `name` (with its fields), if given.
+fn lookup<'v>(vars: &'v Vars, name: &str) -> Option<&'v Value> {
+    // A var source (`vault:`) is the credential manager's business; fly's
+    // -v gives the rest of the name.
+    let name = match name.split_once(':') {
+        Some((src, rest)) if !src.contains('"') => rest,
+        _ => name,
+    };
+    if let Some(v) = vars.get(name.trim_matches('"')) {
+        return Some(v);
+    }
+    let mut parts = split_fields(name).into_iter();
+    let mut value = vars.get(&parts.next()?)?;
+    for field in parts {
+        value = value.get(&field)?;
+    }
+    Some(value)
+}
+
+/// `a.b."c.d"` → `a`, `b`, `c.d`.
+fn split_fields(name: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    for c in name.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => out.push(String::new()),
+            c => out.last_mut().expect("never empty").push(c),
+        }
+    }
+    out
+}
+
+/// Replaces every `((var))` in every string. A string that is exactly one
+/// var takes the var's value with its type (a `-y` number stays a number, a
+/// `-v` string a string); inside a longer string a var is text.
+pub fn interpolate(value: &mut Value, vars: &Vars, missing: &mut BTreeSet<String>) {
     match value {
         Value::String(s) => {
-            if let Some(name) = whole_var(s) {
-                match vars.get(name) {
-                    Some(v) => {
-                        *value = serde_yaml_ng::from_str::<Value>(v)
-                            .ok()
-                            .filter(|v| !v.is_object() && !v.is_array() && !v.is_null())
-                            .unwrap_or_else(|| Value::String(v.clone()));
-                    }
+            let re = var_pattern();
+            if let Some(c) = re.captures(s)
+                && c.get(0)
+                    .is_some_and(|m| m.start() == 0 && m.end() == s.len())
+            {
+                let name = c[1].to_string();
+                match lookup(vars, &name) {
+                    Some(v) => *value = v.clone(),
                     None => {
-                        missing.insert(name.to_string());
+                        missing.insert(name);
                     }
                 }
                 return;
             }
-            let mut out = String::new();
-            let mut rest = s.as_str();
-            while let Some(start) = rest.find("((") {
-                let Some(len) = rest[start..].find("))") else {
-                    break;
-                };
-                let name = rest[start + 2..start + len].trim();
-                out.push_str(&rest[..start]);
-                match vars.get(name) {
-                    Some(v) => out.push_str(v),
+            let replaced =
+                re.replace_all(s, |c: &regex_lite::Captures| match lookup(vars, &c[1]) {
+                    Some(Value::String(v)) => v.clone(),
+                    Some(v) => v.to_string(),
                     None => {
-                        missing.insert(name.to_string());
-                        out.push_str(&rest[start..start + len + 2]);
+                        missing.insert(c[1].to_string());
+                        c[0].to_string()
                     }
-                }
-                rest = &rest[start + len + 2..];
-            }
-            out.push_str(rest);
-            *s = out;
+                });
+            *s = replaced.into_owned();
         }
         Value::Array(items) => items.iter_mut().for_each(|v| interpolate(v, vars, missing)),
         Value::Object(map) => map.values_mut().for_each(|v| interpolate(v, vars, missing)),
         _ => {}
     }
-}
-
-fn whole_var(s: &str) -> Option<&str> {
-    let inner = s.trim().strip_prefix("((")?.strip_suffix("))")?;
-    (!inner.contains("((") && !inner.contains("))")).then(|| inner.trim())
 }
 
 /// The names of the resource types that are build-state: a type named
@@ -156,12 +239,11 @@ resources:
     gate: {state: ((stage))}
 "#;
         let mut v = parse_yaml(text).unwrap();
-        let vars = BTreeMap::from([
-            ("bucket".to_string(), "states".to_string()),
-            ("env".to_string(), "prod".to_string()),
-            ("build_id".to_string(), "rhel8-web".to_string()),
-            ("stage".to_string(), "25".to_string()),
-        ]);
+        let mut vars = Vars::new();
+        for v in ["bucket=states", "env=prod", "build_id=rhel8-web"] {
+            parse_var(&mut vars, v, false).unwrap();
+        }
+        parse_var(&mut vars, "stage=25", true).unwrap();
         let mut missing = BTreeSet::new();
         interpolate(&mut v, &vars, &mut missing);
         assert!(missing.is_empty());
@@ -170,7 +252,38 @@ resources:
             json!({"bucket": "states", "prefix": "builds/prod/", "build_id": "rhel8-web", "gate": {"state": 25}})
         );
         let mut v = parse_yaml("a: ((x))\nb: pre-((y))-post").unwrap();
-        interpolate(&mut v, &BTreeMap::new(), &mut missing);
+        interpolate(&mut v, &Vars::new(), &mut missing);
         assert_eq!(missing, BTreeSet::from(["x".to_string(), "y".to_string()]));
+    }
+
+    #[test]
+    fn concourse_var_syntax() {
+        let mut vars = Vars::new();
+        parse_var(&mut vars, "key=12345", false).unwrap();
+        parse_var(&mut vars, "aws.secret=s3cr3t", false).unwrap();
+        parse_var(&mut vars, "n=7", true).unwrap();
+        let mut v = json!({
+            "id": "((key))",
+            "typed": "((n))",
+            "field": "((aws.secret))",
+            "source": "((vault:key))",
+            "script": "echo $((BUILD_STATE_ATTEMPTS + 1)) ((key))",
+            "spaced": "(( key ))",
+        });
+        let mut missing = BTreeSet::new();
+        interpolate(&mut v, &vars, &mut missing);
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_eq!(
+            v,
+            json!({
+                "id": "12345",
+                "typed": 7,
+                "field": "s3cr3t",
+                "source": "12345",
+                "script": "echo $((BUILD_STATE_ATTEMPTS + 1)) 12345",
+                "spaced": "(( key ))",
+            })
+        );
+        assert!(parse_var(&mut vars, "novalue", false).is_err());
     }
 }

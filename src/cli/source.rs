@@ -8,7 +8,6 @@ use crate::protocol::{Source, parse};
 use crate::resource::configure;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -27,9 +26,12 @@ pub struct SourceArgs {
     /// The build-state resource in --pipeline
     #[arg(long, global = true, value_name = "NAME")]
     pub resource: Option<String>,
-    /// A ((var)) of --pipeline (repeatable)
+    /// A ((var)) of --pipeline, as fly's -v: the value is a string (repeatable)
     #[arg(short = 'v', long = "var", global = true, value_name = "KEY=VALUE")]
     pub vars: Vec<String>,
+    /// A ((var)) of --pipeline, as fly's -y: the value is YAML (repeatable)
+    #[arg(short = 'y', long = "yaml-var", global = true, value_name = "KEY=YAML")]
+    pub yaml_vars: Vec<String>,
     /// S3 bucket
     #[arg(long, global = true, env = "BUILD_STATE_BUCKET")]
     pub bucket: Option<String>,
@@ -73,15 +75,14 @@ impl SourceArgs {
                 let name = self.resource.as_deref().ok_or_else(|| {
                     anyhow!("--pipeline needs --resource NAME (the build-state resource to use)")
                 })?;
-                let mut vars = BTreeMap::new();
+                let mut vars = pipeline::Vars::new();
                 for v in &self.vars {
-                    let (k, val) = v
-                        .split_once('=')
-                        .ok_or_else(|| anyhow!("-v {v:?} is not KEY=VALUE"))?;
-                    vars.insert(k.trim().to_string(), val.to_string());
+                    pipeline::parse_var(&mut vars, v, false)?;
                 }
-                let p = pipeline::load(path, &vars)?;
-                pipeline::resource_source(&p, name)?
+                for v in &self.yaml_vars {
+                    pipeline::parse_var(&mut vars, v, true)?;
+                }
+                pipeline::load_resource_source(path, name, &vars)?
             }
             (None, None) => json!({}),
         };

@@ -22,10 +22,10 @@ fn pipelines_dir() -> PathBuf {
 
 /// Values for every ((var)) a file uses: short backoffs so scenarios run in
 /// seconds, placeholders for the rest.
-fn vars_for(text: &str) -> BTreeMap<String, String> {
+fn vars_for(text: &str) -> pipeline::Vars {
     let mut probe = pipeline::parse_yaml(text).unwrap();
     let mut names = BTreeSet::new();
-    pipeline::interpolate(&mut probe, &BTreeMap::new(), &mut names);
+    pipeline::interpolate(&mut probe, &pipeline::Vars::new(), &mut names);
     names
         .into_iter()
         .map(|n| {
@@ -38,7 +38,7 @@ fn vars_for(text: &str) -> BTreeMap<String, String> {
                 "aws_region" => "eu-west-1",
                 _ => "placeholder",
             };
-            (n, v.to_string())
+            (n, Value::String(v.to_string()))
         })
         .collect()
 }
@@ -253,9 +253,9 @@ fn fly_execute_tasks_run_the_cli() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         let mut vars = vars_for(&text);
-        vars.insert("states_prefix".into(), w.prefix.clone());
+        vars.insert("states_prefix".into(), json!(w.prefix));
         vars.insert("state".into(), "0".into());
-        vars.insert("error".into(), String::new());
+        vars.insert("error".into(), json!(""));
         let task = pipeline::load(&path, &vars).unwrap();
         assert_eq!(task["platform"], "linux");
         // Run the task's command as the image would, against the local store.
