@@ -180,6 +180,14 @@ pub fn apply(
             if *restart && matches!(doc.status, Completed | Cancelled) {
                 return Ok(restart_run(doc, update, rules));
             }
+            if *restart {
+                // A new commit while a run is under way: say so plainly.
+                return Err(Refusal::Invalid(format!(
+                    "{}; run {} is under way, so init with restart starts no new run: that happens once this run is delivered or cancelled (run the job again then, or cancel the build to start over now)",
+                    doc.whereabouts(),
+                    doc.run
+                )));
+            }
             return refuse();
         }
         Action::Restart => return Ok(restart_run(doc, update, rules)),

@@ -431,6 +431,19 @@ where
         (Some("PreconditionFailed" | "ConditionalRequestConflict"), _) | (_, Some(412 | 409)) => {
             StoreError::Conflict
         }
+        (
+            Some(
+                c @ ("PermanentRedirect"
+                | "AuthorizationHeaderMalformed"
+                | "IllegalLocationConstraintException"),
+            ),
+            _,
+        ) => StoreError::Other(format!(
+            "{c}: {} (the bucket is in another region than source.region_name says)",
+            message
+                .as_deref()
+                .unwrap_or("the bucket must be addressed in its own region")
+        )),
         _ => {
             let text = one_line(&e);
             if status.is_none()

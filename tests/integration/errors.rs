@@ -416,6 +416,24 @@ mod s3_only {
         World::new(Kind::S3, name)
     }
 
+    /// A bucket in another region than region_name: said plainly (on a
+    /// server that has regions; Ceph RGW's test cluster has one).
+    #[test]
+    fn bucket_in_another_region() {
+        if crate::util::s3().server == "ceph" {
+            return;
+        }
+        let w = world("wrong_region").with(json!({"region_name": "eu-west-1"}));
+        let err = w.put(json!({"init": true})).fails();
+        assert!(
+            err.contains("PermanentRedirect: ")
+                && err.contains("(the bucket is in another region than source.region_name says)")
+                && !err.contains("Error {"),
+            "{err}"
+        );
+        assert_eq!(w.keys(), Vec::<String>::new(), "nothing written");
+    }
+
     #[test]
     fn missing_bucket() {
         let w = world("missing_bucket");

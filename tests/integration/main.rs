@@ -5,6 +5,7 @@ mod util;
 
 mod check;
 mod cli;
+mod concourse;
 mod concurrency;
 mod errors;
 mod get;

@@ -190,6 +190,95 @@ fn every_pipeline_parses_with_the_resources_own_types() {
     }
 }
 
+/// Every pipeline and task file passes Concourse's own rules.
+#[test]
+fn every_file_follows_concourses_rules() {
+    let mut n = 0;
+    for dir in [pipelines_dir(), pipelines_dir().join("tasks")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yml") {
+                continue;
+            }
+            let value = load(&path);
+            let errors = if dir.ends_with("tasks") {
+                crate::concourse::task_errors(&value)
+            } else {
+                crate::concourse::pipeline_errors(&value)
+            };
+            assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+            n += 1;
+        }
+    }
+    assert_eq!(n, 6, "three pipelines and three task files");
+}
+
+/// The variant for Concourse before 8.2 is the same pipeline, but for its
+/// hooks: each names its outcome where 8.2's one `finish` anchor reads
+/// BUILD_STATUS.
+#[test]
+fn the_7x_variant_is_the_same_pipeline_with_explicit_hooks() {
+    let new = load(&pipelines_dir().join("staged-image-build.yml"));
+    let old = load(&pipelines_dir().join("staged-image-build-7x.yml"));
+    for key in ["resource_types", "resources", "groups"] {
+        assert_eq!(new[key], old[key], "{key}");
+    }
+    let (new_jobs, old_jobs) = (
+        new["jobs"].as_array().unwrap(),
+        old["jobs"].as_array().unwrap(),
+    );
+    assert_eq!(new_jobs.len(), old_jobs.len());
+    let hooks = ["on_success", "on_failure", "on_error", "on_abort"];
+    let mut converted = 0;
+    for (n, o) in new_jobs.iter().zip(old_jobs) {
+        let strip = |j: &Value| {
+            let mut j = j.clone();
+            for h in hooks {
+                j.as_object_mut().unwrap().remove(h);
+            }
+            j
+        };
+        assert_eq!(strip(n), strip(o), "job {}", n["name"]);
+        assert!(
+            !o.to_string().contains("\"finish\""),
+            "{}: finish needs 8.2",
+            o["name"]
+        );
+        let Some(code) = n["on_success"]["params"]["finish"].as_u64() else {
+            for h in hooks {
+                assert_eq!(n[h], o[h], "{} {h}", n["name"]);
+            }
+            continue;
+        };
+        let fin = &n["on_success"]["params"];
+        let put = |h: &str| {
+            assert_eq!(o[h]["put"], "state", "{} {h}", o["name"]);
+            assert_eq!(o[h]["no_get"], true, "{} {h}", o["name"]);
+            o[h]["params"].clone()
+        };
+        let success = put("on_success");
+        assert_eq!(success["complete"], code);
+        assert_eq!(success["vars_file"], fin["vars_file"]);
+        let failure = put("on_failure");
+        assert_eq!(failure["fail"], code);
+        assert_eq!(failure["error_file"], fin["error_file"]);
+        assert_eq!(failure["vars_file"], fin["vars_file"]);
+        assert!(
+            failure["error"].is_string(),
+            "a fallback when the task wrote no error file"
+        );
+        let error = put("on_error");
+        assert_eq!(error["fail"], code);
+        let abort = put("on_abort");
+        assert_eq!(
+            (abort["fail"].as_u64(), abort["kind"].as_str()),
+            (Some(code), Some("persistent"))
+        );
+        converted += 1;
+    }
+    assert_eq!(converted, 19);
+}
+
 #[test]
 fn staged_pipeline_has_a_gated_job_per_stage() {
     let p = load(&pipelines_dir().join("staged-image-build.yml"));
@@ -243,40 +332,116 @@ fn staged_pipeline_has_a_gated_job_per_stage() {
     }
 }
 
-#[test]
-fn fly_execute_tasks_run_the_cli() {
-    let dir = pipelines_dir().join("tasks");
-    let w = World::new(Kind::Local, "fly_execute_tasks");
+/// The README's commands that start with `prefix`, as words.
+fn readme_commands(prefix: &str) -> Vec<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    readme
+        .lines()
+        .map(|l| l.trim().trim_start_matches("$ "))
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// The README's `fly execute` commands, as written: each task file passes
+/// Concourse's rules, the command's `-i` and `-v` fit the file, and the
+/// task's command, run as the image would run it (the CLI on PATH, the
+/// params in the environment, the inputs in its directory), works.
+fn readme_fly_execute_commands_work_as_written(w: World) {
     w.cli(&["init", "rhel8-web"]).text();
-    let mut n = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut vars = vars_for(&text);
-        vars.insert("states_prefix".into(), json!(w.prefix));
-        vars.insert("state".into(), "0".into());
-        vars.insert("error".into(), json!(""));
-        let task = pipeline::load(&path, &vars).unwrap();
-        assert_eq!(task["platform"], "linux");
-        // Run the task's command as the image would, against the local store.
-        let mut cmd = std::process::Command::new(
-            task["run"]["path"]
-                .as_str()
-                .unwrap()
-                .replace("build-state", crate::util::cli_path().to_str().unwrap()),
+    w.cli(&[
+        "set",
+        "rhel8-web",
+        "25",
+        "--reason",
+        "the README's update-state example",
+    ])
+    .text();
+    let commands = readme_commands("fly -t ci execute");
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let bin = w.tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(crate::util::cli_path(), bin.join("build-state")).unwrap();
+    let path_var = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for words in commands {
+        let mut file = None;
+        let mut given_inputs = BTreeSet::new();
+        let mut vars = pipeline::Vars::new();
+        let mut rest = words[4..].iter();
+        while let Some(flag) = rest.next() {
+            let value = rest
+                .next()
+                .unwrap_or_else(|| panic!("{flag} without a value: {words:?}"));
+            match flag.as_str() {
+                "-c" => file = Some(value.clone()),
+                "-i" => {
+                    given_inputs.insert(value.split_once('=').unwrap().0.to_string());
+                }
+                "-v" => pipeline::parse_var(&mut vars, value, false).unwrap(),
+                other => panic!("a flag this test does not know: {other}"),
+            }
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file.unwrap());
+        let mut task = pipeline::parse_yaml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut missing = BTreeSet::new();
+        pipeline::interpolate(&mut task, &vars, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "{}: no -v for {missing:?}",
+            path.display()
         );
-        let args: Vec<String> = task["run"]["args"]
+        let errors = crate::concourse::task_errors(&task);
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        let declared: BTreeMap<String, bool> = task["inputs"]
             .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                a.as_str().unwrap().replace(
-                    "build-state ",
-                    &format!("{} ", crate::util::cli_path().display()),
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i["name"].as_str().unwrap().to_string(),
+                    i["optional"] == true,
                 )
             })
             .collect();
-        cmd.args(&args);
+        for name in &given_inputs {
+            assert!(
+                declared.contains_key(name),
+                "{}: -i {name}: no such input",
+                path.display()
+            );
+        }
+        for (name, optional) in &declared {
+            assert!(
+                *optional || given_inputs.contains(name),
+                "{}: input {name} not given",
+                path.display()
+            );
+        }
+        // The task's directory: its inputs, with our store's source.
+        let dir = tempfile::tempdir().unwrap();
+        for name in declared.keys() {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        }
+        std::fs::write(dir.path().join("config/source.yml"), w.source().to_string()).unwrap();
+        let mut cmd = std::process::Command::new(task["run"]["path"].as_str().unwrap());
+        cmd.args(
+            task["run"]["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| a.as_str().unwrap()),
+        )
+        .current_dir(dir.path())
+        .env("PATH", &path_var)
+        .env("NO_PROXY", "127.0.0.1");
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("BUILD_STATE_")) {
+            cmd.env_remove(k);
+        }
         for (k, v) in task["params"].as_object().unwrap() {
             cmd.env(
                 k,
@@ -285,19 +450,84 @@ fn fly_execute_tasks_run_the_cli() {
                     .unwrap_or_else(|| v.to_string()),
             );
         }
-        cmd.env_remove("BUILD_STATE_BUCKET")
-            .env("BUILD_STATE_LOCAL_DIR", w.states_dir());
         let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
-            "{}: {}",
+            "{}: {}\n{}",
             path.display(),
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        n += 1;
     }
-    assert_eq!(n, 3);
-    assert_eq!(w.doc()["state"], 5, "update-state completed stage 0");
+    assert_eq!(
+        (w.doc()["state"].as_u64(), w.doc()["status"].as_str()),
+        (Some(30), Some("pending")),
+        "update-state completed stage 25"
+    );
+}
+
+/// The README's `--pipeline` commands, as written, from the repository's
+/// root: `states` reads no store; `show` is aimed at the local S3 server
+/// (endpoint and region) by the environment, since BUILD_STATE_* override
+/// the pipeline's source.
+#[test]
+fn readme_pipeline_commands_work_as_written() {
+    let commands = readme_commands("build-state --pipeline");
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    let run = |words: &[String], env: &[(&str, String)]| {
+        let mut cmd = std::process::Command::new(crate::util::cli_path());
+        cmd.args(&words[1..])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("BUILD_STATE_")) {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env("NO_PROXY", "127.0.0.1")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{words:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let states = run(&commands[0], &[]);
+    assert!(
+        states.contains("5     kickstart initiated       3             10m ×2 ≤ 1h"),
+        "{states}"
+    );
+    let s3 = crate::util::s3();
+    if s3.checks_signatures() {
+        eprintln!(
+            "the show example skipped on {}: its example keys are refused",
+            s3.server
+        );
+        return;
+    }
+    let w = World::new(Kind::S3, "readme_pipeline");
+    s3.block_on(async {
+        let _ = s3
+            .client()
+            .create_bucket()
+            .bucket("image-states")
+            .send()
+            .await;
+    });
+    let endpoint = [
+        ("BUILD_STATE_ENDPOINT", s3.endpoint.clone()),
+        ("BUILD_STATE_USE_PATH_STYLE", "true".to_string()),
+        ("BUILD_STATE_REGION", "us-east-1".to_string()),
+    ];
+    let mut init = commands[1].clone();
+    let at = init.len() - 2;
+    init[at] = "init".into();
+    run(&init, &endpoint);
+    let shown = run(&commands[1], &endpoint);
+    assert!(shown.contains("rhel8-web"), "{shown}");
+    drop(w);
 }
 
 // ------------------------------------------------------------------ runner
@@ -1072,6 +1302,7 @@ fn racing_builds_lose_no_update(w: World) {
 }
 
 crate::both_stores!(
+    readme_fly_execute_commands_work_as_written,
     happy_path_to_delivered,
     kickstart_fails_twice_then_succeeds,
     blocked_until_a_human_retries,
