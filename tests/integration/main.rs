@@ -11,4 +11,5 @@ mod errors;
 mod get;
 mod pipelines;
 mod put;
+mod runner;
 mod servers;

@@ -10,10 +10,9 @@ use build_state::config::Config;
 use build_state::pipeline;
 use build_state::protocol::{InParams, OutParams, Source, parse};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 fn pipelines_dir() -> PathBuf {
@@ -530,478 +529,27 @@ fn readme_pipeline_commands_work_as_written() {
     drop(w);
 }
 
-// ------------------------------------------------------------------ runner
+// ---------------------------------------------------------------- scenarios
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Outcome {
-    Succeed,
-    /// Succeeds after this many milliseconds (to make builds overlap).
-    SucceedAfter(u64),
-    Fail(&'static str),
+use crate::runner::{Outcome, Release, Runner, Status};
+
+/// The staged pipeline for `release`: the 8.2 file, or the variant with
+/// explicit hooks before it.
+fn staged(w: &World, release: Release) -> Runner<'_> {
+    let file = if release >= Release::V8_2 {
+        "staged-image-build.yml"
+    } else {
+        "staged-image-build-7x.yml"
+    };
+    let path = pipelines_dir().join(file);
+    let vars = vars_for(&std::fs::read_to_string(&path).unwrap());
+    Runner::new(w, &path, &vars, release)
 }
 
-#[derive(Clone, Debug)]
-struct BuildRecord {
-    job: String,
-    status: String,
-}
-
-/// Runs a pipeline the way Concourse would, against one world's store.
-struct Runner<'a> {
-    w: &'a World,
-    p: Value,
-    types: BTreeSet<String>,
-    versions: Mutex<BTreeMap<String, Vec<Value>>>,
-    used: Mutex<BTreeMap<(String, String), Value>>,
-    builds: Mutex<Vec<BuildRecord>>,
-    trace: Mutex<Vec<String>>,
-    script: Mutex<BTreeMap<String, VecDeque<Outcome>>>,
-    next_build: AtomicU32,
-    numbers: Mutex<BTreeMap<String, u32>>,
-    start: Instant,
-}
-
-const STORAGE_FIELDS: [&str; 10] = [
-    "bucket",
-    "local_dir",
-    "endpoint",
-    "region_name",
-    "use_path_style",
-    "access_key_id",
-    "secret_access_key",
-    "session_token",
-    "aws_role_arn",
-    "enable_aws_creds_provider",
-];
-
-impl<'a> Runner<'a> {
-    fn new(w: &'a World, file: &str) -> Runner<'a> {
-        let mut p = load(&pipelines_dir().join(file));
-        let types = pipeline::build_state_types(&p);
-        // The pipeline's storage, replaced by this world's store.
-        let storage = w.source();
-        for r in p["resources"].as_array_mut().unwrap() {
-            if r["type"].as_str().is_some_and(|t| types.contains(t)) {
-                let src = r["source"].as_object_mut().unwrap();
-                for f in STORAGE_FIELDS {
-                    src.remove(f);
-                }
-                for f in STORAGE_FIELDS {
-                    if let Some(v) = storage.get(f) {
-                        src.insert(f.into(), v.clone());
-                    }
-                }
-                src.insert("prefix".into(), json!(w.prefix));
-            }
-        }
-        Runner {
-            w,
-            p,
-            types,
-            versions: Mutex::default(),
-            used: Mutex::default(),
-            builds: Mutex::default(),
-            trace: Mutex::default(),
-            script: Mutex::default(),
-            next_build: AtomicU32::new(100),
-            numbers: Mutex::default(),
-            start: Instant::now(),
-        }
-    }
-
-    fn script(&self, task: &str, outcomes: &[Outcome]) {
-        self.script
-            .lock()
-            .unwrap()
-            .insert(task.to_string(), outcomes.iter().cloned().collect());
-    }
-
-    fn log(&self, line: String) {
-        let line = format!("[{:6.2}s] {line}", self.start.elapsed().as_secs_f64());
-        println!("{line}");
-        self.trace.lock().unwrap().push(line);
-    }
-
-    fn resource(&self, name: &str) -> &Value {
-        self.p["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .unwrap()
-    }
-
-    fn is_ours(&self, name: &str) -> bool {
-        self.resource(name)["type"]
-            .as_str()
-            .is_some_and(|t| self.types.contains(t))
-    }
-
-    fn where_now(&self) -> String {
-        match self.w.raw("state.json") {
-            None => "(none)".into(),
-            Some(b) => {
-                let d: Value = serde_json::from_slice(&b).unwrap();
-                format!(
-                    "{} {} r{}",
-                    d["state"],
-                    d["status"].as_str().unwrap(),
-                    d["revision"]
-                )
-            }
-        }
-    }
-
-    /// One round of checks of every resource a job triggers on.
-    fn check_all(&self) {
-        let mut names = BTreeSet::new();
-        for job in self.p["jobs"].as_array().unwrap() {
-            for s in all_steps(job) {
-                if s["trigger"] == json!(true) {
-                    names.insert(s["get"].as_str().unwrap().to_string());
-                }
-            }
-        }
-        for name in names {
-            let latest = self
-                .versions
-                .lock()
-                .unwrap()
-                .get(&name)
-                .and_then(|v| v.last().cloned());
-            let found: Vec<Value> = if self.is_ours(&name) {
-                let mut req = json!({"source": self.resource(&name)["source"]});
-                if let Some(v) = &latest {
-                    req["version"] = v.clone();
-                }
-                let out = crate::util::Step::program(self.w, "check").stdin(req).ok();
-                out.as_array().unwrap().clone()
-            } else {
-                vec![json!({"ref": "commit-1"})]
-            };
-            let mut all = self.versions.lock().unwrap();
-            let list = all.entry(name.clone()).or_default();
-            for v in found {
-                if !list.contains(&v) {
-                    list.push(v);
-                }
-            }
-        }
-    }
-
-    /// Triggers every job that has a new version of a trigger input; runs
-    /// its builds one after another. Returns how many ran.
-    fn trigger(&self) -> usize {
-        let mut ran = 0;
-        for job in self.p["jobs"].as_array().unwrap().clone() {
-            let jname = job["name"].as_str().unwrap().to_string();
-            let gets: Vec<Value> = all_steps(&job)
-                .into_iter()
-                .filter(|s| s.get("get").is_some())
-                .collect();
-            let mut inputs = BTreeMap::new();
-            let mut new = false;
-            let mut ready = !gets.is_empty();
-            for g in &gets {
-                let name = g["get"].as_str().unwrap().to_string();
-                let latest = self
-                    .versions
-                    .lock()
-                    .unwrap()
-                    .get(&name)
-                    .and_then(|v| v.last().cloned());
-                match latest {
-                    None => ready = false,
-                    Some(v) => {
-                        if g["trigger"] == json!(true)
-                            && self
-                                .used
-                                .lock()
-                                .unwrap()
-                                .get(&(jname.clone(), name.clone()))
-                                != Some(&v)
-                        {
-                            new = true;
-                        }
-                        inputs.insert(name, v);
-                    }
-                }
-            }
-            if ready && new {
-                for (name, v) in &inputs {
-                    self.used
-                        .lock()
-                        .unwrap()
-                        .insert((jname.clone(), name.clone()), v.clone());
-                }
-                self.run_build(&job, &inputs);
-                ran += 1;
-            }
-        }
-        ran
-    }
-
-    fn env_for(
-        &self,
-        job: &str,
-        id: u32,
-        number: u32,
-        status: Option<&str>,
-    ) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("BUILD_ID".to_string(), id.to_string()),
-            ("BUILD_NAME".to_string(), number.to_string()),
-            ("BUILD_JOB_NAME".to_string(), job.to_string()),
-            (
-                "BUILD_PIPELINE_NAME".to_string(),
-                "staged-image-build".to_string(),
-            ),
-            ("BUILD_TEAM_NAME".to_string(), "main".to_string()),
-            (
-                "ATC_EXTERNAL_URL".to_string(),
-                "https://ci.example.com".to_string(),
-            ),
-        ];
-        if let Some(s) = status {
-            env.push(("BUILD_STATUS".to_string(), s.to_string()));
-        }
-        env
-    }
-
-    /// Runs one build of `job`: its plan, then its hooks. Returns the status.
-    fn run_build(&self, job: &Value, inputs: &BTreeMap<String, Value>) -> String {
-        let jname = job["name"].as_str().unwrap();
-        let id = self.next_build.fetch_add(1, Ordering::SeqCst);
-        let number = {
-            let mut n = self.numbers.lock().unwrap();
-            let e = n.entry(jname.to_string()).or_insert(0);
-            *e += 1;
-            *e
-        };
-        let dir = self
-            .w
-            .tmp
-            .path()
-            .join(format!("builds/{jname}-{number}-{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        self.log(format!("{jname} #{number} started ({})", self.where_now()));
-        let ctx = Ctx {
-            job: jname,
-            id,
-            number,
-            dir: &dir,
-            inputs,
-        };
-        let mut status = match self.exec(&ctx, &job["plan"], None) {
-            Ok(()) => "succeeded",
-            Err(s) => s,
-        }
-        .to_string();
-        let hook = match status.as_str() {
-            "succeeded" => "on_success",
-            "failed" => "on_failure",
-            _ => "on_error",
-        };
-        for h in [hook, "ensure"] {
-            if job.get(h).is_some()
-                && let Err(e) = self.exec(&ctx, &job[h], Some(&status))
-            {
-                status = if e == "failed" {
-                    "failed".into()
-                } else {
-                    "errored".into()
-                };
-            }
-        }
-        self.log(format!("{jname} #{number} {status} ({})", self.where_now()));
-        self.builds.lock().unwrap().push(BuildRecord {
-            job: jname.to_string(),
-            status: status.clone(),
-        });
-        status
-    }
-
-    fn exec(&self, ctx: &Ctx, step: &Value, hook_status: Option<&str>) -> Result<(), &'static str> {
-        if let Some(items) = step.as_array() {
-            for s in items {
-                self.exec(ctx, s, hook_status)?;
-            }
-            return Ok(());
-        }
-        let result = if let Some(inner) = step.get("in_parallel") {
-            let items = inner.get("steps").unwrap_or(inner);
-            self.exec(ctx, items, hook_status)
-        } else if let Some(inner) = step.get("do") {
-            self.exec(ctx, inner, hook_status)
-        } else if let Some(name) = step.get("get").and_then(Value::as_str) {
-            let res = step.get("resource").and_then(Value::as_str).unwrap_or(name);
-            let dest = ctx.dir.join(name);
-            if self.is_ours(res) {
-                let version = ctx.inputs.get(res).expect("a get has its input version");
-                let req = json!({"source": self.resource(res)["source"], "version": version, "params": step.get("params")});
-                let out = crate::util::Step::program(self.w, "in")
-                    .arg(&dest)
-                    .stdin(req)
-                    .run();
-                if out.code != Some(0) {
-                    self.log(format!(
-                        "{} #{} get {name}: errored: {}",
-                        ctx.job,
-                        ctx.number,
-                        out.stderr.trim()
-                    ));
-                    return Err("errored");
-                }
-            } else {
-                std::fs::create_dir_all(&dest).unwrap();
-            }
-            Ok(())
-        } else if let Some(name) = step.get("put").and_then(Value::as_str) {
-            let res = step.get("resource").and_then(Value::as_str).unwrap_or(name);
-            let before = self.where_now();
-            let req = json!({"source": self.resource(res)["source"], "params": step.get("params").cloned().unwrap_or(json!({}))});
-            let mut run = crate::util::Step::program(self.w, "out")
-                .arg(ctx.dir)
-                .stdin(req);
-            for (k, v) in self.env_for(ctx.job, ctx.id, ctx.number, hook_status) {
-                run = run.env(&k, &v);
-            }
-            let out = run.run();
-            let params = step
-                .get("params")
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            if out.code != Some(0) {
-                let why = out
-                    .stderr
-                    .lines()
-                    .find(|l| l.contains("build-state: error:"))
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
-                self.log(format!(
-                    "{} #{} put {params}: errored: {why}",
-                    ctx.job, ctx.number
-                ));
-                return Err("errored");
-            }
-            self.log(format!(
-                "{} #{} put {params}: {before} → {}",
-                ctx.job,
-                ctx.number,
-                self.where_now()
-            ));
-            // The implicit get of the version the put produced.
-            let reply: Value = serde_json::from_str(&out.stdout).unwrap();
-            let req = json!({"source": self.resource(res)["source"], "version": reply["version"]});
-            let get = crate::util::Step::program(self.w, "in")
-                .arg(ctx.dir.join(name))
-                .stdin(req)
-                .run();
-            if get.code != Some(0) {
-                return Err("errored");
-            }
-            Ok(())
-        } else if let Some(task) = step.get("task").and_then(Value::as_str) {
-            let outcome = self
-                .script
-                .lock()
-                .unwrap()
-                .get_mut(task)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(Outcome::Succeed);
-            let out = ctx.dir.join("out");
-            std::fs::create_dir_all(&out).unwrap();
-            if let Outcome::SucceedAfter(ms) = outcome {
-                std::thread::sleep(Duration::from_millis(ms));
-            }
-            match outcome {
-                Outcome::Succeed | Outcome::SucceedAfter(_) => {
-                    std::fs::write(
-                        out.join("vars.json"),
-                        json!({task: format!("{}#{}", ctx.job, ctx.number)}).to_string(),
-                    )
-                    .unwrap();
-                    self.log(format!(
-                        "{} #{} task {task}: succeeded",
-                        ctx.job, ctx.number
-                    ));
-                    Ok(())
-                }
-                Outcome::Fail(message) => {
-                    std::fs::write(out.join("error.txt"), message).unwrap();
-                    self.log(format!(
-                        "{} #{} task {task}: failed: {message}",
-                        ctx.job, ctx.number
-                    ));
-                    Err("failed")
-                }
-            }
-        } else {
-            Ok(())
-        };
-        // Step hooks.
-        let hook = match result {
-            Ok(()) => "on_success",
-            Err("failed") => "on_failure",
-            Err(_) => "on_error",
-        };
-        for h in [hook, "ensure"] {
-            if let Some(hs) = step.get(h) {
-                self.exec(
-                    ctx,
-                    hs,
-                    Some(if result.is_ok() {
-                        "succeeded"
-                    } else {
-                        result.err().unwrap()
-                    }),
-                )?;
-            }
-        }
-        result
-    }
-
-    /// Checks and triggers until `done` holds or the time runs out.
-    fn run_until(&self, limit: Duration, done: impl Fn(&Runner) -> bool) {
-        let deadline = Instant::now() + limit;
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "scenario timed out; trace:\n{}",
-                self.trace.lock().unwrap().join("\n")
-            );
-            self.check_all();
-            if self.trigger() == 0 {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    fn jobs_run(&self) -> Vec<String> {
-        self.builds
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| b.job.clone())
-            .collect()
-    }
-
-    fn doc(&self) -> Value {
-        self.w.doc()
-    }
-
-    fn at_least(&self, state: u64) -> bool {
-        self.w.raw("state.json").is_some() && self.doc()["state"].as_u64().unwrap() >= state
-    }
-}
-
-struct Ctx<'c> {
-    job: &'c str,
-    id: u32,
-    number: u32,
-    dir: &'c Path,
-    inputs: &'c BTreeMap<String, Value>,
+fn single_job(w: &World) -> Runner<'_> {
+    let path = pipelines_dir().join("resumable-single-job.yml");
+    let vars = vars_for(&std::fs::read_to_string(&path).unwrap());
+    Runner::new(w, &path, &vars, Release::V8_2).with_real_tasks()
 }
 
 const STAGE_JOBS: [&str; 19] = [
@@ -1026,11 +574,17 @@ const STAGE_JOBS: [&str; 19] = [
     "image-sealing",
 ];
 
-fn happy_path_to_delivered(w: World) {
-    let r = Runner::new(&w, "staged-image-build.yml");
-    r.run_until(Duration::from_secs(120), |r| {
-        r.w.raw("state.json").is_some() && r.doc()["status"] == "completed"
-    });
+fn delivered(r: &Runner) -> bool {
+    r.status_is("completed")
+}
+
+fn count(jobs: &[String], j: &str) -> usize {
+    jobs.iter().filter(|x| *x == j).count()
+}
+
+fn happy_path(w: &World, release: Release) {
+    let r = staged(w, release);
+    r.run_until(Duration::from_secs(120), delivered);
     let mut expected = vec!["start-build".to_string()];
     expected.extend(STAGE_JOBS.iter().map(|s| s.to_string()));
     assert_eq!(
@@ -1038,25 +592,54 @@ fn happy_path_to_delivered(w: World) {
         expected,
         "every stage job once, in ladder order"
     );
-    assert!(
-        r.builds
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|b| b.status == "succeeded")
-    );
+    assert!(r.builds().iter().all(|b| b.status == Status::Succeeded));
     let doc = r.doc();
     assert_eq!(
         (doc["state"].as_u64(), doc["status"].as_str()),
         (Some(100), Some("completed"))
     );
-    // vars recorded by stages for later ones
     assert_eq!(doc["vars"]["packer-kickstart"], "kickstart#1");
     assert_eq!(doc["vars"]["image-sealing"], "image-sealing#1");
     assert_eq!(doc["history"].as_array().unwrap().len(), 2 + 2 * 19);
+    // Every stage built the commit that started the run, and got the same
+    // commit from the get cache.
+    for b in r.builds().iter().filter(|b| b.job != "start-build") {
+        assert_eq!(
+            b.inputs["image-repo"].1,
+            json!({"ref": "commit-1"}),
+            "{}",
+            b.job
+        );
+    }
+    assert!(r.cache_hits.load(Ordering::SeqCst) >= 19);
+    // Puts have no implicit get: only the 20 builds' explicit gets ran `in`
+    // or a stub (each gated version once, the commit once).
+    assert_eq!(r.gets_run.load(Ordering::SeqCst), 1 + 19);
     // Nothing triggers on a delivered build.
     r.check_all();
-    assert_eq!(r.trigger(), 0);
+    assert_eq!(r.schedule(), 0);
+    let trace = r.trace.lock().unwrap().join("\n");
+    if release < Release::V8_2 {
+        assert!(
+            !trace.contains("[succeeded]"),
+            "no BUILD_STATUS before 8.2:\n{trace}"
+        );
+    }
+}
+
+fn happy_path_to_delivered(w: World) {
+    happy_path(&w, Release::V8_2);
+}
+
+/// Concourse 7: no BUILD_STATUS, no BUILD_URL; the 7.x variant's hooks.
+fn happy_path_on_concourse_7(w: World) {
+    happy_path(&w, Release::V7);
+    let by = &w.doc()["history"][3]["by"];
+    assert_eq!(
+        by["build_url"],
+        "https://ci.example.com/teams/main/pipelines/staged-image-build-7x/jobs/kickstart/builds/1",
+        "made from ATC_EXTERNAL_URL"
+    );
 }
 
 /// For every failure with a retry_at, the stage's next start came after it.
@@ -1079,7 +662,7 @@ fn assert_retries_waited(doc: &Value) {
 }
 
 fn kickstart_fails_twice_then_succeeds(w: World) {
-    let r = Runner::new(&w, "staged-image-build.yml");
+    let r = staged(&w, Release::V8_2);
     r.script(
         "packer-kickstart",
         &[
@@ -1123,37 +706,31 @@ fn kickstart_fails_twice_then_succeeds(w: World) {
     assert_eq!((wait(fails[0]), wait(fails[1])), (1000, 2000));
 }
 
+/// Polls (checks and schedules) for a while; asserts nothing ran.
+fn nothing_triggers_for(r: &Runner, how_long: Duration) {
+    let before = r.jobs_run().len();
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        r.check_all();
+        assert_eq!(r.schedule(), 0, "a job triggered:\n{:?}", r.jobs_run());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(r.jobs_run().len(), before);
+}
+
 fn blocked_until_a_human_retries(w: World) {
-    let r = Runner::new(&w, "staged-image-build.yml");
+    let r = staged(&w, Release::V8_2);
     r.script(
         "ansible-security-baseline",
         &[Outcome::Fail("fatal: [green]: FAILED! => sshd_config"); 3],
     );
-    r.run_until(Duration::from_secs(60), |r| {
-        r.w.raw("state.json").is_some() && r.doc()["status"] == "blocked"
-    });
+    r.run_until(Duration::from_secs(60), |r| r.status_is("blocked"));
     assert_eq!(r.doc()["state"], 25);
-    let count = |jobs: &[String], j: &str| jobs.iter().filter(|x| *x == j).count();
     assert_eq!(count(&r.jobs_run(), "security-baseline"), 3);
-    // Blocked: nothing triggers, however long we wait (past every backoff).
+    // Blocked: nothing triggers, past every backoff.
+    nothing_triggers_for(&r, Duration::from_millis(2500));
     let before = r.jobs_run().len();
-    let until = Instant::now() + Duration::from_millis(2500);
-    while Instant::now() < until {
-        r.check_all();
-        r.trigger();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        r.jobs_run().len(),
-        before,
-        "a job triggered on a blocked build"
-    );
-    // A human retry (a put outside any build) resumes at that stage.
-    let out = crate::util::Step::program(&w, "out")
-        .arg(w.sources())
-        .stdin(json!({"source": r.resource("state")["source"], "params": {"retry": 25}}))
-        .ok();
-    r.log(format!("human put retry 25 → {}", out["version"]));
+    r.human_put(json!({"retry": 25}));
     r.run_until(Duration::from_secs(60), |r| r.at_least(30));
     let after: Vec<String> = r.jobs_run()[before..].to_vec();
     assert_eq!(
@@ -1171,128 +748,209 @@ fn blocked_until_a_human_retries(w: World) {
 }
 
 fn persistent_failure_blocks_at_once(w: World) {
-    let r = Runner::new(&w, "staged-image-build.yml");
+    let r = staged(&w, Release::V8_2);
     r.script(
         "launch-green-instance",
         &[Outcome::Fail("RHEL subscription expired for this account")],
     );
-    r.run_until(Duration::from_secs(60), |r| {
-        r.w.raw("state.json").is_some() && r.doc()["status"] == "blocked"
-    });
+    r.run_until(Duration::from_secs(60), |r| r.status_is("blocked"));
     let doc = r.doc();
     assert_eq!(
         (doc["state"].as_u64(), doc["attempts"].as_u64()),
         (Some(10), Some(1))
     );
     assert_eq!(doc["last_error"]["kind"], "persistent");
-    std::thread::sleep(Duration::from_millis(1200));
-    r.check_all();
-    assert_eq!(r.trigger(), 0, "a persistent failure is not retried");
+    nothing_triggers_for(&r, Duration::from_millis(1200));
 }
 
-fn racing_builds_lose_no_update(w: World) {
-    let r = Runner::new(&w, "staged-image-build.yml");
+/// An aborted build blocks its stage for a human (on both releases: 8.2's
+/// `finish` reads `aborted`, 7.x's `on_abort` hook says so), and its later
+/// steps do not run.
+fn an_aborted_build_blocks_its_stage(w: World) {
+    for release in [Release::V8_2, Release::V7] {
+        let w = World::new(w.kind, &format!("aborted_{release:?}"));
+        let r = staged(&w, release);
+        r.script("packer-kickstart", &[Outcome::Abort, Outcome::Succeed]);
+        r.run_until(Duration::from_secs(60), |r| r.status_is("blocked"));
+        let b = r.builds();
+        let kick = b.iter().find(|b| b.job == "kickstart").unwrap();
+        assert_eq!(kick.status, Status::Aborted);
+        let doc = r.doc();
+        assert_eq!(
+            (doc["state"].as_u64(), doc["last_error"]["kind"].as_str()),
+            (Some(5), Some("persistent"))
+        );
+        assert!(
+            doc["last_error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("aborted"),
+            "{doc}"
+        );
+        nothing_triggers_for(&r, Duration::from_millis(300));
+        r.human_put(json!({"retry": 5}));
+        r.run_until(Duration::from_secs(60), |r| r.at_least(10));
+        assert_eq!(count(&r.jobs_run(), "kickstart"), 2, "{release:?}");
+    }
+}
+
+/// A build that errors (its task's image could not be fetched) records a
+/// transient failure naming the build, and the stage is retried.
+fn an_errored_build_is_retried(w: World) {
+    let r = staged(&w, Release::V8_2);
+    r.script("launch-green-instance", &[Outcome::Error, Outcome::Succeed]);
+    r.run_until(Duration::from_secs(60), |r| r.at_least(15));
+    let b = r.builds();
+    let green: Vec<&crate::runner::BuildRecord> =
+        b.iter().filter(|b| b.job == "green-image").collect();
+    assert_eq!(green.len(), 2);
+    assert_eq!(
+        (green[0].status, green[1].status),
+        (Status::Errored, Status::Succeeded)
+    );
+    let doc = r.doc();
+    let fail = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "fail")
+        .unwrap();
+    assert_eq!(fail["error"]["kind"], "transient");
+    assert!(
+        fail["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("green-image #1 errored"),
+        "{fail}"
+    );
+    assert_retries_waited(&doc);
+}
+
+/// A failing `on_success` put makes the step failed, so `on_failure` runs
+/// next with BUILD_STATUS=failed, as in Concourse. Here a human moved the
+/// build on while the stage ran: both puts are refused, nothing is written
+/// over the human's decision, and the build is failed.
+fn a_refused_on_success_put_runs_on_failure(w: World) {
+    let r = staged(&w, Release::V8_2);
+    r.script("ansible-base-configuration", &[Outcome::SucceedAfter(1500)]);
+    r.run_until(Duration::from_secs(60), |r| r.at_least(15));
+    std::thread::scope(|s| {
+        let runner = s.spawn(|| {
+            r.check_all();
+            r.schedule()
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(r.doc()["state"] == 15 && r.status_is("in_progress")) {
+            assert!(
+                Instant::now() < deadline,
+                "base-configuration never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r.human_put(json!({"set": 25, "reason": "cloud provider setup done by hand"}));
+        runner.join().unwrap();
+    });
+    let base = r
+        .builds()
+        .into_iter()
+        .find(|b| b.job == "base-configuration")
+        .unwrap();
+    assert_eq!(base.status, Status::Failed);
+    let trace = r.trace.lock().unwrap().join("\n");
+    let success = trace.find("base-configuration #1 put {\"finish\":15,\"error_file\":\"out/error.txt\"} [succeeded]: failed").unwrap_or_else(|| panic!("{trace}"));
+    let failure = trace.find("base-configuration #1 put {\"finish\":15,\"error_file\":\"out/error.txt\"} [failed]: failed").unwrap_or_else(|| panic!("{trace}"));
+    assert!(success < failure, "{trace}");
+    let doc = r.doc();
+    assert_eq!(
+        (doc["state"].as_u64(), doc["status"].as_str()),
+        (Some(25), Some("pending"))
+    );
+    assert_eq!(
+        doc["history"].as_array().unwrap().last().unwrap()["action"],
+        "set"
+    );
+    r.run_until(Duration::from_secs(60), |r| r.at_least(30));
+    assert_eq!(count(&r.jobs_run(), "cloud-provider-setup"), 0);
+}
+
+/// A serial job's builds queue: a second build started by hand while one
+/// runs waits for it, then finds its stage done; its puts are refused, and
+/// no update is lost.
+fn a_serial_jobs_builds_queue(w: World) {
+    let r = staged(&w, Release::V8_2);
     r.run_until(Duration::from_secs(60), |r| r.at_least(5));
-    r.check_all(); // the kickstart gate's version, without triggering
-    let job = |name: &str| {
-        r.p["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["name"] == name)
-            .unwrap()
-            .clone()
+    r.check_all(); // the kickstart gate's version, without scheduling
+    r.script(
+        "packer-kickstart",
+        &[Outcome::SucceedAfter(500), Outcome::Succeed],
+    );
+    let rev = r.doc()["revision"].as_u64().unwrap();
+    let statuses: Vec<Status> = std::thread::scope(|s| {
+        let a = s.spawn(|| r.trigger_job("kickstart"));
+        std::thread::sleep(Duration::from_millis(100));
+        let b = s.spawn(|| r.trigger_job("kickstart"));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!(statuses, [Status::Succeeded, Status::Failed]);
+    let trace = r.trace.lock().unwrap().join("\n");
+    let first_done = trace.find("kickstart #1 succeeded").unwrap();
+    let second_started = trace.find("kickstart #2 started").unwrap();
+    assert!(
+        first_done < second_started,
+        "serial builds overlapped:\n{trace}"
+    );
+    let doc = r.doc();
+    let h = doc["history"].as_array().unwrap();
+    let n = |action: &str| {
+        h.iter()
+            .filter(|e| e["action"] == action && e["target"] == 5)
+            .count()
     };
-    let inputs = |gate: &str| {
-        let v = r.versions.lock().unwrap();
-        BTreeMap::from([
-            (gate.to_string(), v[gate].last().unwrap().clone()),
-            (
-                "image-repo".to_string(),
-                v["image-repo"].last().unwrap().clone(),
-            ),
-        ])
-    };
+    assert_eq!((n("start"), n("complete"), n("fail")), (1, 1, 0));
+    assert_eq!(doc["revision"].as_u64().unwrap(), rev + 2);
+    assert_eq!(
+        (doc["state"].as_u64(), doc["status"].as_str()),
+        (Some(10), Some("pending"))
+    );
+}
+
+/// Builds of different jobs writing at once (a stage and the abandon job):
+/// whichever order the writes land in, none is lost.
+fn racing_jobs_lose_no_update(w: World) {
+    let r = staged(&w, Release::V8_2);
+    r.script("launch-green-instance", &[Outcome::SucceedAfter(300)]);
+    r.run_until(Duration::from_secs(60), |r| r.at_least(10));
+    r.check_all();
     let landed = || {
         r.trace
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains(" put ") && !l.contains("errored"))
+            .filter(|l| l.contains(" put ") && l.contains(" → "))
             .count() as u64
     };
-
-    // Two builds of kickstart at once (a manual trigger while the triggered
-    // one runs): both starts land, one completes the stage, and the other's
-    // complete is refused, because the stage is no longer 5.
-    let (rev0, landed0) = (r.doc()["revision"].as_u64().unwrap(), landed());
-    let kick = inputs("at-kickstart");
-    // Long tasks, so both builds have started before either finishes.
-    r.script(
-        "packer-kickstart",
-        &[Outcome::SucceedAfter(700), Outcome::SucceedAfter(700)],
-    );
-    let statuses: Vec<String> = std::thread::scope(|s| {
-        let a = s.spawn(|| r.run_build(&job("kickstart"), &kick));
-        let b = s.spawn(|| r.run_build(&job("kickstart"), &kick));
-        vec![a.join().unwrap(), b.join().unwrap()]
-    });
-    let doc = r.doc();
-    let h = doc["history"].as_array().unwrap();
-    let count = |action: &str, target: u64| {
-        h.iter()
-            .filter(|e| e["action"] == action && e["target"] == target)
-            .count()
-    };
-    assert_eq!(
-        (count("start", 5), count("complete", 5)),
-        (2, 1),
-        "{statuses:?}"
-    );
-    assert_eq!(
-        (doc["state"].as_u64(), doc["status"].as_str()),
-        (Some(10), Some("pending"))
-    );
-    assert_eq!(doc["revision"].as_u64().unwrap(), rev0 + 3);
-    assert_eq!(
-        landed() - landed0,
-        3,
-        "every put that exited 0 is one revision"
-    );
-    assert!(statuses.contains(&"succeeded".to_string()));
-
-    // The abandon job against the green-image build: whichever order the
-    // writes land in, none is lost and the document stays consistent.
-    r.check_all();
-    let (rev1, landed1) = (r.doc()["revision"].as_u64().unwrap(), landed());
-    let green = inputs("at-green-image");
+    let (rev, before) = (r.doc()["revision"].as_u64().unwrap(), landed());
     std::thread::scope(|s| {
-        let a = s.spawn(|| r.run_build(&job("green-image"), &green));
-        let b = s.spawn(|| r.run_build(&job("abandon"), &BTreeMap::new()));
+        let a = s.spawn(|| r.trigger_job("green-image"));
+        let b = s.spawn(|| r.trigger_job("abandon"));
         (a.join().unwrap(), b.join().unwrap())
     });
     let doc = r.doc();
-    let added = doc["revision"].as_u64().unwrap() - rev1;
+    let added = doc["revision"].as_u64().unwrap() - rev;
     assert_eq!(
         added,
-        landed() - landed1,
-        "every put that landed is one revision and one history entry"
+        landed() - before,
+        "every put that landed is one revision"
     );
-    assert_eq!(
-        doc["history"].as_array().unwrap().len() as u64,
-        rev0 + 3 + added
-    );
-    assert_eq!(
-        doc["status"], "cancelled",
-        "the cancel always lands (nothing refuses it before the build is delivered)"
-    );
-    // No put was lost to a conflict: every failed put was a real refusal.
+    assert_eq!(doc["history"].as_array().unwrap().len() as u64, rev + added);
+    assert_eq!(doc["status"], "cancelled", "the cancel always lands");
+    // Every failed put was a real refusal, never a lost race.
     for line in r
         .trace
         .lock()
         .unwrap()
         .iter()
-        .filter(|l| l.contains("errored:"))
+        .filter(|l| l.contains("]: failed:") || l.contains("}: failed:"))
     {
         assert!(
             line.contains("cannot ") && line.contains("allowed now"),
@@ -1301,13 +959,109 @@ fn racing_builds_lose_no_update(w: World) {
     }
 }
 
+/// A commit that arrives mid-run does not disturb it: its start-build
+/// fails saying why, every stage keeps the run's commit (`passed:
+/// [start-build]`), and a start-build run by hand after delivery starts a
+/// new run with the new commit.
+fn a_commit_mid_run_waits_for_the_next_run(w: World) {
+    let r = staged(&w, Release::V8_2);
+    r.run_until(Duration::from_secs(60), |r| r.at_least(10));
+    r.push_commit();
+    r.run_until(Duration::from_secs(120), delivered);
+    let builds = r.builds();
+    let starts: Vec<&crate::runner::BuildRecord> =
+        builds.iter().filter(|b| b.job == "start-build").collect();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[1].status, Status::Failed);
+    let trace = r.trace.lock().unwrap().join("\n");
+    assert!(
+        trace.contains("run 1 is under way, so init with restart starts no new run"),
+        "{trace}"
+    );
+    for b in builds.iter().filter(|b| b.job != "start-build") {
+        assert_eq!(
+            b.inputs["image-repo"].1,
+            json!({"ref": "commit-1"}),
+            "{}",
+            b.job
+        );
+    }
+    assert_eq!(r.trigger_job("start-build"), Status::Succeeded);
+    r.run_until(Duration::from_secs(60), |r| {
+        r.doc()["run"] == 2 && r.at_least(10)
+    });
+    let kick = r
+        .builds()
+        .into_iter()
+        .rev()
+        .find(|b| b.job == "kickstart")
+        .unwrap();
+    assert_eq!(kick.inputs["image-repo"].1, json!({"ref": "commit-2"}));
+}
+
+/// The single-job pipeline, its task's own script run with stubs for
+/// Packer and Ansible, through a failure and its retry. Between them the
+/// get cache serves the failed revision's files unchanged and the task
+/// asks `build-state next` whether the retry is due.
+fn single_job_resumes_through_a_retry(w: World) {
+    let r = single_job(&w);
+    w.put(json!({"init": true})).ok();
+    r.script(
+        "kickstart",
+        &[Outcome::Fail("packer: ssh timeout"), Outcome::Succeed],
+    );
+    r.run_until(Duration::from_secs(120), delivered);
+    let doc = r.doc();
+    let h = doc["history"].as_array().unwrap();
+    assert_eq!(h.iter().filter(|e| e["action"] == "fail").count(), 1);
+    assert_retries_waited(&doc);
+    let trace = r.trace.lock().unwrap().join("\n");
+    assert!(trace.contains("nothing to run now (wait)"), "{trace}");
+    assert!(
+        r.cache_hits.load(Ordering::SeqCst) > 0,
+        "the get cache served a version again"
+    );
+    // Every build ran one stage at most, and every one succeeded.
+    assert!(r.builds().iter().all(|b| b.status == Status::Succeeded));
+    assert_eq!(
+        (doc["state"].as_u64(), doc["status"].as_str()),
+        (Some(100), Some("completed"))
+    );
+}
+
+fn single_job_blocks_until_a_human_retries(w: World) {
+    let r = single_job(&w);
+    w.put(json!({"init": true})).ok();
+    r.script(
+        "stage-25",
+        &[Outcome::Fail("fatal: [green]: FAILED! => sshd_config"); 3],
+    );
+    r.run_until(Duration::from_secs(120), |r| r.status_is("blocked"));
+    assert_eq!(r.doc()["state"], 25);
+    r.check_all();
+    r.schedule();
+    let trace = r.trace.lock().unwrap().join("\n");
+    assert!(trace.contains("nothing to run now (blocked)"), "{trace}");
+    r.human_put(json!({"retry": 25}));
+    r.run_until(Duration::from_secs(60), |r| r.at_least(30));
+    assert_eq!(r.doc()["attempts"], 0);
+}
+
 crate::both_stores!(
     readme_fly_execute_commands_work_as_written,
     happy_path_to_delivered,
+    happy_path_on_concourse_7,
     kickstart_fails_twice_then_succeeds,
     blocked_until_a_human_retries,
     persistent_failure_blocks_at_once,
-    racing_builds_lose_no_update,
+    an_aborted_build_blocks_its_stage,
+    an_errored_build_is_retried,
+    a_refused_on_success_put_runs_on_failure,
+    a_serial_jobs_builds_queue,
+    racing_jobs_lose_no_update,
+    a_commit_mid_run_waits_for_the_next_run,
+    single_job_resumes_through_a_retry,
+    single_job_blocks_until_a_human_retries,
 );
 
 #[test]
