@@ -219,9 +219,16 @@ fn refusals_name_the_build_and_what_is_allowed() {
         "state 33 is not on the ladder (0, 5, ..., 100 (steps of 5))"
     );
     assert_eq!(
-        w.refused(Action::Init { restart: true }),
+        w.refused(Action::Init { restart: false }),
         "rhel8-web is at 30 (monitoring setup, pending); cannot init; \
          allowed now: start 30, complete 30, fail 30, set (with a reason), cancel, restart"
+    );
+    // A new commit mid-run: when its run starts, said plainly.
+    assert_eq!(
+        w.refused(Action::Init { restart: true }),
+        "rhel8-web is at 30 (monitoring setup, pending); run 1 is under way, so init with \
+         restart starts no new run: that happens once this run is delivered or cancelled \
+         (run the job again then, or cancel the build to start over now)"
     );
     assert!(
         w.refused(Action::Set {
