@@ -57,10 +57,7 @@ fn bad_requests(w: World) {
         .check()
         .stdin(json!({"source": w.source(), "version": {"serial": "2"}}))
         .fails();
-    assert!(
-        err.contains("version: missing field `revision`"),
-        "{err}"
-    );
+    assert!(err.contains("version: missing field `revision`"), "{err}");
     let err = w
         .get_with(&json!({"revision": "1"}), json!({"skip_download": true}))
         .fails();
