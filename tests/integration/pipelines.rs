@@ -662,7 +662,28 @@ fn assert_retries_waited(doc: &Value) {
 }
 
 fn kickstart_fails_twice_then_succeeds(w: World) {
-    let r = staged(&w, Release::V8_2);
+    kickstart_fails_twice(&w, Release::V8_2);
+}
+
+/// The same on Concourse 7 with the 7.x variant: its `on_failure` hook
+/// records the failure without any BUILD_STATUS.
+fn kickstart_fails_twice_on_concourse_7(w: World) {
+    kickstart_fails_twice(&w, Release::V7);
+    let fail = w.doc()["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "fail")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        fail["error"]["message"],
+        "packer: ssh timeout waiting for kickstart"
+    );
+}
+
+fn kickstart_fails_twice(w: &World, release: Release) {
+    let r = staged(w, release);
     r.script(
         "packer-kickstart",
         &[
@@ -1052,6 +1073,7 @@ crate::both_stores!(
     happy_path_to_delivered,
     happy_path_on_concourse_7,
     kickstart_fails_twice_then_succeeds,
+    kickstart_fails_twice_on_concourse_7,
     blocked_until_a_human_retries,
     persistent_failure_blocks_at_once,
     an_aborted_build_blocks_its_stage,
