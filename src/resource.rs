@@ -31,13 +31,17 @@ async fn open(config: &Config) -> Result<AnyStore> {
         .map_err(|e| anyhow!("{}: {e}", config.build_id))
 }
 
-/// The version of a document (the ETag only for the live revision).
-pub fn version_of(doc: &Document, etag: Option<&str>) -> Version {
+/// The version of the document as of one revision. Concourse identifies a
+/// version by its whole JSON, so a revision is always emitted the same way
+/// (by check, as the newest or as an intermediate revision, and by put): its
+/// ETag is the one the document had when that revision was written, computed
+/// from the revision itself, and it lets an unchanged check cost one 304.
+pub fn version_of(doc: &Document) -> Version {
     Version {
         revision: doc.revision.to_string(),
         state: Some(doc.state.to_string()),
         status: Some(doc.status.to_string()),
-        etag: etag.map(str::to_string),
+        etag: Some(doc.etag()),
     }
 }
 
@@ -74,7 +78,7 @@ pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
         Read::Found(c) => c,
     };
     let doc = &current.doc;
-    let newest = version_of(doc, Some(&current.etag));
+    let newest = version_of(doc);
     if let Some(gate) = config.gate {
         if gate.gate_passes(doc, crate::now()) {
             return Ok(vec![newest]);
@@ -104,12 +108,10 @@ pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
         if e.revision == doc.revision {
             out.push(newest.clone());
         } else {
-            out.push(Version {
-                revision: e.revision.to_string(),
-                state: Some(e.state.to_string()),
-                status: Some(e.status.to_string()),
-                etag: None,
-            });
+            let then = doc
+                .at_revision(e.revision, &config.ladder)
+                .expect("a revision of the history");
+            out.push(version_of(&then));
         }
     }
     Ok(out)
@@ -548,7 +550,7 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
         );
     }
     Ok(Response {
-        version: version_of(doc, applied.etag.as_deref()),
+        version: version_of(doc),
         metadata: metadata(doc),
     })
 }

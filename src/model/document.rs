@@ -474,6 +474,17 @@ impl Document {
         out.push(b'\n');
         out
     }
+
+    /// The ETag of this document as build-state stores it: the MD5 of its
+    /// bytes, quoted, as S3 (without SSE-KMS) and the local store give it.
+    /// A pure function of the revision: the same whether the revision is
+    /// the newest or rebuilt from a later history (see `at_revision`).
+    pub fn etag(&self) -> String {
+        use md5::{Digest, Md5};
+        let digest = Md5::digest(self.to_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"{hex}\"")
+    }
 }
 
 fn describe_mismatch(stored: &Summary, folded: &Summary) -> String {

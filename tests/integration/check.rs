@@ -28,15 +28,22 @@ fn lists_revisions_of_the_current_run(w: World) {
         (v["state"].as_str(), v["status"].as_str()),
         (Some("5"), Some("in_progress"))
     );
-    assert!(v["etag"].is_string(), "the newest carries its ETag");
+    assert!(
+        v["etag"].is_string(),
+        "a version carries its revision's ETag"
+    );
     // From a given version: it first (verbatim), then every later one.
     let from = json!({"revision": "1", "state": "0", "status": "pending"});
     let list = w.check_from(&from).ok();
     assert_eq!(revisions(&list), ["1", "2", "3"]);
     assert_eq!(list[0], from);
     assert_eq!(
-        list[1],
-        json!({"revision": "2", "state": "5", "status": "pending"})
+        (
+            list[1]["revision"].as_str(),
+            list[1]["state"].as_str(),
+            list[1]["status"].as_str()
+        ),
+        (Some("2"), Some("5"), Some("pending"))
     );
     assert_eq!(list[2], out["version"]);
     // Unchanged since the given version: exactly it again, from a
@@ -64,6 +71,45 @@ fn lists_revisions_of_the_current_run(w: World) {
     w.put(json!({"restart": true})).ok();
     assert_eq!(revisions(&w.check_from(&from).ok()), ["4"]);
     assert_eq!(revisions(&w.check_from(v).ok()), ["4"]);
+}
+
+/// Concourse identifies a version by its whole JSON: a revision is always
+/// emitted the same, by every put and every check (as the newest or as an
+/// intermediate revision, from any starting version), and `in` (the
+/// implicit get) answers with it unchanged.
+fn one_identity_per_revision(w: World) {
+    let seen: std::cell::RefCell<std::collections::BTreeMap<String, Value>> = Default::default();
+    let note = |v: &Value, how: &str| {
+        let rev = v["revision"].as_str().unwrap().to_string();
+        let mut seen = seen.borrow_mut();
+        let first = seen.entry(rev.clone()).or_insert_with(|| v.clone());
+        assert_eq!(first, v, "revision {rev} emitted differently by {how}");
+    };
+    let puts = [
+        json!({"init": true}),
+        json!({"complete": 0}),
+        json!({"start": 5}),
+        json!({"fail": 5, "error": "boom"}),
+        json!({"start": 5}),
+        json!({"complete": 5}),
+    ];
+    for p in puts {
+        let out = w.put(p).ok();
+        note(&out["version"], "put");
+        // The implicit get of the put's version.
+        let got = w.get(&out["version"]).ok();
+        note(&got["version"], "in");
+        for v in w.check().ok().as_array().unwrap() {
+            note(v, "check");
+        }
+    }
+    let all: Vec<Value> = seen.borrow().values().cloned().collect();
+    for from in &all {
+        for v in w.check_from(from).ok().as_array().unwrap() {
+            note(v, "check from an older version");
+        }
+    }
+    assert_eq!(seen.borrow().len(), 6);
 }
 
 fn gate_waits_for_the_backoff(w: World) {
@@ -148,6 +194,7 @@ fn min_state_gate(w: World) {
 
 crate::both_stores!(
     lists_revisions_of_the_current_run,
+    one_identity_per_revision,
     gate_waits_for_the_backoff,
     min_state_gate
 );
