@@ -234,6 +234,87 @@ pub struct OutParams {
     pub note: Option<String>,
 }
 
+/// The one action a put names, parsed once from its params: adding an
+/// action is a variant here, and the compiler finds every place that must
+/// handle it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutAction {
+    /// `init: true`, with `restart: true` to start a new run after a
+    /// delivered or cancelled one.
+    Init {
+        restart: bool,
+    },
+    /// `restart: true` alone.
+    Restart,
+    Start(u32),
+    Complete(u32),
+    Fail(u32),
+    /// `finish: N`: complete or fail by `BUILD_STATUS`.
+    Finish(u32),
+    Retry(u32),
+    Set(u32),
+    /// `cancel: REASON`.
+    Cancel(String),
+    /// `file: PATH`: a whole document that extends the stored one.
+    File(String),
+}
+
+/// Every action a put may name, for messages.
+pub const PUT_ACTIONS: &str =
+    "init, start, complete, fail, finish, retry, set, cancel, restart or file";
+
+impl PutAction {
+    /// The param that names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PutAction::Init { .. } => "init",
+            PutAction::Restart => "restart",
+            PutAction::Start(_) => "start",
+            PutAction::Complete(_) => "complete",
+            PutAction::Fail(_) => "fail",
+            PutAction::Finish(_) => "finish",
+            PutAction::Retry(_) => "retry",
+            PutAction::Set(_) => "set",
+            PutAction::Cancel(_) => "cancel",
+            PutAction::File(_) => "file",
+        }
+    }
+
+    /// The put's action: exactly one must be given.
+    pub fn of(p: &OutParams) -> Result<PutAction, String> {
+        let restart = p.restart == Some(true);
+        let code = |c: &Option<CodeParam>| c.as_ref().map(|c| c.0);
+        let given: Vec<PutAction> = [
+            (p.init == Some(true)).then_some(PutAction::Init { restart }),
+            (restart && p.init != Some(true)).then_some(PutAction::Restart),
+            code(&p.start).map(PutAction::Start),
+            code(&p.complete).map(PutAction::Complete),
+            code(&p.fail).map(PutAction::Fail),
+            code(&p.finish).map(PutAction::Finish),
+            code(&p.retry).map(PutAction::Retry),
+            code(&p.set).map(PutAction::Set),
+            p.cancel.clone().map(PutAction::Cancel),
+            p.file.clone().map(PutAction::File),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match given.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(format!(
+                "params: no action given; a put takes exactly one of {PUT_ACTIONS}"
+            )),
+            many => Err(format!(
+                "params: {} given; a put takes exactly one action ({PUT_ACTIONS})",
+                many.iter()
+                    .map(PutAction::name)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutRequest {

@@ -8,8 +8,8 @@ use crate::model::{
     document::rfc3339, extend,
 };
 use crate::protocol::{
-    BuildEnv, CheckRequest, InRequest, MetadataField, OutParams, OutRequest, Response, Source,
-    Version, parse,
+    BuildEnv, CheckRequest, InRequest, MetadataField, OutParams, OutRequest, PutAction, Response,
+    Source, Version, parse,
 };
 use crate::store::AnyStore;
 use anyhow::{Context, Result, anyhow, bail};
@@ -317,65 +317,31 @@ fn put_request(
     env: &BuildEnv,
     sources: &Path,
 ) -> Result<PutRequest, String> {
-    let mut given: Vec<&str> = Vec::new();
-    let named = [
-        ("init", p.init == Some(true)),
-        ("start", p.start.is_some()),
-        ("complete", p.complete.is_some()),
-        ("fail", p.fail.is_some()),
-        ("finish", p.finish.is_some()),
-        ("retry", p.retry.is_some()),
-        ("set", p.set.is_some()),
-        ("cancel", p.cancel.is_some()),
-        ("file", p.file.is_some()),
-        ("restart", p.restart == Some(true) && p.init != Some(true)),
-    ];
-    for (name, present) in named {
-        if present {
-            given.push(name);
-        }
-    }
-    let one_of = "init, start, complete, fail, finish, retry, set, cancel, restart or file";
-    match given.len() {
-        0 => {
-            return Err(format!(
-                "params: no action given; a put takes exactly one of {one_of}"
-            ));
-        }
-        1 => {}
-        _ => {
-            return Err(format!(
-                "params: {} given; a put takes exactly one action ({one_of})",
-                given.join(" and ")
-            ));
-        }
-    }
-    let action = given[0];
-    let fails = matches!(action, "fail" | "finish");
-    for (field, present, belongs) in [
-        ("error", p.error.is_some(), fails),
-        ("error_file", p.error_file.is_some(), fails),
-        ("kind", p.kind.is_some(), fails),
-        ("status", p.status.is_some(), action == "set"),
-        ("reason", p.reason.is_some(), action == "set"),
+    let action = PutAction::of(p)?;
+    let name = action.name();
+    let fails = matches!(action, PutAction::Fail(_) | PutAction::Finish(_));
+    let sets = matches!(action, PutAction::Set(_));
+    for (field, present, belongs, with) in [
+        ("error", p.error.is_some(), fails, "fail or finish"),
+        (
+            "error_file",
+            p.error_file.is_some(),
+            fails,
+            "fail or finish",
+        ),
+        ("kind", p.kind.is_some(), fails, "fail or finish"),
+        ("status", p.status.is_some(), sets, "set"),
+        ("reason", p.reason.is_some(), sets, "set"),
     ] {
         if present && !belongs {
-            let with = if matches!(field, "status" | "reason") {
-                "set"
-            } else {
-                "fail or finish"
-            };
-            return Err(format!(
-                "params.{field} goes with {with}, not with {action}"
-            ));
+            return Err(format!("params.{field} goes with {with}, not with {name}"));
         }
     }
-    let code = |c: Option<crate::protocol::CodeParam>| {
-        let n = c.expect("the action's code is present").0;
+    let code = |n: u32| {
         config
             .ladder
             .check(n)
-            .map_err(|e| format!("params.{action}: {e}"))
+            .map_err(|e| format!("params.{name}: {e}"))
     };
     let failure = |n: u32, message: String, kind: Option<FailureKind>| Action::Fail {
         state: n,
@@ -385,19 +351,17 @@ fn put_request(
         },
     };
     Ok(PutRequest::Action(match action {
-        "init" => Action::Init {
-            restart: p.restart == Some(true),
-        },
-        "restart" => Action::Restart,
-        "start" => Action::Start(code(p.start)?),
-        "complete" => Action::Complete(code(p.complete)?),
-        "retry" => Action::Retry(code(p.retry)?),
-        "fail" => {
-            let n = code(p.fail)?;
+        PutAction::Init { restart } => Action::Init { restart },
+        PutAction::Restart => Action::Restart,
+        PutAction::Start(n) => Action::Start(code(n)?),
+        PutAction::Complete(n) => Action::Complete(code(n)?),
+        PutAction::Retry(n) => Action::Retry(code(n)?),
+        PutAction::Fail(n) => {
+            let n = code(n)?;
             failure(n, error_message(p, sources, None)?, parse_kind(p)?)
         }
-        "finish" => {
-            let n = code(p.finish)?;
+        PutAction::Finish(n) => {
+            let n = code(n)?;
             let who = env.actor().describe();
             // Concourse gives succeeded/failed/errored/aborted; its docs spell
             // the first two success/failure.
@@ -425,8 +389,8 @@ fn put_request(
                 }
             }
         }
-        "set" => {
-            let n = code(p.set)?;
+        PutAction::Set(n) => {
+            let n = code(n)?;
             let status = match p.status.as_deref().map(str::trim) {
                 None => Status::Pending,
                 Some(s) => Status::parse(s).ok_or_else(|| {
@@ -446,8 +410,8 @@ fn put_request(
                 reason: reason.to_string(),
             }
         }
-        "cancel" => {
-            let reason = p.cancel.as_deref().map(str::trim).unwrap_or_default();
+        PutAction::Cancel(reason) => {
+            let reason = reason.trim();
             if reason.is_empty() {
                 return Err(
                     "params.cancel takes the reason: cancel: \"superseded by rhel8-web-2\""
@@ -458,14 +422,12 @@ fn put_request(
                 reason: reason.to_string(),
             }
         }
-        "file" => {
-            let path = p.file.as_deref().expect("file is present");
-            let body = read_param_file(sources, "file", path).map_err(|(_, e)| e)?;
+        PutAction::File(path) => {
+            let body = read_param_file(sources, "file", &path).map_err(|(_, e)| e)?;
             let doc: Document = serde_json::from_slice(&body)
                 .map_err(|e| format!("params.file: {path} is not a state document: {e}"))?;
             return Ok(PutRequest::File(doc));
         }
-        other => unreachable!("unknown action {other}"),
     }))
 }
 
