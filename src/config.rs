@@ -312,6 +312,16 @@ impl Config {
     }
 
     /// `<prefix><build_id>/state.json`.
+    /// The transition rules this configuration sets.
+    pub fn rules(&self) -> crate::model::Rules<'_> {
+        crate::model::Rules {
+            build_id: &self.build_id,
+            ladder: &self.ladder,
+            retry: &self.retry,
+            labels: &self.labels,
+        }
+    }
+
     pub fn state_key(&self) -> String {
         format!("{}{}/state.json", self.prefix(), self.build_id)
     }

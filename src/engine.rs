@@ -315,3 +315,286 @@ impl<'a, S: Store> Builds<'a, S> {
             .map_err(|e| self.error(&key, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{Change, ManualClock, record};
+    use crate::model::{Action, Actor, ErrorInfo, FailureKind, Status, Update};
+    use crate::store::memory::{Fault, FaultyStore, MemoryStore, Op};
+
+    fn config() -> Config {
+        let source: crate::protocol::Source =
+            serde_json::from_str(r#"{"local_dir": "/nowhere", "build_id": "rhel8-web"}"#)
+                .unwrap();
+        Config::from_source(&source).unwrap()
+    }
+
+    fn clock() -> ManualClock {
+        ManualClock::at("2026-12-01T10:00:00Z".parse().unwrap())
+    }
+
+    fn by(job: &str) -> Actor {
+        Actor {
+            job: Some(job.to_string()),
+            build_id: Some(job.to_string()),
+            ..Actor::default()
+        }
+    }
+
+    fn change(action: Action, job: &str) -> Change {
+        Change::Apply(Update::new(action, by(job), crate::now()))
+    }
+
+    fn fail(n: u32, message: &str) -> Action {
+        Action::Fail {
+            state: n,
+            error: ErrorInfo {
+                kind: FailureKind::Transient,
+                message: message.to_string(),
+            },
+        }
+    }
+
+    async fn doc(store: &impl Store, c: &Config) -> Document {
+        Builds::new(c, store).current().await.unwrap().unwrap().doc
+    }
+
+    /// A store with the build at 5 pending (revision 2).
+    async fn started(c: &Config, clock: &ManualClock) -> FaultyStore {
+        let store = FaultyStore::new(MemoryStore::new());
+        record(c, &store, clock, change(Action::Init { restart: false }, "a"))
+            .await
+            .unwrap();
+        record(c, &store, clock, change(Action::Complete(0), "a"))
+            .await
+            .unwrap();
+        store
+    }
+
+    /// The bytes the document would have after `action` by another writer.
+    async fn after(c: &Config, store: &FaultyStore, action: Action) -> Vec<u8> {
+        let cur = doc(store, c).await;
+        let u = Update::new(action, by("other"), crate::now());
+        match crate::model::apply(Some(&cur), &u, &c.rules()).unwrap() {
+            Outcome::Write(d) => d.to_bytes(),
+            _ => panic!("the other writer's action changes nothing"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_rereads_and_applies_once() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        let other = after(&c, &store, Action::Start(5)).await;
+        let key = c.state_key();
+        // Another writer starts stage 5 just before our write.
+        store.on(
+            Op::Put,
+            3,
+            Fault::Interleave(Box::new(move |m: &MemoryStore| m.set(&key, other))),
+        );
+        let applied = record(&c, &store, &clock, change(fail(5, "boom"), "b"))
+            .await
+            .unwrap();
+        assert!(applied.written);
+        let d = doc(&store, &c).await;
+        let actions: Vec<String> = d.history.iter().map(|e| e.action.to_string()).collect();
+        assert_eq!(actions, ["init", "complete", "start", "fail"]);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(store.calls(Op::Put), 4, "init, complete, the conflict, the retry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_is_judged_by_the_stored_history() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        store.on(Op::Put, 3, Fault::ApplyThenLose);
+        let applied = record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap();
+        assert!(applied.written);
+        assert_eq!(applied.etag.as_deref(), Some(doc(&store, &c).await.etag().as_str()));
+        let d = doc(&store, &c).await;
+        assert_eq!(d.revision, 3, "applied once, not twice");
+        assert_eq!(store.calls(Op::Put), 3, "not sent again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_then_another_write_is_still_ours() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        store.on(Op::Put, 3, Fault::ApplyThenLose);
+        // Between our lost write and our re-read, another writer fails the
+        // stage we started.
+        let key = c.state_key();
+        let rules_config = c.clone();
+        store.on(
+            Op::Get,
+            4,
+            Fault::Interleave(Box::new(move |m: &MemoryStore| {
+                let cur: Document = serde_json::from_slice(&m.body(&key).unwrap()).unwrap();
+                let u = Update::new(fail(5, "other"), by("other"), crate::now());
+                if let Outcome::Write(d) =
+                    crate::model::apply(Some(&cur), &u, &rules_config.rules()).unwrap()
+                {
+                    m.set(&key, d.to_bytes());
+                }
+            })),
+        );
+        let applied = record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap();
+        assert!(applied.written);
+        assert_eq!(applied.etag, None, "no longer the live revision");
+        assert_eq!(applied.doc.revision, 3);
+        let d = doc(&store, &c).await;
+        let actions: Vec<String> = d.history.iter().map(|e| e.action.to_string()).collect();
+        assert_eq!(actions, ["init", "complete", "start", "fail"], "our start once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_write_that_did_not_land_is_sent_again() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        store.on(
+            Op::Put,
+            3,
+            Fault::Fail(StoreError::Uncertain("timed out".into())),
+        );
+        record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap();
+        assert_eq!(doc(&store, &c).await.revision, 3);
+        assert_eq!(store.calls(Op::Put), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endless_contention_gives_up_saying_what_happened() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        // Before each of our writes, another writer adds a note (a set).
+        for n in 3..3 + MAX_ATTEMPTS as usize {
+            let key = c.state_key();
+            let rules_config = c.clone();
+            store.on(
+                Op::Put,
+                n,
+                Fault::Interleave(Box::new(move |m: &MemoryStore| {
+                    let cur: Document =
+                        serde_json::from_slice(&m.body(&key).unwrap()).unwrap();
+                    let u = Update::new(
+                        Action::Set {
+                            state: 5,
+                            status: Status::Pending,
+                            reason: format!("other {n}"),
+                        },
+                        by(&format!("other-{n}")),
+                        crate::now(),
+                    );
+                    if let Outcome::Write(d) =
+                        crate::model::apply(Some(&cur), &u, &rules_config.rules()).unwrap()
+                    {
+                        m.set(&key, d.to_bytes());
+                    }
+                })),
+            );
+        }
+        let err = record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err.kind, ErrorKind::Contended(MAX_ATTEMPTS)), "{err}");
+        assert!(
+            err.to_string().contains(
+                "gave up after 40 attempts: each time, another write had changed the document"
+            ),
+            "{err}"
+        );
+        let d = doc(&store, &c).await;
+        assert!(d.history.iter().all(|e| e.action.to_string() != "start"), "nothing of ours");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_after_a_conflict_is_a_real_one() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        let other = after(&c, &store, Action::Complete(5)).await;
+        let key = c.state_key();
+        store.on(
+            Op::Put,
+            3,
+            Fault::Interleave(Box::new(move |m: &MemoryStore| m.set(&key, other))),
+        );
+        let err = record(&c, &store, &clock, change(Action::Complete(5), "b"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err.kind, ErrorKind::Refused(_)), "{err}");
+        assert!(err.to_string().contains("cannot complete 5"), "{err}");
+        assert_eq!(doc(&store, &c).await.revision, 3, "the other write only");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_refuses_the_condition_is_not_retried() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        store.on(
+            Op::Put,
+            3,
+            Fault::Fail(StoreError::ConditionRefused("412 to the current ETag".into())),
+        );
+        let err = record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot do compare-and-swap"), "{err}");
+        assert!(!err.to_string().contains("concurrent"), "{err}");
+        assert_eq!(store.calls(Op::Put), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_event_time_comes_from_the_clock() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        clock.advance(chrono::Duration::minutes(7));
+        record(&c, &store, &clock, change(fail(5, "boom"), "b"))
+            .await
+            .unwrap();
+        let d = doc(&store, &c).await;
+        let e = d.last_event();
+        assert_eq!(e.at.to_rfc3339(), "2026-12-01T10:07:00+00:00");
+        // Backoff 30s by default.
+        assert_eq!(
+            d.retry_at.unwrap().to_rfc3339(),
+            "2026-12-01T10:07:30+00:00"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_archives_the_run_once() {
+        let (c, clock) = (config(), clock());
+        let store = started(&c, &clock).await;
+        let run1 = doc(&store, &c).await;
+        // An archive left by a restart that lost its race: a prefix of run 1.
+        let prefix = run1.at_revision(1, &c.ladder).unwrap();
+        store.inner().set(&c.archive_key(1), prefix.to_bytes());
+        record(&c, &store, &clock, change(Action::Restart, "b"))
+            .await
+            .unwrap();
+        let archived: Document =
+            serde_json::from_slice(&store.inner().body(&c.archive_key(1)).unwrap()).unwrap();
+        assert_eq!(archived, run1, "the prefix was replaced by the whole run");
+        assert_eq!(doc(&store, &c).await.run, 2);
+        // An archive that is not this run's is never overwritten.
+        let run2 = doc(&store, &c).await;
+        let mut other = run2.clone();
+        other.history[0].note = Some("someone else's".into());
+        store.inner().set(&c.archive_key(2), other.to_bytes());
+        let err = record(&c, &store, &clock, change(Action::Restart, "c"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("an archive of run 2 already exists and differs"),
+            "{err}"
+        );
+        assert_eq!(doc(&store, &c).await, run2, "nothing written");
+    }
+}

@@ -10,6 +10,7 @@ pub fn now() -> model::Timestamp {
     chrono::Utc::now().trunc_subsecs(3)
 }
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -1,11 +1,11 @@
 //! The Concourse resource: `check`, `in` (get) and `out` (put), each a
 //! function from the request on stdin to the reply on stdout.
 
+use crate::app::{Change, SystemClock};
 use crate::config::{Config, parse_condition};
 use crate::engine::{Builds, ErrorKind, Read};
 use crate::model::{
-    Action, Document, ErrorInfo, FailureKind, NextStep, Rules, Status, Update, apply,
-    document::rfc3339, extend,
+    Action, Document, ErrorInfo, FailureKind, NextStep, Status, Update, document::rfc3339,
 };
 use crate::protocol::{
     BuildEnv, CheckRequest, InRequest, MetadataField, OutParams, OutRequest, PutAction, Response,
@@ -467,31 +467,16 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
         ));
     }
     let store = open(&config).await?;
-    let builds = Builds::new(&config, &store);
-    let rules = Rules {
-        build_id: &config.build_id,
-        ladder: &config.ladder,
-        retry: &config.retry,
-        labels: &config.labels,
-    };
-    let applied = match request {
-        PutRequest::File(doc) => {
-            builds
-                .update(|cur| extend(cur, doc.clone(), &rules))
-                .await?
-        }
+    let change = match request {
+        PutRequest::File(doc) => Change::File(doc),
         PutRequest::Action(action) => {
             let mut update = Update::new(action, env.actor(), crate::now());
             update.vars = vars;
             update.note = params.note.clone().filter(|n| !n.trim().is_empty());
-            builds
-                .update(|cur| {
-                    update.at = crate::now();
-                    apply(cur, &update, &rules)
-                })
-                .await?
+            Change::Apply(update)
         }
     };
+    let applied = crate::app::record(&config, &store, &SystemClock, change).await?;
     let doc = &applied.doc;
     if applied.written {
         let e = doc.last_event();

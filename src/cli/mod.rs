@@ -11,9 +11,7 @@ mod watch;
 
 use crate::config::Config;
 use crate::engine::{Builds, ErrorKind};
-use crate::model::{
-    Action, Actor, Document, ErrorInfo, FailureKind, Refusal, Rules, Status, Update, apply,
-};
+use crate::model::{Action, Actor, Document, ErrorInfo, FailureKind, Refusal, Status, Update};
 use crate::protocol::BuildEnv;
 use crate::store::{AnyStore, Store};
 use anyhow::{Context, Result, anyhow, bail};
@@ -552,23 +550,17 @@ async fn current(config: &Config, store: &AnyStore) -> Result<Document> {
 /// Applies one action with the resource's engine and prints the result.
 async fn act(config: &Config, action: Action, extras: &Extras, out: &Out) -> Result<()> {
     let store = open(config).await?;
-    let builds = Builds::new(config, &store);
-    let rules = Rules {
-        build_id: &config.build_id,
-        ladder: &config.ladder,
-        retry: &config.retry,
-        labels: &config.labels,
-    };
     let mut update = Update::new(action, actor(), crate::now());
     update.vars = read_vars(extras)?;
     update.note = extras.note.clone().filter(|n| !n.trim().is_empty());
     let described = update.action.describe();
-    let applied = builds
-        .update(|cur| {
-            update.at = crate::now();
-            apply(cur, &update, &rules)
-        })
-        .await?;
+    let applied = crate::app::record(
+        config,
+        &store,
+        &crate::app::SystemClock,
+        crate::app::Change::Apply(update),
+    )
+    .await?;
     out.applied(&described, &applied.doc, applied.written)
 }
 

@@ -2,6 +2,7 @@
 //! implemented for S3 and for a local directory.
 
 pub mod local;
+pub mod memory;
 pub mod s3;
 
 use crate::config::{Config, Storage};

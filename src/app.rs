@@ -1,0 +1,77 @@
+//! The application layer: one change to one build's document, under the
+//! source's policy, written by compare-and-swap. The resource's `out` and
+//! the CLI's actions both go through [`record`]; time comes from a
+//! [`Clock`], so that tests choose it.
+
+use crate::config::Config;
+use crate::engine::{Applied, Builds, Error};
+use crate::model::{Document, Timestamp, Update, apply, extend};
+use crate::store::Store;
+
+/// Where the time of an event comes from.
+pub trait Clock {
+    /// Now, at the precision a document stores (milliseconds).
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        crate::now()
+    }
+}
+
+/// A clock that shows what it is set to (for tests).
+pub struct ManualClock(pub std::sync::Mutex<Timestamp>);
+
+impl ManualClock {
+    /// A clock set to `at`.
+    pub fn at(at: Timestamp) -> ManualClock {
+        ManualClock(std::sync::Mutex::new(at))
+    }
+
+    /// Moves the clock on.
+    pub fn advance(&self, by: chrono::Duration) {
+        let mut t = self.0.lock().unwrap();
+        *t += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// What a put or a CLI action asks for.
+pub enum Change {
+    /// One action of the model (its time is set from the clock at each
+    /// attempt of the compare-and-swap).
+    Apply(Update),
+    /// A whole document that must extend the stored one (`file:`).
+    File(Document),
+}
+
+/// Applies `change` to the configured build's document by compare-and-swap.
+pub async fn record<S: Store>(
+    config: &Config,
+    store: &S,
+    clock: &dyn Clock,
+    change: Change,
+) -> Result<Applied, Error> {
+    let builds = Builds::new(config, store);
+    let rules = config.rules();
+    match change {
+        Change::File(doc) => builds.update(|cur| extend(cur, doc.clone(), &rules)).await,
+        Change::Apply(mut update) => {
+            builds
+                .update(|cur| {
+                    update.at = clock.now();
+                    apply(cur, &update, &rules)
+                })
+                .await
+        }
+    }
+}

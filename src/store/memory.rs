@@ -1,0 +1,221 @@
+//! Stores for tests: [`MemoryStore`] keeps objects in memory with the same
+//! conditional semantics as S3 (ETag = quoted MD5 of the body), and
+//! [`FaultyStore`] wraps any store to inject faults on demand: an error on
+//! the nth call, a write applied and then reported lost (the ambiguous
+//! write), or another writer's change slipped in just before a write (a
+//! real conflict). In the style of mountpoint-s3's mock client.
+
+use super::{Fetched, Precondition, Store, StoreError};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+/// Objects in memory, with S3's conditional semantics.
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+/// The ETag S3 gives a body: its MD5, quoted.
+pub fn etag_of(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    let hex: String = Md5::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{hex}\"")
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// The body stored under `key`, if any.
+    pub fn body(&self, key: &str) -> Option<Vec<u8>> {
+        self.objects.lock().unwrap().get(key).cloned()
+    }
+
+    /// Writes `key` unconditionally (a hand edit, another tool).
+    pub fn set(&self, key: &str, body: Vec<u8>) {
+        self.objects.lock().unwrap().insert(key.to_string(), body);
+    }
+}
+
+impl Store for MemoryStore {
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
+        let objects = self.objects.lock().unwrap();
+        Ok(match objects.get(key) {
+            None => Fetched::Absent,
+            Some(body) => {
+                let etag = etag_of(body);
+                if if_none_match.is_some_and(|e| super::s3::same_etag(e, &etag)) {
+                    Fetched::Unchanged
+                } else {
+                    Fetched::Found {
+                        body: body.clone(),
+                        etag,
+                    }
+                }
+            }
+        })
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError> {
+        let mut objects = self.objects.lock().unwrap();
+        let holds = match (when, objects.get(key)) {
+            (Precondition::Absent, None) => true,
+            (Precondition::Matches(e), Some(b)) => super::s3::same_etag(e, &etag_of(b)),
+            _ => false,
+        };
+        if !holds {
+            return Err(StoreError::Conflict);
+        }
+        let etag = etag_of(&body);
+        objects.insert(key.to_string(), body);
+        Ok(etag)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// A store operation, for counting and for aiming faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    Get,
+    Put,
+    List,
+    Delete,
+}
+
+/// What to do to one call.
+pub enum Fault {
+    /// Fail without touching the store.
+    Fail(StoreError),
+    /// Apply a write, then report it lost ([`StoreError::Uncertain`]).
+    ApplyThenLose,
+    /// Before the call, let another writer change the store (a closure
+    /// given the inner store), so that a write conflicts for real.
+    Interleave(Box<dyn FnOnce(&MemoryStore) + Send>),
+}
+
+/// Wraps a [`MemoryStore`]; faults are queued per operation and fire on
+/// the calls they are aimed at (the nth call of that operation, 1-based).
+pub struct FaultyStore {
+    inner: MemoryStore,
+    faults: Mutex<BTreeMap<Op, VecDeque<(usize, Fault)>>>,
+    calls: Mutex<BTreeMap<Op, usize>>,
+}
+
+impl FaultyStore {
+    /// Wraps `inner` with no fault yet.
+    pub fn new(inner: MemoryStore) -> FaultyStore {
+        FaultyStore {
+            inner,
+            faults: Mutex::default(),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// Aims `fault` at the `nth` call of `op` (1-based, counted from the
+    /// store's creation).
+    pub fn on(&self, op: Op, nth: usize, fault: Fault) -> &Self {
+        self.faults
+            .lock()
+            .unwrap()
+            .entry(op)
+            .or_default()
+            .push_back((nth, fault));
+        self
+    }
+
+    /// Calls of `op` so far.
+    pub fn calls(&self, op: Op) -> usize {
+        self.calls.lock().unwrap().get(&op).copied().unwrap_or(0)
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
+    /// Counts the call; returns the fault aimed at it, if any.
+    fn next(&self, op: Op) -> Option<Fault> {
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            let c = calls.entry(op).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let mut faults = self.faults.lock().unwrap();
+        let queue = faults.get_mut(&op)?;
+        let at = queue.iter().position(|(nth, _)| *nth == n)?;
+        queue.remove(at).map(|(_, f)| f)
+    }
+}
+
+impl Store for FaultyStore {
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
+        match self.next(Op::Get) {
+            Some(Fault::Fail(e)) => return Err(e),
+            Some(Fault::Interleave(f)) => f(&self.inner),
+            Some(Fault::ApplyThenLose) | None => {}
+        }
+        self.inner.get(key, if_none_match).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError> {
+        match self.next(Op::Put) {
+            Some(Fault::Fail(e)) => Err(e),
+            Some(Fault::Interleave(f)) => {
+                f(&self.inner);
+                self.inner.put(key, body, when).await
+            }
+            Some(Fault::ApplyThenLose) => {
+                self.inner.put(key, body, when).await?;
+                Err(StoreError::Uncertain(
+                    "connection closed before the answer".into(),
+                ))
+            }
+            None => self.inner.put(key, body, when).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self.next(Op::List) {
+            Some(Fault::Fail(e)) => Err(e),
+            _ => self.inner.list(prefix).await,
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.next(Op::Delete) {
+            Some(Fault::Fail(e)) => Err(e),
+            _ => self.inner.delete(key).await,
+        }
+    }
+}
