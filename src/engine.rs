@@ -325,8 +325,7 @@ mod tests {
 
     fn config() -> Config {
         let source: crate::protocol::Source =
-            serde_json::from_str(r#"{"local_dir": "/nowhere", "build_id": "rhel8-web"}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"local_dir": "/nowhere", "build_id": "rhel8-web"}"#).unwrap();
         Config::from_source(&source).unwrap()
     }
 
@@ -363,9 +362,14 @@ mod tests {
     /// A store with the build at 5 pending (revision 2).
     async fn started(c: &Config, clock: &ManualClock) -> FaultyStore {
         let store = FaultyStore::new(MemoryStore::new());
-        record(c, &store, clock, change(Action::Init { restart: false }, "a"))
-            .await
-            .unwrap();
+        record(
+            c,
+            &store,
+            clock,
+            change(Action::Init { restart: false }, "a"),
+        )
+        .await
+        .unwrap();
         record(c, &store, clock, change(Action::Complete(0), "a"))
             .await
             .unwrap();
@@ -402,7 +406,11 @@ mod tests {
         let actions: Vec<String> = d.history.iter().map(|e| e.action.to_string()).collect();
         assert_eq!(actions, ["init", "complete", "start", "fail"]);
         assert_eq!(d.attempts, 1);
-        assert_eq!(store.calls(Op::Put), 4, "init, complete, the conflict, the retry");
+        assert_eq!(
+            store.calls(Op::Put),
+            4,
+            "init, complete, the conflict, the retry"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -414,7 +422,10 @@ mod tests {
             .await
             .unwrap();
         assert!(applied.written);
-        assert_eq!(applied.etag.as_deref(), Some(doc(&store, &c).await.etag().as_str()));
+        assert_eq!(
+            applied.etag.as_deref(),
+            Some(doc(&store, &c).await.etag().as_str())
+        );
         let d = doc(&store, &c).await;
         assert_eq!(d.revision, 3, "applied once, not twice");
         assert_eq!(store.calls(Op::Put), 3, "not sent again");
@@ -450,7 +461,11 @@ mod tests {
         assert_eq!(applied.doc.revision, 3);
         let d = doc(&store, &c).await;
         let actions: Vec<String> = d.history.iter().map(|e| e.action.to_string()).collect();
-        assert_eq!(actions, ["init", "complete", "start", "fail"], "our start once");
+        assert_eq!(
+            actions,
+            ["init", "complete", "start", "fail"],
+            "our start once"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -481,8 +496,7 @@ mod tests {
                 Op::Put,
                 n,
                 Fault::Interleave(Box::new(move |m: &MemoryStore| {
-                    let cur: Document =
-                        serde_json::from_slice(&m.body(&key).unwrap()).unwrap();
+                    let cur: Document = serde_json::from_slice(&m.body(&key).unwrap()).unwrap();
                     let u = Update::new(
                         Action::Set {
                             state: 5,
@@ -503,7 +517,10 @@ mod tests {
         let err = record(&c, &store, &clock, change(Action::Start(5), "b"))
             .await
             .unwrap_err();
-        assert!(matches!(err.kind, ErrorKind::Contended(MAX_ATTEMPTS)), "{err}");
+        assert!(
+            matches!(err.kind, ErrorKind::Contended(MAX_ATTEMPTS)),
+            "{err}"
+        );
         assert!(
             err.to_string().contains(
                 "gave up after 40 attempts: each time, another write had changed the document"
@@ -511,7 +528,10 @@ mod tests {
             "{err}"
         );
         let d = doc(&store, &c).await;
-        assert!(d.history.iter().all(|e| e.action.to_string() != "start"), "nothing of ours");
+        assert!(
+            d.history.iter().all(|e| e.action.to_string() != "start"),
+            "nothing of ours"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -540,12 +560,17 @@ mod tests {
         store.on(
             Op::Put,
             3,
-            Fault::Fail(StoreError::ConditionRefused("412 to the current ETag".into())),
+            Fault::Fail(StoreError::ConditionRefused(
+                "412 to the current ETag".into(),
+            )),
         );
         let err = record(&c, &store, &clock, change(Action::Start(5), "b"))
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("cannot do compare-and-swap"), "{err}");
+        assert!(
+            err.to_string().contains("cannot do compare-and-swap"),
+            "{err}"
+        );
         assert!(!err.to_string().contains("concurrent"), "{err}");
         assert_eq!(store.calls(Op::Put), 3);
     }
@@ -592,7 +617,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.to_string().contains("an archive of run 2 already exists and differs"),
+            err.to_string()
+                .contains("an archive of run 2 already exists and differs"),
             "{err}"
         );
         assert_eq!(doc(&store, &c).await, run2, "nothing written");

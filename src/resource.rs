@@ -1,7 +1,7 @@
 //! The Concourse resource: `check`, `in` (get) and `out` (put), each a
 //! function from the request on stdin to the reply on stdout.
 
-use crate::app::{Change, SystemClock};
+use crate::app::{Change, Clock, SystemClock};
 use crate::config::{Config, parse_condition};
 use crate::engine::{Builds, ErrorKind, Read};
 use crate::model::{
@@ -11,7 +11,7 @@ use crate::protocol::{
     BuildEnv, CheckRequest, InRequest, MetadataField, OutParams, OutRequest, PutAction, Response,
     Source, Version, parse,
 };
-use crate::store::AnyStore;
+use crate::store::{AnyStore, Store};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value};
 use std::fs;
@@ -59,10 +59,21 @@ fn parse_revision(v: &Version) -> Result<u64> {
 pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
     let req: CheckRequest = parse(input)?;
     let config = configure(&req.source)?;
-    let given_rev = req.version.as_ref().map(parse_revision).transpose()?;
+    req.version.as_ref().map(parse_revision).transpose()?;
     let store = open(&config).await?;
-    let builds = Builds::new(&config, &store);
-    let etag = req.version.as_ref().and_then(|v| v.etag.as_deref());
+    check_store(&config, &store, &SystemClock, req.version).await
+}
+
+/// `check` on a given store, at the clock's time.
+pub async fn check_store<S: Store>(
+    config: &Config,
+    store: &S,
+    clock: &dyn Clock,
+    version: Option<Version>,
+) -> Result<Vec<Version>> {
+    let given_rev = version.as_ref().map(parse_revision).transpose()?;
+    let builds = Builds::new(config, store);
+    let etag = version.as_ref().and_then(|v| v.etag.as_deref());
     let current = match builds.read(etag).await? {
         Read::Absent => return Ok(vec![]),
         // The given version was emitted for this very object: it still
@@ -71,16 +82,16 @@ pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
             eprintln!(
                 "build-state: {} unchanged since revision {}",
                 config.build_id,
-                req.version.as_ref().map_or("?", |v| v.revision.as_str())
+                version.as_ref().map_or("?", |v| v.revision.as_str())
             );
-            return Ok(req.version.into_iter().collect());
+            return Ok(version.into_iter().collect());
         }
         Read::Found(c) => c,
     };
     let doc = &current.doc;
     let newest = version_of(doc);
     if let Some(gate) = config.gate {
-        if gate.gate_passes(doc, crate::now()) {
+        if gate.gate_passes(doc, clock.now()) {
             return Ok(vec![newest]);
         }
         let wait = doc
@@ -94,7 +105,7 @@ pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
         );
         return Ok(vec![]);
     }
-    let (Some(given), Some(given_rev)) = (req.version, given_rev) else {
+    let (Some(given), Some(given_rev)) = (version, given_rev) else {
         return Ok(vec![newest]);
     };
     if given_rev > doc.revision {
@@ -194,7 +205,7 @@ pub fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)>
 pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
     let req: InRequest = parse(input)?;
     let config = configure(&req.source)?;
-    let revision = parse_revision(&req.version)?;
+    parse_revision(&req.version)?;
     let require = match req.params.as_ref().and_then(|p| p.require.as_ref()) {
         Some(r) => Some(
             parse_condition("require", r, &config.ladder)
@@ -203,7 +214,19 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
         None => None,
     };
     let store = open(&config).await?;
-    let builds = Builds::new(&config, &store);
+    get_store(&config, &store, req.version, require, dest).await
+}
+
+/// `in` on a given store.
+pub async fn get_store<S: Store>(
+    config: &Config,
+    store: &S,
+    version: Version,
+    require: Option<crate::model::Condition>,
+    dest: &Path,
+) -> Result<Response> {
+    let revision = parse_revision(&version)?;
+    let builds = Builds::new(config, store);
     let current = builds.current().await?;
     let doc = builds
         .at_revision(current.as_ref().map(|c| &c.doc), revision)
@@ -211,15 +234,15 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
     let differs = |given: &Option<String>, stored: String| {
         given.as_deref().is_some_and(|g| g.trim() != stored)
     };
-    if differs(&req.version.state, doc.state.to_string())
-        || differs(&req.version.status, doc.status.to_string())
+    if differs(&version.state, doc.state.to_string())
+        || differs(&version.status, doc.status.to_string())
     {
         bail!(builds.error(
             &config.state_key(),
             ErrorKind::Other(format!(
                 "version {{revision: {revision}, state: {}, status: {}}} does not match revision {revision} of this build ({}); it was not emitted for this source (is build_id or prefix different from the resource that emitted it?)",
-                req.version.state.as_deref().unwrap_or("-"),
-                req.version.status.as_deref().unwrap_or("-"),
+                version.state.as_deref().unwrap_or("-"),
+                version.status.as_deref().unwrap_or("-"),
                 doc.whereabouts()
             ))
         ));
@@ -248,7 +271,7 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
     );
     // Answer with exactly the version asked for (Concourse matches it).
     Ok(Response {
-        version: req.version,
+        version: version,
         metadata: metadata(&doc),
     })
 }
@@ -455,7 +478,6 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
     let req: OutRequest = parse(input)?;
     let config = configure(&req.source)?;
     let params = req.params.unwrap_or_default();
-    let key = config.state_key();
     let invalid = |m: String| anyhow!("{}: {m}", config.build_id);
     let request = put_request(&params, &config, env, sources).map_err(invalid)?;
     let failing = matches!(request, PutRequest::Action(Action::Fail { .. }));
@@ -466,7 +488,6 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
                 .into(),
         ));
     }
-    let store = open(&config).await?;
     let change = match request {
         PutRequest::File(doc) => Change::File(doc),
         PutRequest::Action(action) => {
@@ -476,7 +497,19 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
             Change::Apply(update)
         }
     };
-    let applied = crate::app::record(&config, &store, &SystemClock, change).await?;
+    let store = open(&config).await?;
+    put_store(&config, &store, &SystemClock, change).await
+}
+
+/// `out` on a given store, at the clock's time, once its params are read.
+pub async fn put_store<S: Store>(
+    config: &Config,
+    store: &S,
+    clock: &dyn Clock,
+    change: Change,
+) -> Result<Response> {
+    let key = config.state_key();
+    let applied = crate::app::record(config, store, clock, change).await?;
     let doc = &applied.doc;
     if applied.written {
         let e = doc.last_event();
@@ -500,4 +533,147 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
         version: version_of(doc),
         metadata: metadata(doc),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::ManualClock;
+    use crate::model::{Actor, FailureKind};
+    use crate::store::memory::{Fault, FaultyStore, MemoryStore, Op};
+
+    fn config(extra: &str) -> Config {
+        let source: Source = serde_json::from_str(&format!(
+            r#"{{"local_dir": "/nowhere", "build_id": "rhel8-web", "retry": {{"backoff": "5m"}}{extra}}}"#
+        ))
+        .unwrap();
+        Config::from_source(&source).unwrap()
+    }
+
+    fn clock() -> ManualClock {
+        ManualClock::at("2026-12-01T10:00:00Z".parse().unwrap())
+    }
+
+    fn action(a: Action) -> Change {
+        Change::Apply(Update::new(a, Actor::default(), crate::now()))
+    }
+
+    fn fail(n: u32) -> Action {
+        Action::Fail {
+            state: n,
+            error: ErrorInfo {
+                kind: FailureKind::Transient,
+                message: "boom".into(),
+            },
+        }
+    }
+
+    async fn at_5(c: &Config, store: &impl Store, clock: &ManualClock) {
+        put_store(c, store, clock, action(Action::Init { restart: false }))
+            .await
+            .unwrap();
+        put_store(c, store, clock, action(Action::Complete(0)))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_gate_opens_when_the_clock_reaches_retry_at() {
+        let c = config(r#", "gate": {"state": 5}"#);
+        let (store, clock) = (MemoryStore::new(), clock());
+        at_5(&c, &store, &clock).await;
+        let due = check_store(&c, &store, &clock, None).await.unwrap();
+        assert_eq!(due[0].revision, "2");
+        put_store(&c, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
+        assert!(
+            check_store(&c, &store, &clock, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "in progress"
+        );
+        put_store(&c, &store, &clock, action(fail(5)))
+            .await
+            .unwrap();
+        clock.advance(chrono::Duration::minutes(5) - chrono::Duration::milliseconds(1));
+        assert!(
+            check_store(&c, &store, &clock, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not yet"
+        );
+        clock.advance(chrono::Duration::milliseconds(1));
+        let due = check_store(&c, &store, &clock, None).await.unwrap();
+        assert_eq!(
+            (due[0].revision.as_str(), due[0].status.as_deref()),
+            ("4", Some("failed"))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_check_is_one_conditional_read() {
+        let c = config("");
+        let (store, clock) = (FaultyStore::new(MemoryStore::new()), clock());
+        at_5(&c, &store, &clock).await;
+        let newest = check_store(&c, &store, &clock, None).await.unwrap();
+        let gets = store.calls(Op::Get);
+        let again = check_store(&c, &store, &clock, newest.first().cloned())
+            .await
+            .unwrap();
+        assert_eq!(again, newest);
+        assert_eq!(store.calls(Op::Get), gets + 1);
+        // The version put answered is the one check emits (one identity).
+        let out = put_store(&c, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            check_store(&c, &store, &clock, None).await.unwrap(),
+            [out.version]
+        );
+    }
+
+    #[tokio::test]
+    async fn in_refuses_a_version_its_revision_does_not_hold() {
+        let c = config("");
+        let (store, clock) = (MemoryStore::new(), clock());
+        at_5(&c, &store, &clock).await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("got");
+        let wrong = Version {
+            revision: "2".into(),
+            state: Some("95".into()),
+            status: Some("completed".into()),
+            etag: None,
+        };
+        let err = get_store(&c, &store, wrong, None, &dest).await.unwrap_err();
+        assert!(
+            err.to_string().contains("does not match revision 2"),
+            "{err}"
+        );
+        assert!(!dest.exists(), "nothing written");
+        let right = Version {
+            revision: "2".into(),
+            state: Some("5".into()),
+            status: Some("pending".into()),
+            etag: None,
+        };
+        get_store(&c, &store, right, None, &dest).await.unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("action")).unwrap(), "run");
+    }
+
+    #[tokio::test]
+    async fn a_put_whose_answer_is_lost_lands_once() {
+        let c = config("");
+        let (store, clock) = (FaultyStore::new(MemoryStore::new()), clock());
+        at_5(&c, &store, &clock).await;
+        store.on(Op::Put, 3, Fault::ApplyThenLose);
+        let out = put_store(&c, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
+        assert_eq!(out.version.revision, "3");
+        assert_eq!(store.calls(Op::Put), 3);
+    }
 }
