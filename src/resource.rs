@@ -271,7 +271,7 @@ pub async fn get_store<S: Store>(
     );
     // Answer with exactly the version asked for (Concourse matches it).
     Ok(Response {
-        version: version,
+        version,
         metadata: metadata(&doc),
     })
 }
