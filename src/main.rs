@@ -6,8 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use build_state::protocol::BuildEnv;
+use anyhow::{Context, Result};
 use build_state::{cli, resource};
 
 fn main() -> ExitCode {
@@ -19,9 +18,9 @@ fn main() -> ExitCode {
         .unwrap_or_default()
         .to_string();
     let rest: Vec<_> = args.collect();
-    let result = match name.as_str() {
-        "check" | "in" | "out" => resource_main(&name, rest.first().map(PathBuf::from)),
-        _ => cli::main(std::iter::once(argv0).chain(rest)),
+    let result = match resource::Program::named(&name, rest.first().map(PathBuf::from)) {
+        Some(program) => program.and_then(resource_main),
+        None => cli::main(std::iter::once(argv0).chain(rest)),
     };
     match result {
         Ok(code) => code,
@@ -33,25 +32,12 @@ fn main() -> ExitCode {
 }
 
 /// Reads the request from stdin, runs the program, prints the JSON reply.
-fn resource_main(program: &str, dir: Option<PathBuf>) -> Result<ExitCode> {
+fn resource_main(program: resource::Program) -> Result<ExitCode> {
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)
         .context("reading the request from stdin")?;
-    let runtime = build_state::runtime()?;
-    let reply = runtime.block_on(async {
-        match (program, dir) {
-            ("check", _) => Ok(serde_json::to_vec(&resource::check(&input).await?)?),
-            ("in", Some(dest)) => Ok(serde_json::to_vec(&resource::get(&input, &dest).await?)?),
-            ("out", Some(src)) => Ok(serde_json::to_vec(
-                &resource::put(&input, &src, &BuildEnv::from_env()).await?,
-            )?),
-            (p, None) => {
-                bail!("usage: {p} DIRECTORY < request.json (Concourse passes the directory)")
-            }
-            _ => unreachable!(),
-        }
-    })?;
+    let reply = build_state::runtime()?.block_on(program.run(&input))?;
     let mut out = std::io::stdout().lock();
     out.write_all(&reply)
         .context("writing the reply to stdout")?;

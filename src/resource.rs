@@ -15,7 +15,7 @@ use crate::store::{AnyStore, Store};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Validates a source block; errors name the build when the source does.
 pub fn configure(source: &Source) -> Result<Config> {
@@ -29,6 +29,45 @@ async fn open(config: &Config) -> Result<AnyStore> {
     AnyStore::open(config)
         .await
         .map_err(|e| anyhow!("{}: {e}", config.build_id))
+}
+
+/// One of the resource's three programs, with its directory argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Program {
+    Check,
+    /// `in DEST`
+    In(PathBuf),
+    /// `out SOURCES`
+    Out(PathBuf),
+}
+
+impl Program {
+    /// The program a binary called `name` (argv[0]'s file name) is, with its
+    /// first argument; `None` when the name is not one of them.
+    pub fn named(name: &str, dir: Option<PathBuf>) -> Option<Result<Program>> {
+        let need = |dir: Option<PathBuf>| {
+            dir.ok_or_else(|| {
+                anyhow!("usage: {name} DIRECTORY < request.json (Concourse passes the directory)")
+            })
+        };
+        Some(match name {
+            "check" => Ok(Program::Check),
+            "in" => need(dir).map(Program::In),
+            "out" => need(dir).map(Program::Out),
+            _ => return None,
+        })
+    }
+
+    /// Runs the program on the request `input`; answers the JSON reply.
+    pub async fn run(&self, input: &[u8]) -> Result<Vec<u8>> {
+        Ok(match self {
+            Program::Check => serde_json::to_vec(&check(input).await?)?,
+            Program::In(dest) => serde_json::to_vec(&get(input, dest).await?)?,
+            Program::Out(sources) => {
+                serde_json::to_vec(&put(input, sources, &BuildEnv::from_env()).await?)?
+            }
+        })
+    }
 }
 
 /// The version of the document as of one revision. Concourse identifies a

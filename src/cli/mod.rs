@@ -276,9 +276,9 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Check => resource_cmd("check", None).await,
-        Command::In { dir } => resource_cmd("in", Some(dir)).await,
-        Command::Out { dir } => resource_cmd("out", Some(dir)).await,
+        Command::Check => resource_cmd(crate::resource::Program::Check).await,
+        Command::In { dir } => resource_cmd(crate::resource::Program::In(dir)).await,
+        Command::Out { dir } => resource_cmd(crate::resource::Program::Out(dir)).await,
         Command::States => {
             let config = src.config(None)?;
             states(&config, &out)
@@ -510,20 +510,13 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn resource_cmd(program: &str, dir: Option<PathBuf>) -> Result<()> {
+async fn resource_cmd(program: crate::resource::Program) -> Result<()> {
     use std::io::Read;
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)
         .context("reading the request from stdin")?;
-    let reply = match (program, dir) {
-        ("check", _) => serde_json::to_vec(&crate::resource::check(&input).await?)?,
-        ("in", Some(d)) => serde_json::to_vec(&crate::resource::get(&input, &d).await?)?,
-        (_, Some(d)) => {
-            serde_json::to_vec(&crate::resource::put(&input, &d, &BuildEnv::from_env()).await?)?
-        }
-        _ => unreachable!("clap requires the directory"),
-    };
+    let reply = program.run(&input).await?;
     println!("{}", String::from_utf8_lossy(&reply));
     Ok(())
 }
