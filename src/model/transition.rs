@@ -132,6 +132,41 @@ pub enum Refusal {
     Invalid(String),
 }
 
+/// The transition rules, written once: for each action on a stage, the
+/// statuses of that stage (the build's state) it is allowed from. `apply`
+/// refuses by this table and `allowed` lists from it.
+const STAGE_RULES: [(ActionKind, &[Status]); 4] = [
+    (
+        ActionKind::Start,
+        &[Status::Pending, Status::Failed, Status::InProgress],
+    ),
+    (
+        ActionKind::Complete,
+        &[Status::Pending, Status::InProgress, Status::Failed],
+    ),
+    (
+        ActionKind::Fail,
+        &[Status::Pending, Status::InProgress, Status::Failed],
+    ),
+    (
+        ActionKind::Retry,
+        &[Status::Failed, Status::Blocked, Status::InProgress],
+    ),
+];
+
+/// Whether the staged action `kind` is allowed from `status`.
+fn stage_allows(kind: ActionKind, status: Status) -> bool {
+    STAGE_RULES
+        .iter()
+        .any(|(k, from)| *k == kind && from.contains(&status))
+}
+
+/// Whether a run in `status` is over (delivered or cancelled): `init` with
+/// `restart` starts a new one, `cancel` has nothing left to cancel.
+fn run_is_over(status: Status) -> bool {
+    matches!(status, Status::Completed | Status::Cancelled)
+}
+
 /// Applies `update` to `current` (`None`: no document yet).
 pub fn apply(
     current: Option<&Document>,
@@ -169,7 +204,7 @@ pub fn apply(
             allowed: allowed(doc),
         })
     };
-    let at_stage = |n: Code, statuses: &[Status]| doc.state == n && statuses.contains(&doc.status);
+    let at_stage = |n: Code, kind: ActionKind| doc.state == n && stage_allows(kind, doc.status);
     use Status::*;
 
     let (state, status, attempt, retry_at, error) = match action {
@@ -177,7 +212,7 @@ pub fn apply(
             if doc.state == rules.ladder.initial() && doc.status == Pending {
                 return Ok(Outcome::Unchanged);
             }
-            if *restart && matches!(doc.status, Completed | Cancelled) {
+            if *restart && run_is_over(doc.status) {
                 return Ok(restart_run(doc, update, rules));
             }
             if *restart {
@@ -192,13 +227,13 @@ pub fn apply(
         }
         Action::Restart => return Ok(restart_run(doc, update, rules)),
         Action::Start(n) => {
-            if !at_stage(*n, &[Pending, Failed, InProgress]) {
+            if !at_stage(*n, ActionKind::Start) {
                 return refuse();
             }
             (*n, InProgress, doc.attempts + 1, None, None)
         }
         Action::Complete(n) => {
-            if !at_stage(*n, &[Pending, InProgress, Failed]) {
+            if !at_stage(*n, ActionKind::Complete) {
                 return refuse();
             }
             let final_code = rules.ladder.final_code();
@@ -211,7 +246,7 @@ pub fn apply(
             (next, status, doc.attempts + 1, None, None)
         }
         Action::Fail { state: n, error } => {
-            if !at_stage(*n, &[Pending, InProgress, Failed]) {
+            if !at_stage(*n, ActionKind::Fail) {
                 return refuse();
             }
             let policy = rules.retry.for_state(*n);
@@ -227,7 +262,7 @@ pub fn apply(
             }
         }
         Action::Retry(n) => {
-            if !at_stage(*n, &[Failed, Blocked, InProgress]) {
+            if !at_stage(*n, ActionKind::Retry) {
                 return refuse();
             }
             (*n, Pending, 0, None, None)
@@ -253,7 +288,7 @@ pub fn apply(
             (*n, *status, 0, None, None)
         }
         Action::Cancel { .. } => {
-            if matches!(doc.status, Completed | Cancelled) {
+            if run_is_over(doc.status) {
                 return refuse();
             }
             (doc.state, Cancelled, doc.attempts, None, None)
@@ -352,24 +387,16 @@ fn bounded(error: &ErrorInfo) -> ErrorInfo {
 /// What may be done to the build as it stands, for refusal messages.
 pub fn allowed(doc: &Document) -> String {
     let n = doc.state;
-    let mut out: Vec<String> = match doc.status {
-        Status::Pending => vec![
-            format!("start {n}"),
-            format!("complete {n}"),
-            format!("fail {n}"),
-        ],
-        Status::InProgress | Status::Failed => vec![
-            format!("start {n}"),
-            format!("complete {n}"),
-            format!("fail {n}"),
-            format!("retry {n}"),
-        ],
-        Status::Blocked => vec![format!("retry {n}")],
-        Status::Completed => vec!["init with restart: true".to_string()],
-        Status::Cancelled => vec!["init with restart: true".to_string()],
-    };
+    let mut out: Vec<String> = STAGE_RULES
+        .iter()
+        .filter(|(_, from)| from.contains(&doc.status))
+        .map(|(kind, _)| format!("{kind} {n}"))
+        .collect();
+    if run_is_over(doc.status) {
+        out.push("init with restart: true".to_string());
+    }
     out.push("set (with a reason)".to_string());
-    if !matches!(doc.status, Status::Completed | Status::Cancelled) {
+    if !run_is_over(doc.status) {
         out.push("cancel".to_string());
     }
     out.push("restart".to_string());
