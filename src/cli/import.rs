@@ -322,10 +322,7 @@ pub async fn import(
                         archive: existing.clone(),
                         document: follow(existing, &doc, config),
                     }),
-                    Some(existing) => Err(Refusal::Invalid(format!(
-                        "a document exists ({}); it is never overwritten without --force",
-                        existing.whereabouts()
-                    ))),
+                    Some(existing) => Err(Refusal::Exists(existing.whereabouts())),
                 })
                 .await;
             match result {
@@ -336,7 +333,15 @@ pub async fn import(
                 )),
                 Err(e) => {
                     eprintln!("build-state: error: {e}");
-                    report.push((b.build_id.clone(), "not imported: exists".into(), None));
+                    // Say what really failed: a document in the way, or the
+                    // store (access, network, a corrupt document).
+                    let why = match &e.kind {
+                        crate::engine::ErrorKind::Refused(Refusal::Exists(_)) => {
+                            "not imported: exists (use --force)".to_string()
+                        }
+                        kind => format!("not imported: {kind}"),
+                    };
+                    report.push((b.build_id.clone(), why, None));
                     failures += 1;
                 }
             }

@@ -130,6 +130,10 @@ pub enum Refusal {
     OffLadder(#[from] OffLadder),
     #[error("{0}")]
     Invalid(String),
+    /// A whole document would replace an existing one (`import-sqlite`
+    /// without `--force`).
+    #[error("a document exists ({0}); it is never overwritten without --force")]
+    Exists(String),
 }
 
 /// The transition rules, written once: for each action on a stage, the

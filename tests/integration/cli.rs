@@ -554,6 +554,24 @@ fn import_sqlite(w: World) {
         again.stderr
     );
     assert_eq!(w.raw("state.json"), stored);
+    assert!(
+        again.stdout.contains("not imported: exists (use --force)"),
+        "{}",
+        again.stdout
+    );
+    // What really failed is said: here a corrupt document in the way.
+    w.write_raw("state.json", b"{not json");
+    let broken = w.cli(&["import-sqlite", dbs, "--force"]).run();
+    assert_eq!(broken.code, Some(1), "{}", broken.stderr);
+    assert!(
+        broken
+            .stdout
+            .contains("not imported: the document is not valid JSON"),
+        "{}",
+        broken.stdout
+    );
+    assert!(!broken.stdout.contains("exists"), "{}", broken.stdout);
+    w.write_raw("state.json", &stored.clone().unwrap());
     // With --force: the old run is archived and revisions go on rising.
     w.cli(&["import-sqlite", dbs, "--force"]).text();
     let doc = w.doc();
