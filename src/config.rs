@@ -12,7 +12,9 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("source.{field}: {message}")]
 pub struct ConfigError {
+    /// The source field at fault, e.g. `retry.backoff`.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -26,40 +28,69 @@ fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Con
 /// Everything the resource needs, checked.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The build whose document this is.
     pub build_id: String,
+    /// Where the documents live.
     pub storage: Storage,
+    /// The state ladder.
     pub ladder: Ladder,
+    /// The retry policy, per stage.
     pub retry: RetryPolicy,
+    /// How an error message is classified.
     pub classifier: Classifier,
+    /// Labels stored by `init`.
     pub labels: BTreeMap<String, String>,
+    /// The condition a gated `check` waits for.
     pub gate: Option<Condition>,
 }
 
 /// Where documents live, and under which prefix.
 #[derive(Clone, Debug)]
 pub enum Storage {
-    Local { dir: PathBuf, prefix: String },
+    /// A local directory.
+    Local {
+        /// The directory.
+        dir: PathBuf,
+        /// The key prefix (empty, or ending in `/`).
+        prefix: String,
+    },
+    /// An S3 bucket.
     S3(S3Config),
 }
 
 #[derive(Clone, Debug)]
+/// Where an S3 store is and how to reach it.
 pub struct S3Config {
+    /// The bucket.
     pub bucket: String,
+    /// The key prefix, ending in `/` (or empty).
     pub prefix: String,
+    /// The bucket's region.
     pub region: String,
+    /// A custom endpoint (S3-compatible servers).
     pub endpoint: Option<String>,
+    /// Path-style addressing.
     pub path_style: bool,
+    /// Which credentials sign requests.
     pub credentials: Credentials,
+    /// A role to assume with them.
     pub role_arn: Option<String>,
+    /// PEM certificates to trust besides the system's.
     pub ca_bundle: Option<String>,
+    /// Server-side encryption of written documents.
     pub sse: Option<Encryption>,
 }
 
 #[derive(Clone, Debug)]
+/// Which credentials sign S3 requests.
 pub enum Credentials {
+    /// Keys from the source.
     Static {
+        /// The access key.
         access_key_id: String,
+        /// The secret key (never shown).
         secret_access_key: Secret,
+        /// A session token for temporary credentials.
         session_token: Option<Secret>,
     },
     /// The standard AWS credential chain (`enable_aws_creds_provider`).
@@ -67,15 +98,23 @@ pub enum Credentials {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// Server-side encryption.
 pub enum Encryption {
+    /// `AES256`: keys managed by S3.
     Aes256,
-    Kms { key_id: Option<String> },
+    /// `aws:kms`, with a key (or the bucket's default key).
+    Kms {
+        /// The KMS key.
+        key_id: Option<String>,
+    },
 }
 
 /// Decides whether an error message is transient or persistent.
 #[derive(Clone, Debug, Default)]
 pub struct Classifier {
+    /// Regexes of errors that are retried.
     pub transient: Vec<Regex>,
+    /// Regexes of errors that block the stage at once.
     pub persistent: Vec<Regex>,
 }
 
@@ -201,6 +240,7 @@ fn non_empty(v: &Option<String>) -> Option<String> {
 }
 
 impl Config {
+    /// Validates a raw source block.
     pub fn from_source(s: &Source) -> Result<Config, ConfigError> {
         let build_id = match non_empty(&s.build_id) {
             Some(id) => id,
@@ -322,6 +362,7 @@ impl Config {
         }
     }
 
+    /// The key of the live document: `<prefix><build_id>/state.json`.
     pub fn state_key(&self) -> String {
         format!("{}{}/state.json", self.prefix(), self.build_id)
     }
@@ -331,6 +372,7 @@ impl Config {
         format!("{}{}/runs/{run}.json", self.prefix(), self.build_id)
     }
 
+    /// The key prefix (empty, or ending in `/`).
     pub fn prefix(&self) -> &str {
         match &self.storage {
             Storage::Local { prefix, .. } => prefix,

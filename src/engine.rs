@@ -11,51 +11,67 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[error("{build_id} ({location}): {kind}")]
 pub struct Error {
+    /// The build the document belongs to.
     pub build_id: String,
+    /// Where it is stored (`s3://bucket/key` or a path).
     pub location: String,
+    /// What went wrong.
     pub kind: ErrorKind,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// What went wrong with a document.
 pub enum ErrorKind {
     #[error(transparent)]
+    /// The model refused the change.
     Refused(#[from] Refusal),
     #[error(
         "{0}; repair it by hand or with `build-state set`, or restore an earlier version of the object"
     )]
+    /// The stored document breaks the model's rules.
     Document(DocumentError),
     #[error(
         "the document is not valid JSON ({0}); repair it by hand or restore an earlier version of the object"
     )]
+    /// The stored document is not JSON.
     Unreadable(String),
     #[error(transparent)]
+    /// The store failed.
     Store(#[from] StoreError),
     #[error(
         "gave up after {0} attempts: each time, another write had changed the document between this update's read and its write; run it again"
     )]
+    /// Other writers changed the document before every attempt.
     Contended(u32),
     #[error("{0}")]
+    /// Anything else, in words.
     Other(String),
 }
 
 /// A document and the ETag it was read with.
 #[derive(Clone, Debug)]
 pub struct Current {
+    /// The document.
     pub doc: Document,
+    /// Its ETag.
     pub etag: String,
 }
 
 /// The answer to a conditional read.
 #[derive(Clone, Debug)]
 pub enum Read {
+    /// No document.
     Absent,
+    /// The document still has the ETag the caller knew.
     Unchanged,
+    /// The document.
     Found(Current),
 }
 
 /// The result of an update.
 #[derive(Clone, Debug)]
 pub struct Applied {
+    /// The document as written (or as found, for a no-op).
     pub doc: Document,
     /// The document's ETag; `None` when other writes have already followed
     /// this one (its answer was lost, and a later read found it landed).
@@ -79,15 +95,19 @@ async fn backoff(attempt: u32) {
 
 /// One build's documents in one store.
 pub struct Builds<'a, S> {
+    /// The configuration (build, storage, rules).
     pub config: &'a Config,
+    /// The store.
     pub store: &'a S,
 }
 
 impl<'a, S: Store> Builds<'a, S> {
+    /// The documents of `config`'s build in `store`.
     pub fn new(config: &'a Config, store: &'a S) -> Self {
         Builds { config, store }
     }
 
+    /// An error about `key`, naming the build and the location.
     pub fn error(&self, key: &str, kind: impl Into<ErrorKind>) -> Error {
         Error {
             build_id: self.config.build_id.clone(),

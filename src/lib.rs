@@ -1,5 +1,6 @@
 //! build-state: a Concourse resource type that records each build's
 //! milestone (a state code) and status in one JSON document per build.
+#![warn(missing_docs)]
 
 pub mod model;
 
@@ -11,7 +12,6 @@ pub fn now() -> model::Timestamp {
 }
 
 pub mod app;
-pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod inputs;

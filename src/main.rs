@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use build_state::{cli, resource};
+use build_state::resource;
+
+mod cli;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();

@@ -15,6 +15,7 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
+    /// The secret's value, for the one place that needs it (signing requests).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -100,7 +101,9 @@ impl<'de> Deserialize<'de> for CodeParam {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionParam {
+    /// `{state: N}`: at N.
     pub state: Option<CodeParam>,
+    /// `{min_state: N}`: at N or past it.
     pub min_state: Option<CodeParam>,
 }
 
@@ -108,9 +111,13 @@ pub struct ConditionParam {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageRetryParam {
+    /// Failures of a stage before it is blocked.
     pub max_attempts: Option<u32>,
+    /// The wait after the first failure (`30s`, `5m`, ...).
     pub backoff: Option<String>,
+    /// Each further failure multiplies the wait.
     pub factor: Option<f64>,
+    /// The wait never exceeds this.
     pub max_backoff: Option<String>,
 }
 
@@ -118,9 +125,13 @@ pub struct StageRetryParam {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryParam {
+    /// Failures of the stage before it is blocked.
     pub max_attempts: Option<u32>,
+    /// The wait after the stage's first failure.
     pub backoff: Option<String>,
+    /// Each further failure multiplies the wait.
     pub factor: Option<f64>,
+    /// The wait never exceeds this.
     pub max_backoff: Option<String>,
     /// Per-state overrides, keyed by code.
     #[serde(default)]
@@ -131,32 +142,53 @@ pub struct RetryParam {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
+    /// S3 bucket holding the states (or `local_dir`).
     pub bucket: Option<String>,
+    /// A local directory instead of S3.
     pub local_dir: Option<String>,
     #[serde(default)]
+    /// Key prefix (`builds` and `builds/` both mean the folder `builds/`).
     pub prefix: String,
+    /// The build this resource tracks.
     pub build_id: Option<String>,
+    /// AWS region (default `us-east-1`).
     pub region_name: Option<String>,
+    /// A custom S3 endpoint (S3-compatible servers).
     pub endpoint: Option<String>,
     #[serde(default)]
+    /// Path-style addressing (`endpoint/bucket/key`).
     pub use_path_style: bool,
+    /// Static credentials, with `secret_access_key`.
     pub access_key_id: Option<String>,
+    /// Never printed, logged or written anywhere.
     pub secret_access_key: Option<Secret>,
+    /// For temporary credentials; never printed.
     pub session_token: Option<Secret>,
+    /// A role to assume (STS).
     pub aws_role_arn: Option<String>,
+    /// PEM certificates to trust besides the system's (at least one).
     pub ca_bundle: Option<String>,
+    /// `AES256` or `aws:kms`.
     pub server_side_encryption: Option<String>,
+    /// The KMS key, with `aws:kms`.
     pub sse_kms_key_id: Option<String>,
     #[serde(default)]
+    /// Without keys, use the standard AWS credential chain.
     pub enable_aws_creds_provider: bool,
     #[serde(default)]
+    /// Free string labels stored in the document by `init`.
     pub labels: BTreeMap<String, String>,
+    /// A custom ladder of `{code, name}`, strictly increasing.
     pub states: Option<Vec<Step>>,
+    /// The retry policy.
     pub retry: Option<RetryParam>,
     #[serde(default)]
+    /// Regexes: a matching error is retried.
     pub transient_errors: Vec<String>,
     #[serde(default)]
+    /// Regexes: a matching error blocks the stage at once.
     pub persistent_errors: Vec<String>,
+    /// Makes `check` emit a version only when the condition passes.
     pub gate: Option<ConditionParam>,
 }
 
@@ -168,12 +200,16 @@ pub struct Source {
 /// back to a newer one, which must keep working with them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
+    /// The document's revision, as a string.
     pub revision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The state code at that revision.
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The status at that revision.
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The document's ETag at that revision (for the conditional read).
     pub etag: Option<String>,
 }
 
@@ -181,14 +217,19 @@ pub struct Version {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataField {
+    /// The field's name, e.g. `state`.
     pub name: String,
+    /// Its value, as text.
     pub value: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// What Concourse sends `check`.
 pub struct CheckRequest {
+    /// The resource's source block.
     pub source: Source,
+    /// The newest version Concourse has, if any.
     pub version: Option<Version>,
 }
 
@@ -196,14 +237,19 @@ pub struct CheckRequest {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InParams {
+    /// Fail the step unless the revision satisfies this condition.
     pub require: Option<ConditionParam>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// What Concourse sends `in`.
 pub struct InRequest {
+    /// The resource's source block.
     pub source: Source,
+    /// The version to fetch.
     pub version: Version,
+    /// The get step's params.
     pub params: Option<InParams>,
 }
 
@@ -211,26 +257,39 @@ pub struct InRequest {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutParams {
+    /// Create the build at its initial state.
     pub init: Option<bool>,
+    /// With `init`: start a new run after a delivered or cancelled one; alone: archive and restart.
     pub restart: Option<bool>,
+    /// Stage N is running.
     pub start: Option<CodeParam>,
+    /// Stage N succeeded.
     pub complete: Option<CodeParam>,
+    /// Stage N failed.
     pub fail: Option<CodeParam>,
+    /// Complete or fail stage N by `BUILD_STATUS`.
     pub finish: Option<CodeParam>,
+    /// A human's retry of stage N.
     pub retry: Option<CodeParam>,
+    /// A manual override to state N.
     pub set: Option<CodeParam>,
+    /// Abandon the build, for this reason.
     pub cancel: Option<String>,
+    /// A whole document that extends the stored one.
     pub file: Option<String>,
     /// With `fail` / `finish`: the error message, or the file holding it.
     pub error: Option<String>,
+    /// With `fail` / `finish`: a file holding the error message.
     pub error_file: Option<String>,
     /// With `fail` / `finish`: `transient` or `persistent`.
     pub kind: Option<String>,
     /// With `set`.
     pub status: Option<String>,
+    /// With `set`: why (required).
     pub reason: Option<String>,
     /// With any action.
     pub vars_file: Option<String>,
+    /// With any action: free text in the history entry.
     pub note: Option<String>,
 }
 
@@ -242,16 +301,22 @@ pub enum PutAction {
     /// `init: true`, with `restart: true` to start a new run after a
     /// delivered or cancelled one.
     Init {
+        /// Whether to start a new run after a delivered or cancelled one.
         restart: bool,
     },
     /// `restart: true` alone.
     Restart,
+    /// `start: N`
     Start(u32),
+    /// `complete: N`
     Complete(u32),
+    /// `fail: N`
     Fail(u32),
     /// `finish: N`: complete or fail by `BUILD_STATUS`.
     Finish(u32),
+    /// `retry: N`
     Retry(u32),
+    /// `set: N`
     Set(u32),
     /// `cancel: REASON`.
     Cancel(String),
@@ -317,15 +382,20 @@ impl PutAction {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// What Concourse sends `out`.
 pub struct OutRequest {
+    /// The resource's source block.
     pub source: Source,
+    /// The put step's params.
     pub params: Option<OutParams>,
 }
 
 /// The reply of `in` and `out`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
+    /// The version the step fetched or produced.
     pub version: Version,
+    /// Shown in the Concourse UI.
     pub metadata: Vec<MetadataField>,
 }
 
@@ -346,7 +416,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(input: &[u8]) -> Result<T, PayloadE
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid payload: {}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
 pub struct PayloadError {
+    /// The path of the offending field (`source.retry.backoff`), empty for the whole request.
     pub path: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -422,11 +494,17 @@ mod tests {
 /// (`BUILD_*`, `ATC_EXTERNAL_URL`, and `BUILD_STATUS` in hooks).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BuildEnv {
+    /// `BUILD_TEAM_NAME`
     pub team: Option<String>,
+    /// `BUILD_PIPELINE_NAME`
     pub pipeline: Option<String>,
+    /// `BUILD_JOB_NAME`
     pub job: Option<String>,
+    /// `BUILD_NAME` (the build's number in its job)
     pub build_name: Option<String>,
+    /// `BUILD_ID` (unique in the Concourse installation)
     pub build_id: Option<String>,
+    /// `ATC_EXTERNAL_URL`
     pub external_url: Option<String>,
     /// `succeeded`, `failed`, `errored` or `aborted`: set for puts inside
     /// `on_*` hooks (Concourse 8.2+).
@@ -439,10 +517,12 @@ pub struct BuildEnv {
 }
 
 impl BuildEnv {
+    /// The build's variables, from this process's environment.
     pub fn from_env() -> BuildEnv {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// The build's variables, from a lookup (for tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> BuildEnv {
         let var = |name: &str| {
             get(name)
@@ -480,6 +560,7 @@ impl BuildEnv {
         }
     }
 
+    /// Who made a change: this Concourse build.
     pub fn actor(&self) -> crate::model::Actor {
         crate::model::Actor {
             team: self.team.clone(),

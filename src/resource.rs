@@ -34,6 +34,7 @@ async fn open(config: &Config) -> Result<AnyStore> {
 /// One of the resource's three programs, with its directory argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Program {
+    /// `check`
     Check,
     /// `in DEST`
     In(PathBuf),
@@ -42,7 +43,7 @@ pub enum Program {
 }
 
 impl Program {
-    /// The program a binary called `name` (argv[0]'s file name) is, with its
+    /// The program a binary called `name` (the file name of `argv[0]`) is, with its
     /// first argument; `None` when the name is not one of them.
     pub fn named(name: &str, dir: Option<PathBuf>) -> Option<Result<Program>> {
         let need = |dir: Option<PathBuf>| {

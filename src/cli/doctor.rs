@@ -3,9 +3,9 @@
 //! enforces conditional writes (without that, concurrent puts lose updates).
 
 use super::output::{Out, Table};
-use crate::config::{Config, Credentials, Storage};
-use crate::store::{AnyStore, Fetched, Precondition, Store, StoreError};
 use anyhow::{Result, bail};
+use build_state::config::{Config, Credentials, Storage};
+use build_state::store::{AnyStore, Fetched, Precondition, Store, StoreError};
 use serde_json::json;
 
 #[derive(Clone, Copy, PartialEq, Eq)]

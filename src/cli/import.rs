@@ -3,13 +3,13 @@
 //! the old events, through the same transitions as the resource.
 
 use super::output::{Out, Table};
-use crate::config::Config;
-use crate::engine::Builds;
-use crate::model::{
+use anyhow::{Context, Result, anyhow, bail};
+use build_state::config::Config;
+use build_state::engine::Builds;
+use build_state::model::{
     Action, Actor, Document, ErrorInfo, Outcome, Refusal, Rules, Status, Timestamp, Update, apply,
 };
-use crate::store::AnyStore;
-use anyhow::{Context, Result, anyhow, bail};
+use build_state::store::AnyStore;
 use chrono::{NaiveDateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
 use serde_json::json;
@@ -40,16 +40,18 @@ fn timestamp(v: ValueRef<'_>) -> Result<Option<Timestamp>> {
         ValueRef::Real(secs) => Utc.timestamp_opt(secs as i64, 0).single(),
         ValueRef::Text(t) => {
             let s = String::from_utf8_lossy(t).trim().to_string();
-            let parsed = crate::model::document::rfc3339::parse(&s).ok().or_else(|| {
-                [
-                    "%Y-%m-%d %H:%M:%S%.f",
-                    "%Y-%m-%dT%H:%M:%S%.f",
-                    "%Y-%m-%d %H:%M",
-                ]
-                .iter()
-                .find_map(|f| NaiveDateTime::parse_from_str(&s, f).ok())
-                .map(|n| n.and_utc())
-            });
+            let parsed = build_state::model::document::rfc3339::parse(&s)
+                .ok()
+                .or_else(|| {
+                    [
+                        "%Y-%m-%d %H:%M:%S%.f",
+                        "%Y-%m-%dT%H:%M:%S%.f",
+                        "%Y-%m-%d %H:%M",
+                    ]
+                    .iter()
+                    .find_map(|f| NaiveDateTime::parse_from_str(&s, f).ok())
+                    .map(|n| n.and_utc())
+                });
             Some(parsed.ok_or_else(|| anyhow!("{s:?} is not a date and time"))?)
         }
         ValueRef::Blob(_) => bail!("a timestamp is a blob"),
@@ -129,7 +131,7 @@ fn to_document(config: &Config, db: &Path, b: &OldBuild) -> Result<Document> {
             b.build_id
         )
     };
-    crate::config::validate_build_id(&b.build_id).map_err(&inconsistent)?;
+    build_state::config::validate_build_id(&b.build_id).map_err(&inconsistent)?;
     let mut labels = config.labels.clone();
     for (k, v) in [
         ("cloud_provider", &b.cloud_provider),
@@ -156,7 +158,7 @@ fn to_document(config: &Config, db: &Path, b: &OldBuild) -> Result<Document> {
     let start = b
         .start_time
         .or(b.history.first().map(|e| e.at))
-        .unwrap_or_else(crate::now);
+        .unwrap_or_else(build_state::now);
     let step = |doc: Option<&Document>,
                 action: Action,
                 at: Timestamp,
@@ -336,7 +338,7 @@ pub async fn import(
                     // Say what really failed: a document in the way, or the
                     // store (access, network, a corrupt document).
                     let why = match &e.kind {
-                        crate::engine::ErrorKind::Refused(Refusal::Exists(_)) => {
+                        build_state::engine::ErrorKind::Refused(Refusal::Exists(_)) => {
                             "not imported: exists (use --force)".to_string()
                         }
                         kind => format!("not imported: {kind}"),

@@ -9,12 +9,14 @@ mod report;
 mod source;
 mod watch;
 
-use crate::config::Config;
-use crate::engine::{Builds, ErrorKind};
-use crate::model::{Action, Actor, Document, ErrorInfo, FailureKind, Refusal, Status, Update};
-use crate::protocol::BuildEnv;
-use crate::store::{AnyStore, Store};
 use anyhow::{Context, Result, anyhow, bail};
+use build_state::config::Config;
+use build_state::engine::{Builds, ErrorKind};
+use build_state::model::{
+    Action, Actor, Document, ErrorInfo, FailureKind, Refusal, Status, Update,
+};
+use build_state::protocol::BuildEnv;
+use build_state::store::{AnyStore, Store};
 use clap::{CommandFactory, Parser, Subcommand};
 use futures_util::StreamExt;
 use output::{Out, Table};
@@ -205,15 +207,16 @@ pub fn main(args: impl Iterator<Item = OsString>) -> Result<ExitCode> {
             return Ok(ExitCode::from(code));
         }
     };
-    let runtime = crate::runtime()?;
+    let runtime = build_state::runtime()?;
     match runtime.block_on(run(cli)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("build-state: error: {e:#}");
             let not_found = e.downcast_ref::<NotFound>().is_some()
-                || e.downcast_ref::<crate::engine::Error>().is_some_and(|e| {
-                    matches!(e.kind, ErrorKind::Refused(Refusal::NoDocument { .. }))
-                });
+                || e.downcast_ref::<build_state::engine::Error>()
+                    .is_some_and(|e| {
+                        matches!(e.kind, ErrorKind::Refused(Refusal::NoDocument { .. }))
+                    });
             Ok(ExitCode::from(if not_found {
                 EXIT_NOT_FOUND
             } else {
@@ -251,8 +254,8 @@ fn read_vars(extras: &Extras) -> Result<Map<String, Value>> {
     let Some(path) = &extras.vars_file else {
         return Ok(Map::new());
     };
-    let body = crate::inputs::read_regular(path).map_err(|e| anyhow!("--vars-file: {e}"))?;
-    crate::model::document::parse_vars(&body)
+    let body = build_state::inputs::read_regular(path).map_err(|e| anyhow!("--vars-file: {e}"))?;
+    build_state::model::document::parse_vars(&body)
         .map_err(|e| anyhow!("--vars-file: {} {e}", path.display()))
 }
 
@@ -276,9 +279,9 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Check => resource_cmd(crate::resource::Program::Check).await,
-        Command::In { dir } => resource_cmd(crate::resource::Program::In(dir)).await,
-        Command::Out { dir } => resource_cmd(crate::resource::Program::Out(dir)).await,
+        Command::Check => resource_cmd(build_state::resource::Program::Check).await,
+        Command::In { dir } => resource_cmd(build_state::resource::Program::In(dir)).await,
+        Command::Out { dir } => resource_cmd(build_state::resource::Program::Out(dir)).await,
         Command::States => {
             let config = src.config(None)?;
             states(&config, &out)
@@ -293,13 +296,13 @@ async fn run(cli: Cli) -> Result<()> {
             let config = src.config(Some(&build_id))?;
             let store = open(&config).await?;
             let doc = current(&config, &store).await?;
-            let step = crate::model::NextStep::live(&doc, crate::now());
+            let step = build_state::model::NextStep::live(&doc, build_state::now());
             if out.json {
                 out.print_json(&serde_json::json!({
                     "next": step.as_str(),
                     "state": doc.state,
                     "status": doc.status,
-                    "retry_at": doc.retry_at.map(|t| crate::model::document::rfc3339::format(&t)),
+                    "retry_at": doc.retry_at.map(|t| build_state::model::document::rfc3339::format(&t)),
                 }))
             } else {
                 println!("{}", step.as_str());
@@ -392,11 +395,11 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let config = src.config(Some(&build_id))?;
             let message = match (&error_file, &error) {
-                (Some(f), _) => match crate::inputs::read_regular(f) {
+                (Some(f), _) => match build_state::inputs::read_regular(f) {
                     Ok(t) if !String::from_utf8_lossy(&t).trim().is_empty() => {
                         String::from_utf8_lossy(&t).trim().to_string()
                     }
-                    Ok(_) | Err(crate::inputs::InputError::Missing(_)) if error.is_some() => {
+                    Ok(_) | Err(build_state::inputs::InputError::Missing(_)) if error.is_some() => {
                         error.clone().unwrap_or_default()
                     }
                     Ok(_) => bail!("--error-file {} is empty", f.display()),
@@ -510,7 +513,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn resource_cmd(program: crate::resource::Program) -> Result<()> {
+async fn resource_cmd(program: build_state::resource::Program) -> Result<()> {
     use std::io::Read;
     let mut input = Vec::new();
     std::io::stdin()
@@ -543,15 +546,15 @@ async fn current(config: &Config, store: &AnyStore) -> Result<Document> {
 /// Applies one action with the resource's engine and prints the result.
 async fn act(config: &Config, action: Action, extras: &Extras, out: &Out) -> Result<()> {
     let store = open(config).await?;
-    let mut update = Update::new(action, actor(), crate::now());
+    let mut update = Update::new(action, actor(), build_state::now());
     update.vars = read_vars(extras)?;
     update.note = extras.note.clone().filter(|n| !n.trim().is_empty());
     let described = update.action.describe();
-    let applied = crate::app::record(
+    let applied = build_state::app::record(
         config,
         &store,
-        &crate::app::SystemClock,
-        crate::app::Change::Apply(update),
+        &build_state::app::SystemClock,
+        build_state::app::Change::Apply(update),
     )
     .await?;
     out.applied(&described, &applied.doc, applied.written)

@@ -1,10 +1,10 @@
 //! Human output (tables, colour only on a terminal) and `--json`.
 
 use super::Row;
-use crate::config::Config;
-use crate::model::document::rfc3339;
-use crate::model::{Document, Event, Status};
 use anyhow::Result;
+use build_state::config::Config;
+use build_state::model::document::rfc3339;
+use build_state::model::{Document, Event, Status};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::path::Path;

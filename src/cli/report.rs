@@ -3,10 +3,10 @@
 //! a human.
 
 use super::Row;
-use crate::config::Config;
-use crate::model::document::rfc3339;
-use crate::model::{ActionKind, Code, Document, Status, Timestamp};
 use anyhow::{Context, Result};
+use build_state::config::Config;
+use build_state::model::document::rfc3339;
+use build_state::model::{ActionKind, Code, Document, Status, Timestamp};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
@@ -311,14 +311,14 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
 }
 
 pub fn write(config: &Config, rows: &[Row], path: &Path) -> Result<()> {
-    let html = render(config, rows, crate::now());
+    let html = render(config, rows, build_state::now());
     std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{
+    use build_state::model::{
         Action, Actor, ErrorInfo, FailureKind, Ladder, Outcome, RetryPolicy, Rules, Update, apply,
     };
     use chrono::{TimeZone, Utc};

@@ -2,11 +2,11 @@
 //! `BUILD_STATE_*` variables and flags (later ones win), all parsed by the
 //! resource's own source type.
 
-use crate::config::Config;
-use crate::pipeline;
-use crate::protocol::{Source, parse};
-use crate::resource::configure;
 use anyhow::{Context, Result, anyhow, bail};
+use build_state::config::Config;
+use build_state::pipeline;
+use build_state::protocol::{Source, parse};
+use build_state::resource::configure;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 

@@ -1,10 +1,10 @@
 //! `watch`: poll with conditional GETs and print each transition once.
 
 use super::output::Out;
-use crate::config::Config;
-use crate::engine::{Builds, Read};
-use crate::store::{AnyStore, Store};
 use anyhow::{Result, anyhow};
+use build_state::config::Config;
+use build_state::engine::{Builds, Read};
+use build_state::store::{AnyStore, Store};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

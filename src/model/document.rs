@@ -18,15 +18,22 @@ pub type Timestamp = DateTime<Utc>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// The stage is due and nobody has started it.
     Pending,
+    /// The stage was started.
     InProgress,
+    /// The stage failed and will be retried.
     Failed,
+    /// A human must look.
     Blocked,
+    /// The build is delivered (final state only).
     Completed,
+    /// The build was abandoned.
     Cancelled,
 }
 
 impl Status {
+    /// Every status, in the order of the table in the README.
     pub const ALL: [Status; 6] = [
         Status::Pending,
         Status::InProgress,
@@ -36,6 +43,7 @@ impl Status {
         Status::Cancelled,
     ];
 
+    /// The status as written in documents and versions.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
@@ -47,6 +55,7 @@ impl Status {
         }
     }
 
+    /// A status from its written form.
     pub fn parse(s: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
@@ -62,11 +71,14 @@ impl fmt::Display for Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
+    /// Retried (after a backoff).
     Transient,
+    /// Blocks the stage at once.
     Persistent,
 }
 
 impl FailureKind {
+    /// A kind from its written form.
     pub fn parse(s: &str) -> Option<FailureKind> {
         match s.trim() {
             "transient" => Some(FailureKind::Transient),
@@ -75,6 +87,7 @@ impl FailureKind {
         }
     }
 
+    /// The kind as written in documents.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Transient => "transient",
@@ -86,7 +99,9 @@ impl FailureKind {
 /// A recorded failure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
+    /// What went wrong (bounded to 4000 characters, the end kept).
     pub message: String,
+    /// Whether it is retried.
     pub kind: FailureKind,
 }
 
@@ -94,17 +109,26 @@ pub struct ErrorInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
+    /// A new build (or a no-op while it is at its initial state).
     Init,
+    /// A stage started.
     Start,
+    /// A stage succeeded.
     Complete,
+    /// A stage failed.
     Fail,
+    /// A human's retry of a stage.
     Retry,
+    /// A manual override.
     Set,
+    /// The build was abandoned.
     Cancel,
+    /// A new run (the old one archived).
     Restart,
 }
 
 impl ActionKind {
+    /// The action as written in documents.
     pub fn as_str(self) -> &'static str {
         match self {
             ActionKind::Init => "init",
@@ -147,18 +171,25 @@ impl fmt::Display for ActionKind {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_TEAM_NAME`
     pub team: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_PIPELINE_NAME`
     pub pipeline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_JOB_NAME`
     pub job: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_NAME`
     pub build_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_ID`
     pub build_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The build's page.
     pub build_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A person or a host (the CLI).
     pub user: Option<String>,
     /// Who started the Concourse build (`BUILD_CREATED_BY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,9 +224,12 @@ impl Actor {
 /// One change to the document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// The revision this event made.
     pub revision: u64,
     #[serde(with = "rfc3339")]
+    /// When.
     pub at: Timestamp,
+    /// What.
     pub action: ActionKind,
     /// The code the action named (`complete 25` has target 25, state 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,60 +242,90 @@ pub struct Event {
     /// stage has not been attempted).
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// With `fail`: what went wrong.
     pub error: Option<ErrorInfo>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "rfc3339::option"
     )]
+    /// With `fail` (retried): when the retry is due.
     pub retry_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
+    /// Variables this event merged into the document's `vars`.
     pub vars: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// With `set` and `cancel`: why.
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Free text.
     pub note: Option<String>,
     #[serde(default)]
+    /// Who.
     pub by: Actor,
 }
 
 /// `state.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Document {
+    /// The document format's version.
     pub schema_version: u32,
+    /// The build this document tracks.
     pub build_id: String,
+    /// The run (1, 2, ... after each restart).
     pub run: u64,
+    /// Rises by one with every write, across runs.
     pub revision: u64,
     #[serde(default)]
+    /// Free string labels.
     pub labels: BTreeMap<String, String>,
+    /// The state code: the last milestone reached.
     pub state: Code,
+    /// The state's name on the ladder.
     pub state_name: String,
+    /// The status of the stage at `state`.
     pub status: Status,
+    /// Failures of the current stage.
     pub attempts: u32,
     #[serde(default, with = "rfc3339::option")]
+    /// When failed: when the retry is due.
     pub retry_at: Option<Timestamp>,
     #[serde(default)]
+    /// The stage's last failure.
     pub last_error: Option<ErrorInfo>,
     #[serde(default)]
+    /// Variables merged from every event.
     pub vars: Map<String, Value>,
     #[serde(with = "rfc3339")]
+    /// When the run started.
     pub created_at: Timestamp,
     #[serde(with = "rfc3339")]
+    /// When the document last changed.
     pub updated_at: Timestamp,
+    /// Every event of the run, oldest first; the summary above is their fold.
     pub history: Vec<Event>,
 }
 
 /// The fields of a document that are computed from its history.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
+    /// The newest event's revision.
     pub revision: u64,
+    /// The state code.
     pub state: Code,
+    /// The status.
     pub status: Status,
+    /// Failures of the current stage.
     pub attempts: u32,
+    /// When the retry is due.
     pub retry_at: Option<Timestamp>,
+    /// The stage's last failure.
     pub last_error: Option<ErrorInfo>,
+    /// Merged variables.
     pub vars: Map<String, Value>,
+    /// The first event's time.
     pub created_at: Timestamp,
+    /// The newest event's time.
     pub updated_at: Timestamp,
 }
 
@@ -269,12 +333,15 @@ pub struct Summary {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DocumentError {
     #[error("the document is corrupt: {0}")]
+    /// The document breaks the model's rules.
     Corrupt(String),
     #[error(
         "schema_version {0} is not supported (this build-state reads version 1); upgrade build-state"
     )]
+    /// A document format this version does not read.
     Schema(u32),
     #[error(transparent)]
+    /// A code off the ladder.
     OffLadder(#[from] super::ladder::OffLadder),
 }
 
@@ -524,26 +591,32 @@ pub mod rfc3339 {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// RFC 3339 with milliseconds, `Z`.
     pub fn format(t: &Timestamp) -> String {
         t.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
+    /// Parses RFC 3339.
     pub fn parse(s: &str) -> Result<Timestamp, chrono::ParseError> {
         DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
     }
 
+    /// Serializes a time as RFC 3339 with milliseconds.
     pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(t))
     }
 
+    /// Deserializes an RFC 3339 time.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)
     }
 
+    /// The same for an optional time.
     pub mod option {
         use super::*;
 
+        /// Serializes an optional time.
         pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => super::serialize(t, s),
@@ -551,6 +624,7 @@ pub mod rfc3339 {
             }
         }
 
+        /// Deserializes an optional time.
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
             match Option::<String>::deserialize(d)? {
                 Some(s) => parse(&s).map(Some).map_err(serde::de::Error::custom),

@@ -15,6 +15,7 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// The code the condition names.
     pub fn code(self) -> Code {
         match self {
             Condition::State(n) | Condition::MinState(n) => n,
@@ -71,6 +72,7 @@ pub enum NextStep {
     Blocked,
     /// The build is delivered.
     Done,
+    /// The build was abandoned.
     Cancelled,
 }
 
@@ -99,6 +101,7 @@ impl NextStep {
         }
     }
 
+    /// The step as written in `action` and `state.env`.
     pub fn as_str(self) -> &'static str {
         match self {
             NextStep::Run => "run",

@@ -10,7 +10,9 @@ pub type Code = u32;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
+    /// The state code.
     pub code: Code,
+    /// Its name, e.g. `kickstart initiated`.
     pub name: String,
 }
 
@@ -25,11 +27,22 @@ pub struct Ladder {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LadderError {
     #[error("states must list at least two codes (an initial and a final one)")]
+    /// A ladder needs an initial and a final state.
     TooShort,
     #[error("states must be strictly increasing: {after} comes after {before}")]
-    NotIncreasing { before: Code, after: Code },
+    /// Codes that do not rise.
+    NotIncreasing {
+        /// The earlier code.
+        before: Code,
+        /// The code after it, not greater.
+        after: Code,
+    },
     #[error("state {code} has an empty name")]
-    EmptyName { code: Code },
+    /// A state without a name.
+    EmptyName {
+        /// The code without a name.
+        code: Code,
+    },
 }
 
 const DEFAULT: [(Code, &str); 21] = [
@@ -71,6 +84,7 @@ impl Default for Ladder {
 }
 
 impl Ladder {
+    /// A ladder from its steps, strictly increasing.
     pub fn new(steps: Vec<Step>) -> Result<Self, LadderError> {
         if steps.len() < 2 {
             return Err(LadderError::TooShort);
@@ -89,22 +103,27 @@ impl Ladder {
         Ok(Ladder { steps })
     }
 
+    /// Every step, in order.
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }
 
+    /// The first code.
     pub fn initial(&self) -> Code {
         self.steps[0].code
     }
 
+    /// The last code (delivered).
     pub fn final_code(&self) -> Code {
         self.steps[self.steps.len() - 1].code
     }
 
+    /// Whether `code` is a state of the ladder.
     pub fn contains(&self, code: Code) -> bool {
         self.index(code).is_some()
     }
 
+    /// The name of `code`.
     pub fn name(&self, code: Code) -> Option<&str> {
         self.index(code).map(|i| self.steps[i].name.as_str())
     }
@@ -166,7 +185,9 @@ impl Ladder {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("state {code} is not on the ladder ({ladder})")]
 pub struct OffLadder {
+    /// The code that is not on the ladder.
     pub code: Code,
+    /// The ladder, in words.
     pub ladder: String,
 }
 

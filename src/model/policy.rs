@@ -46,11 +46,14 @@ impl StageRetry {
 /// The whole policy: defaults plus per-state overrides.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RetryPolicy {
+    /// The policy of every stage without one of its own.
     pub default: StageRetry,
+    /// Stages with their own policy.
     pub states: BTreeMap<Code, StageRetry>,
 }
 
 impl RetryPolicy {
+    /// The policy of stage `code`.
     pub fn for_state(&self, code: Code) -> &StageRetry {
         self.states.get(&code).unwrap_or(&self.default)
     }

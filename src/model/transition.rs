@@ -15,27 +15,42 @@ pub enum Action {
     /// Create the build at its initial state; with `restart`, start a new run
     /// of a completed or cancelled build.
     Init {
+        /// Start a new run of a completed or cancelled build.
         restart: bool,
     },
+    /// Stage N started.
     Start(Code),
+    /// Stage N succeeded: on to the next code.
     Complete(Code),
+    /// Stage N failed.
     Fail {
+        /// The stage.
         state: Code,
+        /// What went wrong.
         error: ErrorInfo,
     },
+    /// A human's retry of stage N.
     Retry(Code),
+    /// A manual override.
     Set {
+        /// The state to put the build at.
         state: Code,
+        /// Its status.
         status: Status,
+        /// Why (required).
         reason: String,
     },
+    /// Abandon the build.
     Cancel {
+        /// Why.
         reason: String,
     },
+    /// Archive the run and start a new one.
     Restart,
 }
 
 impl Action {
+    /// The kind recorded in the event.
     pub fn kind(&self) -> ActionKind {
         match self {
             Action::Init { .. } => ActionKind::Init,
@@ -70,14 +85,20 @@ impl Action {
 /// An action with what goes along with it into the history entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Update {
+    /// The action.
     pub action: Action,
+    /// Variables to merge into the document.
     pub vars: Map<String, Value>,
+    /// Free text for the event.
     pub note: Option<String>,
+    /// Who.
     pub by: Actor,
+    /// When.
     pub at: Timestamp,
 }
 
 impl Update {
+    /// An update with no vars and no note.
     pub fn new(action: Action, by: Actor, at: Timestamp) -> Update {
         Update {
             action,
@@ -92,8 +113,11 @@ impl Update {
 /// The configuration a transition needs.
 #[derive(Clone, Copy, Debug)]
 pub struct Rules<'a> {
+    /// The build the document must belong to.
     pub build_id: &'a str,
+    /// The state ladder.
     pub ladder: &'a Ladder,
+    /// The retry policy.
     pub retry: &'a RetryPolicy,
     /// Labels given to a new document (init) or a new run (restart).
     pub labels: &'a BTreeMap<String, String>,
@@ -109,7 +133,9 @@ pub enum Outcome {
     Write(Document),
     /// Archive the finished run once, then write the new run.
     Restart {
+        /// The finished run, for `runs/<run>.json`.
         archive: Document,
+        /// The new run's document.
         document: Document,
     },
 }
@@ -119,16 +145,28 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("{build_id} has no state yet; cannot {attempted} (put `init: true` first)")]
-    NoDocument { build_id: String, attempted: String },
-    #[error("{whereabouts}; cannot {attempted}; allowed now: {allowed}")]
-    NotAllowed {
-        whereabouts: String,
+    /// The build has no document yet.
+    NoDocument {
+        /// The build.
+        build_id: String,
+        /// The action refused.
         attempted: String,
+    },
+    #[error("{whereabouts}; cannot {attempted}; allowed now: {allowed}")]
+    /// The action is not allowed from where the build is.
+    NotAllowed {
+        /// Where the build is.
+        whereabouts: String,
+        /// The action refused.
+        attempted: String,
+        /// What is allowed now.
         allowed: String,
     },
     #[error(transparent)]
+    /// A code off the ladder.
     OffLadder(#[from] OffLadder),
     #[error("{0}")]
+    /// Anything else, in words.
     Invalid(String),
     /// A whole document would replace an existing one (`import-sqlite`
     /// without `--force`).

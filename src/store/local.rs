@@ -10,6 +10,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Documents as files under a directory.
 pub struct LocalStore {
     root: PathBuf,
 }
@@ -30,6 +31,7 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 }
 
 impl LocalStore {
+    /// The store rooted at `root`.
     pub fn new(root: PathBuf) -> LocalStore {
         LocalStore { root }
     }

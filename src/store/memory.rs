@@ -101,9 +101,13 @@ impl Store for MemoryStore {
 /// A store operation, for counting and for aiming faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
+    /// A read.
     Get,
+    /// A write.
     Put,
+    /// A listing.
     List,
+    /// A delete.
     Delete,
 }
 

@@ -14,8 +14,11 @@ pub enum Fetched {
     Absent,
     /// The object still has the ETag the caller knew (no body transferred).
     Unchanged,
+    /// The object, with its ETag.
     Found {
+        /// Its bytes.
         body: Vec<u8>,
+        /// Its ETag.
         etag: String,
     },
 }
@@ -51,12 +54,16 @@ pub enum StoreError {
     #[error(
         "bucket {0:?} does not exist (check source.bucket, source.region_name and source.endpoint)"
     )]
+    /// The bucket does not exist.
     NoSuchBucket(String),
     #[error("access denied: {0}")]
+    /// The store refused access.
     AccessDenied(String),
     #[error("credentials rejected or unavailable: {0}")]
+    /// The credentials are missing or rejected.
     Credentials(String),
     #[error("{0}")]
+    /// Anything else, in words.
     Other(String),
 }
 
@@ -85,11 +92,14 @@ pub trait Store {
 
 /// The store a configuration names.
 pub enum AnyStore {
+    /// A local directory.
     Local(local::LocalStore),
+    /// An S3 bucket.
     S3(s3::S3Store),
 }
 
 impl AnyStore {
+    /// Opens the store `config` names.
     pub async fn open(config: &Config) -> Result<AnyStore, StoreError> {
         Ok(match &config.storage {
             Storage::Local { dir, .. } => AnyStore::Local(local::LocalStore::new(dir.clone())),

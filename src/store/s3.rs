@@ -25,6 +25,7 @@ use aws_smithy_http_client::tls;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+/// Documents in an S3 bucket.
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -98,6 +99,7 @@ fn http_client(
 }
 
 impl S3Store {
+    /// A client for the bucket `cfg` names.
     pub async fn connect(cfg: &S3Config) -> Result<S3Store, StoreError> {
         let http = http_client(cfg.ca_bundle.as_deref())?;
         let region = Region::new(cfg.region.clone());

@@ -3,7 +3,7 @@
 use crate::util::World;
 use serde_json::json;
 
-/// SPEC section 9: 64 concurrent puts on one document, all land.
+/// The README's Performance figures: 64 concurrent puts on one document, all land.
 const WRITERS: u32 = 64;
 
 fn sixty_four_concurrent_puts(w: World) {

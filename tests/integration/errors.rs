@@ -1,4 +1,4 @@
-//! Every bad input the SPEC names: exit 1, one clear line on stderr that
+//! Every bad input the README's Errors section names: exit 1, one clear line on stderr that
 //! says what to do, nothing on stdout, nothing written.
 
 use crate::util::{Kind, World};
