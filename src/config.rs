@@ -1,6 +1,8 @@
 //! Validated configuration, built from the raw [`Source`] block.
 
-use crate::model::{Code, Condition, FailureKind, Ladder, RetryPolicy, StageRetry, Step};
+use crate::model::{
+    Code, Condition, ErrorInfo, FailureKind, Ladder, RetryPolicy, StageRetry, Step,
+};
 use crate::protocol::{ConditionParam, Secret, Source, StageRetryParam};
 use regex_lite::Regex;
 use std::collections::BTreeMap;
@@ -122,10 +124,32 @@ impl Classifier {
     /// A persistent match wins over a transient one (a human looks rather
     /// than a stage retrying something hopeless); no match means transient.
     pub fn classify(&self, message: &str) -> FailureKind {
-        if self.persistent.iter().any(|r| r.is_match(message)) {
-            FailureKind::Persistent
-        } else {
-            FailureKind::Transient
+        self.error(message.to_string(), None).kind
+    }
+
+    /// The recorded error: of the kind given, else of the first pattern that
+    /// matches (persistent ones first), which the error names; else
+    /// transient (unknown).
+    pub fn error(&self, message: String, given: Option<FailureKind>) -> ErrorInfo {
+        if let Some(kind) = given {
+            return ErrorInfo::new(message, kind);
+        }
+        let matched = |list: &[Regex], name: &str| {
+            list.iter()
+                .find(|r| r.is_match(&message))
+                .map(|r| format!("{name}: {}", r.as_str()))
+        };
+        let (kind, rule) = match matched(&self.persistent, "persistent_errors") {
+            Some(rule) => (FailureKind::Persistent, Some(rule)),
+            None => (
+                FailureKind::Transient,
+                matched(&self.transient, "transient_errors"),
+            ),
+        };
+        ErrorInfo {
+            message,
+            kind,
+            rule,
         }
     }
 }

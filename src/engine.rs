@@ -368,10 +368,7 @@ mod tests {
     fn fail(n: u32, message: &str) -> Action {
         Action::Fail {
             state: n,
-            error: ErrorInfo {
-                kind: FailureKind::Transient,
-                message: message.to_string(),
-            },
+            error: ErrorInfo::new(message.to_string(), FailureKind::Transient),
         }
     }
 

@@ -4,9 +4,7 @@
 use crate::app::{Change, Clock, SystemClock};
 use crate::config::{Config, parse_condition};
 use crate::engine::{Builds, ErrorKind, Read};
-use crate::model::{
-    Action, Document, ErrorInfo, FailureKind, NextStep, Status, Update, document::rfc3339,
-};
+use crate::model::{Action, Document, FailureKind, NextStep, Status, Update, document::rfc3339};
 use crate::protocol::{
     BuildEnv, CheckRequest, InRequest, MetadataField, OutParams, OutRequest, PutAction, Response,
     Source, Version, parse,
@@ -408,10 +406,7 @@ fn put_request(
     };
     let failure = |n: u32, message: String, kind: Option<FailureKind>| Action::Fail {
         state: n,
-        error: ErrorInfo {
-            kind: kind.unwrap_or_else(|| config.classifier.classify(&message)),
-            message,
-        },
+        error: config.classifier.error(message, kind),
     };
     Ok(PutRequest::Action(match action {
         PutAction::Init { restart } => Action::Init { restart },
@@ -579,7 +574,7 @@ pub async fn put_store<S: Store>(
 mod tests {
     use super::*;
     use crate::app::ManualClock;
-    use crate::model::{Actor, FailureKind};
+    use crate::model::{Actor, ErrorInfo, FailureKind};
     use crate::store::memory::{Fault, FaultyStore, MemoryStore, Op};
 
     fn config(extra: &str) -> Config {
@@ -601,10 +596,7 @@ mod tests {
     fn fail(n: u32) -> Action {
         Action::Fail {
             state: n,
-            error: ErrorInfo {
-                kind: FailureKind::Transient,
-                message: "boom".into(),
-            },
+            error: ErrorInfo::new("boom".into(), FailureKind::Transient),
         }
     }
 

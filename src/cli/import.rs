@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use build_state::config::Config;
 use build_state::engine::Builds;
 use build_state::model::{
-    Action, Actor, Document, ErrorInfo, Outcome, Refusal, Rules, Status, Timestamp, Update, apply,
+    Action, Actor, Document, Outcome, Refusal, Rules, Status, Timestamp, Update, apply,
 };
 use build_state::store::AnyStore;
 use chrono::{NaiveDateTime, TimeZone, Utc};
@@ -208,10 +208,9 @@ fn to_document(config: &Config, db: &Path, b: &OldBuild) -> Result<Document> {
                     .clone()
                     .filter(|m| !m.trim().is_empty())
                     .unwrap_or_else(|| format!("stage {} failed (no message recorded)", e.state));
-                let kind = config.classifier.classify(&message);
                 Action::Fail {
                     state: e.state,
-                    error: ErrorInfo { message, kind },
+                    error: config.classifier.error(message, None),
                 }
             }
             other => {

@@ -12,9 +12,7 @@ mod watch;
 use anyhow::{Context, Result, anyhow, bail};
 use build_state::config::Config;
 use build_state::engine::{Builds, ErrorKind};
-use build_state::model::{
-    Action, Actor, Document, ErrorInfo, FailureKind, Refusal, Status, Update,
-};
+use build_state::model::{Action, Actor, Document, FailureKind, Refusal, Status, Update};
 use build_state::protocol::BuildEnv;
 use build_state::store::{AnyStore, Store};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -408,11 +406,10 @@ async fn run(cli: Cli) -> Result<()> {
                 (None, Some(e)) => e.clone(),
                 (None, None) => bail!("fail needs --error or --error-file (what went wrong)"),
             };
-            let kind = parse_kind(kind.as_deref())?
-                .unwrap_or_else(|| config.classifier.classify(&message));
+            let kind = parse_kind(kind.as_deref())?;
             let action = Action::Fail {
                 state,
-                error: ErrorInfo { message, kind },
+                error: config.classifier.error(message, kind),
             };
             act(&config, action, &extras, &out).await
         }
@@ -480,10 +477,9 @@ async fn run(cli: Cli) -> Result<()> {
                 Some("completed") => Action::Complete(state),
                 Some("failed") => {
                     let message = error.unwrap_or_else(|| format!("stage {state} failed"));
-                    let kind = config.classifier.classify(&message);
                     Action::Fail {
                         state,
-                        error: ErrorInfo { message, kind },
+                        error: config.classifier.error(message, None),
                     }
                 }
                 Some(other) => bail!("update: status {other:?} must be completed or failed"),

@@ -342,10 +342,7 @@ mod tests {
         let mut doc: Option<Document> = None;
         let fail = |n| Action::Fail {
             state: n,
-            error: ErrorInfo {
-                message: "x".into(),
-                kind: FailureKind::Transient,
-            },
+            error: ErrorInfo::new("x".into(), FailureKind::Transient),
         };
         for (m, action) in [
             (0, Action::Init { restart: false }),

@@ -103,6 +103,22 @@ pub struct ErrorInfo {
     pub message: String,
     /// Whether it is retried.
     pub kind: FailureKind,
+    /// The source pattern that gave `kind` (`persistent_errors: ...` or
+    /// `transient_errors: ...`); absent when the put gave the kind or no
+    /// pattern matched (unknown: transient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+impl ErrorInfo {
+    /// An error of a kind given explicitly.
+    pub fn new(message: String, kind: FailureKind) -> ErrorInfo {
+        ErrorInfo {
+            message,
+            kind,
+            rule: None,
+        }
+    }
 }
 
 /// The action an event records.

@@ -85,10 +85,7 @@ impl World {
 fn fail(state: Code, message: &str) -> Action {
     Action::Fail {
         state,
-        error: ErrorInfo {
-            message: message.into(),
-            kind: FailureKind::Transient,
-        },
+        error: ErrorInfo::new(message.into(), FailureKind::Transient),
     }
 }
 
@@ -185,10 +182,7 @@ fn per_state_policy_and_persistent_failures() {
     w.ok(Action::Complete(5));
     let d = w.ok(Action::Fail {
         state: 10,
-        error: ErrorInfo {
-            message: "license rejected".into(),
-            kind: FailureKind::Persistent,
-        },
+        error: ErrorInfo::new("license rejected".into(), FailureKind::Persistent),
     });
     assert_eq!((d.status, d.attempts), (Status::Blocked, 1));
 }
@@ -450,14 +444,14 @@ fn arb_action() -> impl Strategy<Value = Action> {
         code.clone().prop_map(Action::Complete),
         (code.clone(), any::<bool>()).prop_map(|(state, persistent)| Action::Fail {
             state,
-            error: ErrorInfo {
-                message: "boom".into(),
-                kind: if persistent {
+            error: ErrorInfo::new(
+                "boom".into(),
+                if persistent {
                     FailureKind::Persistent
                 } else {
                     FailureKind::Transient
                 },
-            },
+            ),
         }),
         code.clone().prop_map(Action::Retry),
         (code, 0usize..6).prop_map(|(state, s)| Action::Set {

@@ -422,7 +422,7 @@ fn bounded(error: &ErrorInfo) -> ErrorInfo {
         .collect();
     ErrorInfo {
         message: format!("…{tail}"),
-        kind: error.kind,
+        ..error.clone()
     }
 }
 

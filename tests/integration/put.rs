@@ -102,14 +102,24 @@ fn persistent_failures_block_at_once(w: World) {
         .ok();
     assert_eq!(state(&out), ("5", "blocked"));
     assert_eq!(w.doc()["last_error"]["kind"], "persistent");
+    assert_eq!(
+        w.doc()["last_error"]["rule"],
+        "persistent_errors: (?i)license"
+    );
     w.put(json!({"retry": 5})).ok();
+    // A transient match is named too; an unknown error is transient, unnamed.
     let out = w.put(json!({"fail": 5, "error": "ssh timeout"})).ok();
     assert_eq!(state(&out), ("5", "failed"));
+    assert_eq!(w.doc()["last_error"]["rule"], "transient_errors: timeout");
+    w.put(json!({"fail": 5, "error": "disk on fire"})).ok();
+    assert_eq!(w.doc()["last_error"]["kind"], "transient");
+    assert!(w.doc()["last_error"].get("rule").is_none());
     // An explicit kind wins over the lists.
     let out = w
-        .put(json!({"fail": 5, "error": "ssh timeout", "kind": "persistent"}))
+        .put(json!({"fail": 5, "error": "ssh timeout", "kind": "persistent", "note": "x"}))
         .ok();
     assert_eq!(state(&out), ("5", "blocked"));
+    assert!(w.doc()["last_error"].get("rule").is_none());
 }
 
 fn per_state_retry_policy(w: World) {
