@@ -7,6 +7,7 @@ use crate::protocol::{ConditionParam, Secret, Source, StageRetryParam};
 use regex_lite::Regex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A source block that cannot be used. The message names the field and
@@ -27,11 +28,29 @@ fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Con
     })
 }
 
-/// Everything the resource needs, checked.
+/// One build's configuration: the resource's [`Settings`] and the build id
+/// (a parameter, not a setting: the fleet commands work on settings alone,
+/// and make one of these per build they read).
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The build whose document this is.
     pub build_id: String,
+    /// The resource's settings, shared by every build under them.
+    pub settings: Arc<Settings>,
+}
+
+impl std::ops::Deref for Config {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// The resource's configuration, validated from a raw source block
+/// ([`Source`]): storage, ladder, retry policy, classifier, labels, gate.
+#[derive(Clone, Debug)]
+pub struct Settings {
     /// Where the documents live.
     pub storage: Storage,
     /// The state ladder.
@@ -264,7 +283,7 @@ fn non_empty(v: &Option<String>) -> Option<String> {
 }
 
 impl Config {
-    /// Validates a raw source block.
+    /// Validates a raw source block, which must name its build.
     pub fn from_source(s: &Source) -> Result<Config, ConfigError> {
         let build_id = match non_empty(&s.build_id) {
             Some(id) => id,
@@ -276,7 +295,41 @@ impl Config {
             }
         };
         validate_build_id(&build_id).or_else(|m| err("build_id", m))?;
+        Ok(Config {
+            build_id,
+            settings: Arc::new(Settings::from_source(s)?),
+        })
+    }
 
+    /// The same settings for another build under the same prefix.
+    pub fn with_build_id(&self, build_id: &str) -> Result<Config, ConfigError> {
+        self.settings.for_build(build_id)
+    }
+
+    /// The transition rules this configuration sets.
+    pub fn rules(&self) -> crate::model::Rules<'_> {
+        crate::model::Rules {
+            build_id: &self.build_id,
+            ladder: &self.ladder,
+            retry: &self.retry,
+            labels: &self.labels,
+        }
+    }
+
+    /// The key of the live document: `<prefix><build_id>/state.json`.
+    pub fn state_key(&self) -> String {
+        format!("{}{}/state.json", self.prefix(), self.build_id)
+    }
+
+    /// `<prefix><build_id>/runs/<run>.json`.
+    pub fn archive_key(&self, run: u64) -> String {
+        format!("{}{}/runs/{run}.json", self.prefix(), self.build_id)
+    }
+}
+
+impl Settings {
+    /// Validates a raw source block; its `build_id`, if any, is not read.
+    pub fn from_source(s: &Source) -> Result<Settings, ConfigError> {
         let prefix = normalize_prefix(&s.prefix);
         let storage = match (non_empty(&s.bucket), non_empty(&s.local_dir)) {
             (Some(_), Some(_)) => {
@@ -348,8 +401,7 @@ impl Config {
             .map(|g| parse_condition("gate", g, &ladder))
             .transpose()?;
 
-        Ok(Config {
-            build_id,
+        Ok(Settings {
             storage,
             ladder,
             retry,
@@ -359,12 +411,13 @@ impl Config {
         })
     }
 
-    /// The same configuration for another build under the same prefix.
-    pub fn with_build_id(&self, build_id: &str) -> Result<Config, ConfigError> {
+    /// The configuration of build `build_id` under these settings.
+    pub fn for_build(self: &Arc<Self>, build_id: &str) -> Result<Config, ConfigError> {
         validate_build_id(build_id).or_else(|m| err("build_id", m))?;
-        let mut c = self.clone();
-        c.build_id = build_id.to_string();
-        Ok(c)
+        Ok(Config {
+            build_id: build_id.to_string(),
+            settings: Arc::clone(self),
+        })
     }
 
     /// The build id a state key names (`<prefix><id>/state.json`), if any.
@@ -373,27 +426,6 @@ impl Config {
             .strip_prefix(self.prefix())?
             .strip_suffix("/state.json")?;
         validate_build_id(id).ok().map(|_| id.to_string())
-    }
-
-    /// `<prefix><build_id>/state.json`.
-    /// The transition rules this configuration sets.
-    pub fn rules(&self) -> crate::model::Rules<'_> {
-        crate::model::Rules {
-            build_id: &self.build_id,
-            ladder: &self.ladder,
-            retry: &self.retry,
-            labels: &self.labels,
-        }
-    }
-
-    /// The key of the live document: `<prefix><build_id>/state.json`.
-    pub fn state_key(&self) -> String {
-        format!("{}{}/state.json", self.prefix(), self.build_id)
-    }
-
-    /// `<prefix><build_id>/runs/<run>.json`.
-    pub fn archive_key(&self, run: u64) -> String {
-        format!("{}{}/runs/{run}.json", self.prefix(), self.build_id)
     }
 
     /// The key prefix (empty, or ending in `/`).

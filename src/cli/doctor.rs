@@ -4,7 +4,7 @@
 
 use super::output::{Out, Table};
 use anyhow::{Result, bail};
-use build_state::config::{Config, Credentials, Storage};
+use build_state::config::{Credentials, Settings, Storage};
 use build_state::store::{AnyStore, Fetched, Precondition, Store, StoreError};
 use serde_json::json;
 
@@ -33,7 +33,7 @@ fn advice(e: &StoreError) -> String {
     }
 }
 
-pub async fn doctor(config: &Config, out: &Out) -> Result<()> {
+pub async fn doctor(config: &Settings, out: &Out) -> Result<()> {
     let mut checks: Vec<Check> = Vec::new();
     let mut add = |name, verdict, detail: String| {
         checks.push(Check {
@@ -144,7 +144,7 @@ const ROUNDS: usize = 3;
 /// Proves conditional writes with real requests on a scratch object, then
 /// removes it, whatever the checks found.
 async fn probe(
-    config: &Config,
+    config: &Settings,
     store: &AnyStore,
     add: &mut impl FnMut(&'static str, Verdict, String),
 ) {

@@ -4,7 +4,7 @@
 
 use super::output::{Out, Table};
 use anyhow::{Context, Result, anyhow, bail};
-use build_state::config::Config;
+use build_state::config::Settings;
 use build_state::engine::Builds;
 use build_state::model::{
     Action, Actor, Document, Outcome, Refusal, Rules, Status, Timestamp, Update, apply,
@@ -14,6 +14,7 @@ use chrono::{NaiveDateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
 use serde_json::json;
 use std::path::Path;
+use std::sync::Arc;
 
 struct OldBuild {
     build_id: String,
@@ -123,7 +124,7 @@ fn read_db(path: &Path) -> Result<Vec<OldBuild>> {
 }
 
 /// Replays an old build through the transitions.
-fn to_document(config: &Config, db: &Path, b: &OldBuild) -> Result<Document> {
+fn to_document(config: &Settings, db: &Path, b: &OldBuild) -> Result<Document> {
     let inconsistent = |m: String| {
         anyhow!(
             "{}: build {:?} is inconsistent: {m}",
@@ -265,7 +266,7 @@ fn to_document(config: &Config, db: &Path, b: &OldBuild) -> Result<Document> {
 
 /// The imported run, renumbered to follow an existing document (run and
 /// revisions continue, so no revision ever repeats).
-fn follow(existing: &Document, doc: &Document, config: &Config) -> Document {
+fn follow(existing: &Document, doc: &Document, config: &Settings) -> Document {
     let mut history = doc.history.clone();
     for e in &mut history {
         e.revision += existing.revision;
@@ -280,7 +281,7 @@ fn follow(existing: &Document, doc: &Document, config: &Config) -> Document {
 }
 
 pub async fn import(
-    config: &Config,
+    config: &Arc<Settings>,
     store: &AnyStore,
     dbs: &[std::path::PathBuf],
     dry_run: bool,
@@ -304,7 +305,7 @@ pub async fn import(
                     continue;
                 }
             };
-            let cfg = config.with_build_id(&b.build_id)?;
+            let cfg = config.for_build(&b.build_id)?;
             let builds = Builds::new(&cfg, store);
             if dry_run {
                 let existing = builds.current().await?;

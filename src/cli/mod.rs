@@ -10,7 +10,7 @@ mod source;
 mod watch;
 
 use anyhow::{Context, Result, anyhow, bail};
-use build_state::config::Config;
+use build_state::config::{Config, Settings};
 use build_state::engine::{Builds, ErrorKind};
 use build_state::model::{Action, Actor, Document, FailureKind, Refusal, Status, Update};
 use build_state::protocol::BuildEnv;
@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Exit codes, as documented in the README.
 pub const EXIT_ERROR: u8 = 1;
@@ -281,17 +282,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::In { dir } => resource_cmd(build_state::resource::Program::In(dir)).await,
         Command::Out { dir } => resource_cmd(build_state::resource::Program::Out(dir)).await,
         Command::States => {
-            let config = src.config(None)?;
+            let config = src.settings()?;
             states(&config, &out)
         }
         Command::Show { build_id } => {
-            let config = src.config(Some(&build_id))?;
+            let config = src.config(&build_id)?;
             let store = open(&config).await?;
             let doc = current(&config, &store).await?;
             out.document(&config, &doc)
         }
         Command::Next { build_id } => {
-            let config = src.config(Some(&build_id))?;
+            let config = src.config(&build_id)?;
             let store = open(&config).await?;
             let doc = current(&config, &store).await?;
             let step = build_state::model::NextStep::live(&doc, build_state::now());
@@ -308,7 +309,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::History { build_id } => {
-            let config = src.config(Some(&build_id))?;
+            let config = src.config(&build_id)?;
             let store = open(&config).await?;
             let doc = current(&config, &store).await?;
             out.history(&doc)
@@ -318,7 +319,7 @@ async fn run(cli: Cli) -> Result<()> {
             state,
             concurrency,
         } => {
-            let config = src.config(None)?;
+            let config = src.settings()?;
             let store = open(&config).await?;
             let status = status
                 .map(|s| Status::parse(&s).ok_or_else(|| anyhow!("--status {s:?} is not a status")))
@@ -340,13 +341,13 @@ async fn run(cli: Cli) -> Result<()> {
             interval,
             for_,
         } => {
-            let config = src.config(build_id.as_deref())?;
+            let config = src.settings()?;
             let store = open(&config).await?;
             let interval = humantime::parse_duration(&interval).context("--interval")?;
             let until = for_
                 .map(|d| humantime::parse_duration(&d).context("--for"))
                 .transpose()?;
-            watch::watch(&config, &store, build_id.is_some(), interval, until, &out).await
+            watch::watch(&config, &store, build_id.as_deref(), interval, until, &out).await
         }
         Command::Init {
             build_id,
@@ -354,20 +355,22 @@ async fn run(cli: Cli) -> Result<()> {
             restart,
             extras,
         } => {
-            let mut config = src.config(Some(&build_id))?;
+            let config = src.config(&build_id)?;
+            let mut settings = (*config.settings).clone();
             for l in labels {
                 let (k, v) = l
                     .split_once('=')
                     .ok_or_else(|| anyhow!("--label {l:?} is not KEY=VALUE"))?;
-                config
+                settings
                     .labels
                     .insert(k.trim().to_string(), v.trim().to_string());
             }
+            let config = std::sync::Arc::new(settings).for_build(&build_id)?;
             act(&config, Action::Init { restart }, &extras, &out).await
         }
         Command::Start(a) => {
             act(
-                &src.config(Some(&a.build_id))?,
+                &src.config(&a.build_id)?,
                 Action::Start(a.state),
                 &a.extras,
                 &out,
@@ -376,7 +379,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Complete(a) => {
             act(
-                &src.config(Some(&a.build_id))?,
+                &src.config(&a.build_id)?,
                 Action::Complete(a.state),
                 &a.extras,
                 &out,
@@ -391,7 +394,7 @@ async fn run(cli: Cli) -> Result<()> {
             kind,
             extras,
         } => {
-            let config = src.config(Some(&build_id))?;
+            let config = src.config(&build_id)?;
             let message = match (&error_file, &error) {
                 (Some(f), _) => match build_state::inputs::read_regular(f) {
                     Ok(t) if !String::from_utf8_lossy(&t).trim().is_empty() => {
@@ -415,7 +418,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Retry(a) => {
             act(
-                &src.config(Some(&a.build_id))?,
+                &src.config(&a.build_id)?,
                 Action::Retry(a.state),
                 &a.extras,
                 &out,
@@ -433,7 +436,7 @@ async fn run(cli: Cli) -> Result<()> {
                 anyhow!("--status {status:?} must be one of pending, in_progress, failed, blocked, completed, cancelled")
             })?;
             act(
-                &src.config(Some(&build_id))?,
+                &src.config(&build_id)?,
                 Action::Set {
                     state,
                     status,
@@ -446,7 +449,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cancel { build_id, reason } => {
             act(
-                &src.config(Some(&build_id))?,
+                &src.config(&build_id)?,
                 Action::Cancel { reason },
                 &Extras::default(),
                 &out,
@@ -454,13 +457,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Restart { build_id, extras } => {
-            act(
-                &src.config(Some(&build_id))?,
-                Action::Restart,
-                &extras,
-                &out,
-            )
-            .await
+            act(&src.config(&build_id)?, Action::Restart, &extras, &out).await
         }
         Command::Update {
             build_id,
@@ -468,7 +465,7 @@ async fn run(cli: Cli) -> Result<()> {
             status,
             error,
         } => {
-            let config = src.config(Some(&build_id))?;
+            let config = src.config(&build_id)?;
             // Empty arguments (an unset variable in a script) count as absent.
             let status = status.filter(|s| !s.trim().is_empty());
             let error = error.filter(|e| !e.trim().is_empty());
@@ -491,19 +488,19 @@ async fn run(cli: Cli) -> Result<()> {
             dry_run,
             force,
         } => {
-            let config = src.config(None)?;
+            let config = src.settings()?;
             let store = open(&config).await?;
             import::import(&config, &store, &databases, dry_run, force, &out).await
         }
         Command::Report { out: path } => {
-            let config = src.config(None)?;
+            let config = src.settings()?;
             let store = open(&config).await?;
             let rows = scan(&config, &store, 32, true).await?;
             report::write(&config, &rows, &path)?;
             out.report(&path, rows.len())
         }
         Command::Doctor => {
-            let config = src.config(None)?;
+            let config = src.settings()?;
             doctor::doctor(&config, &out).await
         }
     }
@@ -520,7 +517,7 @@ async fn resource_cmd(program: build_state::resource::Program) -> Result<()> {
     Ok(())
 }
 
-async fn open(config: &Config) -> Result<AnyStore> {
+async fn open(config: &Settings) -> Result<AnyStore> {
     AnyStore::open(config)
         .await
         .map_err(|e| anyhow!("opening the store: {e}"))
@@ -556,7 +553,7 @@ async fn act(config: &Config, action: Action, extras: &Extras, out: &Out) -> Res
     out.applied(&described, &applied.doc, applied.written)
 }
 
-fn states(config: &Config, out: &Out) -> Result<()> {
+fn states(config: &Settings, out: &Out) -> Result<()> {
     if out.json {
         let steps: Vec<Value> = config
             .ladder
@@ -598,7 +595,7 @@ pub struct Row {
 /// Reads every build under the prefix, `concurrency` at a time, with
 /// progress on stderr when it takes long.
 pub async fn scan(
-    config: &Config,
+    config: &Arc<Settings>,
     store: &AnyStore,
     concurrency: usize,
     progress: bool,
@@ -617,7 +614,7 @@ pub async fn scan(
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut rows = Vec::with_capacity(total);
     let mut results = futures_util::stream::iter(ids.into_iter().map(|id| async move {
-        let doc = match config.with_build_id(&id) {
+        let doc = match config.for_build(&id) {
             Err(e) => Err(e.to_string()),
             Ok(c) => match Builds::new(&c, store).current().await {
                 Ok(Some(cur)) => Ok(cur.doc),

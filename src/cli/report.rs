@@ -4,7 +4,7 @@
 
 use super::Row;
 use anyhow::{Context, Result};
-use build_state::config::Config;
+use build_state::config::Settings;
 use build_state::model::document::rfc3339;
 use build_state::model::{ActionKind, Code, Document, Status, Timestamp};
 use std::collections::BTreeMap;
@@ -91,7 +91,7 @@ pub fn spans(doc: &Document, now: Timestamp) -> Vec<Span> {
     out
 }
 
-fn timeline(config: &Config, doc: &Document, now: Timestamp) -> String {
+fn timeline(config: &Settings, doc: &Document, now: Timestamp) -> String {
     let spans = spans(doc, now);
     let (start, end) = (
         doc.created_at,
@@ -140,7 +140,7 @@ fn timeline(config: &Config, doc: &Document, now: Timestamp) -> String {
     svg
 }
 
-pub fn render(config: &Config, rows: &[Row], now: Timestamp) -> String {
+pub fn render(config: &Settings, rows: &[Row], now: Timestamp) -> String {
     let docs: Vec<&Document> = rows.iter().filter_map(|r| r.doc.as_ref().ok()).collect();
     let name = |c: Code| config.ladder.name(c).unwrap_or("?").to_string();
     let mut h = String::new();
@@ -310,7 +310,7 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
     h
 }
 
-pub fn write(config: &Config, rows: &[Row], path: &Path) -> Result<()> {
+pub fn write(config: &Settings, rows: &[Row], path: &Path) -> Result<()> {
     let html = render(config, rows, build_state::now());
     std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
 }

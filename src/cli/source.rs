@@ -3,12 +3,13 @@
 //! resource's own source type.
 
 use anyhow::{Context, Result, anyhow, bail};
-use build_state::config::Config;
+use build_state::config::{Config, Settings};
 use build_state::pipeline;
 use build_state::protocol::{Source, parse};
 use build_state::resource::configure;
 use serde_json::{Value, json};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SourceArgs {
@@ -115,33 +116,36 @@ impl SourceArgs {
         Ok(source)
     }
 
-    /// The validated configuration, for `build_id` (or, for commands over
-    /// every build, for a placeholder that is never read or written).
-    pub fn config(&self, build_id: Option<&str>) -> Result<Config> {
+    /// The raw source, naming `build_id` when one is given.
+    fn source(&self, build_id: Option<&str>) -> Result<Source> {
         let mut raw = self.raw()?;
         if raw.get("bucket").is_none() && raw.get("local_dir").is_none() {
             bail!(
                 "no store: give --bucket (or BUILD_STATE_BUCKET), --local-dir, --source FILE, or --pipeline FILE --resource NAME"
             );
         }
-        match build_id {
-            Some(id) => raw["build_id"] = Value::from(id),
-            None => {
-                if raw
-                    .get("build_id")
-                    .is_none_or(|v| v.as_str().is_none_or(str::is_empty))
-                {
-                    raw["build_id"] = Value::from("all");
-                }
-            }
+        if let Some(id) = build_id {
+            raw["build_id"] = Value::from(id);
         }
-        let source: Source = parse(&serde_json::to_vec(&raw)?).map_err(|e| {
+        parse(&serde_json::to_vec(&raw)?).map_err(|e| {
             anyhow!(
                 "{}",
                 e.to_string()
                     .replacen("invalid payload: ", "invalid source: ", 1)
             )
-        })?;
-        configure(&source)
+        })
+    }
+
+    /// The validated settings, for commands over every build (no build id).
+    pub fn settings(&self) -> Result<Arc<Settings>> {
+        let source = self.source(None)?;
+        Ok(Arc::new(
+            Settings::from_source(&source).map_err(|e| anyhow!(e))?,
+        ))
+    }
+
+    /// The validated configuration of build `build_id`.
+    pub fn config(&self, build_id: &str) -> Result<Config> {
+        configure(&self.source(Some(build_id))?)
     }
 }

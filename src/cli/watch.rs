@@ -2,10 +2,11 @@
 
 use super::output::Out;
 use anyhow::{Result, anyhow};
-use build_state::config::Config;
+use build_state::config::Settings;
 use build_state::engine::{Builds, Read};
 use build_state::store::{AnyStore, Store};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Seen {
@@ -15,9 +16,9 @@ struct Seen {
 }
 
 pub async fn watch(
-    config: &Config,
+    config: &Arc<Settings>,
     store: &AnyStore,
-    single: bool,
+    one: Option<&str>,
     interval: Duration,
     until: Option<Duration>,
     out: &Out,
@@ -26,8 +27,8 @@ pub async fn watch(
     let mut seen: HashMap<String, Seen> = HashMap::new();
     let mut first = true;
     loop {
-        let ids = if single {
-            vec![config.build_id.clone()]
+        let ids = if let Some(id) = one {
+            vec![id.to_string()]
         } else {
             let keys = store
                 .list(config.prefix())
@@ -38,13 +39,13 @@ pub async fn watch(
                 .collect()
         };
         for id in ids {
-            let cfg = config.with_build_id(&id)?;
+            let cfg = config.for_build(&id)?;
             let builds = Builds::new(&cfg, store);
             let known = seen.get(&id);
             match builds.read(known.map(|s| s.etag.as_str())).await {
                 Ok(Read::Unchanged) => {}
                 Ok(Read::Absent) => {
-                    if single && first {
+                    if one.is_some() && first {
                         eprintln!("build-state: {id} has no state yet; waiting for it");
                     }
                 }

@@ -5,7 +5,7 @@ pub mod local;
 pub mod memory;
 pub mod s3;
 
-use crate::config::{Config, Storage};
+use crate::config::{Settings, Storage};
 
 /// The answer to a (conditional) read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,7 +100,7 @@ pub enum AnyStore {
 
 impl AnyStore {
     /// Opens the store `config` names.
-    pub async fn open(config: &Config) -> Result<AnyStore, StoreError> {
+    pub async fn open(config: &Settings) -> Result<AnyStore, StoreError> {
         Ok(match &config.storage {
             Storage::Local { dir, .. } => AnyStore::Local(local::LocalStore::new(dir.clone())),
             Storage::S3(s3) => AnyStore::S3(s3::S3Store::connect(s3).await?),
