@@ -423,6 +423,238 @@ pub struct PayloadError {
 }
 
 #[cfg(test)]
+mod fuzz {
+    //! The request parsers on arbitrary input: raw bytes, and JSON built
+    //! from the requests' own vocabulary with values of every type. They
+    //! never panic, and what they accept validates (or is refused) without
+    //! panicking either. Runs in `cargo test`.
+
+    use super::*;
+    use crate::config::Config;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    const KEYS: &[&str] = &[
+        "bucket",
+        "local_dir",
+        "prefix",
+        "build_id",
+        "region_name",
+        "endpoint",
+        "use_path_style",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "ca_bundle",
+        "states",
+        "retry",
+        "gate",
+        "labels",
+        "transient_errors",
+        "persistent_errors",
+        "max_attempts",
+        "backoff",
+        "factor",
+        "max_backoff",
+        "code",
+        "name",
+        "state",
+        "min_state",
+        "revision",
+        "status",
+        "etag",
+        "init",
+        "restart",
+        "start",
+        "complete",
+        "fail",
+        "finish",
+        "set",
+        "cancel",
+        "file",
+        "error",
+        "error_file",
+        "kind",
+        "reason",
+        "vars_file",
+        "note",
+        "require",
+        "server_side_encryption",
+        "sse_kms_key_id",
+    ];
+    const SOURCE: &[&str] = &[
+        "bucket",
+        "prefix",
+        "build_id",
+        "region_name",
+        "endpoint",
+        "use_path_style",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "ca_bundle",
+        "states",
+        "retry",
+        "gate",
+        "labels",
+        "transient_errors",
+        "persistent_errors",
+        "server_side_encryption",
+        "sse_kms_key_id",
+    ];
+    const PARAMS: &[&str] = &[
+        "init",
+        "restart",
+        "start",
+        "complete",
+        "fail",
+        "finish",
+        "retry",
+        "set",
+        "cancel",
+        "file",
+        "error",
+        "error_file",
+        "kind",
+        "status",
+        "reason",
+        "vars_file",
+        "note",
+        "require",
+    ];
+    const VERSION: &[&str] = &["revision", "state", "status", "etag"];
+
+    /// An object with some of `keys`, each with any value.
+    fn object(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        proptest::collection::vec((proptest::sample::select(keys), value()), 0..5)
+            .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (0u32..120).prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z0-9./ -]{0,12}".prop_map(Value::from),
+            (0u32..120).prop_map(|n| Value::from(n.to_string())),
+            Just(Value::from("10-65")),
+            Just(Value::from("5m")),
+            Just(Value::from("(?i)timeout")),
+            Just(Value::from("(")),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        scalar().prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((proptest::sample::select(KEYS), inner), 0..6).prop_map(
+                    |kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                ),
+            ]
+        })
+    }
+
+    /// A put's params of the right shape: one action with a code near the
+    /// ladder, and some of the fields that go with actions.
+    fn put_params() -> impl Strategy<Value = Value> {
+        (
+            proptest::sample::select(&["start", "complete", "fail", "finish", "retry", "set"][..]),
+            prop_oneof![(0u32..21).prop_map(|n| n * 5), 0u32..120],
+            proptest::collection::btree_map(
+                proptest::sample::select(&["error", "kind", "status", "reason", "note"][..]),
+                "[a-z_ ]{0,12}",
+                0..3,
+            )
+            .prop_map(|m| json!(m)),
+        )
+            .prop_map(|(action, code, mut extra)| {
+                extra[action] = json!(code);
+                extra
+            })
+    }
+
+    /// A source of the right shape: a local store and a build, with some
+    /// policy fields of any value.
+    fn local_source() -> impl Strategy<Value = Value> {
+        object(&[
+            "retry",
+            "gate",
+            "states",
+            "labels",
+            "transient_errors",
+            "persistent_errors",
+            "prefix",
+        ])
+        .prop_map(|mut s| {
+            s["local_dir"] = json!("/nowhere");
+            s["build_id"] = json!("rhel8-web");
+            s
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn well_shaped_puts_never_panic(source in local_source(), params in put_params()) {
+            let out = serde_json::to_vec(&json!({"source": source, "params": params})).unwrap();
+            if let Ok(r) = parse::<OutRequest>(&out) {
+                let _ = Config::from_source(&r.source);
+                let action = PutAction::of(r.params.as_ref().unwrap());
+                prop_assert!(action.is_ok(), "{:?}", action);
+            }
+        }
+
+        #[test]
+        fn raw_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse::<CheckRequest>(&bytes);
+            let _ = parse::<InRequest>(&bytes);
+            let _ = parse::<OutRequest>(&bytes);
+        }
+
+        #[test]
+        fn structured_requests_never_panic(
+            source in object(SOURCE),
+            version in object(VERSION),
+            params in object(PARAMS),
+            local in any::<bool>(),
+        ) {
+            let mut source = source;
+            if local && let Value::Object(m) = &mut source {
+                m.insert("local_dir".into(), json!("/nowhere"));
+                m.insert("build_id".into(), json!("rhel8-web"));
+            }
+            let out = serde_json::to_vec(&json!({"source": source, "params": params})).unwrap();
+            let check = serde_json::to_vec(&json!({"source": source, "version": version})).unwrap();
+            let get = serde_json::to_vec(&json!({"source": source, "version": version, "params": params})).unwrap();
+            if let Ok(r) = parse::<OutRequest>(&out) {
+                let _ = Config::from_source(&r.source);
+                if let Some(p) = &r.params {
+                    let _ = PutAction::of(p);
+                }
+            }
+            if let Ok(r) = parse::<CheckRequest>(&check) {
+                let _ = Config::from_source(&r.source);
+            }
+            if let Ok(r) = parse::<InRequest>(&get)
+                && let Some(p) = &r.params
+                && let (Ok(c), Some(cond)) = (Config::from_source(&r.source), &p.require)
+            {
+                let _ = crate::config::parse_condition("require", cond, &c.ladder);
+            }
+            let bytes = out;
+            // An error always names where it is (`bytes` is the out request).
+            if let Err(e) = parse::<OutRequest>(&bytes) {
+                prop_assert!(e.to_string().starts_with("invalid payload: "));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
