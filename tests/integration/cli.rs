@@ -36,12 +36,15 @@ fn actions_show_and_history(w: World) {
     }
     let doc: Value = serde_json::from_str(&w.cli(&["show", "rhel8-web", "--json"]).text()).unwrap();
     assert_eq!(doc, w.doc());
+    // The CLI records who ran it: $USER, and the host when it has a name.
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let recorded = doc["history"][0]["by"]["user"].as_str().unwrap();
     assert!(
-        doc["history"][0]["by"]["user"]
-            .as_str()
-            .unwrap()
-            .contains('@')
-            || doc["history"][0]["by"]["user"].is_string()
+        recorded == user || recorded.starts_with(&format!("{user}@")),
+        "{recorded}"
     );
     let history: Value =
         serde_json::from_str(&w.cli(&["history", "rhel8-web", "--json"]).text()).unwrap();

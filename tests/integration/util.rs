@@ -213,7 +213,11 @@ impl World {
     pub fn raw(&self, name: &str) -> Option<Vec<u8>> {
         let key = self.key(name);
         match self.kind {
-            Kind::Local => std::fs::read(self.states_dir().join(key)).ok(),
+            Kind::Local => match std::fs::read(self.states_dir().join(&key)) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("reading {key}: {e}"),
+            },
             Kind::S3 => {
                 let s = s3();
                 s.block_on(async {
@@ -226,7 +230,12 @@ impl World {
                         .await
                     {
                         Ok(o) => Some(o.body.collect().await.unwrap().into_bytes().to_vec()),
-                        Err(_) => None,
+                        // Only a missing key is "nothing stored"; any other
+                        // error fails the test rather than passing for absence.
+                        Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => {
+                            None
+                        }
+                        Err(e) => panic!("reading {key} from the test server: {e:?}"),
                     }
                 })
             }
