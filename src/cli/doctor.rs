@@ -128,7 +128,7 @@ pub async fn doctor(config: &Settings, out: &Out) -> Result<()> {
             };
             t.row(vec![c.name.to_string(), r.to_string(), c.detail.clone()]);
         }
-        t.print();
+        out.table(&t)?;
     }
     if failed > 0 {
         bail!("{failed} checks failed (see above)");

@@ -380,7 +380,7 @@ pub async fn import(
                 labels,
             ]);
         }
-        t.print();
+        out.table(&t)?;
     }
     if failures > 0 {
         bail!(

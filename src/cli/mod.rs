@@ -304,8 +304,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "retry_at": doc.retry_at.map(|t| build_state::model::document::rfc3339::format(&t)),
                 }))
             } else {
-                println!("{}", step.as_str());
-                Ok(())
+                out.write(&format!("{}\n", step.as_str()))
             }
         }
         Command::History { build_id } => {
@@ -457,7 +456,8 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Restart { build_id, extras } => {
-            act(&src.config(&build_id)?, Action::Restart, &extras, &out).await
+            let config = src.config(&build_id)?;
+            act(&config, Action::Restart, &extras, &out).await
         }
         Command::Update {
             build_id,
@@ -538,14 +538,24 @@ async fn current(config: &Config, store: &AnyStore) -> Result<Document> {
 
 /// Applies one action with the resource's engine and prints the result.
 async fn act(config: &Config, action: Action, extras: &Extras, out: &Out) -> Result<()> {
-    let store = open(config).await?;
+    act_with(config, &open(config).await?, action, extras, out).await
+}
+
+/// Applies one action in `store` and prints the result.
+async fn act_with(
+    config: &Config,
+    store: &AnyStore,
+    action: Action,
+    extras: &Extras,
+    out: &Out,
+) -> Result<()> {
     let mut update = Update::new(action, actor(), build_state::now());
     update.vars = read_vars(extras)?;
     update.note = extras.note.clone().filter(|n| !n.trim().is_empty());
     let described = update.action.describe();
     let applied = build_state::app::record(
         config,
-        &store,
+        store,
         &build_state::app::SystemClock,
         build_state::app::Change::Apply(update),
     )
@@ -582,7 +592,7 @@ fn states(config: &Settings, out: &Out) -> Result<()> {
             ),
         ]);
     }
-    t.print();
+    out.table(&t)?;
     Ok(())
 }
 
@@ -647,4 +657,178 @@ pub async fn scan(
     }
     rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The CLI's commands on the in-memory store (and `doctor` on a local
+    //! directory), their output read from a buffer.
+
+    use super::*;
+    use build_state::model::{ErrorInfo, FailureKind};
+    use build_state::store::memory::MemoryStore;
+
+    fn settings() -> Arc<Settings> {
+        let source: build_state::protocol::Source =
+            serde_json::from_str(r#"{"local_dir": "/nowhere", "prefix": "fleet/"}"#).unwrap();
+        Arc::new(Settings::from_source(&source).unwrap())
+    }
+
+    fn text(buf: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
+        String::from_utf8(std::mem::take(&mut *buf.lock().unwrap())).unwrap()
+    }
+
+    async fn walk(store: &AnyStore, id: &str, out: &Out) {
+        let config = settings().for_build(id).unwrap();
+        for action in [
+            Action::Init { restart: false },
+            Action::Complete(0),
+            Action::Start(5),
+            Action::Fail {
+                state: 5,
+                error: ErrorInfo::new("packer: ssh timeout".into(), FailureKind::Transient),
+            },
+        ] {
+            act_with(&config, store, action, &Extras::default(), out)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn actions_say_what_they_did_and_refusals_say_why() {
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (out, buf) = Out::buffered(false);
+        walk(&store, "rhel8-web", &out).await;
+        let said = text(&buf);
+        assert!(
+            said.contains("rhel8-web: init → 0 initial (pending), revision 1"),
+            "{said}"
+        );
+        assert!(
+            said.contains("rhel8-web: fail 5 → 5 kickstart initiated (failed), revision 4"),
+            "{said}"
+        );
+        let config = settings().for_build("rhel8-web").unwrap();
+        let err = act_with(
+            &config,
+            &store,
+            Action::Complete(25),
+            &Extras::default(),
+            &out,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot complete 25; allowed now: start 5"),
+            "{err}"
+        );
+        assert_eq!(text(&buf), "", "a refusal prints nothing on stdout");
+        // Again in JSON.
+        let (json_out, buf) = Out::buffered(true);
+        act_with(
+            &config,
+            &store,
+            Action::Retry(5),
+            &Extras::default(),
+            &json_out,
+        )
+        .await
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text(&buf)).unwrap();
+        assert_eq!(
+            (v["written"].as_bool(), v["document"]["status"].as_str()),
+            (Some(true), Some("pending"))
+        );
+    }
+
+    #[tokio::test]
+    async fn list_reads_every_build_and_names_the_unreadable() {
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (out, buf) = Out::buffered(false);
+        walk(&store, "rhel8-web", &out).await;
+        walk(&store, "rhel9-db", &out).await;
+        text(&buf);
+        if let AnyStore::Memory(m) = &store {
+            m.set("fleet/broken/state.json", b"{not json".to_vec());
+            m.set("fleet/notes.txt", b"not a build".to_vec());
+        }
+        let rows = scan(&settings(), &store, 4, false).await.unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.build_id.as_str()).collect();
+        assert_eq!(ids, ["broken", "rhel8-web", "rhel9-db"]);
+        out.list(&rows).unwrap();
+        let table = text(&buf);
+        assert!(table.starts_with("BUILD"), "{table}");
+        assert!(table.contains("broken     -      -"), "{table}");
+        assert!(table.contains("unreadable"), "{table}");
+        assert!(table.contains("packer: ssh timeout"), "{table}");
+    }
+
+    #[tokio::test]
+    async fn states_show_the_policy_per_code() {
+        let (out, buf) = Out::buffered(false);
+        states(&settings(), &out).unwrap();
+        let table = text(&buf);
+        assert!(
+            table.contains("5     kickstart initiated       3             30s ×2 ≤ 1h"),
+            "{table}"
+        );
+        assert_eq!(table.lines().count(), 22, "a header and 21 codes");
+    }
+
+    #[tokio::test]
+    async fn watch_prints_where_each_build_stands() {
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (quiet, _) = Out::buffered(false);
+        walk(&store, "rhel8-web", &quiet).await;
+        let (out, buf) = Out::buffered(false);
+        watch::watch(
+            &settings(),
+            &store,
+            None,
+            std::time::Duration::from_millis(1),
+            Some(std::time::Duration::ZERO),
+            &out,
+        )
+        .await
+        .unwrap();
+        let said = text(&buf);
+        assert!(
+            said.contains("rhel8-web r4 fail 5 → 5 failed (attempt 1)"),
+            "{said}"
+        );
+    }
+
+    #[tokio::test]
+    async fn doctor_passes_on_a_sound_store_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let source: build_state::protocol::Source =
+            serde_json::from_value(serde_json::json!({"local_dir": dir.path()})).unwrap();
+        let settings = Settings::from_source(&source).unwrap();
+        let (out, buf) = Out::buffered(false);
+        doctor::doctor(&settings, &out).await.unwrap();
+        let said = text(&buf);
+        for want in [
+            "compare-and-swap  ok",
+            "race              ok",
+            "cleanup           ok",
+        ] {
+            assert!(said.contains(want), "{want:?} in:\n{said}");
+        }
+        let left: Vec<_> = walkdir(dir.path());
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walkdir(&e.path()));
+            } else if !e.file_name().to_string_lossy().starts_with('.') {
+                out.push(e.path());
+            }
+        }
+        out
+    }
 }

@@ -12,6 +12,8 @@ use std::path::Path;
 pub struct Out {
     pub json: bool,
     colour: bool,
+    /// Where output goes: stdout, or (in unit tests) a buffer.
+    sink: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
 }
 
 /// A plain text table with aligned columns.
@@ -69,10 +71,6 @@ impl Table {
         }
         out
     }
-
-    pub fn print(&self) {
-        let _ = std::io::stdout().lock().write_all(self.render().as_bytes());
-    }
 }
 
 /// `3m`, `2h`, `5d`: how long ago.
@@ -98,14 +96,49 @@ fn one_line(s: &str, max: usize) -> String {
 impl Out {
     pub fn new(json: bool) -> Out {
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Out { json, colour }
+        Out {
+            json,
+            colour,
+            sink: None,
+        }
+    }
+
+    /// Output into a buffer (for tests), never coloured.
+    #[cfg(test)]
+    pub fn buffered(json: bool) -> (Out, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+        let sink = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        (
+            Out {
+                json,
+                colour: false,
+                sink: Some(sink.clone()),
+            },
+            sink,
+        )
+    }
+
+    /// Writes text to the output, flushed.
+    pub fn write(&self, s: &str) -> Result<()> {
+        match &self.sink {
+            Some(buf) => buf.lock().unwrap().extend_from_slice(s.as_bytes()),
+            None => {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(s.as_bytes())?;
+                stdout.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints a table.
+    pub fn table(&self, t: &Table) -> Result<()> {
+        self.write(&t.render())
     }
 
     pub fn print_json(&self, v: &Value) -> Result<()> {
         let mut s = serde_json::to_string_pretty(v)?;
         s.push('\n');
-        std::io::stdout().lock().write_all(s.as_bytes())?;
-        Ok(())
+        self.write(&s)
     }
 
     pub fn status(&self, s: Status) -> String {
@@ -173,7 +206,7 @@ impl Out {
             "stored at".into(),
             config.location(&config.state_key()),
         ]);
-        t.print();
+        self.table(&t)?;
         Ok(())
     }
 
@@ -210,7 +243,7 @@ impl Out {
         for e in &doc.history {
             t.row(self.event_row(e));
         }
-        t.print();
+        self.table(&t)?;
         Ok(())
     }
 
@@ -219,9 +252,7 @@ impl Out {
         if self.json {
             let mut v = serde_json::to_value(e)?;
             v["build_id"] = json!(build_id);
-            let line = format!("{}\n", serde_json::to_string(&v)?);
-            std::io::stdout().lock().write_all(line.as_bytes())?;
-            return Ok(());
+            return self.write(&format!("{}\n", serde_json::to_string(&v)?));
         }
         let r = self.event_row(e);
         let line = format!(
@@ -239,10 +270,7 @@ impl Out {
                 format!(": {}", r[7])
             }
         );
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(line.as_bytes())?;
-        stdout.flush()?;
-        Ok(())
+        self.write(&line)
     }
 
     pub fn list(&self, rows: &[Row]) -> Result<()> {
@@ -297,7 +325,7 @@ impl Out {
                 ],
             });
         }
-        t.print();
+        self.table(&t)?;
         if rows.is_empty() {
             eprintln!("build-state: no builds under this prefix");
         }
@@ -308,34 +336,29 @@ impl Out {
         if self.json {
             return self.print_json(&json!({"written": written, "document": doc}));
         }
-        let mut stdout = std::io::stdout().lock();
         if written {
-            writeln!(
-                stdout,
-                "{}: {described} → {} {} ({}), revision {}",
+            self.write(&format!(
+                "{}: {described} → {} {} ({}), revision {}\n",
                 doc.build_id,
                 doc.state,
                 doc.state_name,
                 self.status(doc.status),
                 doc.revision
-            )?;
+            ))
         } else {
-            writeln!(
-                stdout,
-                "{}: {described}: no change; {} (revision {})",
+            self.write(&format!(
+                "{}: {described}: no change; {} (revision {})\n",
                 doc.build_id,
                 doc.whereabouts(),
                 doc.revision
-            )?;
+            ))
         }
-        Ok(())
     }
 
     pub fn report(&self, path: &Path, builds: usize) -> Result<()> {
         if self.json {
             return self.print_json(&json!({"out": path, "builds": builds}));
         }
-        println!("wrote {} ({builds} builds)", path.display());
-        Ok(())
+        self.write(&format!("wrote {} ({builds} builds)\n", path.display()))
     }
 }

@@ -96,6 +96,8 @@ pub enum AnyStore {
     Local(local::LocalStore),
     /// An S3 bucket.
     S3(s3::S3Store),
+    /// Memory (for tests).
+    Memory(memory::MemoryStore),
 }
 
 impl AnyStore {
@@ -114,6 +116,7 @@ impl AnyStore {
         match self {
             AnyStore::Local(_) => Vec::new(),
             AnyStore::S3(s) => s.quirks(),
+            AnyStore::Memory(_) => Vec::new(),
         }
     }
 }
@@ -123,6 +126,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Local(s) => s.get(key, if_none_match).await,
             AnyStore::S3(s) => s.get(key, if_none_match).await,
+            AnyStore::Memory(s) => s.get(key, if_none_match).await,
         }
     }
 
@@ -135,6 +139,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Local(s) => s.put(key, body, when).await,
             AnyStore::S3(s) => s.put(key, body, when).await,
+            AnyStore::Memory(s) => s.put(key, body, when).await,
         }
     }
 
@@ -142,6 +147,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Local(s) => s.list(prefix).await,
             AnyStore::S3(s) => s.list(prefix).await,
+            AnyStore::Memory(s) => s.list(prefix).await,
         }
     }
 
@@ -149,6 +155,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Local(s) => s.delete(key).await,
             AnyStore::S3(s) => s.delete(key).await,
+            AnyStore::Memory(s) => s.delete(key).await,
         }
     }
 }
