@@ -217,11 +217,60 @@ fn duration(
     }
 }
 
+/// A key of `retry.states`: a code on the ladder (`"35"`), or an inclusive
+/// range (`"10-65"`) that names at least one code of it.
+fn stage_key(field: &str, key: &str, ladder: &Ladder) -> Result<(Code, Code), ConfigError> {
+    let code = |s: &str| -> Result<Code, ConfigError> {
+        s.trim().parse().or_else(|_| {
+            err(
+                field,
+                format!("{key:?} is not a state code or a range of codes (\"35\" or \"10-65\")"),
+            )
+        })
+    };
+    match key.split_once('-') {
+        None => {
+            let n = code(key)?;
+            ladder.check(n).or_else(|e| err(field, e.to_string()))?;
+            Ok((n, n))
+        }
+        Some((a, b)) => {
+            let (lo, hi) = (code(a)?, code(b)?);
+            if lo > hi {
+                return err(
+                    field,
+                    format!("the range {lo}-{hi} runs backwards; write {hi}-{lo}"),
+                );
+            }
+            if !ladder.steps().iter().any(|s| (lo..=hi).contains(&s.code)) {
+                return err(
+                    field,
+                    format!(
+                        "the range {lo}-{hi} names no state of the ladder ({})",
+                        ladder.codes()
+                    ),
+                );
+            }
+            Ok((lo, hi))
+        }
+    }
+}
+
 fn stage_retry(
     field: &str,
     p: &StageRetryParam,
     base: &StageRetry,
 ) -> Result<StageRetry, ConfigError> {
+    let timeout = match &p.timeout {
+        None => base.timeout,
+        Some(_) => {
+            let t = duration(&format!("{field}.timeout"), &p.timeout, Duration::ZERO)?;
+            if t.is_zero() {
+                return err(format!("{field}.timeout"), "must be longer than 0s");
+            }
+            Some(t)
+        }
+    };
     let r = StageRetry {
         max_attempts: p.max_attempts.unwrap_or(base.max_attempts),
         backoff: duration(&format!("{field}.backoff"), &p.backoff, base.backoff)?,
@@ -231,6 +280,8 @@ fn stage_retry(
             &p.max_backoff,
             base.max_backoff,
         )?,
+        resume_from: p.resume_from.as_ref().map(|c| c.0),
+        timeout,
     };
     if r.max_attempts == 0 {
         return err(format!("{field}.max_attempts"), "must be at least 1");
@@ -377,17 +428,42 @@ impl Settings {
                 backoff: r.backoff.clone(),
                 factor: r.factor,
                 max_backoff: r.max_backoff.clone(),
+                resume_from: None,
+                timeout: r.timeout.clone(),
             };
             retry.default = stage_retry("retry", &top, &StageRetry::default())?;
-            for (code, p) in &r.states {
-                let field = format!("retry.states.{code}");
-                let n: Code = code
-                    .trim()
-                    .parse()
-                    .or_else(|_| err(&field, format!("{code:?} is not a state code")))?;
-                ladder.check(n).or_else(|e| err(&field, e.to_string()))?;
+            for (key, p) in &r.states {
+                let field = format!("retry.states.{key}");
+                let (lo, hi) = stage_key(&field, key, &ladder)?;
                 let stage = stage_retry(&field, p, &retry.default)?;
-                retry.states.insert(n, stage);
+                if let Some(m) = stage.resume_from {
+                    ladder
+                        .check(m)
+                        .or_else(|e| err(format!("{field}.resume_from"), e.to_string()))?;
+                    if m >= lo {
+                        return err(
+                            format!("{field}.resume_from"),
+                            format!(
+                                "{m} must be a state before {lo} (a start-over stage goes back to an earlier one)"
+                            ),
+                        );
+                    }
+                }
+                if lo == hi && !key.contains('-') {
+                    retry.states.insert(lo, stage);
+                } else {
+                    if let Some((a, b, _)) =
+                        retry.ranges.iter().find(|(a, b, _)| lo <= *b && *a <= hi)
+                    {
+                        return err(
+                            &field,
+                            format!(
+                                "the range {lo}-{hi} overlaps the range {a}-{b}; a stage has one policy"
+                            ),
+                        );
+                    }
+                    retry.ranges.push((lo, hi, stage));
+                }
             }
         }
 
@@ -539,6 +615,85 @@ mod tests {
 
     fn error(json: &str) -> String {
         Config::from_source(&source(json)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn stage_policies_by_code_and_by_range() {
+        let c = Config::from_source(&source(
+            r#"{"local_dir": "/x", "build_id": "b", "retry": {"timeout": "2h", "states": {
+                "10-65": {"backoff": "1m"}, "70-90": {"max_attempts": 1},
+                "35": {"max_attempts": 5, "resume_from": 10, "timeout": "30m"}}}}"#,
+        ))
+        .unwrap();
+        let r = &c.retry;
+        assert_eq!(r.for_state(10).backoff, Duration::from_secs(60));
+        assert_eq!(r.for_state(35).max_attempts, 5);
+        assert_eq!(r.for_state(35).resume_from, Some(10));
+        assert_eq!(
+            r.for_state(35).backoff,
+            Duration::from_secs(30),
+            "a code key takes the defaults, not the range's"
+        );
+        assert_eq!(r.for_state(35).timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(r.for_state(80).max_attempts, 1);
+        assert_eq!(
+            r.for_state(80).timeout,
+            Some(Duration::from_secs(7200)),
+            "inherited"
+        );
+        assert_eq!(r.for_state(5).backoff, Duration::from_secs(30));
+        let base = r#"{"local_dir": "/x", "build_id": "b", "retry": {"states": "#;
+        for (states, want) in [
+            (
+                r#"{"10-65": {}, "60-70": {}}"#,
+                "source.retry.states.60-70: the range 60-70 overlaps the range 10-65",
+            ),
+            (
+                r#"{"101-120": {}}"#,
+                "source.retry.states.101-120: the range 101-120 names no state of the ladder",
+            ),
+            (
+                r#"{"65-10": {}}"#,
+                "the range 65-10 runs backwards; write 10-65",
+            ),
+            (
+                r#"{"ten": {}}"#,
+                "\"ten\" is not a state code or a range of codes",
+            ),
+            (
+                r#"{"33": {}}"#,
+                "source.retry.states.33: state 33 is not on the ladder",
+            ),
+            (
+                r#"{"35": {"resume_from": 40}}"#,
+                "source.retry.states.35.resume_from: 40 must be a state before 35",
+            ),
+            (
+                r#"{"10-65": {"resume_from": 10}}"#,
+                "resume_from: 10 must be a state before 10",
+            ),
+            (
+                r#"{"35": {"resume_from": 12}}"#,
+                "resume_from: state 12 is not on the ladder",
+            ),
+            (
+                r#"{"35": {"timeout": "0s"}}"#,
+                "source.retry.states.35.timeout: must be longer than 0s",
+            ),
+        ] {
+            let e = error(&format!("{base}{states}}}}}"));
+            assert!(e.contains(want), "{states}: {e}");
+        }
+        let unknown = crate::protocol::parse::<Source>(
+            format!(r#"{base}{{"35": {{"retries": 2}}}}}}}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            unknown
+                .to_string()
+                .contains("retry.states.35.retries: unknown field `retries`"),
+            "{unknown}"
+        );
     }
 
     #[test]

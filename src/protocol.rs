@@ -119,6 +119,10 @@ pub struct StageRetryParam {
     pub factor: Option<f64>,
     /// The wait never exceeds this.
     pub max_backoff: Option<String>,
+    /// A stage whose retry starts over from this earlier state.
+    pub resume_from: Option<CodeParam>,
+    /// A stage `in_progress` longer than this is a dead attempt.
+    pub timeout: Option<String>,
 }
 
 /// `source.retry`.
@@ -133,7 +137,10 @@ pub struct RetryParam {
     pub factor: Option<f64>,
     /// The wait never exceeds this.
     pub max_backoff: Option<String>,
-    /// Per-state overrides, keyed by code.
+    /// A stage `in_progress` longer than this is a dead attempt.
+    pub timeout: Option<String>,
+    /// Per-state overrides, keyed by a code (`"35"`) or an inclusive range
+    /// of codes (`"10-65"`).
     #[serde(default)]
     pub states: BTreeMap<String, StageRetryParam>,
 }

@@ -15,6 +15,13 @@ pub struct StageRetry {
     pub factor: f64,
     /// The wait never exceeds this.
     pub max_backoff: Duration,
+    /// A start-over stage: when it fails and will be retried, the build goes
+    /// back to this earlier state, and the retry re-runs the stages from
+    /// there.
+    pub resume_from: Option<Code>,
+    /// A stage `in_progress` longer than this is a dead attempt (its worker
+    /// vanished and never reports).
+    pub timeout: Option<Duration>,
 }
 
 impl Default for StageRetry {
@@ -24,6 +31,8 @@ impl Default for StageRetry {
             backoff: Duration::from_secs(30),
             factor: 2.0,
             max_backoff: Duration::from_secs(3600),
+            resume_from: None,
+            timeout: None,
         }
     }
 }
@@ -43,19 +52,44 @@ impl StageRetry {
     }
 }
 
-/// The whole policy: defaults plus per-state overrides.
+/// The whole policy: defaults, per-range and per-state overrides.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RetryPolicy {
     /// The policy of every stage without one of its own.
     pub default: StageRetry,
-    /// Stages with their own policy.
+    /// Stages with their own policy (a code key).
     pub states: BTreeMap<Code, StageRetry>,
+    /// Inclusive ranges of stages sharing a policy (`"10-65"`); they never
+    /// overlap.
+    pub ranges: Vec<(Code, Code, StageRetry)>,
 }
 
 impl RetryPolicy {
-    /// The policy of stage `code`.
+    /// The policy of stage `code`: its own (a code key beats a range), else
+    /// its range's, else the default.
     pub fn for_state(&self, code: Code) -> &StageRetry {
-        self.states.get(&code).unwrap_or(&self.default)
+        self.states
+            .get(&code)
+            .or_else(|| {
+                self.ranges
+                    .iter()
+                    .find(|(lo, hi, _)| (*lo..=*hi).contains(&code))
+                    .map(|(_, _, r)| r)
+            })
+            .unwrap_or(&self.default)
+    }
+
+    /// Where the policy of `code` comes from, for the states table:
+    /// `"35"`, `"10-65"` or `"default"`.
+    pub fn source_of(&self, code: Code) -> String {
+        if self.states.contains_key(&code) {
+            return code.to_string();
+        }
+        self.ranges
+            .iter()
+            .find(|(lo, hi, _)| (*lo..=*hi).contains(&code))
+            .map(|(lo, hi, _)| format!("{lo}-{hi}"))
+            .unwrap_or_else(|| "default".to_string())
     }
 }
 
@@ -70,11 +104,36 @@ mod tests {
             backoff: Duration::from_secs(30),
             factor: 2.0,
             max_backoff: Duration::from_secs(100),
+            ..StageRetry::default()
         };
         assert_eq!(r.backoff_after(1), Duration::from_secs(30));
         assert_eq!(r.backoff_after(2), Duration::from_secs(60));
         assert_eq!(r.backoff_after(3), Duration::from_secs(100));
         assert_eq!(r.backoff_after(1000), Duration::from_secs(100));
+    }
+
+    #[test]
+    fn a_code_beats_a_range_and_a_range_beats_the_default() {
+        let mut p = RetryPolicy::default();
+        let quick = StageRetry {
+            backoff: Duration::from_secs(5),
+            ..StageRetry::default()
+        };
+        let human = StageRetry {
+            max_attempts: 1,
+            ..StageRetry::default()
+        };
+        p.ranges.push((10, 65, quick.clone()));
+        p.states.insert(35, human.clone());
+        assert_eq!(p.for_state(10), &quick);
+        assert_eq!(p.for_state(65), &quick);
+        assert_eq!(p.for_state(35), &human);
+        assert_eq!(p.for_state(5), &StageRetry::default());
+        assert_eq!(p.for_state(70), &StageRetry::default());
+        assert_eq!(
+            (p.source_of(35), p.source_of(40), p.source_of(70)),
+            ("35".into(), "10-65".into(), "default".into())
+        );
     }
 
     #[test]
