@@ -1,7 +1,7 @@
 //! Validated configuration, built from the raw [`Source`] block.
 
 use crate::model::{
-    Code, Condition, ErrorInfo, FailureKind, Ladder, RetryPolicy, StageRetry, Step,
+    At, Code, Condition, ErrorInfo, FailureKind, Ladder, RetryPolicy, StageRetry, Step,
 };
 use crate::protocol::{ConditionParam, Secret, Source, StageRetryParam};
 use regex_lite::Regex;
@@ -295,20 +295,40 @@ fn stage_retry(
     Ok(r)
 }
 
-/// Parses a `{state: N}` / `{min_state: N}` block against a ladder.
+/// Parses a `{state: N}` / `{min_state: N}` / `{status: blocked}` block
+/// against a ladder.
 pub fn parse_condition(
     field: &str,
     p: &ConditionParam,
     ladder: &Ladder,
 ) -> Result<Condition, ConfigError> {
-    let c = match (p.state, p.min_state) {
-        (Some(n), None) => Condition::State(n.0),
-        (None, Some(n)) => Condition::MinState(n.0),
-        _ => return err(field, "give exactly one of `state: N` or `min_state: N`"),
+    let blocked = match p.status.as_deref().map(str::trim) {
+        None => false,
+        Some("blocked") => true,
+        Some(other) => {
+            return err(
+                format!("{field}.status"),
+                format!(
+                    "{other:?}: only `status: blocked` is a condition (a build that needs a human)"
+                ),
+            );
+        }
     };
-    ladder
-        .check(c.code())
-        .or_else(|e| err(field, e.to_string()))?;
+    let at = match (p.state, p.min_state) {
+        (Some(n), None) => At::State(n.0),
+        (None, Some(n)) => At::MinState(n.0),
+        (None, None) if blocked => At::Any,
+        _ => {
+            return err(
+                field,
+                "give exactly one of `state: N` or `min_state: N` (or `status: blocked`, alone or with one of them)",
+            );
+        }
+    };
+    let c = Condition { at, blocked };
+    if let Some(code) = c.code() {
+        ladder.check(code).or_else(|e| err(field, e.to_string()))?;
+    }
     Ok(c)
 }
 
@@ -748,7 +768,7 @@ mod tests {
         assert_eq!(c.state_key(), "builds/b/state.json");
         assert_eq!(c.retry.for_state(5).max_attempts, 5);
         assert_eq!(c.retry.for_state(5).backoff, Duration::from_secs(60));
-        assert_eq!(c.gate, Some(Condition::State(5)));
+        assert_eq!(c.gate, Some(Condition::state(5)));
         assert!(
             error(&format!(r#"{{{base}, "gate": {{"state": 7}}}}"#))
                 .contains("state 7 is not on the ladder")

@@ -219,6 +219,8 @@ impl<'a, S: Store> Builds<'a, S> {
         // The last document sent whose answer said nothing certain, and the
         // event it adds.
         let mut sent: Option<(Document, crate::model::Event)> = None;
+        // A refusal to give once the document is written.
+        let mut then_refuse: Option<Refusal> = None;
         let mut uncertain = 0;
         for attempt in 1..=MAX_ATTEMPTS {
             let current = self.current().await?;
@@ -226,6 +228,9 @@ impl<'a, S: Store> Builds<'a, S> {
                 && c.doc.history.contains(event)
             {
                 // The write landed (later writes may have followed it).
+                if let Some(r) = then_refuse {
+                    return Err(self.error(&key, r));
+                }
                 return Ok(Applied {
                     doc: doc.clone(),
                     etag: (c.doc == *doc).then(|| c.etag.clone()),
@@ -247,8 +252,16 @@ impl<'a, S: Store> Builds<'a, S> {
                         written: false,
                     });
                 }
-                Outcome::Write(doc) => doc,
+                Outcome::Write(doc) => {
+                    then_refuse = None;
+                    doc
+                }
+                Outcome::WriteAndRefuse { document, refusal } => {
+                    then_refuse = Some(refusal);
+                    document
+                }
                 Outcome::Restart { archive, document } => {
+                    then_refuse = None;
                     self.archive(&archive).await?;
                     document
                 }
@@ -265,6 +278,9 @@ impl<'a, S: Store> Builds<'a, S> {
             sent = Some((doc, event));
             match result {
                 Ok(etag) => {
+                    if let Some(r) = then_refuse {
+                        return Err(self.error(&key, r));
+                    }
                     let (doc, _) = sent.expect("just sent");
                     return Ok(Applied {
                         doc,

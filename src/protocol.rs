@@ -97,7 +97,8 @@ impl<'de> Deserialize<'de> for CodeParam {
     }
 }
 
-/// `{state: N}` or `{min_state: N}`, for `gate` (source) and `require` (get).
+/// `{state: N}`, `{min_state: N}` and/or `{status: blocked}`, for `gate`
+/// (source) and `require` (get).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionParam {
@@ -105,6 +106,8 @@ pub struct ConditionParam {
     pub state: Option<CodeParam>,
     /// `{min_state: N}`: at N or past it.
     pub min_state: Option<CodeParam>,
+    /// `{status: blocked}`: only when the build is blocked.
+    pub status: Option<String>,
 }
 
 /// Retry settings, as written in `source.retry` (or under its `states`).

@@ -129,14 +129,19 @@ pub async fn check_store<S: Store>(
     let doc = &current.doc;
     let newest = version_of(doc);
     if let Some(gate) = config.gate {
-        if gate.gate_passes(doc, clock.now()) {
+        if gate.gate_passes(doc, clock.now(), &config.retry) {
             return Ok(vec![newest]);
         }
-        let wait = doc
-            .retry_at
-            .filter(|_| doc.state == gate.code())
-            .map(|t| format!(" (retry due at {})", rfc3339::format(&t)))
-            .unwrap_or_default();
+        let at_gate = gate.code() == Some(doc.state) && !gate.blocked;
+        let wait = match (doc.status, doc.retry_at, doc.dead_since(&config.retry)) {
+            (Status::Failed, Some(t), _) if at_gate => {
+                format!(" (retry due at {})", rfc3339::format(&t))
+            }
+            (Status::InProgress, _, Some(t)) if at_gate => {
+                format!(" (a dead attempt after {})", rfc3339::format(&t))
+            }
+            _ => String::new(),
+        };
         eprintln!(
             "build-state: gate {{{gate}}} is shut: {}{wait}",
             doc.whereabouts()

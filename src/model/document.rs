@@ -172,6 +172,14 @@ impl ActionKind {
 
     /// Events after which `last_error` is cleared (a human `retry` keeps it,
     /// so the next attempt still shows what went wrong).
+    /// A human's decision (or a new run): start-over counts begin again.
+    fn resets_start_overs(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Init | ActionKind::Restart | ActionKind::Retry | ActionKind::Set
+        )
+    }
+
     fn clears_error(self) -> bool {
         self.resets_attempts() && self != ActionKind::Retry
     }
@@ -385,9 +393,18 @@ pub fn fold(history: &[Event]) -> Option<Summary> {
     let mut attempts = 0;
     let mut last_error = None;
     let mut vars = Map::new();
+    // Failures of start-over stages that sent the build back, by stage,
+    // since a human reset them: counted again when the stage comes round.
+    let mut resumed: BTreeMap<Code, u32> = BTreeMap::new();
     for e in history {
         if e.action.resets_attempts() {
             attempts = 0;
+        }
+        if e.action.resets_start_overs() {
+            resumed.clear();
+        }
+        if e.action == ActionKind::Complete {
+            attempts = resumed.get(&e.state).copied().unwrap_or(0);
         }
         if e.action.clears_error() {
             last_error = None;
@@ -395,6 +412,11 @@ pub fn fold(history: &[Event]) -> Option<Summary> {
         if e.action == ActionKind::Fail {
             attempts += 1;
             last_error = e.error.clone();
+            if let Some(stage) = e.target.filter(|t| *t != e.state) {
+                // A start-over: the build went back to an earlier state.
+                resumed.insert(stage, attempts);
+                attempts = 0;
+            }
         }
         merge_vars(&mut vars, &e.vars);
     }
@@ -412,6 +434,23 @@ pub fn fold(history: &[Event]) -> Option<Summary> {
 }
 
 impl Document {
+    /// When the stage in progress counts as a dead attempt: its start plus
+    /// the stage's `timeout` (none without a timeout, or when not in progress).
+    pub fn dead_since(&self, retry: &super::policy::RetryPolicy) -> Option<Timestamp> {
+        if self.status != Status::InProgress {
+            return None;
+        }
+        let timeout = retry.for_state(self.state).timeout?;
+        self.updated_at
+            .checked_add_signed(chrono::Duration::from_std(timeout).ok()?)
+    }
+
+    /// Whether the stage is in progress past its timeout at `now` (stale: a
+    /// worker that vanished never reports).
+    pub fn timed_out(&self, now: Timestamp, retry: &super::policy::RetryPolicy) -> bool {
+        self.dead_since(retry).is_some_and(|t| now >= t)
+    }
+
     /// Builds a document whose summary is the fold of `history` (which must
     /// not be empty).
     pub fn from_history(

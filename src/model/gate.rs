@@ -3,57 +3,107 @@
 
 use super::document::{Document, Status, Timestamp};
 use super::ladder::Code;
+use super::policy::RetryPolicy;
 use std::fmt;
 
-/// A condition on the build's state: `{state: N}` or `{min_state: N}`.
+/// Where a condition looks on the ladder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Condition {
+pub enum At {
+    /// Anywhere (with `status: blocked` only).
+    Any,
     /// At N (for a gate: and the stage is due).
     State(Code),
     /// At N or past it.
     MinState(Code),
 }
 
+/// A condition on the build: `{state: N}`, `{min_state: N}`,
+/// `{status: blocked}`, or `status: blocked` with one of the first two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Condition {
+    /// Where on the ladder.
+    pub at: At,
+    /// Only when the build is blocked (it needs a human).
+    pub blocked: bool,
+}
+
 impl Condition {
-    /// The code the condition names.
-    pub fn code(self) -> Code {
-        match self {
-            Condition::State(n) | Condition::MinState(n) => n,
+    /// `{state: N}`.
+    pub fn state(n: Code) -> Condition {
+        Condition {
+            at: At::State(n),
+            blocked: false,
         }
     }
 
-    /// Gate semantics (check): `State(N)` passes when the build is at N and
-    /// the stage is due: pending, or failed with its `retry_at` passed.
-    /// `MinState(N)` passes when the build is at N or past it.
-    pub fn gate_passes(self, doc: &Document, now: Timestamp) -> bool {
-        match self {
-            Condition::State(n) => {
+    /// `{min_state: N}`.
+    pub fn min_state(n: Code) -> Condition {
+        Condition {
+            at: At::MinState(n),
+            blocked: false,
+        }
+    }
+
+    /// The code the condition names, if any.
+    pub fn code(self) -> Option<Code> {
+        match self.at {
+            At::Any => None,
+            At::State(n) | At::MinState(n) => Some(n),
+        }
+    }
+
+    fn place_holds(self, doc: &Document) -> bool {
+        match self.at {
+            At::Any => true,
+            At::State(n) => doc.state == n,
+            At::MinState(n) => doc.state >= n,
+        }
+    }
+
+    /// Gate semantics (check). `{state: N}` passes when the build is at N
+    /// and the stage is due: pending, failed with its `retry_at` passed, or
+    /// in progress past the stage's `timeout` (a dead attempt).
+    /// `{min_state: N}` passes when the build is at N or past it. With
+    /// `status: blocked`, the gate passes when the build is blocked there
+    /// (or anywhere, alone): a human is needed.
+    pub fn gate_passes(self, doc: &Document, now: Timestamp, retry: &RetryPolicy) -> bool {
+        if self.blocked {
+            return doc.status == Status::Blocked && self.place_holds(doc);
+        }
+        match self.at {
+            At::State(n) => {
                 doc.state == n
                     && match doc.status {
                         Status::Pending => true,
                         Status::Failed => doc.retry_at.is_none_or(|t| t <= now),
+                        Status::InProgress => doc.timed_out(now, retry),
                         _ => false,
                     }
             }
-            Condition::MinState(n) => doc.state >= n,
+            At::MinState(_) | At::Any => self.place_holds(doc),
         }
     }
 
-    /// Requirement semantics (in): `State(N)` holds when the revision is at
-    /// N, whatever its status; `MinState(N)` when it is at N or past it.
+    /// Requirement semantics (in): `{state: N}` holds when the revision is
+    /// at N, whatever its status; `{min_state: N}` when it is at N or past
+    /// it; `status: blocked` when it is blocked.
     pub fn require(self, doc: &Document) -> bool {
-        match self {
-            Condition::State(n) => doc.state == n,
-            Condition::MinState(n) => doc.state >= n,
-        }
+        self.place_holds(doc) && (!self.blocked || doc.status == Status::Blocked)
     }
 }
 
 impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Condition::State(n) => write!(f, "state: {n}"),
-            Condition::MinState(n) => write!(f, "min_state: {n}"),
+        let place = match self.at {
+            At::Any => None,
+            At::State(n) => Some(format!("state: {n}")),
+            At::MinState(n) => Some(format!("min_state: {n}")),
+        };
+        match (self.blocked, place) {
+            (true, Some(p)) => write!(f, "status: blocked, {p}"),
+            (true, None) => f.write_str("status: blocked"),
+            (false, Some(p)) => f.write_str(&p),
+            (false, None) => f.write_str("anything"),
         }
     }
 }

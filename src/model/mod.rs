@@ -10,7 +10,7 @@ pub use document::{
     ActionKind, Actor, Document, DocumentError, ErrorInfo, Event, FailureKind, Status, Summary,
     Timestamp, fold,
 };
-pub use gate::{Condition, NextStep};
+pub use gate::{At, Condition, NextStep};
 pub use ladder::{Code, Ladder, LadderError, OffLadder, Step};
 pub use policy::{RetryPolicy, StageRetry};
 pub use transition::{Action, Outcome, Refusal, Rules, Update, allowed, apply, extend};

@@ -54,7 +54,9 @@ impl World {
         let out = apply(self.doc.as_ref(), &u, &self.rules())?;
         match &out {
             Outcome::Write(d) => self.doc = Some(d.clone()),
-            Outcome::Restart { document, .. } => self.doc = Some(document.clone()),
+            Outcome::Restart { document, .. } | Outcome::WriteAndRefuse { document, .. } => {
+                self.doc = Some(document.clone())
+            }
             Outcome::Unchanged => {}
         }
         Ok(out)
@@ -401,24 +403,24 @@ fn gates_and_next_steps() {
     w.ok(Action::Init { restart: false });
     w.ok(Action::Complete(0));
     let now = w.clock;
-    let gate = Condition::State(5);
-    assert!(gate.gate_passes(w.doc(), now));
-    assert!(!Condition::State(10).gate_passes(w.doc(), now));
+    let gate = Condition::state(5);
+    assert!(gate.gate_passes(w.doc(), now, &w.retry));
+    assert!(!Condition::state(10).gate_passes(w.doc(), now, &w.retry));
     assert_eq!(NextStep::of(w.doc()), NextStep::Run);
     assert_eq!(NextStep::live(w.doc(), now), NextStep::Run);
     w.ok(Action::Start(5));
     assert!(
-        !gate.gate_passes(w.doc(), w.clock),
+        !gate.gate_passes(w.doc(), w.clock, &w.retry),
         "never while in progress"
     );
     let d = w.ok(fail(5, "x")).clone();
     let due = d.retry_at.unwrap();
-    assert!(!gate.gate_passes(&d, due - Duration::milliseconds(1)));
+    assert!(!gate.gate_passes(&d, due - Duration::milliseconds(1), &w.retry));
     assert_eq!(
         NextStep::live(&d, due - Duration::milliseconds(1)),
         NextStep::Wait
     );
-    assert!(gate.gate_passes(&d, due));
+    assert!(gate.gate_passes(&d, due, &w.retry));
     assert_eq!(NextStep::live(&d, due), NextStep::Retry);
     // What `in` writes does not depend on the time.
     assert_eq!(NextStep::of(&d), NextStep::Retry);
@@ -426,14 +428,14 @@ fn gates_and_next_steps() {
     let d = w.ok(fail(5, "z")).clone();
     assert_eq!(d.status, Status::Blocked);
     assert!(
-        !gate.gate_passes(&d, due + Duration::days(1)),
+        !gate.gate_passes(&d, due + Duration::days(1), &w.retry),
         "never when blocked"
     );
     assert_eq!(NextStep::of(&d), NextStep::Blocked);
-    assert!(Condition::MinState(5).gate_passes(&d, now));
-    assert!(Condition::MinState(0).gate_passes(&d, now));
-    assert!(!Condition::MinState(10).gate_passes(&d, now));
-    assert!(Condition::State(5).require(&d));
+    assert!(Condition::min_state(5).gate_passes(&d, now, &w.retry));
+    assert!(Condition::min_state(0).gate_passes(&d, now, &w.retry));
+    assert!(!Condition::min_state(10).gate_passes(&d, now, &w.retry));
+    assert!(Condition::state(5).require(&d));
 }
 
 fn arb_action() -> impl Strategy<Value = Action> {
@@ -466,16 +468,57 @@ fn arb_action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// A random policy: a default, some ranges and codes of their own, some
+/// start-over stages (back to an earlier code) and timeouts.
+fn arb_policy() -> impl Strategy<Value = RetryPolicy> {
+    let stage = (
+        1u32..4,
+        proptest::option::of(0u32..20),
+        proptest::option::of(1u64..120),
+    );
+    (
+        stage.clone(),
+        proptest::collection::vec((0u32..=20, 0u32..4, stage), 0..5),
+    )
+        .prop_map(|((max, _, timeout), stages)| {
+            let make = |max: u32, resume: Option<u32>, timeout: Option<u64>, at: u32| StageRetry {
+                max_attempts: max,
+                backoff: std::time::Duration::from_secs(10),
+                resume_from: resume.map(|r| r * 5).filter(|r| *r < at),
+                timeout: timeout.map(std::time::Duration::from_secs),
+                ..StageRetry::default()
+            };
+            let mut p = RetryPolicy {
+                default: make(max, None, timeout, 0),
+                ..RetryPolicy::default()
+            };
+            for (i, span, (max, resume, timeout)) in stages {
+                let (lo, hi) = (i * 5, (i + span).min(20) * 5);
+                if span == 0 {
+                    p.states.insert(lo, make(max, resume, timeout, lo));
+                } else if !p.ranges.iter().any(|(a, b, _)| lo <= *b && *a <= hi) {
+                    p.ranges.push((lo, hi, make(max, resume, timeout, lo)));
+                }
+            }
+            p
+        })
+}
+
 proptest! {
-    /// Random action sequences never break the fold invariant, revisions rise
-    /// by exactly one per write and across runs, refusals change nothing, and
-    /// every revision of the run can be rebuilt exactly as it was written.
+    /// Random action sequences under random policies (start-over stages,
+    /// timeouts, ranges), at random times, never break the fold invariant:
+    /// revisions rise by one per event and across runs, refusals change
+    /// nothing, every revision of the run can be rebuilt exactly as it was
+    /// written, and a start-over stage cannot send the build back forever.
     #[test]
     fn random_sequences_keep_the_invariants(
         actions in proptest::collection::vec(arb_action(), 1..60),
         biased in proptest::collection::vec(any::<bool>(), 60),
+        waits in proptest::collection::vec(0i64..200, 60),
+        policy in arb_policy(),
     ) {
         let mut w = World::new();
+        w.retry = policy;
         w.ok(Action::Init { restart: false });
         let mut snapshots = vec![w.doc().clone()];
         for (i, action) in actions.into_iter().enumerate() {
@@ -488,16 +531,28 @@ proptest! {
                 (true, Action::Fail { error, .. }) => Action::Fail { state: w.doc().state, error },
                 (_, a) => a,
             };
+            w.clock += Duration::seconds(waits[i]);
             let before = w.doc().clone();
             match w.try_do(action) {
                 Err(_) => prop_assert_eq!(&before, w.doc()),
                 Ok(Outcome::Unchanged) => prop_assert_eq!(&before, w.doc()),
-                Ok(Outcome::Write(_)) => {
+                Ok(Outcome::Write(_) | Outcome::WriteAndRefuse { .. }) => {
                     let d = w.doc();
-                    prop_assert_eq!(d.revision, before.revision + 1);
+                    // One event, or two for a dead attempt and its restart.
+                    let added = d.history.len() - before.history.len();
+                    prop_assert!(added == 1 || added == 2);
+                    prop_assert_eq!(d.revision, before.revision + added as u64);
                     prop_assert_eq!(d.run, before.run);
-                    prop_assert_eq!(d.history.len(), before.history.len() + 1);
                     prop_assert_eq!(&d.history[..before.history.len()], &before.history[..]);
+                    for (k, e) in d.history[before.history.len()..].iter().enumerate() {
+                        prop_assert_eq!(e.revision, before.revision + 1 + k as u64);
+                        if k + 1 < added {
+                            // The dead attempt: a transient failure at the stage.
+                            prop_assert_eq!(e.action, ActionKind::Fail);
+                            let rebuilt = d.at_revision(e.revision, &w.ladder).unwrap();
+                            snapshots.push(rebuilt);
+                        }
+                    }
                     snapshots.push(d.clone());
                 }
                 Ok(Outcome::Restart { archive, document }) => {
@@ -509,6 +564,22 @@ proptest! {
             }
             let d = w.doc();
             prop_assert!(d.verify(&w.ladder).is_ok(), "{:?}", d.verify(&w.ladder));
+            // Start-over failures of a stage since a human reset stay below
+            // its max: the next one blocks at the stage itself.
+            let mut loops: BTreeMap<u32, u32> = BTreeMap::new();
+            for e in &d.history {
+                if matches!(e.action, ActionKind::Retry | ActionKind::Set | ActionKind::Init | ActionKind::Restart) {
+                    loops.clear();
+                }
+                if let (ActionKind::Fail, Some(t)) = (e.action, e.target)
+                    && t != e.state
+                {
+                    *loops.entry(t).or_default() += 1;
+                }
+            }
+            for (stage, n) in loops {
+                prop_assert!(n < w.retry.for_state(stage).max_attempts, "stage {} sent the build back {} times", stage, n);
+            }
             prop_assert!(d.status != Status::Completed || d.state == 100);
             prop_assert!(d.retry_at.is_none() || d.status == Status::Failed);
             // The document survives a round trip through JSON.
@@ -525,4 +596,180 @@ proptest! {
             prop_assert_eq!(rebuilt.etag(), snap.etag());
         }
     }
+}
+
+fn stage(max: u32, resume_from: Option<Code>, timeout: Option<i64>) -> StageRetry {
+    StageRetry {
+        max_attempts: max,
+        backoff: std::time::Duration::from_secs(60),
+        resume_from,
+        timeout: timeout.map(|s| std::time::Duration::from_secs(s as u64)),
+        ..StageRetry::default()
+    }
+}
+
+/// Walks a fresh build to `code`, pending.
+fn at(w: &mut World, code: Code) {
+    w.ok(Action::Init { restart: false });
+    let mut n = 0;
+    while n < code {
+        w.ok(Action::Complete(n));
+        n += 5;
+    }
+}
+
+#[test]
+fn a_start_over_stage_goes_back_and_counts_its_failures_across_loops() {
+    let mut w = World::new();
+    w.retry.states.insert(25, stage(2, Some(10), None));
+    at(&mut w, 25);
+    w.ok(Action::Start(25));
+    let d = w.ok(fail(25, "sshd_config lost the green VM")).clone();
+    assert_eq!((d.state, d.status, d.attempts), (10, Status::Failed, 0));
+    assert_eq!(d.retry_at, Some(w.clock + Duration::seconds(60)));
+    assert_eq!(
+        d.last_event().target,
+        Some(25),
+        "the event names the stage that failed"
+    );
+    assert_eq!(
+        d.last_error.as_ref().unwrap().message,
+        "sshd_config lost the green VM"
+    );
+    // The gate of 10 opens after the backoff; the earlier stages run again.
+    assert!(!Condition::state(10).gate_passes(&d, w.clock, &w.retry));
+    assert!(Condition::state(10).gate_passes(&d, w.clock + Duration::seconds(60), &w.retry));
+    w.clock += Duration::seconds(60);
+    w.ok(Action::Start(10));
+    for n in [10, 15, 20] {
+        w.ok(Action::Complete(n));
+    }
+    let d = w.doc().clone();
+    assert_eq!(
+        (d.state, d.status, d.attempts),
+        (25, Status::Pending, 1),
+        "its failures counted across loops"
+    );
+    w.ok(Action::Start(25));
+    let d = w.ok(fail(25, "again")).clone();
+    assert_eq!(
+        (d.state, d.status, d.attempts),
+        (25, Status::Blocked, 2),
+        "blocked at the stage itself"
+    );
+    // A human retry resets the count.
+    let d = w.ok(Action::Retry(25)).clone();
+    assert_eq!((d.status, d.attempts), (Status::Pending, 0));
+    w.ok(Action::Start(25));
+    let d = w.ok(fail(25, "third")).clone();
+    assert_eq!(
+        (d.state, d.status),
+        (10, Status::Failed),
+        "a fresh start-over budget"
+    );
+}
+
+#[test]
+fn a_human_set_or_retry_during_the_loop_resets_the_stage_count() {
+    let mut w = World::new();
+    w.retry.states.insert(25, stage(2, Some(10), None));
+    at(&mut w, 25);
+    w.ok(fail(25, "boom"));
+    w.ok(Action::Retry(10));
+    for n in [10, 15, 20] {
+        w.ok(Action::Complete(n));
+    }
+    assert_eq!(w.doc().attempts, 0);
+}
+
+#[test]
+fn a_dead_attempt_is_recorded_before_the_stage_starts_again() {
+    let mut w = World::new();
+    w.retry.states.insert(5, stage(3, None, Some(600)));
+    at(&mut w, 5);
+    let started = w.ok(Action::Start(5)).clone();
+    let gate = Condition::state(5);
+    assert!(!gate.gate_passes(&started, w.clock + Duration::seconds(599), &w.retry));
+    assert!(gate.gate_passes(
+        &started,
+        started.updated_at + Duration::seconds(600),
+        &w.retry
+    ));
+    assert!(started.timed_out(started.updated_at + Duration::seconds(600), &w.retry));
+    w.clock += Duration::seconds(700);
+    let d = w.ok(Action::Start(5)).clone();
+    let n = d.history.len();
+    let (dead, restart) = (&d.history[n - 2], &d.history[n - 1]);
+    assert_eq!(
+        (dead.action, dead.status, dead.attempt),
+        (ActionKind::Fail, Status::Failed, 1)
+    );
+    assert!(
+        dead.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("attempt 1 timed out: in progress since"),
+        "{dead:?}"
+    );
+    assert_eq!(dead.error.as_ref().unwrap().kind, FailureKind::Transient);
+    assert_eq!(
+        (restart.action, restart.status, restart.revision),
+        (ActionKind::Start, Status::InProgress, dead.revision + 1)
+    );
+    assert_eq!((d.status, d.attempts), (Status::InProgress, 1));
+    // Before the timeout, a start of a stage in progress is a plain start.
+    w.clock += Duration::seconds(10);
+    let d2 = w.ok(Action::Start(5)).clone();
+    assert_eq!((d2.history.len(), d2.attempts), (n + 1, 1));
+}
+
+#[test]
+fn a_dead_last_attempt_blocks_and_the_start_is_refused() {
+    let mut w = World::new();
+    w.retry.states.insert(5, stage(1, None, Some(60)));
+    at(&mut w, 5);
+    w.ok(Action::Start(5));
+    w.clock += Duration::seconds(61);
+    let u = w.update(Action::Start(5));
+    match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
+        Outcome::WriteAndRefuse { document, refusal } => {
+            assert_eq!((document.status, document.attempts), (Status::Blocked, 1));
+            assert!(
+                refusal
+                    .to_string()
+                    .contains("timed out and was the last (max_attempts 1): recorded as blocked"),
+                "{refusal}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_blocked_gate_passes_only_for_a_build_that_needs_a_human() {
+    let mut w = World::new();
+    w.retry.states.insert(25, stage(1, None, None));
+    at(&mut w, 25);
+    let any = Condition {
+        at: At::Any,
+        blocked: true,
+    };
+    let here = Condition {
+        at: At::State(25),
+        blocked: true,
+    };
+    let elsewhere = Condition {
+        at: At::MinState(30),
+        blocked: true,
+    };
+    assert!(!any.gate_passes(w.doc(), w.clock, &w.retry));
+    let d = w.ok(fail(25, "fatal")).clone();
+    assert_eq!(d.status, Status::Blocked, "max_attempts 1: a human's stage");
+    assert!(any.gate_passes(&d, w.clock, &w.retry));
+    assert!(here.gate_passes(&d, w.clock, &w.retry));
+    assert!(!elsewhere.gate_passes(&d, w.clock, &w.retry));
+    assert_eq!(any.to_string(), "status: blocked");
+    assert_eq!(here.to_string(), "status: blocked, state: 25");
+    assert!(here.require(&d) && !Condition::state(30).require(&d));
 }

@@ -138,6 +138,15 @@ pub enum Outcome {
         /// The new run's document.
         document: Document,
     },
+    /// Write this document, then refuse the update all the same: what was
+    /// found must be recorded (a dead attempt that used the stage's last
+    /// attempt), and the caller must hear that it cannot go on.
+    WriteAndRefuse {
+        /// The document to write.
+        document: Document,
+        /// Why the update itself does not go on.
+        refusal: Refusal,
+    },
 }
 
 /// Why an update was refused. Every message says where the build is and
@@ -272,6 +281,9 @@ pub fn apply(
             if !at_stage(*n, ActionKind::Start) {
                 return refuse();
             }
+            if doc.timed_out(update.at, rules.retry) {
+                return Ok(dead_attempt(doc, update, rules, *n));
+            }
             (*n, InProgress, doc.attempts + 1, None, None)
         }
         Action::Complete(n) => {
@@ -300,7 +312,10 @@ pub fn apply(
                 let wait = chrono::Duration::from_std(policy.backoff_after(attempts))
                     .unwrap_or(chrono::Duration::MAX);
                 let retry_at = update.at.checked_add_signed(wait);
-                (*n, Failed, attempts, retry_at, Some(error))
+                // A start-over stage sends the build back: the retry re-runs
+                // the stages from there (the error names this stage).
+                let back_to = policy.resume_from.unwrap_or(*n);
+                (back_to, Failed, attempts, retry_at, Some(error))
             }
         }
         Action::Retry(n) => {
@@ -380,6 +395,70 @@ fn restart_run(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
             vec![first],
             rules.ladder,
         ),
+    }
+}
+
+/// `start N` of a stage in progress past its timeout: the dead attempt is
+/// recorded as a transient failure first, then the stage starts again; with
+/// no attempt left, the failure blocks the stage and the start is refused.
+fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outcome {
+    let policy = rules.retry.for_state(n);
+    let attempts = doc.attempts + 1;
+    let since = super::document::rfc3339::format(&doc.updated_at);
+    let timeout = policy
+        .timeout
+        .map(|t| humantime::format_duration(t).to_string())
+        .unwrap_or_default();
+    let error = ErrorInfo::new(
+        format!(
+            "attempt {attempts} timed out: in progress since {since}, longer than the stage's timeout ({timeout}); its worker never reported"
+        ),
+        FailureKind::Transient,
+    );
+    let blocked = attempts >= policy.max_attempts;
+    let mut fail = event(
+        update,
+        doc.revision + 1,
+        n,
+        if blocked {
+            Status::Blocked
+        } else {
+            Status::Failed
+        },
+        attempts,
+    );
+    fail.action = ActionKind::Fail;
+    fail.target = Some(n);
+    fail.error = Some(error);
+    fail.vars = Map::new();
+    fail.note = None;
+    let mut history = doc.history.clone();
+    history.push(fail);
+    if !blocked {
+        history.push(event(
+            update,
+            doc.revision + 2,
+            n,
+            Status::InProgress,
+            attempts + 1,
+        ));
+    }
+    let document = Document::from_history(
+        &doc.build_id,
+        doc.run,
+        doc.labels.clone(),
+        history,
+        rules.ladder,
+    );
+    if blocked {
+        let refusal = Refusal::Invalid(format!(
+            "{}; its attempt {attempts} timed out and was the last (max_attempts {}): recorded as blocked, so start {n} does not go on; a human decides (retry {n})",
+            document.whereabouts(),
+            policy.max_attempts
+        ));
+        Outcome::WriteAndRefuse { document, refusal }
+    } else {
+        Outcome::Write(document)
     }
 }
 
