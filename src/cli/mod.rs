@@ -333,7 +333,7 @@ async fn run(cli: Cli) -> Result<()> {
                     Err(_) => status.is_none() && state.is_none(),
                 })
                 .collect();
-            out.list(&rows)
+            out.list(&rows, &config.retry)
         }
         Command::Watch {
             build_id,
@@ -564,6 +564,7 @@ async fn act_with(
 }
 
 fn states(config: &Settings, out: &Out) -> Result<()> {
+    let fmt = |d: std::time::Duration| humantime::format_duration(d).to_string();
     if out.json {
         let steps: Vec<Value> = config
             .ladder
@@ -571,25 +572,38 @@ fn states(config: &Settings, out: &Out) -> Result<()> {
             .iter()
             .map(|s| {
                 let r = config.retry.for_state(s.code);
-                json!({"code": s.code, "name": s.name, "max_attempts": r.max_attempts,
-                       "backoff": humantime::format_duration(r.backoff).to_string()})
+                json!({"code": s.code, "name": s.name, "policy": config.retry.source_of(s.code),
+                       "max_attempts": r.max_attempts, "backoff": fmt(r.backoff),
+                       "factor": r.factor, "max_backoff": fmt(r.max_backoff),
+                       "resume_from": r.resume_from, "timeout": r.timeout.map(fmt)})
             })
             .collect();
         return out.print_json(&Value::Array(steps));
     }
-    let mut t = Table::new(&["CODE", "NAME", "MAX ATTEMPTS", "BACKOFF"]);
+    let mut t = Table::new(&[
+        "CODE",
+        "NAME",
+        "POLICY",
+        "MAX ATTEMPTS",
+        "BACKOFF",
+        "ON FAILURE",
+        "TIMEOUT",
+    ]);
     for s in config.ladder.steps() {
         let r = config.retry.for_state(s.code);
+        let on_failure = match (r.max_attempts, r.resume_from) {
+            (1, _) => "a human".to_string(),
+            (_, Some(m)) => format!("back to {m}"),
+            _ => "retry".to_string(),
+        };
         t.row(vec![
             s.code.to_string(),
             s.name.clone(),
+            config.retry.source_of(s.code),
             r.max_attempts.to_string(),
-            format!(
-                "{} ×{} ≤ {}",
-                humantime::format_duration(r.backoff),
-                r.factor,
-                humantime::format_duration(r.max_backoff)
-            ),
+            format!("{} ×{} ≤ {}", fmt(r.backoff), r.factor, fmt(r.max_backoff)),
+            on_failure,
+            r.timeout.map(fmt).unwrap_or_else(|| "-".into()),
         ]);
     }
     out.table(&t)?;
@@ -757,7 +771,7 @@ mod tests {
         let rows = scan(&settings(), &store, 4, false).await.unwrap();
         let ids: Vec<&str> = rows.iter().map(|r| r.build_id.as_str()).collect();
         assert_eq!(ids, ["broken", "rhel8-web", "rhel9-db"]);
-        out.list(&rows).unwrap();
+        out.list(&rows, &settings().retry).unwrap();
         let table = text(&buf);
         assert!(table.starts_with("BUILD"), "{table}");
         assert!(table.contains("broken     -      -"), "{table}");
@@ -771,10 +785,66 @@ mod tests {
         states(&settings(), &out).unwrap();
         let table = text(&buf);
         assert!(
-            table.contains("5     kickstart initiated       3             30s ×2 ≤ 1h"),
+            table.contains(
+                "5     kickstart initiated       default  3             30s ×2 ≤ 1h  retry       -"
+            ),
             "{table}"
         );
         assert_eq!(table.lines().count(), 22, "a header and 21 codes");
+    }
+
+    /// A stage in progress past its timeout is marked stale by list, show
+    /// and watch.
+    #[tokio::test]
+    async fn a_stage_past_its_timeout_is_stale_everywhere() {
+        let source: build_state::protocol::Source = serde_json::from_str(
+            r#"{"local_dir": "/nowhere", "prefix": "fleet/", "retry": {"states": {"5": {"timeout": "10m"}}}}"#,
+        )
+        .unwrap();
+        let settings = Arc::new(Settings::from_source(&source).unwrap());
+        let config = settings.for_build("rhel8-web").unwrap();
+        let hour_ago = build_state::now() - chrono::Duration::hours(1);
+        let mut doc = None;
+        for action in [
+            Action::Init { restart: false },
+            Action::Complete(0),
+            Action::Start(5),
+        ] {
+            let u = Update::new(action, Actor::default(), hour_ago);
+            doc = match build_state::model::apply(doc.as_ref(), &u, &config.rules()).unwrap() {
+                build_state::model::Outcome::Write(d) => Some(d),
+                other => panic!("{other:?}"),
+            };
+        }
+        let store = MemoryStore::new();
+        store.set(&config.state_key(), doc.unwrap().to_bytes());
+        let store = AnyStore::Memory(store);
+        let (out, buf) = Out::buffered(false);
+        let rows = scan(&settings, &store, 1, false).await.unwrap();
+        out.list(&rows, &settings.retry).unwrap();
+        assert!(text(&buf).contains("in_progress (stale)"));
+        out.document(&config, &current(&config, &store).await.unwrap())
+            .unwrap();
+        assert!(text(&buf).contains("in_progress (stale: past the stage's timeout since"));
+        watch::watch(
+            &settings,
+            &store,
+            Some("rhel8-web"),
+            std::time::Duration::from_millis(1),
+            Some(std::time::Duration::ZERO),
+            &out,
+        )
+        .await
+        .unwrap();
+        let said = text(&buf);
+        assert!(
+            said.contains("rhel8-web r3 5 in_progress is stale"),
+            "{said}"
+        );
+        let (json_out, buf) = Out::buffered(true);
+        json_out.list(&rows, &settings.retry).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text(&buf)).unwrap();
+        assert_eq!(v[0]["stale"], true);
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use super::Row;
 use anyhow::Result;
 use build_state::config::Config;
 use build_state::model::document::rfc3339;
-use build_state::model::{Document, Event, Status};
+use build_state::model::{Document, Event, RetryPolicy, Status, Timestamp};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -173,7 +173,15 @@ impl Out {
             "state".into(),
             format!("{} {}", doc.state, doc.state_name),
         ]);
-        t.row(vec!["status".into(), self.status(doc.status)]);
+        let status = match doc.dead_since(&config.retry) {
+            Some(t) if build_state::now() >= t => format!(
+                "{} (stale: past the stage's timeout since {}; the next start records the dead attempt)",
+                self.status(doc.status),
+                rfc3339::format(&t)
+            ),
+            _ => self.status(doc.status),
+        };
+        t.row(vec!["status".into(), status]);
         t.row(vec!["attempts".into(), doc.attempts.to_string()]);
         if let Some(r) = doc.retry_at {
             t.row(vec!["retry at".into(), rfc3339::format(&r)]);
@@ -247,6 +255,22 @@ impl Out {
         Ok(())
     }
 
+    /// A stage `watch` finds in progress past its timeout.
+    pub fn stale(&self, build_id: &str, doc: &Document, since: &Timestamp) -> Result<()> {
+        if self.json {
+            let v = json!({"build_id": build_id, "revision": doc.revision, "state": doc.state,
+                           "status": doc.status, "stale": true, "dead_since": rfc3339::format(since)});
+            return self.write(&format!("{}\n", serde_json::to_string(&v)?));
+        }
+        self.write(&format!(
+            "{} {build_id} r{} {} in_progress is stale: past the stage's timeout since {} (a worker that vanished?)\n",
+            rfc3339::format(&build_state::now()),
+            doc.revision,
+            doc.state,
+            rfc3339::format(since)
+        ))
+    }
+
     /// One transition seen by `watch`.
     pub fn event(&self, build_id: &str, e: &Event) -> Result<()> {
         if self.json {
@@ -273,14 +297,16 @@ impl Out {
         self.write(&line)
     }
 
-    pub fn list(&self, rows: &[Row]) -> Result<()> {
+    pub fn list(&self, rows: &[Row], retry: &RetryPolicy) -> Result<()> {
+        let now = build_state::now();
         if self.json {
             let v: Vec<Value> = rows
                 .iter()
                 .map(|r| match &r.doc {
                     Ok(d) => json!({
                         "build_id": d.build_id, "state": d.state, "state_name": d.state_name,
-                        "status": d.status, "attempts": d.attempts, "revision": d.revision,
+                        "status": d.status, "stale": d.timed_out(now, retry),
+                        "attempts": d.attempts, "revision": d.revision,
                         "run": d.run, "labels": d.labels,
                         "updated_at": rfc3339::format(&d.updated_at),
                         "retry_at": d.retry_at.map(|t| rfc3339::format(&t)),
@@ -306,7 +332,11 @@ impl Out {
                     d.build_id.clone(),
                     d.state.to_string(),
                     d.state_name.clone(),
-                    self.status(d.status),
+                    if d.timed_out(now, retry) {
+                        format!("{} (stale)", self.status(d.status))
+                    } else {
+                        self.status(d.status)
+                    },
                     d.attempts.to_string(),
                     age(&d.updated_at),
                     d.last_error

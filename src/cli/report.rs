@@ -277,7 +277,14 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
         let _ = write!(
             h,
             "<div class=\"build\" id=\"b-{id}\"><h3>{id} {}</h3><div class=\"meta\">{}</div>{}",
-            badge(d.status),
+            if d.timed_out(now, &config.retry) {
+                format!(
+                    "{} <span class=\"status stale\" style=\"background:#8a6d00\" title=\"in progress past the stage's timeout: a dead attempt\">stale</span>",
+                    badge(d.status)
+                )
+            } else {
+                badge(d.status)
+            },
             [
                 format!("at {} {}", d.state, esc(&d.state_name)),
                 format!("run {}", d.run),

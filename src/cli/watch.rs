@@ -13,6 +13,8 @@ struct Seen {
     etag: String,
     run: u64,
     revision: u64,
+    /// When the stage in progress counts as dead, if it has a timeout.
+    dead_since: Option<build_state::model::Timestamp>,
 }
 
 pub async fn watch(
@@ -25,6 +27,8 @@ pub async fn watch(
 ) -> Result<()> {
     let deadline = until.map(|d| Instant::now() + d);
     let mut seen: HashMap<String, Seen> = HashMap::new();
+    // Revisions already said to be stale, by build.
+    let mut stale: HashMap<String, u64> = HashMap::new();
     let mut first = true;
     loop {
         let ids = if let Some(id) = one {
@@ -43,7 +47,19 @@ pub async fn watch(
             let builds = Builds::new(&cfg, store);
             let known = seen.get(&id);
             match builds.read(known.map(|s| s.etag.as_str())).await {
-                Ok(Read::Unchanged) => {}
+                Ok(Read::Unchanged) => {
+                    if let Some(s) = known
+                        && let Some(since) = s.dead_since
+                        && build_state::now() >= since
+                        && stale.get(&id) != Some(&s.revision)
+                    {
+                        let doc = builds.current().await?.map(|c| c.doc);
+                        if let Some(doc) = doc.filter(|d| d.revision == s.revision) {
+                            out.stale(&id, &doc, &since)?;
+                            stale.insert(id.clone(), s.revision);
+                        }
+                    }
+                }
                 Ok(Read::Absent) => {
                     if one.is_some() && first {
                         eprintln!("build-state: {id} has no state yet; waiting for it");
@@ -64,12 +80,20 @@ pub async fn watch(
                     for e in new {
                         out.event(&id, e)?;
                     }
+                    let dead_since = doc.dead_since(&config.retry);
+                    if let Some(since) = dead_since.filter(|t| build_state::now() >= *t)
+                        && stale.get(&id) != Some(&doc.revision)
+                    {
+                        out.stale(&id, doc, &since)?;
+                        stale.insert(id.clone(), doc.revision);
+                    }
                     seen.insert(
                         id.clone(),
                         Seen {
                             etag: c.etag.clone(),
                             run: doc.run,
                             revision: doc.revision,
+                            dead_since,
                         },
                     );
                 }

@@ -387,14 +387,13 @@ pub fn merge_vars(into: &mut Map<String, Value>, vars: &Map<String, Value>) {
 
 /// Computes the summary from a history: the single source of the summary
 /// fields. `None` for an empty history.
-pub fn fold(history: &[Event]) -> Option<Summary> {
-    let first = history.first()?;
-    let last = history.last()?;
+/// Walks a history counting the failures of the current stage: reset when
+/// a stage is entered, a human decides or a run starts; the failures of a
+/// start-over stage that sent the build back are counted again when the
+/// stage comes round. Calls `on_fail` with every fail event and its failure
+/// number; answers the count after the last event.
+fn walk_attempts(history: &[Event], mut on_fail: impl FnMut(&Event, u32)) -> u32 {
     let mut attempts = 0;
-    let mut last_error = None;
-    let mut vars = Map::new();
-    // Failures of start-over stages that sent the build back, by stage,
-    // since a human reset them: counted again when the stage comes round.
     let mut resumed: BTreeMap<Code, u32> = BTreeMap::new();
     for e in history {
         if e.action.resets_attempts() {
@@ -406,17 +405,31 @@ pub fn fold(history: &[Event]) -> Option<Summary> {
         if e.action == ActionKind::Complete {
             attempts = resumed.get(&e.state).copied().unwrap_or(0);
         }
-        if e.action.clears_error() {
-            last_error = None;
-        }
         if e.action == ActionKind::Fail {
             attempts += 1;
-            last_error = e.error.clone();
+            on_fail(e, attempts);
             if let Some(stage) = e.target.filter(|t| *t != e.state) {
                 // A start-over: the build went back to an earlier state.
                 resumed.insert(stage, attempts);
                 attempts = 0;
             }
+        }
+    }
+    attempts
+}
+
+pub fn fold(history: &[Event]) -> Option<Summary> {
+    let first = history.first()?;
+    let last = history.last()?;
+    let attempts = walk_attempts(history, |_, _| {});
+    let mut last_error = None;
+    let mut vars = Map::new();
+    for e in history {
+        if e.action.clears_error() {
+            last_error = None;
+        }
+        if e.action == ActionKind::Fail {
+            last_error = e.error.clone();
         }
         merge_vars(&mut vars, &e.vars);
     }
@@ -521,20 +534,17 @@ impl Document {
                 ));
             }
         }
-        let mut attempts = 0;
-        for e in &self.history {
-            if e.action.resets_attempts() {
-                attempts = 0;
+        let mut wrong = None;
+        walk_attempts(&self.history, |e, failure| {
+            if wrong.is_none() && e.attempt != failure {
+                wrong = Some(format!(
+                    "the fail at revision {} records attempt {} but it is failure {failure} of its stage",
+                    e.revision, e.attempt
+                ));
             }
-            if e.action == ActionKind::Fail {
-                attempts += 1;
-                if e.attempt != attempts {
-                    return corrupt(format!(
-                        "the fail at revision {} records attempt {} but it is failure {} of its stage",
-                        e.revision, e.attempt, attempts
-                    ));
-                }
-            }
+        });
+        if let Some(m) = wrong {
+            return corrupt(m);
         }
         let folded = fold(&self.history).expect("history is not empty");
         let stored = self.summary();

@@ -59,6 +59,11 @@ impl World {
             }
             Outcome::Unchanged => {}
         }
+        if let Some(d) = &self.doc {
+            // Every document the model writes verifies (its summary is the
+            // fold of its history, every event's attempt is right).
+            assert_eq!(d.verify(&self.ladder), Ok(()), "{d:#?}");
+        }
         Ok(out)
     }
 

@@ -373,14 +373,35 @@ fn sources_from_pipelines_and_the_environment(w: World) {
 }
 
 fn states_and_completions(w: World) {
-    let w = w.with(json!({"retry": {"states": {"5": {"max_attempts": 5, "backoff": "5m"}}}}));
+    let w = w.with(json!({"retry": {"states": {
+        "5": {"max_attempts": 5, "backoff": "5m"},
+        "10-65": {"backoff": "1m", "timeout": "2h"},
+        "25": {"resume_from": 10},
+        "70-90": {"max_attempts": 1}}}}));
     let v: Value = serde_json::from_str(&w.cli(&["states", "--json"]).text()).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 21);
     assert_eq!(
         v[1],
-        json!({"code": 5, "name": "kickstart initiated", "max_attempts": 5, "backoff": "5m"})
+        json!({"code": 5, "name": "kickstart initiated", "policy": "5", "max_attempts": 5,
+               "backoff": "5m", "factor": 2.0, "max_backoff": "1h", "resume_from": null, "timeout": null})
+    );
+    assert_eq!(
+        (v[2]["policy"].as_str(), v[2]["timeout"].as_str()),
+        (Some("10-65"), Some("2h"))
+    );
+    assert_eq!(
+        (v[5]["policy"].as_str(), v[5]["resume_from"].as_u64()),
+        (Some("25"), Some(10))
     );
     let table = w.cli(&["states"]).text();
+    // The effective policy per code.
+    for want in [
+        "10    green image created       10-65    3             1m ×2 ≤ 1h   retry       2h",
+        "25    security baseline         25       3             30s ×2 ≤ 1h  back to 10  -",
+        "80    backup setup              70-90    1             30s ×2 ≤ 1h  a human     -",
+    ] {
+        assert!(table.contains(want), "{want:?} in:\n{table}");
+    }
     let last = table.lines().nth(21).unwrap();
     assert!(
         last.starts_with("100 ") && last.contains("complete and delivered"),

@@ -31,6 +31,7 @@ fn vars_for(text: &str) -> pipeline::Vars {
             let v = match n.as_str() {
                 "build_id" => "rhel8-web",
                 "retry_backoff" | "kickstart_backoff" => "1s",
+                "kickstart_timeout" => "2s",
                 "states_prefix" => "rhel8/",
                 "state" => "25",
                 "status" => "completed",
@@ -739,16 +740,64 @@ fn nothing_triggers_for(r: &Runner, how_long: Duration) {
     assert_eq!(r.jobs_run().len(), before);
 }
 
-fn blocked_until_a_human_retries(w: World) {
+/// Runs until the build is blocked and the alert job has told a human.
+fn until_a_human_is_told(r: &Runner) {
+    r.run_until(Duration::from_secs(90), |r| {
+        r.status_is("blocked") && r.jobs_run().iter().any(|j| j == "alert-a-human")
+    });
+    let alert = r
+        .builds()
+        .into_iter()
+        .find(|b| b.job == "alert-a-human")
+        .unwrap();
+    assert_eq!(alert.status, Status::Succeeded);
+    assert_eq!(
+        alert.inputs["needs-a-human"].1["status"], "blocked",
+        "the alert job got the blocked revision"
+    );
+}
+
+/// The security baseline is a start-over stage (`resume_from: 10`): each
+/// failure sends the build back to a fresh green instance, the stages from
+/// there run again, and its third failure blocks it there; the alert job
+/// tells a human, nothing else triggers, and a human retry resumes at it.
+fn a_start_over_stage_loops_then_blocks_and_alerts(w: World) {
     let r = staged(&w, Release::V8_2);
     r.script(
         "ansible-security-baseline",
         &[Outcome::Fail("fatal: [green]: FAILED! => sshd_config"); 3],
     );
-    r.run_until(Duration::from_secs(60), |r| r.status_is("blocked"));
-    assert_eq!(r.doc()["state"], 25);
-    assert_eq!(count(&r.jobs_run(), "security-baseline"), 3);
-    // Blocked: nothing triggers, past every backoff.
+    until_a_human_is_told(&r);
+    let doc = r.doc();
+    assert_eq!(
+        (doc["state"].as_u64(), doc["attempts"].as_u64()),
+        (Some(25), Some(3))
+    );
+    let jobs = r.jobs_run();
+    assert_eq!(count(&jobs, "security-baseline"), 3);
+    for again in ["green-image", "base-configuration", "cloud-provider-setup"] {
+        assert_eq!(
+            count(&jobs, again),
+            3,
+            "{again} re-ran after each start-over: {jobs:?}"
+        );
+    }
+    assert_eq!(count(&jobs, "kickstart"), 1);
+    let h = doc["history"].as_array().unwrap();
+    let backs: Vec<&Value> = h
+        .iter()
+        .filter(|e| e["action"] == "fail" && e["target"] == 25)
+        .collect();
+    assert_eq!(
+        backs
+            .iter()
+            .map(|e| e["state"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [10, 10, 25],
+        "back to 10 twice, then blocked at 25"
+    );
+    assert_retries_waited(&doc);
+    assert_eq!(count(&jobs, "alert-a-human"), 1);
     nothing_triggers_for(&r, Duration::from_millis(2500));
     let before = r.jobs_run().len();
     r.human_put(json!({"retry": 25}));
@@ -759,13 +808,55 @@ fn blocked_until_a_human_retries(w: World) {
         Some("security-baseline"),
         "{after:?}"
     );
-    for early in &STAGE_JOBS[..4] {
-        assert!(
-            !after.iter().any(|j| j == early),
-            "{early} re-ran after the block: {after:?}"
-        );
-    }
     assert_eq!(r.doc()["attempts"], 0);
+    assert_eq!(count(&r.jobs_run(), "alert-a-human"), 1, "told once");
+}
+
+/// A kickstart whose worker vanished (no hook ever reports): after the
+/// stage's timeout the gate opens, the next start records the dead attempt
+/// as a transient failure, and the stage runs again.
+fn a_dead_worker_is_retried_after_the_timeout(w: World) {
+    let r = staged(&w, Release::V8_2);
+    r.script("packer-kickstart", &[Outcome::Vanish, Outcome::Succeed]);
+    r.run_until(Duration::from_secs(60), |r| r.at_least(10));
+    let kicks: Vec<crate::runner::BuildRecord> = r
+        .builds()
+        .into_iter()
+        .filter(|b| b.job == "kickstart")
+        .collect();
+    assert_eq!(kicks.len(), 2);
+    assert_eq!(
+        (kicks[0].status, kicks[1].status),
+        (Status::Errored, Status::Succeeded)
+    );
+    let doc = r.doc();
+    let h = doc["history"].as_array().unwrap();
+    let actions: Vec<(&str, u64)> = h
+        .iter()
+        .filter(|e| e["target"] == 5)
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["attempt"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [("start", 1), ("fail", 1), ("start", 2), ("complete", 2)]
+    );
+    let dead = h.iter().find(|e| e["action"] == "fail").unwrap();
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("attempt 1 timed out"),
+        "{dead}"
+    );
+    // The dead attempt waited for the timeout (2s) before the new start.
+    let at = |e: &Value| chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap();
+    let first_start = h.iter().find(|e| e["action"] == "start").unwrap();
+    assert!((at(dead) - at(first_start)).num_milliseconds() >= 2000);
 }
 
 fn persistent_failure_blocks_at_once(w: World) {
@@ -774,7 +865,7 @@ fn persistent_failure_blocks_at_once(w: World) {
         "launch-green-instance",
         &[Outcome::Fail("RHEL subscription expired for this account")],
     );
-    r.run_until(Duration::from_secs(60), |r| r.status_is("blocked"));
+    until_a_human_is_told(&r);
     let doc = r.doc();
     assert_eq!(
         (doc["state"].as_u64(), doc["attempts"].as_u64()),
@@ -792,7 +883,7 @@ fn an_aborted_build_blocks_its_stage(w: World) {
         let w = World::new(w.kind, &format!("aborted_{release:?}"));
         let r = staged(&w, release);
         r.script("packer-kickstart", &[Outcome::Abort, Outcome::Succeed]);
-        r.run_until(Duration::from_secs(60), |r| r.status_is("blocked"));
+        until_a_human_is_told(&r);
         let b = r.builds();
         let kick = b.iter().find(|b| b.job == "kickstart").unwrap();
         assert_eq!(kick.status, Status::Aborted);
@@ -1074,7 +1165,8 @@ crate::both_stores!(
     happy_path_on_concourse_7,
     kickstart_fails_twice_then_succeeds,
     kickstart_fails_twice_on_concourse_7,
-    blocked_until_a_human_retries,
+    a_start_over_stage_loops_then_blocks_and_alerts,
+    a_dead_worker_is_retried_after_the_timeout,
     persistent_failure_blocks_at_once,
     an_aborted_build_blocks_its_stage,
     an_errored_build_is_retried,

@@ -32,7 +32,10 @@
 //! tied across inputs to one upstream build; no `version: every`, `attempts`,
 //! `timeout`, `across`, tags or put `inputs`; the get cache is never evicted;
 //! puts made by hand (a human's `fly execute`) are not saved as versions,
-//! the next check finds them.
+//! the next check finds them; a worker that vanishes (`Outcome::Vanish`)
+//! takes its build's hooks with it (in Concourse the build would error and
+//! run `on_error`, unless the ATC or the store was lost too: that case is
+//! the one a stage `timeout` exists for).
 
 use crate::util::{Step, World};
 use serde_json::{Value, json};
@@ -74,6 +77,9 @@ pub enum Outcome {
     Error,
     /// The build is aborted while the task runs.
     Abort,
+    /// The worker vanishes with the build: it ends errored and none of its
+    /// hooks runs (nothing reports the attempt; only a stage timeout can).
+    Vanish,
 }
 
 /// The Concourse release being modelled.
@@ -155,6 +161,8 @@ struct Ctx<'c> {
     dir: &'c Path,
     inputs: &'c BTreeMap<String, (String, Value)>,
     outputs: Mutex<Vec<(String, Value)>>,
+    /// The build was lost with its worker: no hook runs.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Runner<'a> {
@@ -530,6 +538,7 @@ impl<'a> Runner<'a> {
             dir: &dir,
             inputs,
             outputs: Mutex::default(),
+            lost: Default::default(),
         };
         let plan = self.exec_all(&ctx, job["plan"].as_array().unwrap(), None);
         let status = self.hooks(&ctx, job, plan, None);
@@ -561,6 +570,9 @@ impl<'a> Runner<'a> {
     /// The hooks of `holder` around `result`, nested as Concourse builds
     /// them. `env` is the status the enclosing hook gives (for `ensure`).
     fn hooks(&self, ctx: &Ctx, holder: &Value, result: Status, env: Option<Status>) -> Status {
+        if ctx.lost.load(Ordering::SeqCst) {
+            return result;
+        }
         let mut r = result;
         let run = |hook: &str, status: Option<Status>| self.exec(ctx, &holder[hook], status);
         if holder.get("on_success").is_some() && r == Status::Succeeded {
@@ -783,6 +795,7 @@ impl<'a> Runner<'a> {
             .and_then(VecDeque::pop_front)
             .unwrap_or(Outcome::Succeed);
         let out = ctx.dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
         if let Outcome::SucceedAfter(ms) = outcome {
             std::thread::sleep(Duration::from_millis(ms));
         }
@@ -804,6 +817,10 @@ impl<'a> Runner<'a> {
                 "errored: its image could not be fetched".into(),
             ),
             Outcome::Abort => (Status::Aborted, "aborted".into()),
+            Outcome::Vanish => {
+                ctx.lost.store(true, Ordering::SeqCst);
+                (Status::Errored, "lost with its worker: no hook runs".into())
+            }
         };
         self.log(format!("{} #{} task {task}: {what}", ctx.job, ctx.number));
         status
