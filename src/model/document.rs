@@ -418,6 +418,7 @@ fn walk_attempts(history: &[Event], mut on_fail: impl FnMut(&Event, u32)) -> u32
     attempts
 }
 
+/// The summary a history folds to (`None` for an empty one).
 pub fn fold(history: &[Event]) -> Option<Summary> {
     let first = history.first()?;
     let last = history.last()?;
