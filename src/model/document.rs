@@ -385,8 +385,6 @@ pub fn merge_vars(into: &mut Map<String, Value>, vars: &Map<String, Value>) {
     }
 }
 
-/// Computes the summary from a history: the single source of the summary
-/// fields. `None` for an empty history.
 /// Walks a history counting the failures of the current stage: reset when
 /// a stage is entered, a human decides or a run starts; the failures of a
 /// start-over stage that sent the build back are counted again when the
@@ -418,7 +416,8 @@ fn walk_attempts(history: &[Event], mut on_fail: impl FnMut(&Event, u32)) -> u32
     attempts
 }
 
-/// The summary a history folds to (`None` for an empty one).
+/// Computes the summary from a history: the single source of the summary
+/// fields. `None` for an empty history.
 pub fn fold(history: &[Event]) -> Option<Summary> {
     let first = history.first()?;
     let last = history.last()?;
