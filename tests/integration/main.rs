@@ -10,6 +10,7 @@ mod concurrency;
 mod errors;
 mod get;
 mod pipelines;
+mod policies;
 mod put;
 mod runner;
 mod servers;

@@ -197,6 +197,19 @@ impl World {
         s
     }
 
+    /// This world's source with `extra` merged in (a gate, say).
+    pub fn source_with(&self, extra: Value) -> Value {
+        let mut s = self.source();
+        merge(&mut s, extra);
+        s
+    }
+
+    /// `check` of this world's build through a source with `extra` (a gated
+    /// resource beside the ungated one).
+    pub fn check_with(&self, extra: Value) -> Step {
+        Step::new(self, "check").stdin(json!({"source": self.source_with(extra)}))
+    }
+
     pub fn states_dir(&self) -> PathBuf {
         self.tmp.path().join("states")
     }
