@@ -496,7 +496,11 @@ fn readme_pipeline_commands_work_as_written() {
     };
     let states = run(&commands[0], &[]);
     assert!(
-        states.contains("5     kickstart initiated       3             10m ×2 ≤ 1h"),
+        states.contains(
+            "5     kickstart initiated       5        3             10m ×2 ≤ 1h  retry       2h"
+        ) && states.contains(
+            "25    security baseline         25       3             5m ×2 ≤ 1h   back to 10  -"
+        ),
         "{states}"
     );
     let s3 = crate::util::s3();
