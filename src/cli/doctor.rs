@@ -5,7 +5,7 @@
 use super::output::{Out, Table};
 use anyhow::{Result, bail};
 use build_state::config::{Credentials, Settings, Storage};
-use build_state::store::{AnyStore, Fetched, Precondition, Store, StoreError};
+use build_state::store::{AnyStore, Fetched, Precondition, Store, StoreError, Versioning};
 use serde_json::json;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -154,6 +154,24 @@ async fn probe(
         fastrand::u64(..)
     );
     let created = conditional_writes(store, &key, add).await;
+    let versioned = matches!(config.storage, Storage::S3(_));
+    match store.versioning().await {
+        _ if !versioned => {}
+        Ok(Versioning::On) => add(
+            "versioning",
+            Verdict::Ok,
+            "on: build-state restore can bring back a broken document (expire old versions with a lifecycle rule)".into(),
+        ),
+        Ok(v) => add(
+            "versioning",
+            Verdict::Warn,
+            format!(
+                "{}: build-state restore cannot bring back a broken document; turn it on (aws s3api put-bucket-versioning --bucket BUCKET --versioning-configuration Status=Enabled)",
+                if v == Versioning::Suspended { "suspended" } else { "off" }
+            ),
+        ),
+        Err(e) => add("versioning", Verdict::Warn, format!("cannot tell: {}", advice(&e))),
+    }
     let quirks = store.quirks();
     if !quirks.is_empty() {
         add(
@@ -163,6 +181,28 @@ async fn probe(
         );
     }
     if created {
+        // prune deletes with If-Match: does the server refuse a stale one?
+        if let Ok(Fetched::Found { etag, .. }) = store.get(&key, None).await {
+            match store
+                .delete_if(&key, "\"00000000000000000000000000000000\"")
+                .await
+            {
+                Err(StoreError::Conflict) => match store.delete_if(&key, &etag).await {
+                    Ok(()) => add(
+                        "conditional DELETE",
+                        Verdict::Ok,
+                        "a delete with a stale If-Match was refused, one with the current ETag done: prune never deletes a build that changed".into(),
+                    ),
+                    Err(e) => add("conditional DELETE", Verdict::Warn, format!("a delete with the current ETag failed: {}", advice(&e))),
+                },
+                Ok(()) => add(
+                    "conditional DELETE",
+                    Verdict::Warn,
+                    "the server ignores If-Match on DELETE: prune checks the document just before deleting it, but a build updated in that instant could be deleted".into(),
+                ),
+                Err(e) => add("conditional DELETE", Verdict::Warn, advice(&e)),
+            }
+        }
         match store.delete(&key).await {
             Ok(()) => add("cleanup", Verdict::Ok, "deleted the scratch object".into()),
             Err(e) => add(

@@ -6,6 +6,7 @@ mod doctor;
 mod import;
 mod output;
 mod report;
+mod retention;
 mod source;
 mod watch;
 
@@ -182,6 +183,30 @@ enum Command {
     },
     /// Check credentials, bucket, region, path style and conditional writes
     Doctor,
+    /// Delete (or move) finished builds older than a duration; never a live
+    /// one, never one that changed since it was judged
+    Prune {
+        /// Completed or cancelled, and last updated longer ago than this (e.g. 30d)
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+        /// Say what would be done; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Move the builds under this prefix instead of deleting them
+        #[arg(long, value_name = "PREFIX")]
+        archive_to: Option<String>,
+    },
+    /// Put a stored version of a build's document back (a bucket with
+    /// versioning), as a new revision
+    Restore {
+        build_id: String,
+        /// The version to restore (default: the newest that is not corrupt)
+        #[arg(long)]
+        version_id: Option<String>,
+        /// Do not ask
+        #[arg(long)]
+        yes: bool,
+    },
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Run the resource's check (request JSON on stdin), as Concourse does
@@ -502,6 +527,35 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Doctor => {
             let config = src.settings()?;
             doctor::doctor(&config, &out).await
+        }
+        Command::Prune {
+            older_than,
+            dry_run,
+            archive_to,
+        } => {
+            let settings = src.settings()?;
+            let store = open(&settings).await?;
+            let older_than = humantime::parse_duration(&older_than).map_err(|e| {
+                anyhow!("--older-than {older_than:?} is not a duration ({e}); write e.g. 30d")
+            })?;
+            retention::prune(
+                &settings,
+                &store,
+                older_than,
+                dry_run,
+                archive_to.as_deref(),
+                &out,
+            )
+            .await
+        }
+        Command::Restore {
+            build_id,
+            version_id,
+            yes,
+        } => {
+            let config = src.config(&build_id)?;
+            let store = open(&config).await?;
+            retention::restore(&config, &store, version_id.as_deref(), yes, &out).await
         }
     }
 }
@@ -845,6 +899,92 @@ mod tests {
         json_out.list(&rows, &settings.retry).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text(&buf)).unwrap();
         assert_eq!(v[0]["stale"], true);
+    }
+
+    /// A build that changes between prune's judging and its delete is kept:
+    /// the delete carries If-Match on the ETag judged.
+    #[tokio::test]
+    async fn prune_keeps_a_build_that_changed_meanwhile() {
+        use build_state::store::memory::{Fault, FaultyStore, Op};
+        let settings = settings();
+        let faulty = FaultyStore::new(MemoryStore::new());
+        let store = AnyStore::Faulty(faulty);
+        let (quiet, _) = Out::buffered(false);
+        for id in ["done-a", "done-b"] {
+            let config = settings.for_build(id).unwrap();
+            act_with(
+                &config,
+                &store,
+                Action::Init { restart: false },
+                &Extras::default(),
+                &quiet,
+            )
+            .await
+            .unwrap();
+            act_with(
+                &config,
+                &store,
+                Action::Cancel {
+                    reason: "superseded".into(),
+                },
+                &Extras::default(),
+                &quiet,
+            )
+            .await
+            .unwrap();
+        }
+        // Just before the first delete, someone restarts done-a.
+        let key = settings.for_build("done-a").unwrap().state_key();
+        let restarted = {
+            let c = settings.for_build("done-a").unwrap();
+            let cur = current(&c, &store).await.unwrap();
+            let u = Update::new(Action::Restart, Actor::default(), build_state::now());
+            match build_state::model::apply(Some(&cur), &u, &c.rules()).unwrap() {
+                build_state::model::Outcome::Restart { document, .. } => document.to_bytes(),
+                other => panic!("{other:?}"),
+            }
+        };
+        if let AnyStore::Faulty(f) = &store {
+            f.on(
+                Op::Delete,
+                1,
+                Fault::Interleave(Box::new(move |m: &MemoryStore| m.set(&key, restarted))),
+            );
+        }
+        let (out, buf) = Out::buffered(false);
+        retention::prune(
+            &settings,
+            &store,
+            std::time::Duration::ZERO,
+            false,
+            None,
+            &out,
+        )
+        .await
+        .unwrap();
+        let table = text(&buf);
+        let line = |id: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(id))
+                .unwrap()
+                .to_string()
+        };
+        let a = line("done-a");
+        assert!(
+            a.contains(" kept ")
+                && a.contains("changed since it was judged (its delete was refused)"),
+            "{table}"
+        );
+        let b = line("done-b");
+        assert!(
+            b.contains(" deleted ") && b.contains("finished and old enough"),
+            "{table}"
+        );
+        let rows = scan(&settings, &store, 1, false).await.unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.build_id.as_str()).collect();
+        assert_eq!(ids, ["done-a"]);
+        assert_eq!(rows[0].doc.as_ref().unwrap().run, 2, "the restart survived");
     }
 
     #[tokio::test]

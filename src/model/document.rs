@@ -141,6 +141,9 @@ pub enum ActionKind {
     Cancel,
     /// A new run (the old one archived).
     Restart,
+    /// An earlier stored version of the document put back (`build-state
+    /// restore`): the history up to it, then this event at a new revision.
+    Restore,
 }
 
 impl ActionKind {
@@ -155,6 +158,7 @@ impl ActionKind {
             ActionKind::Set => "set",
             ActionKind::Cancel => "cancel",
             ActionKind::Restart => "restart",
+            ActionKind::Restore => "restore",
         }
     }
 
@@ -464,6 +468,43 @@ impl Document {
         self.dead_since(retry).is_some_and(|t| now >= t)
     }
 
+    /// This document put back at `revision` (higher than any the build has
+    /// had): its history, then a `restore` event that keeps where it stood
+    /// (state, status, attempt, `retry_at`) and says which revision it
+    /// restored and why.
+    pub fn restored(
+        &self,
+        revision: u64,
+        by: Actor,
+        at: Timestamp,
+        reason: String,
+        ladder: &Ladder,
+    ) -> Document {
+        let mut history = self.history.clone();
+        history.push(Event {
+            revision,
+            at,
+            action: ActionKind::Restore,
+            target: Some(self.state),
+            state: self.state,
+            status: self.status,
+            attempt: self.attempts,
+            error: None,
+            retry_at: self.retry_at,
+            vars: Map::new(),
+            reason: Some(reason),
+            note: None,
+            by,
+        });
+        Document::from_history(
+            &self.build_id,
+            self.run,
+            self.labels.clone(),
+            history,
+            ladder,
+        )
+    }
+
     /// Builds a document whose summary is the fold of `history` (which must
     /// not be empty).
     pub fn from_history(
@@ -527,7 +568,12 @@ impl Document {
             ));
         }
         for pair in self.history.windows(2) {
-            if pair[1].revision != pair[0].revision + 1 {
+            // A restore continues from a later revision than the history it
+            // brought back (revisions never go down).
+            let restored = pair[1].action == ActionKind::Restore;
+            if (restored && pair[1].revision <= pair[0].revision)
+                || (!restored && pair[1].revision != pair[0].revision + 1)
+            {
                 return corrupt(format!(
                     "history revision {} is followed by {} (revisions rise by exactly 1)",
                     pair[0].revision, pair[1].revision

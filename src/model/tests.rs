@@ -778,3 +778,33 @@ fn a_blocked_gate_passes_only_for_a_build_that_needs_a_human() {
     assert_eq!(here.to_string(), "status: blocked, state: 25");
     assert!(here.require(&d) && !Condition::state(30).require(&d));
 }
+
+#[test]
+fn a_restored_document_continues_at_a_higher_revision_and_verifies() {
+    let mut w = World::new();
+    at(&mut w, 10);
+    let chosen = w.ok(Action::Start(10)).clone();
+    let restored = chosen.restored(
+        chosen.revision + 5,
+        Actor::default(),
+        w.clock,
+        "restored revision 4".into(),
+        &w.ladder,
+    );
+    assert_eq!(restored.verify(&w.ladder), Ok(()));
+    assert_eq!(restored.revision, chosen.revision + 5);
+    assert_eq!(
+        (restored.state, restored.status, restored.attempts),
+        (chosen.state, chosen.status, chosen.attempts)
+    );
+    assert_eq!(restored.last_event().action, ActionKind::Restore);
+    // It carries on: the next event follows the restore by one.
+    w.doc = Some(restored.clone());
+    let d = w.ok(Action::Complete(10)).clone();
+    assert_eq!(d.revision, restored.revision + 1);
+    // A history whose revisions go down at a restore is corrupt.
+    let mut bad = restored.clone();
+    bad.history.last_mut().unwrap().revision = chosen.revision;
+    bad.revision = chosen.revision;
+    assert!(bad.verify(&w.ladder).is_err());
+}

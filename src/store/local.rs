@@ -185,6 +185,48 @@ impl Store for LocalStore {
             Err(e) => Err(io_error("deleting", &path, e)),
         }
     }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        let path = self.path(key);
+        let Some(dir) = path.parent().filter(|d| d.exists()) else {
+            return Err(StoreError::Conflict);
+        };
+        let lock_path = dir.join(format!(
+            ".{}.lock",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object")
+        ));
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| io_error("opening lock", &lock_path, e))?;
+        lock.lock()
+            .map_err(|e| io_error("locking", &lock_path, e))?;
+        match self.read(&path)? {
+            Some(body) if etag_of(&body) == etag => {
+                fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))
+            }
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
+        Ok(super::Versioning::Off)
+    }
+
+    async fn versions(&self, _key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
+        Err(StoreError::NotVersioned(
+            "a local directory keeps no versions of its documents; restore needs an S3 bucket with versioning".into(),
+        ))
+    }
+
+    async fn get_version(&self, key: &str, _version_id: &str) -> Result<Vec<u8>, StoreError> {
+        self.versions(key).await.map(|_| Vec::new())
+    }
 }
 
 #[cfg(test)]

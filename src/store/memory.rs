@@ -96,6 +96,33 @@ impl Store for MemoryStore {
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        let mut objects = self.objects.lock().unwrap();
+        match objects.get(key) {
+            Some(b) if super::s3::same_etag(etag, &etag_of(b)) => {
+                objects.remove(key);
+                Ok(())
+            }
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
+        Ok(super::Versioning::Off)
+    }
+
+    async fn versions(&self, _key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
+        Err(StoreError::NotVersioned(
+            "the memory store keeps no versions".into(),
+        ))
+    }
+
+    async fn get_version(&self, _key: &str, _id: &str) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::NotVersioned(
+            "the memory store keeps no versions".into(),
+        ))
+    }
 }
 
 /// A store operation, for counting and for aiming faults.
@@ -221,5 +248,28 @@ impl Store for FaultyStore {
             Some(Fault::Fail(e)) => Err(e),
             _ => self.inner.delete(key).await,
         }
+    }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        match self.next(Op::Delete) {
+            Some(Fault::Fail(e)) => Err(e),
+            Some(Fault::Interleave(f)) => {
+                f(&self.inner);
+                self.inner.delete_if(key, etag).await
+            }
+            _ => self.inner.delete_if(key, etag).await,
+        }
+    }
+
+    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
+        self.inner.versioning().await
+    }
+
+    async fn versions(&self, key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
+        self.inner.versions(key).await
+    }
+
+    async fn get_version(&self, key: &str, id: &str) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_version(key, id).await
     }
 }

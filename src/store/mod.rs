@@ -32,6 +32,30 @@ pub enum Precondition<'a> {
     Matches(&'a str),
 }
 
+/// One stored version of an object (on a bucket with versioning).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// The store's id of the version.
+    pub version_id: String,
+    /// When it was stored.
+    pub stored_at: crate::model::Timestamp,
+    /// Whether it is the object's current version.
+    pub latest: bool,
+    /// A delete marker (the object was deleted then), with no body.
+    pub deleted: bool,
+}
+
+/// Whether a bucket keeps the versions of its objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Versioning {
+    /// Every write keeps the previous version.
+    On,
+    /// Versioning was turned on once and is suspended now.
+    Suspended,
+    /// Never turned on (or a store that keeps no versions).
+    Off,
+}
+
 /// Why a store operation failed. `Conflict` is the one callers branch on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -62,6 +86,9 @@ pub enum StoreError {
     #[error("credentials rejected or unavailable: {0}")]
     /// The credentials are missing or rejected.
     Credentials(String),
+    /// The store keeps no versions of its objects.
+    #[error("{0}")]
+    NotVersioned(String),
     #[error("{0}")]
     /// Anything else, in words.
     Other(String),
@@ -88,6 +115,20 @@ pub trait Store {
 
     /// Deletes `key` (absent is not an error).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes `key` only while it still has `etag` (`If-Match`);
+    /// `StoreError::Conflict` when it changed or is gone.
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError>;
+
+    /// Whether the store keeps the versions of its objects.
+    async fn versioning(&self) -> Result<Versioning, StoreError>;
+
+    /// The stored versions of `key`, newest first (`NotVersioned` for a
+    /// store that keeps none).
+    async fn versions(&self, key: &str) -> Result<Vec<StoredVersion>, StoreError>;
+
+    /// The body of one stored version of `key`.
+    async fn get_version(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError>;
 }
 
 /// The store a configuration names.
@@ -98,6 +139,8 @@ pub enum AnyStore {
     S3(s3::S3Store),
     /// Memory (for tests).
     Memory(memory::MemoryStore),
+    /// Memory with faults on demand (for tests).
+    Faulty(memory::FaultyStore),
 }
 
 impl AnyStore {
@@ -116,7 +159,7 @@ impl AnyStore {
         match self {
             AnyStore::Local(_) => Vec::new(),
             AnyStore::S3(s) => s.quirks(),
-            AnyStore::Memory(_) => Vec::new(),
+            AnyStore::Memory(_) | AnyStore::Faulty(_) => Vec::new(),
         }
     }
 }
@@ -127,6 +170,7 @@ impl Store for AnyStore {
             AnyStore::Local(s) => s.get(key, if_none_match).await,
             AnyStore::S3(s) => s.get(key, if_none_match).await,
             AnyStore::Memory(s) => s.get(key, if_none_match).await,
+            AnyStore::Faulty(s) => s.get(key, if_none_match).await,
         }
     }
 
@@ -140,6 +184,7 @@ impl Store for AnyStore {
             AnyStore::Local(s) => s.put(key, body, when).await,
             AnyStore::S3(s) => s.put(key, body, when).await,
             AnyStore::Memory(s) => s.put(key, body, when).await,
+            AnyStore::Faulty(s) => s.put(key, body, when).await,
         }
     }
 
@@ -148,6 +193,7 @@ impl Store for AnyStore {
             AnyStore::Local(s) => s.list(prefix).await,
             AnyStore::S3(s) => s.list(prefix).await,
             AnyStore::Memory(s) => s.list(prefix).await,
+            AnyStore::Faulty(s) => s.list(prefix).await,
         }
     }
 
@@ -156,6 +202,43 @@ impl Store for AnyStore {
             AnyStore::Local(s) => s.delete(key).await,
             AnyStore::S3(s) => s.delete(key).await,
             AnyStore::Memory(s) => s.delete(key).await,
+            AnyStore::Faulty(s) => s.delete(key).await,
+        }
+    }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(s) => s.delete_if(key, etag).await,
+            AnyStore::S3(s) => s.delete_if(key, etag).await,
+            AnyStore::Memory(s) => s.delete_if(key, etag).await,
+            AnyStore::Faulty(s) => s.delete_if(key, etag).await,
+        }
+    }
+
+    async fn versioning(&self) -> Result<Versioning, StoreError> {
+        match self {
+            AnyStore::Local(s) => s.versioning().await,
+            AnyStore::S3(s) => s.versioning().await,
+            AnyStore::Memory(s) => s.versioning().await,
+            AnyStore::Faulty(s) => s.versioning().await,
+        }
+    }
+
+    async fn versions(&self, key: &str) -> Result<Vec<StoredVersion>, StoreError> {
+        match self {
+            AnyStore::Local(s) => s.versions(key).await,
+            AnyStore::S3(s) => s.versions(key).await,
+            AnyStore::Memory(s) => s.versions(key).await,
+            AnyStore::Faulty(s) => s.versions(key).await,
+        }
+    }
+
+    async fn get_version(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError> {
+        match self {
+            AnyStore::Local(s) => s.get_version(key, version_id).await,
+            AnyStore::S3(s) => s.get_version(key, version_id).await,
+            AnyStore::Memory(s) => s.get_version(key, version_id).await,
+            AnyStore::Faulty(s) => s.get_version(key, version_id).await,
         }
     }
 }

@@ -219,11 +219,12 @@ fn corrupt_documents_are_refused(w: World) {
         let err = step.fails();
         assert!(
             err.contains("the document is not valid JSON")
-                && err.contains("restore an earlier version"),
+                && err.contains("the way out: `build-state restore BUILD_ID`"),
             "{err}"
         );
     }
     let err = refused_put(&w, json!({"start": 5}));
+    assert!(err.contains("`build-state restore BUILD_ID`"), "{err}");
     assert!(
         err.contains("rhel8-web") && err.contains("state.json") && err.contains("not valid JSON"),
         "{err}"

@@ -12,5 +12,6 @@ mod get;
 mod pipelines;
 mod policies;
 mod put;
+mod retention;
 mod runner;
 mod servers;

@@ -172,6 +172,15 @@ impl World {
         }
     }
 
+    /// The bucket this world's source names.
+    pub fn bucket(&self) -> String {
+        self.extra
+            .get("bucket")
+            .and_then(Value::as_str)
+            .unwrap_or(BUCKET)
+            .to_string()
+    }
+
     pub fn with(mut self, extra: Value) -> World {
         merge(&mut self.extra, extra);
         self
@@ -237,7 +246,7 @@ impl World {
                     match s
                         .client()
                         .get_object()
-                        .bucket(BUCKET)
+                        .bucket(self.bucket())
                         .key(&key)
                         .send()
                         .await
@@ -273,7 +282,7 @@ impl World {
                 s.block_on(async {
                     s.client()
                         .put_object()
-                        .bucket(BUCKET)
+                        .bucket(self.bucket())
                         .key(&key)
                         .body(body.to_vec().into())
                         .send()
@@ -286,6 +295,11 @@ impl World {
 
     /// Every key stored under this world's prefix.
     pub fn keys(&self) -> Vec<String> {
+        self.keys_under(&self.prefix)
+    }
+
+    /// Every key stored under `prefix`, in this world's store.
+    pub fn keys_under(&self, prefix: &str) -> Vec<String> {
         match self.kind {
             Kind::Local => {
                 let mut out = Vec::new();
@@ -295,7 +309,8 @@ impl World {
                         .unwrap()
                         .to_string_lossy()
                         .to_string();
-                    if !rel.rsplit('/').next().unwrap().starts_with('.') {
+                    if !rel.rsplit('/').next().unwrap().starts_with('.') && rel.starts_with(prefix)
+                    {
                         out.push(rel);
                     }
                 }
@@ -308,8 +323,8 @@ impl World {
                     let out = s
                         .client()
                         .list_objects_v2()
-                        .bucket(BUCKET)
-                        .prefix(&self.prefix)
+                        .bucket(self.bucket())
+                        .prefix(prefix)
                         .send()
                         .await
                         .unwrap();
