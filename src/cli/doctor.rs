@@ -189,18 +189,18 @@ async fn probe(
             {
                 Err(StoreError::Conflict) => match store.delete_if(&key, &etag).await {
                     Ok(()) => add(
-                        "conditional DELETE",
+                        "If-Match DELETE",
                         Verdict::Ok,
                         "a delete with a stale If-Match was refused, one with the current ETag done: prune never deletes a build that changed".into(),
                     ),
-                    Err(e) => add("conditional DELETE", Verdict::Warn, format!("a delete with the current ETag failed: {}", advice(&e))),
+                    Err(e) => add("If-Match DELETE", Verdict::Warn, format!("a delete with the current ETag failed: {}", advice(&e))),
                 },
                 Ok(()) => add(
-                    "conditional DELETE",
+                    "If-Match DELETE",
                     Verdict::Warn,
                     "the server ignores If-Match on DELETE: prune checks the document just before deleting it, but a build updated in that instant could be deleted".into(),
                 ),
-                Err(e) => add("conditional DELETE", Verdict::Warn, advice(&e)),
+                Err(e) => add("If-Match DELETE", Verdict::Warn, advice(&e)),
             }
         }
         match store.delete(&key).await {
