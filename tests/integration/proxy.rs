@@ -23,6 +23,9 @@ pub enum Fault {
     BareEtags,
     /// Answers 412 to every `If-Match`, current or not, quoted or bare.
     RefuseIfMatch,
+    /// Before the first conditional DELETE, another writer changes the
+    /// object (a newline appended): the delete must then be refused.
+    ChangeBeforeDelete,
     /// Drops the connection instead of answering every write the server
     /// applied: the client cannot know whether it landed.
     DropAnswerAfterWrite,
@@ -33,7 +36,8 @@ pub struct Proxy {
     pub endpoint: String,
     /// Writes (PUT requests) seen so far.
     pub writes: Arc<AtomicUsize>,
-    /// Answers dropped after a write was applied.
+    /// Answers dropped after a write was applied (and, for
+    /// `ChangeBeforeDelete`, conditional deletes seen).
     pub dropped: Arc<AtomicUsize>,
 }
 
@@ -241,11 +245,44 @@ fn serve(
     if is_write {
         writes.fetch_add(1, Ordering::SeqCst);
     }
+    if fault == Fault::ChangeBeforeDelete
+        && req.method == "DELETE"
+        && req.header("if-match").is_some()
+        && dropped.fetch_add(1, Ordering::SeqCst) == 0
+    {
+        let path = req.path.split('?').next().unwrap_or_default().to_string();
+        let get = Request {
+            method: "GET".into(),
+            path: path.clone(),
+            body: Vec::new(),
+            ..req.without(&["if-match", "content-length"])
+        };
+        let answer = forward(upstream, &get)?;
+        let start = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| i + 4);
+        let mut body = answer[start..].to_vec();
+        body.push(b'\n');
+        let put = Request {
+            method: "PUT".into(),
+            path,
+            headers: req
+                .without(&["if-match", "content-length"])
+                .headers
+                .into_iter()
+                .chain([("Content-Length".to_string(), body.len().to_string())])
+                .collect(),
+            body,
+            ..req.without(&["if-match"])
+        };
+        forward(upstream, &put)?;
+    }
     let answer = match fault {
         _ if !is_write => forward(upstream, &req)?,
         Fault::IgnoreConditions => forward(upstream, &req.without(&["if-match", "if-none-match"]))?,
         Fault::RefuseIfMatch if req.header("if-match").is_some() => precondition_failed(),
-        Fault::RefuseIfMatch => forward(upstream, &req)?,
+        Fault::RefuseIfMatch | Fault::ChangeBeforeDelete => forward(upstream, &req)?,
         Fault::BareEtags => match req.header("if-match") {
             Some(etag) if etag.trim().starts_with('"') => precondition_failed(),
             _ => forward(upstream, &req)?,
