@@ -274,7 +274,6 @@ fn serve(
                 .chain([("Content-Length".to_string(), body.len().to_string())])
                 .collect(),
             body,
-            ..req.without(&["if-match"])
         };
         forward(upstream, &put)?;
     }

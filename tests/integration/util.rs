@@ -612,3 +612,12 @@ macro_rules! both_stores {
         }
     };
 }
+
+/// Text with every run of spaces on a line made one: tables compared by
+/// their words, whatever their columns' widths.
+pub fn squeeze(s: &str) -> String {
+    s.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
