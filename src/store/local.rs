@@ -30,6 +30,28 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
+/// Takes the exclusive lock of the object at `path` (a `.NAME.lock` file
+/// beside it); released when the file is dropped, or the process dies.
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let dir = path.parent().expect("a key has a parent directory");
+    let lock_path = dir.join(format!(
+        ".{}.lock",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object")
+    ));
+    let lock = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| io_error("opening lock", &lock_path, e))?;
+    lock.lock()
+        .map_err(|e| io_error("locking", &lock_path, e))?;
+    Ok(lock)
+}
+
 impl LocalStore {
     /// The store rooted at `root`.
     pub fn new(root: PathBuf) -> LocalStore {
@@ -119,22 +141,7 @@ impl Store for LocalStore {
             .mode(0o700)
             .create(dir)
             .map_err(|e| io_error("creating", dir, e))?;
-        let lock_path = dir.join(format!(
-            ".{}.lock",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object")
-        ));
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| io_error("opening lock", &lock_path, e))?;
-        lock.lock()
-            .map_err(|e| io_error("locking", &lock_path, e))?;
-        // The lock is released when `lock` is dropped (or the process dies).
+        let _lock = lock(&path)?;
         self.put_locked(&path, &body, when)
     }
 
@@ -188,24 +195,10 @@ impl Store for LocalStore {
 
     async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
         let path = self.path(key);
-        let Some(dir) = path.parent().filter(|d| d.exists()) else {
+        if !path.parent().is_some_and(Path::exists) {
             return Err(StoreError::Conflict);
-        };
-        let lock_path = dir.join(format!(
-            ".{}.lock",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object")
-        ));
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| io_error("opening lock", &lock_path, e))?;
-        lock.lock()
-            .map_err(|e| io_error("locking", &lock_path, e))?;
+        }
+        let _lock = lock(&path)?;
         match self.read(&path)? {
             Some(body) if etag_of(&body) == etag => {
                 fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))

@@ -48,38 +48,10 @@ fn load(path: &Path) -> Value {
     pipeline::load(path, &vars_for(&text)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
 }
 
-/// Every step in a plan, hooks included.
-fn steps(step: &Value, out: &mut Vec<Value>) {
-    match step {
-        Value::Array(items) => items.iter().for_each(|s| steps(s, out)),
-        Value::Object(m) => {
-            if m.contains_key("get") || m.contains_key("put") || m.contains_key("task") {
-                out.push(step.clone());
-            }
-            for key in [
-                "in_parallel",
-                "do",
-                "try",
-                "on_success",
-                "on_failure",
-                "on_error",
-                "on_abort",
-                "ensure",
-                "steps",
-                "plan",
-            ] {
-                if let Some(v) = m.get(key) {
-                    steps(v, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
+/// Every get, put and task of a job, hooks included.
 fn all_steps(job: &Value) -> Vec<Value> {
     let mut out = Vec::new();
-    steps(job, &mut out);
+    crate::concourse::visit(job, &mut |s| out.push(s.clone()));
     out
 }
 
