@@ -2,6 +2,7 @@
 //! image builds, migrate from the old scripts. Every command goes through
 //! the same source parser, store and transitions as the resource.
 
+mod cache;
 mod doctor;
 mod import;
 mod output;
@@ -46,6 +47,9 @@ pub struct Cli {
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     json: bool,
+    /// Read every document (list, watch, report): no local cache
+    #[arg(long, global = true)]
+    no_cache: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -293,6 +297,7 @@ fn parse_kind(kind: Option<&str>) -> Result<Option<FailureKind>> {
 async fn run(cli: Cli) -> Result<()> {
     let out = Out::new(cli.json);
     let src = &cli.source;
+    let no_cache = cli.no_cache;
     match cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -348,7 +353,9 @@ async fn run(cli: Cli) -> Result<()> {
             let status = status
                 .map(|s| Status::parse(&s).ok_or_else(|| anyhow!("--status {s:?} is not a status")))
                 .transpose()?;
-            let rows = scan(&config, &store, concurrency.max(1), true).await?;
+            let mut cache = (!no_cache).then(|| cache::Cache::open(&config)).flatten();
+            let rows =
+                scan_cached(&config, &store, concurrency.max(1), true, cache.as_mut()).await?;
             let rows: Vec<_> = rows
                 .into_iter()
                 .filter(|r| match &r.doc {
@@ -520,7 +527,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Report { out: path } => {
             let config = src.settings()?;
             let store = open(&config).await?;
-            let rows = scan(&config, &store, 32, true).await?;
+            let mut cache = (!no_cache).then(|| cache::Cache::open(&config)).flatten();
+            let rows = scan_cached(&config, &store, 32, true, cache.as_mut()).await?;
             report::write(&config, &rows, &path)?;
             out.report(&path, rows.len())
         }
@@ -678,20 +686,49 @@ pub async fn scan(
     concurrency: usize,
     progress: bool,
 ) -> Result<Vec<Row>> {
-    let keys = store
-        .list(config.prefix())
+    scan_cached(config, store, concurrency, progress, None).await
+}
+
+/// [`scan`], reading only the documents whose listing tag changed since
+/// `cache` saw them: a fleet that did not change costs its listing.
+pub async fn scan_cached(
+    config: &Arc<Settings>,
+    store: &AnyStore,
+    concurrency: usize,
+    progress: bool,
+    mut cache: Option<&mut cache::Cache>,
+) -> Result<Vec<Row>> {
+    let listed = store
+        .list_tags(config.prefix())
         .await
         .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
-    let ids: Vec<String> = keys
-        .iter()
-        .filter_map(|k| config.build_id_of_key(k))
+    let builds: Vec<(String, String)> = listed
+        .into_iter()
+        .filter_map(|l| config.build_id_of_key(&l.key).map(|id| (id, l.tag)))
         .collect();
-    let total = ids.len();
+    if let Some(c) = cache.as_deref_mut() {
+        c.retain(&builds.iter().map(|(id, _)| id.clone()).collect());
+    }
+    let total = builds.len();
+    let mut rows = Vec::with_capacity(total);
+    let mut to_read = Vec::new();
+    for (id, tag) in builds {
+        let hit = cache
+            .as_deref()
+            .and_then(|c| c.get(&id, &tag))
+            .filter(|d| d.build_id == id && d.verify(&config.ladder).is_ok());
+        match hit {
+            Some(doc) => rows.push(Row {
+                build_id: id,
+                doc: Ok(doc.clone()),
+            }),
+            None => to_read.push((id, tag)),
+        }
+    }
     let started = std::time::Instant::now();
     let mut last_report = started;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut rows = Vec::with_capacity(total);
-    let mut results = futures_util::stream::iter(ids.into_iter().map(|id| async move {
+    let mut results = futures_util::stream::iter(to_read.into_iter().map(|(id, tag)| async move {
         let doc = match config.for_build(&id) {
             Err(e) => Err(e.to_string()),
             Ok(c) => match Builds::new(&c, store).current().await {
@@ -703,10 +740,13 @@ pub async fn scan(
                 }),
             },
         };
-        Row { build_id: id, doc }
+        (Row { build_id: id, doc }, tag)
     }))
     .buffer_unordered(concurrency);
-    while let Some(row) = results.next().await {
+    while let Some((row, tag)) = results.next().await {
+        if let (Some(c), Ok(doc)) = (cache.as_deref_mut(), &row.doc) {
+            c.put(&row.build_id, &tag, doc);
+        }
         rows.push(row);
         if progress && last_report.elapsed().as_millis() >= 1000 {
             last_report = std::time::Instant::now();
@@ -722,6 +762,9 @@ pub async fn scan(
             "\rbuild-state: read {total}/{total} builds in {:.1}s",
             started.elapsed().as_secs_f64()
         );
+    }
+    if let Some(c) = cache.as_deref() {
+        c.save();
     }
     rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
     Ok(rows)
@@ -985,6 +1028,103 @@ mod tests {
         let ids: Vec<&str> = rows.iter().map(|r| r.build_id.as_str()).collect();
         assert_eq!(ids, ["done-a"]);
         assert_eq!(rows[0].doc.as_ref().unwrap().run, 2, "the restart survived");
+    }
+
+    /// A second scan of an unchanged fleet reads no document; a changed
+    /// build is read again; a corrupt cache is rebuilt, never trusted.
+    #[tokio::test]
+    async fn the_cache_reads_only_what_changed() {
+        use build_state::store::memory::{FaultyStore, Op};
+        let settings = settings();
+        let store = AnyStore::Faulty(FaultyStore::new(MemoryStore::new()));
+        let (quiet, _) = Out::buffered(false);
+        for id in ["a", "b", "c"] {
+            walk(&store, id, &quiet).await;
+        }
+        let gets = |s: &AnyStore| match s {
+            AnyStore::Faulty(f) => f.calls(Op::Get),
+            _ => unreachable!(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let scan_once = |store: &'static AnyStore| {
+            let dir = dir.path().to_path_buf();
+            let settings = settings.clone();
+            async move {
+                let mut cache = cache::Cache::open_in(dir, &settings);
+                scan_cached(&settings, store, 4, false, Some(&mut cache))
+                    .await
+                    .unwrap()
+            }
+        };
+        let store: &'static AnyStore = Box::leak(Box::new(store));
+        let g0 = gets(store);
+        let first = scan_once(store).await;
+        assert_eq!(gets(store) - g0, 3, "a cold scan reads every document");
+        let g1 = gets(store);
+        let second = scan_once(store).await;
+        assert_eq!(gets(store) - g1, 0, "an unchanged fleet: its listing only");
+        let docs = |rows: &[Row]| {
+            rows.iter()
+                .map(|r| r.doc.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(docs(&first), docs(&second));
+        // One build changes: it alone is read.
+        let config = settings.for_build("b").unwrap();
+        act_with(&config, store, Action::Retry(5), &Extras::default(), &quiet)
+            .await
+            .unwrap();
+        let g2 = gets(store);
+        let third = scan_once(store).await;
+        assert!(
+            gets(store) - g2 >= 1 && gets(store) - g2 <= 2,
+            "the changed build only"
+        );
+        assert_eq!(third[1].doc.as_ref().unwrap().status, Status::Pending);
+        // A corrupt cache is rebuilt: every document read again.
+        let path = cache::Cache::open_in(dir.path().to_path_buf(), &settings)
+            .path()
+            .to_path_buf();
+        std::fs::write(&path, b"{not json").unwrap();
+        let g3 = gets(store);
+        let fourth = scan_once(store).await;
+        assert_eq!(gets(store) - g3, 3);
+        assert_eq!(docs(&fourth), docs(&third));
+    }
+
+    /// An idle watch of a prefix costs listings only.
+    #[tokio::test]
+    async fn an_idle_watch_sweep_is_a_listing() {
+        use build_state::store::memory::{FaultyStore, Op};
+        let store = AnyStore::Faulty(FaultyStore::new(MemoryStore::new()));
+        let (quiet, _) = Out::buffered(false);
+        for id in ["a", "b", "c"] {
+            walk(&store, id, &quiet).await;
+        }
+        let AnyStore::Faulty(f) = &store else {
+            unreachable!()
+        };
+        let (gets, lists) = (f.calls(Op::Get), f.calls(Op::List));
+        let (out, _) = Out::buffered(false);
+        watch::watch(
+            &settings(),
+            &store,
+            None,
+            std::time::Duration::from_millis(5),
+            Some(std::time::Duration::from_millis(60)),
+            &out,
+        )
+        .await
+        .unwrap();
+        let AnyStore::Faulty(f) = &store else {
+            unreachable!()
+        };
+        assert!(f.calls(Op::List) - lists >= 3, "several sweeps");
+        assert_eq!(
+            f.calls(Op::Get) - gets,
+            3,
+            "each build read once, then only listed"
+        );
     }
 
     #[tokio::test]

@@ -30,17 +30,36 @@ pub async fn watch(
     // Revisions already said to be stale, by build.
     let mut stale: HashMap<String, u64> = HashMap::new();
     let mut first = true;
+    // For a prefix: each build's listing tag at the last sweep. A sweep of
+    // builds that did not change costs the listing only.
+    let mut tags: HashMap<String, String> = HashMap::new();
     loop {
-        let ids = if let Some(id) = one {
+        let ids: Vec<String> = if let Some(id) = one {
             vec![id.to_string()]
         } else {
-            let keys = store
-                .list(config.prefix())
+            let listed = store
+                .list_tags(config.prefix())
                 .await
                 .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
-            keys.iter()
-                .filter_map(|k| config.build_id_of_key(k))
-                .collect()
+            let mut changed = Vec::new();
+            let mut now = HashMap::new();
+            for l in listed {
+                if let Some(id) = config.build_id_of_key(&l.key) {
+                    let unchanged = tags.get(&id) == Some(&l.tag);
+                    let dead = seen
+                        .get(&id)
+                        .and_then(|s| s.dead_since.map(|t| (t, s.revision)))
+                        .is_some_and(|(t, rev)| {
+                            build_state::now() >= t && stale.get(&id) != Some(&rev)
+                        });
+                    if !unchanged || dead {
+                        changed.push(id.clone());
+                    }
+                    now.insert(id, l.tag);
+                }
+            }
+            tags = now;
+            changed
         };
         for id in ids {
             let cfg = config.for_build(&id)?;

@@ -193,6 +193,30 @@ impl Store for LocalStore {
         }
     }
 
+    async fn list_tags(&self, prefix: &str) -> Result<Vec<super::Listed>, StoreError> {
+        let mut listed = Vec::new();
+        for key in self.list(prefix).await? {
+            let path = self.path(&key);
+            // The modification time and size stand in for the ETag: they
+            // change with every atomic replace.
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("reading", &path, e)),
+            };
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            listed.push(super::Listed {
+                key,
+                tag: format!("{mtime}-{}", meta.len()),
+            });
+        }
+        Ok(listed)
+    }
+
     async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
         let path = self.path(key);
         if !path.parent().is_some_and(Path::exists) {

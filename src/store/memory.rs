@@ -97,6 +97,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn list_tags(&self, prefix: &str) -> Result<Vec<super::Listed>, StoreError> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, b)| super::Listed {
+                key: k.clone(),
+                tag: etag_of(b),
+            })
+            .collect())
+    }
+
     async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
         let mut objects = self.objects.lock().unwrap();
         match objects.get(key) {
@@ -247,6 +261,13 @@ impl Store for FaultyStore {
         match self.next(Op::Delete) {
             Some(Fault::Fail(e)) => Err(e),
             _ => self.inner.delete(key).await,
+        }
+    }
+
+    async fn list_tags(&self, prefix: &str) -> Result<Vec<super::Listed>, StoreError> {
+        match self.next(Op::List) {
+            Some(Fault::Fail(e)) => Err(e),
+            _ => self.inner.list_tags(prefix).await,
         }
     }
 

@@ -533,7 +533,16 @@ impl Store for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
+        Ok(self
+            .list_tags(prefix)
+            .await?
+            .into_iter()
+            .map(|l| l.key)
+            .collect())
+    }
+
+    async fn list_tags(&self, prefix: &str) -> Result<Vec<super::Listed>, StoreError> {
+        let mut listed = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
@@ -543,14 +552,15 @@ impl Store for S3Store {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify(&self.bucket, e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
+            listed.extend(page.contents().iter().filter_map(|o| {
+                Some(super::Listed {
+                    key: o.key()?.to_string(),
+                    tag: o.e_tag().unwrap_or_default().to_string(),
+                })
+            }));
         }
-        keys.sort();
-        Ok(keys)
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listed)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -151,6 +151,53 @@ fn update_takes_the_old_scripts_arguments(w: World) {
     assert!(err.contains("cannot complete 10"), "{err}");
 }
 
+/// `list` keeps the documents it read in a local cache: a second list of
+/// an unchanged fleet answers the same from it, a change is seen, a corrupt
+/// cache is rebuilt, and `--no-cache` reads everything.
+fn list_caches_what_it_read(w: World) {
+    for id in ["alpha", "beta"] {
+        w.cli(&["init", id]).text();
+    }
+    let cache = w.tmp.path().join("cache");
+    let list = |extra: &[&str]| {
+        let mut args = vec!["list", "--json"];
+        args.extend_from_slice(extra);
+        let out = w
+            .cli(&args)
+            .env("BUILD_STATE_CACHE_DIR", cache.to_str().unwrap())
+            .run();
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        (
+            serde_json::from_str::<Value>(&out.stdout).unwrap(),
+            out.stderr,
+        )
+    };
+    let (cold, _) = list(&[]);
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file for this store and prefix");
+    let (warm, _) = list(&[]);
+    assert_eq!(warm, cold);
+    w.cli(&["complete", "beta", "0"]).text();
+    let (changed, _) = list(&[]);
+    assert_eq!(changed[1]["state"], 5, "a change is seen: {changed}");
+    let file = files[0].as_ref().unwrap().path();
+    let mut old: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    old["tool"] = json!("0.0.1-older");
+    std::fs::write(&file, old.to_string()).unwrap();
+    let (rebuilt, stderr) = list(&[]);
+    assert_eq!(rebuilt, changed);
+    assert!(
+        stderr.contains("is from another version or store; rebuilding it"),
+        "{stderr}"
+    );
+    std::fs::write(&file, b"garbage").unwrap();
+    let (rebuilt, stderr) = list(&[]);
+    assert_eq!(rebuilt, changed);
+    assert!(stderr.contains("is unreadable"), "{stderr}");
+    let (fresh, _) = list(&["--no-cache"]);
+    assert_eq!(fresh, changed);
+}
+
 fn list_filters_and_reports(w: World) {
     let err = w.cli(&["list"]).run();
     assert_eq!(err.code, Some(0));
@@ -670,6 +717,7 @@ crate::both_stores!(
     actions_show_and_history,
     update_takes_the_old_scripts_arguments,
     list_filters_and_reports,
+    list_caches_what_it_read,
     watch_prints_each_transition_once,
     sources_from_pipelines_and_the_environment,
     states_and_completions,

@@ -520,7 +520,9 @@ impl Step {
         }
         // The S3 server is on loopback: never through a proxy the machine may set.
         cmd.env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost");
+            .env("no_proxy", "127.0.0.1,localhost")
+            // The fleet commands' cache stays in the test's directory.
+            .env("BUILD_STATE_CACHE_DIR", self.cwd.join(".cache"));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

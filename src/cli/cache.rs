@@ -1,0 +1,177 @@
+//! The fleet commands' local cache: the documents they read, each with the
+//! listing tag it was read at, so that a second `list` of an unchanged fleet
+//! reads no document. One file per store location (endpoint, bucket and
+//! prefix, or directory and prefix) in the user's cache directory. A cache
+//! that cannot be read, is corrupt, or was written by another version or
+//! for another location is rebuilt, never trusted.
+
+use build_state::config::{Settings, Storage};
+use build_state::model::Document;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The format of the file; another one is rebuilt.
+const FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize, Default)]
+struct File {
+    format: u32,
+    /// The version of build-state that wrote it.
+    tool: String,
+    /// What it caches: the store's location and prefix.
+    location: String,
+    builds: BTreeMap<String, Entry>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct Entry {
+    /// The listing tag the document was read at.
+    tag: String,
+    /// The document as read.
+    document: Document,
+}
+
+/// The cache of one store location.
+pub struct Cache {
+    path: PathBuf,
+    file: File,
+    dirty: bool,
+}
+
+/// Where caches live: `BUILD_STATE_CACHE_DIR`, else the user's cache
+/// directory (`$XDG_CACHE_HOME/build-state` or `~/.cache/build-state`).
+fn dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("BUILD_STATE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("build-state"))
+}
+
+/// What a cache is for: the store's location and prefix, endpoint included.
+fn location(settings: &Settings) -> String {
+    match &settings.storage {
+        Storage::Local { dir, prefix } => format!("local:{}:{prefix}", dir.display()),
+        Storage::S3(s3) => format!(
+            "s3:{}:{}:{}",
+            s3.endpoint.as_deref().unwrap_or("aws"),
+            s3.bucket,
+            s3.prefix
+        ),
+    }
+}
+
+impl Cache {
+    /// The cache of `settings`' store location (empty when there is none
+    /// yet, or none that can be trusted; `None` without a cache directory).
+    pub fn open(settings: &Settings) -> Option<Cache> {
+        Some(Cache::open_in(dir()?, settings))
+    }
+
+    /// The cache of `settings`' store location in the directory `dir`.
+    pub fn open_in(dir: PathBuf, settings: &Settings) -> Cache {
+        let location = location(settings);
+        let name = {
+            use md5::{Digest, Md5};
+            let d = Md5::digest(location.as_bytes());
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let path = dir.join(format!("{name}.json"));
+        let empty = || File {
+            format: FORMAT,
+            tool: env!("CARGO_PKG_VERSION").to_string(),
+            location: location.clone(),
+            builds: BTreeMap::new(),
+        };
+        let file = match std::fs::read(&path) {
+            Err(_) => empty(),
+            Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
+                Ok(f)
+                    if f.format == FORMAT
+                        && f.tool == env!("CARGO_PKG_VERSION")
+                        && f.location == location =>
+                {
+                    f
+                }
+                Ok(_) => {
+                    eprintln!(
+                        "build-state: the cache {} is from another version or store; rebuilding it",
+                        path.display()
+                    );
+                    empty()
+                }
+                Err(e) => {
+                    eprintln!(
+                        "build-state: the cache {} is unreadable ({e}); rebuilding it",
+                        path.display()
+                    );
+                    empty()
+                }
+            },
+        };
+        Cache {
+            path,
+            file,
+            dirty: false,
+        }
+    }
+
+    /// The file it is kept in.
+    #[cfg(test)]
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The document of `build_id` cached at listing tag `tag`, if any.
+    pub fn get(&self, build_id: &str, tag: &str) -> Option<&Document> {
+        self.file
+            .builds
+            .get(build_id)
+            .filter(|e| e.tag == tag)
+            .map(|e| &e.document)
+    }
+
+    /// Remembers `document` for `build_id`, read at listing tag `tag`.
+    pub fn put(&mut self, build_id: &str, tag: &str, document: &Document) {
+        self.file.builds.insert(
+            build_id.to_string(),
+            Entry {
+                tag: tag.to_string(),
+                document: document.clone(),
+            },
+        );
+        self.dirty = true;
+    }
+
+    /// Forgets the builds that are gone.
+    pub fn retain(&mut self, present: &std::collections::BTreeSet<String>) {
+        let before = self.file.builds.len();
+        self.file.builds.retain(|id, _| present.contains(id));
+        self.dirty |= self.file.builds.len() != before;
+    }
+
+    /// Writes the cache (atomically), when it changed. A cache that cannot
+    /// be written only costs the next run its reads.
+    pub fn save(&self) {
+        if !self.dirty {
+            return;
+        }
+        let write = || -> std::io::Result<()> {
+            let dir = self.path.parent().expect("a cache file has a directory");
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+            std::fs::write(&tmp, serde_json::to_vec(&self.file)?)?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        if let Err(e) = write() {
+            eprintln!(
+                "build-state: warning: cannot write the cache {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
