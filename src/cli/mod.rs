@@ -5,6 +5,7 @@
 mod cache;
 mod doctor;
 mod import;
+mod metrics;
 mod output;
 mod report;
 mod retention;
@@ -187,6 +188,12 @@ enum Command {
     },
     /// Check credentials, bucket, region, path style and conditional writes
     Doctor,
+    /// Print the fleet's metrics in the Prometheus text format
+    Metrics {
+        /// Write them to this file, atomically (a textfile collector)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Delete (or move) finished builds older than a duration; never a live
     /// one, never one that changed since it was judged
     Prune {
@@ -535,6 +542,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Doctor => {
             let config = src.settings()?;
             doctor::doctor(&config, &out).await
+        }
+        Command::Metrics { out: path } => {
+            let config = src.settings()?;
+            let store = open(&config).await?;
+            let mut cache = (!no_cache).then(|| cache::Cache::open(&config)).flatten();
+            let rows = scan_cached(&config, &store, 32, false, cache.as_mut()).await?;
+            let text = metrics::render(&config, &rows, build_state::now());
+            match path {
+                Some(p) => metrics::write_atomically(&p, &text)
+                    .map_err(|e| anyhow!("writing {}: {e}", p.display())),
+                None => out.write(&text),
+            }
         }
         Command::Prune {
             older_than,

@@ -198,6 +198,106 @@ fn list_caches_what_it_read(w: World) {
     assert_eq!(fresh, changed);
 }
 
+/// `promtool` when it is installed (CI installs Debian's prometheus).
+fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        eprintln!(
+            "promtool not found: the Prometheus checks are skipped (apt-get install prometheus)"
+        );
+    }
+    found.then(|| "promtool".into())
+}
+
+/// `metrics`: the fleet in the Prometheus text format, which promtool
+/// accepts, with stable names; `--out` writes the same atomically.
+fn metrics_for_prometheus(w: World) {
+    w.cli(&["init", "rhel8-web"]).text();
+    w.cli(&["complete", "rhel8-web", "0"]).text();
+    w.cli(&["start", "rhel8-web", "5"]).text();
+    w.cli(&[
+        "fail",
+        "rhel8-web",
+        "5",
+        "--error",
+        "license expired",
+        "--kind",
+        "persistent",
+    ])
+    .text();
+    w.cli(&["init", "rhel9-db"]).text();
+    w.cli(&["complete", "rhel9-db", "0"]).text();
+    w.cli(&["start", "rhel9-db", "5"]).text();
+    w.write_raw_key(&format!("{}broken/state.json", w.prefix), b"{not json");
+    let text = w.cli(&["metrics"]).text();
+    for want in [
+        "# TYPE build_state_builds gauge",
+        "build_state_builds{state=\"5\",state_name=\"kickstart initiated\",status=\"blocked\"} 1",
+        "build_state_blocked{build_id=\"rhel8-web\",state=\"5\",state_name=\"kickstart initiated\"} 1",
+        "build_state_attempts{build_id=\"rhel8-web\",state=\"5\",state_name=\"kickstart initiated\"} 1",
+        "# TYPE build_state_stage_failures_total counter",
+        "build_state_stage_failures_total{state=\"5\",state_name=\"kickstart initiated\"} 1",
+        "# TYPE build_state_stage_seconds_total counter",
+        "build_state_unreadable_documents 1",
+        "build_state_stale_stages 0",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("# EOF"),
+        "the Prometheus text format, not OpenMetrics"
+    );
+    let file = w.tmp.path().join("build_state.prom");
+    w.cli(&["metrics", "--out", file.to_str().unwrap()]).text();
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        written.lines().filter(|l| l.starts_with("# ")).count(),
+        text.lines().filter(|l| l.starts_with("# ")).count()
+    );
+    let Some(promtool) = promtool() else { return };
+    let mut check = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The example alert rules are valid and do what their tests say.
+#[test]
+fn alert_rules_pass_promtool() {
+    let Some(promtool) = promtool() else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring");
+    for args in [
+        ["check", "rules", "build-state-alerts.yml"],
+        ["test", "rules", "build-state-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn list_filters_and_reports(w: World) {
     let err = w.cli(&["list"]).run();
     assert_eq!(err.code, Some(0));
@@ -718,6 +818,7 @@ crate::both_stores!(
     update_takes_the_old_scripts_arguments,
     list_filters_and_reports,
     list_caches_what_it_read,
+    metrics_for_prometheus,
     watch_prints_each_transition_once,
     sources_from_pipelines_and_the_environment,
     states_and_completions,

@@ -1,0 +1,203 @@
+//! `metrics`: the fleet in the Prometheus text format, for a node-exporter
+//! textfile collector (`--out FILE`, written atomically) or a push gateway.
+//! Names and labels are stable; the README lists them.
+
+use super::Row;
+use build_state::config::Settings;
+use build_state::model::{ActionKind, Document, Status, Timestamp};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByState {
+    state: String,
+    state_name: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByBuild {
+    build_id: String,
+    state: String,
+    state_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByStage {
+    state: String,
+    state_name: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type FloatCounter = Counter<f64, AtomicU64>;
+
+/// The fleet's metrics at `now`, in the Prometheus/OpenMetrics text format.
+pub fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> String {
+    let name = |c: u32| settings.ladder.name(c).unwrap_or("?").to_string();
+    let mut reg = Registry::with_prefix("build_state");
+    let builds = Family::<ByState, Gauge>::default();
+    reg.register(
+        "builds",
+        "Builds under the prefix, by state and status",
+        builds.clone(),
+    );
+    let attempts = Family::<ByBuild, Gauge>::default();
+    reg.register(
+        "attempts",
+        "Failures of each build's current stage",
+        attempts.clone(),
+    );
+    let blocked = Family::<ByBuild, Gauge>::default();
+    reg.register(
+        "blocked",
+        "1 for each build that needs a human (attempts exhausted, a persistent failure, an aborted build)",
+        blocked.clone(),
+    );
+    let failures = Family::<ByStage, Counter>::default();
+    reg.register(
+        "stage_failures",
+        "Failures recorded per stage, across the builds' current runs",
+        failures.clone(),
+    );
+    let seconds = Family::<ByStage, FloatCounter>::default();
+    reg.register(
+        "stage_seconds",
+        "Time spent per stage, across the builds' current runs, in seconds",
+        seconds.clone(),
+    );
+    let oldest_in_progress = FloatGauge::default();
+    reg.register(
+        "oldest_in_progress_seconds",
+        "Age of the oldest stage in progress, in seconds (0 when none)",
+        oldest_in_progress.clone(),
+    );
+    let oldest_blocked = FloatGauge::default();
+    reg.register(
+        "oldest_blocked_seconds",
+        "How long the longest-blocked build has waited for a human, in seconds (0 when none)",
+        oldest_blocked.clone(),
+    );
+    let stale = Gauge::<i64>::default();
+    reg.register(
+        "stale_stages",
+        "Stages in progress past their timeout (dead attempts)",
+        stale.clone(),
+    );
+    let unreadable = Gauge::<i64>::default();
+    reg.register(
+        "unreadable_documents",
+        "Documents that cannot be read (corrupt, or the store failed)",
+        unreadable.clone(),
+    );
+
+    let age = |t: &Timestamp| (now - *t).num_milliseconds().max(0) as f64 / 1000.0;
+    let (mut in_progress_age, mut blocked_age) = (0f64, 0f64);
+    for row in rows {
+        let doc: &Document = match &row.doc {
+            Ok(d) => d,
+            Err(_) => {
+                unreadable.inc();
+                continue;
+            }
+        };
+        builds
+            .get_or_create(&ByState {
+                state: doc.state.to_string(),
+                state_name: name(doc.state),
+                status: doc.status.to_string(),
+            })
+            .inc();
+        let here = ByBuild {
+            build_id: doc.build_id.clone(),
+            state: doc.state.to_string(),
+            state_name: name(doc.state),
+        };
+        attempts.get_or_create(&here).set(i64::from(doc.attempts));
+        match doc.status {
+            Status::Blocked => {
+                blocked.get_or_create(&here).set(1);
+                blocked_age = blocked_age.max(age(&doc.updated_at));
+            }
+            Status::InProgress => {
+                in_progress_age = in_progress_age.max(age(&doc.updated_at));
+                if doc.timed_out(now, &settings.retry) {
+                    stale.inc();
+                }
+            }
+            _ => {}
+        }
+        for e in doc.history.iter().filter(|e| e.action == ActionKind::Fail) {
+            let stage = e.target.unwrap_or(e.state);
+            failures
+                .get_or_create(&ByStage {
+                    state: stage.to_string(),
+                    state_name: name(stage),
+                })
+                .inc();
+        }
+        for span in super::report::spans(doc, now) {
+            let secs = (span.to - span.from).num_milliseconds().max(0) as f64 / 1000.0;
+            seconds
+                .get_or_create(&ByStage {
+                    state: span.state.to_string(),
+                    state_name: name(span.state),
+                })
+                .inc_by(secs);
+        }
+    }
+    oldest_in_progress.set(in_progress_age);
+    oldest_blocked.set(blocked_age);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).expect("encoding to a string");
+    prometheus_text(&out)
+}
+
+/// The Prometheus text format (0.0.4), which the node exporter's textfile
+/// collector and `promtool` read, from the OpenMetrics text the encoder
+/// writes: a counter family's HELP and TYPE lines name its `_total` samples,
+/// and there is no `# EOF` line.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::new();
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes `text` to `path` atomically (a textfile collector never reads half
+/// a file).
+pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("metrics"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
