@@ -9,6 +9,7 @@ mod metrics;
 mod output;
 mod report;
 mod retention;
+mod serve;
 mod source;
 mod watch;
 
@@ -193,6 +194,12 @@ enum Command {
         /// Write them to this file, atomically (a textfile collector)
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Serve a live dashboard, /metrics and a JSON API for the fleet (read only)
+    Serve {
+        /// Address to listen on (port 0: any free port, printed on stderr)
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: String,
     },
     /// Delete (or move) finished builds older than a duration; never a live
     /// one, never one that changed since it was judged
@@ -554,6 +561,11 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| anyhow!("writing {}: {e}", p.display())),
                 None => out.write(&text),
             }
+        }
+        Command::Serve { listen } => {
+            let settings = src.settings()?;
+            let store = open(&settings).await?;
+            serve::serve(settings, store, &listen, no_cache).await
         }
         Command::Prune {
             older_than,

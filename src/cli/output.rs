@@ -73,6 +73,26 @@ impl Table {
     }
 }
 
+/// The rows of `list --json` (and of `serve`'s `/api/builds`).
+pub fn rows_json(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|r| match &r.doc {
+                Ok(d) => json!({
+                    "build_id": d.build_id, "state": d.state, "state_name": d.state_name,
+                    "status": d.status, "stale": d.timed_out(now, retry),
+                    "attempts": d.attempts, "revision": d.revision,
+                    "run": d.run, "labels": d.labels,
+                    "updated_at": rfc3339::format(&d.updated_at),
+                    "retry_at": d.retry_at.map(|t| rfc3339::format(&t)),
+                    "last_error": d.last_error,
+                }),
+                Err(e) => json!({"build_id": r.build_id, "error": e}),
+            })
+            .collect(),
+    )
+}
+
 /// `3m`, `2h`, `5d`: how long ago.
 pub fn age(t: &chrono::DateTime<chrono::Utc>) -> String {
     let secs = (chrono::Utc::now() - *t).num_seconds().max(0);
@@ -300,22 +320,7 @@ impl Out {
     pub fn list(&self, rows: &[Row], retry: &RetryPolicy) -> Result<()> {
         let now = build_state::now();
         if self.json {
-            let v: Vec<Value> = rows
-                .iter()
-                .map(|r| match &r.doc {
-                    Ok(d) => json!({
-                        "build_id": d.build_id, "state": d.state, "state_name": d.state_name,
-                        "status": d.status, "stale": d.timed_out(now, retry),
-                        "attempts": d.attempts, "revision": d.revision,
-                        "run": d.run, "labels": d.labels,
-                        "updated_at": rfc3339::format(&d.updated_at),
-                        "retry_at": d.retry_at.map(|t| rfc3339::format(&t)),
-                        "last_error": d.last_error,
-                    }),
-                    Err(e) => json!({"build_id": r.build_id, "error": e}),
-                })
-                .collect();
-            return self.print_json(&Value::Array(v));
+            return self.print_json(&rows_json(rows, retry, now));
         }
         let mut t = Table::new(&[
             "BUILD",

@@ -813,6 +813,165 @@ fn import_sqlite(w: World) {
     );
 }
 
+/// One HTTP/1.1 GET (or another method): the status and the body.
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// `serve`: the fleet's JSON API, /metrics and a dashboard that a real
+/// browser renders from the API and that follows changes; read only;
+/// SIGTERM stops it cleanly.
+fn serve_dashboard(w: World) {
+    use std::io::{BufRead, BufReader};
+    w.cli(&["init", "rhel8-web"]).text();
+    w.cli(&["complete", "rhel8-web", "0"]).text();
+    w.cli(&["start", "rhel8-web", "5"]).text();
+    w.cli(&[
+        "fail",
+        "rhel8-web",
+        "5",
+        "--error",
+        "<img src=x onerror=alert(1)> license expired",
+        "--kind",
+        "persistent",
+    ])
+    .text();
+    w.cli(&["init", "rhel9-db"]).text();
+    w.cli(&["complete", "rhel9-db", "0"]).text();
+    w.cli(&["start", "rhel9-db", "5"]).text();
+    w.write_raw_key(&format!("{}broken/state.json", w.prefix), b"{oops");
+    let keys_before = w.keys();
+
+    let mut server = w.cli(&["serve", "--listen", "127.0.0.1:0"]).spawn();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+
+    let (status, body) = http(&addr, "GET", "/api/builds");
+    assert_eq!(status, 200, "{body}");
+    let rows: Value = serde_json::from_str(&body).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{body}");
+    let row = |id: &str| rows.iter().find(|r| r["build_id"] == id).unwrap().clone();
+    assert_eq!(row("rhel8-web")["status"], "blocked");
+    assert_eq!(row("rhel9-db")["status"], "in_progress");
+    assert!(
+        row("broken")["error"].as_str().unwrap().contains("JSON"),
+        "{body}"
+    );
+
+    let (status, body) = http(&addr, "GET", "/api/builds/rhel8-web");
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["history"].as_array().unwrap().len(), 4, "{body}");
+    let (status, body) = http(&addr, "GET", "/api/builds/nobody");
+    assert_eq!((status, body.as_str()), (404, "nobody has no state\n"));
+    let (status, _) = http(&addr, "GET", "/api/builds/..%2Fescape");
+    assert_eq!(status, 400, "a build id is checked before any read");
+
+    let (status, body) = http(&addr, "GET", "/api/stages");
+    assert_eq!(status, 200, "{body}");
+    let stages: Value = serde_json::from_str(&body).unwrap();
+    let five = stages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == 5)
+        .unwrap();
+    assert_eq!(
+        (five["failures"].clone(), five["builds"].clone()),
+        (json!(1), json!(2))
+    );
+
+    let (status, body) = http(&addr, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("build_state_blocked{build_id=\"rhel8-web\",state=\"5\",state_name=\"kickstart initiated\"} 1"),
+        "{body}"
+    );
+    let (status, _) = http(&addr, "POST", "/api/builds");
+    assert_eq!(status, 405, "read only");
+    let (status, _) = http(&addr, "GET", "/nothing-here");
+    assert_eq!(status, 404);
+
+    let profile = w.tmp.path().join("chromium-profile");
+    if crate::util::chromium(&profile).is_some() {
+        let dom = |url: &str| {
+            let out = crate::util::chromium(&profile)
+                .unwrap()
+                .args(["--virtual-time-budget=4000", "--dump-dom"])
+                .arg(url)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let page = dom(&format!("http://{addr}/?build=rhel8-web"));
+        for want in [
+            "3 builds",
+            "data-build=\"rhel8-web\"",
+            "data-build=\"rhel9-db\"",
+            "unreadable: ",
+            // The timeline of the chosen build.
+            "id=\"detail-title\"",
+            "&lt;img src=x onerror=alert(1)&gt; license expired",
+        ] {
+            assert!(
+                page.contains(want),
+                "{want:?} in the rendered page:\n{page}"
+            );
+        }
+        assert!(
+            !page.contains("<img"),
+            "text from the store is text, not markup"
+        );
+        assert!(
+            !page.contains("loading…"),
+            "the page rendered the API's answer"
+        );
+
+        // A change in the store is on the next refresh.
+        w.cli(&["complete", "rhel9-db", "5"]).text();
+        let page = dom(&format!("http://{addr}/"));
+        assert!(page.contains("10 green image created"), "{page}");
+    } else {
+        eprintln!("SKIPPED the browser check: no chromium");
+    }
+
+    assert_eq!(
+        w.keys().len(),
+        keys_before.len(),
+        "serving wrote nothing to the store"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = server.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "exit {status:?}: {rest}");
+    assert!(rest.contains("build-state: stopped"), "{rest}");
+}
+
 crate::both_stores!(
     actions_show_and_history,
     update_takes_the_old_scripts_arguments,
@@ -826,6 +985,7 @@ crate::both_stores!(
     resource_programs_as_subcommands,
     import_sqlite,
     report_renders_in_a_browser,
+    serve_dashboard,
 );
 
 fn report_renders_in_a_browser(w: World) {
@@ -877,36 +1037,15 @@ fn report_renders_in_a_browser(w: World) {
     assert_eq!(html.matches("class=\"timeline\"").count(), 3);
 
     // Render it in a real browser and look at the picture.
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
+    let png = w.tmp.path().join("report.png");
+    let Some(mut chromium) = crate::util::chromium(&w.tmp.path().join("chromium-profile")) else {
         eprintln!(
             "SKIPPED the browser check: no chromium (install Debian's chromium package; .ci/run does)"
         );
         return;
     };
-    let png = w.tmp.path().join("report.png");
-    let profile = w.tmp.path().join("chromium-profile");
-    let shot = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1100,1400",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let shot = chromium
+        .arg("--window-size=1100,1400")
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", path.display()))
         .output()

@@ -495,12 +495,9 @@ impl Step {
             .env("ATC_EXTERNAL_URL", "https://ci.example.com")
     }
 
-    pub fn run(self) -> Output {
-        let dest = if self.program == "in" {
-            self.args.first().cloned()
-        } else {
-            None
-        };
+    /// The command, with the test's environment and nothing of the machine's
+    /// Concourse variables.
+    fn command(&self) -> Command {
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
             .current_dir(&self.cwd)
@@ -526,6 +523,24 @@ impl Step {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Starts a long-running program (`serve`): stdout and stderr piped.
+    pub fn spawn(self) -> std::process::Child {
+        self.command()
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning the program")
+    }
+
+    pub fn run(self) -> Output {
+        let dest = if self.program == "in" {
+            self.args.first().cloned()
+        } else {
+            None
+        };
+        let mut cmd = self.command();
         let mut child = cmd.spawn().expect("spawning the program");
         let mut stdin = child.stdin.take().unwrap();
         let input = self.stdin;
@@ -622,4 +637,33 @@ pub fn squeeze(s: &str) -> String {
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A headless Chromium with its profile in `profile`, if the machine has one
+/// (`.ci/run` installs Debian's).
+pub fn chromium(profile: &Path) -> Option<Command> {
+    let exe = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .env("NO_PROXY", "127.0.0.1,localhost")
+    .env("no_proxy", "127.0.0.1,localhost");
+    Some(cmd)
 }
