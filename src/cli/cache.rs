@@ -156,7 +156,7 @@ impl Cache {
 
     /// Writes the cache (atomically), when it changed. A cache that cannot
     /// be written only costs the next run its reads.
-    pub fn save(&self) {
+    pub fn save(&mut self) {
         if !self.dirty {
             return;
         }
@@ -167,11 +167,12 @@ impl Cache {
             std::fs::write(&tmp, serde_json::to_vec(&self.file)?)?;
             std::fs::rename(&tmp, &self.path)
         };
-        if let Err(e) = write() {
-            eprintln!(
+        match write() {
+            Ok(()) => self.dirty = false,
+            Err(e) => eprintln!(
                 "build-state: warning: cannot write the cache {}: {e}",
                 self.path.display()
-            );
+            ),
         }
     }
 }

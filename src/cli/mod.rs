@@ -49,7 +49,7 @@ pub struct Cli {
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     json: bool,
-    /// Read every document (list, watch, report): no local cache
+    /// Read every document (list, report, metrics, serve): no local cache
     #[arg(long, global = true)]
     no_cache: bool,
     #[command(subcommand)]
@@ -794,7 +794,7 @@ pub async fn scan_cached(
             started.elapsed().as_secs_f64()
         );
     }
-    if let Some(c) = cache.as_deref() {
+    if let Some(c) = cache.as_deref_mut() {
         c.save();
     }
     rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
@@ -1121,6 +1121,33 @@ mod tests {
         let fourth = scan_once(store).await;
         assert_eq!(gets(store) - g3, 3);
         assert_eq!(docs(&fourth), docs(&third));
+    }
+
+    /// A long-lived cache (`serve`) writes its file only when a scan read
+    /// something new.
+    #[tokio::test]
+    async fn a_long_lived_cache_is_written_when_it_changed() {
+        let settings = settings();
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (quiet, _) = Out::buffered(false);
+        walk(&store, "a", &quiet).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = cache::Cache::open_in(dir.path().to_path_buf(), &settings);
+        let path = cache.path().to_path_buf();
+        scan_cached(&settings, &store, 4, false, Some(&mut cache))
+            .await
+            .unwrap();
+        assert!(path.exists(), "the first scan saved what it read");
+        std::fs::remove_file(&path).unwrap();
+        scan_cached(&settings, &store, 4, false, Some(&mut cache))
+            .await
+            .unwrap();
+        assert!(!path.exists(), "an unchanged fleet: nothing written");
+        walk(&store, "b", &quiet).await;
+        scan_cached(&settings, &store, 4, false, Some(&mut cache))
+            .await
+            .unwrap();
+        assert!(path.exists(), "a new build: saved again");
     }
 
     /// An idle watch of a prefix costs listings only.
