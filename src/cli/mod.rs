@@ -794,7 +794,7 @@ pub async fn scan_cached(
             started.elapsed().as_secs_f64()
         );
     }
-    if let Some(c) = cache.as_deref_mut() {
+    if let Some(c) = cache {
         c.save();
     }
     rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
