@@ -257,6 +257,11 @@ fn metrics_for_prometheus(w: World) {
         written.lines().filter(|l| l.starts_with("# ")).count(),
         text.lines().filter(|l| l.starts_with("# ")).count()
     );
+    promtool_accepts(&text);
+}
+
+/// `promtool check metrics` accepts `text` (when promtool is installed).
+fn promtool_accepts(text: &str) {
     let Some(promtool) = promtool() else { return };
     let mut check = std::process::Command::new(&promtool)
         .args(["check", "metrics"])
@@ -273,6 +278,21 @@ fn metrics_for_prometheus(w: World) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The RGB pixels of a PNG file.
+fn rgb_pixels(png_path: &Path) -> Vec<[u8; 3]> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(channels)
+        .map(|p| [p[0], p[1], p[2]])
+        .collect()
 }
 
 /// The example alert rules are valid and do what their tests say.
@@ -908,6 +928,7 @@ fn serve_dashboard(w: World) {
         body.contains("build_state_blocked{build_id=\"rhel8-web\",state=\"5\",state_name=\"kickstart initiated\"} 1"),
         "{body}"
     );
+    promtool_accepts(&body);
     let (status, _) = http(&addr, "POST", "/api/builds");
     assert_eq!(status, 405, "read only");
     let (status, _) = http(&addr, "GET", "/nothing-here");
@@ -1055,12 +1076,7 @@ fn report_renders_in_a_browser(w: World) {
         "chromium wrote no screenshot: {}",
         String::from_utf8_lossy(&shot.stderr)
     );
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let channels = info.color_type.samples();
-    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(channels).collect();
+    let pixels = rgb_pixels(&png);
     let ink = pixels
         .iter()
         .filter(|p| p[..3].iter().any(|&c| c < 200))
