@@ -212,9 +212,9 @@ fn promtool() -> Option<std::path::PathBuf> {
     found.then(|| "promtool".into())
 }
 
-/// `metrics`: the fleet in the Prometheus text format, which promtool
-/// accepts, with stable names; `--out` writes the same atomically.
-fn metrics_for_prometheus(w: World) {
+/// Three builds: `rhel8-web` blocked at 5 by `error` (persistent),
+/// `rhel9-db` in progress at 5, and `broken`, whose document is not JSON.
+fn small_fleet(w: &World, error: &str) {
     w.cli(&["init", "rhel8-web"]).text();
     w.cli(&["complete", "rhel8-web", "0"]).text();
     w.cli(&["start", "rhel8-web", "5"]).text();
@@ -223,7 +223,7 @@ fn metrics_for_prometheus(w: World) {
         "rhel8-web",
         "5",
         "--error",
-        "license expired",
+        error,
         "--kind",
         "persistent",
     ])
@@ -232,6 +232,12 @@ fn metrics_for_prometheus(w: World) {
     w.cli(&["complete", "rhel9-db", "0"]).text();
     w.cli(&["start", "rhel9-db", "5"]).text();
     w.write_raw_key(&format!("{}broken/state.json", w.prefix), b"{not json");
+}
+
+/// `metrics`: the fleet in the Prometheus text format, which promtool
+/// accepts, with stable names; `--out` writes the same atomically.
+fn metrics_for_prometheus(w: World) {
+    small_fleet(&w, "license expired");
     let text = w.cli(&["metrics"]).text();
     for want in [
         "# TYPE build_state_builds gauge",
@@ -856,23 +862,7 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
 /// SIGTERM stops it cleanly.
 fn serve_dashboard(w: World) {
     use std::io::{BufRead, BufReader};
-    w.cli(&["init", "rhel8-web"]).text();
-    w.cli(&["complete", "rhel8-web", "0"]).text();
-    w.cli(&["start", "rhel8-web", "5"]).text();
-    w.cli(&[
-        "fail",
-        "rhel8-web",
-        "5",
-        "--error",
-        "<img src=x onerror=alert(1)> license expired",
-        "--kind",
-        "persistent",
-    ])
-    .text();
-    w.cli(&["init", "rhel9-db"]).text();
-    w.cli(&["complete", "rhel9-db", "0"]).text();
-    w.cli(&["start", "rhel9-db", "5"]).text();
-    w.write_raw_key(&format!("{}broken/state.json", w.prefix), b"{oops");
+    small_fleet(&w, "<img src=x onerror=alert(1)> license expired");
     let keys_before = w.keys();
 
     let mut server = w.cli(&["serve", "--listen", "127.0.0.1:0"]).spawn();
