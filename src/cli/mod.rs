@@ -49,7 +49,7 @@ pub struct Cli {
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     json: bool,
-    /// Read every document (list, report, metrics, serve): no local cache
+    /// Read every document (list, watch, report, metrics, serve): no local cache
     #[arg(long, global = true)]
     no_cache: bool,
     #[command(subcommand)]
@@ -392,7 +392,20 @@ async fn run(cli: Cli) -> Result<()> {
             let until = for_
                 .map(|d| humantime::parse_duration(&d).context("--for"))
                 .transpose()?;
-            watch::watch(&config, &store, build_id.as_deref(), interval, until, &out).await
+            // Watching a prefix starts from the fleet commands' cache.
+            let cache = (build_id.is_none() && !no_cache)
+                .then(|| cache::Cache::open(&config))
+                .flatten();
+            watch::watch(
+                &config,
+                &store,
+                build_id.as_deref(),
+                interval,
+                until,
+                cache,
+                &out,
+            )
+            .await
         }
         Command::Init {
             build_id,
@@ -960,6 +973,7 @@ mod tests {
             Some("rhel8-web"),
             std::time::Duration::from_millis(1),
             Some(std::time::Duration::ZERO),
+            None,
             &out,
         )
         .await
@@ -1170,6 +1184,7 @@ mod tests {
             None,
             std::time::Duration::from_millis(5),
             Some(std::time::Duration::from_millis(60)),
+            None,
             &out,
         )
         .await
@@ -1185,6 +1200,67 @@ mod tests {
         );
     }
 
+    /// A watch of a prefix starts from the cache: only the builds that
+    /// changed since are read, and it says the same as without the cache.
+    #[tokio::test]
+    async fn a_watch_starts_from_the_cache() {
+        use build_state::store::memory::{FaultyStore, Op};
+        let settings = settings();
+        let store = AnyStore::Faulty(FaultyStore::new(MemoryStore::new()));
+        let (quiet, _) = Out::buffered(false);
+        for id in ["a", "b", "c"] {
+            walk(&store, id, &quiet).await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = cache::Cache::open_in(dir.path().to_path_buf(), &settings);
+        scan_cached(&settings, &store, 4, false, Some(&mut cache))
+            .await
+            .unwrap();
+        let config = settings.for_build("b").unwrap();
+        act_with(
+            &config,
+            &store,
+            Action::Retry(5),
+            &Extras::default(),
+            &quiet,
+        )
+        .await
+        .unwrap();
+        let gets = |s: &AnyStore| match s {
+            AnyStore::Faulty(f) => f.calls(Op::Get),
+            _ => unreachable!(),
+        };
+        let once = |cache: Option<cache::Cache>| {
+            let (settings, store) = (&settings, &store);
+            async move {
+                let (out, buf) = Out::buffered(false);
+                let before = gets(store);
+                watch::watch(
+                    settings,
+                    store,
+                    None,
+                    std::time::Duration::from_millis(1),
+                    Some(std::time::Duration::ZERO),
+                    cache,
+                    &out,
+                )
+                .await
+                .unwrap();
+                (text(&buf), gets(store) - before)
+            }
+        };
+        let (cold, cold_reads) = once(None).await;
+        let (warm, warm_reads) = once(Some(cache::Cache::open_in(
+            dir.path().to_path_buf(),
+            &settings,
+        )))
+        .await;
+        assert_eq!(cold_reads, 3);
+        assert_eq!(warm_reads, 1, "only the build that changed is read");
+        assert_eq!(warm, cold);
+        assert!(cold.contains("b r5 retry"), "{cold}");
+    }
+
     #[tokio::test]
     async fn watch_prints_where_each_build_stands() {
         let store = AnyStore::Memory(MemoryStore::new());
@@ -1197,6 +1273,7 @@ mod tests {
             None,
             std::time::Duration::from_millis(1),
             Some(std::time::Duration::ZERO),
+            None,
             &out,
         )
         .await
