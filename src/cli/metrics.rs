@@ -4,7 +4,7 @@
 
 use super::Row;
 use build_state::config::Settings;
-use build_state::model::{ActionKind, Document, Status, Timestamp};
+use build_state::model::{Document, Status, Timestamp};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -130,23 +130,18 @@ pub fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> String {
             }
             _ => {}
         }
-        for e in doc.history.iter().filter(|e| e.action == ActionKind::Fail) {
-            let stage = e.target.unwrap_or(e.state);
-            failures
-                .get_or_create(&ByStage {
-                    state: stage.to_string(),
-                    state_name: name(stage),
-                })
-                .inc();
+    }
+    let docs = rows.iter().filter_map(|r| r.doc.as_ref().ok());
+    for (code, t) in super::report::stage_totals(docs, now) {
+        let stage = ByStage {
+            state: code.to_string(),
+            state_name: name(code),
+        };
+        if t.failures > 0 {
+            failures.get_or_create(&stage).inc_by(t.failures);
         }
-        for span in super::report::spans(doc, now) {
-            let secs = (span.to - span.from).num_milliseconds().max(0) as f64 / 1000.0;
-            seconds
-                .get_or_create(&ByStage {
-                    state: span.state.to_string(),
-                    state_name: name(span.state),
-                })
-                .inc_by(secs);
+        if t.reached {
+            seconds.get_or_create(&stage).inc_by(t.seconds);
         }
     }
     oldest_in_progress.set(in_progress_age);

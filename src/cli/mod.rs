@@ -833,6 +833,28 @@ mod tests {
         String::from_utf8(std::mem::take(&mut *buf.lock().unwrap())).unwrap()
     }
 
+    /// One sweep of `watch` (of `one` build, or of the prefix): what it said.
+    async fn watch_once(
+        settings: &Arc<Settings>,
+        store: &AnyStore,
+        one: Option<&str>,
+        cache: Option<cache::Cache>,
+    ) -> String {
+        let (out, buf) = Out::buffered(false);
+        watch::watch(
+            settings,
+            store,
+            one,
+            std::time::Duration::from_millis(1),
+            Some(std::time::Duration::ZERO),
+            cache,
+            &out,
+        )
+        .await
+        .unwrap();
+        text(&buf)
+    }
+
     async fn walk(store: &AnyStore, id: &str, out: &Out) {
         let config = settings().for_build(id).unwrap();
         for action in [
@@ -967,18 +989,7 @@ mod tests {
         out.document(&config, &current(&config, &store).await.unwrap())
             .unwrap();
         assert!(text(&buf).contains("in_progress (stale: past the stage's timeout since"));
-        watch::watch(
-            &settings,
-            &store,
-            Some("rhel8-web"),
-            std::time::Duration::from_millis(1),
-            Some(std::time::Duration::ZERO),
-            None,
-            &out,
-        )
-        .await
-        .unwrap();
-        let said = text(&buf);
+        let said = watch_once(&settings, &store, Some("rhel8-web"), None).await;
         assert!(
             said.contains("rhel8-web r3 5 in_progress is stale"),
             "{said}"
@@ -1233,20 +1244,9 @@ mod tests {
         let once = |cache: Option<cache::Cache>| {
             let (settings, store) = (&settings, &store);
             async move {
-                let (out, buf) = Out::buffered(false);
                 let before = gets(store);
-                watch::watch(
-                    settings,
-                    store,
-                    None,
-                    std::time::Duration::from_millis(1),
-                    Some(std::time::Duration::ZERO),
-                    cache,
-                    &out,
-                )
-                .await
-                .unwrap();
-                (text(&buf), gets(store) - before)
+                let said = watch_once(settings, store, None, cache).await;
+                (said, gets(store) - before)
             }
         };
         let (cold, cold_reads) = once(None).await;
@@ -1266,19 +1266,7 @@ mod tests {
         let store = AnyStore::Memory(MemoryStore::new());
         let (quiet, _) = Out::buffered(false);
         walk(&store, "rhel8-web", &quiet).await;
-        let (out, buf) = Out::buffered(false);
-        watch::watch(
-            &settings(),
-            &store,
-            None,
-            std::time::Duration::from_millis(1),
-            Some(std::time::Duration::ZERO),
-            None,
-            &out,
-        )
-        .await
-        .unwrap();
-        let said = text(&buf);
+        let said = watch_once(&settings(), &store, None, None).await;
         assert!(
             said.contains("rhel8-web r4 fail 5 → 5 failed (attempt 1)"),
             "{said}"

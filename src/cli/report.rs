@@ -48,6 +48,47 @@ pub struct Span {
     pub end: Status,
 }
 
+impl Span {
+    /// Its length in seconds.
+    pub fn seconds(&self) -> f64 {
+        (self.to - self.from).num_milliseconds().max(0) as f64 / 1000.0
+    }
+}
+
+/// One stage across a fleet's current runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTotals {
+    /// Failures recorded at the stage (a `fail` event's target).
+    pub failures: u64,
+    /// Time spent there, in seconds.
+    pub seconds: f64,
+    /// Whether any build reached it.
+    pub reached: bool,
+    /// Builds at the stage now.
+    pub builds: u64,
+}
+
+/// Failures, time and builds per stage across `docs` (for `metrics` and
+/// `serve`).
+pub fn stage_totals<'a>(
+    docs: impl IntoIterator<Item = &'a Document>,
+    now: Timestamp,
+) -> BTreeMap<Code, StageTotals> {
+    let mut by: BTreeMap<Code, StageTotals> = BTreeMap::new();
+    for doc in docs {
+        by.entry(doc.state).or_default().builds += 1;
+        for e in doc.history.iter().filter(|e| e.action == ActionKind::Fail) {
+            by.entry(e.target.unwrap_or(e.state)).or_default().failures += 1;
+        }
+        for span in spans(doc, now) {
+            let t = by.entry(span.state).or_default();
+            t.seconds += span.seconds();
+            t.reached = true;
+        }
+    }
+    by
+}
+
 pub fn spans(doc: &Document, now: Timestamp) -> Vec<Span> {
     let mut out = Vec::new();
     let Some(first) = doc.history.first() else {
@@ -379,5 +420,16 @@ mod tests {
                 (10, 10, 0, Status::InProgress)
             ]
         );
+        // Two such builds: per stage, failures and time add up; the builds
+        // there now are counted at their current stage.
+        let doc = doc.unwrap();
+        let totals = stage_totals([&doc, &doc], t(60));
+        let five = totals[&5];
+        assert_eq!(
+            (five.failures, five.seconds, five.reached, five.builds),
+            (2, 2.0 * 49.0 * 60.0, true, 0)
+        );
+        assert_eq!(totals[&10].builds, 2);
+        assert!(!totals.contains_key(&15), "a stage nobody reached");
     }
 }

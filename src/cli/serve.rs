@@ -9,14 +9,12 @@ use super::{Row, cache, metrics, output, scan_cached};
 use anyhow::{Context, Result};
 use build_state::config::Settings;
 use build_state::engine::Builds;
-use build_state::model::ActionKind;
 use build_state::store::AnyStore;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -56,29 +54,20 @@ fn json_reply(v: &Value) -> Reply {
     reply(StatusCode::OK, "application/json", v.to_string())
 }
 
-/// Failures and time spent per stage, across the builds.
+/// Failures and time spent per stage, and the builds there now, across the
+/// builds: every stage of the ladder.
 fn stages(settings: &Settings, rows: &[Row]) -> Value {
-    let now = build_state::now();
-    let mut by: BTreeMap<u32, (u64, f64, u64)> = BTreeMap::new();
-    for doc in rows.iter().filter_map(|r| r.doc.as_ref().ok()) {
-        by.entry(doc.state).or_default().2 += 1;
-        for e in doc.history.iter().filter(|e| e.action == ActionKind::Fail) {
-            by.entry(e.target.unwrap_or(e.state)).or_default().0 += 1;
-        }
-        for span in super::report::spans(doc, now) {
-            by.entry(span.state).or_default().1 +=
-                (span.to - span.from).num_milliseconds().max(0) as f64 / 1000.0;
-        }
-    }
+    let docs = rows.iter().filter_map(|r| r.doc.as_ref().ok());
+    let totals = super::report::stage_totals(docs, build_state::now());
     Value::Array(
         settings
             .ladder
             .steps()
             .iter()
             .map(|s| {
-                let (failures, seconds, builds) = by.get(&s.code).copied().unwrap_or_default();
-                json!({"state": s.code, "state_name": s.name, "failures": failures,
-                       "seconds": seconds, "builds": builds})
+                let t = totals.get(&s.code).copied().unwrap_or_default();
+                json!({"state": s.code, "state_name": s.name, "failures": t.failures,
+                       "seconds": t.seconds, "builds": t.builds})
             })
             .collect(),
     )

@@ -865,6 +865,11 @@ fn serve_dashboard(w: World) {
     small_fleet(&w, "<img src=x onerror=alert(1)> license expired");
     let keys_before = w.keys();
 
+    let err = w.cli(&["serve", "--listen", "localhost"]).fails_with(1);
+    assert!(
+        err.contains(r#"--listen "localhost" is not an address like 127.0.0.1:8080"#),
+        "{err}"
+    );
     let mut server = w.cli(&["serve", "--listen", "127.0.0.1:0"]).spawn();
     let mut stderr = BufReader::new(server.stderr.take().unwrap());
     let mut line = String::new();
@@ -875,6 +880,9 @@ fn serve_dashboard(w: World) {
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
+
+    let err = w.cli(&["serve", "--listen", &addr]).fails_with(1);
+    assert!(err.contains(&format!("listening on {addr}")), "{err}");
 
     let (status, body) = http(&addr, "GET", "/api/builds");
     assert_eq!(status, 200, "{body}");
