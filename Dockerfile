@@ -2,7 +2,7 @@
 # and the build-state CLI, in one small image.
 #
 #   docker build -t registry.example.com/build-state:1 .
-#   docker build --build-context shared=../shared --target tests .   # the test suite, in the image
+#   docker build --target tests .   # the test suite, in the image
 #   docker buildx build --platform linux/amd64,linux/arm64 -t registry.example.com/build-state:1 --push .
 #
 # Base images are pinned by tag. The binaries are built natively for each
@@ -21,18 +21,15 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
 COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin build-state
 
-# The test suite against a real S3 server (installed from PyPI by the
-# shared start script, passed in as the build context "shared").
+# The test suite against a real S3 server (MiniStack, installed from PyPI by
+# the project's own tests/servers/start.sh), with promtool and Chromium for
+# the metrics and page checks: nothing from outside this repository.
 FROM builder AS tests
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates openssl \
+      util-linux prometheus chromium zsh fish \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=shared s3-test-server /shared/s3-test-server
-COPY tests ./tests
-COPY pipelines ./pipelines
-COPY scripts ./scripts
-COPY Dockerfile ./
-ENV S3_TEST_SERVER_DIR=/shared/s3-test-server
+COPY . .
 RUN cargo test --locked
 
 FROM ${BASE_IMAGE}

@@ -90,6 +90,9 @@ pub struct S3Config {
     pub region: String,
     /// A custom endpoint (S3-compatible servers).
     pub endpoint: Option<String>,
+    /// What set `endpoint`, in words for an error (`source.endpoint`; the
+    /// CLI names its flag or variable).
+    pub endpoint_origin: String,
     /// Path-style addressing.
     pub path_style: bool,
     /// Which credentials sign requests.
@@ -593,6 +596,7 @@ fn s3_config(s: &Source, bucket: String, prefix: String) -> Result<S3Config, Con
         prefix,
         region: non_empty(&s.region_name).unwrap_or_else(|| "us-east-1".to_string()),
         endpoint,
+        endpoint_origin: "source.endpoint".to_string(),
         path_style: s.use_path_style,
         credentials,
         role_arn: non_empty(&s.aws_role_arn),

@@ -113,7 +113,15 @@ pub async fn check_store<S: Store>(
     let builds = Builds::new(config, store);
     let etag = version.as_ref().and_then(|v| v.etag.as_deref());
     let current = match builds.read(etag).await? {
-        Read::Absent => return Ok(vec![]),
+        // A typo in `prefix` or `build_id` must not look like an idle pipeline.
+        Read::Absent => {
+            eprintln!(
+                "build-state: {}: no document at {} (check source.prefix and source.build_id; a put with `init: true` creates it)",
+                config.build_id,
+                config.location(&config.state_key())
+            );
+            return Ok(vec![]);
+        }
         // The given version was emitted for this very object: it still
         // stands (a gate that passed stays passed while nothing changes).
         Read::Unchanged => {

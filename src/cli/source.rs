@@ -3,7 +3,7 @@
 //! resource's own source type.
 
 use anyhow::{Context, Result, anyhow, bail};
-use build_state::config::{Config, Settings};
+use build_state::config::{Config, Settings, Storage};
 use build_state::pipeline;
 use build_state::protocol::{Source, parse};
 use build_state::resource::configure;
@@ -57,8 +57,9 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    /// The raw source block, before validation.
-    pub fn raw(&self) -> Result<Value> {
+    /// The raw source block, before validation, and what set its endpoint
+    /// (in words, for an error that cannot connect).
+    fn raw(&self) -> Result<(Value, String)> {
         let mut source = match (&self.source_file, &self.pipeline) {
             (Some(_), Some(_)) => bail!("give --source or --pipeline, not both"),
             (Some(path), None) => {
@@ -91,6 +92,18 @@ impl SourceArgs {
             bail!("the source must be a mapping of fields");
         }
         let obj = source.as_object_mut().expect("checked");
+        let mut origin = match (&self.source_file, &self.pipeline) {
+            (Some(path), _) => format!("endpoint in {}", path.display()),
+            (None, Some(path)) => format!(
+                "the endpoint of resource {} in {}",
+                self.resource.as_deref().unwrap_or_default(),
+                path.display()
+            ),
+            (None, None) => "source.endpoint".to_string(),
+        };
+        if self.endpoint.as_deref().is_some_and(|e| !e.is_empty()) {
+            origin = "--endpoint (or BUILD_STATE_ENDPOINT)".to_string();
+        }
         // An empty flag or variable (BUILD_STATE_BUCKET=) counts as not given.
         let mut set = |k: &str, v: Option<Value>| {
             if let Some(v) = v.filter(|v| v.as_str() != Some("")) {
@@ -104,6 +117,14 @@ impl SourceArgs {
         set("endpoint", self.endpoint.clone().map(Value::from));
         set("use_path_style", self.use_path_style.map(Value::from));
         set("aws_role_arn", self.role_arn.clone().map(Value::from));
+        // As the AWS tools do: with no endpoint named, AWS_ENDPOINT_URL_S3
+        // or AWS_ENDPOINT_URL (for a bucket, not a local directory).
+        if !obj.contains_key("endpoint") && !obj.contains_key("local_dir") {
+            if let Some((var, url)) = aws_endpoint() {
+                obj.insert("endpoint".into(), Value::from(url));
+                origin = var.to_string();
+            }
+        }
         if self.local_dir.as_deref().is_some_and(|d| !d.is_empty()) {
             obj.remove("bucket");
         } else if self.bucket.as_deref().is_some_and(|b| !b.is_empty()) {
@@ -113,12 +134,12 @@ impl SourceArgs {
         if !obj.contains_key("access_key_id") {
             obj.insert("enable_aws_creds_provider".into(), Value::Bool(true));
         }
-        Ok(source)
+        Ok((source, origin))
     }
 
     /// The raw source, naming `build_id` when one is given.
-    fn source(&self, build_id: Option<&str>) -> Result<Source> {
-        let mut raw = self.raw()?;
+    fn source(&self, build_id: Option<&str>) -> Result<(Source, String)> {
+        let (mut raw, origin) = self.raw()?;
         if raw.get("bucket").is_none() && raw.get("local_dir").is_none() {
             bail!(
                 "no store: give --bucket (or BUILD_STATE_BUCKET), --local-dir, --source FILE, or --pipeline FILE --resource NAME"
@@ -127,25 +148,50 @@ impl SourceArgs {
         if let Some(id) = build_id {
             raw["build_id"] = Value::from(id);
         }
-        parse(&serde_json::to_vec(&raw)?).map_err(|e| {
+        let source = parse(&serde_json::to_vec(&raw)?).map_err(|e| {
             anyhow!(
                 "{}",
                 e.to_string()
                     .replacen("invalid payload: ", "invalid source: ", 1)
             )
-        })
+        })?;
+        Ok((source, origin))
     }
 
     /// The validated settings, for commands over every build (no build id).
     pub fn settings(&self) -> Result<Arc<Settings>> {
-        let source = self.source(None)?;
-        Ok(Arc::new(
-            Settings::from_source(&source).map_err(|e| anyhow!(e))?,
-        ))
+        let (source, origin) = self.source(None)?;
+        let mut settings = Settings::from_source(&source).map_err(|e| anyhow!(e))?;
+        name_endpoint(&mut settings, origin);
+        Ok(Arc::new(settings))
     }
 
     /// The validated configuration of build `build_id`.
     pub fn config(&self, build_id: &str) -> Result<Config> {
-        configure(&self.source(Some(build_id))?)
+        let (source, origin) = self.source(Some(build_id))?;
+        let mut config = configure(&source)?;
+        if let Some(settings) = Arc::get_mut(&mut config.settings) {
+            name_endpoint(settings, origin);
+        }
+        Ok(config)
     }
+}
+
+fn name_endpoint(settings: &mut Settings, origin: String) {
+    if let Storage::S3(s3) = &mut settings.storage {
+        s3.endpoint_origin = origin;
+    }
+}
+
+/// `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL` (as the AWS CLI and SDKs
+/// read them), with the variable's name.
+fn aws_endpoint() -> Option<(&'static str, String)> {
+    ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .find_map(|var| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (var, v))
+        })
 }

@@ -29,6 +29,8 @@ use std::time::Duration;
 pub struct S3Store {
     client: Client,
     bucket: String,
+    /// Where requests go and what set that, for an error that cannot connect.
+    reach: String,
     sse: Option<Encryption>,
     /// How this server wants the ETag of an `If-Match` written: as AWS
     /// documents it (quoted, `QUOTED`) until a 412 proves the server wants
@@ -183,10 +185,16 @@ impl S3Store {
         Ok(S3Store {
             client: Client::from_conf(conf.build()),
             bucket: cfg.bucket.clone(),
+            reach: reach(cfg),
             sse: cfg.sse.clone(),
             if_match_form: AtomicU8::new(QUOTED),
             if_none_match_form: AtomicU8::new(QUOTED),
         })
+    }
+
+    /// The bucket and where its requests go, for `classify`.
+    fn target(&self) -> (&str, &str) {
+        (&self.bucket, &self.reach)
     }
 
     /// The server's quirks this process has learned and works around, in
@@ -219,7 +227,7 @@ impl S3Store {
         {
             Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
             Err(e) if status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket") => Ok(None),
-            Err(e) => Err(classify(&self.bucket, e)),
+            Err(e) => Err(classify(self.target(), e)),
         }
     }
 
@@ -277,7 +285,7 @@ impl S3Store {
                 {
                     Ok(PutAnswer::Missing)
                 } else {
-                    Err(classify_write(&self.bucket, e))
+                    Err(classify_write(self.target(), e))
                 }
             }
         }
@@ -371,7 +379,7 @@ impl S3Store {
                 if no_such_key || (status == Some(404) && e.code() != Some("NoSuchBucket")) {
                     return Ok(Fetched::Absent);
                 }
-                match classify(&self.bucket, e) {
+                match classify(self.target(), e) {
                     StoreError::AccessDenied(m) => {
                         Err(GetError::Store(StoreError::AccessDenied(format!(
                             "{m} (without s3:ListBucket, S3 also answers 403 for a key that does not exist: grant s3:GetObject and s3:ListBucket)"
@@ -395,6 +403,44 @@ fn status_of<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Opti
     e.raw_response().map(|r| r.status().as_u16())
 }
 
+/// Where the requests for `cfg`'s bucket go, and what decided that, in
+/// words: the host tried is named in any error that cannot connect.
+fn reach(cfg: &S3Config) -> String {
+    use aws_sdk_s3::config::endpoint::{Params, ResolveEndpoint};
+    use futures_util::FutureExt;
+    let url = aws_sdk_s3::config::endpoint::DefaultResolver::new()
+        .resolve_endpoint(
+            &Params::builder()
+                .bucket(&cfg.bucket)
+                .region(&cfg.region)
+                .set_endpoint(cfg.endpoint.clone())
+                .force_path_style(cfg.path_style)
+                .build()
+                .expect("bucket and region are set"),
+        )
+        .now_or_never()
+        .and_then(Result::ok)
+        .map(|e| e.url().to_string());
+    let url = url.unwrap_or_else(|| cfg.endpoint.clone().unwrap_or_default());
+    match &cfg.endpoint {
+        Some(_) => format!(
+            "could not connect to {url} (set by {}; use_path_style: {})",
+            cfg.endpoint_origin, cfg.path_style
+        ),
+        None => format!(
+            "could not connect to {url} (AWS S3 in region {}: no endpoint is given; for a local or S3-compatible server set source.endpoint, e.g. http://127.0.0.1:9000, and source.use_path_style: true)",
+            cfg.region
+        ),
+    }
+}
+
+/// Whether an error is a failure to reach the server at all.
+fn cannot_connect<E, R>(e: &SdkError<E, R>, text: &str) -> bool {
+    matches!(e, SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout())
+        || text.contains("dns error")
+        || text.contains("Connection refused")
+}
+
 /// An error and its sources on one line, without the SDK's Debug dump.
 fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -411,7 +457,10 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Maps an SDK error to a store error.
-fn classify<E>(bucket: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+fn classify<E>(
+    (bucket, reach): (&str, &str),
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -454,6 +503,8 @@ where
                 StoreError::Credentials(format!(
                     "{text} (set access_key_id and secret_access_key in the source, or give the worker credentials)"
                 ))
+            } else if cannot_connect(&e, &text) {
+                StoreError::Other(format!("{reach}: {text}"))
             } else if text.contains("invalid peer certificate") {
                 StoreError::Other(format!(
                     "{text} (for an endpoint with a private CA, put the CA's PEM in source.ca_bundle)"
@@ -468,7 +519,7 @@ where
 /// Maps the error of a write: an answer that never came, or a 5xx, leaves
 /// the write's outcome unknown.
 fn classify_write<E>(
-    bucket: &str,
+    bucket: (&str, &str),
     e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> StoreError
 where
@@ -551,7 +602,7 @@ impl Store for S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify(&self.bucket, e))?;
+            let page = page.map_err(|e| classify(self.target(), e))?;
             listed.extend(page.contents().iter().filter_map(|o| {
                 Some(super::Listed {
                     key: o.key()?.to_string(),
@@ -571,7 +622,7 @@ impl Store for S3Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| classify(&self.bucket, e))
+            .map_err(|e| classify(self.target(), e))
     }
 
     async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
@@ -603,7 +654,7 @@ impl Store for S3Store {
                 Err(e) if status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket") => {
                     return Err(StoreError::Conflict);
                 }
-                Err(e) => return Err(classify(&self.bucket, e)),
+                Err(e) => return Err(classify(self.target(), e)),
             }
         }
         Err(StoreError::ConditionRefused(format!(
@@ -620,7 +671,7 @@ impl Store for S3Store {
             .bucket(&self.bucket)
             .send()
             .await
-            .map_err(|e| classify(&self.bucket, e))?;
+            .map_err(|e| classify(self.target(), e))?;
         Ok(match out.status() {
             Some(V::Enabled) => super::Versioning::On,
             Some(V::Suspended) => super::Versioning::Suspended,
@@ -645,7 +696,7 @@ impl Store for S3Store {
                 .set_version_id_marker(version_marker.take())
                 .send()
                 .await
-                .map_err(|e| classify(&self.bucket, e))?;
+                .map_err(|e| classify(self.target(), e))?;
             for v in page.versions() {
                 if v.key() == Some(key) {
                     out.push(super::StoredVersion {
@@ -688,7 +739,7 @@ impl Store for S3Store {
             .version_id(version_id)
             .send()
             .await
-            .map_err(|e| classify(&self.bucket, e))?;
+            .map_err(|e| classify(self.target(), e))?;
         let body =
             out.body.collect().await.map_err(|e| {
                 StoreError::Other(format!("reading {key} version {version_id}: {e}"))

@@ -189,7 +189,35 @@ fn min_state_gate(w: World) {
     assert_eq!(revisions(&gated.check().ok()), ["4"]);
 }
 
+/// A typo in `prefix` or `build_id` does not look like an idle pipeline:
+/// `check` still answers `[]`, and says on stderr which key is missing.
+fn a_missing_document_is_named(w: World) {
+    w.put(json!({"init": true})).ok();
+    let typo = w.source_with(json!({"build_id": "rhel8-wbe"}));
+    let out = w.check().stdin(json!({"source": typo})).run();
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (Some(0), "[]"),
+        "{}",
+        out.stderr
+    );
+    let key = format!("{}rhel8-wbe/state.json", w.prefix);
+    assert!(
+        out.stderr.contains(&format!("rhel8-wbe: no document at "))
+            && out.stderr.contains(&key)
+            && out.stderr.contains(
+                "check source.prefix and source.build_id; a put with `init: true` creates it"
+            ),
+        "{}",
+        out.stderr
+    );
+    // The build that exists is not reported missing.
+    let out = w.check().run();
+    assert!(!out.stderr.contains("no document"), "{}", out.stderr);
+}
+
 crate::both_stores!(
+    a_missing_document_is_named,
     lists_revisions_of_the_current_run,
     one_identity_per_revision,
     gate_waits_for_the_backoff,

@@ -414,289 +414,375 @@ crate::both_stores!(
     secrets_never_appear,
 );
 
-mod s3_only {
-    use super::*;
-
-    fn world(name: &str) -> World {
-        World::new(Kind::S3, name)
-    }
-
-    /// A bucket in another region than region_name: said plainly (on a
-    /// server that has regions; Ceph RGW's test cluster has one).
-    #[test]
-    fn bucket_in_another_region() {
-        if crate::util::s3().server == "ceph" {
-            return;
-        }
-        let w = world("wrong_region").with(json!({"region_name": "eu-west-1"}));
-        let err = w.put(json!({"init": true})).fails();
+/// A server that cannot be reached: the error names the host tried and the
+/// field that set it (no S3 server needed: nothing listens on port 9).
+#[test]
+fn a_connection_failure_names_the_host_and_the_field() {
+    let w = World::new(Kind::Local, "connect");
+    let source = json!({
+        "bucket": "image-states", "prefix": "rhel8/", "build_id": "rhel8-web",
+        "endpoint": "http://127.0.0.1:9", "use_path_style": true,
+        "access_key_id": "AKIAEXAMPLE", "secret_access_key": "not-a-secret",
+    });
+    for step in [
+        w.check().stdin(json!({"source": source})),
+        w.put(json!({}))
+            .stdin(json!({"source": source, "params": {"init": true}})),
+    ] {
+        let err = step.fails();
         assert!(
-            err.contains("PermanentRedirect: ")
-                && err.contains("(the bucket is in another region than source.region_name says)")
-                && !err.contains("Error {"),
+            err.contains("rhel8-web (s3://image-states/rhel8/rhel8-web/state.json): could not connect to http://127.0.0.1:9/image-states (set by source.endpoint; use_path_style: true): ")
+                && err.contains("Connection refused"),
             "{err}"
         );
-        assert_eq!(w.keys(), Vec::<String>::new(), "nothing written");
     }
+    std::fs::write(w.tmp.path().join("source.json"), source.to_string()).unwrap();
+    let err = w
+        .bare_cli(&["show", "rhel8-web", "--source", "source.json"])
+        .fails();
+    assert!(
+        err.contains("(set by endpoint in source.json; use_path_style: true)"),
+        "{err}"
+    );
+}
 
-    #[test]
-    fn missing_bucket() {
-        let w = world("missing_bucket");
-        let mut s = w.source();
-        s["bucket"] = json!("no-such-bucket-here");
-        let err = w.check().stdin(json!({"source": s.clone()})).fails();
-        assert!(
+/// Tests that need the S3 server only (in a module named `s3`, like every
+/// S3 test, so `.ci/run` runs them again on Ceph RGW).
+mod server {
+    mod s3 {
+        use super::super::*;
+
+        fn world(name: &str) -> World {
+            World::new(Kind::S3, name)
+        }
+
+        /// A bucket in another region than region_name: said plainly (on a
+        /// server that has regions; Ceph RGW's test cluster has one).
+        #[test]
+        fn bucket_in_another_region_not_on_ceph() {
+            crate::util::not_on_ceph("its test cluster has one region and serves any region_name");
+            let w = world("wrong_region").with(json!({"region_name": "eu-west-1"}));
+            let err = w.put(json!({"init": true})).fails();
+            assert!(
+                err.contains("PermanentRedirect: ")
+                    && err
+                        .contains("(the bucket is in another region than source.region_name says)")
+                    && !err.contains("Error {"),
+                "{err}"
+            );
+            assert_eq!(w.keys(), Vec::<String>::new(), "nothing written");
+        }
+
+        #[test]
+        fn missing_bucket() {
+            let w = world("missing_bucket");
+            let mut s = w.source();
+            s["bucket"] = json!("no-such-bucket-here");
+            let err = w.check().stdin(json!({"source": s.clone()})).fails();
+            assert!(
             err.contains("rhel8-web (s3://no-such-bucket-here/missing_bucket-")
                 && err.contains("bucket \"no-such-bucket-here\" does not exist (check source.bucket, source.region_name and source.endpoint)"),
             "{err}"
         );
-        let err = w
-            .put(json!({}))
-            .stdin(json!({"source": s, "params": {"init": true}}))
-            .fails();
-        assert!(err.contains("does not exist"), "{err}");
-    }
+            let err = w
+                .put(json!({}))
+                .stdin(json!({"source": s, "params": {"init": true}}))
+                .fails();
+            assert!(err.contains("does not exist"), "{err}");
+        }
 
-    #[test]
-    fn missing_credentials() {
-        let w = world("missing_credentials");
-        let mut s = w.source();
-        s.as_object_mut().unwrap().remove("access_key_id");
-        s.as_object_mut().unwrap().remove("secret_access_key");
-        let err = w.check().stdin(json!({"source": s.clone()})).fails();
-        assert!(
+        #[test]
+        fn missing_credentials() {
+            let w = world("missing_credentials");
+            let mut s = w.source();
+            s.as_object_mut().unwrap().remove("access_key_id");
+            s.as_object_mut().unwrap().remove("secret_access_key");
+            let err = w.check().stdin(json!({"source": s.clone()})).fails();
+            assert!(
             err.contains("rhel8-web: source.access_key_id: no credentials: set access_key_id and secret_access_key, or set enable_aws_creds_provider: true"),
             "{err}"
         );
-        s["access_key_id"] = json!("AKID");
-        let err = w.check().stdin(json!({"source": s})).fails();
-        assert!(
-            err.contains("source.secret_access_key: is required with access_key_id"),
-            "{err}"
-        );
-    }
+            s["access_key_id"] = json!("AKID");
+            let err = w.check().stdin(json!({"source": s})).fails();
+            assert!(
+                err.contains("source.secret_access_key: is required with access_key_id"),
+                "{err}"
+            );
+        }
 
-    #[test]
-    fn credential_chain_from_the_environment() {
-        // enable_aws_creds_provider: the standard chain (here: environment).
-        let w = world("credential_chain");
-        let mut s = w.source();
-        s.as_object_mut().unwrap().remove("access_key_id");
-        s.as_object_mut().unwrap().remove("secret_access_key");
-        s["enable_aws_creds_provider"] = json!(true);
-        let out = w
-            .put(json!({}))
-            .stdin(json!({"source": s.clone(), "params": {"init": true}}))
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .ok();
-        assert_eq!(out["version"]["revision"], "1");
-        // Nothing in the chain: a clear error, quickly (no metadata stall).
-        let started = std::time::Instant::now();
-        let err = w
-            .check()
-            .stdin(json!({"source": s}))
-            .env("AWS_ACCESS_KEY_ID", "")
-            .env("AWS_SECRET_ACCESS_KEY", "")
-            .env("AWS_PROFILE", "none")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+        #[test]
+        fn credential_chain_from_the_environment() {
+            // enable_aws_creds_provider: the standard chain (here: environment).
+            let w = world("credential_chain");
+            let mut s = w.source();
+            s.as_object_mut().unwrap().remove("access_key_id");
+            s.as_object_mut().unwrap().remove("secret_access_key");
+            s["enable_aws_creds_provider"] = json!(true);
+            let out = w
+                .put(json!({}))
+                .stdin(json!({"source": s.clone(), "params": {"init": true}}))
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .ok();
+            assert_eq!(out["version"]["revision"], "1");
+            // Nothing in the chain: a clear error, quickly (no metadata stall).
+            let started = std::time::Instant::now();
+            let err = w
+                .check()
+                .stdin(json!({"source": s}))
+                .env("AWS_ACCESS_KEY_ID", "")
+                .env("AWS_SECRET_ACCESS_KEY", "")
+                .env("AWS_PROFILE", "none")
+                .env("AWS_CONFIG_FILE", "/nonexistent")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .fails();
+            assert!(err.contains("credentials"), "{err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        }
+
+        /// The CLI honours AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, as the AWS
+        /// tools do, when nothing names an endpoint; a flag beats them.
+        #[test]
+        fn the_cli_honours_aws_endpoint_url() {
+            let w = world("aws_endpoint_url");
+            let cli = |args: &[&str], var: &str, url: &str| {
+                w.bare_cli(args)
+                    .arg("--bucket")
+                    .arg(crate::util::BUCKET)
+                    .arg("--prefix")
+                    .arg(&w.prefix)
+                    .env("AWS_ENDPOINT_URL", "")
+                    .env("AWS_ENDPOINT_URL_S3", "")
+                    .env(var, url)
+                    .env("AWS_ACCESS_KEY_ID", "test")
+                    .env("AWS_SECRET_ACCESS_KEY", "test")
+                    .env("AWS_REGION", "us-east-1")
+                    .env("AWS_EC2_METADATA_DISABLED", "true")
+            };
+            let endpoint = crate::util::s3().endpoint.clone();
+            cli(&["init", "rhel8-web"], "AWS_ENDPOINT_URL", &endpoint).text();
+            assert!(
+                w.raw("state.json").is_some(),
+                "init landed through AWS_ENDPOINT_URL"
+            );
+            let shown = cli(&["show", "rhel8-web"], "AWS_ENDPOINT_URL_S3", &endpoint).text();
+            assert!(shown.contains("rhel8-web"), "{shown}");
+            // The variable names what failed when it points nowhere.
+            let err = cli(
+                &["show", "rhel8-web"],
+                "AWS_ENDPOINT_URL",
+                "http://127.0.0.1:9",
+            )
             .fails();
-        assert!(err.contains("credentials"), "{err}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+            assert!(
+                err.contains("could not connect to http://127.0.0.1:9/")
+                    && err.contains("(set by AWS_ENDPOINT_URL; use_path_style: false)"),
+                "{err}"
+            );
+            // A flag beats the variable.
+            let shown = cli(
+                &["show", "rhel8-web"],
+                "AWS_ENDPOINT_URL",
+                "http://127.0.0.1:9",
+            )
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .text();
+            assert!(shown.contains("rhel8-web"), "{shown}");
+        }
+
+        #[test]
+        fn unreachable_endpoint() {
+            let w = world("unreachable");
+            let mut s = w.source();
+            s["endpoint"] = json!("http://127.0.0.1:9");
+            let err = w.check().stdin(json!({"source": s})).fails();
+            assert!(
+                err.contains("rhel8-web (s3://build-state-tests/unreachable-"),
+                "{err}"
+            );
+        }
+
+        #[test]
+        fn server_side_encryption_is_requested() {
+            let w = World::new(Kind::S3, "sse").with(json!({"server_side_encryption": "AES256"}));
+            w.put(json!({"init": true})).ok();
+            let s = crate::util::s3();
+            let head = s.block_on(async {
+                s.client()
+                    .head_object()
+                    .bucket(crate::util::BUCKET)
+                    .key(w.key("state.json"))
+                    .send()
+                    .await
+                    .unwrap()
+            });
+            assert_eq!(
+                head.server_side_encryption(),
+                Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            );
+            let w = w.with(json!({"server_side_encryption": "none"}));
+            let err = w.check().fails();
+            assert!(
+                err.contains("source.server_side_encryption: \"none\" must be AES256 or aws:kms"),
+                "{err}"
+            );
+        }
+
+        /// HTTPS to a private endpoint: trusted only with `ca_bundle`.
+        #[test]
+        fn ca_bundle_trusts_a_private_endpoint() {
+            use std::process::{Command, Stdio};
+            let w = World::new(Kind::S3, "ca_bundle");
+            let dir = w.tmp.path();
+            // A private CA and a certificate for 127.0.0.1 signed by it.
+            let openssl = |args: &[&str]| {
+                let out = Command::new("openssl")
+                    .args(args)
+                    .current_dir(dir)
+                    .output()
+                    .expect("openssl is needed for this test");
+                assert!(
+                    out.status.success(),
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=build-state test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+            ]);
+            std::fs::write(
+                dir.join("ext.cnf"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )
+            .unwrap();
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "leaf.pem",
+            ]);
+            let port = crate::util::s3()
+                .endpoint
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_string();
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tls_proxy.py");
+            let mut proxy = Command::new("python3")
+                .arg(script)
+                .args(["leaf.pem", "leaf.key", &port])
+                .current_dir(dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            let tls = format!("https://127.0.0.1:{}", line.trim());
+
+            let mut s = w.source();
+            s["endpoint"] = json!(tls);
+            let err = w
+                .put(json!({}))
+                .stdin(json!({"source": s.clone(), "params": {"init": true}}))
+                .fails();
+            assert!(
+                err.contains("rhel8-web (s3://build-state-tests/ca_bundle-"),
+                "{err}"
+            );
+            assert!(
+                err.contains("invalid peer certificate") && err.contains("source.ca_bundle"),
+                "{err}"
+            );
+            assert!(
+                w.raw("state.json").is_none(),
+                "nothing written through an untrusted endpoint"
+            );
+            s["ca_bundle"] = json!(std::fs::read_to_string(dir.join("ca.pem")).unwrap());
+            let out = w
+                .put(json!({}))
+                .stdin(json!({"source": s.clone(), "params": {"init": true}}))
+                .ok();
+            assert_eq!(out["version"]["revision"], "1");
+            let versions = w.check().stdin(json!({"source": s})).ok();
+            assert_eq!(versions[0]["revision"], "1");
+            drop(proxy.stdin.take());
+            let _ = proxy.wait();
+        }
+
+        /// A `ca_bundle` that holds no certificate is refused, by the resource and
+        /// by the CLI, before any request.
+        #[test]
+        fn a_ca_bundle_without_a_certificate_is_refused() {
+            let mut w = World::new(Kind::S3, "ca_bundle_empty");
+            for bundle in [
+                "",
+                "not a certificate",
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            ] {
+                w.extra = json!({"ca_bundle": bundle});
+                let err = w.check().fails();
+                assert!(
+                    err.contains("rhel8-web: source.ca_bundle: holds no certificate"),
+                    "{bundle:?}: {err}"
+                );
+                let err = w.put(json!({"init": true})).fails();
+                assert!(
+                    err.contains("source.ca_bundle: holds no certificate"),
+                    "{err}"
+                );
+                let out = w.cli(&["show", "rhel8-web"]).run();
+                assert_eq!(out.code, Some(1), "{}", out.stderr);
+                assert!(
+                    out.stderr.contains("ca_bundle: holds no certificate"),
+                    "{}",
+                    out.stderr
+                );
+            }
+            assert_eq!(w.keys(), Vec::<String>::new(), "nothing written");
+        }
     }
-
-    #[test]
-    fn unreachable_endpoint() {
-        let w = world("unreachable");
-        let mut s = w.source();
-        s["endpoint"] = json!("http://127.0.0.1:9");
-        let err = w.check().stdin(json!({"source": s})).fails();
-        assert!(
-            err.contains("rhel8-web (s3://build-state-tests/unreachable-"),
-            "{err}"
-        );
-    }
-}
-
-#[test]
-fn server_side_encryption_is_requested() {
-    let w = World::new(Kind::S3, "sse").with(json!({"server_side_encryption": "AES256"}));
-    w.put(json!({"init": true})).ok();
-    let s = crate::util::s3();
-    let head = s.block_on(async {
-        s.client()
-            .head_object()
-            .bucket(crate::util::BUCKET)
-            .key(w.key("state.json"))
-            .send()
-            .await
-            .unwrap()
-    });
-    assert_eq!(
-        head.server_side_encryption(),
-        Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
-    );
-    let w = w.with(json!({"server_side_encryption": "none"}));
-    let err = w.check().fails();
-    assert!(
-        err.contains("source.server_side_encryption: \"none\" must be AES256 or aws:kms"),
-        "{err}"
-    );
-}
-
-/// HTTPS to a private endpoint: trusted only with `ca_bundle`.
-#[test]
-fn ca_bundle_trusts_a_private_endpoint() {
-    use std::process::{Command, Stdio};
-    let w = World::new(Kind::S3, "ca_bundle");
-    let dir = w.tmp.path();
-    // A private CA and a certificate for 127.0.0.1 signed by it.
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is needed for this test");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=build-state test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "leaf.pem",
-    ]);
-    let port = crate::util::s3()
-        .endpoint
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tls_proxy.py");
-    let mut proxy = Command::new("python3")
-        .arg(script)
-        .args(["leaf.pem", "leaf.key", &port])
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let tls = format!("https://127.0.0.1:{}", line.trim());
-
-    let mut s = w.source();
-    s["endpoint"] = json!(tls);
-    let err = w
-        .put(json!({}))
-        .stdin(json!({"source": s.clone(), "params": {"init": true}}))
-        .fails();
-    assert!(
-        err.contains("rhel8-web (s3://build-state-tests/ca_bundle-"),
-        "{err}"
-    );
-    assert!(
-        err.contains("invalid peer certificate") && err.contains("source.ca_bundle"),
-        "{err}"
-    );
-    assert!(
-        w.raw("state.json").is_none(),
-        "nothing written through an untrusted endpoint"
-    );
-    s["ca_bundle"] = json!(std::fs::read_to_string(dir.join("ca.pem")).unwrap());
-    let out = w
-        .put(json!({}))
-        .stdin(json!({"source": s.clone(), "params": {"init": true}}))
-        .ok();
-    assert_eq!(out["version"]["revision"], "1");
-    let versions = w.check().stdin(json!({"source": s})).ok();
-    assert_eq!(versions[0]["revision"], "1");
-    drop(proxy.stdin.take());
-    let _ = proxy.wait();
-}
-
-/// A `ca_bundle` that holds no certificate is refused, by the resource and
-/// by the CLI, before any request.
-#[test]
-fn a_ca_bundle_without_a_certificate_is_refused() {
-    let mut w = World::new(Kind::S3, "ca_bundle_empty");
-    for bundle in [
-        "",
-        "not a certificate",
-        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-    ] {
-        w.extra = json!({"ca_bundle": bundle});
-        let err = w.check().fails();
-        assert!(
-            err.contains("rhel8-web: source.ca_bundle: holds no certificate"),
-            "{bundle:?}: {err}"
-        );
-        let err = w.put(json!({"init": true})).fails();
-        assert!(
-            err.contains("source.ca_bundle: holds no certificate"),
-            "{err}"
-        );
-        let out = w.cli(&["show", "rhel8-web"]).run();
-        assert_eq!(out.code, Some(1), "{}", out.stderr);
-        assert!(
-            out.stderr.contains("ca_bundle: holds no certificate"),
-            "{}",
-            out.stderr
-        );
-    }
-    assert_eq!(w.keys(), Vec::<String>::new(), "nothing written");
 }

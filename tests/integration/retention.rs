@@ -1,6 +1,6 @@
 //! Retention and recovery through the CLI: `prune` and `restore`.
 
-use crate::util::{Kind, World, s3};
+use crate::util::{Kind, World};
 use serde_json::{Value, json};
 
 /// A world with one more build, walked by hand.
@@ -122,119 +122,128 @@ fn prune_removes_only_old_finished_builds(w: World) {
         .ok();
 }
 
-/// A bucket with versioning, for restore.
-const VERSIONED: &str = "build-state-versioned";
+/// Restore on a bucket with versioning: an S3 test (in a module named `s3`,
+/// as every S3 test is, so the Ceph pass selects it).
+mod versioned {
+    mod s3 {
+        use crate::util::{Kind, World, s3};
+        use serde_json::json;
 
-fn versioned_bucket() {
-    let s = s3();
-    s.block_on(async {
-        let c = s.client();
-        let _ = c.create_bucket().bucket(VERSIONED).send().await;
-        c.put_bucket_versioning()
-            .bucket(VERSIONED)
-            .versioning_configuration(
-                aws_sdk_s3::types::VersioningConfiguration::builder()
-                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("turning versioning on");
-    });
-}
+        /// A bucket with versioning, for restore.
+        const VERSIONED: &str = "build-state-versioned";
 
-/// A corrupted document on a bucket with versioning: the resource says to
-/// restore, `restore` brings back the newest good version as a new revision
-/// (revisions keep rising, the history records who restored what), and the
-/// resource carries on from it.
-#[test]
-fn s3_restore_brings_back_the_newest_good_version() {
-    versioned_bucket();
-    let w = World::new(Kind::S3, "s3_restore").with(json!({"bucket": VERSIONED}));
-    if s3().server == "ceph" {
-        // Ceph RGW 16.2 on a bucket with versioning refuses If-Match even
-        // with the current ETag and ignores If-None-Match: *: no
-        // compare-and-swap there, and doctor says so (see the README).
-        let mut out = w.cli(&["doctor"]).run();
-        out.stdout = crate::util::squeeze(&out.stdout);
-        assert_eq!(out.code, Some(1), "{}", out.stdout);
-        for want in [
-            "If-None-Match: * FAILED",
-            "compare-and-swap FAILED",
-            "versioning ok",
-        ] {
-            assert!(out.stdout.contains(want), "{want:?} in:\n{}", out.stdout);
+        fn versioned_bucket() {
+            let s = s3();
+            s.block_on(async {
+                let c = s.client();
+                let _ = c.create_bucket().bucket(VERSIONED).send().await;
+                c.put_bucket_versioning()
+                    .bucket(VERSIONED)
+                    .versioning_configuration(
+                        aws_sdk_s3::types::VersioningConfiguration::builder()
+                            .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .expect("turning versioning on");
+            });
         }
-        return;
+
+        /// A corrupted document on a bucket with versioning: the resource says to
+        /// restore, `restore` brings back the newest good version as a new revision
+        /// (revisions keep rising, the history records who restored what), and the
+        /// resource carries on from it.
+        #[test]
+        fn restore_brings_back_the_newest_good_version() {
+            versioned_bucket();
+            let w = World::new(Kind::S3, "s3_restore").with(json!({"bucket": VERSIONED}));
+            if s3().server == "ceph" {
+                // Ceph RGW 16.2 on a bucket with versioning refuses If-Match even
+                // with the current ETag and ignores If-None-Match: *: no
+                // compare-and-swap there, and doctor says so (see the README).
+                let mut out = w.cli(&["doctor"]).run();
+                out.stdout = crate::util::squeeze(&out.stdout);
+                assert_eq!(out.code, Some(1), "{}", out.stdout);
+                for want in [
+                    "If-None-Match: * FAILED",
+                    "compare-and-swap FAILED",
+                    "versioning ok",
+                ] {
+                    assert!(out.stdout.contains(want), "{want:?} in:\n{}", out.stdout);
+                }
+                return;
+            }
+            let doctor = crate::util::squeeze(&w.cli(&["doctor"]).text());
+            assert!(
+                doctor.contains("versioning ok on: build-state restore"),
+                "{doctor}"
+            );
+            assert!(doctor.contains("If-Match DELETE ok"), "{doctor}");
+            w.put(json!({"init": true})).ok();
+            w.put(json!({"complete": 0})).ok();
+            w.put(json!({"start": 5})).ok();
+            let key = w.key("state.json");
+            let s = s3();
+            s.block_on(async {
+                s.client()
+                    .put_object()
+                    .bucket(VERSIONED)
+                    .key(&key)
+                    .body(b"{\"schema_version\": 1, \"build_id\": ".to_vec().into())
+                    .send()
+                    .await
+                    .unwrap();
+            });
+            let err = w.check().fails();
+            assert!(err.contains("`build-state restore BUILD_ID`"), "{err}");
+            // Without --yes and without a terminal, nothing happens.
+            let out = w.cli(&["restore", "rhel8-web"]).run();
+            assert_eq!(out.code, Some(1));
+            assert!(out.stderr.contains("give --yes"), "{}", out.stderr);
+            let out = w.cli(&["restore", "rhel8-web", "--yes"]).text();
+            assert!(
+                out.contains("corrupt:"),
+                "the table lists the corrupt version:\n{out}"
+            );
+            assert!(
+                out.contains("rhel8-web: restore (revision 3 (5, in_progress) of version"),
+                "{out}"
+            );
+            let doc = w.doc();
+            assert_eq!(
+                (
+                    doc["revision"].as_u64(),
+                    doc["state"].as_u64(),
+                    doc["status"].as_str()
+                ),
+                (Some(4), Some(5), Some("in_progress"))
+            );
+            let last = doc["history"].as_array().unwrap().last().unwrap().clone();
+            assert_eq!(last["action"], "restore");
+            assert!(
+                last["reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("restored revision 3 (5, in_progress) of version"),
+                "{last}"
+            );
+            assert!(last["by"]["user"].is_string());
+            // The resource carries on from it.
+            let out = w.put(json!({"complete": 5})).ok();
+            assert_eq!(out["version"]["revision"], "5");
+            let versions = w.check().ok();
+            assert_eq!(versions[0]["revision"], "5");
+            // Nothing corrupt now: restore without a version id says so.
+            let out = w.cli(&["restore", "rhel8-web", "--yes"]).run();
+            assert_eq!(out.code, Some(1));
+            assert!(
+                out.stderr.contains("is not corrupt: nothing to restore"),
+                "{}",
+                out.stderr
+            );
+        }
     }
-    let doctor = crate::util::squeeze(&w.cli(&["doctor"]).text());
-    assert!(
-        doctor.contains("versioning ok on: build-state restore"),
-        "{doctor}"
-    );
-    assert!(doctor.contains("If-Match DELETE ok"), "{doctor}");
-    w.put(json!({"init": true})).ok();
-    w.put(json!({"complete": 0})).ok();
-    w.put(json!({"start": 5})).ok();
-    let key = w.key("state.json");
-    let s = s3();
-    s.block_on(async {
-        s.client()
-            .put_object()
-            .bucket(VERSIONED)
-            .key(&key)
-            .body(b"{\"schema_version\": 1, \"build_id\": ".to_vec().into())
-            .send()
-            .await
-            .unwrap();
-    });
-    let err = w.check().fails();
-    assert!(err.contains("`build-state restore BUILD_ID`"), "{err}");
-    // Without --yes and without a terminal, nothing happens.
-    let out = w.cli(&["restore", "rhel8-web"]).run();
-    assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("give --yes"), "{}", out.stderr);
-    let out = w.cli(&["restore", "rhel8-web", "--yes"]).text();
-    assert!(
-        out.contains("corrupt:"),
-        "the table lists the corrupt version:\n{out}"
-    );
-    assert!(
-        out.contains("rhel8-web: restore (revision 3 (5, in_progress) of version"),
-        "{out}"
-    );
-    let doc = w.doc();
-    assert_eq!(
-        (
-            doc["revision"].as_u64(),
-            doc["state"].as_u64(),
-            doc["status"].as_str()
-        ),
-        (Some(4), Some(5), Some("in_progress"))
-    );
-    let last = doc["history"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last["action"], "restore");
-    assert!(
-        last["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("restored revision 3 (5, in_progress) of version"),
-        "{last}"
-    );
-    assert!(last["by"]["user"].is_string());
-    // The resource carries on from it.
-    let out = w.put(json!({"complete": 5})).ok();
-    assert_eq!(out["version"]["revision"], "5");
-    let versions = w.check().ok();
-    assert_eq!(versions[0]["revision"], "5");
-    // Nothing corrupt now: restore without a version id says so.
-    let out = w.cli(&["restore", "rhel8-web", "--yes"]).run();
-    assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr.contains("is not corrupt: nothing to restore"),
-        "{}",
-        out.stderr
-    );
 }
 
 /// On a bucket without versioning (and on a local directory), restore says

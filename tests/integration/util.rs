@@ -1,6 +1,7 @@
 //! The test harness: runs the real programs with JSON on stdin, exactly as
 //! Concourse does, against a local directory or a real S3 server on
-//! 127.0.0.1 (started once per test run by `../shared/s3-test-server`).
+//! 127.0.0.1 (started once per test run by the project's own
+//! `tests/servers/start.sh`).
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -43,12 +44,22 @@ pub struct S3Server {
 
 pub const BUCKET: &str = "build-state-tests";
 
+/// The S3 test server. Every test that uses it lives in a module named
+/// `s3` (so `.ci/run`'s Ceph pass, which selects `s3::`, runs every one of
+/// them): a test elsewhere that asks for the server fails here.
+#[track_caller]
 pub fn s3() -> &'static S3Server {
+    if let Some(test) = std::thread::current().name().filter(|n| *n != "main") {
+        assert!(
+            test.contains("s3::"),
+            "{test} uses the S3 server but is not in a module named `s3`: the Ceph pass (`cargo test s3::`) would not select it"
+        );
+    }
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let scripts = std::env::var_os("S3_TEST_SERVER_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/s3-test-server"));
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers"));
         let start = scripts.join("start.sh");
         assert!(
             start.exists(),
@@ -97,6 +108,18 @@ pub fn s3() -> &'static S3Server {
         });
         server
     })
+}
+
+/// For a test that does not apply on Ceph RGW: its name ends in
+/// `not_on_ceph`, the Ceph pass skips it by name (and lists it), and run
+/// there anyway it fails rather than pass having checked nothing.
+#[track_caller]
+pub fn not_on_ceph(why: &str) {
+    assert_ne!(
+        s3().server,
+        "ceph",
+        "not applicable on Ceph RGW: {why}; the Ceph pass skips it (--skip not_on_ceph)"
+    );
 }
 
 impl S3Server {
@@ -666,4 +689,23 @@ pub fn chromium(profile: &Path) -> Option<Command> {
     .env("NO_PROXY", "127.0.0.1,localhost")
     .env("no_proxy", "127.0.0.1,localhost");
     Some(cmd)
+}
+
+/// The README and every page under `docs/`, one after the other: the
+/// commands they show are run by the tests wherever they are written.
+pub fn documents() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
