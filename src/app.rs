@@ -75,3 +75,48 @@ pub async fn record<S: Store>(
         }
     }
 }
+
+/// The behaviour settings the pipeline's resource recorded in the build's
+/// document (see [`crate::model::Event::policy`]), read from the raw JSON so
+/// that a ladder the caller does not know yet is no obstacle; `None` when
+/// there is no document or it recorded none. The CLI decides by them when
+/// it is not given settings of its own (one policy per build).
+pub async fn recorded_policy<S: Store>(
+    config: &Config,
+    store: &S,
+) -> Result<Option<crate::protocol::Policy>, Error> {
+    use crate::engine::ErrorKind;
+    use crate::store::Fetched;
+    let key = config.state_key();
+    let fail = |kind: ErrorKind| Error {
+        build_id: config.build_id.clone(),
+        location: config.location(&key),
+        kind,
+    };
+    let body = match store.get(&key, None).await.map_err(|e| fail(e.into()))? {
+        Fetched::Found { body, .. } => body,
+        Fetched::Absent | Fetched::Unchanged => return Ok(None),
+    };
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        #[serde(default)]
+        history: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        policy: Option<serde_json::Value>,
+    }
+    let Ok(doc) = serde_json::from_slice::<Recorded>(&body) else {
+        // Unreadable: the command that reads it next says why.
+        return Ok(None);
+    };
+    let Some(policy) = doc.history.into_iter().rev().find_map(|e| e.policy) else {
+        return Ok(None);
+    };
+    serde_json::from_value(policy).map(Some).map_err(|e| {
+        fail(ErrorKind::Other(format!(
+            "the policy the pipeline's resource recorded cannot be read ({e}); give the source's states, retry and error patterns (--source or --pipeline)"
+        )))
+    })
+}

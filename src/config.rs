@@ -3,7 +3,7 @@
 use crate::model::{
     At, Code, Condition, ErrorInfo, FailureKind, Ladder, RetryPolicy, StageRetry, Step,
 };
-use crate::protocol::{ConditionParam, Secret, Source, StageRetryParam};
+use crate::protocol::{ConditionParam, Policy, Secret, Source, StageRetryParam};
 use regex_lite::Regex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,6 +63,9 @@ pub struct Settings {
     pub labels: BTreeMap<String, String>,
     /// The condition a gated `check` waits for.
     pub gate: Option<Condition>,
+    /// The behaviour settings as written (what `out` records in the
+    /// document for the CLI to decide by).
+    pub policy: Policy,
 }
 
 /// Where documents live, and under which prefix.
@@ -211,12 +214,8 @@ fn duration(
 ) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(v) => humantime::parse_duration(v.trim()).or_else(|e| {
-            err(
-                field,
-                format!("{v:?} is not a duration ({e}); write e.g. 30s, 5m or 1h"),
-            )
-        }),
+        Some(v) => crate::model::duration::parse(v)
+            .or_else(|e| err(field, format!("{e}; write e.g. 30s, 5m or 1h"))),
     }
 }
 
@@ -507,6 +506,7 @@ impl Settings {
             classifier,
             labels: s.labels.clone(),
             gate,
+            policy: s.policy(),
         })
     }
 

@@ -57,7 +57,8 @@ impl fmt::Debug for Secret {
 
 /// A state code as written in YAML: `25` or `"25"` (a `((var))` may be
 /// either).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
 pub struct CodeParam(pub u32);
 
 impl<'de> Deserialize<'de> for CodeParam {
@@ -111,40 +112,51 @@ pub struct ConditionParam {
 }
 
 /// Retry settings, as written in `source.retry` (or under its `states`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageRetryParam {
     /// Failures of a stage before it is blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// The wait after the first failure (`30s`, `5m`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff: Option<String>,
     /// Each further failure multiplies the wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub factor: Option<f64>,
     /// The wait never exceeds this.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_backoff: Option<String>,
     /// A stage whose retry starts over from this earlier state.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<CodeParam>,
     /// A stage `in_progress` longer than this is a dead attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
 }
 
 /// `source.retry`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryParam {
     /// Failures of the stage before it is blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// The wait after the stage's first failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff: Option<String>,
     /// Each further failure multiplies the wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub factor: Option<f64>,
     /// The wait never exceeds this.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_backoff: Option<String>,
     /// A stage `in_progress` longer than this is a dead attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Per-state overrides, keyed by a code (`"35"`) or an inclusive range
     /// of codes (`"10-65"`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub states: BTreeMap<String, StageRetryParam>,
 }
 
@@ -200,6 +212,58 @@ pub struct Source {
     pub persistent_errors: Vec<String>,
     /// Makes `check` emit a version only when the condition passes.
     pub gate: Option<ConditionParam>,
+}
+
+/// The behaviour settings that decide what a put means (the ladder, the
+/// retry policy and the error patterns), as written in a source: `out`
+/// records them in the document, so that the CLI inside an image build
+/// decides exactly as the pipeline's resource does (SPEC 6, "one policy per
+/// build").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// `states`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub states: Option<Vec<Step>>,
+    /// `retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryParam>,
+    /// `transient_errors`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transient_errors: Vec<String>,
+    /// `persistent_errors`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub persistent_errors: Vec<String>,
+}
+
+impl Policy {
+    /// Whether it says nothing (every setting at its default).
+    pub fn is_empty(&self) -> bool {
+        *self == Policy::default()
+    }
+}
+
+impl Source {
+    /// The source's behaviour settings.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            states: self.states.clone(),
+            retry: self.retry.clone(),
+            transient_errors: self.transient_errors.clone(),
+            persistent_errors: self.persistent_errors.clone(),
+        }
+    }
+
+    /// The source with `policy` in place of its own behaviour settings.
+    pub fn with_policy(&self, policy: Policy) -> Source {
+        Source {
+            states: policy.states,
+            retry: policy.retry,
+            transient_errors: policy.transient_errors,
+            persistent_errors: policy.persistent_errors,
+            ..self.clone()
+        }
+    }
 }
 
 /// A version: `{"revision": "42", "state": "25", "status": "failed"}`, plus
@@ -415,9 +479,18 @@ pub fn parse<T: serde::de::DeserializeOwned>(input: &[u8]) -> Result<T, PayloadE
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        let mut message = inner.to_string();
+        // The field's path says where; the line and column of stdin (one
+        // line of JSON that Concourse wrote) would only say it again, worse.
+        if path != "." && inner.line() > 0 {
+            let at = format!(" at line {} column {}", inner.line(), inner.column());
+            if let Some(m) = message.strip_suffix(&at) {
+                message = m.to_string();
+            }
+        }
         PayloadError {
             path: if path == "." { String::new() } else { path },
-            message: inner.to_string(),
+            message,
         }
     })
 }
@@ -727,7 +800,7 @@ mod tests {
         let e = parse::<Source>(br#"{"secret_access_key": 987654321}"#).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "invalid payload: secret_access_key: a secret must be a string (quote it) at line 1 column 31"
+            "invalid payload: secret_access_key: a secret must be a string (quote it)"
         );
     }
 }

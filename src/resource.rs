@@ -542,6 +542,8 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Respons
             let mut update = Update::new(action, env.actor(), crate::now());
             update.vars = vars;
             update.note = params.note.clone().filter(|n| !n.trim().is_empty());
+            // Recorded for the CLI inside the image build (one policy per build).
+            update.policy = Some(serde_json::to_value(&config.policy)?);
             Change::Apply(update)
         }
     };

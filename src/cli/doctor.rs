@@ -85,7 +85,10 @@ pub async fn doctor(config: &Settings, out: &Out) -> Result<()> {
                 add(
                     "bucket",
                     Verdict::Ok,
-                    format!("readable; {builds} builds under the prefix"),
+                    format!(
+                        "readable; {} under the prefix",
+                        super::output::count(builds as u64, "build")
+                    ),
                 );
                 true
             }

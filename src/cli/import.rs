@@ -384,8 +384,8 @@ pub async fn import(
     }
     if failures > 0 {
         bail!(
-            "{failures} of {} builds not imported (see above)",
-            report.len()
+            "{failures} of {} not imported (see above)",
+            super::output::count(report.len() as u64, "build")
         );
     }
     Ok(())

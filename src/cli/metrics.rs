@@ -141,14 +141,20 @@ pub fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> String {
             failures.get_or_create(&stage).inc_by(t.failures);
         }
         if t.reached {
-            seconds.get_or_create(&stage).inc_by(t.seconds);
+            seconds.get_or_create(&stage).inc_by(millis(t.seconds));
         }
     }
-    oldest_in_progress.set(in_progress_age);
-    oldest_blocked.set(blocked_age);
+    oldest_in_progress.set(millis(in_progress_age));
+    oldest_blocked.set(millis(blocked_age));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).expect("encoding to a string");
     prometheus_text(&out)
+}
+
+/// Seconds rounded to the millisecond: sums of many spans print as
+/// `36.85`, not `36.85000000000001`.
+fn millis(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
 }
 
 /// The Prometheus text format (0.0.4), which the node exporter's textfile
@@ -161,8 +167,23 @@ fn prometheus_text(openmetrics: &str) -> String {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.strip_suffix(" counter"))
         .collect();
-    let mut out = String::new();
+    // Within a family, the encoder writes its series in the order of a hash
+    // map: sorted here, so that the text is the same from run to run.
+    let mut lines: Vec<&str> = Vec::new();
+    let mut series: Vec<&str> = Vec::new();
     for line in openmetrics.lines() {
+        if line.starts_with('#') {
+            series.sort_unstable();
+            lines.append(&mut series);
+            lines.push(line);
+        } else {
+            series.push(line);
+        }
+    }
+    series.sort_unstable();
+    lines.append(&mut series);
+    let mut out = String::new();
+    for line in lines {
         if line == "# EOF" {
             continue;
         }
@@ -195,4 +216,24 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<(
     ));
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn seconds_are_rounded_to_the_millisecond() {
+        assert_eq!(super::millis(36.85000000000001), 36.85);
+        assert_eq!(super::millis(0.1 + 0.2), 0.3);
+        assert_eq!(super::millis(1.0004), 1.0);
+        assert_eq!(format!("{}", super::millis(12.3456)), "12.346");
+    }
+
+    #[test]
+    fn series_are_in_a_stable_order() {
+        let text = "# HELP a x.\n# TYPE a gauge\na{b=\"2\"} 1\na{b=\"1\"} 1\n# HELP c y.\n# TYPE c counter\nc_total{d=\"z\"} 1\nc_total{d=\"a\"} 2\n# EOF\n";
+        assert_eq!(
+            super::prometheus_text(text),
+            "# HELP a x.\n# TYPE a gauge\na{b=\"1\"} 1\na{b=\"2\"} 1\n# HELP c_total y.\n# TYPE c_total counter\nc_total{d=\"a\"} 2\nc_total{d=\"z\"} 1\n"
+        );
+    }
 }

@@ -330,14 +330,12 @@ async fn run(cli: Cli) -> Result<()> {
             states(&config, &out)
         }
         Command::Show { build_id } => {
-            let config = src.config(&build_id)?;
-            let store = open(&config).await?;
+            let (config, store) = src.build(&build_id).await?;
             let doc = current(&config, &store).await?;
             out.document(&config, &doc)
         }
         Command::Next { build_id } => {
-            let config = src.config(&build_id)?;
-            let store = open(&config).await?;
+            let (config, store) = src.build(&build_id).await?;
             let doc = current(&config, &store).await?;
             let step = build_state::model::NextStep::live(&doc, build_state::now());
             if out.json {
@@ -352,8 +350,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::History { build_id } => {
-            let config = src.config(&build_id)?;
-            let store = open(&config).await?;
+            let (config, store) = src.build(&build_id).await?;
             let doc = current(&config, &store).await?;
             out.history(&doc)
         }
@@ -388,10 +385,8 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let config = src.settings()?;
             let store = open(&config).await?;
-            let interval = humantime::parse_duration(&interval).context("--interval")?;
-            let until = for_
-                .map(|d| humantime::parse_duration(&d).context("--for"))
-                .transpose()?;
+            let interval = duration_flag("--interval", &interval)?;
+            let until = for_.map(|d| duration_flag("--for", &d)).transpose()?;
             // Watching a prefix starts from the fleet commands' cache.
             let cache = (build_id.is_none() && !no_cache)
                 .then(|| cache::Cache::open(&config))
@@ -413,7 +408,7 @@ async fn run(cli: Cli) -> Result<()> {
             restart,
             extras,
         } => {
-            let config = src.config(&build_id)?;
+            let (config, store) = src.build(&build_id).await?;
             let mut settings = (*config.settings).clone();
             for l in labels {
                 let (k, v) = l
@@ -424,11 +419,11 @@ async fn run(cli: Cli) -> Result<()> {
                     .insert(k.trim().to_string(), v.trim().to_string());
             }
             let config = std::sync::Arc::new(settings).for_build(&build_id)?;
-            act(&config, Action::Init { restart }, &extras, &out).await
+            act(&(config, store), Action::Init { restart }, &extras, &out).await
         }
         Command::Start(a) => {
             act(
-                &src.config(&a.build_id)?,
+                &src.build(&a.build_id).await?,
                 Action::Start(a.state),
                 &a.extras,
                 &out,
@@ -437,7 +432,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Complete(a) => {
             act(
-                &src.config(&a.build_id)?,
+                &src.build(&a.build_id).await?,
                 Action::Complete(a.state),
                 &a.extras,
                 &out,
@@ -452,7 +447,8 @@ async fn run(cli: Cli) -> Result<()> {
             kind,
             extras,
         } => {
-            let config = src.config(&build_id)?;
+            let built = src.build(&build_id).await?;
+            let config = &built.0;
             let message = match (&error_file, &error) {
                 (Some(f), _) => match build_state::inputs::read_regular(f) {
                     Ok(t) if !String::from_utf8_lossy(&t).trim().is_empty() => {
@@ -472,11 +468,11 @@ async fn run(cli: Cli) -> Result<()> {
                 state,
                 error: config.classifier.error(message, kind),
             };
-            act(&config, action, &extras, &out).await
+            act(&built, action, &extras, &out).await
         }
         Command::Retry(a) => {
             act(
-                &src.config(&a.build_id)?,
+                &src.build(&a.build_id).await?,
                 Action::Retry(a.state),
                 &a.extras,
                 &out,
@@ -494,7 +490,7 @@ async fn run(cli: Cli) -> Result<()> {
                 anyhow!("--status {status:?} must be one of pending, in_progress, failed, blocked, completed, cancelled")
             })?;
             act(
-                &src.config(&build_id)?,
+                &src.build(&build_id).await?,
                 Action::Set {
                     state,
                     status,
@@ -507,7 +503,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cancel { build_id, reason } => {
             act(
-                &src.config(&build_id)?,
+                &src.build(&build_id).await?,
                 Action::Cancel { reason },
                 &Extras::default(),
                 &out,
@@ -515,8 +511,8 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Restart { build_id, extras } => {
-            let config = src.config(&build_id)?;
-            act(&config, Action::Restart, &extras, &out).await
+            let built = src.build(&build_id).await?;
+            act(&built, Action::Restart, &extras, &out).await
         }
         Command::Update {
             build_id,
@@ -524,7 +520,8 @@ async fn run(cli: Cli) -> Result<()> {
             status,
             error,
         } => {
-            let config = src.config(&build_id)?;
+            let built = src.build(&build_id).await?;
+            let config = &built.0;
             // Empty arguments (an unset variable in a script) count as absent.
             let status = status.filter(|s| !s.trim().is_empty());
             let error = error.filter(|e| !e.trim().is_empty());
@@ -540,7 +537,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Some(other) => bail!("update: status {other:?} must be completed or failed"),
             };
-            act(&config, action, &Extras::default(), &out).await
+            act(&built, action, &Extras::default(), &out).await
         }
         Command::ImportSqlite {
             databases,
@@ -587,9 +584,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let settings = src.settings()?;
             let store = open(&settings).await?;
-            let older_than = humantime::parse_duration(&older_than).map_err(|e| {
-                anyhow!("--older-than {older_than:?} is not a duration ({e}); write e.g. 30d")
-            })?;
+            let older_than = duration_flag("--older-than", &older_than)?;
             retention::prune(
                 &settings,
                 &store,
@@ -605,8 +600,7 @@ async fn run(cli: Cli) -> Result<()> {
             version_id,
             yes,
         } => {
-            let config = src.config(&build_id)?;
-            let store = open(&config).await?;
+            let (config, store) = src.build(&build_id).await?;
             retention::restore(&config, &store, version_id.as_deref(), yes, &out).await
         }
     }
@@ -643,8 +637,13 @@ async fn current(config: &Config, store: &AnyStore) -> Result<Document> {
 }
 
 /// Applies one action with the resource's engine and prints the result.
-async fn act(config: &Config, action: Action, extras: &Extras, out: &Out) -> Result<()> {
-    act_with(config, &open(config).await?, action, extras, out).await
+async fn act(
+    (config, store): &(Config, AnyStore),
+    action: Action,
+    extras: &Extras,
+    out: &Out,
+) -> Result<()> {
+    act_with(config, store, action, extras, out).await
 }
 
 /// Applies one action in `store` and prints the result.
@@ -669,8 +668,14 @@ async fn act_with(
     out.applied(&described, &applied.doc, applied.written)
 }
 
+/// A duration flag, read as the source's durations are.
+fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duration> {
+    build_state::model::duration::parse(text)
+        .map_err(|e| anyhow!("{flag}: {e}; write e.g. 30s, 5m, 1h or 30d"))
+}
+
 fn states(config: &Settings, out: &Out) -> Result<()> {
-    let fmt = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let fmt = build_state::model::duration::format;
     if out.json {
         let steps: Vec<Value> = config
             .ladder

@@ -209,7 +209,7 @@ impl Out {
         if let Some(e) = &doc.last_error {
             t.row(vec![
                 "last error".into(),
-                format!("{} ({})", one_line(&e.message, 200), e.kind.as_str()),
+                format!("{} ({})", one_line(&e.message, 200), kind_of(e)),
             ]);
         }
         if !labels.is_empty() {
@@ -245,7 +245,7 @@ impl Out {
         let detail = e
             .error
             .as_ref()
-            .map(|x| format!("{} ({})", one_line(&x.message, 80), x.kind.as_str()))
+            .map(|x| format!("{} ({})", one_line(&x.message, 80), kind_of(x)))
             .or_else(|| e.reason.clone())
             .or_else(|| e.note.clone())
             .unwrap_or_default();
@@ -394,6 +394,27 @@ impl Out {
         if self.json {
             return self.print_json(&json!({"out": path, "builds": builds}));
         }
-        self.write(&format!("wrote {} ({builds} builds)\n", path.display()))
+        self.write(&format!(
+            "wrote {} ({})\n",
+            path.display(),
+            count(builds as u64, "build")
+        ))
+    }
+}
+
+/// A failure's kind and, when a source pattern decided it, the pattern:
+/// `persistent, by persistent_errors: AccessDenied`.
+fn kind_of(e: &build_state::model::ErrorInfo) -> String {
+    match &e.rule {
+        Some(rule) => format!("{}, by {rule}", e.kind.as_str()),
+        None => e.kind.as_str().to_string(),
+    }
+}
+
+/// `n` things in words: "1 build", "2 builds".
+pub fn count(n: impl Into<u64>, one: &str) -> String {
+    match n.into() {
+        1 => format!("1 {one}"),
+        n => format!("{n} {one}s"),
     }
 }

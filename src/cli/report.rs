@@ -150,12 +150,12 @@ fn timeline(config: &Settings, doc: &Document, now: Timestamp) -> String {
         let width = (x1 - x0).max(2.0);
         let _ = write!(
             svg,
-            r##"<rect x="{x0:.1}" y="4" width="{width:.1}" height="22" rx="3" fill="{}" stroke="#fff"><title>{} {}: {} ({} failures, {})</title></rect>"##,
+            r##"<rect x="{x0:.1}" y="4" width="{width:.1}" height="22" rx="3" fill="{}" stroke="#fff"><title>{} {}: {} ({}, {})</title></rect>"##,
             colour(s.end),
             s.state,
             esc(config.ladder.name(s.state).unwrap_or("?")),
             duration((s.to - s.from).num_seconds()),
-            s.failures,
+            super::output::count(s.failures, "failure"),
             s.end
         );
         if width > 22.0 {
@@ -198,9 +198,9 @@ th{{background:#f6f6f6;font-weight:600}} .status{{display:inline-block;padding:0
 details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{color:#3aa55d}}
 </style></head><body>
 <h1>build-state report</h1>
-<p class="meta">{} builds under {} &middot; generated {}</p>
+<p class="meta">{} under {} &middot; generated {}</p>
 "#,
-        rows.len(),
+        super::output::count(rows.len() as u64, "build"),
         esc(&config.location(config.prefix())),
         rfc3339::format(&now)
     );
@@ -279,12 +279,14 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
         };
         let _ = write!(
             h,
-            r##"<text x="0" y="{}" font-size="12">{} {}</text><rect x="250" y="{y}" width="{bar:.1}" height="16" fill="#d64541" rx="2"/><text x="{:.1}" y="{}" font-size="12">{n} failures in {reached} builds ({:.1} per build)</text>"##,
+            r##"<text x="0" y="{}" font-size="12">{} {}</text><rect x="250" y="{y}" width="{bar:.1}" height="16" fill="#d64541" rx="2"/><text x="{:.1}" y="{}" font-size="12">{} in {} ({:.1} per build)</text>"##,
             y + 13,
             s.code,
             esc(&s.name),
             256.0 + bar,
             y + 13,
+            super::output::count(n, "failure"),
+            super::output::count(reached, "build"),
             rate
         );
     }

@@ -84,7 +84,7 @@ pub async fn prune(
                 updated,
                 format!(
                     "updated less than {} ago",
-                    humantime::format_duration(older_than)
+                    build_state::model::duration::format(older_than)
                 ),
             ));
             continue;
@@ -152,7 +152,10 @@ pub async fn prune(
         out.table(&t)?;
     }
     if failures > 0 {
-        bail!("{failures} builds could not be pruned (see above)");
+        bail!(
+            "{} could not be pruned (see above)",
+            super::output::count(failures as u64, "build")
+        );
     }
     Ok(())
 }

@@ -3,10 +3,12 @@
 //! resource's own source type.
 
 use anyhow::{Context, Result, anyhow, bail};
+use build_state::app::recorded_policy;
 use build_state::config::{Config, Settings, Storage};
 use build_state::pipeline;
 use build_state::protocol::{Source, parse};
 use build_state::resource::configure;
+use build_state::store::AnyStore;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,11 +121,12 @@ impl SourceArgs {
         set("aws_role_arn", self.role_arn.clone().map(Value::from));
         // As the AWS tools do: with no endpoint named, AWS_ENDPOINT_URL_S3
         // or AWS_ENDPOINT_URL (for a bucket, not a local directory).
-        if !obj.contains_key("endpoint") && !obj.contains_key("local_dir") {
-            if let Some((var, url)) = aws_endpoint() {
-                obj.insert("endpoint".into(), Value::from(url));
-                origin = var.to_string();
-            }
+        if !obj.contains_key("endpoint")
+            && !obj.contains_key("local_dir")
+            && let Some((var, url)) = aws_endpoint()
+        {
+            obj.insert("endpoint".into(), Value::from(url));
+            origin = var.to_string();
         }
         if self.local_dir.as_deref().is_some_and(|d| !d.is_empty()) {
             obj.remove("bucket");
@@ -165,15 +168,40 @@ impl SourceArgs {
         name_endpoint(&mut settings, origin);
         Ok(Arc::new(settings))
     }
+}
 
-    /// The validated configuration of build `build_id`.
-    pub fn config(&self, build_id: &str) -> Result<Config> {
+impl SourceArgs {
+    /// Build `build_id`'s configuration and its store, deciding as the
+    /// pipeline's resource does: without behaviour settings of its own
+    /// (states, retry, error patterns), the CLI takes the ones the resource
+    /// recorded in the document; with its own, it uses them, and warns
+    /// when they differ from the recorded ones (SPEC 6, one policy per build).
+    pub async fn build(&self, build_id: &str) -> Result<(Config, AnyStore)> {
         let (source, origin) = self.source(Some(build_id))?;
-        let mut config = configure(&source)?;
-        if let Some(settings) = Arc::get_mut(&mut config.settings) {
-            name_endpoint(settings, origin);
+        let configured = |source: &Source| -> Result<Config> {
+            let mut config = configure(source)?;
+            if let Some(settings) = Arc::get_mut(&mut config.settings) {
+                name_endpoint(settings, origin.clone());
+            }
+            Ok(config)
+        };
+        let config = configured(&source)?;
+        let store = AnyStore::open(&config)
+            .await
+            .map_err(|e| anyhow!("opening the store: {e}"))?;
+        let Some(recorded) = recorded_policy(&config, &store).await? else {
+            return Ok((config, store));
+        };
+        let own = source.policy();
+        if own.is_empty() {
+            return Ok((configured(&source.with_policy(recorded))?, store));
         }
-        Ok(config)
+        if own != recorded {
+            eprintln!(
+                "build-state: warning: {build_id}: the states, retry or error patterns given here differ from the ones the pipeline's resource recorded in the document; deciding by the ones given here (give none to decide as the pipeline does)"
+            );
+        }
+        Ok((config, store))
     }
 }
 

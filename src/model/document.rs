@@ -291,6 +291,12 @@ pub struct Event {
     #[serde(default)]
     /// Who.
     pub by: Actor,
+    /// The behaviour settings (ladder, retry policy, error patterns) of the
+    /// resource that made this event, recorded when they differ from the
+    /// ones the run recorded last: what the CLI decides by when it is not
+    /// given its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Value>,
 }
 
 /// `state.json`.
@@ -495,6 +501,7 @@ impl Document {
             reason: Some(reason),
             note: None,
             by,
+            policy: None,
         });
         Document::from_history(
             &self.build_id,
@@ -644,6 +651,11 @@ impl Document {
             "{} is at {} ({name}{})",
             self.build_id, self.state, self.status
         )
+    }
+
+    /// The behaviour settings the run recorded last (see [`Event::policy`]).
+    pub fn policy(&self) -> Option<&Value> {
+        self.history.iter().rev().find_map(|e| e.policy.as_ref())
     }
 
     /// Pretty-printed JSON with a trailing newline, as stored.

@@ -1,6 +1,7 @@
 //! The state model. Pure: no I/O, no clock (callers pass the time in).
 
 pub mod document;
+pub mod duration;
 pub mod gate;
 pub mod ladder;
 pub mod policy;

@@ -95,6 +95,9 @@ pub struct Update {
     pub by: Actor,
     /// When.
     pub at: Timestamp,
+    /// The behaviour settings the update was decided by, recorded in its
+    /// event when they differ from the ones the run recorded last.
+    pub policy: Option<Value>,
 }
 
 impl Update {
@@ -106,6 +109,7 @@ impl Update {
             note: None,
             by,
             at,
+            policy: None,
         }
     }
 }
@@ -224,6 +228,32 @@ pub fn apply(
     update: &Update,
     rules: &Rules,
 ) -> Result<Outcome, Refusal> {
+    let mut outcome = decide(current, update, rules)?;
+    if let Some(policy) = &update.policy {
+        record_policy(&mut outcome, policy);
+    }
+    Ok(outcome)
+}
+
+/// Records `policy` in the event a written document adds, unless the run
+/// already recorded exactly these settings last.
+fn record_policy(outcome: &mut Outcome, policy: &Value) {
+    let doc = match outcome {
+        Outcome::Unchanged => return,
+        Outcome::Write(doc)
+        | Outcome::Restart { document: doc, .. }
+        | Outcome::WriteAndRefuse { document: doc, .. } => doc,
+    };
+    let Some((last, earlier)) = doc.history.split_last_mut() else {
+        return;
+    };
+    let recorded = earlier.iter().rev().find_map(|e| e.policy.as_ref());
+    if recorded != Some(policy) {
+        last.policy = Some(policy.clone());
+    }
+}
+
+fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<Outcome, Refusal> {
     let action = &update.action;
     if let Some(code) = action.target() {
         rules.ladder.check(code)?;
@@ -407,7 +437,7 @@ fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outc
     let since = super::document::rfc3339::format(&doc.updated_at);
     let timeout = policy
         .timeout
-        .map(|t| humantime::format_duration(t).to_string())
+        .map(super::duration::format)
         .unwrap_or_default();
     let error = ErrorInfo::new(
         format!(
@@ -481,6 +511,7 @@ fn event(update: &Update, revision: u64, state: Code, status: Status, attempt: u
         reason,
         note: update.note.clone(),
         by: update.by.clone(),
+        policy: None,
     }
 }
 

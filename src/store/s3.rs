@@ -503,12 +503,12 @@ where
                 StoreError::Credentials(format!(
                     "{text} (set access_key_id and secret_access_key in the source, or give the worker credentials)"
                 ))
-            } else if cannot_connect(&e, &text) {
-                StoreError::Other(format!("{reach}: {text}"))
             } else if text.contains("invalid peer certificate") {
                 StoreError::Other(format!(
                     "{text} (for an endpoint with a private CA, put the CA's PEM in source.ca_bundle)"
                 ))
+            } else if cannot_connect(&e, &text) {
+                StoreError::Other(format!("{reach}: {text}"))
             } else {
                 StoreError::Other(text)
             }

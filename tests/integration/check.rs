@@ -203,7 +203,7 @@ fn a_missing_document_is_named(w: World) {
     );
     let key = format!("{}rhel8-wbe/state.json", w.prefix);
     assert!(
-        out.stderr.contains(&format!("rhel8-wbe: no document at "))
+        out.stderr.contains("rhel8-wbe: no document at ")
             && out.stderr.contains(&key)
             && out.stderr.contains(
                 "check source.prefix and source.build_id; a put with `init: true` creates it"

@@ -71,6 +71,8 @@ fn bad_put_params(w: World) {
     w.put(json!({"init": true})).ok();
     let err = refused_put(&w, json!({"complete": 0, "stat": 1}));
     assert!(err.contains("params.stat: unknown field `stat`"), "{err}");
+    // The field's path says where; no line and column of stdin.
+    assert!(!err.contains(" at line "), "{err}");
     let err = refused_put(&w, json!({}));
     assert!(
         err.contains("rhel8-web: params: no action given; a put takes exactly one of init, start"),
@@ -165,6 +167,24 @@ fn bad_sources(w: World) {
     let err = w.check().stdin(json!({"source": s})).fails();
     assert!(
         err.contains("rhel8-web: source.retry.backoff: \"soon\" is not a duration"),
+        "{err}"
+    );
+    // "5M" is months to the parser and minutes to most readers: refused.
+    let mut s = w.source();
+    s["retry"] = json!({"backoff": "5M"});
+    let err = w
+        .put(json!({}))
+        .stdin(json!({"source": s, "params": {"init": true}}))
+        .fails();
+    assert!(
+        err.contains("rhel8-web: source.retry.backoff: \"5M\" is ambiguous: write m or min for minutes, months for months; write e.g. 30s, 5m or 1h"),
+        "{err}"
+    );
+    let err = w.cli(&["prune", "--older-than", "5M"]).fails();
+    assert!(
+        err.contains(
+            "--older-than: \"5M\" is ambiguous: write m or min for minutes, months for months"
+        ),
         "{err}"
     );
     let mut s = w.source();

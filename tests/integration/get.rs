@@ -41,6 +41,27 @@ fn writes_every_file(w: World) {
             "updated_by"
         ]
     );
+    // Every value, against the document (Concourse shows them as given).
+    let doc = w.doc();
+    let values: Vec<(&str, &str)> = reply["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("state", "5"),
+            ("state_name", "kickstart initiated"),
+            ("status", "failed"),
+            ("attempts", "1"),
+            ("retry_at", doc["retry_at"].as_str().unwrap()),
+            ("last_error", "it's broken (transient)"),
+            ("updated_at", doc["updated_at"].as_str().unwrap()),
+            ("updated_by", "unknown"),
+        ]
+    );
     let d = out.dest.unwrap();
     assert_eq!(read(&d, "state"), "5");
     assert_eq!(read(&d, "state_name"), "kickstart initiated");
@@ -153,7 +174,7 @@ fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 /// later build: `in` writes the same files for the same version whenever it
 /// runs. What depends on the time is the CLI's `next`, read live.
 fn the_same_version_gives_the_same_files(w: World) {
-    let w = w.with(json!({"retry": {"backoff": "1s"}}));
+    let w = w.with(json!({"retry": {"backoff": "2s"}}));
     w.put(json!({"init": true})).ok();
     w.put(json!({"complete": 0})).ok();
     w.put(json!({"fail": 5, "error": "kickstart timed out"}))
@@ -164,13 +185,27 @@ fn the_same_version_gives_the_same_files(w: World) {
     let v = json!({"revision": "3", "state": "5", "status": "failed"});
     let before = w.get(&v).run();
     assert_eq!(before.code, Some(0), "{}", before.stderr);
-    assert_eq!(w.cli(&["next", "rhel8-web"]).text(), "wait\n");
-    assert!(
-        retry_at > chrono::Utc::now(),
-        "the retry was due too soon for this test"
-    );
-    // Poll, as a task would, until the clock says the retry is due.
-    while w.cli(&["next", "rhel8-web"]).text() == "wait\n" {
+    // `next` reads the clock: "wait" before retry_at, "retry" from then on
+    // (which one this slow or fast machine sees first does not matter).
+    let next = |w: &World| {
+        let asked = chrono::Utc::now();
+        let said = w.cli(&["next", "rhel8-web"]).text();
+        let answered = chrono::Utc::now();
+        match said.as_str() {
+            "wait\n" => assert!(asked < retry_at, "wait after the retry was due"),
+            "retry\n" => assert!(answered >= retry_at, "retry before it was due"),
+            other => panic!("next said {other:?}"),
+        }
+        said
+    };
+    // Poll, as a task would, until the clock says the retry is due; a
+    // broken `next` fails here rather than hang the run.
+    let deadline = retry_at + chrono::Duration::seconds(30);
+    while next(&w) == "wait\n" {
+        assert!(
+            chrono::Utc::now() < deadline,
+            "next still says wait 30 s after the retry was due"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(chrono::Utc::now() >= retry_at);

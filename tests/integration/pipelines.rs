@@ -987,7 +987,19 @@ fn a_serial_jobs_builds_queue(w: World) {
     let rev = r.doc()["revision"].as_u64().unwrap();
     let statuses: Vec<Status> = std::thread::scope(|s| {
         let a = s.spawn(|| r.trigger_job("kickstart"));
-        std::thread::sleep(Duration::from_millis(100));
+        // The second build is triggered once the first holds the serial
+        // lock (its build has started): no sleep decides the order.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !r
+            .trace
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("kickstart #1 started"))
+        {
+            assert!(Instant::now() < deadline, "kickstart #1 never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let b = s.spawn(|| r.trigger_job("kickstart"));
         vec![a.join().unwrap(), b.join().unwrap()]
     });

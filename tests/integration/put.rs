@@ -66,6 +66,33 @@ fn three_failures_block(w: World) {
             .ok();
         assert_eq!(state(&out), ("5", expect));
         assert_eq!(meta(&out, "attempts").unwrap(), i.to_string());
+        // Every metadata value says what the document says.
+        let doc = w.doc();
+        assert_eq!(meta(&out, "state").unwrap(), doc["state"].to_string());
+        assert_eq!(
+            meta(&out, "state_name").unwrap(),
+            doc["state_name"].as_str().unwrap()
+        );
+        assert_eq!(
+            meta(&out, "status").unwrap(),
+            doc["status"].as_str().unwrap()
+        );
+        assert_eq!(
+            meta(&out, "retry_at"),
+            doc["retry_at"].as_str().map(str::to_string)
+        );
+        assert_eq!(
+            meta(&out, "last_error").unwrap(),
+            format!("packer: timeout {i} (transient)")
+        );
+        assert_eq!(
+            meta(&out, "updated_at").unwrap(),
+            doc["updated_at"].as_str().unwrap()
+        );
+        assert_eq!(
+            meta(&out, "updated_by").unwrap(),
+            format!("main/staged-image-build/kickstart #{}", (100 + i) % 100)
+        );
     }
     let doc = w.doc();
     assert_eq!(doc["attempts"], 3);
@@ -105,6 +132,17 @@ fn persistent_failures_block_at_once(w: World) {
     assert_eq!(
         w.doc()["last_error"]["rule"],
         "persistent_errors: (?i)license"
+    );
+    // `show` and `history` name the rule too, not only --json.
+    let shown = w.cli(&["show", "rhel8-web"]).text();
+    assert!(
+        shown.contains("RHEL license rejected (persistent, by persistent_errors: (?i)license)"),
+        "{shown}"
+    );
+    let history = w.cli(&["history", "rhel8-web"]).text();
+    assert!(
+        history.contains("RHEL license rejected (persistent, by persistent_errors: (?i)license)"),
+        "{history}"
     );
     w.put(json!({"retry": 5})).ok();
     // A transient match is named too; an unknown error is transient, unnamed.

@@ -662,17 +662,60 @@ pub fn squeeze(s: &str) -> String {
         .join("\n")
 }
 
-/// A headless Chromium with its profile in `profile`, if the machine has one
-/// (`.ci/run` installs Debian's).
+/// Whether `program --version` runs.
+fn runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A tool that a check needs is missing: the test fails, unless
+/// `BUILD_STATE_TESTS_WITHOUT` names the tool (`chromium,promtool`). Then
+/// the check is skipped, said on the process's real stderr (not captured
+/// by the test harness) and listed by `scripts/test` at the end of the run.
+/// CI never sets it.
+#[track_caller]
+pub fn missing_tool(tool: &str, check: &str) {
+    let without = std::env::var("BUILD_STATE_TESTS_WITHOUT").unwrap_or_default();
+    assert!(
+        without.split(',').any(|t| t.trim() == tool),
+        "{tool} is missing, so {check} cannot run: install it (scripts/test does, as root) or set BUILD_STATE_TESTS_WITHOUT={tool} to skip this check"
+    );
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{test}: {check} (no {tool})\n");
+    let _ = std::io::stderr().write_all(format!("SKIPPED {line}").as_bytes());
+    if let Some(file) = std::env::var_os("BUILD_STATE_SKIPPED_CHECKS") {
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+    }
+}
+
+/// `promtool`, or `None` when it is missing and the opt-out names it.
+#[track_caller]
+pub fn promtool(check: &str) -> Option<PathBuf> {
+    if runs("promtool") {
+        return Some("promtool".into());
+    }
+    missing_tool("promtool", check);
+    None
+}
+
+/// A headless Chromium with its profile in `profile` (`scripts/test` and
+/// `.ci/run` install Debian's), or `None` when it is missing and the
+/// opt-out names it.
+#[track_caller]
 pub fn chromium(profile: &Path) -> Option<Command> {
-    let exe = ["chromium", "chromium-browser", "google-chrome"]
+    let Some(exe) = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })?;
+        .find(|b| runs(b))
+    else {
+        missing_tool("chromium", "the page check in a browser");
+        return None;
+    };
     let mut cmd = Command::new(exe);
     cmd.args([
         "--headless",
