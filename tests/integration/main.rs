@@ -9,6 +9,7 @@ mod concourse;
 mod concurrency;
 mod errors;
 mod get;
+mod iam;
 mod pipelines;
 mod policies;
 mod put;
