@@ -418,3 +418,13 @@ pub fn count(n: impl Into<u64>, one: &str) -> String {
         n => format!("{n} {one}s"),
     }
 }
+
+#[cfg(test)]
+mod count_tests {
+    #[test]
+    fn counts_are_in_words() {
+        assert_eq!(super::count(1u64, "build"), "1 build");
+        assert_eq!(super::count(0u64, "build"), "0 builds");
+        assert_eq!(super::count(2u32, "failure"), "2 failures");
+    }
+}
