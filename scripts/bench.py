@@ -1,8 +1,11 @@
 """Benchmark driver for scripts/bench (run by it, with the S3 server up).
 
-Every figure is measured here, in this run: wall time per process (median of
-RUNS), peak RSS per process (from wait4), S3 requests (lines in the server's
-DEBUG log), and ratios against baselines run on the same machine now.
+Every figure is measured here, in this run, and says how: wall time per
+process (the median of its runs), peak RSS per process (the maximum of its
+runs, by GNU time), S3 requests as the server's side sees them (a counting
+proxy in front of the server records each request's method, path,
+conditional headers, status and body size), and ratios against baselines run
+on the same machine now.
 """
 import json
 import os
@@ -13,11 +16,15 @@ import sys
 import tempfile
 import threading
 import time
+import http.client
+import http.server
+import socketserver
+import urllib.parse
 
 BIN = sys.argv[1]
 RUNS = int(os.environ.get("RUNS", "20"))
 ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
-LOG = os.environ["S3_LOCAL_LOG"]
+SERVER = os.environ.get("S3_LOCAL_SERVER", "ministack")
 BUCKET = "bench"
 WORK = tempfile.mkdtemp(prefix="build-state-bench-")
 ENV = dict(os.environ, AWS_EC2_METADATA_DISABLED="true")
@@ -78,18 +85,98 @@ def measure(argv, stdin=b"", env=ENV, runs=RUNS):
     return statistics.median(times), max(rss), out
 
 
-def log_lines():
-    with open(LOG, "rb") as f:
-        return [l for l in f.read().decode(errors="replace").splitlines()
-                if "DEBUG [ministack]" in l and "-> service=s3" in l]
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Forwards one request to the server as it came (Host included, so a
+    signature stays valid) and records what the server's side saw."""
+    protocol_version = "HTTP/1.1"
+    upstream = None  # (host, port)
+    records = []
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def _body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raw = b""
+            while True:
+                line = self.rfile.readline()
+                raw += line
+                size = int(line.split(b";")[0], 16)
+                chunk = self.rfile.read(size + 2)
+                raw += chunk
+                if size == 0:
+                    # trailers, until the empty line
+                    while chunk not in (b"\r\n", b""):
+                        chunk = self.rfile.readline()
+                        raw += chunk
+                    return raw
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def _forward(self):
+        body = self._body()
+        conn = http.client.HTTPConnection(*self.upstream, timeout=120)
+        conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        for k, v in self.headers.items():
+            conn.putheader(k, v)
+        conn.endheaders(body if body else None)
+        r = conn.getresponse()
+        data = r.read()
+        with self.lock:
+            self.records.append({
+                "method": self.command, "path": self.path, "status": r.status,
+                "if_match": self.headers.get("If-Match"),
+                "if_none_match": self.headers.get("If-None-Match"),
+                "body": len(data),
+            })
+        self.send_response_only(r.status, r.reason)
+        no_body = self.command == "HEAD" or r.status in (204, 304)
+        for k, v in r.getheaders():
+            if k.lower() in ("transfer-encoding", "connection") or (k.lower() == "content-length" and not no_body):
+                continue
+            self.send_header(k, v)
+        if not no_body:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if not no_body:
+            self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+class ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+def counting_proxy(endpoint):
+    """Starts the recording proxy in front of `endpoint`; returns its URL."""
+    u = urllib.parse.urlsplit(endpoint)
+    Recorder.upstream = (u.hostname, u.port)
+    srv = ThreadingServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{srv.server_address[1]}"
 
 
 def count_requests(fn):
-    before = len(log_lines())
-    fn()
-    time.sleep(0.2)  # let the server flush its log
-    lines = log_lines()[before:]
-    return len(lines), [l.split("] ", 1)[1].split(" -> ")[0] for l in lines]
+    """Runs fn with every S3 request going through the proxy; returns the
+    requests the server answered (fn's processes have exited, so every
+    request was answered and recorded before this returns)."""
+    global ENDPOINT
+    before = len(Recorder.records)
+    direct, ENDPOINT = ENDPOINT, PROXY
+    try:
+        fn()
+    finally:
+        ENDPOINT = direct
+    return Recorder.records[before:]
+
+
+def describe(r):
+    """A request as the server saw it: `GET If-None-Match -> 304, no body`."""
+    cond = "".join(f" {h}" for h, k in (("If-Match", "if_match"), ("If-None-Match", "if_none_match")) if r[k])
+    body = "no body" if r["body"] == 0 else f"{r['body']} B"
+    return f"{r['method']}{cond} -> {r['status']}, {body}"
 
 
 def out(build_id, params, **extra):
@@ -119,25 +206,26 @@ def fig(name, value, goal=""):
     print(f"  {name}: {value}" + (f"   (goal {goal})" if goal else ""), file=sys.stderr)
 
 
-print("measuring ...", file=sys.stderr)
+PROXY = counting_proxy(ENDPOINT)
+print(f"measuring on {SERVER} ...", file=sys.stderr)
 out("bench", {"init": True})
 v = out("bench", {"complete": 0})["version"]
 
 # ---------------------------------------------------------------- requests
-replies = []
-n, reqs = count_requests(lambda: replies.append(subprocess.run(
-    [os.path.join(RES, "check")], input=check_req("bench", v), capture_output=True, env=ENV)))
-body = "304, no body" if b"unchanged since revision" in replies[0].stderr else "with a body"
-fig("S3 requests per unchanged check", f"{n} ({', '.join(reqs)}; {body})", "1, no body")
-n, reqs = count_requests(lambda: out("bench", {"start": 5}))
-fig("S3 requests per put", f"{n} ({', '.join(reqs)})", "2")
+# Each figure is a fresh process, as Concourse runs one per check or put.
+reqs = count_requests(lambda: run([os.path.join(RES, "check")], check_req("bench", v)))
+fig("S3 requests per unchanged check (server side)", f"{len(reqs)}: " + "; ".join(map(describe, reqs)),
+    "1, no body")
+reqs = count_requests(lambda: out("bench", {"start": 5}))
+fig("S3 requests per put (server side, a process's first put)", f"{len(reqs)}: " + "; ".join(map(describe, reqs)),
+    "2")
 v = json.loads(run([os.path.join(RES, "check")], check_req("bench")))[0]
 
 # ---------------------------------------------------------------- ours
 t_check, rss_check, o = measure([os.path.join(RES, "check")], check_req("bench", v))
 assert json.loads(o) == [v], o
-fig("check (unchanged), median wall", f"{t_check * 1000:.1f} ms")
-fig("check peak RSS", f"{rss_check / 1024:.1f} MB", "<= 8 MB")
+fig(f"check (unchanged), wall, median of {RUNS} runs", f"{t_check * 1000:.1f} ms")
+fig(f"check, peak RSS, max of {RUNS} runs", f"{rss_check / 1024:.1f} MB", "<= 8 MB")
 
 def put_req():
     return json.dumps({"source": source("bench"), "params": {"start": 5}}).encode()
@@ -153,13 +241,13 @@ for i in range(RUNS):
     times.append(t)
     rss.append(r)
 t_put, rss_put = statistics.median(times), max(rss)
-fig("put (one state update), median wall", f"{t_put * 1000:.1f} ms")
-fig("put peak RSS", f"{rss_put / 1024:.1f} MB", "<= 8 MB")
+fig(f"put (one state update), wall, median of {RUNS} runs", f"{t_put * 1000:.1f} ms")
+fig(f"put, peak RSS, max of {RUNS} runs", f"{rss_put / 1024:.1f} MB", "<= 8 MB")
 
 get_req = json.dumps({"source": source("bench"), "version": {"revision": "2"}}).encode()
 t_in, rss_in, _ = measure([os.path.join(RES, "in"), os.path.join(WORK, "dest")], get_req)
-fig("in, median wall", f"{t_in * 1000:.1f} ms")
-fig("in peak RSS", f"{rss_in / 1024:.1f} MB", "<= 8 MB")
+fig(f"in, wall, median of {RUNS} runs", f"{t_in * 1000:.1f} ms")
+fig(f"in, peak RSS, max of {RUNS} runs", f"{rss_in / 1024:.1f} MB", "<= 8 MB")
 
 # ---------------------------------------------------------------- the old way
 db = os.path.join(WORK, "state.db")
@@ -183,7 +271,7 @@ aws s3 cp --quiet --endpoint-url {ENDPOINT} {db} s3://{BUCKET}/aws/$BUILD_ID/sta
 os.chmod(old_script, 0o755)
 old_runs = max(5, RUNS // 4)
 t_old, rss_old, _ = measure([old_script, "bench", "5", "completed"], runs=old_runs)
-fig("old way (sqlite3 + aws s3 cp), median wall", f"{t_old * 1000:.1f} ms")
+fig(f"old way (sqlite3 + aws s3 cp), wall, median of {old_runs} runs", f"{t_old * 1000:.1f} ms")
 
 boto_check = os.path.join(WORK, "boto3_check.py")
 with open(boto_check, "w") as f:
@@ -200,18 +288,20 @@ o = s3.get_object(Bucket="{BUCKET}", Key="builds/boto/state.json")
 doc = json.loads(o["Body"].read())
 doc["revision"] += 1
 doc["updated_at"] = datetime.datetime.utcnow().isoformat() + "Z"
+# Ceph RGW takes If-Match only without the quotes S3 gives the ETag in.
 s3.put_object(Bucket="{BUCKET}", Key="builds/boto/state.json", Body=json.dumps(doc, indent=2),
-              IfMatch=o["ETag"])
+              IfMatch=o["ETag"]{'.strip(chr(34))' if SERVER == 'ceph' else ''})
 """)
 s3.put_object(Bucket=BUCKET, Key="builds/boto/state.json", Body=json.dumps({"revision": 1}))
 t_boto_check, rss_boto, _ = measure([sys.executable, boto_check], runs=old_runs)
 t_boto_update, _, _ = measure([sys.executable, boto_update], runs=old_runs)
-fig("boto3 one-shot check (get_object), median wall", f"{t_boto_check * 1000:.1f} ms, {rss_boto / 1024:.0f} MB")
-fig("boto3 one-shot update (get + put If-Match), median wall", f"{t_boto_update * 1000:.1f} ms")
+fig(f"boto3 one-shot check (get_object), wall, median of {old_runs} runs; peak RSS, max",
+    f"{t_boto_check * 1000:.1f} ms, {rss_boto / 1024:.0f} MB")
+fig(f"boto3 one-shot update (get + put If-Match), wall, median of {old_runs} runs", f"{t_boto_update * 1000:.1f} ms")
 
-fig("update: old way / put", f"{t_old / t_put:.0f}x", ">= 30x")
-fig("update: boto3 one-shot / put", f"{t_boto_update / t_put:.0f}x")
-fig("check: boto3 one-shot / check", f"{t_boto_check / t_check:.0f}x", ">= 20x")
+fig("update: old way / put (medians)", f"{t_old / t_put:.0f}x", ">= 30x")
+fig("update: boto3 one-shot / put (medians)", f"{t_boto_update / t_put:.0f}x")
+fig("check: boto3 one-shot / check (medians)", f"{t_boto_check / t_check:.0f}x", ">= 20x")
 
 # ---------------------------------------------------------------- concurrency
 def race(n):
@@ -243,21 +333,8 @@ race(16)
 race(64)
 
 # ---------------------------------------------------------------- list
-# On a server of its own at the default log level: the DEBUG log that counts
-# requests above costs the (single-threaded Python) server more than the
-# requests themselves.
 N = int(os.environ.get("LIST_BUILDS", "10000"))
-started = subprocess.run([os.path.join(os.environ["S3_TEST_SERVER_DIR"], "start.sh")], capture_output=True,
-                         env=dict(os.environ, S3_LOG_LEVEL="INFO"), check=True)
-list_env = dict(l.removeprefix("export ").split("=", 1) for l in started.stdout.decode().splitlines()
-                if l.startswith("export "))
-ENDPOINT_MAIN = ENDPOINT
-ENDPOINT = list_env["AWS_ENDPOINT_URL"]
-s3_main = s3
-s3 = boto3.client("s3", endpoint_url=ENDPOINT, region_name="us-east-1",
-                  aws_access_key_id="test", aws_secret_access_key="test")
-s3.create_bucket(Bucket=BUCKET)
-template = json.loads(s3_main.get_object(Bucket=BUCKET, Key="builds/race16/state.json")["Body"].read())
+template = json.loads(s3.get_object(Bucket=BUCKET, Key="builds/race16/state.json")["Body"].read())
 template["history"] = template["history"][:1]
 first = template["history"][0]
 template.update(revision=1, state=0, state_name="initial", status="pending", attempts=0,
@@ -270,53 +347,52 @@ def create(i):
 with ThreadPoolExecutor(16) as pool:
     list(pool.map(create, range(N)))
 fleet = os.path.join(WORK, "fleet.json")
-with open(fleet, "w") as f:
-    json.dump(dict(source("x"), prefix="fleet/"), f)
 CACHE_ENV = dict(ENV, BUILD_STATE_CACHE_DIR=os.path.join(WORK, "cache"))
+
+
+def fleet_cmd(*argv):
+    """build-state ARGV --source (the fleet, at the endpoint in use now)."""
+    with open(fleet, "w") as f:
+        json.dump(dict(source("x"), prefix="fleet/"), f)
+    return subprocess.run([BIN, *argv, "--source", fleet], capture_output=True, env=CACHE_ENV)
 
 
 def timed_list(*extra):
     t0 = time.perf_counter()
-    p = subprocess.run([BIN, "list", "--json", "--source", fleet, *extra], capture_output=True, env=CACHE_ENV)
+    p = fleet_cmd("list", "--json", *extra)
     if p.returncode != 0:
         sys.exit(f"build-state list failed: {p.stderr.decode()}")
     return time.perf_counter() - t0, len(json.loads(p.stdout))
 
 
+# Times: straight to the server, each once (a run is seconds long).
 t_nocache, listed = timed_list("--no-cache")
 t_cold, _ = timed_list()
 t_warm, _ = timed_list()
-subprocess.run([os.path.join(os.environ["S3_TEST_SERVER_DIR"], "stop.sh"), list_env["S3_LOCAL_PID"]],
-               capture_output=True)
-fig(f"build-state list over {N} builds, the old way (one GET per build, --no-cache)", f"{t_nocache:.1f} s ({listed} listed)")
-fig(f"build-state list over {N} builds, cold (empty cache)", f"{t_cold:.1f} s", "<= 10 s")
-fig(f"build-state list over {N} builds, unchanged (warm cache)", f"{t_warm:.2f} s: {t_nocache / t_warm:.0f}x faster")
+fig(f"build-state list over {N} builds, the old way (one GET per build, --no-cache), one run",
+    f"{t_nocache:.1f} s ({listed} listed)")
+fig(f"build-state list over {N} builds, cold (empty cache), one run", f"{t_cold:.1f} s", "<= 10 s")
+fig(f"build-state list over {N} builds, unchanged (warm cache), one run",
+    f"{t_warm:.2f} s: {t_nocache / t_warm:.0f}x faster")
 
-# Request counts, on the DEBUG server (its log counts them): the same fleet.
-ENDPOINT = ENDPOINT_MAIN
-s3 = s3_main
-print(f"creating {N} builds under fleet/ on the counting server ...", file=sys.stderr)
-with ThreadPoolExecutor(16) as pool:
-    list(pool.map(create, range(N)))
-with open(fleet, "w") as f:
-    json.dump(dict(source("x"), prefix="fleet/"), f)
+# Requests: through the proxy, the same fleet.
 shutil.rmtree(os.path.join(WORK, "cache"), ignore_errors=True)
-n_old, _ = count_requests(lambda: timed_list("--no-cache"))
-timed_list()
-n_warm, names = count_requests(lambda: timed_list())
-gets = sum(1 for n in names if n.startswith("GET") and "list-type" not in n and "/fleet/image-" in n)
-fig(f"S3 requests of a list of {N} unchanged builds, old way / with the cache", f"{n_old} / {n_warm} ({gets} documents read)", "<= 10, no document read")
+old = count_requests(lambda: timed_list("--no-cache"))
+cold = count_requests(lambda: timed_list())  # the cache is per endpoint: fill the proxy's
+warm = count_requests(lambda: timed_list())
+listings = sum(1 for r in warm if "list-type=2" in r["path"])
+gets = sum(1 for r in warm if r["method"] == "GET" and "/fleet/image-" in r["path"])
+fig(f"S3 requests of a list of {N} unchanged builds, old way / with the cache (server side)",
+    f"{len(old)} / {len(warm)} ({listings} listing request{'s' if listings != 1 else ''}, {gets} documents read; "
+    f"cold: {len(cold)})", "<= 10, no document read")
 # A watch of the idle prefix, sweeps 1 s apart for 12 s. It starts from the
 # cache the lists above left (an empty one would cost the first sweep every
 # document); every sweep lists the prefix and reads nothing unchanged.
-n_watch, watch_names = count_requests(lambda: subprocess.run(
-    [BIN, "watch", "--source", fleet, "--interval", "1s", "--for", "12s"],
-    capture_output=True, env=CACHE_ENV))
-docs = sum(1 for n in watch_names if "/fleet/image-" in n)
-listings = n_watch - docs
-sweeps = listings // max(n_warm, 1)
-fig(f"S3 requests of an idle watch sweep over {N} builds",
-    f"{listings / max(sweeps, 1):.0f} ({sweeps} sweeps, {docs} documents read)",
+watch = count_requests(lambda: fleet_cmd("watch", "--interval", "1s", "--for", "12s"))
+docs = sum(1 for r in watch if "list-type=2" not in r["path"])
+first_pages = sum(1 for r in watch if "list-type=2" in r["path"] and "continuation-token" not in r["path"])
+fig(f"S3 requests of an idle watch sweep over {N} builds (server side)",
+    f"{(len(watch) - docs) / max(first_pages, 1):.0f} listing requests a sweep ({first_pages} sweeps, {docs} documents read)",
     "<= 10")
 
 # ---------------------------------------------------------------- size
