@@ -46,6 +46,7 @@ impl Clock for ManualClock {
 }
 
 /// What a put or a CLI action asks for.
+#[derive(Debug)]
 pub enum Change {
     /// One action of the model (its time is set from the clock at each
     /// attempt of the compare-and-swap).
@@ -60,8 +61,9 @@ pub async fn record<S: Store>(
     store: &S,
     clock: &dyn Clock,
     change: Change,
+    notes: &crate::Notes,
 ) -> Result<Applied, Error> {
-    let builds = Builds::new(config, store);
+    let builds = Builds::new(config, store).with_notes(notes);
     let rules = config.rules();
     match change {
         Change::File(doc) => builds.update(|cur| extend(cur, doc.clone(), &rules)).await,
@@ -114,9 +116,7 @@ pub async fn recorded_policy<S: Store>(
     let Some(policy) = doc.history.into_iter().rev().find_map(|e| e.policy) else {
         return Ok(None);
     };
-    serde_json::from_value(policy).map(Some).map_err(|e| {
-        fail(ErrorKind::Other(format!(
-            "the policy the pipeline's resource recorded cannot be read ({e}); give the source's states, retry and error patterns (--source or --pipeline)"
-        )))
-    })
+    serde_json::from_value(policy)
+        .map(Some)
+        .map_err(|e| fail(ErrorKind::RecordedPolicy(e.to_string())))
 }

@@ -43,9 +43,73 @@ pub enum ErrorKind {
     )]
     /// Other writers changed the document before every attempt.
     Contended(u32),
+    #[error("revision {revision} does not exist{}", match newest {
+        Some(n) => format!(" (the newest is {n}, and no archived run holds it)"),
+        None => ": the build has no state yet".to_string(),
+    })]
+    /// `in` asked for a revision no run holds.
+    NoRevision {
+        /// The revision asked for.
+        revision: u64,
+        /// The newest revision of the live run, if any.
+        newest: Option<u64>,
+    },
+    #[error(
+        "this change would write a document that cannot be read back ({0}); nothing was written"
+    )]
+    /// The document a change would write does not decode (e.g. vars nested
+    /// deeper than a read accepts): refused before it is sent.
+    Unwritable(String),
     #[error("{0}")]
-    /// Anything else, in words.
-    Other(String),
+    /// `in` was given a version its revision does not hold.
+    NotThisVersion(Box<Mismatch>),
+    #[error("revision {revision} does not satisfy require {{{condition}}}: {found}")]
+    /// `in` with `require`: the revision does not satisfy it.
+    Unmet {
+        /// The revision read.
+        revision: u64,
+        /// The condition, as written.
+        condition: String,
+        /// Where the revision stands.
+        found: String,
+    },
+    #[error(
+        "an archive of run {0} already exists and differs from this run; it is never overwritten (move it aside to restart)"
+    )]
+    /// A restart found another run's archive under this run's number.
+    ArchiveDiffers(u64),
+    #[error(
+        "the policy the pipeline's resource recorded cannot be read ({0}); give the source's states, retry and error patterns (--source or --pipeline)"
+    )]
+    /// The policy recorded in the document does not parse.
+    RecordedPolicy(String),
+}
+
+impl Error {
+    /// The exit code the CLI gives this error: 3 when the build has no
+    /// document, 1 otherwise (as the README documents).
+    pub fn exit_code(&self) -> u8 {
+        match self.kind {
+            ErrorKind::Refused(Refusal::NoDocument { .. }) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// A version given to `in` that its revision does not hold.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "version {{revision: {revision}, state: {state}, status: {status}}} does not match revision {revision} of this build ({found}); it was not emitted for this source (is build_id or prefix different from the resource that emitted it?)"
+)]
+pub struct Mismatch {
+    /// The revision asked for.
+    pub revision: u64,
+    /// The state the version names (`-` when none).
+    pub state: String,
+    /// The status the version names (`-` when none).
+    pub status: String,
+    /// Where the revision really stands.
+    pub found: String,
 }
 
 /// A document and the ETag it was read with.
@@ -99,12 +163,33 @@ pub struct Builds<'a, S> {
     pub config: &'a Config,
     /// The store.
     pub store: &'a S,
+    /// Where the compare-and-swap loop says what it does (a conflict, a
+    /// lost answer); nowhere when not given.
+    notes: Option<&'a crate::Notes>,
 }
 
 impl<'a, S: Store> Builds<'a, S> {
     /// The documents of `config`'s build in `store`.
     pub fn new(config: &'a Config, store: &'a S) -> Self {
-        Builds { config, store }
+        Builds {
+            config,
+            store,
+            notes: None,
+        }
+    }
+
+    /// The same, saying what its writes meet in `notes`.
+    pub fn with_notes(self, notes: &'a crate::Notes) -> Self {
+        Builds {
+            notes: Some(notes),
+            ..self
+        }
+    }
+
+    fn note(&self, line: String) {
+        if let Some(n) = self.notes {
+            n.note(line);
+        }
     }
 
     /// An error about `key`, naming the build and the location.
@@ -164,17 +249,8 @@ impl<'a, S: Store> Builds<'a, S> {
         revision: u64,
     ) -> Result<Document, Error> {
         let key = self.config.state_key();
-        let not_found = |newest: Option<u64>| {
-            self.error(
-                &key,
-                ErrorKind::Other(match newest {
-                    Some(n) => format!(
-                        "revision {revision} does not exist (the newest is {n}, and no archived run holds it)"
-                    ),
-                    None => format!("revision {revision} does not exist: the build has no state yet"),
-                }),
-            )
-        };
+        let not_found =
+            |newest: Option<u64>| self.error(&key, ErrorKind::NoRevision { revision, newest });
         let Some(doc) = current else {
             return Err(not_found(None));
         };
@@ -267,14 +343,18 @@ impl<'a, S: Store> Builds<'a, S> {
                 }
             };
             let bytes = doc.to_bytes();
+            // What is written must read back: a document every later read
+            // refuses would brick the build, so it is decoded before it is
+            // sent, and never sent when it does not decode.
+            let event = match self.decode(&key, &bytes) {
+                Ok(written) => written
+                    .history
+                    .last()
+                    .cloned()
+                    .expect("a written document has a history"),
+                Err(e) => return Err(self.error(&key, ErrorKind::Unwritable(e.kind.to_string()))),
+            };
             let result = self.store.put(&key, bytes.clone(), when).await;
-            // The event this write adds, as a later read will decode it.
-            let event = self
-                .decode(&key, &bytes)?
-                .history
-                .last()
-                .cloned()
-                .expect("a written document has a history");
             sent = Some((doc, event));
             match result {
                 Ok(etag) => {
@@ -290,17 +370,17 @@ impl<'a, S: Store> Builds<'a, S> {
                 }
                 Err(StoreError::Conflict) => {
                     if attempt > 1 {
-                        eprintln!(
-                            "build-state: {key} changed since it was read; reading it again (attempt {attempt})"
-                        );
+                        self.note(format!(
+                            "{key} changed since it was read; reading it again (attempt {attempt})"
+                        ));
                     }
                     backoff(attempt).await;
                 }
                 Err(StoreError::Uncertain(m)) if uncertain < MAX_UNCERTAIN => {
                     uncertain += 1;
-                    eprintln!(
-                        "build-state: no answer to the write of {key} ({m}); reading it again to see whether it landed"
-                    );
+                    self.note(format!(
+                        "no answer to the write of {key} ({m}); reading it again to see whether it landed"
+                    ));
                     backoff(attempt).await;
                 }
                 Err(e) => return Err(self.error(&key, e)),
@@ -336,13 +416,7 @@ impl<'a, S: Store> Builds<'a, S> {
             && existing.history.len() < run.history.len()
             && run.history[..existing.history.len()] == existing.history[..];
         if !is_prefix {
-            return Err(self.error(
-                &key,
-                ErrorKind::Other(format!(
-                    "an archive of run {} already exists and differs from this run; it is never overwritten (move it aside to restart)",
-                    run.run
-                )),
-            ));
+            return Err(self.error(&key, ErrorKind::ArchiveDiffers(run.run)));
         }
         self.store
             .put(&key, body, Precondition::Matches(&etag))
@@ -400,12 +474,19 @@ mod tests {
             &store,
             clock,
             change(Action::Init { restart: false }, "a"),
+            &crate::Notes::new(),
         )
         .await
         .unwrap();
-        record(c, &store, clock, change(Action::Complete(0), "a"))
-            .await
-            .unwrap();
+        record(
+            c,
+            &store,
+            clock,
+            change(Action::Complete(0), "a"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         store
     }
 
@@ -431,9 +512,15 @@ mod tests {
             3,
             Fault::Interleave(Box::new(move |m: &MemoryStore| m.set(&key, other))),
         );
-        let applied = record(&c, &store, &clock, change(fail(5, "boom"), "b"))
-            .await
-            .unwrap();
+        let applied = record(
+            &c,
+            &store,
+            &clock,
+            change(fail(5, "boom"), "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         assert!(applied.written);
         let d = doc(&store, &c).await;
         let actions: Vec<String> = d.history.iter().map(|e| e.action.to_string()).collect();
@@ -451,9 +538,15 @@ mod tests {
         let (c, clock) = (config(), clock());
         let store = started(&c, &clock).await;
         store.on(Op::Put, 3, Fault::ApplyThenLose);
-        let applied = record(&c, &store, &clock, change(Action::Start(5), "b"))
-            .await
-            .unwrap();
+        let applied = record(
+            &c,
+            &store,
+            &clock,
+            change(Action::Start(5), "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         assert!(applied.written);
         assert_eq!(
             applied.etag.as_deref(),
@@ -486,9 +579,15 @@ mod tests {
                 }
             })),
         );
-        let applied = record(&c, &store, &clock, change(Action::Start(5), "b"))
-            .await
-            .unwrap();
+        let applied = record(
+            &c,
+            &store,
+            &clock,
+            change(Action::Start(5), "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         assert!(applied.written);
         assert_eq!(applied.etag, None, "no longer the live revision");
         assert_eq!(applied.doc.revision, 3);
@@ -510,9 +609,15 @@ mod tests {
             3,
             Fault::Fail(StoreError::Uncertain("timed out".into())),
         );
-        record(&c, &store, &clock, change(Action::Start(5), "b"))
-            .await
-            .unwrap();
+        record(
+            &c,
+            &store,
+            &clock,
+            change(Action::Start(5), "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(doc(&store, &c).await.revision, 3);
         assert_eq!(store.calls(Op::Put), 4);
     }
@@ -547,9 +652,15 @@ mod tests {
                 })),
             );
         }
-        let err = record(&c, &store, &clock, change(Action::Start(5), "b"))
-            .await
-            .unwrap_err();
+        let err = record(
+            &c,
+            &store,
+            &clock,
+            change(Action::Start(5), "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err.kind, ErrorKind::Contended(MAX_ATTEMPTS)),
             "{err}"
@@ -578,9 +689,15 @@ mod tests {
             3,
             Fault::Interleave(Box::new(move |m: &MemoryStore| m.set(&key, other))),
         );
-        let err = record(&c, &store, &clock, change(Action::Complete(5), "b"))
-            .await
-            .unwrap_err();
+        let err = record(
+            &c,
+            &store,
+            &clock,
+            change(Action::Complete(5), "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err.kind, ErrorKind::Refused(_)), "{err}");
         assert!(err.to_string().contains("cannot complete 5"), "{err}");
         assert_eq!(doc(&store, &c).await.revision, 3, "the other write only");
@@ -597,9 +714,15 @@ mod tests {
                 "412 to the current ETag".into(),
             )),
         );
-        let err = record(&c, &store, &clock, change(Action::Start(5), "b"))
-            .await
-            .unwrap_err();
+        let err = record(
+            &c,
+            &store,
+            &clock,
+            change(Action::Start(5), "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.to_string().contains("cannot do compare-and-swap"),
             "{err}"
@@ -613,9 +736,15 @@ mod tests {
         let (c, clock) = (config(), clock());
         let store = started(&c, &clock).await;
         clock.advance(chrono::Duration::minutes(7));
-        record(&c, &store, &clock, change(fail(5, "boom"), "b"))
-            .await
-            .unwrap();
+        record(
+            &c,
+            &store,
+            &clock,
+            change(fail(5, "boom"), "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         let d = doc(&store, &c).await;
         let e = d.last_event();
         assert_eq!(e.at.to_rfc3339(), "2026-12-01T10:07:00+00:00");
@@ -634,9 +763,15 @@ mod tests {
         // An archive left by a restart that lost its race: a prefix of run 1.
         let prefix = run1.at_revision(1, &c.ladder).unwrap();
         store.inner().set(&c.archive_key(1), prefix.to_bytes());
-        record(&c, &store, &clock, change(Action::Restart, "b"))
-            .await
-            .unwrap();
+        record(
+            &c,
+            &store,
+            &clock,
+            change(Action::Restart, "b"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         let archived: Document =
             serde_json::from_slice(&store.inner().body(&c.archive_key(1)).unwrap()).unwrap();
         assert_eq!(archived, run1, "the prefix was replaced by the whole run");
@@ -646,9 +781,15 @@ mod tests {
         let mut other = run2.clone();
         other.history[0].note = Some("someone else's".into());
         store.inner().set(&c.archive_key(2), other.to_bytes());
-        let err = record(&c, &store, &clock, change(Action::Restart, "c"))
-            .await
-            .unwrap_err();
+        let err = record(
+            &c,
+            &store,
+            &clock,
+            change(Action::Restart, "c"),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains("an archive of run 2 already exists and differs"),

@@ -182,3 +182,57 @@ mod tests {
         );
     }
 }
+
+/// Where the files a request names are read: the [`translate`] seam.
+///
+/// [`translate`]: crate::request::translate
+pub trait Files {
+    /// The body of the file `path` names.
+    fn read(&self, path: &str) -> Result<Vec<u8>, InputError>;
+}
+
+/// A put's files: inside the sources directory Concourse gives `out`.
+pub struct SourcesDir<'a>(pub &'a Path);
+
+impl Files for SourcesDir<'_> {
+    fn read(&self, path: &str) -> Result<Vec<u8>, InputError> {
+        read_inside(self.0, path)
+    }
+}
+
+/// The CLI's files: paths as given, from the working directory.
+pub struct WorkingDir;
+
+impl Files for WorkingDir {
+    fn read(&self, path: &str) -> Result<Vec<u8>, InputError> {
+        read_regular(Path::new(path))
+    }
+}
+
+/// Files in memory (for tests): a name not inserted is missing.
+#[derive(Default)]
+pub struct InMemory(std::collections::BTreeMap<String, Vec<u8>>);
+
+impl InMemory {
+    /// Adds a file.
+    pub fn insert(&mut self, path: &str, body: &[u8]) {
+        self.0.insert(path.to_string(), body.to_vec());
+    }
+}
+
+impl Files for InMemory {
+    fn read(&self, path: &str) -> Result<Vec<u8>, InputError> {
+        let body = self.0.get(path).cloned().ok_or_else(|| {
+            InputError::Missing(format!(
+                "cannot read {path}: No such file or directory (os error 2)"
+            ))
+        })?;
+        if body.len() as u64 > MAX_INPUT {
+            return Err(InputError::Refused(format!(
+                "{path} is larger than {} KiB; a state document is not the place for it",
+                MAX_INPUT / 1024
+            )));
+        }
+        Ok(body)
+    }
+}

@@ -12,12 +12,75 @@ pub fn now() -> model::Timestamp {
 }
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod inputs;
 pub mod protocol;
+pub mod request;
 pub mod resource;
 pub mod store;
+
+/// What a program has to say besides its answer: warnings, progress,
+/// notes. The library never prints; it hands lines to the `Notes` the
+/// caller gives it (the way it is given a clock), and the binary decides
+/// what reaches stderr (`build-state: ` before each line). Tests read them.
+#[derive(Default)]
+pub struct Notes {
+    lines: std::sync::Mutex<Vec<String>>,
+    sink: Option<Sink>,
+}
+
+type Sink = Box<dyn Fn(&str, bool) + Send + Sync>;
+
+impl std::fmt::Debug for Notes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notes").field("lines", &self.lines).finish()
+    }
+}
+
+impl Notes {
+    /// Notes kept until [`Notes::take`].
+    pub fn new() -> Notes {
+        Notes::default()
+    }
+
+    /// Notes handed at once to `sink`, with whether the line is progress
+    /// (a terminal may overwrite it with the next).
+    pub fn to(sink: impl Fn(&str, bool) + Send + Sync + 'static) -> Notes {
+        Notes {
+            lines: Default::default(),
+            sink: Some(Box::new(sink)),
+        }
+    }
+
+    fn add(&self, line: String, progress: bool) {
+        match &self.sink {
+            Some(sink) => sink(&line, progress),
+            None => self.lines.lock().unwrap().push(line),
+        }
+    }
+
+    /// Adds a line.
+    pub fn note(&self, line: impl Into<String>) {
+        self.add(line.into(), false);
+    }
+
+    /// Adds a warning (`warning: ` before it).
+    pub fn warn(&self, line: impl std::fmt::Display) {
+        self.note(format!("warning: {line}"));
+    }
+
+    /// Adds a progress line (`read 3000/10000 builds ...`).
+    pub fn progress(&self, line: impl Into<String>) {
+        self.add(line.into(), true);
+    }
+
+    /// The lines kept so far, in order; none are left.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
 
 /// The runtime every program runs on: one thread (a step is one request at
 /// a time; the CLI's scans use concurrency within it).

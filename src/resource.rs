@@ -1,17 +1,19 @@
 //! The Concourse resource: `check`, `in` (get) and `out` (put), each a
 //! function from the request on stdin to the reply on stdout.
 
+use crate::Notes;
 use crate::app::{Change, Clock, SystemClock};
 use crate::config::{Config, parse_condition};
 use crate::engine::{Builds, ErrorKind, Read};
-use crate::model::{Action, Document, FailureKind, NextStep, Status, Update, document::rfc3339};
+use crate::inputs::SourcesDir;
+use crate::model::{Document, NextStep, Status, document::rfc3339};
 use crate::protocol::{
-    BuildEnv, CheckRequest, InRequest, MetadataField, OutParams, OutRequest, PutAction, Response,
-    Source, Version, parse,
+    BuildEnv, CheckRequest, InRequest, MetadataField, OutRequest, Response, Source, Version, parse,
 };
+use crate::request::{Context, Front, Request, RequestError, translate};
 use crate::store::{AnyStore, Store};
-use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Map, Value};
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -58,12 +60,14 @@ impl Program {
     }
 
     /// Runs the program on the request `input`; answers the JSON reply.
-    pub async fn run(&self, input: &[u8]) -> Result<Vec<u8>> {
+    /// What it has to say besides goes to `notes` (the binary prints them
+    /// on stderr, also when the program fails).
+    pub async fn run(&self, input: &[u8], notes: &Notes) -> Result<Vec<u8>> {
         Ok(match self {
-            Program::Check => serde_json::to_vec(&check(input).await?)?,
-            Program::In(dest) => serde_json::to_vec(&get(input, dest).await?)?,
+            Program::Check => serde_json::to_vec(&check(input, notes).await?)?,
+            Program::In(dest) => serde_json::to_vec(&get(input, dest, notes).await?)?,
             Program::Out(sources) => {
-                serde_json::to_vec(&put(input, sources, &BuildEnv::from_env()).await?)?
+                serde_json::to_vec(&put(input, sources, &BuildEnv::from_env(), notes).await?)?
             }
         })
     }
@@ -94,12 +98,12 @@ fn parse_revision(v: &Version) -> Result<u64> {
 
 /// `check`: with a gate, the current revision when it passes (else
 /// nothing); without, every revision of the current run after the given one.
-pub async fn check(input: &[u8]) -> Result<Vec<Version>> {
+pub async fn check(input: &[u8], notes: &Notes) -> Result<Vec<Version>> {
     let req: CheckRequest = parse(input)?;
     let config = configure(&req.source)?;
     req.version.as_ref().map(parse_revision).transpose()?;
     let store = open(&config).await?;
-    check_store(&config, &store, &SystemClock, req.version).await
+    check_store(&config, &store, &SystemClock, req.version, notes).await
 }
 
 /// `check` on a given store, at the clock's time.
@@ -108,6 +112,7 @@ pub async fn check_store<S: Store>(
     store: &S,
     clock: &dyn Clock,
     version: Option<Version>,
+    notes: &Notes,
 ) -> Result<Vec<Version>> {
     let given_rev = version.as_ref().map(parse_revision).transpose()?;
     let builds = Builds::new(config, store);
@@ -115,21 +120,21 @@ pub async fn check_store<S: Store>(
     let current = match builds.read(etag).await? {
         // A typo in `prefix` or `build_id` must not look like an idle pipeline.
         Read::Absent => {
-            eprintln!(
-                "build-state: {}: no document at {} (check source.prefix and source.build_id; a put with `init: true` creates it)",
+            notes.note(format!(
+                "{}: no document at {} (check source.prefix and source.build_id; a put with `init: true` creates it)",
                 config.build_id,
                 config.location(&config.state_key())
-            );
+            ));
             return Ok(vec![]);
         }
         // The given version was emitted for this very object: it still
         // stands (a gate that passed stays passed while nothing changes).
         Read::Unchanged => {
-            eprintln!(
-                "build-state: {} unchanged since revision {}",
+            notes.note(format!(
+                "{} unchanged since revision {}",
                 config.build_id,
                 version.as_ref().map_or("?", |v| v.revision.as_str())
-            );
+            ));
             return Ok(version.into_iter().collect());
         }
         Read::Found(c) => c,
@@ -150,10 +155,10 @@ pub async fn check_store<S: Store>(
             }
             _ => String::new(),
         };
-        eprintln!(
-            "build-state: gate {{{gate}}} is shut: {}{wait}",
+        notes.note(format!(
+            "gate {{{gate}}} is shut: {}{wait}",
             doc.whereabouts()
-        );
+        ));
         return Ok(vec![]);
     }
     let (Some(given), Some(given_rev)) = (version, given_rev) else {
@@ -253,7 +258,7 @@ pub fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)>
 }
 
 /// `in`: the document as of the requested revision, into `dest`.
-pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
+pub async fn get(input: &[u8], dest: &Path, notes: &Notes) -> Result<Response> {
     let req: InRequest = parse(input)?;
     let config = configure(&req.source)?;
     parse_revision(&req.version)?;
@@ -265,7 +270,7 @@ pub async fn get(input: &[u8], dest: &Path) -> Result<Response> {
         None => None,
     };
     let store = open(&config).await?;
-    get_store(&config, &store, req.version, require, dest).await
+    get_store(&config, &store, req.version, require, dest, notes).await
 }
 
 /// `in` on a given store.
@@ -275,6 +280,7 @@ pub async fn get_store<S: Store>(
     version: Version,
     require: Option<crate::model::Condition>,
     dest: &Path,
+    notes: &Notes,
 ) -> Result<Response> {
     let revision = parse_revision(&version)?;
     let builds = Builds::new(config, store);
@@ -290,12 +296,12 @@ pub async fn get_store<S: Store>(
     {
         bail!(builds.error(
             &config.state_key(),
-            ErrorKind::Other(format!(
-                "version {{revision: {revision}, state: {}, status: {}}} does not match revision {revision} of this build ({}); it was not emitted for this source (is build_id or prefix different from the resource that emitted it?)",
-                version.state.as_deref().unwrap_or("-"),
-                version.status.as_deref().unwrap_or("-"),
-                doc.whereabouts()
-            ))
+            ErrorKind::NotThisVersion(Box::new(crate::engine::Mismatch {
+                revision,
+                state: version.state.clone().unwrap_or_else(|| "-".into()),
+                status: version.status.clone().unwrap_or_else(|| "-".into()),
+                found: doc.whereabouts(),
+            }))
         ));
     }
     if let Some(cond) = require
@@ -303,10 +309,11 @@ pub async fn get_store<S: Store>(
     {
         bail!(builds.error(
             &config.state_key(),
-            ErrorKind::Other(format!(
-                "revision {revision} does not satisfy require {{{cond}}}: {}",
-                doc.whereabouts()
-            ))
+            ErrorKind::Unmet {
+                revision,
+                condition: cond.to_string(),
+                found: doc.whereabouts(),
+            }
         ));
     }
     let step = NextStep::of(&doc);
@@ -315,11 +322,11 @@ pub async fn get_store<S: Store>(
         let path = dest.join(name);
         fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
     }
-    eprintln!(
-        "build-state: {} at revision {revision}; next: {}",
+    notes.note(format!(
+        "{} at revision {revision}; next: {}",
         doc.whereabouts(),
         step.as_str()
-    );
+    ));
     // Answer with exactly the version asked for (Concourse matches it).
     Ok(Response {
         version,
@@ -327,228 +334,32 @@ pub async fn get_store<S: Store>(
     })
 }
 
-/// What a put asks for, once its params are checked.
-enum PutRequest {
-    Action(Action),
-    File(Document),
-}
-
-fn read_param_file(sources: &Path, field: &str, path: &str) -> Result<Vec<u8>, (bool, String)> {
-    crate::inputs::read_inside(sources, path).map_err(|e| {
-        let missing = matches!(e, crate::inputs::InputError::Missing(_));
-        (missing, format!("params.{field}: {e}"))
-    })
-}
-
-fn parse_kind(p: &OutParams) -> Result<Option<FailureKind>, String> {
-    p.kind
-        .as_deref()
-        .map(|k| {
-            FailureKind::parse(k)
-                .ok_or_else(|| format!("params.kind: {k:?} must be transient or persistent"))
-        })
-        .transpose()
-}
-
-/// The error of a failing stage: `error_file` (its contents), else `error`,
-/// else `default` (for `finish`), else a clear complaint.
-fn error_message(p: &OutParams, sources: &Path, default: Option<String>) -> Result<String, String> {
-    if let Some(file) = &p.error_file {
-        match read_param_file(sources, "error_file", file) {
-            Ok(body) => {
-                let text = String::from_utf8_lossy(&body).trim().to_string();
-                if !text.is_empty() {
-                    return Ok(text);
-                }
-            }
-            // A file that exists but may not be read is always an error.
-            Err((false, e)) => return Err(e),
-            Err((true, e)) if p.error.is_none() && default.is_none() => {
-                return Err(format!(
-                    "{e}; make the task write it (also when it fails early), or give `error` as a fallback"
-                ));
-            }
-            // `finish` in an on_error/on_abort hook: the task may never have run.
-            Err((true, e)) => eprintln!(
-                "build-state: warning: {e}; using {}",
-                if p.error.is_some() {
-                    "params.error"
-                } else {
-                    "a message naming the build"
-                }
-            ),
-        }
-    }
-    if let Some(e) = p.error.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
-        return Ok(e.to_string());
-    }
-    default.ok_or_else(|| "params.fail needs `error` or `error_file` (what went wrong)".to_string())
-}
-
-fn put_request(
-    p: &OutParams,
-    config: &Config,
-    env: &BuildEnv,
-    sources: &Path,
-) -> Result<PutRequest, String> {
-    let action = PutAction::of(p)?;
-    let name = action.name();
-    let fails = matches!(action, PutAction::Fail(_) | PutAction::Finish(_));
-    let sets = matches!(action, PutAction::Set(_));
-    for (field, present, belongs, with) in [
-        ("error", p.error.is_some(), fails, "fail or finish"),
-        (
-            "error_file",
-            p.error_file.is_some(),
-            fails,
-            "fail or finish",
-        ),
-        ("kind", p.kind.is_some(), fails, "fail or finish"),
-        ("status", p.status.is_some(), sets, "set"),
-        ("reason", p.reason.is_some(), sets, "set"),
-    ] {
-        if present && !belongs {
-            return Err(format!("params.{field} goes with {with}, not with {name}"));
-        }
-    }
-    let code = |n: u32| {
-        config
-            .ladder
-            .check(n)
-            .map_err(|e| format!("params.{name}: {e}"))
-    };
-    let failure = |n: u32, message: String, kind: Option<FailureKind>| Action::Fail {
-        state: n,
-        error: config.classifier.error(message, kind),
-    };
-    Ok(PutRequest::Action(match action {
-        PutAction::Init { restart } => Action::Init { restart },
-        PutAction::Restart => Action::Restart,
-        PutAction::Start(n) => Action::Start(code(n)?),
-        PutAction::Complete(n) => Action::Complete(code(n)?),
-        PutAction::Retry(n) => Action::Retry(code(n)?),
-        PutAction::Fail(n) => {
-            let n = code(n)?;
-            failure(n, error_message(p, sources, None)?, parse_kind(p)?)
-        }
-        PutAction::Finish(n) => {
-            let n = code(n)?;
-            let who = env.actor().describe();
-            // Concourse gives succeeded/failed/errored/aborted; its docs spell
-            // the first two success/failure.
-            match env.status.as_deref() {
-                Some("succeeded" | "success") => Action::Complete(n),
-                Some("failed" | "failure" | "errored") => {
-                    let default = format!("{who} {}", env.status.as_deref().unwrap_or("failed"));
-                    failure(n, error_message(p, sources, Some(default))?, parse_kind(p)?)
-                }
-                Some("aborted") => failure(
-                    n,
-                    format!("{who} was aborted; a human decides what happens next"),
-                    Some(FailureKind::Persistent),
-                ),
-                Some(other) => {
-                    return Err(format!(
-                        "params.finish: unknown build status BUILD_STATUS={other:?} (expected succeeded, failed, errored or aborted)"
-                    ));
-                }
-                None => {
-                    return Err(
-                        "params.finish needs the build status that Concourse 8.2+ gives puts in on_success/on_failure/on_error/on_abort hooks, and BUILD_STATUS is not set; use complete: N and fail: N in separate hooks instead"
-                            .to_string(),
-                    );
-                }
-            }
-        }
-        PutAction::Set(n) => {
-            let n = code(n)?;
-            let status = match p.status.as_deref().map(str::trim) {
-                None => Status::Pending,
-                Some(s) => Status::parse(s).ok_or_else(|| {
-                    format!("params.status: {s:?} must be one of pending, in_progress, failed, blocked, completed, cancelled")
-                })?,
-            };
-            let reason = p.reason.as_deref().map(str::trim).unwrap_or_default();
-            if reason.is_empty() {
-                return Err(
-                    "params.set needs a `reason` (a manual override is recorded with why)"
-                        .to_string(),
-                );
-            }
-            Action::Set {
-                state: n,
-                status,
-                reason: reason.to_string(),
-            }
-        }
-        PutAction::Cancel(reason) => {
-            let reason = reason.trim();
-            if reason.is_empty() {
-                return Err(
-                    "params.cancel takes the reason: cancel: \"superseded by rhel8-web-2\""
-                        .to_string(),
-                );
-            }
-            Action::Cancel {
-                reason: reason.to_string(),
-            }
-        }
-        PutAction::File(path) => {
-            let body = read_param_file(sources, "file", &path).map_err(|(_, e)| e)?;
-            let doc: Document = serde_json::from_slice(&body)
-                .map_err(|e| format!("params.file: {path} is not a state document: {e}"))?;
-            return Ok(PutRequest::File(doc));
-        }
-    }))
-}
-
-/// Reads `vars_file`. When the put records a failure, a task that failed
-/// before writing the file is no reason to lose the failure: it is skipped
-/// with a warning.
-fn read_vars(p: &OutParams, sources: &Path, failing: bool) -> Result<Map<String, Value>, String> {
-    let Some(path) = &p.vars_file else {
-        return Ok(Map::new());
-    };
-    let body = match read_param_file(sources, "vars_file", path) {
-        Ok(b) => b,
-        // A failing task may not have written its vars.
-        Err((true, e)) if failing => {
-            eprintln!("build-state: warning: {e}; recording the failure without vars");
-            return Ok(Map::new());
-        }
-        Err((_, e)) => return Err(e),
-    };
-    crate::model::document::parse_vars(&body).map_err(|e| format!("params.vars_file: {path} {e}"))
-}
-
 /// `out`: one action on the document, as a compare-and-swap.
-pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv) -> Result<Response> {
+pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) -> Result<Response> {
     let req: OutRequest = parse(input)?;
     let config = configure(&req.source)?;
     let params = req.params.unwrap_or_default();
-    let invalid = |m: String| anyhow!("{}: {m}", config.build_id);
-    let request = put_request(&params, &config, env, sources).map_err(invalid)?;
-    let failing = matches!(request, PutRequest::Action(Action::Fail { .. }));
-    let vars = read_vars(&params, sources, failing).map_err(invalid)?;
-    if matches!(request, PutRequest::File(_)) && (!vars.is_empty() || params.note.is_some()) {
-        return Err(invalid(
-            "params.vars_file and params.note do not go with file (the document carries its own)"
-                .into(),
-        ));
+    let invalid = |e: RequestError| anyhow!("{}: {e}", config.build_id);
+    let request = Request::from_params(&params).map_err(invalid)?;
+    let mut change = translate(
+        &request,
+        &Context {
+            front: Front::Put,
+            config: &config,
+            env,
+            actor: env.actor(),
+            now: crate::now(),
+            files: &SourcesDir(sources),
+            notes,
+        },
+    )
+    .map_err(invalid)?;
+    if let Change::Apply(update) = &mut change {
+        // Recorded for the CLI inside the image build (one policy per build).
+        update.policy = Some(serde_json::to_value(&config.policy)?);
     }
-    let change = match request {
-        PutRequest::File(doc) => Change::File(doc),
-        PutRequest::Action(action) => {
-            let mut update = Update::new(action, env.actor(), crate::now());
-            update.vars = vars;
-            update.note = params.note.clone().filter(|n| !n.trim().is_empty());
-            // Recorded for the CLI inside the image build (one policy per build).
-            update.policy = Some(serde_json::to_value(&config.policy)?);
-            Change::Apply(update)
-        }
-    };
     let store = open(&config).await?;
-    put_store(&config, &store, &SystemClock, change).await
+    put_store(&config, &store, &SystemClock, change, notes).await
 }
 
 /// `out` on a given store, at the clock's time, once its params are read.
@@ -557,27 +368,28 @@ pub async fn put_store<S: Store>(
     store: &S,
     clock: &dyn Clock,
     change: Change,
+    notes: &Notes,
 ) -> Result<Response> {
     let key = config.state_key();
-    let applied = crate::app::record(config, store, clock, change).await?;
+    let applied = crate::app::record(config, store, clock, change, notes).await?;
     let doc = &applied.doc;
     if applied.written {
         let e = doc.last_event();
         let what = e
             .target
             .map_or(e.action.to_string(), |t| format!("{} {t}", e.action));
-        eprintln!(
-            "build-state: {what}: {} (revision {}) at {}",
+        notes.note(format!(
+            "{what}: {} (revision {}) at {}",
             doc.whereabouts(),
             doc.revision,
             config.location(&key)
-        );
+        ));
     } else {
-        eprintln!(
-            "build-state: no change: {} (revision {}); the put repeats what is recorded",
+        notes.note(format!(
+            "no change: {} (revision {}); the put repeats what is recorded",
             doc.whereabouts(),
             doc.revision
-        );
+        ));
     }
     Ok(Response {
         version: version_of(doc),
@@ -589,7 +401,7 @@ pub async fn put_store<S: Store>(
 mod tests {
     use super::*;
     use crate::app::ManualClock;
-    use crate::model::{Actor, ErrorInfo, FailureKind};
+    use crate::model::{Action, Actor, ErrorInfo, FailureKind, Update};
     use crate::store::memory::{Fault, FaultyStore, MemoryStore, Op};
 
     fn config(extra: &str) -> Config {
@@ -616,12 +428,24 @@ mod tests {
     }
 
     async fn at_5(c: &Config, store: &impl Store, clock: &ManualClock) {
-        put_store(c, store, clock, action(Action::Init { restart: false }))
-            .await
-            .unwrap();
-        put_store(c, store, clock, action(Action::Complete(0)))
-            .await
-            .unwrap();
+        put_store(
+            c,
+            store,
+            clock,
+            action(Action::Init { restart: false }),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
+        put_store(
+            c,
+            store,
+            clock,
+            action(Action::Complete(0)),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -629,31 +453,41 @@ mod tests {
         let c = config(r#", "gate": {"state": 5}"#);
         let (store, clock) = (MemoryStore::new(), clock());
         at_5(&c, &store, &clock).await;
-        let due = check_store(&c, &store, &clock, None).await.unwrap();
-        assert_eq!(due[0].revision, "2");
-        put_store(&c, &store, &clock, action(Action::Start(5)))
+        let due = check_store(&c, &store, &clock, None, &crate::Notes::new())
             .await
             .unwrap();
+        assert_eq!(due[0].revision, "2");
+        put_store(
+            &c,
+            &store,
+            &clock,
+            action(Action::Start(5)),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         assert!(
-            check_store(&c, &store, &clock, None)
+            check_store(&c, &store, &clock, None, &crate::Notes::new())
                 .await
                 .unwrap()
                 .is_empty(),
             "in progress"
         );
-        put_store(&c, &store, &clock, action(fail(5)))
+        put_store(&c, &store, &clock, action(fail(5)), &crate::Notes::new())
             .await
             .unwrap();
         clock.advance(chrono::Duration::minutes(5) - chrono::Duration::milliseconds(1));
         assert!(
-            check_store(&c, &store, &clock, None)
+            check_store(&c, &store, &clock, None, &crate::Notes::new())
                 .await
                 .unwrap()
                 .is_empty(),
             "not yet"
         );
         clock.advance(chrono::Duration::milliseconds(1));
-        let due = check_store(&c, &store, &clock, None).await.unwrap();
+        let due = check_store(&c, &store, &clock, None, &crate::Notes::new())
+            .await
+            .unwrap();
         assert_eq!(
             (due[0].revision.as_str(), due[0].status.as_deref()),
             ("4", Some("failed"))
@@ -665,19 +499,35 @@ mod tests {
         let c = config("");
         let (store, clock) = (FaultyStore::new(MemoryStore::new()), clock());
         at_5(&c, &store, &clock).await;
-        let newest = check_store(&c, &store, &clock, None).await.unwrap();
-        let gets = store.calls(Op::Get);
-        let again = check_store(&c, &store, &clock, newest.first().cloned())
+        let newest = check_store(&c, &store, &clock, None, &crate::Notes::new())
             .await
             .unwrap();
+        let gets = store.calls(Op::Get);
+        let again = check_store(
+            &c,
+            &store,
+            &clock,
+            newest.first().cloned(),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(again, newest);
         assert_eq!(store.calls(Op::Get), gets + 1);
         // The version put answered is the one check emits (one identity).
-        let out = put_store(&c, &store, &clock, action(Action::Start(5)))
-            .await
-            .unwrap();
+        let out = put_store(
+            &c,
+            &store,
+            &clock,
+            action(Action::Start(5)),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
-            check_store(&c, &store, &clock, None).await.unwrap(),
+            check_store(&c, &store, &clock, None, &crate::Notes::new())
+                .await
+                .unwrap(),
             [out.version]
         );
     }
@@ -695,7 +545,9 @@ mod tests {
             status: Some("completed".into()),
             etag: None,
         };
-        let err = get_store(&c, &store, wrong, None, &dest).await.unwrap_err();
+        let err = get_store(&c, &store, wrong, None, &dest, &crate::Notes::new())
+            .await
+            .unwrap_err();
         assert!(
             err.to_string().contains("does not match revision 2"),
             "{err}"
@@ -707,7 +559,9 @@ mod tests {
             status: Some("pending".into()),
             etag: None,
         };
-        get_store(&c, &store, right, None, &dest).await.unwrap();
+        get_store(&c, &store, right, None, &dest, &crate::Notes::new())
+            .await
+            .unwrap();
         assert_eq!(std::fs::read_to_string(dest.join("action")).unwrap(), "run");
     }
 
@@ -717,9 +571,15 @@ mod tests {
         let (store, clock) = (FaultyStore::new(MemoryStore::new()), clock());
         at_5(&c, &store, &clock).await;
         store.on(Op::Put, 3, Fault::ApplyThenLose);
-        let out = put_store(&c, &store, &clock, action(Action::Start(5)))
-            .await
-            .unwrap();
+        let out = put_store(
+            &c,
+            &store,
+            &clock,
+            action(Action::Start(5)),
+            &crate::Notes::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.version.revision, "3");
         assert_eq!(store.calls(Op::Put), 3);
     }

@@ -5,11 +5,13 @@
 //! that cannot be read, is corrupt, or was written by another version or
 //! for another location is rebuilt, never trusted.
 
-use build_state::config::{Settings, Storage};
-use build_state::model::Document;
+use crate::Notes;
+use crate::config::{Settings, Storage};
+use crate::model::Document;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The format of the file; another one is rebuilt.
 const FORMAT: u32 = 1;
@@ -37,6 +39,8 @@ pub struct Cache {
     path: PathBuf,
     file: File,
     dirty: bool,
+    /// Where its warnings go (an unreadable or unwritable cache file).
+    notes: Arc<Notes>,
 }
 
 /// Where caches live: `BUILD_STATE_CACHE_DIR`, else the user's cache
@@ -68,8 +72,17 @@ fn location(settings: &Settings) -> String {
 impl Cache {
     /// The cache of `settings`' store location (empty when there is none
     /// yet, or none that can be trusted; `None` without a cache directory).
-    pub fn open(settings: &Settings) -> Option<Cache> {
-        Some(Cache::open_in(dir()?, settings))
+    pub fn open(settings: &Settings, notes: &Arc<Notes>) -> Option<Cache> {
+        Some(Cache::open_in(dir()?, settings).with_notes(notes.clone()))
+    }
+
+    /// The same cache, saying what it meets in `notes`.
+    pub fn with_notes(mut self, notes: Arc<Notes>) -> Cache {
+        for line in self.notes.take() {
+            notes.note(line);
+        }
+        self.notes = notes;
+        self
     }
 
     /// The cache of `settings`' store location in the directory `dir`.
@@ -87,6 +100,7 @@ impl Cache {
             location: location.clone(),
             builds: BTreeMap::new(),
         };
+        let notes = Arc::new(Notes::new());
         let file = match std::fs::read(&path) {
             Err(_) => empty(),
             Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
@@ -98,17 +112,17 @@ impl Cache {
                     f
                 }
                 Ok(_) => {
-                    eprintln!(
-                        "build-state: the cache {} is from another version or store; rebuilding it",
+                    notes.note(format!(
+                        "the cache {} is from another version or store; rebuilding it",
                         path.display()
-                    );
+                    ));
                     empty()
                 }
                 Err(e) => {
-                    eprintln!(
-                        "build-state: the cache {} is unreadable ({e}); rebuilding it",
+                    notes.note(format!(
+                        "the cache {} is unreadable ({e}); rebuilding it",
                         path.display()
-                    );
+                    ));
                     empty()
                 }
             },
@@ -117,6 +131,7 @@ impl Cache {
             path,
             file,
             dirty: false,
+            notes,
         }
     }
 
@@ -169,10 +184,10 @@ impl Cache {
         };
         match write() {
             Ok(()) => self.dirty = false,
-            Err(e) => eprintln!(
-                "build-state: warning: cannot write the cache {}: {e}",
+            Err(e) => self.notes.warn(format!(
+                "cannot write the cache {}: {e}",
                 self.path.display()
-            ),
+            )),
         }
     }
 }

@@ -3,9 +3,9 @@
 //! enforces conditional writes (without that, concurrent puts lose updates).
 
 use super::output::{Out, Table};
+use crate::config::{Credentials, Settings, Storage};
+use crate::store::{AnyStore, Fetched, Precondition, Store, StoreError, Versioning};
 use anyhow::{Result, bail};
-use build_state::config::{Credentials, Settings, Storage};
-use build_state::store::{AnyStore, Fetched, Precondition, Store, StoreError, Versioning};
 use serde_json::json;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -452,4 +452,45 @@ async fn race(store: &AnyStore, key: &str, add: &mut impl FnMut(&'static str, Ve
             "{ROUNDS} rounds of {RACERS} simultaneous writes with the same If-Match: exactly one won each time"
         ),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    //! `doctor` on a local directory.
+
+    use super::*;
+    use crate::cli::build::tests::text;
+    use crate::cli::output::Out;
+
+    #[tokio::test]
+    async fn doctor_passes_on_a_sound_store_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let source: crate::protocol::Source =
+            serde_json::from_value(serde_json::json!({"local_dir": dir.path()})).unwrap();
+        let settings = Settings::from_source(&source).unwrap();
+        let (out, buf) = Out::buffered(false);
+        doctor(&settings, &out).await.unwrap();
+        let said = text(&buf);
+        for want in [
+            "compare-and-swap  ok",
+            "race              ok",
+            "cleanup           ok",
+        ] {
+            assert!(said.contains(want), "{want:?} in:\n{said}");
+        }
+        let left: Vec<_> = walkdir(dir.path());
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walkdir(&e.path()));
+            } else if !e.file_name().to_string_lossy().starts_with('.') {
+                out.push(e.path());
+            }
+        }
+        out
+    }
 }

@@ -3,13 +3,13 @@
 //! the old events, through the same transitions as the resource.
 
 use super::output::{Out, Table};
-use anyhow::{Context, Result, anyhow, bail};
-use build_state::config::Settings;
-use build_state::engine::Builds;
-use build_state::model::{
+use crate::config::Settings;
+use crate::engine::Builds;
+use crate::model::{
     Action, Actor, Document, Outcome, Refusal, Rules, Status, Timestamp, Update, apply,
 };
-use build_state::store::AnyStore;
+use crate::store::AnyStore;
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::{NaiveDateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
 use serde_json::json;
@@ -41,18 +41,16 @@ fn timestamp(v: ValueRef<'_>) -> Result<Option<Timestamp>> {
         ValueRef::Real(secs) => Utc.timestamp_opt(secs as i64, 0).single(),
         ValueRef::Text(t) => {
             let s = String::from_utf8_lossy(t).trim().to_string();
-            let parsed = build_state::model::document::rfc3339::parse(&s)
-                .ok()
-                .or_else(|| {
-                    [
-                        "%Y-%m-%d %H:%M:%S%.f",
-                        "%Y-%m-%dT%H:%M:%S%.f",
-                        "%Y-%m-%d %H:%M",
-                    ]
-                    .iter()
-                    .find_map(|f| NaiveDateTime::parse_from_str(&s, f).ok())
-                    .map(|n| n.and_utc())
-                });
+            let parsed = crate::model::document::rfc3339::parse(&s).ok().or_else(|| {
+                [
+                    "%Y-%m-%d %H:%M:%S%.f",
+                    "%Y-%m-%dT%H:%M:%S%.f",
+                    "%Y-%m-%d %H:%M",
+                ]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(&s, f).ok())
+                .map(|n| n.and_utc())
+            });
             Some(parsed.ok_or_else(|| anyhow!("{s:?} is not a date and time"))?)
         }
         ValueRef::Blob(_) => bail!("a timestamp is a blob"),
@@ -132,7 +130,7 @@ fn to_document(config: &Settings, db: &Path, b: &OldBuild) -> Result<Document> {
             b.build_id
         )
     };
-    build_state::config::validate_build_id(&b.build_id).map_err(&inconsistent)?;
+    crate::config::validate_build_id(&b.build_id).map_err(&inconsistent)?;
     let mut labels = config.labels.clone();
     for (k, v) in [
         ("cloud_provider", &b.cloud_provider),
@@ -159,7 +157,7 @@ fn to_document(config: &Settings, db: &Path, b: &OldBuild) -> Result<Document> {
     let start = b
         .start_time
         .or(b.history.first().map(|e| e.at))
-        .unwrap_or_else(build_state::now);
+        .unwrap_or_else(crate::now);
     let step = |doc: Option<&Document>,
                 action: Action,
                 at: Timestamp,
@@ -295,7 +293,7 @@ pub async fn import(
             let doc = match to_document(config, db, &b) {
                 Ok(d) => d,
                 Err(e) => {
-                    eprintln!("build-state: error: {e:#}");
+                    out.note(format!("error: {e:#}"));
                     report.push((
                         b.build_id.clone(),
                         "not imported: inconsistent".into(),
@@ -334,11 +332,11 @@ pub async fn import(
                     Some(a.doc),
                 )),
                 Err(e) => {
-                    eprintln!("build-state: error: {e}");
+                    out.note(format!("error: {e}"));
                     // Say what really failed: a document in the way, or the
                     // store (access, network, a corrupt document).
                     let why = match &e.kind {
-                        build_state::engine::ErrorKind::Refused(Refusal::Exists(_)) => {
+                        crate::engine::ErrorKind::Refused(Refusal::Exists(_)) => {
                             "not imported: exists (use --force)".to_string()
                         }
                         kind => format!("not imported: {kind}"),

@@ -3,8 +3,8 @@
 //! Names and labels are stable; the README lists them.
 
 use super::Row;
-use build_state::config::Settings;
-use build_state::model::{Document, Status, Timestamp};
+use crate::config::Settings;
+use crate::model::{Document, Status, Timestamp};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

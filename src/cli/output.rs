@@ -1,19 +1,24 @@
 //! Human output (tables, colour only on a terminal) and `--json`.
 
 use super::Row;
+use crate::config::Config;
+use crate::model::document::rfc3339;
+use crate::model::{Document, Event, RetryPolicy, Status, Timestamp};
 use anyhow::Result;
-use build_state::config::Config;
-use build_state::model::document::rfc3339;
-use build_state::model::{Document, Event, RetryPolicy, Status, Timestamp};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-pub struct Out {
-    pub json: bool,
+/// The CLI's terminal: results on stdout (or, in unit tests, a buffer),
+/// and everything else (progress, warnings, notes) handed to the
+/// [`Notes`](crate::Notes) the binary gave it.
+pub(crate) struct Out {
+    pub(crate) json: bool,
     colour: bool,
     /// Where output goes: stdout, or (in unit tests) a buffer.
     sink: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
+    /// Where notes go.
+    pub(crate) notes: std::sync::Arc<crate::Notes>,
 }
 
 /// A plain text table with aligned columns.
@@ -114,13 +119,24 @@ fn one_line(s: &str, max: usize) -> String {
 }
 
 impl Out {
-    pub fn new(json: bool) -> Out {
+    pub(crate) fn new(json: bool, notes: std::sync::Arc<crate::Notes>) -> Out {
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         Out {
             json,
             colour,
             sink: None,
+            notes,
         }
+    }
+
+    /// A line for stderr (the binary prefixes `build-state: `).
+    pub(crate) fn note(&self, line: impl Into<String>) {
+        self.notes.note(line);
+    }
+
+    /// Asks a question on the terminal (no line end: the answer follows).
+    pub(crate) fn prompt(&self, question: &str) {
+        eprint!("{question}");
     }
 
     /// Output into a buffer (for tests), never coloured.
@@ -132,6 +148,7 @@ impl Out {
                 json,
                 colour: false,
                 sink: Some(sink.clone()),
+                notes: std::sync::Arc::new(crate::Notes::new()),
             },
             sink,
         )
@@ -194,7 +211,7 @@ impl Out {
             format!("{} {}", doc.state, doc.state_name),
         ]);
         let status = match doc.dead_since(&config.retry) {
-            Some(t) if build_state::now() >= t => format!(
+            Some(t) if crate::now() >= t => format!(
                 "{} (stale: past the stage's timeout since {}; the next start records the dead attempt)",
                 self.status(doc.status),
                 rfc3339::format(&t)
@@ -284,7 +301,7 @@ impl Out {
         }
         self.write(&format!(
             "{} {build_id} r{} {} in_progress is stale: past the stage's timeout since {} (a worker that vanished?)\n",
-            rfc3339::format(&build_state::now()),
+            rfc3339::format(&crate::now()),
             doc.revision,
             doc.state,
             rfc3339::format(since)
@@ -318,7 +335,7 @@ impl Out {
     }
 
     pub fn list(&self, rows: &[Row], retry: &RetryPolicy) -> Result<()> {
-        let now = build_state::now();
+        let now = crate::now();
         if self.json {
             return self.print_json(&rows_json(rows, retry, now));
         }
@@ -362,7 +379,7 @@ impl Out {
         }
         self.table(&t)?;
         if rows.is_empty() {
-            eprintln!("build-state: no builds under this prefix");
+            self.note("no builds under this prefix");
         }
         Ok(())
     }
@@ -404,7 +421,7 @@ impl Out {
 
 /// A failure's kind and, when a source pattern decided it, the pattern:
 /// `persistent, by persistent_errors: AccessDenied`.
-fn kind_of(e: &build_state::model::ErrorInfo) -> String {
+fn kind_of(e: &crate::model::ErrorInfo) -> String {
     match &e.rule {
         Some(rule) => format!("{}, by {rule}", e.kind.as_str()),
         None => e.kind.as_str().to_string(),

@@ -3,10 +3,10 @@
 //! a human.
 
 use super::Row;
+use crate::config::Settings;
+use crate::model::document::rfc3339;
+use crate::model::{ActionKind, Code, Document, Status, Timestamp};
 use anyhow::{Context, Result};
-use build_state::config::Settings;
-use build_state::model::document::rfc3339;
-use build_state::model::{ActionKind, Code, Document, Status, Timestamp};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
@@ -361,14 +361,14 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
 }
 
 pub fn write(config: &Settings, rows: &[Row], path: &Path) -> Result<()> {
-    let html = render(config, rows, build_state::now());
+    let html = render(config, rows, crate::now());
     std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use build_state::model::{
+    use crate::model::{
         Action, Actor, ErrorInfo, FailureKind, Ladder, Outcome, RetryPolicy, Rules, Update, apply,
     };
     use chrono::{TimeZone, Utc};

@@ -4,13 +4,13 @@
 //! revision, by compare-and-swap.
 
 use super::output::{Out, Table};
-use super::{Row, actor, scan};
+use super::{Row, build::actor, scan::scan};
+use crate::config::{Config, Settings};
+use crate::engine::Builds;
+use crate::model::document::rfc3339;
+use crate::model::{Document, Status};
+use crate::store::{AnyStore, Fetched, Precondition, Store, StoreError, Versioning};
 use anyhow::{Result, anyhow, bail};
-use build_state::config::{Config, Settings};
-use build_state::engine::Builds;
-use build_state::model::document::rfc3339;
-use build_state::model::{Document, Status};
-use build_state::store::{AnyStore, Fetched, Precondition, Store, StoreError, Versioning};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,10 +44,10 @@ pub async fn prune(
     if archive_to.as_deref() == Some(settings.prefix()) {
         bail!("--archive-to names the prefix being pruned");
     }
-    let cutoff = build_state::now()
+    let cutoff = crate::now()
         - chrono::Duration::from_std(older_than)
             .map_err(|_| anyhow!("--older-than is too long"))?;
-    let rows: Vec<Row> = scan(settings, store, 16, false).await?;
+    let rows: Vec<Row> = scan(settings, store, 16, None).await?;
     let mut decisions = Vec::new();
     let mut failures = 0;
     for row in rows {
@@ -84,7 +84,7 @@ pub async fn prune(
                 updated,
                 format!(
                     "updated less than {} ago",
-                    build_state::model::duration::format(older_than)
+                    crate::model::duration::format(older_than)
                 ),
             ));
             continue;
@@ -119,7 +119,7 @@ pub async fn prune(
                 },
                 Err(Failed(e)) => {
                     failures += 1;
-                    eprintln!("build-state: error: {}: {e:#}", row.build_id);
+                    out.note(format!("error: {}: {e:#}", row.build_id));
                     Decision {
                         build_id: row.build_id.clone(),
                         status: doc.status.to_string(),
@@ -355,13 +355,18 @@ pub async fn restore(
         "revision {} ({}, {}) of version {} stored {}",
         doc.revision, doc.state, doc.status, chosen.version_id, chosen.stored_at
     );
-    if !yes && !confirm(&format!("restore {} as {what}? [y/N] ", config.build_id))? {
+    if !yes
+        && !confirm(
+            &format!("restore {} as {what}? [y/N] ", config.build_id),
+            out,
+        )?
+    {
         bail!("not restored");
     }
     let restored = doc.restored(
         highest + 1,
         actor(),
-        build_state::now(),
+        crate::now(),
         format!("restored {what}"),
         &config.ladder,
     );
@@ -393,14 +398,106 @@ fn short(s: &str) -> String {
 }
 
 /// Asks on the terminal; refuses without one.
-fn confirm(question: &str) -> Result<bool> {
+fn confirm(question: &str, out: &Out) -> Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         bail!("restore asks before it writes, and there is no terminal to ask on: give --yes");
     }
-    eprint!("{question}");
+    out.prompt(question);
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    //! `prune` against a build that changes meanwhile.
+
+    use super::*;
+    use crate::cli::build::current;
+    use crate::cli::build::tests::{act_with, settings, text};
+    use crate::cli::output::Out;
+    use crate::cli::scan::scan;
+    use crate::model::{Action, Actor, Update};
+    use crate::store::memory::MemoryStore;
+
+    /// A build that changes between prune's judging and its delete is kept:
+    /// the delete carries If-Match on the ETag judged.
+    #[tokio::test]
+    async fn prune_keeps_a_build_that_changed_meanwhile() {
+        use crate::store::memory::{Fault, FaultyStore, Op};
+        let settings = settings();
+        let faulty = FaultyStore::new(MemoryStore::new());
+        let store = AnyStore::Faulty(faulty);
+        let (quiet, _) = Out::buffered(false);
+        for id in ["done-a", "done-b"] {
+            let config = settings.for_build(id).unwrap();
+            act_with(&config, &store, Action::Init { restart: false }, &quiet)
+                .await
+                .unwrap();
+            act_with(
+                &config,
+                &store,
+                Action::Cancel {
+                    reason: "superseded".into(),
+                },
+                &quiet,
+            )
+            .await
+            .unwrap();
+        }
+        // Just before the first delete, someone restarts done-a.
+        let key = settings.for_build("done-a").unwrap().state_key();
+        let restarted = {
+            let c = settings.for_build("done-a").unwrap();
+            let cur = current(&c, &store).await.unwrap();
+            let u = Update::new(Action::Restart, Actor::default(), crate::now());
+            match crate::model::apply(Some(&cur), &u, &c.rules()).unwrap() {
+                crate::model::Outcome::Restart { document, .. } => document.to_bytes(),
+                other => panic!("{other:?}"),
+            }
+        };
+        if let AnyStore::Faulty(f) = &store {
+            f.on(
+                Op::Delete,
+                1,
+                Fault::Interleave(Box::new(move |m: &MemoryStore| m.set(&key, restarted))),
+            );
+        }
+        let (out, buf) = Out::buffered(false);
+        prune(
+            &settings,
+            &store,
+            std::time::Duration::ZERO,
+            false,
+            None,
+            &out,
+        )
+        .await
+        .unwrap();
+        let table = text(&buf);
+        let line = |id: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(id))
+                .unwrap()
+                .to_string()
+        };
+        let a = line("done-a");
+        assert!(
+            a.contains(" kept ")
+                && a.contains("changed since it was judged (its delete was refused)"),
+            "{table}"
+        );
+        let b = line("done-b");
+        assert!(
+            b.contains(" deleted ") && b.contains("finished and old enough"),
+            "{table}"
+        );
+        let rows = scan(&settings, &store, 1, None).await.unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.build_id.as_str()).collect();
+        assert_eq!(ids, ["done-a"]);
+        assert_eq!(rows[0].doc.as_ref().unwrap().run, 2, "the restart survived");
+    }
 }

@@ -5,11 +5,11 @@
 //! only lists and reads, with the fleet commands' cache; SIGTERM or Ctrl-C
 //! stops it cleanly.
 
-use super::{Row, cache, metrics, output, scan_cached};
+use super::{Row, cache, metrics, output, scan::scan_cached};
+use crate::config::Settings;
+use crate::engine::Builds;
+use crate::store::AnyStore;
 use anyhow::{Context, Result};
-use build_state::config::Settings;
-use build_state::engine::Builds;
-use build_state::store::AnyStore;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
@@ -33,7 +33,7 @@ impl Fleet {
         // The cache is taken out while the scan runs (requests are served
         // one at a time).
         let mut cache = self.cache.borrow_mut().take();
-        let rows = scan_cached(&self.settings, &self.store, 32, false, cache.as_mut()).await;
+        let rows = scan_cached(&self.settings, &self.store, 32, None, cache.as_mut()).await;
         *self.cache.borrow_mut() = cache;
         rows
     }
@@ -58,7 +58,7 @@ fn json_reply(v: &Value) -> Reply {
 /// builds: every stage of the ladder.
 fn stages(settings: &Settings, rows: &[Row]) -> Value {
     let docs = rows.iter().filter_map(|r| r.doc.as_ref().ok());
-    let totals = super::report::stage_totals(docs, build_state::now());
+    let totals = super::report::stage_totals(docs, crate::now());
     Value::Array(
         settings
             .ladder
@@ -89,7 +89,7 @@ async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Re
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                metrics::render(&fleet.settings, &rows, build_state::now()),
+                metrics::render(&fleet.settings, &rows, crate::now()),
             )
         }
         "/api/builds" => {
@@ -97,7 +97,7 @@ async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Re
             json_reply(&output::rows_json(
                 &rows,
                 &fleet.settings.retry,
-                build_state::now(),
+                crate::now(),
             ))
         }
         "/api/stages" => {
@@ -128,6 +128,7 @@ pub async fn serve(
     store: AnyStore,
     listen: &str,
     no_cache: bool,
+    notes: Arc<crate::Notes>,
 ) -> Result<()> {
     let addr: SocketAddr = listen
         .parse()
@@ -135,12 +136,14 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
-    let cache = (!no_cache).then(|| cache::Cache::open(&settings)).flatten();
-    eprintln!(
-        "build-state: serving {} on http://{} (read only; Ctrl-C or SIGTERM stops)",
+    let cache = (!no_cache)
+        .then(|| cache::Cache::open(&settings, &notes))
+        .flatten();
+    notes.note(format!(
+        "serving {} on http://{} (read only; Ctrl-C or SIGTERM stops)",
         settings.location(settings.prefix()),
         listener.local_addr()?
-    );
+    ));
     let fleet = Fleet {
         settings,
         store,
@@ -172,10 +175,10 @@ pub async fn serve(
         // A client that stalls must not hold the server.
         match tokio::time::timeout(std::time::Duration::from_secs(60), conn).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("build-state: a connection failed: {e}"),
-            Err(_) => eprintln!("build-state: a connection timed out"),
+            Ok(Err(e)) => notes.note(format!("a connection failed: {e}")),
+            Err(_) => notes.note("a connection timed out"),
         }
     }
-    eprintln!("build-state: stopped");
+    notes.note("stopped");
     Ok(())
 }

@@ -2,13 +2,13 @@
 //! `BUILD_STATE_*` variables and flags (later ones win), all parsed by the
 //! resource's own source type.
 
+use crate::app::recorded_policy;
+use crate::config::{Config, Settings, Storage};
+use crate::pipeline;
+use crate::protocol::{Source, parse};
+use crate::resource::configure;
+use crate::store::AnyStore;
 use anyhow::{Context, Result, anyhow, bail};
-use build_state::app::recorded_policy;
-use build_state::config::{Config, Settings, Storage};
-use build_state::pipeline;
-use build_state::protocol::{Source, parse};
-use build_state::resource::configure;
-use build_state::store::AnyStore;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -176,7 +176,7 @@ impl SourceArgs {
     /// (states, retry, error patterns), the CLI takes the ones the resource
     /// recorded in the document; with its own, it uses them, and warns
     /// when they differ from the recorded ones (SPEC 6, one policy per build).
-    pub async fn build(&self, build_id: &str) -> Result<(Config, AnyStore)> {
+    pub async fn build(&self, build_id: &str, notes: &crate::Notes) -> Result<(Config, AnyStore)> {
         let (source, origin) = self.source(Some(build_id))?;
         let configured = |source: &Source| -> Result<Config> {
             let mut config = configure(source)?;
@@ -197,9 +197,9 @@ impl SourceArgs {
             return Ok((configured(&source.with_policy(recorded))?, store));
         }
         if own != recorded {
-            eprintln!(
-                "build-state: warning: {build_id}: the states, retry or error patterns given here differ from the ones the pipeline's resource recorded in the document; deciding by the ones given here (give none to decide as the pipeline does)"
-            );
+            notes.warn(format!(
+                "{build_id}: the states, retry or error patterns given here differ from the ones the pipeline's resource recorded in the document; deciding by the ones given here (give none to decide as the pipeline does)"
+            ));
         }
         Ok((config, store))
     }

@@ -2,11 +2,11 @@
 
 use super::cache::Cache;
 use super::output::Out;
+use crate::config::Settings;
+use crate::engine::{Builds, Read};
+use crate::model::Document;
+use crate::store::{AnyStore, Store};
 use anyhow::{Result, anyhow};
-use build_state::config::Settings;
-use build_state::engine::{Builds, Read};
-use build_state::model::Document;
-use build_state::store::{AnyStore, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ struct Seen {
     run: u64,
     revision: u64,
     /// When the stage in progress counts as dead, if it has a timeout.
-    dead_since: Option<build_state::model::Timestamp>,
+    dead_since: Option<crate::model::Timestamp>,
 }
 
 /// Follows one build, or every build under the prefix. For a prefix, the
@@ -59,9 +59,7 @@ pub async fn watch(
                     let dead = seen
                         .get(&id)
                         .and_then(|s| s.dead_since.map(|t| (t, s.revision)))
-                        .is_some_and(|(t, rev)| {
-                            build_state::now() >= t && stale.get(&id) != Some(&rev)
-                        });
+                        .is_some_and(|(t, rev)| crate::now() >= t && stale.get(&id) != Some(&rev));
                     let cached = if first {
                         cache
                             .as_ref()
@@ -99,7 +97,7 @@ pub async fn watch(
                 Ok(Read::Unchanged) => {
                     if let Some(s) = known
                         && let Some(since) = s.dead_since
-                        && build_state::now() >= since
+                        && crate::now() >= since
                         && stale.get(&id) != Some(&s.revision)
                     {
                         let doc = builds.current().await?.map(|c| c.doc);
@@ -111,7 +109,7 @@ pub async fn watch(
                 }
                 Ok(Read::Absent) => {
                     if one.is_some() && first {
-                        eprintln!("build-state: {id} has no state yet; waiting for it");
+                        out.note(format!("{id} has no state yet; waiting for it"));
                     }
                 }
                 Ok(Read::Found(c)) => {
@@ -120,7 +118,7 @@ pub async fn watch(
                     }
                     seen_found(config, out, &mut seen, &mut stale, &id, &c.doc, &c.etag)?;
                 }
-                Err(e) => eprintln!("build-state: {e}"),
+                Err(e) => out.note(e.to_string()),
             }
         }
         first = false;
@@ -170,7 +168,7 @@ fn seen_found(
         out.event(id, e)?;
     }
     let dead_since = doc.dead_since(&config.retry);
-    if let Some(since) = dead_since.filter(|t| build_state::now() >= *t)
+    if let Some(since) = dead_since.filter(|t| crate::now() >= *t)
         && stale.get(id) != Some(&doc.revision)
     {
         out.stale(id, doc, &since)?;
@@ -186,4 +184,130 @@ fn seen_found(
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! `watch` on the in-memory store.
+
+    use super::super::{cache, scan::scan_cached};
+    use super::*;
+    use crate::cli::build::tests::{act_with, settings, text, walk};
+    use crate::cli::output::Out;
+    use crate::model::Action;
+    use crate::store::memory::MemoryStore;
+
+    /// One sweep of `watch` (of `one` build, or of the prefix): what it said.
+    pub(crate) async fn watch_once(
+        settings: &Arc<Settings>,
+        store: &AnyStore,
+        one: Option<&str>,
+        cache: Option<cache::Cache>,
+    ) -> String {
+        let (out, buf) = Out::buffered(false);
+        watch(
+            settings,
+            store,
+            one,
+            std::time::Duration::from_millis(1),
+            Some(std::time::Duration::ZERO),
+            cache,
+            &out,
+        )
+        .await
+        .unwrap();
+        text(&buf)
+    }
+
+    /// An idle watch of a prefix costs listings only.
+    #[tokio::test]
+    async fn an_idle_watch_sweep_is_a_listing() {
+        use crate::store::memory::{FaultyStore, Op};
+        let store = AnyStore::Faulty(FaultyStore::new(MemoryStore::new()));
+        let (quiet, _) = Out::buffered(false);
+        for id in ["a", "b", "c"] {
+            walk(&store, id, &quiet).await;
+        }
+        let AnyStore::Faulty(f) = &store else {
+            unreachable!()
+        };
+        let (gets, lists) = (f.calls(Op::Get), f.calls(Op::List));
+        let (out, _) = Out::buffered(false);
+        watch(
+            &settings(),
+            &store,
+            None,
+            std::time::Duration::from_millis(5),
+            Some(std::time::Duration::from_millis(60)),
+            None,
+            &out,
+        )
+        .await
+        .unwrap();
+        let AnyStore::Faulty(f) = &store else {
+            unreachable!()
+        };
+        assert!(f.calls(Op::List) - lists >= 3, "several sweeps");
+        assert_eq!(
+            f.calls(Op::Get) - gets,
+            3,
+            "each build read once, then only listed"
+        );
+    }
+
+    /// A watch of a prefix starts from the cache: only the builds that
+    /// changed since are read, and it says the same as without the cache.
+    #[tokio::test]
+    async fn a_watch_starts_from_the_cache() {
+        use crate::store::memory::{FaultyStore, Op};
+        let settings = settings();
+        let store = AnyStore::Faulty(FaultyStore::new(MemoryStore::new()));
+        let (quiet, _) = Out::buffered(false);
+        for id in ["a", "b", "c"] {
+            walk(&store, id, &quiet).await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = cache::Cache::open_in(dir.path().to_path_buf(), &settings);
+        scan_cached(&settings, &store, 4, None, Some(&mut cache))
+            .await
+            .unwrap();
+        let config = settings.for_build("b").unwrap();
+        act_with(&config, &store, Action::Retry(5), &quiet)
+            .await
+            .unwrap();
+        let gets = |s: &AnyStore| match s {
+            AnyStore::Faulty(f) => f.calls(Op::Get),
+            _ => unreachable!(),
+        };
+        let once = |cache: Option<cache::Cache>| {
+            let (settings, store) = (&settings, &store);
+            async move {
+                let before = gets(store);
+                let said = watch_once(settings, store, None, cache).await;
+                (said, gets(store) - before)
+            }
+        };
+        let (cold, cold_reads) = once(None).await;
+        let (warm, warm_reads) = once(Some(cache::Cache::open_in(
+            dir.path().to_path_buf(),
+            &settings,
+        )))
+        .await;
+        assert_eq!(cold_reads, 3);
+        assert_eq!(warm_reads, 1, "only the build that changed is read");
+        assert_eq!(warm, cold);
+        assert!(cold.contains("b r5 retry"), "{cold}");
+    }
+
+    #[tokio::test]
+    async fn watch_prints_where_each_build_stands() {
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (quiet, _) = Out::buffered(false);
+        walk(&store, "rhel8-web", &quiet).await;
+        let said = watch_once(&settings(), &store, None, None).await;
+        assert!(
+            said.contains("rhel8-web r4 fail 5 → 5 failed (attempt 1)"),
+            "{said}"
+        );
+    }
 }

@@ -1,0 +1,513 @@
+//! One build's commands: what it is (`show`, `history`, `next`, `states`)
+//! and its actions (`init` ... `restart`, and the old `update`). Actions
+//! become a [`Request`] and go through the library's one translator, as a
+//! put's params do.
+
+use super::{Ctx, NotFound, output::Out, output::Table};
+use crate::app::{Change, SystemClock};
+use crate::config::{Config, Settings};
+use crate::engine::Builds;
+use crate::inputs::WorkingDir;
+use crate::model::{Actor, Document};
+use crate::protocol::{BuildEnv, PutAction};
+use crate::request::{Context, Front, Request, translate};
+use crate::store::AnyStore;
+use anyhow::{Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(super) struct Extras {
+    /// A JSON object merged into the build's vars
+    #[arg(long, value_name = "FILE")]
+    vars_file: Option<PathBuf>,
+    /// Free text recorded in the history entry
+    #[arg(long)]
+    note: Option<String>,
+}
+
+/// A build and one of its stages.
+#[derive(clap::Args, Debug)]
+pub(super) struct Stage {
+    build_id: String,
+    /// The stage's state code
+    state: u32,
+    #[command(flatten)]
+    extras: Extras,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(super) enum Command {
+    /// Show a build's state
+    Show { build_id: String },
+    /// Show a build's history (the current run)
+    History { build_id: String },
+    /// Print what a job should do now: run, retry, wait (a retry not due
+    /// yet), blocked, done or cancelled
+    Next { build_id: String },
+    /// Create a build at its initial state
+    Init {
+        build_id: String,
+        /// A label, e.g. cloud_provider=aws (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Start a new run if the build completed or was cancelled
+        #[arg(long)]
+        restart: bool,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Mark stage N as running
+    Start(Stage),
+    /// Stage N succeeded: move on to the next state
+    Complete(Stage),
+    /// Stage N failed
+    Fail {
+        build_id: String,
+        state: u32,
+        /// What went wrong
+        #[arg(long)]
+        error: Option<String>,
+        /// A file holding what went wrong
+        #[arg(long)]
+        error_file: Option<PathBuf>,
+        /// transient (retried) or persistent (blocked at once); default: from the source's regex lists
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// A human's decision: stage N is due again (attempts reset)
+    Retry(Stage),
+    /// Manual override: put the build at state N
+    Set {
+        build_id: String,
+        state: u32,
+        #[arg(long, default_value = "pending")]
+        status: String,
+        /// Why (recorded in the history)
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Abandon a build
+    Cancel { build_id: String, reason: String },
+    /// Archive the current run and start a new one at the initial state
+    Restart {
+        build_id: String,
+        #[command(flatten)]
+        extras: Extras,
+    },
+    /// Show the ladder and the retry policy
+    States,
+    /// The old update-state.sh: update BUILD_ID STATE [completed|failed] [ERROR]
+    Update {
+        build_id: String,
+        state: u32,
+        /// completed (complete STATE), failed (fail STATE with ERROR); none: start STATE
+        status: Option<String>,
+        error: Option<String>,
+    },
+}
+
+fn path(p: &Option<PathBuf>) -> Option<String> {
+    p.as_deref().map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The request an action command makes, with its build.
+fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
+    let with = |action: PutAction, extras: &Extras| {
+        let mut r = Request::new(action);
+        r.vars_file = path(&extras.vars_file);
+        r.note = extras.note.clone();
+        r
+    };
+    Ok(match command {
+        Command::Init {
+            build_id,
+            labels,
+            restart,
+            extras,
+        } => (build_id, with(PutAction::Init { restart }, &extras), labels),
+        Command::Start(s) => (
+            s.build_id,
+            with(PutAction::Start(s.state), &s.extras),
+            vec![],
+        ),
+        Command::Complete(s) => (
+            s.build_id,
+            with(PutAction::Complete(s.state), &s.extras),
+            vec![],
+        ),
+        Command::Retry(s) => (
+            s.build_id,
+            with(PutAction::Retry(s.state), &s.extras),
+            vec![],
+        ),
+        Command::Fail {
+            build_id,
+            state,
+            error,
+            error_file,
+            kind,
+            extras,
+        } => {
+            let mut r = with(PutAction::Fail(state), &extras);
+            (r.error, r.error_file, r.kind) = (error, path(&error_file), kind);
+            (build_id, r, vec![])
+        }
+        Command::Set {
+            build_id,
+            state,
+            status,
+            reason,
+            extras,
+        } => {
+            let mut r = with(PutAction::Set(state), &extras);
+            (r.status, r.reason) = (Some(status), Some(reason));
+            (build_id, r, vec![])
+        }
+        Command::Cancel { build_id, reason } => {
+            (build_id, Request::new(PutAction::Cancel(reason)), vec![])
+        }
+        Command::Restart { build_id, extras } => {
+            (build_id, with(PutAction::Restart, &extras), vec![])
+        }
+        Command::Update {
+            build_id,
+            state,
+            status,
+            error,
+        } => (build_id, old_update(state, status, error)?, vec![]),
+        other => unreachable!("{other:?} is not an action"),
+    })
+}
+
+/// The old scripts' `update BUILD_ID STATE [completed|failed] [ERROR]`.
+fn old_update(state: u32, status: Option<String>, error: Option<String>) -> Result<Request> {
+    // Empty arguments (an unset variable in a script) count as absent.
+    let status = status.filter(|s| !s.trim().is_empty());
+    let error = error.filter(|e| !e.trim().is_empty());
+    Ok(match status.as_deref().map(str::trim) {
+        None => Request::new(PutAction::Start(state)),
+        Some("completed") => Request::new(PutAction::Complete(state)),
+        Some("failed") => {
+            let mut r = Request::new(PutAction::Fail(state));
+            r.error = Some(error.unwrap_or_else(|| format!("stage {state} failed")));
+            r
+        }
+        Some(other) => bail!("update: status {other:?} must be completed or failed"),
+    })
+}
+
+pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
+    let (src, out) = (ctx.source, ctx.out);
+    match command {
+        Command::States => {
+            let settings = src.settings()?;
+            states(&settings, out)
+        }
+        Command::Show { build_id } => {
+            let (config, store) = src.build(&build_id, &out.notes).await?;
+            out.document(&config, &current(&config, &store).await?)
+        }
+        Command::History { build_id } => {
+            let (config, store) = src.build(&build_id, &out.notes).await?;
+            out.history(&current(&config, &store).await?)
+        }
+        Command::Next { build_id } => {
+            let (config, store) = src.build(&build_id, &out.notes).await?;
+            next(&current(&config, &store).await?, out)
+        }
+        action => {
+            let (build_id, req, labels) = request(action)?;
+            let (config, store) = src.build(&build_id, &out.notes).await?;
+            let config = with_labels(config, &build_id, &labels)?;
+            act(&config, &store, &req, out).await
+        }
+    }
+}
+
+/// `init --label K=V`: the labels join the source's.
+fn with_labels(config: Config, build_id: &str, labels: &[String]) -> Result<Config> {
+    if labels.is_empty() {
+        return Ok(config);
+    }
+    let mut settings: Settings = (*config.settings).clone();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--label {l:?} is not KEY=VALUE"))?;
+        settings
+            .labels
+            .insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(std::sync::Arc::new(settings).for_build(build_id)?)
+}
+
+fn next(doc: &Document, out: &Out) -> Result<()> {
+    let step = crate::model::NextStep::live(doc, crate::now());
+    if out.json {
+        out.print_json(&json!({
+            "next": step.as_str(),
+            "state": doc.state,
+            "status": doc.status,
+            "retry_at": doc.retry_at.map(|t| crate::model::document::rfc3339::format(&t)),
+        }))
+    } else {
+        out.write(&format!("{}\n", step.as_str()))
+    }
+}
+
+/// The person (or build) making a change from the CLI.
+pub(super) fn actor() -> Actor {
+    let env = BuildEnv::from_env();
+    let mut a = if env.build_id.is_some() {
+        env.actor()
+    } else {
+        Actor::default()
+    };
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok());
+    a.user = Some(match host {
+        Some(h) => format!("{user}@{h}"),
+        None => user,
+    });
+    a
+}
+
+/// The live document of the configured build, or `NotFound`.
+pub(super) async fn current(config: &Config, store: &AnyStore) -> Result<Document> {
+    match Builds::new(config, store).current().await? {
+        Some(c) => Ok(c.doc),
+        None => Err(NotFound(format!(
+            "{} has no state at {} (check the build id and the prefix; `build-state list` shows every build)",
+            config.build_id,
+            config.location(&config.state_key())
+        ))
+        .into()),
+    }
+}
+
+/// Translates `req` as the CLI's arguments, applies it and prints the result.
+pub(super) async fn act(config: &Config, store: &AnyStore, req: &Request, out: &Out) -> Result<()> {
+    let env = BuildEnv::from_env();
+    let change = translate(
+        req,
+        &Context {
+            front: Front::Cli,
+            config,
+            env: &env,
+            actor: actor(),
+            now: crate::now(),
+            files: &WorkingDir,
+            notes: &out.notes,
+        },
+    )?;
+    let described = match &change {
+        Change::Apply(u) => u.action.describe(),
+        Change::File(_) => "file".to_string(),
+    };
+    let applied = crate::app::record(config, store, &SystemClock, change, &out.notes).await?;
+    out.applied(&described, &applied.doc, applied.written)
+}
+
+fn states(config: &Settings, out: &Out) -> Result<()> {
+    let fmt = crate::model::duration::format;
+    if out.json {
+        let steps: Vec<Value> = config
+            .ladder
+            .steps()
+            .iter()
+            .map(|s| {
+                let r = config.retry.for_state(s.code);
+                json!({"code": s.code, "name": s.name, "policy": config.retry.source_of(s.code),
+                       "max_attempts": r.max_attempts, "backoff": fmt(r.backoff),
+                       "factor": r.factor, "max_backoff": fmt(r.max_backoff),
+                       "resume_from": r.resume_from, "timeout": r.timeout.map(fmt)})
+            })
+            .collect();
+        return out.print_json(&Value::Array(steps));
+    }
+    let mut t = Table::new(&[
+        "CODE",
+        "NAME",
+        "POLICY",
+        "MAX ATTEMPTS",
+        "BACKOFF",
+        "ON FAILURE",
+        "TIMEOUT",
+    ]);
+    for s in config.ladder.steps() {
+        let r = config.retry.for_state(s.code);
+        let on_failure = match (r.max_attempts, r.resume_from) {
+            (1, _) => "a human".to_string(),
+            (_, Some(m)) => format!("back to {m}"),
+            _ => "retry".to_string(),
+        };
+        t.row(vec![
+            s.code.to_string(),
+            s.name.clone(),
+            config.retry.source_of(s.code),
+            r.max_attempts.to_string(),
+            format!("{} ×{} ≤ {}", fmt(r.backoff), r.factor, fmt(r.max_backoff)),
+            on_failure,
+            r.timeout.map(fmt).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out.table(&t)?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The build commands on the in-memory store, their output read from a
+    //! buffer.
+
+    use super::*;
+    use crate::model::{Action, ErrorInfo, FailureKind, Update};
+    use crate::store::memory::MemoryStore;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    pub(crate) fn settings() -> Arc<Settings> {
+        let source: crate::protocol::Source =
+            serde_json::from_str(r#"{"local_dir": "/nowhere", "prefix": "fleet/"}"#).unwrap();
+        Arc::new(Settings::from_source(&source).unwrap())
+    }
+
+    pub(crate) fn text(buf: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
+        String::from_utf8(std::mem::take(&mut *buf.lock().unwrap())).unwrap()
+    }
+
+    /// Applies a model action directly (no translation), printing as `act`.
+    pub(crate) async fn act_with(
+        config: &Config,
+        store: &AnyStore,
+        action: Action,
+        out: &Out,
+    ) -> Result<()> {
+        let update = Update::new(action, Actor::default(), crate::now());
+        let described = update.action.describe();
+        let applied = crate::app::record(
+            config,
+            store,
+            &SystemClock,
+            Change::Apply(update),
+            &out.notes,
+        )
+        .await?;
+        out.applied(&described, &applied.doc, applied.written)
+    }
+
+    /// A build taken to a failed kickstart.
+    pub(crate) async fn walk(store: &AnyStore, id: &str, out: &Out) {
+        let config = settings().for_build(id).unwrap();
+        for action in [
+            Action::Init { restart: false },
+            Action::Complete(0),
+            Action::Start(5),
+            Action::Fail {
+                state: 5,
+                error: ErrorInfo::new("packer: ssh timeout".into(), FailureKind::Transient),
+            },
+        ] {
+            act_with(&config, store, action, out).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn actions_say_what_they_did_and_refusals_say_why() {
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (out, buf) = Out::buffered(false);
+        walk(&store, "rhel8-web", &out).await;
+        let said = text(&buf);
+        assert!(
+            said.contains("rhel8-web: init → 0 initial (pending), revision 1"),
+            "{said}"
+        );
+        assert!(
+            said.contains("rhel8-web: fail 5 → 5 kickstart initiated (failed), revision 4"),
+            "{said}"
+        );
+        let config = settings().for_build("rhel8-web").unwrap();
+        let err = act(
+            &config,
+            &store,
+            &Request::new(PutAction::Complete(25)),
+            &out,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot complete 25; allowed now: start 5"),
+            "{err}"
+        );
+        assert_eq!(text(&buf), "", "a refusal prints nothing on stdout");
+        // Again in JSON.
+        let (json_out, buf) = Out::buffered(true);
+        act(
+            &config,
+            &store,
+            &Request::new(PutAction::Retry(5)),
+            &json_out,
+        )
+        .await
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text(&buf)).unwrap();
+        assert_eq!(
+            (v["written"].as_bool(), v["document"]["status"].as_str()),
+            (Some(true), Some("pending"))
+        );
+    }
+
+    /// The CLI's failure with a missing --vars-file is recorded, and the
+    /// warning arrives in the terminal's notes, not on stdout.
+    #[tokio::test]
+    async fn a_missing_vars_file_on_a_failure_is_a_note() {
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (out, buf) = Out::buffered(false);
+        walk(&store, "rhel8-web", &out).await;
+        let config = settings().for_build("rhel8-web").unwrap();
+        act(&config, &store, &Request::new(PutAction::Retry(5)), &out)
+            .await
+            .unwrap();
+        text(&buf);
+        out.notes.take();
+        let mut req = Request::new(PutAction::Fail(5));
+        req.error = Some("ansible: unreachable".into());
+        req.vars_file = Some(Path::new("/nonexistent/vars.json").display().to_string());
+        act(&config, &store, &req, &out).await.unwrap();
+        let notes = out.notes.take();
+        assert!(
+            notes.iter().any(|n| n
+                .starts_with("warning: --vars-file: cannot read /nonexistent/vars.json")
+                && n.ends_with("recording the failure without vars")),
+            "{notes:?}"
+        );
+        assert!(text(&buf).contains("fail 5 → 5 kickstart initiated (failed)"));
+    }
+
+    #[tokio::test]
+    async fn states_show_the_policy_per_code() {
+        let (out, buf) = Out::buffered(false);
+        states(&settings(), &out).unwrap();
+        let table = text(&buf);
+        assert!(
+            table.contains(
+                "5     kickstart initiated       default  3             30s ×2 ≤ 1h  retry       -"
+            ),
+            "{table}"
+        );
+        assert_eq!(table.lines().count(), 22, "a header and 21 codes");
+    }
+}

@@ -1,0 +1,234 @@
+//! The fleet scan: every build under the prefix, read `concurrency` at a
+//! time, through the cache when there is one (a fleet that did not change
+//! costs its listing).
+
+use super::cache::Cache;
+use crate::Notes;
+use crate::config::Settings;
+use crate::engine::{Builds, ErrorKind};
+use crate::model::Document;
+use crate::store::{AnyStore, Store};
+use anyhow::{Result, anyhow};
+use futures_util::StreamExt;
+use std::sync::Arc;
+
+/// One build found under the prefix.
+pub(crate) struct Row {
+    /// The build.
+    pub(crate) build_id: String,
+    /// Its document, or why it cannot be read.
+    pub(crate) doc: Result<Document, String>,
+}
+
+/// Reads every build under the prefix, `concurrency` at a time, with
+/// progress to `progress` when it takes long.
+pub(crate) async fn scan(
+    config: &Arc<Settings>,
+    store: &AnyStore,
+    concurrency: usize,
+    progress: Option<&Notes>,
+) -> Result<Vec<Row>> {
+    scan_cached(config, store, concurrency, progress, None).await
+}
+
+/// [`scan`], reading only the documents whose listing tag changed since
+/// `cache` saw them: a fleet that did not change costs its listing.
+pub(crate) async fn scan_cached(
+    config: &Arc<Settings>,
+    store: &AnyStore,
+    concurrency: usize,
+    progress: Option<&Notes>,
+    mut cache: Option<&mut Cache>,
+) -> Result<Vec<Row>> {
+    let listed = store
+        .list_tags(config.prefix())
+        .await
+        .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
+    let builds: Vec<(String, String)> = listed
+        .into_iter()
+        .filter_map(|l| config.build_id_of_key(&l.key).map(|id| (id, l.tag)))
+        .collect();
+    if let Some(c) = cache.as_deref_mut() {
+        c.retain(&builds.iter().map(|(id, _)| id.clone()).collect());
+    }
+    let total = builds.len();
+    let mut rows = Vec::with_capacity(total);
+    let mut to_read = Vec::new();
+    for (id, tag) in builds {
+        let hit = cache
+            .as_deref()
+            .and_then(|c| c.get(&id, &tag))
+            .filter(|d| d.build_id == id && d.verify(&config.ladder).is_ok());
+        match hit {
+            Some(doc) => rows.push(Row {
+                build_id: id,
+                doc: Ok(doc.clone()),
+            }),
+            None => to_read.push((id, tag)),
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    let mut results = futures_util::stream::iter(to_read.into_iter().map(|(id, tag)| async move {
+        let doc = match config.for_build(&id) {
+            Err(e) => Err(e.to_string()),
+            Ok(c) => match Builds::new(&c, store).current().await {
+                Ok(Some(cur)) => Ok(cur.doc),
+                Ok(None) => Err("deleted while listing".to_string()),
+                Err(e) => Err(match e.kind {
+                    ErrorKind::Store(s) => s.to_string(),
+                    k => k.to_string(),
+                }),
+            },
+        };
+        (Row { build_id: id, doc }, tag)
+    }))
+    .buffer_unordered(concurrency);
+    while let Some((row, tag)) = results.next().await {
+        if let (Some(c), Ok(doc)) = (cache.as_deref_mut(), &row.doc) {
+            c.put(&row.build_id, &tag, doc);
+        }
+        rows.push(row);
+        if let Some(p) = progress
+            && last_report.elapsed().as_millis() >= 1000
+        {
+            last_report = std::time::Instant::now();
+            p.progress(format!("read {}/{total} builds ...", rows.len()));
+        }
+    }
+    if let Some(p) = progress
+        && started.elapsed().as_millis() >= 1000
+    {
+        p.progress(format!(
+            "read {total}/{total} builds in {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    if let Some(c) = cache {
+        c.save();
+    }
+    rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scan and its cache on the in-memory store.
+
+    use super::*;
+    use crate::cli::build::tests::{act_with, settings, text, walk};
+    use crate::cli::output::Out;
+    use crate::model::{Action, Status};
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn list_reads_every_build_and_names_the_unreadable() {
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (out, buf) = Out::buffered(false);
+        walk(&store, "rhel8-web", &out).await;
+        walk(&store, "rhel9-db", &out).await;
+        text(&buf);
+        if let AnyStore::Memory(m) = &store {
+            m.set("fleet/broken/state.json", b"{not json".to_vec());
+            m.set("fleet/notes.txt", b"not a build".to_vec());
+        }
+        let rows = scan(&settings(), &store, 4, None).await.unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.build_id.as_str()).collect();
+        assert_eq!(ids, ["broken", "rhel8-web", "rhel9-db"]);
+        out.list(&rows, &settings().retry).unwrap();
+        let table = text(&buf);
+        assert!(table.starts_with("BUILD"), "{table}");
+        assert!(table.contains("broken     -      -"), "{table}");
+        assert!(table.contains("unreadable"), "{table}");
+        assert!(table.contains("packer: ssh timeout"), "{table}");
+    }
+
+    /// A second scan of an unchanged fleet reads no document; a changed
+    /// build is read again; a corrupt cache is rebuilt, never trusted.
+    #[tokio::test]
+    async fn the_cache_reads_only_what_changed() {
+        use crate::store::memory::{FaultyStore, Op};
+        let settings = settings();
+        let store = AnyStore::Faulty(FaultyStore::new(MemoryStore::new()));
+        let (quiet, _) = Out::buffered(false);
+        for id in ["a", "b", "c"] {
+            walk(&store, id, &quiet).await;
+        }
+        let gets = |s: &AnyStore| match s {
+            AnyStore::Faulty(f) => f.calls(Op::Get),
+            _ => unreachable!(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let scan_once = |store: &'static AnyStore| {
+            let dir = dir.path().to_path_buf();
+            let settings = settings.clone();
+            async move {
+                let mut cache = Cache::open_in(dir, &settings);
+                scan_cached(&settings, store, 4, None, Some(&mut cache))
+                    .await
+                    .unwrap()
+            }
+        };
+        let store: &'static AnyStore = Box::leak(Box::new(store));
+        let g0 = gets(store);
+        let first = scan_once(store).await;
+        assert_eq!(gets(store) - g0, 3, "a cold scan reads every document");
+        let g1 = gets(store);
+        let second = scan_once(store).await;
+        assert_eq!(gets(store) - g1, 0, "an unchanged fleet: its listing only");
+        let docs = |rows: &[Row]| {
+            rows.iter()
+                .map(|r| r.doc.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(docs(&first), docs(&second));
+        // One build changes: it alone is read.
+        let config = settings.for_build("b").unwrap();
+        act_with(&config, store, Action::Retry(5), &quiet)
+            .await
+            .unwrap();
+        let g2 = gets(store);
+        let third = scan_once(store).await;
+        assert!(
+            gets(store) - g2 >= 1 && gets(store) - g2 <= 2,
+            "the changed build only"
+        );
+        assert_eq!(third[1].doc.as_ref().unwrap().status, Status::Pending);
+        // A corrupt cache is rebuilt: every document read again.
+        let path = Cache::open_in(dir.path().to_path_buf(), &settings)
+            .path()
+            .to_path_buf();
+        std::fs::write(&path, b"{not json").unwrap();
+        let g3 = gets(store);
+        let fourth = scan_once(store).await;
+        assert_eq!(gets(store) - g3, 3);
+        assert_eq!(docs(&fourth), docs(&third));
+    }
+
+    /// A long-lived cache (`serve`) writes its file only when a scan read
+    /// something new.
+    #[tokio::test]
+    async fn a_long_lived_cache_is_written_when_it_changed() {
+        let settings = settings();
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (quiet, _) = Out::buffered(false);
+        walk(&store, "a", &quiet).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = Cache::open_in(dir.path().to_path_buf(), &settings);
+        let path = cache.path().to_path_buf();
+        scan_cached(&settings, &store, 4, None, Some(&mut cache))
+            .await
+            .unwrap();
+        assert!(path.exists(), "the first scan saved what it read");
+        std::fs::remove_file(&path).unwrap();
+        scan_cached(&settings, &store, 4, None, Some(&mut cache))
+            .await
+            .unwrap();
+        assert!(!path.exists(), "an unchanged fleet: nothing written");
+        walk(&store, "b", &quiet).await;
+        scan_cached(&settings, &store, 4, None, Some(&mut cache))
+            .await
+            .unwrap();
+        assert!(path.exists(), "a new build: saved again");
+    }
+}
