@@ -3,7 +3,7 @@
 use crate::model::{
     At, Code, Condition, ErrorInfo, FailureKind, Ladder, RetryPolicy, StageRetry, Step,
 };
-use crate::protocol::{ConditionParam, Policy, Secret, Source, StageRetryParam};
+use crate::protocol::{ConditionParam, Policy, RetryParam, Secret, Source};
 use regex_lite::Regex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -258,11 +258,7 @@ fn stage_key(field: &str, key: &str, ladder: &Ladder) -> Result<(Code, Code), Co
     }
 }
 
-fn stage_retry(
-    field: &str,
-    p: &StageRetryParam,
-    base: &StageRetry,
-) -> Result<StageRetry, ConfigError> {
+fn stage_retry(field: &str, p: &RetryParam, base: &StageRetry) -> Result<StageRetry, ConfigError> {
     let timeout = match &p.timeout {
         None => base.timeout,
         Some(_) => {
@@ -445,17 +441,21 @@ impl Settings {
 
         let mut retry = RetryPolicy::default();
         if let Some(r) = &s.retry {
-            let top = StageRetryParam {
-                max_attempts: r.max_attempts,
-                backoff: r.backoff.clone(),
-                factor: r.factor,
-                max_backoff: r.max_backoff.clone(),
-                resume_from: None,
-                timeout: r.timeout.clone(),
-            };
-            retry.default = stage_retry("retry", &top, &StageRetry::default())?;
+            if r.resume_from.is_some() {
+                return err(
+                    "retry.resume_from",
+                    "belongs to a stage: write it under retry.states (e.g. states: {\"35\": {resume_from: 10}})",
+                );
+            }
+            retry.default = stage_retry("retry", r, &StageRetry::default())?;
             for (key, p) in &r.states {
                 let field = format!("retry.states.{key}");
+                if !p.states.is_empty() {
+                    return err(
+                        format!("{field}.states"),
+                        "states do not nest: give each code or range its own entry under retry.states",
+                    );
+                }
                 let (lo, hi) = stage_key(&field, key, &ladder)?;
                 let stage = stage_retry(&field, p, &retry.default)?;
                 if let Some(m) = stage.resume_from {
@@ -639,6 +639,24 @@ mod tests {
 
     fn error(json: &str) -> String {
         Config::from_source(&source(json)).unwrap_err().to_string()
+    }
+
+    /// One retry type for the top and the stages: each refuses what
+    /// belongs to the other.
+    #[test]
+    fn resume_from_is_a_stages_and_states_do_not_nest() {
+        let e = error(r#"{"local_dir": "/x", "build_id": "b", "retry": {"resume_from": 10}}"#);
+        assert!(
+            e.starts_with("source.retry.resume_from: belongs to a stage"),
+            "{e}"
+        );
+        let e = error(
+            r#"{"local_dir": "/x", "build_id": "b", "retry": {"states": {"35": {"states": {"40": {}}}}}}"#,
+        );
+        assert!(
+            e.starts_with("source.retry.states.35.states: states do not nest"),
+            "{e}"
+        );
     }
 
     #[test]

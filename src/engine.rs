@@ -797,4 +797,70 @@ mod tests {
         );
         assert_eq!(doc(&store, &c).await, run2, "nothing written");
     }
+
+    /// The same faults over the local store: a lost answer and a real
+    /// conflict (another writer's file slipped in before ours), each
+    /// judged by what is on disk, each landing once; the conflict is said
+    /// in the notes.
+    #[tokio::test(start_paused = true)]
+    async fn faults_over_the_local_store() {
+        use crate::store::local::LocalStore;
+        let dir = tempfile::tempdir().unwrap();
+        let source: crate::protocol::Source = serde_json::from_value(serde_json::json!({
+            "local_dir": dir.path(), "build_id": "rhel8-web"
+        }))
+        .unwrap();
+        let c = Config::from_source(&source).unwrap();
+        let clock = clock();
+        let store = FaultyStore::new(LocalStore::new(dir.path().to_path_buf()));
+        let notes = crate::Notes::new();
+        for a in [Action::Init { restart: false }, Action::Complete(0)] {
+            record(&c, &store, &clock, change(a, "a"), &notes)
+                .await
+                .unwrap();
+        }
+        // The answer to the start is lost after the file was replaced.
+        store.on(Op::Put, 3, Fault::ApplyThenLose);
+        let applied = record(&c, &store, &clock, change(Action::Start(5), "b"), &notes)
+            .await
+            .unwrap();
+        assert_eq!((applied.written, applied.doc.revision), (true, 3));
+        assert!(
+            notes
+                .take()
+                .iter()
+                .any(|n| n.starts_with("no answer to the write of")),
+            "the lost answer is said"
+        );
+        // Another writer fails stage 5 on disk just before our retry lands.
+        let key = c.state_key();
+        let theirs = {
+            let cur = doc(&store, &c).await;
+            let u = Update::new(fail(5, "theirs"), by("other"), crate::now());
+            match crate::model::apply(Some(&cur), &u, &c.rules()).unwrap() {
+                Outcome::Write(d) => d.to_bytes(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let path = dir.path().join(&key);
+        store.on(
+            Op::Put,
+            4,
+            Fault::Interleave(Box::new(move |_: &LocalStore| {
+                std::fs::write(&path, theirs).unwrap()
+            })),
+        );
+        let applied = record(&c, &store, &clock, change(Action::Retry(5), "c"), &notes)
+            .await
+            .unwrap();
+        assert!(applied.written);
+        let d = doc(&store, &c).await;
+        let actions: Vec<String> = d.history.iter().map(|e| e.action.to_string()).collect();
+        assert_eq!(actions, ["init", "complete", "start", "fail", "retry"]);
+        assert_eq!(store.calls(Op::Put), 5, "the conflict, then the retry");
+        assert!(
+            notes.take().is_empty(),
+            "a first conflict is not worth a line"
+        );
+    }
 }

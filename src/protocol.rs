@@ -111,10 +111,12 @@ pub struct ConditionParam {
     pub status: Option<String>,
 }
 
-/// Retry settings, as written in `source.retry` (or under its `states`).
+/// Retry settings, as written in `source.retry` and under its `states`
+/// (one type for both: `resume_from` belongs to a stage, `states` to the
+/// top; the configuration refuses either in the other place).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StageRetryParam {
+pub struct RetryParam {
     /// Failures of a stage before it is blocked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
@@ -133,31 +135,10 @@ pub struct StageRetryParam {
     /// A stage `in_progress` longer than this is a dead attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-}
-
-/// `source.retry`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryParam {
-    /// Failures of the stage before it is blocked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
-    /// The wait after the stage's first failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<String>,
-    /// Each further failure multiplies the wait.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub factor: Option<f64>,
-    /// The wait never exceeds this.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_backoff: Option<String>,
-    /// A stage `in_progress` longer than this is a dead attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
     /// Per-state overrides, keyed by a code (`"35"`) or an inclusive range
     /// of codes (`"10-65"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub states: BTreeMap<String, StageRetryParam>,
+    pub states: BTreeMap<String, RetryParam>,
 }
 
 /// The resource's `source` block, as written.

@@ -4,7 +4,6 @@
 //! (write to a temporary file, fsync, rename, fsync the directory).
 
 use super::{Fetched, Precondition, Store, StoreError};
-use md5::{Digest, Md5};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -15,12 +14,8 @@ pub struct LocalStore {
     root: PathBuf,
 }
 
-/// The ETag of a body: its MD5 in quotes, as S3 reports it.
-pub fn etag_of(body: &[u8]) -> String {
-    let digest = Md5::digest(body);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
-}
+pub use super::etag_of;
+use super::same_etag;
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     if e.kind() == ErrorKind::PermissionDenied {
@@ -79,7 +74,7 @@ impl LocalStore {
         let current = self.read(path)?.map(|b| etag_of(&b));
         let holds = match when {
             Precondition::Absent => current.is_none(),
-            Precondition::Matches(etag) => current.as_deref() == Some(etag),
+            Precondition::Matches(etag) => current.as_deref().is_some_and(|c| same_etag(c, etag)),
         };
         if !holds {
             return Err(StoreError::Conflict);
@@ -119,7 +114,7 @@ impl Store for LocalStore {
             None => Fetched::Absent,
             Some(body) => {
                 let etag = etag_of(&body);
-                if if_none_match == Some(etag.as_str()) {
+                if if_none_match.is_some_and(|e| same_etag(e, &etag)) {
                     Fetched::Unchanged
                 } else {
                     Fetched::Found { body, etag }
@@ -224,25 +219,17 @@ impl Store for LocalStore {
         }
         let _lock = lock(&path)?;
         match self.read(&path)? {
-            Some(body) if etag_of(&body) == etag => {
+            Some(body) if same_etag(&etag_of(&body), etag) => {
                 fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))
             }
             _ => Err(StoreError::Conflict),
         }
     }
 
-    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
-        Ok(super::Versioning::Off)
-    }
-
     async fn versions(&self, _key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
         Err(StoreError::NotVersioned(
             "a local directory keeps no versions of its documents; restore needs an S3 bucket with versioning".into(),
         ))
-    }
-
-    async fn get_version(&self, key: &str, _version_id: &str) -> Result<Vec<u8>, StoreError> {
-        self.versions(key).await.map(|_| Vec::new())
     }
 }
 

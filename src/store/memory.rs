@@ -1,11 +1,13 @@
-//! Stores for tests: [`MemoryStore`] keeps objects in memory with the same
-//! conditional semantics as S3 (ETag = quoted MD5 of the body), and
+//! Stores for unit tests (compiled only with them): [`MemoryStore`] keeps
+//! objects in memory with the same conditional semantics as S3 (ETag =
+//! quoted MD5 of the body, compared as every store compares), and
 //! [`FaultyStore`] wraps any store to inject faults on demand: an error on
 //! the nth call, a write applied and then reported lost (the ambiguous
 //! write), or another writer's change slipped in just before a write (a
-//! real conflict). In the style of mountpoint-s3's mock client.
+//! real conflict). In the style of mountpoint-s3's failure client.
 
-use super::{Fetched, Precondition, Store, StoreError};
+pub use super::etag_of;
+use super::{Fetched, Precondition, Store, StoreError, same_etag};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
@@ -13,16 +15,6 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
-}
-
-/// The ETag S3 gives a body: its MD5, quoted.
-pub fn etag_of(body: &[u8]) -> String {
-    use md5::{Digest, Md5};
-    let hex: String = Md5::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("\"{hex}\"")
 }
 
 impl MemoryStore {
@@ -49,7 +41,7 @@ impl Store for MemoryStore {
             None => Fetched::Absent,
             Some(body) => {
                 let etag = etag_of(body);
-                if if_none_match.is_some_and(|e| super::s3::same_etag(e, &etag)) {
+                if if_none_match.is_some_and(|e| same_etag(e, &etag)) {
                     Fetched::Unchanged
                 } else {
                     Fetched::Found {
@@ -70,7 +62,7 @@ impl Store for MemoryStore {
         let mut objects = self.objects.lock().unwrap();
         let holds = match (when, objects.get(key)) {
             (Precondition::Absent, None) => true,
-            (Precondition::Matches(e), Some(b)) => super::s3::same_etag(e, &etag_of(b)),
+            (Precondition::Matches(e), Some(b)) => same_etag(e, &etag_of(b)),
             _ => false,
         };
         if !holds {
@@ -114,28 +106,12 @@ impl Store for MemoryStore {
     async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
         let mut objects = self.objects.lock().unwrap();
         match objects.get(key) {
-            Some(b) if super::s3::same_etag(etag, &etag_of(b)) => {
+            Some(b) if same_etag(etag, &etag_of(b)) => {
                 objects.remove(key);
                 Ok(())
             }
             _ => Err(StoreError::Conflict),
         }
-    }
-
-    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
-        Ok(super::Versioning::Off)
-    }
-
-    async fn versions(&self, _key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
-        Err(StoreError::NotVersioned(
-            "the memory store keeps no versions".into(),
-        ))
-    }
-
-    async fn get_version(&self, _key: &str, _id: &str) -> Result<Vec<u8>, StoreError> {
-        Err(StoreError::NotVersioned(
-            "the memory store keeps no versions".into(),
-        ))
     }
 }
 
@@ -152,28 +128,32 @@ pub enum Op {
     Delete,
 }
 
-/// What to do to one call.
-pub enum Fault {
+/// What to do to one call of a store `S`.
+pub enum Fault<S = MemoryStore> {
     /// Fail without touching the store.
     Fail(StoreError),
     /// Apply a write, then report it lost ([`StoreError::Uncertain`]).
     ApplyThenLose,
     /// Before the call, let another writer change the store (a closure
     /// given the inner store), so that a write conflicts for real.
-    Interleave(Box<dyn FnOnce(&MemoryStore) + Send>),
+    Interleave(Box<dyn FnOnce(&S) + Send>),
 }
 
-/// Wraps a [`MemoryStore`]; faults are queued per operation and fire on
-/// the calls they are aimed at (the nth call of that operation, 1-based).
-pub struct FaultyStore {
-    inner: MemoryStore,
-    faults: Mutex<BTreeMap<Op, VecDeque<(usize, Fault)>>>,
+/// The faults aimed at one operation: (the nth call, what to do).
+type Queue<S> = VecDeque<(usize, Fault<S>)>;
+
+/// Wraps any store (the memory store by default, the local store too);
+/// faults are queued per operation and fire on the calls they are aimed at
+/// (the nth call of that operation, 1-based).
+pub struct FaultyStore<S = MemoryStore> {
+    inner: S,
+    faults: Mutex<BTreeMap<Op, Queue<S>>>,
     calls: Mutex<BTreeMap<Op, usize>>,
 }
 
-impl FaultyStore {
+impl<S: Store> FaultyStore<S> {
     /// Wraps `inner` with no fault yet.
-    pub fn new(inner: MemoryStore) -> FaultyStore {
+    pub fn new(inner: S) -> FaultyStore<S> {
         FaultyStore {
             inner,
             faults: Mutex::default(),
@@ -183,7 +163,7 @@ impl FaultyStore {
 
     /// Aims `fault` at the `nth` call of `op` (1-based, counted from the
     /// store's creation).
-    pub fn on(&self, op: Op, nth: usize, fault: Fault) -> &Self {
+    pub fn on(&self, op: Op, nth: usize, fault: Fault<S>) -> &Self {
         self.faults
             .lock()
             .unwrap()
@@ -199,12 +179,12 @@ impl FaultyStore {
     }
 
     /// The wrapped store.
-    pub fn inner(&self) -> &MemoryStore {
+    pub fn inner(&self) -> &S {
         &self.inner
     }
 
     /// Counts the call; returns the fault aimed at it, if any.
-    fn next(&self, op: Op) -> Option<Fault> {
+    fn next(&self, op: Op) -> Option<Fault<S>> {
         let n = {
             let mut calls = self.calls.lock().unwrap();
             let c = calls.entry(op).or_insert(0);
@@ -218,7 +198,7 @@ impl FaultyStore {
     }
 }
 
-impl Store for FaultyStore {
+impl<S: Store> Store for FaultyStore<S> {
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
         match self.next(Op::Get) {
             Some(Fault::Fail(e)) => return Err(e),

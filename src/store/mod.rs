@@ -2,6 +2,7 @@
 //! implemented for S3 and for a local directory.
 
 pub mod local;
+#[cfg(test)]
 pub mod memory;
 pub mod s3;
 
@@ -105,6 +106,32 @@ pub enum StoreError {
     Other(String),
 }
 
+/// The ETag S3 gives a body it stored in one piece: its MD5, quoted. The
+/// local store and the test stores use it too.
+pub fn etag_of(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    let hex: String = Md5::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{hex}\"")
+}
+
+/// The ETag without quotes or a weak prefix: the part servers compare.
+pub fn bare_etag(etag: &str) -> &str {
+    let e = etag.trim();
+    let e = e.strip_prefix("W/").unwrap_or(e);
+    e.strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .unwrap_or(e)
+}
+
+/// Whether two ETags name the same content, however each is quoted: the
+/// one comparison every store makes.
+pub fn same_etag(a: &str, b: &str) -> bool {
+    bare_etag(a) == bare_etag(b)
+}
+
 /// Conditional object storage.
 #[allow(async_fn_in_trait)]
 pub trait Store {
@@ -136,15 +163,27 @@ pub trait Store {
     /// `StoreError::Conflict` when it changed or is gone.
     async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError>;
 
-    /// Whether the store keeps the versions of its objects.
-    async fn versioning(&self) -> Result<Versioning, StoreError>;
+    /// Whether the store keeps the versions of its objects. Versioning is
+    /// a capability of its own: a store that keeps none implements none of
+    /// these three, and answers `Off` and `NotVersioned`.
+    async fn versioning(&self) -> Result<Versioning, StoreError> {
+        Ok(Versioning::Off)
+    }
 
     /// The stored versions of `key`, newest first (`NotVersioned` for a
     /// store that keeps none).
-    async fn versions(&self, key: &str) -> Result<Vec<StoredVersion>, StoreError>;
+    async fn versions(&self, _key: &str) -> Result<Vec<StoredVersion>, StoreError> {
+        Err(StoreError::NotVersioned(
+            "this store keeps no versions of its objects".into(),
+        ))
+    }
 
     /// The body of one stored version of `key`.
-    async fn get_version(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError>;
+    async fn get_version(&self, _key: &str, _version_id: &str) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::NotVersioned(
+            "this store keeps no versions of its objects".into(),
+        ))
+    }
 }
 
 /// The store a configuration names.
@@ -153,9 +192,11 @@ pub enum AnyStore {
     Local(local::LocalStore),
     /// An S3 bucket.
     S3(s3::S3Store),
-    /// Memory (for tests).
+    /// Memory (unit tests only).
+    #[cfg(test)]
     Memory(memory::MemoryStore),
-    /// Memory with faults on demand (for tests).
+    /// Memory with faults on demand (unit tests only).
+    #[cfg(test)]
     Faulty(memory::FaultyStore),
 }
 
@@ -167,103 +208,44 @@ impl AnyStore {
             Storage::S3(s3) => AnyStore::S3(s3::S3Store::connect(s3).await?),
         })
     }
-}
 
-impl AnyStore {
     /// The server quirks this process has met and works around, in words.
     pub fn quirks(&self) -> Vec<String> {
         match self {
-            AnyStore::Local(_) => Vec::new(),
             AnyStore::S3(s) => s.quirks(),
-            AnyStore::Memory(_) | AnyStore::Faulty(_) => Vec::new(),
+            _ => Vec::new(),
         }
     }
 }
 
-impl Store for AnyStore {
-    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
-        match self {
-            AnyStore::Local(s) => s.get(key, if_none_match).await,
-            AnyStore::S3(s) => s.get(key, if_none_match).await,
-            AnyStore::Memory(s) => s.get(key, if_none_match).await,
-            AnyStore::Faulty(s) => s.get(key, if_none_match).await,
+/// Forwards each method of [`Store`] to the variant's store.
+macro_rules! forward {
+    ($( async fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+        impl Store for AnyStore {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        AnyStore::Local(s) => s.$name($($arg),*).await,
+                        AnyStore::S3(s) => s.$name($($arg),*).await,
+                        #[cfg(test)]
+                        AnyStore::Memory(s) => s.$name($($arg),*).await,
+                        #[cfg(test)]
+                        AnyStore::Faulty(s) => s.$name($($arg),*).await,
+                    }
+                }
+            )*
         }
-    }
+    };
+}
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        when: Precondition<'_>,
-    ) -> Result<String, StoreError> {
-        match self {
-            AnyStore::Local(s) => s.put(key, body, when).await,
-            AnyStore::S3(s) => s.put(key, body, when).await,
-            AnyStore::Memory(s) => s.put(key, body, when).await,
-            AnyStore::Faulty(s) => s.put(key, body, when).await,
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        match self {
-            AnyStore::Local(s) => s.list(prefix).await,
-            AnyStore::S3(s) => s.list(prefix).await,
-            AnyStore::Memory(s) => s.list(prefix).await,
-            AnyStore::Faulty(s) => s.list(prefix).await,
-        }
-    }
-
-    async fn list_tags(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        match self {
-            AnyStore::Local(s) => s.list_tags(prefix).await,
-            AnyStore::S3(s) => s.list_tags(prefix).await,
-            AnyStore::Memory(s) => s.list_tags(prefix).await,
-            AnyStore::Faulty(s) => s.list_tags(prefix).await,
-        }
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Local(s) => s.delete(key).await,
-            AnyStore::S3(s) => s.delete(key).await,
-            AnyStore::Memory(s) => s.delete(key).await,
-            AnyStore::Faulty(s) => s.delete(key).await,
-        }
-    }
-
-    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Local(s) => s.delete_if(key, etag).await,
-            AnyStore::S3(s) => s.delete_if(key, etag).await,
-            AnyStore::Memory(s) => s.delete_if(key, etag).await,
-            AnyStore::Faulty(s) => s.delete_if(key, etag).await,
-        }
-    }
-
-    async fn versioning(&self) -> Result<Versioning, StoreError> {
-        match self {
-            AnyStore::Local(s) => s.versioning().await,
-            AnyStore::S3(s) => s.versioning().await,
-            AnyStore::Memory(s) => s.versioning().await,
-            AnyStore::Faulty(s) => s.versioning().await,
-        }
-    }
-
-    async fn versions(&self, key: &str) -> Result<Vec<StoredVersion>, StoreError> {
-        match self {
-            AnyStore::Local(s) => s.versions(key).await,
-            AnyStore::S3(s) => s.versions(key).await,
-            AnyStore::Memory(s) => s.versions(key).await,
-            AnyStore::Faulty(s) => s.versions(key).await,
-        }
-    }
-
-    async fn get_version(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError> {
-        match self {
-            AnyStore::Local(s) => s.get_version(key, version_id).await,
-            AnyStore::S3(s) => s.get_version(key, version_id).await,
-            AnyStore::Memory(s) => s.get_version(key, version_id).await,
-            AnyStore::Faulty(s) => s.get_version(key, version_id).await,
-        }
-    }
+forward! {
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError>;
+    async fn put(&self, key: &str, body: Vec<u8>, when: Precondition<'_>) -> Result<String, StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    async fn list_tags(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError>;
+    async fn versioning(&self) -> Result<Versioning, StoreError>;
+    async fn versions(&self, key: &str) -> Result<Vec<StoredVersion>, StoreError>;
+    async fn get_version(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError>;
 }

@@ -45,19 +45,7 @@ const QUOTED: u8 = 0;
 /// An ETag written without its quotes (what Ceph RGW matches `If-Match` to).
 const BARE: u8 = 1;
 
-/// The ETag without quotes or a weak prefix: the part servers compare.
-pub fn bare_etag(etag: &str) -> &str {
-    let e = etag.trim();
-    let e = e.strip_prefix("W/").unwrap_or(e);
-    e.strip_prefix('"')
-        .and_then(|e| e.strip_suffix('"'))
-        .unwrap_or(e)
-}
-
-/// Whether two ETags name the same content, however each is quoted.
-pub fn same_etag(a: &str, b: &str) -> bool {
-    bare_etag(a) == bare_etag(b)
-}
+pub use super::{bare_etag, same_etag};
 
 fn etag_in(form: u8, etag: &str) -> String {
     match form {
