@@ -19,6 +19,9 @@ pub(crate) struct Out {
     sink: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
     /// Where notes go.
     pub(crate) notes: std::sync::Arc<crate::Notes>,
+    /// Who answers questions instead of the terminal (unit tests).
+    #[cfg(test)]
+    answer: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
 }
 
 /// A plain text table with aligned columns.
@@ -126,6 +129,8 @@ impl Out {
             colour,
             sink: None,
             notes,
+            #[cfg(test)]
+            answer: None,
         }
     }
 
@@ -134,9 +139,32 @@ impl Out {
         self.notes.note(line);
     }
 
-    /// Asks a question on the terminal (no line end: the answer follows).
-    pub(crate) fn prompt(&self, question: &str) {
+    /// Asks a yes/no question on the terminal; refuses without one.
+    pub(crate) fn ask(&self, question: &str, without: &str) -> Result<bool> {
+        use std::io::BufRead;
+        #[cfg(test)]
+        if let Some(answer) = &self.answer {
+            return Ok(answer(question));
+        }
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("{without}");
+        }
         eprint!("{question}");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    }
+
+    /// The same output, its questions answered by `answer` (which may
+    /// change the world while "the person" thinks).
+    #[cfg(test)]
+    pub(crate) fn answering(
+        mut self,
+        answer: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Out {
+        self.answer = Some(Box::new(answer));
+        self
     }
 
     /// Output into a buffer (for tests), never coloured.
@@ -149,6 +177,7 @@ impl Out {
                 colour: false,
                 sink: Some(sink.clone()),
                 notes: std::sync::Arc::new(crate::Notes::new()),
+                answer: None,
             },
             sink,
         )

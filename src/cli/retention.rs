@@ -24,6 +24,32 @@ struct Decision {
     why: String,
 }
 
+/// `--archive-to PREFIX`, checked: a prefix of the same store, beside the
+/// one pruned, never a path that climbs out of it.
+fn archive_prefix(settings: &Settings, given: &str) -> Result<String> {
+    let p = given.trim();
+    if p.starts_with('/') {
+        bail!(
+            "--archive-to {given:?} is a prefix in the same store (e.g. archive/), not a path: drop the leading /"
+        );
+    }
+    let p = p.trim_end_matches('/');
+    if p.is_empty()
+        || p.split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        bail!(
+            "--archive-to {given:?} must be a prefix of plain names (e.g. archive/images/): no empty, . or .. segments"
+        );
+    }
+    let p = format!("{p}/");
+    let pruned = settings.prefix();
+    if p == pruned || pruned.starts_with(&p) || p.starts_with(pruned) {
+        bail!("--archive-to {given:?} overlaps the prefix being pruned ({pruned})");
+    }
+    Ok(p)
+}
+
 /// `prune --older-than D [--dry-run] [--archive-to PREFIX]`.
 pub async fn prune(
     settings: &Arc<Settings>,
@@ -33,17 +59,9 @@ pub async fn prune(
     archive_to: Option<&str>,
     out: &Out,
 ) -> Result<()> {
-    let archive_to = archive_to.map(|p| {
-        let p = p.trim().trim_matches('/');
-        if p.is_empty() {
-            String::new()
-        } else {
-            format!("{p}/")
-        }
-    });
-    if archive_to.as_deref() == Some(settings.prefix()) {
-        bail!("--archive-to names the prefix being pruned");
-    }
+    let archive_to = archive_to
+        .map(|p| archive_prefix(settings, p))
+        .transpose()?;
     let cutoff = crate::now()
         - chrono::Duration::from_std(older_than)
             .map_err(|_| anyhow!("--older-than is too long"))?;
@@ -51,106 +69,40 @@ pub async fn prune(
     let mut decisions = Vec::new();
     let mut failures = 0;
     for row in rows {
-        let keep = |status: String, updated: String, why: String| Decision {
+        let (status, updated, verdict) = match judge(&row, cutoff, older_than) {
+            Err((status, updated, why)) => (status, updated, Err(Kept(why))),
+            Ok(doc) => {
+                let updated = rfc3339::format(&doc.updated_at);
+                let verdict = if dry_run {
+                    Ok(match &archive_to {
+                        Some(p) => format!("would move to {p}"),
+                        None => "would delete".into(),
+                    })
+                } else {
+                    let config = settings.for_build(&row.build_id)?;
+                    remove(&config, store, doc, archive_to.as_deref()).await
+                };
+                (doc.status.to_string(), updated, verdict)
+            }
+        };
+        let (action, why) = match verdict {
+            Ok(action) => (action, "finished and old enough".to_string()),
+            Err(Kept(why)) => ("kept".to_string(), why),
+            Err(Failed(e)) => {
+                failures += 1;
+                out.note(format!("error: {}: {e:#}", row.build_id));
+                ("failed".to_string(), e.to_string())
+            }
+        };
+        decisions.push(Decision {
             build_id: row.build_id.clone(),
             status,
             updated,
-            action: "kept".into(),
+            action,
             why,
-        };
-        let doc = match &row.doc {
-            Err(e) => {
-                decisions.push(keep(
-                    "unreadable".into(),
-                    "-".into(),
-                    format!("unreadable ({e}); repair it or `build-state restore` it"),
-                ));
-                continue;
-            }
-            Ok(d) => d,
-        };
-        let updated = rfc3339::format(&doc.updated_at);
-        if !matches!(doc.status, Status::Completed | Status::Cancelled) {
-            decisions.push(keep(
-                doc.status.to_string(),
-                updated,
-                format!("live: {}", doc.whereabouts()),
-            ));
-            continue;
-        }
-        if doc.updated_at > cutoff {
-            decisions.push(keep(
-                doc.status.to_string(),
-                updated,
-                format!(
-                    "updated less than {} ago",
-                    crate::model::duration::format(older_than)
-                ),
-            ));
-            continue;
-        }
-        let config = settings.for_build(&row.build_id)?;
-        let decision = if dry_run {
-            Decision {
-                build_id: row.build_id.clone(),
-                status: doc.status.to_string(),
-                updated,
-                action: match &archive_to {
-                    Some(p) => format!("would move to {p}"),
-                    None => "would delete".into(),
-                },
-                why: "finished and old enough".into(),
-            }
-        } else {
-            match remove(&config, store, doc, archive_to.as_deref()).await {
-                Ok(action) => Decision {
-                    build_id: row.build_id.clone(),
-                    status: doc.status.to_string(),
-                    updated,
-                    action,
-                    why: "finished and old enough".into(),
-                },
-                Err(Kept(why)) => Decision {
-                    build_id: row.build_id.clone(),
-                    status: doc.status.to_string(),
-                    updated,
-                    action: "kept".into(),
-                    why,
-                },
-                Err(Failed(e)) => {
-                    failures += 1;
-                    out.note(format!("error: {}: {e:#}", row.build_id));
-                    Decision {
-                        build_id: row.build_id.clone(),
-                        status: doc.status.to_string(),
-                        updated,
-                        action: "failed".into(),
-                        why: e.to_string(),
-                    }
-                }
-            }
-        };
-        decisions.push(decision);
+        });
     }
-    if out.json {
-        let v: Vec<Value> = decisions
-            .iter()
-            .map(|d| json!({"build_id": d.build_id, "status": d.status, "updated_at": d.updated, "action": d.action, "why": d.why}))
-            .collect();
-        out.print_json(&Value::Array(v))?;
-    } else {
-        let mut t = Table::new(&["BUILD", "STATUS", "UPDATED", "ACTION", "WHY"]);
-        for d in &decisions {
-            t.row(vec![
-                d.build_id.clone(),
-                d.status.clone(),
-                d.updated.clone(),
-                d.action.clone(),
-                d.why.clone(),
-            ]);
-        }
-        out.table(&t)?;
-    }
+    print_decisions(&decisions, out)?;
     if failures > 0 {
         bail!(
             "{} could not be pruned (see above)",
@@ -158,6 +110,63 @@ pub async fn prune(
         );
     }
     Ok(())
+}
+
+/// A build prune may remove (finished, and old enough), or why it keeps
+/// it: (status, updated, why).
+fn judge(
+    row: &Row,
+    cutoff: crate::model::Timestamp,
+    older_than: Duration,
+) -> Result<&Document, (String, String, String)> {
+    let doc = match &row.doc {
+        Err(e) => {
+            return Err((
+                "unreadable".into(),
+                "-".into(),
+                format!("unreadable ({e}); repair it or `build-state restore` it"),
+            ));
+        }
+        Ok(d) => d,
+    };
+    let kept = |why: String| {
+        Err((
+            doc.status.to_string(),
+            rfc3339::format(&doc.updated_at),
+            why,
+        ))
+    };
+    if !matches!(doc.status, Status::Completed | Status::Cancelled) {
+        return kept(format!("live: {}", doc.whereabouts()));
+    }
+    if doc.updated_at > cutoff {
+        return kept(format!(
+            "updated less than {} ago",
+            crate::model::duration::format(older_than)
+        ));
+    }
+    Ok(doc)
+}
+
+fn print_decisions(decisions: &[Decision], out: &Out) -> Result<()> {
+    if out.json {
+        let v: Vec<Value> = decisions
+            .iter()
+            .map(|d| json!({"build_id": d.build_id, "status": d.status, "updated_at": d.updated, "action": d.action, "why": d.why}))
+            .collect();
+        return out.print_json(&Value::Array(v));
+    }
+    let mut t = Table::new(&["BUILD", "STATUS", "UPDATED", "ACTION", "WHY"]);
+    for d in decisions {
+        t.row(vec![
+            d.build_id.clone(),
+            d.status.clone(),
+            d.updated.clone(),
+            d.action.clone(),
+            d.why.clone(),
+        ]);
+    }
+    out.table(&t)
 }
 
 use Removal::{Failed, Kept};
@@ -263,6 +272,65 @@ pub async fn restore(
     out: &Out,
 ) -> Result<()> {
     let key = config.state_key();
+    // What is stored now, before anything is shown or asked: the restore
+    // replaces exactly this, and nothing that lands while the prompt waits.
+    let judged = match store.get(&key, None).await? {
+        Fetched::Found { etag, .. } => Some(etag),
+        _ => None,
+    };
+    let candidates = candidates(config, store).await?;
+    if !out.json {
+        out.table(&candidates_table(&candidates))?;
+    }
+    let (chosen, doc) = choose(config, &candidates, version_id)?;
+    // Revisions keep rising: above every revision any version has had.
+    let highest = candidates
+        .iter()
+        .filter_map(|c| c.doc.as_ref().ok())
+        .map(|d| d.revision)
+        .max()
+        .unwrap_or(doc.revision);
+    let what = format!(
+        "revision {} ({}, {}) of version {} stored {}",
+        doc.revision, doc.state, doc.status, chosen.version_id, chosen.stored_at
+    );
+    if !yes
+        && !out.ask(
+            &format!("restore {} as {what}? [y/N] ", config.build_id),
+            "restore asks before it writes, and there is no terminal to ask on: give --yes",
+        )?
+    {
+        bail!("not restored");
+    }
+    let restored = doc.restored(
+        highest + 1,
+        actor(),
+        crate::now(),
+        format!("restored {what}"),
+        &config.ladder,
+    );
+    // Compare-and-swap over what was judged, corrupt or not.
+    let when = match &judged {
+        Some(e) => Precondition::Matches(e),
+        None => Precondition::Absent,
+    };
+    store
+        .put(&key, restored.to_bytes(), when)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict => anyhow!(
+                "{} changed since its versions were listed (a write landed meanwhile); nothing written: run restore again to see it",
+                config.build_id
+            ),
+            e => e.into(),
+        })?;
+    out.applied(&format!("restore ({what})"), &restored, true)
+}
+
+/// Every stored version of the build's document, read and judged, newest
+/// first; refuses a store that keeps no versions.
+async fn candidates(config: &Config, store: &AnyStore) -> Result<Vec<Candidate>> {
+    let key = config.state_key();
     let bucket = config.location("");
     match store.versioning().await {
         Ok(Versioning::On | Versioning::Suspended) => {}
@@ -295,8 +363,12 @@ pub async fn restore(
             doc: builds.decode(&key, &body).map_err(|e| e.kind.to_string()),
         });
     }
+    Ok(candidates)
+}
+
+fn candidates_table(candidates: &[Candidate]) -> Table {
     let mut t = Table::new(&["VERSION", "STORED", "REVISION", "STATE", "STATUS"]);
-    for c in &candidates {
+    for c in candidates {
         let (rev, state, status) = match &c.doc {
             Ok(d) => (
                 d.revision.to_string(),
@@ -317,9 +389,16 @@ pub async fn restore(
             status,
         ]);
     }
-    if !out.json {
-        out.table(&t)?;
-    }
+    t
+}
+
+/// The version to restore: the one named, else the newest that is not
+/// corrupt (and not the current one).
+fn choose<'c>(
+    config: &Config,
+    candidates: &'c [Candidate],
+    version_id: Option<&str>,
+) -> Result<(&'c Candidate, &'c Document)> {
     let chosen = match version_id {
         Some(id) => candidates
             .iter()
@@ -344,70 +423,12 @@ pub async fn restore(
             config.build_id
         );
     }
-    // Revisions keep rising: above every revision any version has had.
-    let highest = candidates
-        .iter()
-        .filter_map(|c| c.doc.as_ref().ok())
-        .map(|d| d.revision)
-        .max()
-        .unwrap_or(doc.revision);
-    let what = format!(
-        "revision {} ({}, {}) of version {} stored {}",
-        doc.revision, doc.state, doc.status, chosen.version_id, chosen.stored_at
-    );
-    if !yes
-        && !confirm(
-            &format!("restore {} as {what}? [y/N] ", config.build_id),
-            out,
-        )?
-    {
-        bail!("not restored");
-    }
-    let restored = doc.restored(
-        highest + 1,
-        actor(),
-        crate::now(),
-        format!("restored {what}"),
-        &config.ladder,
-    );
-    // Compare-and-swap over whatever is stored now, corrupt or not.
-    let when_etag = match store.get(&key, None).await? {
-        Fetched::Found { etag, .. } => Some(etag),
-        _ => None,
-    };
-    let when = match &when_etag {
-        Some(e) => Precondition::Matches(e),
-        None => Precondition::Absent,
-    };
-    store
-        .put(&key, restored.to_bytes(), when)
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict => anyhow!(
-                "{} changed while restoring; nothing written, run it again",
-                config.build_id
-            ),
-            e => e.into(),
-        })?;
-    out.applied(&format!("restore ({what})"), &restored, true)
+    Ok((chosen, doc))
 }
 
 fn short(s: &str) -> String {
     let s: String = s.chars().take(80).collect();
     s
-}
-
-/// Asks on the terminal; refuses without one.
-fn confirm(question: &str, out: &Out) -> Result<bool> {
-    use std::io::{BufRead, IsTerminal, Write};
-    if !std::io::stdin().is_terminal() {
-        bail!("restore asks before it writes, and there is no terminal to ask on: give --yes");
-    }
-    out.prompt(question);
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 #[cfg(test)]
@@ -499,5 +520,96 @@ mod tests {
         let ids: Vec<&str> = rows.iter().map(|r| r.build_id.as_str()).collect();
         assert_eq!(ids, ["done-a"]);
         assert_eq!(rows[0].doc.as_ref().unwrap().run, 2, "the restart survived");
+    }
+
+    /// A write that lands while restore's question waits is never
+    /// overwritten: the restore replaces only what it listed and showed.
+    #[tokio::test]
+    async fn restore_keeps_a_write_that_lands_while_it_asks() {
+        let settings = settings();
+        let config = settings.for_build("rhel8-web").unwrap();
+        // 'static, so that the answer can write through it.
+        let store: &'static AnyStore =
+            Box::leak(Box::new(AnyStore::Memory(MemoryStore::versioned())));
+        let (quiet, _) = Out::buffered(false);
+        for a in [
+            Action::Init { restart: false },
+            Action::Complete(0),
+            Action::Start(5),
+        ] {
+            act_with(&config, store, a, &quiet).await.unwrap();
+        }
+        // While the person reads the question, the pipeline's fail lands.
+        let cur = current(&config, store).await.unwrap();
+        let u = Update::new(
+            Action::Fail {
+                state: 5,
+                error: crate::model::ErrorInfo::new(
+                    "packer: ssh timeout".into(),
+                    crate::model::FailureKind::Transient,
+                ),
+            },
+            Actor::default(),
+            crate::now(),
+        );
+        let landed = match crate::model::apply(Some(&cur), &u, &config.rules()).unwrap() {
+            crate::model::Outcome::Write(d) => d.to_bytes(),
+            other => panic!("{other:?}"),
+        };
+        let key = config.state_key();
+        let AnyStore::Memory(mem) = store else {
+            unreachable!()
+        };
+        let (out, buf) = Out::buffered(false);
+        let out = out.answering(move |question| {
+            assert!(
+                question.starts_with("restore rhel8-web as revision 2"),
+                "{question}"
+            );
+            mem.set(&key, landed.clone());
+            true
+        });
+        let err = restore(&config, store, Some("v2"), false, &out)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("changed since its versions were listed"),
+            "{err}"
+        );
+        let after = current(&config, store).await.unwrap();
+        assert_eq!(
+            (after.revision, after.status),
+            (4, crate::model::Status::Failed),
+            "the fail that landed is what is stored"
+        );
+        assert!(text(&buf).contains("v2"), "the versions were shown");
+    }
+
+    /// `--archive-to` names a prefix of the same store: never a path out
+    /// of it, never an absolute path, never the prefix pruned.
+    #[tokio::test]
+    async fn archive_to_is_a_plain_prefix() {
+        let settings = settings();
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (out, buf) = Out::buffered(false);
+        for (given, says) in [
+            ("../../../outside", "no empty, . or .. segments"),
+            ("archive/../..", "no empty, . or .. segments"),
+            ("/var/archive", "not a path: drop the leading /"),
+            ("fleet/", "overlaps the prefix being pruned"),
+            ("fleet/old/", "overlaps the prefix being pruned"),
+            ("", "no empty, . or .. segments"),
+        ] {
+            let err = prune(&settings, &store, Duration::ZERO, false, Some(given), &out)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{given:?}: {err}");
+        }
+        assert_eq!(text(&buf), "", "nothing judged, nothing printed");
+        assert_eq!(
+            archive_prefix(&settings, " archive/images ").unwrap(),
+            "archive/images/"
+        );
     }
 }

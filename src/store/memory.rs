@@ -15,12 +15,33 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// With versioning: every body each key has had, oldest first.
+    versions: Option<Mutex<BTreeMap<String, Vec<Vec<u8>>>>>,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// An empty store that keeps every version, as a bucket with
+    /// versioning does (version ids `v1`, `v2`, ...).
+    pub fn versioned() -> MemoryStore {
+        MemoryStore {
+            versions: Some(Mutex::default()),
+            ..MemoryStore::default()
+        }
+    }
+
+    fn keep(&self, key: &str, body: &[u8]) {
+        if let Some(v) = &self.versions {
+            v.lock()
+                .unwrap()
+                .entry(key.to_string())
+                .or_default()
+                .push(body.to_vec());
+        }
     }
 
     /// The body stored under `key`, if any.
@@ -30,6 +51,7 @@ impl MemoryStore {
 
     /// Writes `key` unconditionally (a hand edit, another tool).
     pub fn set(&self, key: &str, body: Vec<u8>) {
+        self.keep(key, &body);
         self.objects.lock().unwrap().insert(key.to_string(), body);
     }
 }
@@ -69,6 +91,7 @@ impl Store for MemoryStore {
             return Err(StoreError::Conflict);
         }
         let etag = etag_of(&body);
+        self.keep(key, &body);
         objects.insert(key.to_string(), body);
         Ok(etag)
     }
@@ -112,6 +135,46 @@ impl Store for MemoryStore {
             }
             _ => Err(StoreError::Conflict),
         }
+    }
+
+    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
+        Ok(match self.versions {
+            Some(_) => super::Versioning::On,
+            None => super::Versioning::Off,
+        })
+    }
+
+    async fn versions(&self, key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
+        let Some(v) = &self.versions else {
+            return Err(StoreError::NotVersioned(
+                "this store keeps no versions".into(),
+            ));
+        };
+        let v = v.lock().unwrap();
+        let n = v.get(key).map_or(0, Vec::len);
+        Ok((1..=n)
+            .rev()
+            .map(|i| super::StoredVersion {
+                version_id: format!("v{i}"),
+                stored_at: crate::now(),
+                latest: i == n,
+                deleted: false,
+            })
+            .collect())
+    }
+
+    async fn get_version(&self, key: &str, id: &str) -> Result<Vec<u8>, StoreError> {
+        let v = self
+            .versions
+            .as_ref()
+            .ok_or_else(|| StoreError::NotVersioned("this store keeps no versions".into()))?;
+        let i: usize = id.trim_start_matches('v').parse().unwrap_or(0);
+        v.lock()
+            .unwrap()
+            .get(key)
+            .and_then(|b| b.get(i.wrapping_sub(1)))
+            .cloned()
+            .ok_or_else(|| StoreError::Other(format!("no version {id} of {key}")))
     }
 }
 
