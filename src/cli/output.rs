@@ -9,6 +9,10 @@ use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
+/// Answers a question (unit tests).
+#[cfg(test)]
+type Answer = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The CLI's terminal: results on stdout (or, in unit tests, a buffer),
 /// and everything else (progress, warnings, notes) handed to the
 /// [`Notes`](crate::Notes) the binary gave it.
@@ -21,7 +25,7 @@ pub(crate) struct Out {
     pub(crate) notes: std::sync::Arc<crate::Notes>,
     /// Who answers questions instead of the terminal (unit tests).
     #[cfg(test)]
-    answer: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
+    answer: Option<Answer>,
 }
 
 /// A plain text table with aligned columns.
