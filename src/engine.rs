@@ -298,8 +298,23 @@ impl<'a, S: Store> Builds<'a, S> {
         // A refusal to give once the document is written.
         let mut then_refuse: Option<Refusal> = None;
         let mut uncertain = 0;
+        // The archive a restart wrote, with its ETag, until its run's new
+        // document lands.
+        let mut archived: Option<(String, String)> = None;
         for attempt in 1..=MAX_ATTEMPTS {
             let current = self.current().await?;
+            if current.is_none()
+                && let Some((archive_key, etag)) = archived.take()
+            {
+                // The document was deleted (pruned) between the restart's
+                // archive and its write: the archive belongs to nothing now,
+                // and left there it would refuse the next restart of a new
+                // run 1. Removed only if it is still the one written.
+                match self.store.delete_if(&archive_key, &etag).await {
+                    Ok(()) | Err(StoreError::Conflict) => {}
+                    Err(e) => return Err(self.error(&archive_key, e)),
+                }
+            }
             if let (Some((doc, event)), Some(c)) = (&sent, &current)
                 && c.doc.history.contains(event)
             {
@@ -338,7 +353,9 @@ impl<'a, S: Store> Builds<'a, S> {
                 }
                 Outcome::Restart { archive, document } => {
                     then_refuse = None;
-                    self.archive(&archive).await?;
+                    if let Some(etag) = self.archive(&archive).await? {
+                        archived = Some((self.config.archive_key(archive.run), etag));
+                    }
                     document
                 }
             };
@@ -389,10 +406,11 @@ impl<'a, S: Store> Builds<'a, S> {
         Err(self.error(&key, ErrorKind::Contended(MAX_ATTEMPTS)))
     }
 
-    /// Writes a finished run to `runs/<run>.json`, once. An archive left by
-    /// a restart that lost its race (a prefix of this run) is replaced; any
-    /// other existing archive is never overwritten.
-    async fn archive(&self, run: &Document) -> Result<(), Error> {
+    /// Writes a finished run to `runs/<run>.json`, once; answers the ETag
+    /// when this call wrote it. An archive left by a restart that lost its
+    /// race (a prefix of this run) is replaced; any other existing archive
+    /// is never overwritten.
+    async fn archive(&self, run: &Document) -> Result<Option<String>, Error> {
         let key = self.config.archive_key(run.run);
         let body = run.to_bytes();
         match self
@@ -400,7 +418,7 @@ impl<'a, S: Store> Builds<'a, S> {
             .put(&key, body.clone(), Precondition::Absent)
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(etag) => return Ok(Some(etag)),
             Err(StoreError::Conflict) => {}
             Err(e) => return Err(self.error(&key, e)),
         }
@@ -410,7 +428,7 @@ impl<'a, S: Store> Builds<'a, S> {
             Err(e) => return Err(self.error(&key, e)),
         };
         if existing == *run {
-            return Ok(());
+            return Ok(None);
         }
         let is_prefix = existing.run == run.run
             && existing.history.len() < run.history.len()
@@ -421,7 +439,7 @@ impl<'a, S: Store> Builds<'a, S> {
         self.store
             .put(&key, body, Precondition::Matches(&etag))
             .await
-            .map(|_| ())
+            .map(Some)
             .map_err(|e| self.error(&key, e))
     }
 }
@@ -862,5 +880,60 @@ mod tests {
             notes.take().is_empty(),
             "a first conflict is not worth a line"
         );
+    }
+
+    /// A build pruned between a restart's archive and its write: the
+    /// restart lands as a fresh run 1, and takes its archive with it, so
+    /// the next restart of that run is not refused (issue 18 #3).
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_racing_a_prune_leaves_no_orphan_archive() {
+        let (c, clock) = (config(), clock());
+        let store = FaultyStore::new(MemoryStore::new());
+        let notes = crate::Notes::new();
+        for a in [
+            Action::Init { restart: false },
+            Action::Cancel {
+                reason: "superseded".into(),
+            },
+        ] {
+            record(&c, &store, &clock, change(a, "a"), &notes)
+                .await
+                .unwrap();
+        }
+        // Puts: init, cancel, the archive, then the new run: prune deletes
+        // the document just before that last one.
+        let key = c.state_key();
+        store.on(
+            Op::Put,
+            4,
+            Fault::Interleave(Box::new(move |m: &MemoryStore| m.remove(&key))),
+        );
+        let applied = record(&c, &store, &clock, change(Action::Restart, "b"), &notes)
+            .await
+            .unwrap();
+        assert_eq!((applied.doc.run, applied.doc.revision), (1, 1));
+        assert!(
+            store.inner().body(&c.archive_key(1)).is_none(),
+            "the archive of the pruned run went with it"
+        );
+        // The new run 1 finishes and restarts like any other.
+        record(
+            &c,
+            &store,
+            &clock,
+            change(
+                Action::Cancel {
+                    reason: "again".into(),
+                },
+                "c",
+            ),
+            &notes,
+        )
+        .await
+        .unwrap();
+        let again = record(&c, &store, &clock, change(Action::Restart, "d"), &notes)
+            .await
+            .unwrap();
+        assert_eq!(again.doc.run, 2);
     }
 }

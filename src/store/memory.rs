@@ -49,6 +49,11 @@ impl MemoryStore {
         self.objects.lock().unwrap().get(key).cloned()
     }
 
+    /// Removes `key` unconditionally (another tool's delete).
+    pub fn remove(&self, key: &str) {
+        self.objects.lock().unwrap().remove(key);
+    }
+
     /// Writes `key` unconditionally (a hand edit, another tool).
     pub fn set(&self, key: &str, body: Vec<u8>) {
         self.keep(key, &body);

@@ -423,6 +423,28 @@ fn vars_and_notes(w: World) {
     );
 }
 
+/// Vars nested as deep as the vars parser takes, but deeper than a
+/// document read takes: the put is refused before anything is sent, and the
+/// build goes on (it used to be written, then unreadable by every later
+/// check, get, put and command).
+fn vars_too_deep_for_the_document_never_brick_a_build(w: World) {
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    let before = w.doc();
+    for depth in [124, 125, 126] {
+        let deep = format!("{{\"deep\": {}{}}}", "[".repeat(depth), "]".repeat(depth));
+        w.write_file("deep.json", &deep);
+        let err = w.put(json!({"start": 5, "vars_file": "deep.json"})).fails();
+        assert!(
+            err.contains("cannot be read back") && err.contains("nothing was written"),
+            "depth {depth}: {err}"
+        );
+        assert_eq!(w.doc(), before, "depth {depth}: the document is unchanged");
+    }
+    w.put(json!({"start": 5})).ok();
+    assert_eq!(w.doc()["revision"], 3);
+}
+
 fn file_must_extend_the_history(w: World) {
     w.put(json!({"init": true})).ok();
     let mut doc = w.doc();
@@ -464,5 +486,6 @@ crate::both_stores!(
     restart_archives_the_run,
     set_and_cancel,
     vars_and_notes,
+    vars_too_deep_for_the_document_never_brick_a_build,
     file_must_extend_the_history,
 );
