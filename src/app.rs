@@ -120,3 +120,46 @@ pub async fn recorded_policy<S: Store>(
         .map(Some)
         .map_err(|e| fail(ErrorKind::RecordedPolicy(e.to_string())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Action, Actor};
+    use crate::store::memory::MemoryStore;
+
+    /// The CLI reads back the policy the resource recorded, the newest
+    /// one; a build that recorded none has none.
+    #[tokio::test]
+    async fn the_recorded_policy_is_read_back() {
+        let source: crate::protocol::Source = serde_json::from_str(
+            r#"{"local_dir": "/nowhere", "build_id": "rhel8-web", "retry": {"backoff": "7m"}}"#,
+        )
+        .unwrap();
+        let config = Config::from_source(&source).unwrap();
+        let store = MemoryStore::new();
+        let clock = ManualClock::at("2026-12-01T10:00:00Z".parse().unwrap());
+        let notes = crate::Notes::new();
+        assert_eq!(recorded_policy(&config, &store).await.unwrap(), None);
+        let plain = Update::new(
+            Action::Init { restart: false },
+            Actor::default(),
+            clock.now(),
+        );
+        record(&config, &store, &clock, Change::Apply(plain), &notes)
+            .await
+            .unwrap();
+        assert_eq!(
+            recorded_policy(&config, &store).await.unwrap(),
+            None,
+            "none recorded"
+        );
+        let mut u = Update::new(Action::Complete(0), Actor::default(), clock.now());
+        u.policy = Some(serde_json::to_value(&config.policy).unwrap());
+        record(&config, &store, &clock, Change::Apply(u), &notes)
+            .await
+            .unwrap();
+        let got = recorded_policy(&config, &store).await.unwrap().unwrap();
+        assert_eq!(got, config.policy);
+        assert_eq!(got.retry.unwrap().backoff.as_deref(), Some("7m"));
+    }
+}

@@ -104,6 +104,21 @@ fn not_regular(path: &Path, t: &std::fs::FileType) -> Result<(), InputError> {
 mod tests {
     use super::*;
 
+    /// Only a missing file is `Missing` (a failing task may not have
+    /// written it); anything else that stops the read is `Refused`.
+    #[test]
+    fn missing_and_refused_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_regular(&dir.path().join("absent.json")),
+            Err(InputError::Missing(m)) if m.contains("absent.json")
+        ));
+        assert!(matches!(
+            read_regular(dir.path()),
+            Err(InputError::Refused(m)) if m.ends_with("is a directory; name a regular file")
+        ));
+    }
+
     #[test]
     fn reads_a_regular_file_inside() {
         let dir = tempfile::tempdir().unwrap();

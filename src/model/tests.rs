@@ -808,3 +808,176 @@ fn a_restored_document_continues_at_a_higher_revision_and_verifies() {
     bad.revision = chosen.revision;
     assert!(bad.verify(&w.ladder).is_err());
 }
+
+// ---------------------------------------------------------------- mutants
+// Each test below kills a mutant `scripts/mutants` found surviving: a
+// change a user would see that no test noticed (docs/development.md).
+
+/// Every event's attempt is the stage's attempt count; a start and the
+/// complete that follows it carry the same number.
+#[test]
+fn starts_and_completes_carry_their_attempt() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    w.ok(Action::Complete(0));
+    assert_eq!(w.ok(Action::Start(5)).last_event().attempt, 1);
+    w.ok(fail(5, "ssh timeout"));
+    w.clock += Duration::hours(2);
+    let d = w.ok(Action::Start(5));
+    assert_eq!(
+        (d.attempts, d.last_event().attempt),
+        (1, 2),
+        "one failure; attempt 2"
+    );
+    let d = w.ok(Action::Complete(5));
+    assert_eq!(
+        d.last_event().attempt,
+        2,
+        "the complete of the second attempt"
+    );
+}
+
+/// A start past the stage's timeout records the dead attempt and the new
+/// one as two events, with consecutive revisions.
+#[test]
+fn a_dead_attempt_then_the_new_start_take_consecutive_revisions() {
+    let mut w = World::new();
+    w.retry.states.insert(
+        5,
+        StageRetry {
+            timeout: Some(std::time::Duration::from_secs(600)),
+            ..StageRetry::default()
+        },
+    );
+    w.ok(Action::Init { restart: false });
+    w.ok(Action::Complete(0));
+    w.ok(Action::Start(5));
+    w.clock += Duration::hours(1);
+    let d = w.ok(Action::Start(5)).clone();
+    let revisions: Vec<u64> = d.history.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, [1, 2, 3, 4, 5]);
+    assert_eq!(d.revision, 5);
+    let attempts: Vec<u32> = d.history[3..].iter().map(|e| e.attempt).collect();
+    assert_eq!(
+        attempts,
+        [1, 2],
+        "the dead attempt is failure 1, the new start attempt 2"
+    );
+}
+
+/// A `file` for a build with no state must start at revision 1 of run 1.
+#[test]
+fn a_file_for_a_new_build_starts_at_revision_1_of_run_1() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    let good = w.ok(Action::Complete(0)).clone();
+    let rules = w.rules();
+    assert!(matches!(
+        extend(None, good.clone(), &rules),
+        Ok(Outcome::Write(_))
+    ));
+    let mut other_run = good.clone();
+    other_run.run = 2;
+    for e in &mut other_run.history {
+        e.by = Actor::default();
+    }
+    let said = format!("{:?}", extend(None, other_run, &rules).unwrap_err());
+    assert!(
+        said.contains("of run 2 but rhel8-web has no state yet"),
+        "{said}"
+    );
+    let mut later = good.clone();
+    for e in &mut later.history {
+        e.revision += 1;
+    }
+    later.revision += 1;
+    let said = format!("{:?}", extend(None, later, &rules).unwrap_err());
+    assert!(said.contains("starts at revision 2 of run 1"), "{said}");
+}
+
+/// The policy is recorded in the event that changes it, and only then.
+#[test]
+fn the_policy_is_recorded_when_it_changes() {
+    let mut w = World::new();
+    let p1 = serde_json::json!({"retry": {"backoff": "5m"}});
+    let p2 = serde_json::json!({"retry": {"backoff": "7m"}});
+    let act = |w: &mut World, a: Action, p: &serde_json::Value| {
+        let mut u = w.update(a);
+        u.policy = Some(p.clone());
+        match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
+            Outcome::Write(d) => w.doc = Some(d),
+            other => panic!("{other:?}"),
+        }
+        w.doc.clone().unwrap()
+    };
+    let d = act(&mut w, Action::Init { restart: false }, &p1);
+    assert_eq!(d.history[0].policy.as_ref(), Some(&p1));
+    let d = act(&mut w, Action::Complete(0), &p1);
+    assert_eq!(d.history[1].policy, None, "unchanged: not recorded again");
+    assert_eq!(d.policy(), Some(&p1));
+    let d = act(&mut w, Action::Start(5), &p2);
+    assert_eq!(d.history[2].policy.as_ref(), Some(&p2));
+    assert_eq!(d.policy(), Some(&p2), "the newest recorded");
+}
+
+/// Words users type and read: statuses, kinds, actors, vars, conditions,
+/// the ladder in messages.
+#[test]
+fn the_words_round_trip() {
+    for s in [
+        "pending",
+        "in_progress",
+        "failed",
+        "blocked",
+        "completed",
+        "cancelled",
+    ] {
+        assert_eq!(Status::parse(s).map(|s| s.to_string()).as_deref(), Some(s));
+    }
+    assert_eq!(Status::parse("done"), None);
+    for k in ["transient", "persistent"] {
+        assert_eq!(FailureKind::parse(k).map(|k| k.as_str()), Some(k));
+    }
+    assert_eq!(FailureKind::parse("fatal"), None);
+    let job = Actor {
+        team: Some("images".into()),
+        pipeline: Some("rhel8".into()),
+        job: Some("kickstart".into()),
+        build_name: Some("7".into()),
+        ..Actor::default()
+    };
+    assert_eq!(job.describe(), "images/rhel8/kickstart #7");
+    let cli = Actor {
+        user: Some("ana@laptop".into()),
+        ..Actor::default()
+    };
+    assert_eq!(cli.describe(), "cli:ana@laptop");
+    assert_eq!(
+        document::parse_vars(br#"{"ami_id": "ami-1"}"#).unwrap()["ami_id"],
+        "ami-1"
+    );
+    assert!(
+        document::parse_vars(b"[1]")
+            .unwrap_err()
+            .starts_with("must hold a JSON object")
+    );
+    assert!(
+        document::parse_vars(b"{")
+            .unwrap_err()
+            .starts_with("is not valid JSON")
+    );
+    assert_eq!(Ladder::default().codes(), "0, 5, ..., 100 (steps of 5)");
+    assert_eq!(
+        Ladder::default().steps()[1].to_string(),
+        "5 kickstart initiated"
+    );
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    let d = w.ok(Action::Complete(0)).clone();
+    let blocked_only = Condition {
+        blocked: true,
+        ..Condition::state(5)
+    };
+    assert!(!blocked_only.require(&d), "pending is not blocked");
+    assert!(Condition::state(5).require(&d));
+}
