@@ -2,6 +2,7 @@
 
 pub mod document;
 pub mod duration;
+pub mod event;
 pub mod gate;
 pub mod ladder;
 pub mod policy;

@@ -5,6 +5,7 @@ pub mod local;
 #[cfg(test)]
 pub mod memory;
 pub mod s3;
+mod s3_errors;
 
 use crate::config::{Settings, Storage};
 

@@ -1,0 +1,293 @@
+//! What a document's history is made of: statuses, failure kinds and
+//! errors, actions, who acted, and the events themselves.
+
+use super::document::{Timestamp, rfc3339};
+use super::ladder::Code;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Where the stage stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The stage is due and nobody has started it.
+    Pending,
+    /// The stage was started.
+    InProgress,
+    /// The stage failed and will be retried.
+    Failed,
+    /// A human must look.
+    Blocked,
+    /// The build is delivered (final state only).
+    Completed,
+    /// The build was abandoned.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in the order of the table in the README.
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::InProgress,
+        Status::Failed,
+        Status::Blocked,
+        Status::Completed,
+        Status::Cancelled,
+    ];
+
+    /// The status as written in documents and versions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::InProgress => "in_progress",
+            Status::Failed => "failed",
+            Status::Blocked => "blocked",
+            Status::Completed => "completed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// A status from its written form.
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a failure is worth retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Retried (after a backoff).
+    Transient,
+    /// Blocks the stage at once.
+    Persistent,
+}
+
+impl FailureKind {
+    /// A kind from its written form.
+    pub fn parse(s: &str) -> Option<FailureKind> {
+        match s.trim() {
+            "transient" => Some(FailureKind::Transient),
+            "persistent" => Some(FailureKind::Persistent),
+            _ => None,
+        }
+    }
+
+    /// The kind as written in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Transient => "transient",
+            FailureKind::Persistent => "persistent",
+        }
+    }
+}
+
+/// A recorded failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// What went wrong (bounded to 4000 characters, the end kept).
+    pub message: String,
+    /// Whether it is retried.
+    pub kind: FailureKind,
+    /// The source pattern that gave `kind` (`persistent_errors: ...` or
+    /// `transient_errors: ...`); absent when the put gave the kind or no
+    /// pattern matched (unknown: transient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+impl ErrorInfo {
+    /// An error of a kind given explicitly.
+    pub fn new(message: String, kind: FailureKind) -> ErrorInfo {
+        ErrorInfo {
+            message,
+            kind,
+            rule: None,
+        }
+    }
+}
+
+/// The action an event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// A new build (or a no-op while it is at its initial state).
+    Init,
+    /// A stage started.
+    Start,
+    /// A stage succeeded.
+    Complete,
+    /// A stage failed.
+    Fail,
+    /// A human's retry of a stage.
+    Retry,
+    /// A manual override.
+    Set,
+    /// The build was abandoned.
+    Cancel,
+    /// A new run (the old one archived).
+    Restart,
+    /// An earlier stored version of the document put back (`build-state
+    /// restore`): the history up to it, then this event at a new revision.
+    Restore,
+}
+
+impl ActionKind {
+    /// The action as written in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Init => "init",
+            ActionKind::Start => "start",
+            ActionKind::Complete => "complete",
+            ActionKind::Fail => "fail",
+            ActionKind::Retry => "retry",
+            ActionKind::Set => "set",
+            ActionKind::Cancel => "cancel",
+            ActionKind::Restart => "restart",
+            ActionKind::Restore => "restore",
+        }
+    }
+
+    /// Events after which the stage starts afresh: attempts count from 0.
+    pub(super) fn resets_attempts(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Init
+                | ActionKind::Restart
+                | ActionKind::Complete
+                | ActionKind::Retry
+                | ActionKind::Set
+        )
+    }
+
+    /// Events after which `last_error` is cleared (a human `retry` keeps it,
+    /// so the next attempt still shows what went wrong).
+    /// A human's decision (or a new run): start-over counts begin again.
+    pub(super) fn resets_start_overs(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Init | ActionKind::Restart | ActionKind::Retry | ActionKind::Set
+        )
+    }
+
+    pub(super) fn clears_error(self) -> bool {
+        self.resets_attempts() && self != ActionKind::Retry
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who made a change: a Concourse build, or a person at the CLI.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_TEAM_NAME`
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_PIPELINE_NAME`
+    pub pipeline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_JOB_NAME`
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_NAME`
+    pub build_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `BUILD_ID`
+    pub build_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The build's page.
+    pub build_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A person or a host (the CLI).
+    pub user: Option<String>,
+    /// Who started the Concourse build (`BUILD_CREATED_BY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+impl Actor {
+    /// One short phrase: `team/pipeline/job #12`, or `cli:alice`.
+    pub fn describe(&self) -> String {
+        if let Some(job) = &self.job {
+            let mut s = String::new();
+            for part in [&self.team, &self.pipeline].into_iter().flatten() {
+                s.push_str(part);
+                s.push('/');
+            }
+            s.push_str(job);
+            if let Some(name) = &self.build_name {
+                s.push_str(" #");
+                s.push_str(name);
+            }
+            s
+        } else if let Some(id) = &self.build_id {
+            format!("concourse build {id}")
+        } else if let Some(user) = &self.user {
+            format!("cli:{user}")
+        } else {
+            "unknown".to_string()
+        }
+    }
+}
+
+/// One change to the document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The revision this event made.
+    pub revision: u64,
+    #[serde(with = "rfc3339")]
+    /// When.
+    pub at: Timestamp,
+    /// What.
+    pub action: ActionKind,
+    /// The code the action named (`complete 25` has target 25, state 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Code>,
+    /// State after the event.
+    pub state: Code,
+    /// Status after the event.
+    pub status: Status,
+    /// The attempt at the stage this event concerns (1-based; 0 when the
+    /// stage has not been attempted).
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// With `fail`: what went wrong.
+    pub error: Option<ErrorInfo>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
+    /// With `fail` (retried): when the retry is due.
+    pub retry_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    /// Variables this event merged into the document's `vars`.
+    pub vars: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// With `set` and `cancel`: why.
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Free text.
+    pub note: Option<String>,
+    #[serde(default)]
+    /// Who.
+    pub by: Actor,
+    /// The behaviour settings (ladder, retry policy, error patterns) of the
+    /// resource that made this event, recorded when they differ from the
+    /// ones the run recorded last: what the CLI decides by when it is not
+    /// given its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Value>,
+}
