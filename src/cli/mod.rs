@@ -5,8 +5,8 @@
 //!
 //! This file is the schema and the dispatch; each group of commands lives
 //! in a room of its own with its own `run`: one build's actions
-//! ([`build`]), the fleet's views ([`fleet`]), operations on stored builds
-//! ([`ops`]). The fleet scan is [`scan`].
+//! (`build`), the fleet's views (`fleet`), operations on stored builds
+//! (`ops`). The fleet scan is `scan`.
 
 mod build;
 mod cache;
