@@ -47,27 +47,7 @@ pub async fn doctor(config: &Settings, out: &Out) -> Result<()> {
         Verdict::Ok,
         format!("store at {}", config.location(config.prefix())),
     );
-    if let Storage::S3(s3) = &config.storage {
-        add(
-            "credentials",
-            Verdict::Ok,
-            match &s3.credentials {
-                Credentials::Static { .. } => "static keys from the source".to_string(),
-                Credentials::Chain => "the standard AWS credential chain".to_string(),
-            } + &s3
-                .role_arn
-                .as_ref()
-                .map(|r| format!(", assuming {r}"))
-                .unwrap_or_default(),
-        );
-        if s3.endpoint.is_some() && !s3.path_style {
-            add(
-                "path style",
-                Verdict::Warn,
-                "a custom endpoint without use_path_style: most S3-compatible servers need use_path_style: true".into(),
-            );
-        }
-    }
+    s3_settings(config, &mut add);
     let store = match AnyStore::open(config).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -112,6 +92,11 @@ pub async fn doctor(config: &Settings, out: &Out) -> Result<()> {
             probe(config, store, &mut add).await;
         }
     }
+    print(&checks, out)
+}
+
+/// The checks as a table (or JSON); fails when one failed.
+fn print(checks: &[Check], out: &Out) -> Result<()> {
     let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
     if out.json {
         let v: Vec<_> = checks
@@ -123,7 +108,7 @@ pub async fn doctor(config: &Settings, out: &Out) -> Result<()> {
         out.print_json(&serde_json::Value::Array(v))?;
     } else {
         let mut t = Table::new(&["CHECK", "RESULT", "DETAIL"]);
-        for c in &checks {
+        for c in checks {
             let r = match c.verdict {
                 Verdict::Ok => "ok",
                 Verdict::Warn => "WARNING",
@@ -137,6 +122,32 @@ pub async fn doctor(config: &Settings, out: &Out) -> Result<()> {
         bail!("{failed} checks failed (see above)");
     }
     Ok(())
+}
+
+/// What the S3 settings themselves say: where credentials come from, and a
+/// custom endpoint without path style.
+fn s3_settings(config: &Settings, add: &mut impl FnMut(&'static str, Verdict, String)) {
+    if let Storage::S3(s3) = &config.storage {
+        add(
+            "credentials",
+            Verdict::Ok,
+            match &s3.credentials {
+                Credentials::Static { .. } => "static keys from the source".to_string(),
+                Credentials::Chain => "the standard AWS credential chain".to_string(),
+            } + &s3
+                .role_arn
+                .as_ref()
+                .map(|r| format!(", assuming {r}"))
+                .unwrap_or_default(),
+        );
+        if s3.endpoint.is_some() && !s3.path_style {
+            add(
+                "path style",
+                Verdict::Warn,
+                "a custom endpoint without use_path_style: most S3-compatible servers need use_path_style: true".into(),
+            );
+        }
+    }
 }
 
 /// Simultaneous writers in one round of the race probe.
@@ -276,6 +287,23 @@ async fn conditional_writes(
             return true;
         }
     };
+    let Some(etag) = replaces(store, key, current, add).await else {
+        return true;
+    };
+    conditional_get(store, key, &etag, add).await;
+    race(store, key, add).await;
+    true
+}
+
+/// A replace with a stale ETag must be refused, one with the current ETag
+/// accepted; answers the new ETag.
+async fn replaces(
+    store: &AnyStore,
+    key: &str,
+    current: String,
+    add: &mut impl FnMut(&'static str, Verdict, String),
+) -> Option<String> {
+    let body = |n: u32| format!("{{\"doctor\": {n}}}\n").into_bytes();
     match store
         .put(
             key,
@@ -318,12 +346,10 @@ async fn conditional_writes(
                 Verdict::Fail,
                 format!("a write with the current ETag failed: {}", advice(&e)),
             );
-            return true;
+            return None;
         }
     };
-    conditional_get(store, key, &etag, add).await;
-    race(store, key, add).await;
-    true
+    Some(etag)
 }
 
 /// A GET with the current ETag must answer 304 (tried in both quotings).
@@ -364,85 +390,8 @@ async fn conditional_get(
 /// `If-Match` and then writes lets several win, and loses updates.
 async fn race(store: &AnyStore, key: &str, add: &mut impl FnMut(&'static str, Verdict, String)) {
     for round in 1..=ROUNDS {
-        let etag = match store.get(key, None).await {
-            Ok(Fetched::Found { etag, .. }) => etag,
-            Ok(_) => {
-                add(
-                    "race",
-                    Verdict::Fail,
-                    format!("{key} vanished during the probe"),
-                );
-                return;
-            }
-            Err(e) => {
-                add("race", Verdict::Fail, advice(&e));
-                return;
-            }
-        };
-        let bodies: Vec<Vec<u8>> = (0..RACERS)
-            .map(|i| {
-                format!("{{\"doctor\": \"race\", \"round\": {round}, \"writer\": {i}}}\n")
-                    .into_bytes()
-            })
-            .collect();
-        let results = futures_util::future::join_all(
-            bodies
-                .iter()
-                .map(|b| store.put(key, b.clone(), Precondition::Matches(&etag))),
-        )
-        .await;
-        let winners: Vec<usize> = (0..RACERS).filter(|&i| results[i].is_ok()).collect();
-        let failure = results
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .find(|e| !matches!(e, StoreError::Conflict | StoreError::Uncertain(_)));
-        if let Some(e) = failure {
-            add(
-                "race",
-                Verdict::Fail,
-                format!("a simultaneous write failed: {}", advice(e)),
-            );
+        if !race_round(store, key, round, add).await {
             return;
-        }
-        let stored = match store.get(key, None).await {
-            Ok(Fetched::Found { body, .. }) => body,
-            _ => Vec::new(),
-        };
-        if winners.len() > 1 {
-            add(
-                "race",
-                Verdict::Fail,
-                format!(
-                    "{} of {RACERS} simultaneous writes with the same If-Match succeeded (round {round}): the server checks If-Match but not atomically; {LOST}",
-                    winners.len()
-                ),
-            );
-            return;
-        }
-        let landed = bodies.iter().position(|b| *b == stored);
-        match (winners.first(), landed) {
-            (Some(w), Some(l)) if *w == l => {}
-            (None, Some(_)) => {} // the winner's answer was lost, its write landed
-            (Some(w), _) => {
-                add(
-                    "race",
-                    Verdict::Fail,
-                    format!(
-                        "writer {w} was told it won (round {round}), but the object holds another write: {LOST}"
-                    ),
-                );
-                return;
-            }
-            (None, None) => {
-                add(
-                    "race",
-                    Verdict::Fail,
-                    format!(
-                        "none of {RACERS} simultaneous writes with the current ETag succeeded (round {round})"
-                    ),
-                );
-                return;
-            }
         }
     }
     add(
@@ -452,6 +401,107 @@ async fn race(store: &AnyStore, key: &str, add: &mut impl FnMut(&'static str, Ve
             "{ROUNDS} rounds of {RACERS} simultaneous writes with the same If-Match: exactly one won each time"
         ),
     );
+}
+
+/// One round of the race probe; false when it found a failure (added).
+async fn race_round(
+    store: &AnyStore,
+    key: &str,
+    round: usize,
+    add: &mut impl FnMut(&'static str, Verdict, String),
+) -> bool {
+    let etag = match store.get(key, None).await {
+        Ok(Fetched::Found { etag, .. }) => etag,
+        Ok(_) => {
+            add(
+                "race",
+                Verdict::Fail,
+                format!("{key} vanished during the probe"),
+            );
+            return false;
+        }
+        Err(e) => {
+            add("race", Verdict::Fail, advice(&e));
+            return false;
+        }
+    };
+    let bodies: Vec<Vec<u8>> = (0..RACERS)
+        .map(|i| {
+            format!("{{\"doctor\": \"race\", \"round\": {round}, \"writer\": {i}}}\n").into_bytes()
+        })
+        .collect();
+    let results = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|b| store.put(key, b.clone(), Precondition::Matches(&etag))),
+    )
+    .await;
+    let winners: Vec<usize> = (0..RACERS).filter(|&i| results[i].is_ok()).collect();
+    let failure = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .find(|e| !matches!(e, StoreError::Conflict | StoreError::Uncertain(_)));
+    if let Some(e) = failure {
+        add(
+            "race",
+            Verdict::Fail,
+            format!("a simultaneous write failed: {}", advice(e)),
+        );
+        return false;
+    }
+    judge_round(store, key, round, &bodies, &winners, add).await
+}
+
+/// After a round: exactly one writer won, and the object holds its write.
+async fn judge_round(
+    store: &AnyStore,
+    key: &str,
+    round: usize,
+    bodies: &[Vec<u8>],
+    winners: &[usize],
+    add: &mut impl FnMut(&'static str, Verdict, String),
+) -> bool {
+    let stored = match store.get(key, None).await {
+        Ok(Fetched::Found { body, .. }) => body,
+        _ => Vec::new(),
+    };
+    if winners.len() > 1 {
+        add(
+            "race",
+            Verdict::Fail,
+            format!(
+                "{} of {RACERS} simultaneous writes with the same If-Match succeeded (round {round}): the server checks If-Match but not atomically; {LOST}",
+                winners.len()
+            ),
+        );
+        return false;
+    }
+    let landed = bodies.iter().position(|b| *b == stored);
+    match (winners.first(), landed) {
+        (Some(w), Some(l)) if *w == l => {}
+        (None, Some(_)) => {} // the winner's answer was lost, its write landed
+        (Some(w), _) => {
+            add(
+                "race",
+                Verdict::Fail,
+                format!(
+                    "writer {w} was told it won (round {round}), but the object holds another write: {LOST}"
+                ),
+            );
+            return false;
+        }
+        (None, None) => {
+            add(
+                "race",
+                Verdict::Fail,
+                format!(
+                    "none of {RACERS} simultaneous writes with the current ETag succeeded (round {round})"
+                ),
+            );
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

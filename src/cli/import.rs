@@ -121,6 +121,41 @@ fn read_db(path: &Path) -> Result<Vec<OldBuild>> {
     Ok(builds)
 }
 
+impl OldBuild {
+    /// When the build started: its start time, else its first event.
+    fn start(&self) -> Timestamp {
+        self.start_time
+            .or(self.history.first().map(|e| e.at))
+            .unwrap_or_else(crate::now)
+    }
+}
+
+/// The source's labels and the old build's cloud provider and image type.
+fn labels_of(config: &Settings, b: &OldBuild) -> std::collections::BTreeMap<String, String> {
+    let mut labels = config.labels.clone();
+    for (k, v) in [
+        ("cloud_provider", &b.cloud_provider),
+        ("image_type", &b.image_type),
+    ] {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+            labels.insert(k.to_string(), v.clone());
+        }
+    }
+    labels
+}
+
+/// Who the imported events are by: the database they came from.
+fn importer(db: &Path) -> Actor {
+    Actor {
+        user: Some(format!(
+            "import-sqlite:{}",
+            db.file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        )),
+        ..Actor::default()
+    }
+}
+
 /// Replays an old build through the transitions.
 fn to_document(config: &Settings, db: &Path, b: &OldBuild) -> Result<Document> {
     let inconsistent = |m: String| {
@@ -131,33 +166,15 @@ fn to_document(config: &Settings, db: &Path, b: &OldBuild) -> Result<Document> {
         )
     };
     crate::config::validate_build_id(&b.build_id).map_err(&inconsistent)?;
-    let mut labels = config.labels.clone();
-    for (k, v) in [
-        ("cloud_provider", &b.cloud_provider),
-        ("image_type", &b.image_type),
-    ] {
-        if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
-            labels.insert(k.to_string(), v.clone());
-        }
-    }
+    let labels = labels_of(config, b);
     let rules = Rules {
         build_id: &b.build_id,
         ladder: &config.ladder,
         retry: &config.retry,
         labels: &labels,
     };
-    let by = Actor {
-        user: Some(format!(
-            "import-sqlite:{}",
-            db.file_name()
-                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
-        )),
-        ..Actor::default()
-    };
-    let start = b
-        .start_time
-        .or(b.history.first().map(|e| e.at))
-        .unwrap_or_else(crate::now);
+    let by = importer(db);
+    let start = b.start();
     let step = |doc: Option<&Document>,
                 action: Action,
                 at: Timestamp,
@@ -199,26 +216,7 @@ fn to_document(config: &Settings, db: &Path, b: &OldBuild) -> Result<Document> {
             )
             .map_err(|r| inconsistent(format!("state_history id {}: {r}", e.id)))?;
         }
-        let action = match e.status.as_str() {
-            "completed" => Action::Complete(e.state),
-            "failed" => {
-                let message = e
-                    .error
-                    .clone()
-                    .filter(|m| !m.trim().is_empty())
-                    .unwrap_or_else(|| format!("stage {} failed (no message recorded)", e.state));
-                Action::Fail {
-                    state: e.state,
-                    error: config.classifier.error(message, None),
-                }
-            }
-            other => {
-                return Err(inconsistent(format!(
-                    "state_history id {} has status {other:?} (expected completed or failed)",
-                    e.id
-                )));
-            }
-        };
+        let action = old_action(config, e).map_err(&inconsistent)?;
         doc = step(Some(&doc), action, e.at, None).map_err(|r| {
             inconsistent(format!(
                 "state_history id {} ({} {} at {}) does not follow: {r}",
@@ -235,6 +233,50 @@ fn to_document(config: &Settings, db: &Path, b: &OldBuild) -> Result<Document> {
         )
         .map_err(|r| inconsistent(r.to_string()))?;
     }
+    agrees(config, b, &doc).map_err(inconsistent)?;
+    Ok(doc)
+}
+
+/// What was imported (or would be, or why not), as a table or JSON.
+fn print(report: &[(String, String, Option<Document>)], out: &Out) -> Result<()> {
+    if out.json {
+        let v: Vec<_> = report
+            .iter()
+            .map(|(id, what, doc)| json!({"build_id": id, "result": what, "document": doc}))
+            .collect();
+        return out.print_json(&serde_json::Value::Array(v));
+    }
+    {
+        let mut t = Table::new(&["BUILD", "RESULT", "STATE", "STATUS", "EVENTS", "LABELS"]);
+        for (id, what, doc) in report {
+            let (state, status, events, labels) = match doc {
+                Some(d) => (
+                    format!("{} {}", d.state, d.state_name),
+                    out.status(d.status),
+                    d.history.len().to_string(),
+                    d.labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                None => ("-".into(), "-".into(), "-".into(), String::new()),
+            };
+            t.row(vec![
+                id.clone(),
+                what.clone(),
+                state,
+                status,
+                events,
+                labels,
+            ]);
+        }
+        out.table(&t)
+    }
+}
+
+/// Whether the replayed document agrees with the old `builds` row.
+fn agrees(config: &Settings, b: &OldBuild, doc: &Document) -> Result<(), String> {
     let final_code = config.ladder.final_code();
     let agrees = match b.status.as_str() {
         "running" => {
@@ -248,18 +290,42 @@ fn to_document(config: &Settings, db: &Path, b: &OldBuild) -> Result<Document> {
             doc.state == b.current_state && matches!(doc.status, Status::Failed | Status::Blocked)
         }
         other => {
-            return Err(inconsistent(format!(
+            return Err(format!(
                 "builds.status is {other:?} (expected running or failed)"
-            )));
+            ));
         }
     };
     if !agrees {
-        return Err(inconsistent(format!(
+        return Err(format!(
             "builds says {} {} but its state_history ends at {} {}",
             b.current_state, b.status, doc.state, doc.status
-        )));
+        ));
     }
-    Ok(doc)
+    Ok(())
+}
+
+/// The model action an old `state_history` row records.
+fn old_action(config: &Settings, e: &OldEvent) -> Result<Action, String> {
+    Ok(match e.status.as_str() {
+        "completed" => Action::Complete(e.state),
+        "failed" => {
+            let message = e
+                .error
+                .clone()
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or_else(|| format!("stage {} failed (no message recorded)", e.state));
+            Action::Fail {
+                state: e.state,
+                error: config.classifier.error(message, None),
+            }
+        }
+        other => {
+            return Err(format!(
+                "state_history id {} has status {other:?} (expected completed or failed)",
+                e.id
+            ));
+        }
+    })
 }
 
 /// The imported run, renumbered to follow an existing document (run and
@@ -347,39 +413,7 @@ pub async fn import(
             }
         }
     }
-    if out.json {
-        let v: Vec<_> = report
-            .iter()
-            .map(|(id, what, doc)| json!({"build_id": id, "result": what, "document": doc}))
-            .collect();
-        out.print_json(&serde_json::Value::Array(v))?;
-    } else {
-        let mut t = Table::new(&["BUILD", "RESULT", "STATE", "STATUS", "EVENTS", "LABELS"]);
-        for (id, what, doc) in &report {
-            let (state, status, events, labels) = match doc {
-                Some(d) => (
-                    format!("{} {}", d.state, d.state_name),
-                    out.status(d.status),
-                    d.history.len().to_string(),
-                    d.labels
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                ),
-                None => ("-".into(), "-".into(), "-".into(), String::new()),
-            };
-            t.row(vec![
-                id.clone(),
-                what.clone(),
-                state,
-                status,
-                events,
-                labels,
-            ]);
-        }
-        out.table(&t)?;
-    }
+    print(&report, out)?;
     if failures > 0 {
         bail!(
             "{failures} of {} not imported (see above)",

@@ -35,65 +35,105 @@ struct ByStage {
 type FloatGauge = Gauge<f64, AtomicU64>;
 type FloatCounter = Counter<f64, AtomicU64>;
 
+/// The families `render` fills.
+struct Families {
+    builds: Family<ByState, Gauge>,
+    attempts: Family<ByBuild, Gauge>,
+    blocked: Family<ByBuild, Gauge>,
+    failures: Family<ByStage, Counter>,
+    seconds: Family<ByStage, FloatCounter>,
+    oldest_in_progress: FloatGauge,
+    oldest_blocked: FloatGauge,
+    stale: Gauge<i64>,
+    unreadable: Gauge<i64>,
+}
+
+impl Families {
+    /// Every family, registered with its help text.
+    fn register(reg: &mut Registry) -> Families {
+        let builds = Family::<ByState, Gauge>::default();
+        reg.register(
+            "builds",
+            "Builds under the prefix, by state and status",
+            builds.clone(),
+        );
+        let attempts = Family::<ByBuild, Gauge>::default();
+        reg.register(
+            "attempts",
+            "Failures of each build's current stage",
+            attempts.clone(),
+        );
+        let blocked = Family::<ByBuild, Gauge>::default();
+        reg.register(
+            "blocked",
+            "1 for each build that needs a human (attempts exhausted, a persistent failure, an aborted build)",
+            blocked.clone(),
+        );
+        let failures = Family::<ByStage, Counter>::default();
+        reg.register(
+            "stage_failures",
+            "Failures recorded per stage, across the builds' current runs",
+            failures.clone(),
+        );
+        let seconds = Family::<ByStage, FloatCounter>::default();
+        reg.register(
+            "stage_seconds",
+            "Time spent per stage, across the builds' current runs, in seconds",
+            seconds.clone(),
+        );
+        let oldest_in_progress = FloatGauge::default();
+        reg.register(
+            "oldest_in_progress_seconds",
+            "Age of the oldest stage in progress, in seconds (0 when none)",
+            oldest_in_progress.clone(),
+        );
+        let oldest_blocked = FloatGauge::default();
+        reg.register(
+            "oldest_blocked_seconds",
+            "How long the longest-blocked build has waited for a human, in seconds (0 when none)",
+            oldest_blocked.clone(),
+        );
+        let stale = Gauge::<i64>::default();
+        reg.register(
+            "stale_stages",
+            "Stages in progress past their timeout (dead attempts)",
+            stale.clone(),
+        );
+        let unreadable = Gauge::<i64>::default();
+        reg.register(
+            "unreadable_documents",
+            "Documents that cannot be read (corrupt, or the store failed)",
+            unreadable.clone(),
+        );
+        Families {
+            builds,
+            attempts,
+            blocked,
+            failures,
+            seconds,
+            oldest_in_progress,
+            oldest_blocked,
+            stale,
+            unreadable,
+        }
+    }
+}
+
 /// The fleet's metrics at `now`, in the Prometheus/OpenMetrics text format.
 pub fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> String {
     let name = |c: u32| settings.ladder.name(c).unwrap_or("?").to_string();
     let mut reg = Registry::with_prefix("build_state");
-    let builds = Family::<ByState, Gauge>::default();
-    reg.register(
-        "builds",
-        "Builds under the prefix, by state and status",
-        builds.clone(),
-    );
-    let attempts = Family::<ByBuild, Gauge>::default();
-    reg.register(
-        "attempts",
-        "Failures of each build's current stage",
-        attempts.clone(),
-    );
-    let blocked = Family::<ByBuild, Gauge>::default();
-    reg.register(
-        "blocked",
-        "1 for each build that needs a human (attempts exhausted, a persistent failure, an aborted build)",
-        blocked.clone(),
-    );
-    let failures = Family::<ByStage, Counter>::default();
-    reg.register(
-        "stage_failures",
-        "Failures recorded per stage, across the builds' current runs",
-        failures.clone(),
-    );
-    let seconds = Family::<ByStage, FloatCounter>::default();
-    reg.register(
-        "stage_seconds",
-        "Time spent per stage, across the builds' current runs, in seconds",
-        seconds.clone(),
-    );
-    let oldest_in_progress = FloatGauge::default();
-    reg.register(
-        "oldest_in_progress_seconds",
-        "Age of the oldest stage in progress, in seconds (0 when none)",
-        oldest_in_progress.clone(),
-    );
-    let oldest_blocked = FloatGauge::default();
-    reg.register(
-        "oldest_blocked_seconds",
-        "How long the longest-blocked build has waited for a human, in seconds (0 when none)",
-        oldest_blocked.clone(),
-    );
-    let stale = Gauge::<i64>::default();
-    reg.register(
-        "stale_stages",
-        "Stages in progress past their timeout (dead attempts)",
-        stale.clone(),
-    );
-    let unreadable = Gauge::<i64>::default();
-    reg.register(
-        "unreadable_documents",
-        "Documents that cannot be read (corrupt, or the store failed)",
-        unreadable.clone(),
-    );
-
+    let Families {
+        builds,
+        attempts,
+        blocked,
+        failures,
+        seconds,
+        oldest_in_progress,
+        oldest_blocked,
+        stale,
+        unreadable,
+    } = Families::register(&mut reg);
     let age = |t: &Timestamp| (now - *t).num_milliseconds().max(0) as f64 / 1000.0;
     let (mut in_progress_age, mut blocked_age) = (0f64, 0f64);
     for row in rows {

@@ -181,9 +181,16 @@ fn timeline(config: &Settings, doc: &Document, now: Timestamp) -> String {
     svg
 }
 
+/// A status as a coloured pill.
+fn badge(s: Status) -> String {
+    format!(
+        r#"<span class="status" style="background:{}">{s}</span>"#,
+        colour(s)
+    )
+}
+
 pub fn render(config: &Settings, rows: &[Row], now: Timestamp) -> String {
     let docs: Vec<&Document> = rows.iter().filter_map(|r| r.doc.as_ref().ok()).collect();
-    let name = |c: Code| config.ladder.name(c).unwrap_or("?").to_string();
     let mut h = String::new();
     let _ = write!(
         h,
@@ -204,13 +211,16 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
         esc(&config.location(config.prefix())),
         rfc3339::format(&now)
     );
-    let badge = |s: Status| {
-        format!(
-            r#"<span class="status" style="background:{}">{s}</span>"#,
-            colour(s)
-        )
-    };
 
+    needs_a_human(&mut h, rows, &docs);
+    failures_per_stage(&mut h, config, &docs, now);
+    builds(&mut h, config, &docs, now);
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// The builds that are blocked or unreadable.
+fn needs_a_human(h: &mut String, rows: &[Row], docs: &[&Document]) {
     // Builds that need a human.
     h.push_str("<h2>Needs a human</h2>\n");
     let human: Vec<&&Document> = docs
@@ -245,10 +255,13 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
         }
         h.push_str("</table>\n");
     }
+}
 
+/// Failures per stage across the fleet, as bars.
+fn failures_per_stage(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp) {
     // Failures per stage across builds.
     let mut fails: BTreeMap<Code, (u32, u32)> = BTreeMap::new(); // code -> (failures, builds reaching it)
-    for d in &docs {
+    for d in docs {
         for s in spans(d, now) {
             let e = fails.entry(s.state).or_default();
             e.0 += s.failures;
@@ -291,7 +304,11 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
         );
     }
     h.push_str("</svg>\n");
+}
 
+/// Every build's timeline and time per stage.
+fn builds(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp) {
+    let name = |c: Code| config.ladder.name(c).unwrap_or("?").to_string();
     // Every build's timeline.
     h.push_str("<h2>Builds</h2>\n<p class=\"legend\">");
     for s in [
@@ -311,7 +328,7 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
     h.push_str(
         "<span><i style=\"background:#d64541;border-radius:50%\"></i>a failure</span></p>\n",
     );
-    for d in &docs {
+    for d in docs {
         let labels: Vec<String> = d
             .labels
             .iter()
@@ -356,8 +373,6 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
         }
         h.push_str("</table></details></div>\n");
     }
-    h.push_str("</body></html>\n");
-    h
 }
 
 pub fn write(config: &Settings, rows: &[Row], path: &Path) -> Result<()> {

@@ -19,6 +19,26 @@ struct Seen {
     dead_since: Option<crate::model::Timestamp>,
 }
 
+/// What a watch knows between sweeps.
+struct Watcher<'a> {
+    config: &'a Arc<Settings>,
+    store: &'a AnyStore,
+    out: &'a Out,
+    /// Each build as last seen.
+    seen: HashMap<String, Seen>,
+    /// Revisions already said to be stale, by build.
+    stale: HashMap<String, u64>,
+    /// For a prefix: each build's listing tag at the last sweep. A sweep of
+    /// builds that did not change costs the listing only.
+    tags: HashMap<String, String>,
+    cache: Option<Cache>,
+    first: bool,
+}
+
+/// A build to look at in a sweep, with its document when the cache has it
+/// at its listing tag (the first sweep).
+type ToLook = (String, Option<(Document, String)>);
+
 /// Follows one build, or every build under the prefix. For a prefix, the
 /// documents of `cache` that the listing shows unchanged are where the
 /// builds stand at the start (no read); what is read goes into it.
@@ -28,103 +48,34 @@ pub async fn watch(
     one: Option<&str>,
     interval: Duration,
     until: Option<Duration>,
-    mut cache: Option<Cache>,
+    cache: Option<Cache>,
     out: &Out,
 ) -> Result<()> {
     let deadline = until.map(|d| Instant::now() + d);
-    let mut seen: HashMap<String, Seen> = HashMap::new();
-    // Revisions already said to be stale, by build.
-    let mut stale: HashMap<String, u64> = HashMap::new();
-    let mut first = true;
+    let mut w = Watcher {
+        config,
+        store,
+        out,
+        seen: HashMap::new(),
+        stale: HashMap::new(),
+        tags: HashMap::new(),
+        cache,
+        first: true,
+    };
     // The cache is written after the first sweep, then now and then.
     let mut saved: Option<Instant> = None;
-    // For a prefix: each build's listing tag at the last sweep. A sweep of
-    // builds that did not change costs the listing only.
-    let mut tags: HashMap<String, String> = HashMap::new();
     loop {
-        // The builds to look at, each with its document when the cache has
-        // it at its listing tag (the first sweep).
-        let ids: Vec<(String, Option<(Document, String)>)> = if let Some(id) = one {
-            vec![(id.to_string(), None)]
-        } else {
-            let listed = store
-                .list_tags(config.prefix())
-                .await
-                .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
-            let mut changed = Vec::new();
-            let mut now = HashMap::new();
-            for l in listed {
-                if let Some(id) = config.build_id_of_key(&l.key) {
-                    let unchanged = tags.get(&id) == Some(&l.tag);
-                    let dead = seen
-                        .get(&id)
-                        .and_then(|s| s.dead_since.map(|t| (t, s.revision)))
-                        .is_some_and(|(t, rev)| crate::now() >= t && stale.get(&id) != Some(&rev));
-                    let cached = if first {
-                        cache
-                            .as_ref()
-                            .and_then(|c| c.get(&id, &l.tag))
-                            .filter(|d| d.build_id == id && d.verify(&config.ladder).is_ok())
-                            .cloned()
-                    } else {
-                        None
-                    };
-                    if let Some(doc) = cached {
-                        changed.push((id.clone(), Some((doc, l.tag.clone()))));
-                    } else if !unchanged || dead {
-                        changed.push((id.clone(), None));
-                    }
-                    now.insert(id, l.tag);
-                }
-            }
-            if let Some(c) = cache.as_mut() {
-                c.retain(&now.keys().cloned().collect());
-            }
-            tags = now;
-            changed
+        let ids = match one {
+            Some(id) => vec![(id.to_string(), None)],
+            None => w.changed().await?,
         };
         for (id, cached) in ids {
-            if let Some((doc, tag)) = cached {
-                // Where it stands, from the cache: the listing's tag is what
-                // a later change is told by.
-                seen_found(config, out, &mut seen, &mut stale, &id, &doc, &tag)?;
-                continue;
-            }
-            let cfg = config.for_build(&id)?;
-            let builds = Builds::new(&cfg, store);
-            let known = seen.get(&id);
-            match builds.read(known.map(|s| s.etag.as_str())).await {
-                Ok(Read::Unchanged) => {
-                    if let Some(s) = known
-                        && let Some(since) = s.dead_since
-                        && crate::now() >= since
-                        && stale.get(&id) != Some(&s.revision)
-                    {
-                        let doc = builds.current().await?.map(|c| c.doc);
-                        if let Some(doc) = doc.filter(|d| d.revision == s.revision) {
-                            out.stale(&id, &doc, &since)?;
-                            stale.insert(id.clone(), s.revision);
-                        }
-                    }
-                }
-                Ok(Read::Absent) => {
-                    if one.is_some() && first {
-                        out.note(format!("{id} has no state yet; waiting for it"));
-                    }
-                }
-                Ok(Read::Found(c)) => {
-                    if let (Some(cache), Some(tag)) = (cache.as_mut(), tags.get(&id)) {
-                        cache.put(&id, tag, &c.doc);
-                    }
-                    seen_found(config, out, &mut seen, &mut stale, &id, &c.doc, &c.etag)?;
-                }
-                Err(e) => out.note(e.to_string()),
-            }
+            w.look(&id, cached, one.is_some()).await?;
         }
-        first = false;
+        w.first = false;
         // What was read is kept for the next watch or list (written when it
         // changed, at most once a minute).
-        if let Some(c) = cache.as_mut()
+        if let Some(c) = w.cache.as_mut()
             && saved.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
         {
             c.save();
@@ -139,6 +90,107 @@ pub async fn watch(
             wait = wait.min(left);
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+impl Watcher<'_> {
+    /// The builds under the prefix whose listing tag changed since the last
+    /// sweep (or whose stage is due to be said stale).
+    async fn changed(&mut self) -> Result<Vec<ToLook>> {
+        let config = self.config;
+        let listed = self
+            .store
+            .list_tags(config.prefix())
+            .await
+            .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
+        let mut changed = Vec::new();
+        let mut now = HashMap::new();
+        for l in listed {
+            let Some(id) = config.build_id_of_key(&l.key) else {
+                continue;
+            };
+            let unchanged = self.tags.get(&id) == Some(&l.tag);
+            let dead = self
+                .seen
+                .get(&id)
+                .and_then(|s| s.dead_since.map(|t| (t, s.revision)))
+                .is_some_and(|(t, rev)| crate::now() >= t && self.stale.get(&id) != Some(&rev));
+            let cached = if self.first {
+                self.cache
+                    .as_ref()
+                    .and_then(|c| c.get(&id, &l.tag))
+                    .filter(|d| d.build_id == id && d.verify(&config.ladder).is_ok())
+                    .cloned()
+            } else {
+                None
+            };
+            if let Some(doc) = cached {
+                changed.push((id.clone(), Some((doc, l.tag.clone()))));
+            } else if !unchanged || dead {
+                changed.push((id.clone(), None));
+            }
+            now.insert(id, l.tag);
+        }
+        if let Some(c) = self.cache.as_mut() {
+            c.retain(&now.keys().cloned().collect());
+        }
+        self.tags = now;
+        Ok(changed)
+    }
+
+    /// Looks at one build: from the cache, or with a conditional read.
+    async fn look(
+        &mut self,
+        id: &str,
+        cached: Option<(Document, String)>,
+        one: bool,
+    ) -> Result<()> {
+        let (config, out) = (self.config, self.out);
+        if let Some((doc, tag)) = cached {
+            // Where it stands, from the cache: the listing's tag is what a
+            // later change is told by.
+            return seen_found(config, out, &mut self.seen, &mut self.stale, id, &doc, &tag);
+        }
+        let cfg = config.for_build(id)?;
+        let builds = Builds::new(&cfg, self.store);
+        let known = self.seen.get(id);
+        match builds.read(known.map(|s| s.etag.as_str())).await {
+            Ok(Read::Unchanged) => {
+                if let Some(s) = known
+                    && let Some(since) = s.dead_since
+                    && crate::now() >= since
+                    && self.stale.get(id) != Some(&s.revision)
+                {
+                    let revision = s.revision;
+                    let doc = builds.current().await?.map(|c| c.doc);
+                    if let Some(doc) = doc.filter(|d| d.revision == revision) {
+                        out.stale(id, &doc, &since)?;
+                        self.stale.insert(id.to_string(), revision);
+                    }
+                }
+            }
+            Ok(Read::Absent) => {
+                if one && self.first {
+                    out.note(format!("{id} has no state yet; waiting for it"));
+                }
+            }
+            Ok(Read::Found(c)) => {
+                if let (Some(cache), Some(tag)) = (self.cache.as_mut(), self.tags.get(id)) {
+                    cache.put(id, tag, &c.doc);
+                }
+                seen_found(
+                    config,
+                    out,
+                    &mut self.seen,
+                    &mut self.stale,
+                    id,
+                    &c.doc,
+                    &c.etag,
+                )?;
+            }
+            Err(e) => out.note(e.to_string()),
+        }
+        Ok(())
     }
 }
 
