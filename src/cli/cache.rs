@@ -35,7 +35,7 @@ struct Entry {
 }
 
 /// The cache of one store location.
-pub struct Cache {
+pub(super) struct Cache {
     path: PathBuf,
     file: File,
     dirty: bool,
@@ -72,12 +72,12 @@ fn location(settings: &Settings) -> String {
 impl Cache {
     /// The cache of `settings`' store location (empty when there is none
     /// yet, or none that can be trusted; `None` without a cache directory).
-    pub fn open(settings: &Settings, notes: &Arc<Notes>) -> Option<Cache> {
+    pub(super) fn open(settings: &Settings, notes: &Arc<Notes>) -> Option<Cache> {
         Some(Cache::open_in(dir()?, settings).with_notes(notes.clone()))
     }
 
     /// The same cache, saying what it meets in `notes`.
-    pub fn with_notes(mut self, notes: Arc<Notes>) -> Cache {
+    pub(super) fn with_notes(mut self, notes: Arc<Notes>) -> Cache {
         for line in self.notes.take() {
             notes.note(line);
         }
@@ -86,7 +86,7 @@ impl Cache {
     }
 
     /// The cache of `settings`' store location in the directory `dir`.
-    pub fn open_in(dir: PathBuf, settings: &Settings) -> Cache {
+    pub(super) fn open_in(dir: PathBuf, settings: &Settings) -> Cache {
         let location = location(settings);
         let name = {
             use md5::{Digest, Md5};
@@ -137,12 +137,12 @@ impl Cache {
 
     /// The file it is kept in.
     #[cfg(test)]
-    pub fn path(&self) -> &std::path::Path {
+    pub(super) fn path(&self) -> &std::path::Path {
         &self.path
     }
 
     /// The document of `build_id` cached at listing tag `tag`, if any.
-    pub fn get(&self, build_id: &str, tag: &str) -> Option<&Document> {
+    pub(super) fn get(&self, build_id: &str, tag: &str) -> Option<&Document> {
         self.file
             .builds
             .get(build_id)
@@ -151,7 +151,7 @@ impl Cache {
     }
 
     /// Remembers `document` for `build_id`, read at listing tag `tag`.
-    pub fn put(&mut self, build_id: &str, tag: &str, document: &Document) {
+    pub(super) fn put(&mut self, build_id: &str, tag: &str, document: &Document) {
         self.file.builds.insert(
             build_id.to_string(),
             Entry {
@@ -163,7 +163,7 @@ impl Cache {
     }
 
     /// Forgets the builds that are gone.
-    pub fn retain(&mut self, present: &std::collections::BTreeSet<String>) {
+    pub(super) fn retain(&mut self, present: &std::collections::BTreeSet<String>) {
         let before = self.file.builds.len();
         self.file.builds.retain(|id, _| present.contains(id));
         self.dirty |= self.file.builds.len() != before;
@@ -171,7 +171,7 @@ impl Cache {
 
     /// Writes the cache (atomically), when it changed. A cache that cannot
     /// be written only costs the next run its reads.
-    pub fn save(&mut self) {
+    pub(super) fn save(&mut self) {
         if !self.dirty {
             return;
         }

@@ -33,7 +33,7 @@ fn advice(e: &StoreError) -> String {
     }
 }
 
-pub async fn doctor(config: &Settings, out: &Out) -> Result<()> {
+pub(super) async fn doctor(config: &Settings, out: &Out) -> Result<()> {
     let mut checks: Vec<Check> = Vec::new();
     let mut add = |name, verdict, detail: String| {
         checks.push(Check {

@@ -344,7 +344,7 @@ fn follow(existing: &Document, doc: &Document, config: &Settings) -> Document {
     )
 }
 
-pub async fn import(
+pub(super) async fn import(
     config: &Arc<Settings>,
     store: &AnyStore,
     dbs: &[std::path::PathBuf],

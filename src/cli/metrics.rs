@@ -120,7 +120,7 @@ impl Families {
 }
 
 /// The fleet's metrics at `now`, in the Prometheus/OpenMetrics text format.
-pub fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> String {
+pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> String {
     let name = |c: u32| settings.ladder.name(c).unwrap_or("?").to_string();
     let mut reg = Registry::with_prefix("build_state");
     let Families {
@@ -242,7 +242,7 @@ fn prometheus_text(openmetrics: &str) -> String {
 
 /// Writes `text` to `path` atomically (a textfile collector never reads half
 /// a file).
-pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -29,7 +29,7 @@ pub(crate) struct Out {
 }
 
 /// A plain text table with aligned columns.
-pub struct Table {
+pub(crate) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
@@ -50,18 +50,18 @@ fn width(s: &str) -> usize {
 }
 
 impl Table {
-    pub fn new(header: &[&str]) -> Table {
+    pub(crate) fn new(header: &[&str]) -> Table {
         Table {
             header: header.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
         }
     }
 
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let n = self.header.len();
         let mut widths: Vec<usize> = self.header.iter().map(|h| width(h)).collect();
         for r in &self.rows {
@@ -86,7 +86,7 @@ impl Table {
 }
 
 /// The rows of `list --json` (and of `serve`'s `/api/builds`).
-pub fn rows_json(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Value {
+pub(super) fn rows_json(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Value {
     Value::Array(
         rows.iter()
             .map(|r| match &r.doc {
@@ -106,7 +106,7 @@ pub fn rows_json(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Value {
 }
 
 /// `3m`, `2h`, `5d`: how long ago.
-pub fn age(t: &chrono::DateTime<chrono::Utc>) -> String {
+pub(super) fn age(t: &chrono::DateTime<chrono::Utc>) -> String {
     let secs = (chrono::Utc::now() - *t).num_seconds().max(0);
     match secs {
         0..60 => format!("{secs}s"),
@@ -173,7 +173,7 @@ impl Out {
 
     /// Output into a buffer (for tests), never coloured.
     #[cfg(test)]
-    pub fn buffered(json: bool) -> (Out, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    pub(crate) fn buffered(json: bool) -> (Out, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
         let sink = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         (
             Out {
@@ -188,7 +188,7 @@ impl Out {
     }
 
     /// Writes text to the output, flushed.
-    pub fn write(&self, s: &str) -> Result<()> {
+    pub(crate) fn write(&self, s: &str) -> Result<()> {
         match &self.sink {
             Some(buf) => buf.lock().unwrap().extend_from_slice(s.as_bytes()),
             None => {
@@ -201,17 +201,17 @@ impl Out {
     }
 
     /// Prints a table.
-    pub fn table(&self, t: &Table) -> Result<()> {
+    pub(crate) fn table(&self, t: &Table) -> Result<()> {
         self.write(&t.render())
     }
 
-    pub fn print_json(&self, v: &Value) -> Result<()> {
+    pub(crate) fn print_json(&self, v: &Value) -> Result<()> {
         let mut s = serde_json::to_string_pretty(v)?;
         s.push('\n');
         self.write(&s)
     }
 
-    pub fn status(&self, s: Status) -> String {
+    pub(crate) fn status(&self, s: Status) -> String {
         if !self.colour {
             return s.to_string();
         }
@@ -226,7 +226,7 @@ impl Out {
         format!("\x1b[{code}m{s}\x1b[0m")
     }
 
-    pub fn document(&self, config: &Config, doc: &Document) -> Result<()> {
+    pub(crate) fn document(&self, config: &Config, doc: &Document) -> Result<()> {
         if self.json {
             return self.print_json(&serde_json::to_value(doc)?);
         }
@@ -311,7 +311,7 @@ impl Out {
         ]
     }
 
-    pub fn history(&self, doc: &Document) -> Result<()> {
+    pub(crate) fn history(&self, doc: &Document) -> Result<()> {
         if self.json {
             return self.print_json(&serde_json::to_value(&doc.history)?);
         }
@@ -326,7 +326,7 @@ impl Out {
     }
 
     /// A stage `watch` finds in progress past its timeout.
-    pub fn stale(&self, build_id: &str, doc: &Document, since: &Timestamp) -> Result<()> {
+    pub(crate) fn stale(&self, build_id: &str, doc: &Document, since: &Timestamp) -> Result<()> {
         if self.json {
             let v = json!({"build_id": build_id, "revision": doc.revision, "state": doc.state,
                            "status": doc.status, "stale": true, "dead_since": rfc3339::format(since)});
@@ -342,7 +342,7 @@ impl Out {
     }
 
     /// One transition seen by `watch`.
-    pub fn event(&self, build_id: &str, e: &Event) -> Result<()> {
+    pub(crate) fn event(&self, build_id: &str, e: &Event) -> Result<()> {
         if self.json {
             let mut v = serde_json::to_value(e)?;
             v["build_id"] = json!(build_id);
@@ -367,7 +367,7 @@ impl Out {
         self.write(&line)
     }
 
-    pub fn list(&self, rows: &[Row], retry: &RetryPolicy) -> Result<()> {
+    pub(crate) fn list(&self, rows: &[Row], retry: &RetryPolicy) -> Result<()> {
         let now = crate::now();
         if self.json {
             return self.print_json(&rows_json(rows, retry, now));
@@ -417,7 +417,7 @@ impl Out {
         Ok(())
     }
 
-    pub fn applied(&self, described: &str, doc: &Document, written: bool) -> Result<()> {
+    pub(crate) fn applied(&self, described: &str, doc: &Document, written: bool) -> Result<()> {
         if self.json {
             return self.print_json(&json!({"written": written, "document": doc}));
         }
@@ -440,7 +440,7 @@ impl Out {
         }
     }
 
-    pub fn report(&self, path: &Path, builds: usize) -> Result<()> {
+    pub(crate) fn report(&self, path: &Path, builds: usize) -> Result<()> {
         if self.json {
             return self.print_json(&json!({"out": path, "builds": builds}));
         }
@@ -462,7 +462,7 @@ fn kind_of(e: &crate::model::ErrorInfo) -> String {
 }
 
 /// `n` things in words: "1 build", "2 builds".
-pub fn count(n: impl Into<u64>, one: &str) -> String {
+pub(super) fn count(n: impl Into<u64>, one: &str) -> String {
     match n.into() {
         1 => format!("1 {one}"),
         n => format!("{n} {one}s"),

@@ -40,7 +40,7 @@ fn colour(s: Status) -> &'static str {
 }
 
 /// Time spent at each stage of a run: (state, entered, left, failures, how it ended).
-pub struct Span {
+pub(super) struct Span {
     pub state: Code,
     pub from: Timestamp,
     pub to: Timestamp,
@@ -50,14 +50,14 @@ pub struct Span {
 
 impl Span {
     /// Its length in seconds.
-    pub fn seconds(&self) -> f64 {
+    pub(super) fn seconds(&self) -> f64 {
         (self.to - self.from).num_milliseconds().max(0) as f64 / 1000.0
     }
 }
 
 /// One stage across a fleet's current runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct StageTotals {
+pub(super) struct StageTotals {
     /// Failures recorded at the stage (a `fail` event's target).
     pub failures: u64,
     /// Time spent there, in seconds.
@@ -70,7 +70,7 @@ pub struct StageTotals {
 
 /// Failures, time and builds per stage across `docs` (for `metrics` and
 /// `serve`).
-pub fn stage_totals<'a>(
+pub(super) fn stage_totals<'a>(
     docs: impl IntoIterator<Item = &'a Document>,
     now: Timestamp,
 ) -> BTreeMap<Code, StageTotals> {
@@ -89,7 +89,7 @@ pub fn stage_totals<'a>(
     by
 }
 
-pub fn spans(doc: &Document, now: Timestamp) -> Vec<Span> {
+pub(super) fn spans(doc: &Document, now: Timestamp) -> Vec<Span> {
     let mut out = Vec::new();
     let Some(first) = doc.history.first() else {
         return out;
@@ -189,7 +189,7 @@ fn badge(s: Status) -> String {
     )
 }
 
-pub fn render(config: &Settings, rows: &[Row], now: Timestamp) -> String {
+pub(super) fn render(config: &Settings, rows: &[Row], now: Timestamp) -> String {
     let docs: Vec<&Document> = rows.iter().filter_map(|r| r.doc.as_ref().ok()).collect();
     let mut h = String::new();
     let _ = write!(
@@ -375,7 +375,7 @@ fn builds(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp)
     }
 }
 
-pub fn write(config: &Settings, rows: &[Row], path: &Path) -> Result<()> {
+pub(super) fn write(config: &Settings, rows: &[Row], path: &Path) -> Result<()> {
     let html = render(config, rows, crate::now());
     std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
 }

@@ -51,7 +51,7 @@ fn archive_prefix(settings: &Settings, given: &str) -> Result<String> {
 }
 
 /// `prune --older-than D [--dry-run] [--archive-to PREFIX]`.
-pub async fn prune(
+pub(super) async fn prune(
     settings: &Arc<Settings>,
     store: &AnyStore,
     older_than: Duration,
@@ -264,7 +264,7 @@ struct Candidate {
 }
 
 /// `restore BUILD_ID [--version-id ID] [--yes]`.
-pub async fn restore(
+pub(super) async fn restore(
     config: &Config,
     store: &AnyStore,
     version_id: Option<&str>,

@@ -123,7 +123,7 @@ async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Re
 }
 
 /// Serves until SIGTERM or Ctrl-C.
-pub async fn serve(
+pub(super) async fn serve(
     settings: Arc<Settings>,
     store: AnyStore,
     listen: &str,

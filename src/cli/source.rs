@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     /// The resource's source block, as JSON or YAML
     #[arg(
         long = "source",
@@ -162,7 +162,7 @@ impl SourceArgs {
     }
 
     /// The validated settings, for commands over every build (no build id).
-    pub fn settings(&self) -> Result<Arc<Settings>> {
+    pub(crate) fn settings(&self) -> Result<Arc<Settings>> {
         let (source, origin) = self.source(None)?;
         let mut settings = Settings::from_source(&source).map_err(|e| anyhow!(e))?;
         name_endpoint(&mut settings, origin);
@@ -176,7 +176,11 @@ impl SourceArgs {
     /// (states, retry, error patterns), the CLI takes the ones the resource
     /// recorded in the document; with its own, it uses them, and warns
     /// when they differ from the recorded ones (SPEC 6, one policy per build).
-    pub async fn build(&self, build_id: &str, notes: &crate::Notes) -> Result<(Config, AnyStore)> {
+    pub(crate) async fn build(
+        &self,
+        build_id: &str,
+        notes: &crate::Notes,
+    ) -> Result<(Config, AnyStore)> {
         let (source, origin) = self.source(Some(build_id))?;
         let configured = |source: &Source| -> Result<Config> {
             let mut config = configure(source)?;

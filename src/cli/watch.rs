@@ -42,7 +42,7 @@ type ToLook = (String, Option<(Document, String)>);
 /// Follows one build, or every build under the prefix. For a prefix, the
 /// documents of `cache` that the listing shows unchanged are where the
 /// builds stand at the start (no read); what is read goes into it.
-pub async fn watch(
+pub(super) async fn watch(
     config: &Arc<Settings>,
     store: &AnyStore,
     one: Option<&str>,

@@ -147,7 +147,7 @@ fn duplicates(list: &[String], what: &str, out: &mut Vec<String>) {
 }
 
 /// Every error Concourse would give for this pipeline (empty: it is valid).
-pub fn pipeline_errors(p: &Value) -> Vec<String> {
+pub(crate) fn pipeline_errors(p: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let Some(top) = p.as_object() else {
         return vec!["a pipeline is a mapping".into()];
@@ -265,7 +265,7 @@ pub fn pipeline_errors(p: &Value) -> Vec<String> {
 }
 
 /// Calls `f` on every step of a job (plan and hooks, nested).
-pub fn visit(step: &Value, f: &mut impl FnMut(&Value)) {
+pub(crate) fn visit(step: &Value, f: &mut impl FnMut(&Value)) {
     match step {
         Value::Array(items) => items.iter().for_each(|s| visit(s, f)),
         Value::Object(m) => {
@@ -406,7 +406,7 @@ fn step_errors(
 
 /// Every error Concourse gives for a task config (`fly execute`, or a
 /// task step's `config:`).
-pub fn task_errors(config: &Value) -> Vec<String> {
+pub(crate) fn task_errors(config: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let Some(map) = config.as_object() else {
         return vec!["a task config is a mapping".into()];

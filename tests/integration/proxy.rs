@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// How the proxy misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Drops `If-Match` and `If-None-Match` from writes (Garage 2.5, s3rver).
     IgnoreConditions,
     /// Checks `If-Match` / `If-None-Match: *` itself with a HEAD, waits, then
@@ -32,7 +32,7 @@ pub enum Fault {
 }
 
 /// A running proxy; it lives as long as the test process.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub endpoint: String,
     /// Writes (PUT requests) seen so far.
     pub writes: Arc<AtomicUsize>,
@@ -44,7 +44,7 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy on a free 127.0.0.1 port in front of `upstream`
     /// (`http://127.0.0.1:PORT`).
-    pub fn start(upstream: &str, fault: Fault) -> Proxy {
+    pub(crate) fn start(upstream: &str, fault: Fault) -> Proxy {
         let upstream = upstream
             .strip_prefix("http://")
             .expect("an http:// upstream")

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 /// How a step, or a build, ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Succeeded,
     Failed,
     Errored,
@@ -55,7 +55,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
@@ -67,7 +67,7 @@ impl Status {
 
 /// What a scripted task does.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Succeed,
     /// Succeeds after this many milliseconds (to make builds overlap).
     SucceedAfter(u64),
@@ -84,7 +84,7 @@ pub enum Outcome {
 
 /// The Concourse release being modelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Release {
+pub(crate) enum Release {
     /// 7.x: no `BUILD_URL`, no `BUILD_STATUS`.
     V7,
     /// 8.0 and 8.1: `BUILD_URL`, no `BUILD_STATUS`.
@@ -94,7 +94,7 @@ pub enum Release {
 }
 
 #[derive(Clone, Debug)]
-pub struct BuildRecord {
+pub(crate) struct BuildRecord {
     pub job: String,
     pub status: Status,
     /// get name → (resource, version)
@@ -134,7 +134,7 @@ const STORAGE_FIELDS: [&str; 10] = [
 
 const HOOKS: [&str; 5] = ["on_success", "on_failure", "on_abort", "on_error", "ensure"];
 
-pub struct Runner<'a> {
+pub(crate) struct Runner<'a> {
     pub w: &'a World,
     pub p: Value,
     pipeline: String,
@@ -168,7 +168,7 @@ struct Ctx<'c> {
 impl<'a> Runner<'a> {
     /// Loads `file` (with `vars`) for `release`, its storage replaced by the
     /// world's store.
-    pub fn new(
+    pub(crate) fn new(
         w: &'a World,
         file: &Path,
         vars: &build_state::pipeline::Vars,
@@ -227,14 +227,14 @@ impl<'a> Runner<'a> {
 
     /// Runs the tasks' own commands; stub scripts stand in for Packer and
     /// Ansible (see [`Runner::script`]).
-    pub fn with_real_tasks(mut self) -> Self {
+    pub(crate) fn with_real_tasks(mut self) -> Self {
         self.real_tasks = true;
         self
     }
 
     /// What the next runs of a task (or, with real tasks, of a stub:
     /// `kickstart`, `green-image`, `seal`, `stage-N`) do.
-    pub fn script(&self, task: &str, outcomes: &[Outcome]) {
+    pub(crate) fn script(&self, task: &str, outcomes: &[Outcome]) {
         self.st
             .lock()
             .unwrap()
@@ -250,13 +250,13 @@ impl<'a> Runner<'a> {
         std::fs::write(self.work.join("outcomes").join(task), lines).unwrap();
     }
 
-    pub fn log(&self, line: String) {
+    pub(crate) fn log(&self, line: String) {
         let line = format!("[{:6.2}s] {line}", self.start.elapsed().as_secs_f64());
         println!("{line}");
         self.trace.lock().unwrap().push(line);
     }
 
-    pub fn resource(&self, name: &str) -> &Value {
+    pub(crate) fn resource(&self, name: &str) -> &Value {
         self.p["resources"]
             .as_array()
             .unwrap()
@@ -271,7 +271,7 @@ impl<'a> Runner<'a> {
             .is_some_and(|t| self.types.contains(t))
     }
 
-    pub fn job(&self, name: &str) -> Value {
+    pub(crate) fn job(&self, name: &str) -> Value {
         self.p["jobs"]
             .as_array()
             .unwrap()
@@ -281,7 +281,7 @@ impl<'a> Runner<'a> {
             .clone()
     }
 
-    pub fn where_now(&self) -> String {
+    pub(crate) fn where_now(&self) -> String {
         match self.w.raw("state.json") {
             None => "(none)".into(),
             Some(b) => {
@@ -296,27 +296,27 @@ impl<'a> Runner<'a> {
         }
     }
 
-    pub fn doc(&self) -> Value {
+    pub(crate) fn doc(&self) -> Value {
         self.w.doc()
     }
 
-    pub fn at_least(&self, state: u64) -> bool {
+    pub(crate) fn at_least(&self, state: u64) -> bool {
         self.w.raw("state.json").is_some() && self.doc()["state"].as_u64().unwrap() >= state
     }
 
-    pub fn status_is(&self, status: &str) -> bool {
+    pub(crate) fn status_is(&self, status: &str) -> bool {
         self.w.raw("state.json").is_some() && self.doc()["status"] == status
     }
 
-    pub fn builds(&self) -> Vec<BuildRecord> {
+    pub(crate) fn builds(&self) -> Vec<BuildRecord> {
         self.st.lock().unwrap().builds.clone()
     }
 
-    pub fn jobs_run(&self) -> Vec<String> {
+    pub(crate) fn jobs_run(&self) -> Vec<String> {
         self.builds().into_iter().map(|b| b.job).collect()
     }
 
-    pub fn versions(&self, resource: &str) -> Vec<Value> {
+    pub(crate) fn versions(&self, resource: &str) -> Vec<Value> {
         self.st
             .lock()
             .unwrap()
@@ -327,7 +327,7 @@ impl<'a> Runner<'a> {
     }
 
     /// A new commit on every git resource.
-    pub fn push_commit(&self) {
+    pub(crate) fn push_commit(&self) {
         let n = {
             let mut st = self.st.lock().unwrap();
             st.commits += 1;
@@ -368,7 +368,7 @@ impl<'a> Runner<'a> {
     }
 
     /// One round of checks of every resource a job gets.
-    pub fn check_all(&self) {
+    pub(crate) fn check_all(&self) {
         for name in self.inputs_used() {
             let ty = self.resource(&name)["type"].as_str().unwrap().to_string();
             let found: Vec<Value> = if self.is_ours(&name) {
@@ -403,7 +403,7 @@ impl<'a> Runner<'a> {
     }
 
     /// The versions the next build of `job` would get, if every get has one.
-    pub fn next_inputs(&self, job: &Value) -> Option<BTreeMap<String, (String, Value)>> {
+    pub(crate) fn next_inputs(&self, job: &Value) -> Option<BTreeMap<String, (String, Value)>> {
         let mut gets = Vec::new();
         crate::concourse::visit(job, &mut |s| {
             if s.get("get").is_some() {
@@ -432,7 +432,7 @@ impl<'a> Runner<'a> {
 
     /// Starts a build of every job whose trigger gets have a version the job
     /// never used; runs them one after another. Returns how many ran.
-    pub fn schedule(&self) -> usize {
+    pub(crate) fn schedule(&self) -> usize {
         let mut ran = 0;
         for job in self.p["jobs"].as_array().unwrap().clone() {
             let jname = job["name"].as_str().unwrap().to_string();
@@ -464,7 +464,7 @@ impl<'a> Runner<'a> {
     }
 
     /// A build started by hand (`fly trigger-job`), with the newest inputs.
-    pub fn trigger_job(&self, name: &str) -> Status {
+    pub(crate) fn trigger_job(&self, name: &str) -> Status {
         let job = self.job(name);
         let inputs = self
             .next_inputs(&job)
@@ -476,7 +476,7 @@ impl<'a> Runner<'a> {
     /// Checks and schedules until `done` holds (or panics with the trace
     /// when the time runs out); a round with nothing to do waits one poll
     /// interval.
-    pub fn run_until(&self, limit: Duration, done: impl Fn(&Runner) -> bool) {
+    pub(crate) fn run_until(&self, limit: Duration, done: impl Fn(&Runner) -> bool) {
         let deadline = Instant::now() + limit;
         while !done(self) {
             assert!(
@@ -517,7 +517,11 @@ impl<'a> Runner<'a> {
     }
 
     /// Runs one build of `job`; returns its status.
-    pub fn run_build(&self, job: &Value, inputs: &BTreeMap<String, (String, Value)>) -> Status {
+    pub(crate) fn run_build(
+        &self,
+        job: &Value,
+        inputs: &BTreeMap<String, (String, Value)>,
+    ) -> Status {
         let jname = job["name"].as_str().unwrap();
         // A serial job's builds queue behind the one running.
         let _serial = self.serial.get(jname).map(|m| m.lock().unwrap());
@@ -881,7 +885,7 @@ impl<'a> Runner<'a> {
     }
 
     /// A put made outside any build (a human with `fly execute` or the CLI).
-    pub fn human_put(&self, params: Value) -> Value {
+    pub(crate) fn human_put(&self, params: Value) -> Value {
         let out = Step::program(self.w, "out")
             .arg(self.w.sources())
             .stdin(json!({"source": self.resource("state")["source"], "params": params}))

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 /// The directory holding `check`, `in` and `out`: `BUILD_STATE_RESOURCE_DIR`
 /// (for example a layout made by `scripts/package`), else links to the
 /// binary cargo built, named as in the image.
-pub fn resource_dir() -> &'static Path {
+pub(crate) fn resource_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         if let Some(dir) = std::env::var_os("BUILD_STATE_RESOURCE_DIR") {
@@ -36,19 +36,19 @@ pub fn resource_dir() -> &'static Path {
 
 /// The local S3 server, started on first use and stopped when the test
 /// process exits (a watcher process waits for it).
-pub struct S3Server {
+pub(crate) struct S3Server {
     pub endpoint: String,
     /// Which server `start.sh` started: `ministack`, `moto` or `ceph`.
     pub server: String,
 }
 
-pub const BUCKET: &str = "build-state-tests";
+pub(crate) const BUCKET: &str = "build-state-tests";
 
 /// The S3 test server. Every test that uses it lives in a module named
 /// `s3` (so `.ci/run`'s Ceph pass, which selects `s3::`, runs every one of
 /// them): a test elsewhere that asks for the server fails here.
 #[track_caller]
-pub fn s3() -> &'static S3Server {
+pub(crate) fn s3() -> &'static S3Server {
     if let Some(test) = std::thread::current().name().filter(|n| *n != "main") {
         assert!(
             test.contains("s3::"),
@@ -114,7 +114,7 @@ pub fn s3() -> &'static S3Server {
 /// `not_on_ceph`, the Ceph pass skips it by name (and lists it), and run
 /// there anyway it fails rather than pass having checked nothing.
 #[track_caller]
-pub fn not_on_ceph(why: &str) {
+pub(crate) fn not_on_ceph(why: &str) {
     assert_ne!(
         s3().server,
         "ceph",
@@ -125,11 +125,11 @@ pub fn not_on_ceph(why: &str) {
 impl S3Server {
     /// Whether the server verifies request signatures (Ceph RGW does; the
     /// emulators take any): a proxy that rewrites headers breaks them.
-    pub fn checks_signatures(&self) -> bool {
+    pub(crate) fn checks_signatures(&self) -> bool {
         self.server == "ceph"
     }
 
-    pub fn client(&self) -> aws_sdk_s3::Client {
+    pub(crate) fn client(&self) -> aws_sdk_s3::Client {
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -152,7 +152,7 @@ impl S3Server {
         aws_sdk_s3::Client::from_conf(conf)
     }
 
-    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -162,14 +162,14 @@ impl S3Server {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Local,
     S3,
 }
 
 /// One test's world: a store (a fresh directory, or a fresh prefix in the
 /// shared bucket) and a scratch directory for sources and destinations.
-pub struct World {
+pub(crate) struct World {
     pub kind: Kind,
     pub tmp: tempfile::TempDir,
     pub prefix: String,
@@ -179,7 +179,7 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(kind: Kind, test: &str) -> World {
+    pub(crate) fn new(kind: Kind, test: &str) -> World {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("src")).unwrap();
         std::fs::create_dir_all(tmp.path().join("states")).unwrap();
@@ -196,7 +196,7 @@ impl World {
     }
 
     /// The bucket this world's source names.
-    pub fn bucket(&self) -> String {
+    pub(crate) fn bucket(&self) -> String {
         self.extra
             .get("bucket")
             .and_then(Value::as_str)
@@ -204,13 +204,13 @@ impl World {
             .to_string()
     }
 
-    pub fn with(mut self, extra: Value) -> World {
+    pub(crate) fn with(mut self, extra: Value) -> World {
         merge(&mut self.extra, extra);
         self
     }
 
     /// The source block for this world.
-    pub fn source(&self) -> Value {
+    pub(crate) fn source(&self) -> Value {
         let mut s = match self.kind {
             Kind::Local => json!({"local_dir": self.states_dir()}),
             Kind::S3 => json!({
@@ -230,7 +230,7 @@ impl World {
     }
 
     /// This world's source with `extra` merged in (a gate, say).
-    pub fn source_with(&self, extra: Value) -> Value {
+    pub(crate) fn source_with(&self, extra: Value) -> Value {
         let mut s = self.source();
         merge(&mut s, extra);
         s
@@ -238,24 +238,24 @@ impl World {
 
     /// `check` of this world's build through a source with `extra` (a gated
     /// resource beside the ungated one).
-    pub fn check_with(&self, extra: Value) -> Step {
+    pub(crate) fn check_with(&self, extra: Value) -> Step {
         Step::new(self, "check").stdin(json!({"source": self.source_with(extra)}))
     }
 
-    pub fn states_dir(&self) -> PathBuf {
+    pub(crate) fn states_dir(&self) -> PathBuf {
         self.tmp.path().join("states")
     }
 
-    pub fn sources(&self) -> PathBuf {
+    pub(crate) fn sources(&self) -> PathBuf {
         self.tmp.path().join("src")
     }
 
-    pub fn key(&self, name: &str) -> String {
+    pub(crate) fn key(&self, name: &str) -> String {
         format!("{}{}/{name}", self.prefix, self.build_id)
     }
 
     /// The raw bytes stored under `<prefix><build_id>/<name>`.
-    pub fn raw(&self, name: &str) -> Option<Vec<u8>> {
+    pub(crate) fn raw(&self, name: &str) -> Option<Vec<u8>> {
         let key = self.key(name);
         match self.kind {
             Kind::Local => match std::fs::read(self.states_dir().join(&key)) {
@@ -287,12 +287,12 @@ impl World {
         }
     }
 
-    pub fn write_raw(&self, name: &str, body: &[u8]) {
+    pub(crate) fn write_raw(&self, name: &str, body: &[u8]) {
         self.write_raw_key(&self.key(name), body)
     }
 
     /// Writes an object under any key, around the programs.
-    pub fn write_raw_key(&self, key: &str, body: &[u8]) {
+    pub(crate) fn write_raw_key(&self, key: &str, body: &[u8]) {
         let key = key.to_string();
         match self.kind {
             Kind::Local => {
@@ -317,12 +317,12 @@ impl World {
     }
 
     /// Every key stored under this world's prefix.
-    pub fn keys(&self) -> Vec<String> {
+    pub(crate) fn keys(&self) -> Vec<String> {
         self.keys_under(&self.prefix)
     }
 
     /// Every key stored under `prefix`, in this world's store.
-    pub fn keys_under(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn keys_under(&self, prefix: &str) -> Vec<String> {
         match self.kind {
             Kind::Local => {
                 let mut out = Vec::new();
@@ -364,29 +364,29 @@ impl World {
     }
 
     /// The stored document, parsed.
-    pub fn doc(&self) -> Value {
+    pub(crate) fn doc(&self) -> Value {
         serde_json::from_slice(&self.raw("state.json").expect("no state.json stored")).unwrap()
     }
 
-    pub fn write_file(&self, rel: &str, body: &str) {
+    pub(crate) fn write_file(&self, rel: &str, body: &str) {
         let p = self.sources().join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
     }
 
-    pub fn check(&self) -> Step {
+    pub(crate) fn check(&self) -> Step {
         Step::new(self, "check").stdin(json!({"source": self.source()}))
     }
 
-    pub fn check_from(&self, version: &Value) -> Step {
+    pub(crate) fn check_from(&self, version: &Value) -> Step {
         Step::new(self, "check").stdin(json!({"source": self.source(), "version": version}))
     }
 
-    pub fn get(&self, version: &Value) -> Step {
+    pub(crate) fn get(&self, version: &Value) -> Step {
         self.get_with(version, json!(null))
     }
 
-    pub fn get_with(&self, version: &Value, params: Value) -> Step {
+    pub(crate) fn get_with(&self, version: &Value, params: Value) -> Step {
         let dest = self.tmp.path().join(format!("get-{}", fastrand::u32(..)));
         Step::new(self, "in")
             .arg(dest)
@@ -394,14 +394,14 @@ impl World {
     }
 
     /// The CLI with this world's source (`--source FILE`).
-    pub fn cli(&self, args: &[&str]) -> Step {
+    pub(crate) fn cli(&self, args: &[&str]) -> Step {
         let file = self.tmp.path().join("source.json");
         std::fs::write(&file, self.source().to_string()).unwrap();
         self.bare_cli(args).arg("--source").arg(file)
     }
 
     /// The CLI with no source given.
-    pub fn bare_cli(&self, args: &[&str]) -> Step {
+    pub(crate) fn bare_cli(&self, args: &[&str]) -> Step {
         let mut step = Step::new(self, "build-state");
         step.exe = cli_path();
         for a in args {
@@ -410,7 +410,7 @@ impl World {
         step
     }
 
-    pub fn put(&self, params: Value) -> Step {
+    pub(crate) fn put(&self, params: Value) -> Step {
         Step::new(self, "out")
             .arg(self.sources())
             .stdin(json!({"source": self.source(), "params": params}))
@@ -433,7 +433,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Merges `b` into `a` (objects key by key; anything else replaces).
-pub fn merge(a: &mut Value, b: Value) {
+pub(crate) fn merge(a: &mut Value, b: Value) {
     match (a, b) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
@@ -445,14 +445,14 @@ pub fn merge(a: &mut Value, b: Value) {
 }
 
 /// The CLI: `BUILD_STATE_CLI`, else the binary cargo built.
-pub fn cli_path() -> PathBuf {
+pub(crate) fn cli_path() -> PathBuf {
     std::env::var_os("BUILD_STATE_CLI")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_build-state")))
 }
 
 /// One run of a program, built up like the behaviour it checks.
-pub struct Step {
+pub(crate) struct Step {
     program: &'static str,
     exe: PathBuf,
     args: Vec<PathBuf>,
@@ -463,7 +463,7 @@ pub struct Step {
 
 /// What a program did.
 #[derive(Debug)]
-pub struct Output {
+pub(crate) struct Output {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
@@ -473,7 +473,7 @@ pub struct Output {
 
 impl Step {
     /// `check`, `in` or `out`, with no request yet.
-    pub fn program(world: &World, program: &'static str) -> Step {
+    pub(crate) fn program(world: &World, program: &'static str) -> Step {
         Step::new(world, program)
     }
 
@@ -488,28 +488,28 @@ impl Step {
         }
     }
 
-    pub fn arg(mut self, a: impl Into<PathBuf>) -> Step {
+    pub(crate) fn arg(mut self, a: impl Into<PathBuf>) -> Step {
         self.args.push(a.into());
         self
     }
 
-    pub fn stdin(mut self, v: Value) -> Step {
+    pub(crate) fn stdin(mut self, v: Value) -> Step {
         self.stdin = serde_json::to_vec(&v).unwrap();
         self
     }
 
-    pub fn raw_stdin(mut self, s: &str) -> Step {
+    pub(crate) fn raw_stdin(mut self, s: &str) -> Step {
         self.stdin = s.as_bytes().to_vec();
         self
     }
 
-    pub fn env(mut self, k: &str, v: &str) -> Step {
+    pub(crate) fn env(mut self, k: &str, v: &str) -> Step {
         self.env.push((k.to_string(), v.to_string()));
         self
     }
 
     /// Sets the `BUILD_*` variables of a Concourse build.
-    pub fn build(self, job: &str, id: u32) -> Step {
+    pub(crate) fn build(self, job: &str, id: u32) -> Step {
         self.env("BUILD_ID", &id.to_string())
             .env("BUILD_NAME", &(id % 100).to_string())
             .env("BUILD_JOB_NAME", job)
@@ -550,14 +550,14 @@ impl Step {
     }
 
     /// Starts a long-running program (`serve`): stdout and stderr piped.
-    pub fn spawn(self) -> std::process::Child {
+    pub(crate) fn spawn(self) -> std::process::Child {
         self.command()
             .stdin(Stdio::null())
             .spawn()
             .expect("spawning the program")
     }
 
-    pub fn run(self) -> Output {
+    pub(crate) fn run(self) -> Output {
         let dest = if self.program == "in" {
             self.args.first().cloned()
         } else {
@@ -583,7 +583,7 @@ impl Step {
 
     /// Runs and expects success; returns stdout as JSON.
     #[track_caller]
-    pub fn ok(self) -> Value {
+    pub(crate) fn ok(self) -> Value {
         let program = self.program;
         let stdout = self.text();
         serde_json::from_str(&stdout)
@@ -592,7 +592,7 @@ impl Step {
 
     /// Runs and expects success; returns stdout as text.
     #[track_caller]
-    pub fn text(self) -> String {
+    pub(crate) fn text(self) -> String {
         let program = self.program;
         let out = self.run();
         assert_eq!(
@@ -607,13 +607,13 @@ impl Step {
 
     /// Runs and expects exit 1 with nothing on stdout; returns stderr.
     #[track_caller]
-    pub fn fails(self) -> String {
+    pub(crate) fn fails(self) -> String {
         self.fails_with(1)
     }
 
     /// Runs and expects exit `code` with nothing on stdout; returns stderr.
     #[track_caller]
-    pub fn fails_with(self, code: i32) -> String {
+    pub(crate) fn fails_with(self, code: i32) -> String {
         let program = self.program;
         let out = self.run();
         assert_eq!(
@@ -655,7 +655,7 @@ macro_rules! both_stores {
 
 /// Text with every run of spaces on a line made one: tables compared by
 /// their words, whatever their columns' widths.
-pub fn squeeze(s: &str) -> String {
+pub(crate) fn squeeze(s: &str) -> String {
     s.lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
@@ -676,7 +676,7 @@ fn runs(program: &str) -> bool {
 /// by the test harness) and listed by `scripts/test` at the end of the run.
 /// CI never sets it.
 #[track_caller]
-pub fn missing_tool(tool: &str, check: &str) {
+pub(crate) fn missing_tool(tool: &str, check: &str) {
     let without = std::env::var("BUILD_STATE_TESTS_WITHOUT").unwrap_or_default();
     assert!(
         without.split(',').any(|t| t.trim() == tool),
@@ -696,7 +696,7 @@ pub fn missing_tool(tool: &str, check: &str) {
 
 /// `promtool`, or `None` when it is missing and the opt-out names it.
 #[track_caller]
-pub fn promtool(check: &str) -> Option<PathBuf> {
+pub(crate) fn promtool(check: &str) -> Option<PathBuf> {
     if runs("promtool") {
         return Some("promtool".into());
     }
@@ -708,7 +708,7 @@ pub fn promtool(check: &str) -> Option<PathBuf> {
 /// `.ci/run` install Debian's), or `None` when it is missing and the
 /// opt-out names it.
 #[track_caller]
-pub fn chromium(profile: &Path) -> Option<Command> {
+pub(crate) fn chromium(profile: &Path) -> Option<Command> {
     let Some(exe) = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| runs(b))
@@ -736,7 +736,7 @@ pub fn chromium(profile: &Path) -> Option<Command> {
 
 /// The README and every page under `docs/`, one after the other: the
 /// commands they show are run by the tests wherever they are written.
-pub fn documents() -> String {
+pub(crate) fn documents() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut pages = vec![root.join("README.md")];
     let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
