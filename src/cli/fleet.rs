@@ -47,6 +47,10 @@ pub(super) enum Command {
         /// Address to listen on (port 0: any free port, printed on stderr)
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: String,
+        /// A host name requests may use besides IP addresses and localhost
+        /// (repeatable; e.g. the name of a reverse proxy)
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
     },
 }
 
@@ -121,8 +125,12 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
                 None => out.write(&text),
             }
         }
-        Command::Serve { listen } => {
-            serve::serve(config, store, &listen, ctx.no_cache, out.notes.clone()).await
+        Command::Serve {
+            listen,
+            allow_hosts,
+        } => {
+            let notes = out.notes.clone();
+            serve::serve(config, store, &listen, allow_hosts, ctx.no_cache, notes).await
         }
     }
 }

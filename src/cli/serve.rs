@@ -4,6 +4,15 @@
 //! refreshes itself (one self-contained page: no build step, no CDN). It
 //! only lists and reads, with the fleet commands' cache; SIGTERM or Ctrl-C
 //! stops it cleanly.
+//!
+//! Connections are served concurrently (a task each, on the one thread):
+//! a client that connects and sends nothing, or stalls, holds only its own
+//! connection, for at most [`HEADER_TIMEOUT`]. Concurrent requests for the
+//! fleet share one scan (a result younger than [`FRESH`] is reused), and a
+//! scan that the store does not answer in [`STORE_WAIT`] is a 504. The
+//! `Host` header must name the address served (or a name given with
+//! `--allow-host`), so a page that reaches it through DNS rebinding gets
+//! nothing.
 
 use super::{Row, cache, metrics, output, scan::scan_cached};
 use crate::config::Settings;
@@ -14,40 +23,110 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a connection may take to send its request's headers.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a whole connection is served.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a scan of the fleet may wait on the store.
+pub(crate) const STORE_WAIT: Duration = Duration::from_secs(20);
+/// A scan this young answers the next request too.
+pub(crate) const FRESH: Duration = Duration::from_secs(1);
+/// How long SIGTERM waits for the requests in flight.
+const DRAIN: Duration = Duration::from_secs(4);
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// The server's state: the settings, the store, and the cache of what it
-/// read (so that a refresh of an unchanged fleet costs a listing).
+/// The server's state: the settings, the store, the cache of what it read
+/// (so that a refresh of an unchanged fleet costs a listing) and the last
+/// scan.
 struct Fleet {
     settings: Arc<Settings>,
     store: AnyStore,
-    cache: RefCell<Option<cache::Cache>>,
+    /// The hosts a request may name (`Host`), besides IP addresses.
+    hosts: Vec<String>,
+    /// One scan at a time; the others wait for it and take its result.
+    scan: tokio::sync::Mutex<Scan>,
 }
 
+struct Scan {
+    cache: Option<cache::Cache>,
+    last: Option<(Instant, Rc<Vec<Row>>)>,
+}
+
+/// A scan that took longer than [`STORE_WAIT`].
+#[derive(Debug, thiserror::Error)]
+#[error("the store did not answer within {}s", STORE_WAIT.as_secs())]
+struct StoreTimeout;
+
 impl Fleet {
-    async fn rows(&self) -> Result<Vec<Row>> {
-        // The cache is taken out while the scan runs (requests are served
-        // one at a time).
-        let mut cache = self.cache.borrow_mut().take();
-        let rows = scan_cached(&self.settings, &self.store, 32, None, cache.as_mut()).await;
-        *self.cache.borrow_mut() = cache;
-        rows
+    async fn rows(&self) -> Result<Rc<Vec<Row>>> {
+        let mut scan = self.scan.lock().await;
+        if let Some((at, rows)) = &scan.last
+            && at.elapsed() < FRESH
+        {
+            return Ok(rows.clone());
+        }
+        let Scan { cache, last } = &mut *scan;
+        let rows = tokio::time::timeout(
+            STORE_WAIT,
+            scan_cached(&self.settings, &self.store, 32, None, cache.as_mut()),
+        )
+        .await
+        .map_err(|_| StoreTimeout)??;
+        let rows = Rc::new(rows);
+        *last = Some((Instant::now(), rows.clone()));
+        Ok(rows)
+    }
+
+    /// Whether `Host` names this server: an IP address, `localhost`, or a
+    /// name given with `--allow-host` (a DNS-rebinding page names its own).
+    fn host_allowed(&self, req: &Request<hyper::body::Incoming>) -> bool {
+        let Some(host) = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+        else {
+            return false;
+        };
+        let name = match host.strip_prefix('[') {
+            Some(v6) => {
+                return v6
+                    .split(']')
+                    .next()
+                    .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+            }
+            None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+        };
+        name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
     }
 }
 
 type Reply = Response<Full<Bytes>>;
 
+/// The dashboard's policy: its own scripts and styles (inline, one page),
+/// its API, nothing else, in no frame.
+const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
-    Response::builder()
+    let mut r = Response::builder()
         .status(status)
         .header("content-type", content_type)
         .header("cache-control", "no-store")
-        .body(Full::new(body.into()))
-        .expect("a valid response")
+        .header("x-content-type-options", "nosniff")
+        .header("x-frame-options", "DENY")
+        .header("content-security-policy", CSP)
+        .header("referrer-policy", "no-referrer");
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        r = r.header("allow", "GET, HEAD");
+    }
+    r.body(Full::new(body.into())).expect("a valid response")
 }
 
 fn json_reply(v: &Value) -> Reply {
@@ -74,6 +153,13 @@ fn stages(settings: &Settings, rows: &[Row]) -> Value {
 }
 
 async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Reply> {
+    if !fleet.host_allowed(req) {
+        return Ok(reply(
+            StatusCode::MISDIRECTED_REQUEST,
+            "text/plain",
+            "this server answers requests for its own address only (Host header); give --allow-host NAME to serve under a name\n",
+        ));
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -127,6 +213,7 @@ pub(super) async fn serve(
     settings: Arc<Settings>,
     store: AnyStore,
     listen: &str,
+    allow_hosts: Vec<String>,
     no_cache: bool,
     notes: Arc<crate::Notes>,
 ) -> Result<()> {
@@ -144,41 +231,90 @@ pub(super) async fn serve(
         settings.location(settings.prefix()),
         listener.local_addr()?
     ));
-    let fleet = Fleet {
+    let fleet = Rc::new(Fleet {
         settings,
         store,
-        cache: RefCell::new(cache),
-    };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        // One request per connection, one connection at a time: a read-only
-        // page for a few people, and no shared state to lock.
-        let fleet = &fleet;
-        let service = hyper::service::service_fn(move |req| async move {
-            match route(fleet, &req).await {
-                Ok(r) => Ok::<_, std::convert::Infallible>(r),
-                Err(e) => Ok(reply(
-                    StatusCode::BAD_GATEWAY,
-                    "text/plain",
-                    format!("{e:#}\n"),
-                )),
-            }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(false)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        // A client that stalls must not hold the server.
-        match tokio::time::timeout(std::time::Duration::from_secs(60), conn).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => notes.note(format!("a connection failed: {e}")),
-            Err(_) => notes.note("a connection timed out"),
-        }
+        hosts: allow_hosts,
+        scan: tokio::sync::Mutex::new(Scan { cache, last: None }),
+    });
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(accept(listener, fleet.clone(), notes.clone()))
+        .await?;
+    if let Ok(mut scan) = fleet.scan.try_lock()
+        && let Some(c) = scan.cache.as_mut()
+    {
+        c.save();
     }
     notes.note("stopped");
     Ok(())
+}
+
+/// Accepts connections until SIGTERM or Ctrl-C, each served by a task of
+/// its own; then waits at most [`DRAIN`] for the ones in flight.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    fleet: Rc<Fleet>,
+    notes: Arc<crate::Notes>,
+) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    notes.note(format!("accepting a connection failed: {e}"));
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            // Finished connections are reaped as they end.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let (fleet, notes) = (fleet.clone(), notes.clone());
+        tasks.spawn_local(async move { connection(stream, fleet, notes).await });
+    }
+    drop(listener);
+    let drained =
+        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        notes.note(format!(
+            "{} still open after {}s; closing",
+            super::output::count(tasks.len() as u64, "connection"),
+            DRAIN.as_secs()
+        ));
+        tasks.abort_all();
+    }
+    Ok(())
+}
+
+/// Serves one connection: one request (no keep-alive), its headers within
+/// [`HEADER_TIMEOUT`], the whole within [`CONNECTION_TIMEOUT`].
+async fn connection(stream: tokio::net::TcpStream, fleet: Rc<Fleet>, notes: Arc<crate::Notes>) {
+    let service = hyper::service::service_fn(move |req| {
+        let fleet = fleet.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(match route(&fleet, &req).await {
+                Ok(r) => r,
+                Err(e) if e.is::<StoreTimeout>() => {
+                    reply(StatusCode::GATEWAY_TIMEOUT, "text/plain", format!("{e}\n"))
+                }
+                Err(e) => reply(StatusCode::BAD_GATEWAY, "text/plain", format!("{e:#}\n")),
+            })
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        // A client that sent nothing in time, or went away: its own business.
+        Ok(Err(e)) if e.is_timeout() || e.is_incomplete_message() => {}
+        Ok(Err(e)) => notes.note(format!("a connection failed: {e}")),
+        Err(_) => notes.note("a connection took too long; closed"),
+    }
 }

@@ -1123,6 +1123,115 @@ fn serve_dashboard(w: World) {
     assert!(rest.contains("build-state: stopped"), "{rest}");
 }
 
+/// Sends raw bytes as one request; the status line's code and the head.
+fn raw_http(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let head = answer.split("\r\n\r\n").next().unwrap().to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head)
+}
+
+/// `serve` serves connections at once: idle and half-sent connections
+/// hold only themselves; `Host` must name the server (DNS rebinding gets
+/// 421); every answer carries the browser protections; a 405 says what is
+/// allowed; SIGTERM with connections open ends well before Docker's 10 s.
+fn serve_is_concurrent_and_strict(w: World) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    small_fleet(&w, "packer: ssh timeout");
+    let mut server = w
+        .cli(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-host",
+            "dash.example",
+        ])
+        .spawn();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    // Three connections that send nothing, and one that sends half a request.
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    write!(half, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n").unwrap();
+    // A request is answered while they are all still open.
+    let (status, body) = http(&addr, "GET", "/api/builds");
+    assert_eq!(status, 200, "{body}");
+    for c in idle.iter().chain([&half]) {
+        c.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1];
+        let still_open =
+            matches!((&*c).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(still_open, "the idle connections were not what delayed it");
+    }
+    // Host: an IP address, localhost or a name allowed; nothing else.
+    for (host, want) in [
+        (addr.clone(), 200),
+        (
+            format!("localhost:{}", addr.rsplit(':').next().unwrap()),
+            200,
+        ),
+        ("dash.example".to_string(), 200),
+        ("rebound.attacker.example".to_string(), 421),
+    ] {
+        let (status, head) = raw_http(
+            &addr,
+            &format!("GET /api/builds HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(status, want, "Host: {host}\n{head}");
+    }
+    let (status, head) = raw_http(
+        &addr,
+        &format!("DELETE /api/builds HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 405);
+    let head = head.to_ascii_lowercase();
+    for want in [
+        "allow: get, head",
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "content-security-policy: default-src 'none'",
+    ] {
+        assert!(head.contains(want), "{want:?} in\n{head}");
+    }
+    // SIGTERM with the half-sent request and the idle ones still open.
+    let asked = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = asked + std::time::Duration::from_secs(8);
+    let status = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve still running 8 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "exit {status:?}: {rest}");
+    assert!(rest.contains("build-state: stopped"), "{rest}");
+    drop((idle, half));
+}
+
 crate::both_stores!(
     actions_show_and_history,
     the_cli_decides_by_the_pipelines_policy,
@@ -1138,6 +1247,7 @@ crate::both_stores!(
     import_sqlite,
     report_renders_in_a_browser,
     serve_dashboard,
+    serve_is_concurrent_and_strict,
 );
 
 fn report_renders_in_a_browser(w: World) {
