@@ -5,31 +5,59 @@
 use super::Row;
 use crate::config::Settings;
 use crate::model::{Document, Status, Timestamp};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// A label value, escaped as the text format requires (`\\`, `\"`, `\n`):
+/// prometheus-client 0.24 writes a `String` value as it is, so a state
+/// named `build "golden" image` would break the scrape and a newline in a
+/// name would inject lines.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Value(String);
+
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value(s)
+    }
+}
+
+impl EncodeLabelValue for Value {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByState {
-    state: String,
-    state_name: String,
-    status: String,
+    state: Value,
+    state_name: Value,
+    status: Value,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByBuild {
-    build_id: String,
-    state: String,
-    state_name: String,
+    build_id: Value,
+    state: Value,
+    state_name: Value,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByStage {
-    state: String,
-    state_name: String,
+    state: Value,
+    state_name: Value,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -146,15 +174,15 @@ pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> Strin
         };
         builds
             .get_or_create(&ByState {
-                state: doc.state.to_string(),
-                state_name: name(doc.state),
-                status: doc.status.to_string(),
+                state: doc.state.to_string().into(),
+                state_name: name(doc.state).into(),
+                status: doc.status.to_string().into(),
             })
             .inc();
         let here = ByBuild {
-            build_id: doc.build_id.clone(),
-            state: doc.state.to_string(),
-            state_name: name(doc.state),
+            build_id: doc.build_id.clone().into(),
+            state: doc.state.to_string().into(),
+            state_name: name(doc.state).into(),
         };
         attempts.get_or_create(&here).set(i64::from(doc.attempts));
         match doc.status {
@@ -174,8 +202,8 @@ pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> Strin
     let docs = rows.iter().filter_map(|r| r.doc.as_ref().ok());
     for (code, t) in super::report::stage_totals(docs, now) {
         let stage = ByStage {
-            state: code.to_string(),
-            state_name: name(code),
+            state: code.to_string().into(),
+            state_name: name(code).into(),
         };
         if t.failures > 0 {
             failures.get_or_create(&stage).inc_by(t.failures);
@@ -260,6 +288,62 @@ pub(super) fn write_atomically(path: &std::path::Path, text: &str) -> std::io::R
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::cli::build::tests::{act_with, text};
+    use crate::cli::output::Out;
+    use crate::model::Action;
+    use crate::store::AnyStore;
+    use crate::store::memory::MemoryStore;
+
+    /// Label values a scrape must survive: quotes, backslashes, newlines
+    /// (a line injected by a state's name would be a metric of its own).
+    #[tokio::test]
+    async fn adversarial_names_are_escaped() {
+        let source: crate::protocol::Source = serde_json::from_value(serde_json::json!({
+            "local_dir": "/nowhere", "prefix": "fleet/",
+            "states": [
+                {"code": 0, "name": "build \"golden\" image"},
+                {"code": 5, "name": "a\\b\n# TYPE evil gauge\nevil 1"},
+                {"code": 10, "name": "done"}
+            ]
+        }))
+        .unwrap();
+        let settings = std::sync::Arc::new(Settings::from_source(&source).unwrap());
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (out, buf) = Out::buffered(false);
+        for (id, actions) in [
+            ("quoted", vec![Action::Init { restart: false }]),
+            (
+                "newline",
+                vec![Action::Init { restart: false }, Action::Complete(0)],
+            ),
+        ] {
+            let config = settings.for_build(id).unwrap();
+            for a in actions {
+                act_with(&config, &store, a, &out).await.unwrap();
+            }
+        }
+        text(&buf);
+        let rows = crate::cli::scan::scan(&settings, &store, 2, None)
+            .await
+            .unwrap();
+        let metrics = render(&settings, &rows, crate::now());
+        assert!(
+            metrics.contains(r#"state_name="build \"golden\" image""#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"state_name="a\\b\n# TYPE evil gauge\nevil 1""#),
+            "{metrics}"
+        );
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("# TYPE evil") || l.starts_with("evil")),
+            "no line injected:\n{metrics}"
+        );
+    }
+
     #[test]
     fn seconds_are_rounded_to_the_millisecond() {
         assert_eq!(super::millis(36.85000000000001), 36.85);
