@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The format of the file; another one is rebuilt.
-const FORMAT: u32 = 1;
+/// The format of the file; another one is rebuilt. 2: each document is
+/// kept as its own JSON text, so the cache adds no nesting to it.
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize, Default)]
 struct File {
@@ -30,8 +31,27 @@ struct File {
 struct Entry {
     /// The listing tag the document was read at.
     tag: String,
-    /// The document as read.
+    /// The document as read, kept as JSON text: a document nested as deep
+    /// as a reader takes stays readable here (nested inside the file, it
+    /// would pass the parser's depth limit and make the whole cache
+    /// unreadable, for good).
+    #[serde(with = "as_text")]
     document: Document,
+}
+
+mod as_text {
+    use crate::model::Document;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(doc: &Document, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(doc).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Document, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The cache of one store location.
@@ -176,11 +196,18 @@ impl Cache {
             return;
         }
         let write = || -> std::io::Result<()> {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
             let dir = self.path.parent().expect("a cache file has a directory");
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-            std::fs::write(&tmp, serde_json::to_vec(&self.file)?)?;
-            std::fs::rename(&tmp, &self.path)
+            // It holds every document's vars and errors: the user's only.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            let meta = std::fs::metadata(dir)?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            super::write_atomically(&self.path, &serde_json::to_vec(&self.file)?, 0o600)
         };
         match write() {
             Ok(()) => self.dirty = false,

@@ -271,19 +271,8 @@ fn prometheus_text(openmetrics: &str) -> String {
 /// Writes `text` to `path` atomically (a textfile collector never reads half
 /// a file).
 pub(super) fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("metrics"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    // Readable by the node exporter, which often runs as another user.
+    super::write_atomically(path, text.as_bytes(), 0o644)
 }
 
 #[cfg(test)]
@@ -342,6 +331,36 @@ mod tests {
                 .any(|l| l.starts_with("# TYPE evil") || l.starts_with("evil")),
             "no line injected:\n{metrics}"
         );
+    }
+
+    /// `--out` never writes through a link planted where the old code put
+    /// its temporary file, and the result is readable by the exporter.
+    #[test]
+    fn out_is_written_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let out = dir.path().join("build_state.prom");
+        let planted = dir
+            .path()
+            .join(format!(".build_state.prom.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomically(&out, "build_state_builds 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "build_state_builds 1\n"
+        );
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") && !n.contains(&std::process::id().to_string()))
+            .collect();
+        assert!(left.is_empty(), "no temporary file left: {left:?}");
     }
 
     #[test]

@@ -231,4 +231,65 @@ mod tests {
             .unwrap();
         assert!(path.exists(), "a new build: saved again");
     }
+
+    /// The cache holds every document's vars and errors: its directory is
+    /// 0700, its file 0600, and a link planted at the old temporary name is
+    /// never followed.
+    #[tokio::test]
+    async fn the_cache_is_private_and_follows_no_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let settings = settings();
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (quiet, _) = Out::buffered(false);
+        walk(&store, "a", &quiet).await;
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let victim = top.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(format!(".{}.tmp", std::process::id())))
+            .unwrap();
+        let mut cache = Cache::open_in(dir.clone(), &settings);
+        scan_cached(&settings, &store, 4, None, Some(&mut cache))
+            .await
+            .unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(cache.path()), 0o600);
+    }
+
+    /// A document nested as deep as a reader takes is cached and read back
+    /// (the cache used to nest it three levels deeper, past the limit).
+    #[tokio::test]
+    async fn a_deep_document_stays_cached() {
+        let settings = settings();
+        let store = AnyStore::Memory(MemoryStore::new());
+        let (quiet, _) = Out::buffered(false);
+        walk(&store, "deep", &quiet).await;
+        let config = settings.for_build("deep").unwrap();
+        let mut doc = crate::cli::build::current(&config, &store).await.unwrap();
+        let nested = |d: usize| -> serde_json::Value {
+            serde_json::from_str(&format!("{}{}", "[".repeat(d), "]".repeat(d))).unwrap()
+        };
+        let deepest = (1..127)
+            .rev()
+            .find(|&d| {
+                doc.vars.insert("deep".into(), nested(d));
+                serde_json::from_slice::<Document>(&doc.to_bytes()).is_ok()
+            })
+            .unwrap();
+        assert!(deepest > 100, "{deepest}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = Cache::open_in(dir.path().to_path_buf(), &settings);
+        cache.put("deep", "t1", &doc);
+        cache.save();
+        let again = Cache::open_in(dir.path().to_path_buf(), &settings);
+        assert_eq!(
+            again.get("deep", "t1"),
+            Some(&doc),
+            "read back, not rebuilt"
+        );
+    }
 }
