@@ -360,6 +360,16 @@ impl<'a, S: Store> Builds<'a, S> {
                 }
             };
             let bytes = doc.to_bytes();
+            if bytes.len() as u64 > crate::store::MAX_OBJECT {
+                return Err(self.error(
+                    &key,
+                    ErrorKind::Unwritable(format!(
+                        "it would be {} bytes, more than the {} MiB a reader takes; restart the build to archive its history",
+                        bytes.len(),
+                        crate::store::MAX_OBJECT >> 20
+                    )),
+                ));
+            }
             // What is written must read back: a document every later read
             // refuses would brick the build, so it is decoded before it is
             // sent, and never sent when it does not decode.

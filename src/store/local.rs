@@ -58,11 +58,35 @@ impl LocalStore {
     }
 
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
-        match fs::read(path) {
-            Ok(body) => Ok(Some(body)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error("reading", path, e)),
+        use std::io::Read;
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("reading", path, e)),
+        };
+        // Judged by its size before a byte is read (and read no further
+        // than the cap, should it grow meanwhile).
+        let size = file
+            .metadata()
+            .map_err(|e| io_error("reading", path, e))?
+            .len();
+        if size > super::MAX_OBJECT {
+            return Err(StoreError::TooLarge {
+                key: path.display().to_string(),
+                size,
+            });
         }
+        let mut body = Vec::with_capacity(size as usize);
+        file.take(super::MAX_OBJECT + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| io_error("reading", path, e))?;
+        if body.len() as u64 > super::MAX_OBJECT {
+            return Err(StoreError::TooLarge {
+                key: path.display().to_string(),
+                size: body.len() as u64,
+            });
+        }
+        Ok(Some(body))
     }
 
     fn put_locked(

@@ -69,6 +69,12 @@ pub enum Versioning {
     Off,
 }
 
+/// The largest object the programs read or write: 4 MiB. A document holds
+/// far less (a thousand-event history is about 400 KiB); anything bigger is
+/// a hand edit or another tool's object, refused before its body is read,
+/// so that check, in and out stay small whatever is stored.
+pub const MAX_OBJECT: u64 = 4 << 20;
+
 /// Why a store operation failed. `Conflict` is the one callers branch on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -102,6 +108,17 @@ pub enum StoreError {
     /// The store keeps no versions of its objects.
     #[error("{0}")]
     NotVersioned(String),
+    /// An object larger than [`MAX_OBJECT`], refused before its body was read.
+    #[error(
+        "{key} is {size} bytes, more than the {} MiB a build-state document may be (a hand edit or another tool's object?); move it aside, or `build-state restore` an earlier version",
+        MAX_OBJECT >> 20
+    )]
+    TooLarge {
+        /// The object.
+        key: String,
+        /// Its size.
+        size: u64,
+    },
     #[error("{0}")]
     /// Anything else, in words.
     Other(String),

@@ -329,7 +329,28 @@ impl S3Store {
     }
 
     /// One GetObject, conditional when `if_none_match` is given.
+    /// One GetObject, read again (three tries) when its body is cut short.
     async fn get_once(
+        &self,
+        key: &str,
+        if_none_match: Option<String>,
+    ) -> Result<Fetched, GetError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.get_attempt(key, if_none_match.clone()).await {
+                Err(GetError::Short(m)) if tries >= 3 => {
+                    return Err(GetError::Store(StoreError::Other(format!(
+                        "{m}, {tries} times: the server sends incomplete bodies"
+                    ))));
+                }
+                Err(GetError::Short(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_attempt(
         &self,
         key: &str,
         if_none_match: Option<String>,
@@ -345,13 +366,28 @@ impl S3Store {
         match result {
             Ok(out) => {
                 let etag = out.e_tag().unwrap_or_default().to_string();
-                let body = out.body.collect().await.map_err(|e| {
-                    GetError::Store(StoreError::Other(format!("reading the body of {key}: {e}")))
-                })?;
-                Ok(Fetched::Found {
-                    body: body.into_bytes().to_vec(),
-                    etag,
-                })
+                // Judged by its length before a byte of the body is read.
+                let length = out.content_length().and_then(|n| u64::try_from(n).ok());
+                if let Some(size) = length.filter(|&n| n > super::MAX_OBJECT) {
+                    return Err(GetError::Store(StoreError::TooLarge {
+                        key: key.to_string(),
+                        size,
+                    }));
+                }
+                let body = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| GetError::Short(format!("reading the body of {key}: {e}")))?;
+                let body = body.into_bytes().to_vec();
+                if length.is_some_and(|n| n != body.len() as u64) {
+                    return Err(GetError::Short(format!(
+                        "the body of {key} ended after {} of {} bytes",
+                        body.len(),
+                        length.unwrap_or_default()
+                    )));
+                }
+                Ok(Fetched::Found { body, etag })
             }
             Err(e) => {
                 let status = status_of(&e);
@@ -384,19 +420,28 @@ impl S3Store {
 /// A GetObject that failed, or whose `If-None-Match` the server refused.
 enum GetError {
     Store(StoreError),
+    /// The body was cut short (a server writing in place, a dropped
+    /// connection): read again, never called a corrupt document.
+    Short(String),
     /// 412 to a conditional GET (the answer HTTP gives a condition on a write).
     Refused,
+}
+
+/// The error of a GET that had no condition.
+fn plain(key: &str, e: GetError) -> StoreError {
+    match e {
+        GetError::Store(e) => e,
+        GetError::Short(m) => StoreError::Other(m),
+        GetError::Refused => StoreError::Other(format!(
+            "the server answered 412 Precondition Failed to a GET of {key} that had no condition"
+        )),
+    }
 }
 
 impl Store for S3Store {
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
         let Some(etag) = if_none_match else {
-            return self.get_once(key, None).await.map_err(|e| match e {
-                GetError::Store(e) => e,
-                GetError::Refused => StoreError::Other(format!(
-                    "the server answered 412 Precondition Failed to a GET of {key} that had no condition"
-                )),
-            });
+            return self.get_once(key, None).await.map_err(|e| plain(key, e));
         };
         let form = self.if_none_match_form.load(Ordering::Relaxed);
         match self.get_once(key, Some(etag_in(form, etag))).await {
@@ -405,20 +450,17 @@ impl Store for S3Store {
             // GET of this process tries that.
             Ok(Fetched::Found { body, etag: fresh }) => {
                 if same_etag(&fresh, etag) {
-                    self.if_none_match_form.store(other(form), Ordering::Relaxed);
+                    self.if_none_match_form
+                        .store(other(form), Ordering::Relaxed);
                 }
                 Ok(Fetched::Found { body, etag: fresh })
             }
             Ok(other) => Ok(other),
             Err(GetError::Store(e)) => Err(e),
+            Err(GetError::Short(m)) => Err(StoreError::Other(m)),
             // A server that answers a conditional GET with 412 rather than
             // 304 says nothing about the object: read it plainly.
-            Err(GetError::Refused) => self.get_once(key, None).await.map_err(|e| match e {
-                GetError::Store(e) => e,
-                GetError::Refused => StoreError::Other(format!(
-                    "the server answered 412 Precondition Failed to a GET of {key} that had no condition"
-                )),
-            }),
+            Err(GetError::Refused) => self.get_once(key, None).await.map_err(|e| plain(key, e)),
         }
     }
 

@@ -424,7 +424,37 @@ fn put_files_are_small_regular_files_inside(w: World) {
     assert_eq!(w.raw("state.json"), doc, "nothing written");
 }
 
+/// An object bigger than the 4 MiB cap (a hand edit, another tool's
+/// object) is refused by its size, before its body is read, by every
+/// program and command, with the way out; a put writes nothing over it.
+fn a_huge_object_is_refused_by_its_size(w: World) {
+    w.put(json!({"init": true})).ok();
+    let huge = format!("{{\"junk\": \"{}\"}}", "x".repeat(6 << 20));
+    w.write_raw("state.json", huge.as_bytes());
+    let size = huge.len();
+    let says = format!("is {size} bytes, more than the 4 MiB a build-state document may be");
+    for err in [
+        w.check().fails(),
+        w.put(json!({"complete": 0})).fails(),
+        w.cli(&["show", "rhel8-web"]).fails_with(1),
+    ] {
+        assert!(
+            err.contains(&says) && err.contains("move it aside"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        w.raw("state.json").map(|b| b.len()),
+        Some(size),
+        "nothing written over it"
+    );
+    // list names it among the rest.
+    let list = w.cli(&["list"]).text();
+    assert!(list.contains("unreadable"), "{list}");
+}
+
 crate::both_stores!(
+    a_huge_object_is_refused_by_its_size,
     put_files_are_small_regular_files_inside,
     bad_requests,
     bad_put_params,
