@@ -23,8 +23,36 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_async::rt::sleep::default_async_sleep;
 use aws_smithy_async::time::SharedTimeSource;
 use aws_smithy_http_client::tls;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
+
+/// Learns from any answer that the server is Ceph RGW (its
+/// `x-rgw-object-type` header, on the read that precedes every write), whose
+/// `If-Match` matches only the bare ETag: the first write of a process then
+/// sends it bare, and a put costs 2 requests there instead of 4 (the quoted
+/// one refused, a HEAD, the bare one). A server that quirks without saying
+/// so is still learned from the refused write.
+#[derive(Debug)]
+struct KnowsRgw(Arc<AtomicU8>);
+
+impl aws_sdk_s3::config::Intercept for KnowsRgw {
+    fn name(&self) -> &'static str {
+        "build-state: knows Ceph RGW"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        if context.response().headers().contains_key("x-rgw-object-type") {
+            self.0.store(BARE, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
 
 /// Documents in an S3 bucket.
 pub struct S3Store {
@@ -36,7 +64,7 @@ pub struct S3Store {
     /// How this server wants the ETag of an `If-Match` written: as AWS
     /// documents it (quoted, `QUOTED`) until a 412 proves the server wants
     /// the other form, then that form for the rest of the process.
-    if_match_form: AtomicU8,
+    if_match_form: Arc<AtomicU8>,
     /// The same for the `If-None-Match` of a conditional GET.
     if_none_match_form: AtomicU8,
 }
@@ -171,12 +199,14 @@ impl S3Store {
         if let Some(endpoint) = &cfg.endpoint {
             conf = conf.endpoint_url(endpoint);
         }
+        let if_match_form = Arc::new(AtomicU8::new(QUOTED));
+        conf = conf.interceptor(KnowsRgw(if_match_form.clone()));
         Ok(S3Store {
             client: Client::from_conf(conf.build()),
             bucket: cfg.bucket.clone(),
             reach: reach(cfg),
             sse: cfg.sse.clone(),
-            if_match_form: AtomicU8::new(QUOTED),
+            if_match_form,
             if_none_match_form: AtomicU8::new(QUOTED),
         })
     }
