@@ -47,7 +47,11 @@ impl aws_sdk_s3::config::Intercept for KnowsRgw {
         _: &aws_sdk_s3::config::RuntimeComponents,
         _: &mut aws_sdk_s3::config::ConfigBag,
     ) -> Result<(), aws_sdk_s3::error::BoxError> {
-        if context.response().headers().contains_key("x-rgw-object-type") {
+        if context
+            .response()
+            .headers()
+            .contains_key("x-rgw-object-type")
+        {
             self.0.store(BARE, Ordering::Relaxed);
         }
         Ok(())

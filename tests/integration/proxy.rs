@@ -21,6 +21,9 @@ pub(crate) enum Fault {
     /// Matches `If-Match` only against the bare ETag: a quoted one gets 412
     /// even when it is current (Ceph RGW 16.2).
     BareEtags,
+    /// The same, and every answer names the server as Ceph RGW does
+    /// (`x-rgw-object-type`).
+    BareEtagsNamed,
     /// Answers 412 to every `If-Match`, current or not, quoted or bare.
     RefuseIfMatch,
     /// Before the first conditional DELETE, another writer changes the
@@ -189,6 +192,33 @@ fn forward(upstream: &str, req: &Request) -> std::io::Result<Vec<u8>> {
     Ok(answer)
 }
 
+/// A raw answer without the header `name`.
+fn without_header(answer: &[u8], name: &str) -> Vec<u8> {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return answer.to_vec();
+    };
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    let kept: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with(&prefix))
+        .collect();
+    let mut out = kept.join("\r\n").into_bytes();
+    out.extend_from_slice(&answer[end..]);
+    out
+}
+
+/// A raw answer with one more header line.
+fn with_header(answer: &[u8], line: &str) -> Vec<u8> {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return answer.to_vec();
+    };
+    let mut out = answer[..end].to_vec();
+    out.extend_from_slice(format!("\r\n{line}").as_bytes());
+    out.extend_from_slice(&answer[end..]);
+    out
+}
+
 /// The status and ETag of a raw answer.
 fn status_and_etag(answer: &[u8]) -> (u16, Option<String>) {
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -282,7 +312,7 @@ fn serve(
         Fault::IgnoreConditions => forward(upstream, &req.without(&["if-match", "if-none-match"]))?,
         Fault::RefuseIfMatch if req.header("if-match").is_some() => precondition_failed(),
         Fault::RefuseIfMatch | Fault::ChangeBeforeDelete => forward(upstream, &req)?,
-        Fault::BareEtags => match req.header("if-match") {
+        Fault::BareEtags | Fault::BareEtagsNamed => match req.header("if-match") {
             Some(etag) if etag.trim().starts_with('"') => precondition_failed(),
             _ => forward(upstream, &req)?,
         },
@@ -317,6 +347,16 @@ fn serve(
             }
             answer
         }
+    };
+    // A server that wants bare ETags without saying so (RGW's own header,
+    // if the server is RGW, is hidden), or one that names itself as RGW.
+    let answer = match fault {
+        Fault::BareEtags => without_header(&answer, "x-rgw-object-type"),
+        Fault::BareEtagsNamed => with_header(
+            &without_header(&answer, "x-rgw-object-type"),
+            "x-rgw-object-type: Normal",
+        ),
+        _ => answer,
     };
     conn.write_all(&closing(&answer))?;
     conn.flush()?;

@@ -266,7 +266,68 @@ fn restore_needs_versioning(w: World) {
     }
 }
 
+/// `prune` racing a `restart` of every build it judges: no interleaving
+/// strands a build. Each ends pruned whole (no key left under it) or intact
+/// (its document reads, and it finishes and restarts again: no orphan
+/// archive of its run in the way). It used to leave a fresh run 1 beside
+/// the pruned run's `runs/1.json`, which refused the next restart.
+fn prune_racing_restarts_strands_no_build(w: World) {
+    let ids: Vec<String> = (0..24).map(|i| format!("race-{i:02}")).collect();
+    for id in &ids {
+        build(
+            &w,
+            id,
+            &[json!({"init": true}), json!({"cancel": "superseded"})],
+        );
+    }
+    let put = |id: &str, params: Value, job: u32| {
+        w.put(params.clone())
+            .stdin(json!({"source": w.source_with(json!({"build_id": id})), "params": params}))
+            .build("race", job)
+            .run()
+    };
+    std::thread::scope(|s| {
+        let prune = s.spawn(|| w.cli(&["prune", "--older-than", "0s"]).run());
+        let restarts: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| s.spawn(move || put(id, json!({"restart": true}), i as u32)))
+            .collect();
+        for r in restarts {
+            let out = r.join().unwrap();
+            assert_eq!(out.code, Some(0), "a restart failed: {}", out.stderr);
+        }
+        let out = prune.join().unwrap();
+        assert!(matches!(out.code, Some(0 | 1)), "{}", out.stderr);
+    });
+    let (mut pruned, mut kept) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        let keys: Vec<String> = w
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains(&format!("/{id}/")))
+            .collect();
+        if keys.is_empty() {
+            pruned += 1;
+            continue;
+        }
+        kept += 1;
+        // Intact: it finishes and restarts like any build.
+        let out = put(id, json!({"cancel": "after the race"}), 100 + i as u32);
+        assert_eq!(out.code, Some(0), "{id} ({keys:?}): {}", out.stderr);
+        let out = put(id, json!({"restart": true}), 200 + i as u32);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{id} stranded ({keys:?}): {}",
+            out.stderr
+        );
+    }
+    assert_eq!(pruned + kept, ids.len());
+}
+
 crate::both_stores!(
     prune_removes_only_old_finished_builds,
+    prune_racing_restarts_strands_no_build,
     restore_needs_versioning
 );

@@ -164,8 +164,9 @@ mod s3 {
         assert_eq!(failed, ["race"]);
     }
 
-    /// A server that wants bare ETags (as Ceph RGW does) is learned once per
-    /// process: doctor passes and names the quirk, and every put lands.
+    /// A server that wants bare ETags (as Ceph RGW does) without saying so
+    /// is learned once per process, from a refused write: doctor passes and
+    /// names the quirk, and every put lands.
     #[test]
     fn bare_etags_are_learned_and_named() {
         let (w, proxy) = proxied("s3_bare_etags", Fault::BareEtags);
@@ -202,6 +203,18 @@ mod s3 {
             serde_json::from_str::<Value>(&out.stdout).unwrap(),
             json!([version])
         );
+    }
+
+    /// A server that names itself as RGW does (`x-rgw-object-type`) is sent
+    /// bare ETags from the first write on: a put is a read and one write,
+    /// never a refused try (a put costs 2 requests on Ceph, not 4).
+    #[test]
+    fn a_server_named_rgw_gets_bare_etags_at_once() {
+        let (w, proxy) = proxied("s3_bare_named", Fault::BareEtagsNamed);
+        let writes_before = proxy.writes.load(Ordering::SeqCst);
+        walk(&w);
+        let writes = proxy.writes.load(Ordering::SeqCst) - writes_before;
+        assert_eq!(writes, WALK.len(), "one write per put, none refused");
     }
 
     /// The answer to a write is lost after the server applied it: the put
