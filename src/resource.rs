@@ -583,4 +583,76 @@ mod tests {
         assert_eq!(out.version.revision, "3");
         assert_eq!(store.calls(Op::Put), 3);
     }
+
+    /// Whatever a put is given (vars of any depth and size, errors and
+    /// notes of any text), either the stored document still reads back with
+    /// the same code every reader uses, or nothing was written.
+    mod any_input {
+        use super::*;
+        use crate::inputs::InMemory;
+        use crate::request::{Context, Front, Request, translate};
+        use proptest::prelude::*;
+
+        fn nested(depth: usize, leaf: String) -> String {
+            format!(
+                "{}{}{}",
+                "[".repeat(depth),
+                serde_json::to_string(&leaf).unwrap(),
+                "]".repeat(depth)
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+            #[test]
+            fn a_put_is_readable_or_not_written(
+                depth in 0usize..140,
+                width in 0usize..3000,
+                text in "\\PC{0,40}",
+                fail in any::<bool>(),
+            ) {
+                let rt = crate::runtime().unwrap();
+                rt.block_on(async {
+                    let c = config("");
+                    let (store, clock) = (MemoryStore::new(), clock());
+                    at_5(&c, &store, &clock).await;
+                    let before = store.body(&c.state_key());
+                    let mut files = InMemory::default();
+                    let vars = format!(
+                        "{{\"deep\": {}, \"wide\": {:?}}}",
+                        nested(depth, text.clone()),
+                        "x".repeat(width)
+                    );
+                    files.insert("vars.json", vars.as_bytes());
+                    let mut req = Request::new(if fail {
+                        crate::protocol::PutAction::Fail(5)
+                    } else {
+                        crate::protocol::PutAction::Start(5)
+                    });
+                    req.vars_file = Some("vars.json".into());
+                    req.note = Some(text.clone());
+                    if fail {
+                        req.error = Some(text.clone() + "x");
+                    }
+                    let env = BuildEnv::default();
+                    let notes = Notes::new();
+                    let change = translate(&req, &Context {
+                        front: Front::Put, config: &c, env: &env, actor: Actor::default(),
+                        now: clock.now(), files: &files, notes: &notes,
+                    });
+                    let written = match change {
+                        Err(_) => false,
+                        Ok(change) => put_store(&c, &store, &clock, change, &notes).await.is_ok(),
+                    };
+                    let after = store.body(&c.state_key()).unwrap();
+                    let reads = Builds::new(&c, &store).decode(&c.state_key(), &after).is_ok();
+                    prop_assert!(reads, "the stored document no longer reads (depth {depth})");
+                    if !written {
+                        prop_assert_eq!(Some(after), before, "a refused put wrote something");
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
 }
