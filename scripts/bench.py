@@ -395,6 +395,84 @@ fig(f"S3 requests of an idle watch sweep over {N} builds (server side)",
     f"{(len(watch) - docs) / max(first_pages, 1):.0f} listing requests a sweep ({first_pages} sweeps, {docs} documents read)",
     "<= 10")
 
+# ---------------------------------------------------------------- serve
+# The dashboard's server over the fleet above: 10 idle connections held
+# open, then CLIENTS clients asking for /metrics and /api/builds at once
+# for SERVE_SECONDS; every request must be answered.
+import socket  # noqa: E402
+import urllib.request  # noqa: E402
+CLIENTS = int(os.environ.get("SERVE_CLIENTS", "200"))
+SERVE_SECONDS = float(os.environ.get("SERVE_SECONDS", "10"))
+with open(fleet, "w") as f:
+    json.dump(dict(source("x"), prefix="fleet/"), f)
+srv = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--source", fleet],
+                       stderr=subprocess.PIPE, env=CACHE_ENV)
+line = srv.stderr.readline().decode()
+addr = line.split("http://", 1)[1].split()[0]
+idle = [socket.create_connection(tuple(addr.rsplit(":", 1))) for _ in range(10)]
+latencies, failures = [], []
+lock = threading.Lock()
+stop_at = time.perf_counter() + SERVE_SECONDS
+
+
+def client(i):
+    path = "/metrics" if i % 2 else "/api/builds"
+    while time.perf_counter() < stop_at:
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"http://{addr}{path}", timeout=30) as r:
+                r.read()
+                ok = r.status == 200
+        except Exception as e:  # noqa: BLE001
+            ok = False
+            with lock:
+                failures.append(str(e))
+        with lock:
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+
+
+threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+latencies.sort()
+p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")  # noqa: E731
+fig(f"serve over {N} builds, {CLIENTS} clients for {SERVE_SECONDS:.0f} s, 10 idle connections open",
+    f"{len(latencies)} answered, {len(failures)} failed; p50 {p(0.5) * 1000:.0f} ms, p99 {p(0.99) * 1000:.0f} ms",
+    "every request answered, p99 < 1 s")
+# SIGTERM with the idle connections (and a half-sent request) still open.
+half = socket.create_connection(tuple(addr.rsplit(":", 1)))
+half.sendall(b"GET /metrics HTTP/1.1\r\nHost: " + addr.encode() + b"\r\n")
+t0 = time.perf_counter()
+srv.terminate()
+srv.wait(timeout=30)
+fig("serve: SIGTERM to exit, idle and half-sent connections open", f"{time.perf_counter() - t0:.2f} s", "<= 5 s")
+for c in idle + [half]:
+    c.close()
+
+# ---------------------------------------------------------------- a huge object
+# A 50 MB state.json (a hand edit, another tool's object): refused by its
+# size before its body is read; the programs stay small.
+s3.put_object(Bucket=BUCKET, Key="builds/huge/state.json", Body=b"{\"junk\": \"" + b"x" * (50 << 20) + b"\"}")
+peak = {}
+for prog, argv, req in [
+    ("check", [os.path.join(RES, "check")], check_req("huge")),
+    ("in", [os.path.join(RES, "in"), os.path.join(WORK, "dest-huge")],
+     json.dumps({"source": source("huge"), "version": {"revision": "1"}}).encode()),
+    ("out", [os.path.join(RES, "out"), SRC], json.dumps({"source": source("huge"), "params": {"start": 5}}).encode()),
+]:
+    p_ = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", RSS_FILE] + argv, input=req,
+                        capture_output=True, env=ENV)
+    with open(RSS_FILE) as f:
+        peak[prog] = int(f.read().split()[-1])
+    refused = p_.returncode == 1 and b"more than the 4 MiB" in p_.stderr
+    if not refused:
+        sys.exit(f"{prog} did not refuse the 50 MB object: {p_.returncode} {p_.stderr[-300:]!r}")
+fig("peak RSS of check / in / out with a 50 MB object stored (each refuses it)",
+    " / ".join(f"{peak[k] / 1024:.1f} MB" for k in ("check", "in", "out")), "<= 16 MB")
+
 # ---------------------------------------------------------------- size
 size = os.path.getsize(BIN)
 fig("programs in the image (check, in, out, build-state: one binary)", f"{size / 1e6:.2f} MB", "<= 8 MB")

@@ -35,7 +35,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a scan of the fleet may wait on the store.
 pub(crate) const STORE_WAIT: Duration = Duration::from_secs(20);
 /// A scan this young answers the next request too.
-pub(crate) const FRESH: Duration = Duration::from_secs(1);
+pub(crate) const FRESH: Duration = Duration::from_millis(250);
 /// How long SIGTERM waits for the requests in flight.
 const DRAIN: Duration = Duration::from_secs(4);
 
@@ -49,13 +49,19 @@ struct Fleet {
     store: AnyStore,
     /// The hosts a request may name (`Host`), besides IP addresses.
     hosts: Vec<String>,
-    /// One scan at a time; the others wait for it and take its result.
-    scan: tokio::sync::Mutex<Scan>,
+    /// Held while a scan runs (one at a time), with the cache it reads
+    /// through.
+    scan: tokio::sync::Mutex<Option<cache::Cache>>,
+    /// The last scan, and what was rendered from it.
+    last: std::cell::RefCell<Option<Last>>,
 }
 
-struct Scan {
-    cache: Option<cache::Cache>,
-    last: Option<(Instant, Rc<Vec<Row>>)>,
+/// The last scan, and what was rendered from it (each view once per scan:
+/// 200 clients asking for /metrics within a second cost one rendering).
+struct Last {
+    at: Instant,
+    rows: Rc<Vec<Row>>,
+    rendered: std::collections::HashMap<&'static str, Bytes>,
 }
 
 /// A scan that took longer than [`STORE_WAIT`].
@@ -64,23 +70,53 @@ struct Scan {
 struct StoreTimeout;
 
 impl Fleet {
-    async fn rows(&self) -> Result<Rc<Vec<Row>>> {
-        let mut scan = self.scan.lock().await;
-        if let Some((at, rows)) = &scan.last
-            && at.elapsed() < FRESH
-        {
-            return Ok(rows.clone());
+    /// The view `name` of the fleet, rendered by `render` from a scan at
+    /// most [`FRESH`] old. One scan runs at a time: while it runs, requests
+    /// are answered from the previous one (never more than a scan's time
+    /// older than [`FRESH`]); only the very first requests wait for it.
+    async fn view(
+        &self,
+        name: &'static str,
+        render: impl FnOnce(&[Row]) -> Bytes,
+    ) -> Result<Bytes> {
+        loop {
+            let fresh = self
+                .last
+                .borrow()
+                .as_ref()
+                .is_some_and(|l| l.at.elapsed() < FRESH);
+            if !fresh {
+                match self.scan.try_lock() {
+                    Ok(mut cache) => {
+                        let rows = tokio::time::timeout(
+                            STORE_WAIT,
+                            scan_cached(&self.settings, &self.store, 32, None, cache.as_mut()),
+                        )
+                        .await
+                        .map_err(|_| StoreTimeout)??;
+                        *self.last.borrow_mut() = Some(Last {
+                            at: Instant::now(),
+                            rows: Rc::new(rows),
+                            rendered: Default::default(),
+                        });
+                    }
+                    // A scan is running: answer from the last one, if any.
+                    Err(_) if self.last.borrow().is_some() => {}
+                    Err(_) => {
+                        drop(self.scan.lock().await);
+                        continue;
+                    }
+                }
+            }
+            let mut last = self.last.borrow_mut();
+            let last = last.as_mut().expect("a scan was made");
+            if let Some(b) = last.rendered.get(name) {
+                return Ok(b.clone());
+            }
+            let body = render(&last.rows);
+            last.rendered.insert(name, body.clone());
+            return Ok(body);
         }
-        let Scan { cache, last } = &mut *scan;
-        let rows = tokio::time::timeout(
-            STORE_WAIT,
-            scan_cached(&self.settings, &self.store, 32, None, cache.as_mut()),
-        )
-        .await
-        .map_err(|_| StoreTimeout)??;
-        let rows = Rc::new(rows);
-        *last = Some((Instant::now(), rows.clone()));
-        Ok(rows)
     }
 
     /// Whether `Host` names this server: an IP address, `localhost`, or a
@@ -171,24 +207,30 @@ async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Re
     Ok(match path {
         "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         "/metrics" => {
-            let rows = fleet.rows().await?;
-            reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics::render(&fleet.settings, &rows, crate::now()),
-            )
+            let body = fleet
+                .view("metrics", |rows| {
+                    metrics::render(&fleet.settings, rows, crate::now()).into()
+                })
+                .await?;
+            reply(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/api/builds" => {
-            let rows = fleet.rows().await?;
-            json_reply(&output::rows_json(
-                &rows,
-                &fleet.settings.retry,
-                crate::now(),
-            ))
+            let body = fleet
+                .view("builds", |rows| {
+                    output::rows_json(rows, &fleet.settings.retry, crate::now())
+                        .to_string()
+                        .into()
+                })
+                .await?;
+            reply(StatusCode::OK, "application/json", body)
         }
         "/api/stages" => {
-            let rows = fleet.rows().await?;
-            json_reply(&stages(&fleet.settings, &rows))
+            let body = fleet
+                .view("stages", |rows| {
+                    stages(&fleet.settings, rows).to_string().into()
+                })
+                .await?;
+            reply(StatusCode::OK, "application/json", body)
         }
         _ => match path.strip_prefix("/api/builds/") {
             Some(id) => match fleet.settings.for_build(id) {
@@ -235,14 +277,15 @@ pub(super) async fn serve(
         settings,
         store,
         hosts: allow_hosts,
-        scan: tokio::sync::Mutex::new(Scan { cache, last: None }),
+        scan: tokio::sync::Mutex::new(cache),
+        last: std::cell::RefCell::new(None),
     });
     let local = tokio::task::LocalSet::new();
     local
         .run_until(accept(listener, fleet.clone(), notes.clone()))
         .await?;
-    if let Ok(mut scan) = fleet.scan.try_lock()
-        && let Some(c) = scan.cache.as_mut()
+    if let Ok(mut cache) = fleet.scan.try_lock()
+        && let Some(c) = cache.as_mut()
     {
         c.save();
     }
