@@ -24,6 +24,12 @@ pub(crate) enum Fault {
     /// The same, and every answer names the server as Ceph RGW does
     /// (`x-rgw-object-type`).
     BareEtagsNamed,
+    /// Answers GetBucketVersioning with a document of another root element
+    /// (as moto 5.2.5 and s3rver do).
+    OddVersioningAnswer,
+    /// Answers a DELETE with `If-Match` with 501 NotImplemented (as
+    /// LocalStack 4.14 does).
+    NoConditionalDelete,
     /// Answers 412 to every `If-Match`, current or not, quoted or bare.
     RefuseIfMatch,
     /// Before the first conditional DELETE, another writer changes the
@@ -308,10 +314,37 @@ fn serve(
         forward(upstream, &put)?;
     }
     let answer = match fault {
+        Fault::OddVersioningAnswer
+            if req.method == "GET"
+                && req.path.split_once('?').is_some_and(|(_, q)| {
+                    q.split('&')
+                        .any(|p| p == "versioning" || p.starts_with("versioning="))
+                }) =>
+        {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>b</Name></ListBucketResult>";
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
+        Fault::NoConditionalDelete
+            if req.method == "DELETE" && req.header("if-match").is_some() =>
+        {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>";
+            format!(
+                "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
         _ if !is_write => forward(upstream, &req)?,
         Fault::IgnoreConditions => forward(upstream, &req.without(&["if-match", "if-none-match"]))?,
         Fault::RefuseIfMatch if req.header("if-match").is_some() => precondition_failed(),
-        Fault::RefuseIfMatch | Fault::ChangeBeforeDelete => forward(upstream, &req)?,
+        Fault::RefuseIfMatch
+        | Fault::ChangeBeforeDelete
+        | Fault::OddVersioningAnswer
+        | Fault::NoConditionalDelete => forward(upstream, &req)?,
         Fault::BareEtags | Fault::BareEtagsNamed => match req.header("if-match") {
             Some(etag) if etag.trim().starts_with('"') => precondition_failed(),
             _ => forward(upstream, &req)?,

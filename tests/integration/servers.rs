@@ -217,6 +217,54 @@ mod s3 {
         assert_eq!(writes, WALK.len(), "one write per put, none refused");
     }
 
+    /// A server whose GetBucketVersioning answer the SDK cannot read (moto,
+    /// s3rver): doctor and restore judge versioning by ListObjectVersions
+    /// and say it in words, never an SDK dump.
+    #[test]
+    fn an_odd_versioning_answer_is_judged_by_the_listing() {
+        let (w, _proxy) = proxied("s3_odd_versioning", Fault::OddVersioningAnswer);
+        w.put(json!({"init": true})).ok();
+        let out = doctor(&w);
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("versioning"))
+            .unwrap_or_else(|| panic!("no versioning row:\n{}", out.stdout))
+            .to_string();
+        assert!(
+            row.contains("WARNING off: build-state restore cannot"),
+            "{row}"
+        );
+        let err = w.cli(&["restore", "rhel8-web", "--yes"]).fails_with(1);
+        assert!(err.contains("versioning is off on"), "{err}");
+        for text in [&out.stdout, &out.stderr, &err] {
+            assert!(
+                !text.contains("StartEl") && !text.contains("likely a bug"),
+                "an SDK dump:\n{text}"
+            );
+        }
+    }
+
+    /// A server that does not do a DELETE with `If-Match` (LocalStack 4.14
+    /// answers 501): prune says so in words and deletes nothing, never
+    /// unconditionally.
+    #[test]
+    fn prune_deletes_nothing_without_a_conditional_delete() {
+        let (w, _proxy) = proxied("s3_no_conditional_delete", Fault::NoConditionalDelete);
+        w.put(json!({"init": true})).ok();
+        w.put(json!({"cancel": "superseded"})).ok();
+        let before = w.keys();
+        let out = w.cli(&["prune", "--older-than", "0s"]).run();
+        assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.contains("failed")
+                && out.stdout.contains("does not do a DELETE with If-Match"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(w.keys(), before, "nothing deleted");
+    }
+
     /// The answer to a write is lost after the server applied it: the put
     /// judges by what is stored, so the event is neither lost nor repeated.
     #[test]
