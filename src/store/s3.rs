@@ -234,7 +234,9 @@ impl S3Store {
                     "the server answers neither GetBucketVersioning nor ListObjectVersions in a form build-state can read: it keeps no versions build-state can restore".into(),
                 ));
             }
-            Err(e) if status_of(&e) == Some(501) => return Ok(super::Versioning::Off),
+            Err(e) if matches!(status_of(&e), Some(405 | 501)) => {
+                return Ok(super::Versioning::Off);
+            }
             Err(e) => return Err(classify(self.target(), e)),
         };
         let kept = page
@@ -652,7 +654,8 @@ impl Store for S3Store {
             Err(e) if matches!(e, SdkError::ResponseError(_)) || status_of(&e) == Some(200) => {
                 self.versioning_by_listing().await
             }
-            Err(e) if status_of(&e) == Some(501) => Ok(super::Versioning::Off),
+            // 501 NotImplemented, 405 MethodNotAllowed (s3rver 3.7.1): no versions.
+            Err(e) if matches!(status_of(&e), Some(405 | 501)) => Ok(super::Versioning::Off),
             Err(e) => Err(classify(self.target(), e)),
         }
     }

@@ -374,3 +374,59 @@ mod s3 {
         );
     }
 }
+
+/// s3rver 3.7.1 (npm), a real server that ignores every condition on PUT
+/// and DELETE: doctor fails on it, naming each check it fails, and says in
+/// words that it keeps no versions. It starts a server of its own, so it
+/// runs in the main pass (outside the `s3` modules).
+#[test]
+fn doctor_fails_on_s3rver() {
+    use crate::util::{Kind, World};
+    let npm = std::process::Command::new("npm").arg("--version").output();
+    if !npm.is_ok_and(|o| o.status.success()) {
+        crate::util::missing_tool("npm", "doctor on s3rver");
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers");
+    let start = std::process::Command::new(dir.join("s3rver.sh"))
+        .output()
+        .expect("running tests/servers/s3rver.sh");
+    assert!(
+        start.status.success(),
+        "s3rver did not start: {}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let vars: std::collections::HashMap<String, String> = String::from_utf8_lossy(&start.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let pid = vars["S3_LOCAL_PID"].clone();
+    let w = World::new(Kind::Local, "s3rver");
+    let source = w.tmp.path().join("s3rver.json");
+    std::fs::write(
+        &source,
+        serde_json::json!({
+            "bucket": "doctor", "endpoint": vars["AWS_ENDPOINT_URL"], "use_path_style": true,
+            "access_key_id": "S3RVER", "secret_access_key": "S3RVER", "prefix": "p/"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = w
+        .bare_cli(&["doctor", "--source", source.to_str().unwrap()])
+        .run();
+    let _ = std::process::Command::new("kill").arg(&pid).status();
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    let table = crate::util::squeeze(&out.stdout);
+    for want in [
+        "If-None-Match: * FAILED the server ignores If-None-Match: *",
+        "If-Match FAILED the server ignores If-Match",
+        "race FAILED",
+        "versioning WARNING off: build-state restore cannot",
+    ] {
+        assert!(table.contains(want), "{want:?} in:\n{table}");
+    }
+    assert!(out.stderr.contains("3 checks failed"), "{}", out.stderr);
+}

@@ -19,6 +19,7 @@ is_ours() {
   cmd=$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null) || return 1
   case "$cmd" in
     *"$BASE/venv-ministack/bin/ministack"*|*"$BASE/venv-moto/bin/moto_server"*) return 0 ;;
+    *"$BASE/s3rver-3.7.1/node_modules/"*) return 0 ;;
     *) return 1 ;;
   esac
 }
