@@ -317,6 +317,117 @@ mod s3 {
         assert!(proxy.dropped.load(Ordering::SeqCst) > 0);
     }
 
+    /// A history checker, in the spirit of Jepsen's: writers of every kind
+    /// at once on three builds (`out` puts failing a stage, CLI retries,
+    /// CLI notes through `set`, a `prune` of a finished build), every
+    /// write's answer dropped after the server applied it. Each operation's
+    /// reported outcome (done, refused, unknown) is recorded, then the
+    /// stored histories are checked: every done operation's event exactly
+    /// once, no refused one's, unknown ones at most once, revisions
+    /// contiguous, every document readable, the pruned build gone whole.
+    #[test]
+    fn a_history_checker_finds_no_anomaly() {
+        let (w, proxy) = proxied("s3_history_checker", Fault::DropAnswerAfterWrite);
+        let w = w.with(json!({"retry": {"max_attempts": 1000, "backoff": "1s"}}));
+        let builds = ["hc-a", "hc-b", "hc-c"];
+        let put = |id: &str, params: Value, job: u32| {
+            w.put(params.clone())
+                .stdin(json!({"source": w.source_with(json!({"build_id": id})), "params": params}))
+                .build("checker", job)
+                .run()
+        };
+        for id in builds {
+            assert_eq!(put(id, json!({"init": true}), 1).code, Some(0));
+            assert_eq!(put(id, json!({"complete": 0}), 2).code, Some(0));
+        }
+        assert_eq!(put("hc-done", json!({"init": true}), 3).code, Some(0));
+        assert_eq!(
+            put("hc-done", json!({"cancel": "superseded"}), 4).code,
+            Some(0)
+        );
+        // (build, the text that identifies the operation's event, how it ran)
+        #[derive(Clone, Copy, PartialEq, Debug)]
+        enum Said {
+            Done,
+            Refused,
+            Unknown,
+        }
+        let ops: Vec<(String, String, Said)> = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for i in 0..18u32 {
+                let id = builds[i as usize % 3].to_string();
+                let w = &w;
+                handles.push(s.spawn(move || {
+                    let tag = format!("op-{i}");
+                    let out = match i % 3 {
+                        0 | 1 => put(&id, json!({"fail": 5, "error": tag}), 100 + i),
+                        _ => w
+                            .cli(&["retry", &id, "5", "--note", &tag])
+                            .env("BUILD_ID", "")
+                            .run(),
+                    };
+                    let said = match out.code {
+                        Some(0) => Said::Done,
+                        Some(1)
+                            if out.stderr.contains("cannot retry")
+                                || out.stderr.contains("cannot fail") =>
+                        {
+                            Said::Refused
+                        }
+                        _ => Said::Unknown,
+                    };
+                    (id, tag, said)
+                }));
+            }
+            let prune = s.spawn(|| w.cli(&["prune", "--older-than", "0s"]).run());
+            let ops = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            assert_eq!(prune.join().unwrap().code, Some(0));
+            ops
+        });
+        assert!(
+            proxy.dropped.load(Ordering::SeqCst) > 0,
+            "answers were dropped"
+        );
+        assert!(ops.iter().any(|o| o.2 == Said::Done));
+        for id in builds {
+            let show = w.cli(&["show", id, "--json"]).run();
+            assert_eq!(show.code, Some(0), "{id} does not read: {}", show.stderr);
+            let doc: Value = serde_json::from_str(&show.stdout).unwrap();
+            let history = doc["history"].as_array().unwrap();
+            let revisions: Vec<u64> = history
+                .iter()
+                .map(|e| e["revision"].as_u64().unwrap())
+                .collect();
+            let first = revisions[0];
+            assert_eq!(
+                revisions,
+                (first..first + revisions.len() as u64).collect::<Vec<_>>(),
+                "{id}: revisions contiguous"
+            );
+            assert_eq!(doc["revision"].as_u64(), revisions.last().copied());
+            for (b, tag, said) in ops.iter().filter(|o| o.0 == id) {
+                let seen = history
+                    .iter()
+                    .filter(|e| e["error"]["message"] == tag.as_str() || e["note"] == tag.as_str())
+                    .count();
+                let ok = match said {
+                    Said::Done => seen == 1,
+                    Said::Refused => seen == 0,
+                    Said::Unknown => seen <= 1,
+                };
+                assert!(
+                    ok,
+                    "{b}: {tag} reported {said:?}, its event stored {seen} times"
+                );
+            }
+        }
+        assert!(
+            w.keys().iter().all(|k| !k.contains("/hc-done/")),
+            "the finished build was pruned whole: {:?}",
+            w.keys()
+        );
+    }
+
     /// A server that refuses every `If-Match`: no put can land, and the error
     /// says what the server did, never "concurrent writers".
     #[test]
