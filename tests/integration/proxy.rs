@@ -30,6 +30,10 @@ pub(crate) enum Fault {
     /// Answers a DELETE with `If-Match` with 501 NotImplemented (as
     /// LocalStack 4.14 does).
     NoConditionalDelete,
+    /// Cuts the body of every other object read short (its Content-Length
+    /// kept, the connection closed): a server writing in place, a dropped
+    /// connection.
+    CutBodies,
     /// Answers 412 to every `If-Match`, current or not, quoted or bare.
     RefuseIfMatch,
     /// Before the first conditional DELETE, another writer changes the
@@ -344,7 +348,8 @@ fn serve(
         Fault::RefuseIfMatch
         | Fault::ChangeBeforeDelete
         | Fault::OddVersioningAnswer
-        | Fault::NoConditionalDelete => forward(upstream, &req)?,
+        | Fault::NoConditionalDelete
+        | Fault::CutBodies => forward(upstream, &req)?,
         Fault::BareEtags | Fault::BareEtagsNamed => match req.header("if-match") {
             Some(etag) if etag.trim().starts_with('"') => precondition_failed(),
             _ => forward(upstream, &req)?,
@@ -391,6 +396,32 @@ fn serve(
         ),
         _ => answer,
     };
+    let reads_object = req.method == "GET"
+        && req
+            .path
+            .split('?')
+            .next()
+            .is_some_and(|p| p.matches('/').count() > 1)
+        && req
+            .path
+            .split_once('?')
+            .is_none_or(|(_, q)| q == "x-id=GetObject");
+    if fault == Fault::CutBodies
+        && reads_object
+        && status_and_etag(&answer).0 == 200
+        && dropped.fetch_add(1, Ordering::SeqCst) % 2 == 0
+    {
+        let answer = closing(&answer);
+        let head_end = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |i| i + 4);
+        let body = answer.len() - head_end;
+        conn.write_all(&answer[..head_end + body / 2])?;
+        conn.flush()?;
+        conn.shutdown(Shutdown::Both)?;
+        return Ok(());
+    }
     conn.write_all(&closing(&answer))?;
     conn.flush()?;
     let _ = conn.shutdown(Shutdown::Write);
