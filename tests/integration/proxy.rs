@@ -409,7 +409,7 @@ fn serve(
     if fault == Fault::CutBodies
         && reads_object
         && status_and_etag(&answer).0 == 200
-        && dropped.fetch_add(1, Ordering::SeqCst) % 2 == 0
+        && dropped.fetch_add(1, Ordering::SeqCst).is_multiple_of(2)
     {
         let answer = closing(&answer);
         let head_end = answer
