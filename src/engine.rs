@@ -26,12 +26,12 @@ pub enum ErrorKind {
     /// The model refused the change.
     Refused(#[from] Refusal),
     #[error(
-        "{0}; the way out: `build-state restore BUILD_ID` puts back the newest stored version that is not corrupt (a bucket with versioning), or repair it by hand"
+        "{0}; the way out: `build-state restore BUILD_ID` puts back the newest stored version that is not corrupt (a bucket with versioning, or a local directory), or repair it by hand"
     )]
     /// The stored document breaks the model's rules.
     Document(DocumentError),
     #[error(
-        "the document is not valid JSON ({0}); the way out: `build-state restore BUILD_ID` puts back the newest stored version that is not corrupt (a bucket with versioning), or repair it by hand"
+        "the document is not valid JSON ({0}); the way out: `build-state restore BUILD_ID` puts back the newest stored version that is not corrupt (a bucket with versioning, or a local directory), or repair it by hand"
     )]
     /// The stored document is not JSON.
     Unreadable(String),

@@ -103,6 +103,7 @@ impl LocalStore {
         if !holds {
             return Err(StoreError::Conflict);
         }
+        self.keep(path, body)?;
         let dir = path.parent().expect("a key has a parent directory");
         let tmp = dir.join(format!(
             ".{}.tmp-{}-{:08x}",
@@ -206,10 +207,11 @@ impl Store for LocalStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key);
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error("deleting", &path, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("deleting", &path, e)),
         }
+        self.forget_versions(&path)
     }
 
     async fn list_tags(&self, prefix: &str) -> Result<Vec<super::Listed>, StoreError> {
@@ -244,16 +246,146 @@ impl Store for LocalStore {
         let _lock = lock(&path)?;
         match self.read(&path)? {
             Some(body) if same_etag(&etag_of(&body), etag) => {
-                fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))
+                fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))?;
+                self.forget_versions(&path)
             }
             _ => Err(StoreError::Conflict),
         }
     }
 
-    async fn versions(&self, _key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
-        Err(StoreError::NotVersioned(
-            "a local directory keeps no versions of its documents; restore needs an S3 bucket with versioning".into(),
-        ))
+    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
+        Ok(super::Versioning::On)
+    }
+
+    async fn versions(&self, key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
+        let mut out = Vec::new();
+        let path = self.path(key);
+        if let Some(at) = modified(&path)? {
+            out.push(super::StoredVersion {
+                version_id: CURRENT.into(),
+                stored_at: at,
+                latest: true,
+                deleted: false,
+            });
+        }
+        for id in self.kept(&path)?.into_iter().rev() {
+            let stored_at =
+                modified(&self.versions_dir(&path).join(format!("{id}.json")))?.unwrap_or_default();
+            out.push(super::StoredVersion {
+                version_id: id,
+                stored_at,
+                latest: false,
+                deleted: false,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_version(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(key);
+        let file = if version_id == CURRENT {
+            path.clone()
+        } else if !version_id.is_empty() && version_id.bytes().all(|b| b.is_ascii_digit()) {
+            self.versions_dir(&path).join(format!("{version_id}.json"))
+        } else {
+            return Err(StoreError::Other(format!(
+                "no version {version_id:?} of {key}"
+            )));
+        };
+        self.read(&file)?
+            .ok_or_else(|| StoreError::Other(format!("no version {version_id:?} of {key}")))
+    }
+}
+
+/// The id of the document as it is now, among its kept versions.
+const CURRENT: &str = "current";
+
+/// Versions kept of each object written (the newest ones).
+pub const KEEP_VERSIONS: usize = 10;
+
+fn modified(path: &Path) -> Result<Option<crate::model::Timestamp>, StoreError> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.modified().ok().map(chrono::DateTime::<chrono::Utc>::from)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("reading", path, e)),
+    }
+}
+
+impl LocalStore {
+    /// Where the previous versions of the object at `path` are kept:
+    /// `.versions/KEY/` under the root (hidden from listings).
+    fn versions_dir(&self, path: &Path) -> PathBuf {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        self.root.join(".versions").join(rel)
+    }
+
+    /// A deleted object's kept versions go with it (a local directory has no
+    /// lifecycle rules to expire them): `prune` deletes a build whole.
+    fn forget_versions(&self, path: &Path) -> Result<(), StoreError> {
+        let dir = self.versions_dir(path);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("deleting the versions of", path, e)),
+        }
+    }
+
+    /// The ids of the kept versions of `path`, oldest first.
+    fn kept(&self, path: &Path) -> Result<Vec<String>, StoreError> {
+        let dir = self.versions_dir(path);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("listing", &dir, e)),
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".json")?.to_string();
+                id.bytes().all(|b| b.is_ascii_digit()).then_some(id)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Keeps `body`, about to be written at `path` (under its lock), as the
+    /// object's newest version, as a bucket with versioning keeps every
+    /// write; drops all but the newest [`KEEP_VERSIONS`]. Kept before the
+    /// write, so a crash between the two leaves a version never current,
+    /// never a gap; a hand edit of the file, which bypasses the store,
+    /// leaves the last version written here to restore.
+    fn keep(&self, path: &Path, body: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write as _;
+        let dir = self.versions_dir(path);
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io_error("creating", &dir, e))?;
+        let kept = self.kept(path)?;
+        let next = kept
+            .last()
+            .and_then(|id| id.parse::<u64>().ok())
+            .map_or(1, |n| n + 1);
+        let target = dir.join(format!("{next:010}.json"));
+        let write = || -> std::io::Result<()> {
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".kept.")
+                .tempfile_in(&dir)?;
+            tmp.write_all(body)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&target).map_err(|e| e.error)?;
+            Ok(())
+        };
+        write().map_err(|e| io_error("keeping the previous version of", path, e))?;
+        let mut all = kept;
+        all.push(format!("{next:010}"));
+        for old in &all[..all.len().saturating_sub(KEEP_VERSIONS)] {
+            let _ = fs::remove_file(dir.join(format!("{old}.json")));
+        }
+        Ok(())
     }
 }
 
