@@ -30,6 +30,11 @@ pub(crate) enum Fault {
     /// Answers a DELETE with `If-Match` with 501 NotImplemented (as
     /// LocalStack 4.14 does).
     NoConditionalDelete,
+    /// Faults of every kind, by turns: one request in seven answered 503
+    /// without reaching the server, one in seven delayed 100 ms, one write
+    /// in seven applied and its answer dropped (the count of faults is in
+    /// `dropped`).
+    Flaky,
     /// Cuts the body of every other object read short (its Content-Length
     /// kept, the connection closed): a server writing in place, a dropped
     /// connection.
@@ -317,6 +322,33 @@ fn serve(
         };
         forward(upstream, &put)?;
     }
+    if fault == Fault::Flaky {
+        static TURN: AtomicUsize = AtomicUsize::new(0);
+        match TURN.fetch_add(1, Ordering::SeqCst) % 7 {
+            3 => {
+                dropped.fetch_add(1, Ordering::SeqCst);
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ServiceUnavailable</Code><Message>Please reduce your request rate.</Message></Error>";
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                conn.write_all(answer.as_bytes())?;
+                let _ = conn.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            1 => {
+                dropped.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            5 if is_write => {
+                dropped.fetch_add(1, Ordering::SeqCst);
+                forward(upstream, &req)?;
+                conn.shutdown(Shutdown::Both)?;
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
     let answer = match fault {
         Fault::OddVersioningAnswer
             if req.method == "GET"
@@ -349,7 +381,8 @@ fn serve(
         | Fault::ChangeBeforeDelete
         | Fault::OddVersioningAnswer
         | Fault::NoConditionalDelete
-        | Fault::CutBodies => forward(upstream, &req)?,
+        | Fault::CutBodies
+        | Fault::Flaky => forward(upstream, &req)?,
         Fault::BareEtags | Fault::BareEtagsNamed => match req.header("if-match") {
             Some(etag) if etag.trim().starts_with('"') => precondition_failed(),
             _ => forward(upstream, &req)?,

@@ -327,7 +327,18 @@ mod s3 {
     /// contiguous, every document readable, the pruned build gone whole.
     #[test]
     fn a_history_checker_finds_no_anomaly() {
-        let (w, proxy) = proxied("s3_history_checker", Fault::DropAnswerAfterWrite);
+        history_check("s3_history_checker", Fault::DropAnswerAfterWrite);
+    }
+
+    /// The same checker through faults of every kind: 503s, delays, answers
+    /// dropped after the write.
+    #[test]
+    fn a_history_checker_finds_no_anomaly_through_flaky_faults() {
+        history_check("s3_history_flaky", Fault::Flaky);
+    }
+
+    fn history_check(test: &str, fault: Fault) {
+        let (w, proxy) = proxied(test, fault);
         let w = w.with(json!({"retry": {"max_attempts": 1000, "backoff": "1s"}}));
         let builds = ["hc-a", "hc-b", "hc-c"];
         let put = |id: &str, params: Value, job: u32| {
@@ -381,7 +392,9 @@ mod s3 {
             }
             let prune = s.spawn(|| w.cli(&["prune", "--older-than", "0s"]).run());
             let ops = handles.into_iter().map(|h| h.join().unwrap()).collect();
-            assert_eq!(prune.join().unwrap().code, Some(0));
+            // A prune whose delete lost its answer may report a failure.
+            let pruned = prune.join().unwrap();
+            assert!(matches!(pruned.code, Some(0 | 1)), "{}", pruned.stderr);
             ops
         });
         assert!(
@@ -421,11 +434,21 @@ mod s3 {
                 );
             }
         }
-        assert!(
-            w.keys().iter().all(|k| !k.contains("/hc-done/")),
-            "the finished build was pruned whole: {:?}",
-            w.keys()
-        );
+        // The finished build is gone whole, or intact.
+        let left: Vec<String> = w
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/hc-done/"))
+            .collect();
+        if !left.is_empty() {
+            let show = w.cli(&["show", "hc-done"]).run();
+            assert_eq!(
+                show.code,
+                Some(0),
+                "hc-done stranded ({left:?}): {}",
+                show.stderr
+            );
+        }
     }
 
     /// A body cut short (every other object read) is read again, never
