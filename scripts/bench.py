@@ -463,6 +463,24 @@ for prog, argv, req in [
 fig("peak RSS of check / in / out with a 50 MB object stored (each refuses it)",
     " / ".join(f"{peak[k] / 1024:.1f} MB" for k in ("check", "in", "out")), "<= 16 MB")
 
+# ---------------------------------------------------------------- history checker
+# The integration suite's history checker, longer: WAVES waves of 18
+# operations on three builds, through dropped answers and through 503s,
+# delays and dropped answers (its own S3 server, the debug build).
+WAVES = os.environ.get("CHECKER_WAVES", "10")
+print(f"running the history checker, {WAVES} waves ...", file=sys.stderr)
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+checker = subprocess.run(
+    ["cargo", "test", "--locked", "--quiet", "--test", "integration", "history_checker", "--", "--nocapture"],
+    cwd=root, capture_output=True, text=True,
+    env=dict(os.environ, BUILD_STATE_CHECKER_WAVES=WAVES, S3_SERVER=SERVER if SERVER in ("ceph", "moto") else "ministack"))
+lines = [l for l in (checker.stdout + checker.stderr).splitlines() if l.startswith("history checker")]
+if checker.returncode != 0 or len(lines) != 2:
+    sys.exit(f"the history checker failed:\n{checker.stdout[-3000:]}\n{checker.stderr[-3000:]}")
+for l in lines:
+    name, result = l.split(": ", 1)
+    fig(name, result, "0 anomalies")
+
 # ---------------------------------------------------------------- size
 size = os.path.getsize(BIN)
 fig("programs in the image (check, in, out, build-state: one binary)", f"{size / 1e6:.2f} MB", "<= 8 MB")

@@ -363,40 +363,53 @@ mod s3 {
             Refused,
             Unknown,
         }
-        let ops: Vec<(String, String, Said)> = std::thread::scope(|s| {
-            let mut handles = Vec::new();
-            for i in 0..18u32 {
-                let id = builds[i as usize % 3].to_string();
-                let w = &w;
-                handles.push(s.spawn(move || {
-                    let tag = format!("op-{i}");
-                    let out = match i % 3 {
-                        0 | 1 => put(&id, json!({"fail": 5, "error": tag}), 100 + i),
-                        _ => w
-                            .cli(&["retry", &id, "5", "--note", &tag])
-                            .env("BUILD_ID", "")
-                            .run(),
-                    };
-                    let said = match out.code {
-                        Some(0) => Said::Done,
-                        Some(1)
-                            if out.stderr.contains("cannot retry")
-                                || out.stderr.contains("cannot fail") =>
-                        {
-                            Said::Refused
-                        }
-                        _ => Said::Unknown,
-                    };
-                    (id, tag, said)
-                }));
-            }
-            let prune = s.spawn(|| w.cli(&["prune", "--older-than", "0s"]).run());
-            let ops = handles.into_iter().map(|h| h.join().unwrap()).collect();
-            // A prune whose delete lost its answer may report a failure.
-            let pruned = prune.join().unwrap();
-            assert!(matches!(pruned.code, Some(0 | 1)), "{}", pruned.stderr);
-            ops
-        });
+        // 18 operations at once, in waves (BUILD_STATE_CHECKER_WAVES, 1 by
+        // default; scripts/bench runs a longer one); the prune in the first.
+        let waves: u32 = std::env::var("BUILD_STATE_CHECKER_WAVES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let mut ops: Vec<(String, String, Said)> = Vec::new();
+        for wave in 0..waves {
+            let done: Vec<(String, String, Said)> = std::thread::scope(|s| {
+                let mut handles = Vec::new();
+                for i in (wave * 18)..(wave * 18 + 18) {
+                    let id = builds[i as usize % 3].to_string();
+                    let w = &w;
+                    handles.push(s.spawn(move || {
+                        let tag = format!("op-{i}");
+                        let out = match i % 3 {
+                            0 | 1 => put(&id, json!({"fail": 5, "error": tag}), 100 + i),
+                            _ => w
+                                .cli(&["retry", &id, "5", "--note", &tag])
+                                .env("BUILD_ID", "")
+                                .run(),
+                        };
+                        let said = match out.code {
+                            Some(0) => Said::Done,
+                            Some(1)
+                                if out.stderr.contains("cannot retry")
+                                    || out.stderr.contains("cannot fail") =>
+                            {
+                                Said::Refused
+                            }
+                            _ => Said::Unknown,
+                        };
+                        (id, tag, said)
+                    }));
+                }
+                let prune =
+                    (wave == 0).then(|| s.spawn(|| w.cli(&["prune", "--older-than", "0s"]).run()));
+                let ops = handles.into_iter().map(|h| h.join().unwrap()).collect();
+                // A prune whose delete lost its answer may report a failure.
+                if let Some(prune) = prune {
+                    let pruned = prune.join().unwrap();
+                    assert!(matches!(pruned.code, Some(0 | 1)), "{}", pruned.stderr);
+                }
+                ops
+            });
+            ops.extend(done);
+        }
         assert!(
             proxy.dropped.load(Ordering::SeqCst) > 0,
             "answers were dropped"
@@ -449,6 +462,15 @@ mod s3 {
                 show.stderr
             );
         }
+        let count = |said: Said| ops.iter().filter(|o| o.2 == said).count();
+        eprintln!(
+            "history checker ({fault:?}): {} operations (done {}, refused {}, unknown {}), {} faults injected, 0 anomalies",
+            ops.len(),
+            count(Said::Done),
+            count(Said::Refused),
+            count(Said::Unknown),
+            proxy.dropped.load(Ordering::SeqCst)
+        );
     }
 
     /// A body cut short (every other object read) is read again, never
