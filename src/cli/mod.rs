@@ -139,13 +139,9 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
         Command::Fleet(c) => fleet::run(c, &ctx).await,
         Command::Ops(c) => ops::run(c, &ctx).await,
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "build-state",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "build-state", &mut script);
+            out.write(&String::from_utf8_lossy(&script))
         }
         Command::Check => resource_cmd(crate::resource::Program::Check, out).await,
         Command::In { dir } => resource_cmd(crate::resource::Program::In(dir), out).await,

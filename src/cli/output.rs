@@ -193,8 +193,12 @@ impl Out {
             Some(buf) => buf.lock().unwrap().extend_from_slice(s.as_bytes()),
             None => {
                 let mut stdout = std::io::stdout().lock();
-                stdout.write_all(s.as_bytes())?;
-                stdout.flush()?;
+                let written = stdout.write_all(s.as_bytes()).and_then(|()| stdout.flush());
+                // A reader that stopped reading (`| head`) is not an error.
+                match written {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                    other => other?,
+                }
             }
         }
         Ok(())

@@ -20,7 +20,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration in the units `parse` reads, compact: `30s`, `5m`,
-/// `1h 30m`, `30d`.
+/// `1h 30m`, `30d`, `1s 500ms` (to the millisecond: what it prints, `parse`
+/// reads back as the same duration).
 pub fn format(d: Duration) -> String {
     let mut secs = d.as_secs();
     if secs == 0 {
@@ -36,6 +37,10 @@ pub fn format(d: Duration) -> String {
             parts.push(format!("{}{unit}", secs / size));
             secs %= size;
         }
+    }
+    let millis = d.subsec_millis();
+    if millis > 0 {
+        parts.push(format!("{millis}ms"));
     }
     parts.join(" ")
 }
@@ -77,5 +82,10 @@ mod tests {
             assert_eq!(parse(text), Ok(Duration::from_secs(d)), "{text} reads back");
         }
         assert_eq!(format(Duration::from_millis(250)), "250ms");
+        for (ms, text) in [(1500, "1s 500ms"), (61_001, "1m 1s 1ms")] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format(d), text, "the milliseconds are kept");
+            assert_eq!(parse(text), Ok(d));
+        }
     }
 }

@@ -1337,3 +1337,28 @@ fn report_renders_in_a_browser(w: World) {
         "the SVG bars did not render (red {red}, green {green})"
     );
 }
+
+/// A reader that stops reading (`build-state completions bash | head -1`,
+/// `list | head`) is no error: no panic, exit 0, nothing on stderr.
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let w = World::new(Kind::Local, "closed_stdout");
+    for args in [
+        &["completions", "bash"][..],
+        &["states", "--local-dir", "/tmp"][..],
+    ] {
+        let mut child = std::process::Command::new(crate::util::cli_path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .current_dir(w.tmp.path())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
