@@ -341,6 +341,16 @@ impl S3Store {
                     && e.code() != Some("NoSuchBucket")
                 {
                     Ok(PutAnswer::Missing)
+                } else if self.sse.is_some()
+                    && status == Some(400)
+                    && e.code() == Some("InvalidRequest")
+                {
+                    // Ceph RGW without a key manager, or over plain HTTP,
+                    // refuses the encryption header with a bare InvalidRequest.
+                    Err(StoreError::Other(format!(
+                        "the server refused the write with server-side encryption (400 InvalidRequest{}): it may not do source.server_side_encryption (Ceph RGW needs a key manager, and HTTPS, for it); drop server_side_encryption, or configure the server",
+                        e.message().map(|m| format!(": {m}")).unwrap_or_default()
+                    )))
                 } else {
                     Err(classify_write(self.target(), e))
                 }

@@ -30,6 +30,9 @@ pub(crate) enum Fault {
     /// Answers a DELETE with `If-Match` with 501 NotImplemented (as
     /// LocalStack 4.14 does).
     NoConditionalDelete,
+    /// Refuses a write that asks for server-side encryption with a bare 400
+    /// InvalidRequest (as Ceph RGW without a key manager does).
+    RefuseEncryption,
     /// Faults of every kind, by turns: one request in seven answered 503
     /// without reaching the server, one in seven delayed 100 ms, one write
     /// in seven applied and its answer dropped (the count of faults is in
@@ -364,6 +367,14 @@ fn serve(
             )
             .into_bytes()
         }
+        Fault::RefuseEncryption if req.header("x-amz-server-side-encryption").is_some() => {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InvalidRequest</Code></Error>";
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
         Fault::NoConditionalDelete
             if req.method == "DELETE" && req.header("if-match").is_some() =>
         {
@@ -382,6 +393,7 @@ fn serve(
         | Fault::OddVersioningAnswer
         | Fault::NoConditionalDelete
         | Fault::CutBodies
+        | Fault::RefuseEncryption
         | Fault::Flaky => forward(upstream, &req)?,
         Fault::BareEtags | Fault::BareEtagsNamed => match req.header("if-match") {
             Some(etag) if etag.trim().starts_with('"') => precondition_failed(),

@@ -473,6 +473,22 @@ mod s3 {
         );
     }
 
+    /// A server that refuses server-side encryption with a bare 400
+    /// InvalidRequest (Ceph RGW without a key manager): the error says what
+    /// was refused and the way out; nothing is written.
+    #[test]
+    fn a_refused_encryption_is_named() {
+        let (w, _proxy) = proxied("s3_refuse_sse", Fault::RefuseEncryption);
+        let w = w.with(json!({"server_side_encryption": "AES256"}));
+        let err = w.put(json!({"init": true})).fails();
+        assert!(
+            err.contains("refused the write with server-side encryption (400 InvalidRequest)")
+                && err.contains("drop server_side_encryption"),
+            "{err}"
+        );
+        assert!(w.keys().is_empty(), "nothing written: {:?}", w.keys());
+    }
+
     /// A body cut short (every other object read) is read again, never
     /// called a corrupt document: checks, gets and puts all work.
     #[test]
