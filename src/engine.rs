@@ -461,6 +461,16 @@ mod tests {
     use crate::model::{Action, Actor, ErrorInfo, FailureKind, Status, Update};
     use crate::store::memory::{Fault, FaultyStore, MemoryStore, Op};
 
+    /// `record` with its notes dropped.
+    async fn quiet_record<S: Store>(
+        c: &Config,
+        store: &S,
+        clock: &ManualClock,
+        change: Change,
+    ) -> Result<Applied, Error> {
+        record(c, store, clock, change, &crate::Notes::new()).await
+    }
+
     fn config() -> Config {
         let source: crate::protocol::Source =
             serde_json::from_str(r#"{"local_dir": "/nowhere", "build_id": "rhel8-web"}"#).unwrap();
@@ -497,24 +507,17 @@ mod tests {
     /// A store with the build at 5 pending (revision 2).
     async fn started(c: &Config, clock: &ManualClock) -> FaultyStore {
         let store = FaultyStore::new(MemoryStore::new());
-        record(
+        quiet_record(
             c,
             &store,
             clock,
             change(Action::Init { restart: false }, "a"),
-            &crate::Notes::new(),
         )
         .await
         .unwrap();
-        record(
-            c,
-            &store,
-            clock,
-            change(Action::Complete(0), "a"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        quiet_record(c, &store, clock, change(Action::Complete(0), "a"))
+            .await
+            .unwrap();
         store
     }
 
@@ -540,15 +543,9 @@ mod tests {
             3,
             Fault::Interleave(Box::new(move |m: &MemoryStore| m.set(&key, other))),
         );
-        let applied = record(
-            &c,
-            &store,
-            &clock,
-            change(fail(5, "boom"), "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        let applied = quiet_record(&c, &store, &clock, change(fail(5, "boom"), "b"))
+            .await
+            .unwrap();
         assert!(applied.written);
         let d = doc(&store, &c).await;
         let actions: Vec<String> = d.history.iter().map(|e| e.action.to_string()).collect();
@@ -566,15 +563,9 @@ mod tests {
         let (c, clock) = (config(), clock());
         let store = started(&c, &clock).await;
         store.on(Op::Put, 3, Fault::ApplyThenLose);
-        let applied = record(
-            &c,
-            &store,
-            &clock,
-            change(Action::Start(5), "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        let applied = quiet_record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap();
         assert!(applied.written);
         assert_eq!(
             applied.etag.as_deref(),
@@ -607,15 +598,9 @@ mod tests {
                 }
             })),
         );
-        let applied = record(
-            &c,
-            &store,
-            &clock,
-            change(Action::Start(5), "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        let applied = quiet_record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap();
         assert!(applied.written);
         assert_eq!(applied.etag, None, "no longer the live revision");
         assert_eq!(applied.doc.revision, 3);
@@ -637,15 +622,9 @@ mod tests {
             3,
             Fault::Fail(StoreError::Uncertain("timed out".into())),
         );
-        record(
-            &c,
-            &store,
-            &clock,
-            change(Action::Start(5), "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        quiet_record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap();
         assert_eq!(doc(&store, &c).await.revision, 3);
         assert_eq!(store.calls(Op::Put), 4);
     }
@@ -680,15 +659,9 @@ mod tests {
                 })),
             );
         }
-        let err = record(
-            &c,
-            &store,
-            &clock,
-            change(Action::Start(5), "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap_err();
+        let err = quiet_record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap_err();
         assert!(
             matches!(err.kind, ErrorKind::Contended(MAX_ATTEMPTS)),
             "{err}"
@@ -717,15 +690,9 @@ mod tests {
             3,
             Fault::Interleave(Box::new(move |m: &MemoryStore| m.set(&key, other))),
         );
-        let err = record(
-            &c,
-            &store,
-            &clock,
-            change(Action::Complete(5), "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap_err();
+        let err = quiet_record(&c, &store, &clock, change(Action::Complete(5), "b"))
+            .await
+            .unwrap_err();
         assert!(matches!(err.kind, ErrorKind::Refused(_)), "{err}");
         assert!(err.to_string().contains("cannot complete 5"), "{err}");
         assert_eq!(doc(&store, &c).await.revision, 3, "the other write only");
@@ -742,15 +709,9 @@ mod tests {
                 "412 to the current ETag".into(),
             )),
         );
-        let err = record(
-            &c,
-            &store,
-            &clock,
-            change(Action::Start(5), "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap_err();
+        let err = quiet_record(&c, &store, &clock, change(Action::Start(5), "b"))
+            .await
+            .unwrap_err();
         assert!(
             err.to_string().contains("cannot do compare-and-swap"),
             "{err}"
@@ -764,15 +725,9 @@ mod tests {
         let (c, clock) = (config(), clock());
         let store = started(&c, &clock).await;
         clock.advance(chrono::Duration::minutes(7));
-        record(
-            &c,
-            &store,
-            &clock,
-            change(fail(5, "boom"), "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        quiet_record(&c, &store, &clock, change(fail(5, "boom"), "b"))
+            .await
+            .unwrap();
         let d = doc(&store, &c).await;
         let e = d.last_event();
         assert_eq!(e.at.to_rfc3339(), "2026-12-01T10:07:00+00:00");
@@ -791,15 +746,9 @@ mod tests {
         // An archive left by a restart that lost its race: a prefix of run 1.
         let prefix = run1.at_revision(1, &c.ladder).unwrap();
         store.inner().set(&c.archive_key(1), prefix.to_bytes());
-        record(
-            &c,
-            &store,
-            &clock,
-            change(Action::Restart, "b"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        quiet_record(&c, &store, &clock, change(Action::Restart, "b"))
+            .await
+            .unwrap();
         let archived: Document =
             serde_json::from_slice(&store.inner().body(&c.archive_key(1)).unwrap()).unwrap();
         assert_eq!(archived, run1, "the prefix was replaced by the whole run");
@@ -809,15 +758,9 @@ mod tests {
         let mut other = run2.clone();
         other.history[0].note = Some("someone else's".into());
         store.inner().set(&c.archive_key(2), other.to_bytes());
-        let err = record(
-            &c,
-            &store,
-            &clock,
-            change(Action::Restart, "c"),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap_err();
+        let err = quiet_record(&c, &store, &clock, change(Action::Restart, "c"))
+            .await
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("an archive of run 2 already exists and differs"),

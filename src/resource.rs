@@ -404,6 +404,16 @@ mod tests {
     use crate::model::{Action, Actor, ErrorInfo, FailureKind, Update};
     use crate::store::memory::{Fault, FaultyStore, MemoryStore, Op};
 
+    /// `put_store` with its notes dropped.
+    async fn quiet_put<S: Store>(
+        c: &Config,
+        store: &S,
+        clock: &ManualClock,
+        change: Change,
+    ) -> Result<Response> {
+        put_store(c, store, clock, change, &Notes::new()).await
+    }
+
     fn config(extra: &str) -> Config {
         let source: Source = serde_json::from_str(&format!(
             r#"{{"local_dir": "/nowhere", "build_id": "rhel8-web", "retry": {{"backoff": "5m"}}{extra}}}"#
@@ -428,24 +438,12 @@ mod tests {
     }
 
     async fn at_5(c: &Config, store: &impl Store, clock: &ManualClock) {
-        put_store(
-            c,
-            store,
-            clock,
-            action(Action::Init { restart: false }),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
-        put_store(
-            c,
-            store,
-            clock,
-            action(Action::Complete(0)),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        quiet_put(c, store, clock, action(Action::Init { restart: false }))
+            .await
+            .unwrap();
+        quiet_put(c, store, clock, action(Action::Complete(0)))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -457,15 +455,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(due[0].revision, "2");
-        put_store(
-            &c,
-            &store,
-            &clock,
-            action(Action::Start(5)),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        quiet_put(&c, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
         assert!(
             check_store(&c, &store, &clock, None, &crate::Notes::new())
                 .await
@@ -473,7 +465,7 @@ mod tests {
                 .is_empty(),
             "in progress"
         );
-        put_store(&c, &store, &clock, action(fail(5)), &crate::Notes::new())
+        quiet_put(&c, &store, &clock, action(fail(5)))
             .await
             .unwrap();
         clock.advance(chrono::Duration::minutes(5) - chrono::Duration::milliseconds(1));
@@ -515,15 +507,9 @@ mod tests {
         assert_eq!(again, newest);
         assert_eq!(store.calls(Op::Get), gets + 1);
         // The version put answered is the one check emits (one identity).
-        let out = put_store(
-            &c,
-            &store,
-            &clock,
-            action(Action::Start(5)),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        let out = quiet_put(&c, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
         assert_eq!(
             check_store(&c, &store, &clock, None, &crate::Notes::new())
                 .await
@@ -571,15 +557,9 @@ mod tests {
         let (store, clock) = (FaultyStore::new(MemoryStore::new()), clock());
         at_5(&c, &store, &clock).await;
         store.on(Op::Put, 3, Fault::ApplyThenLose);
-        let out = put_store(
-            &c,
-            &store,
-            &clock,
-            action(Action::Start(5)),
-            &crate::Notes::new(),
-        )
-        .await
-        .unwrap();
+        let out = quiet_put(&c, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
         assert_eq!(out.version.revision, "3");
         assert_eq!(store.calls(Op::Put), 3);
     }

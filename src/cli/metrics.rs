@@ -9,7 +9,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
 
 /// A label value, escaped as the text format requires (`\\`, `\"`, `\n`):
@@ -79,72 +79,57 @@ struct Families {
 impl Families {
     /// Every family, registered with its help text.
     fn register(reg: &mut Registry) -> Families {
-        let builds = Family::<ByState, Gauge>::default();
-        reg.register(
-            "builds",
-            "Builds under the prefix, by state and status",
-            builds.clone(),
-        );
-        let attempts = Family::<ByBuild, Gauge>::default();
-        reg.register(
-            "attempts",
-            "Failures of each build's current stage",
-            attempts.clone(),
-        );
-        let blocked = Family::<ByBuild, Gauge>::default();
-        reg.register(
-            "blocked",
-            "1 for each build that needs a human (attempts exhausted, a persistent failure, an aborted build)",
-            blocked.clone(),
-        );
-        let failures = Family::<ByStage, Counter>::default();
-        reg.register(
-            "stage_failures",
-            "Failures recorded per stage, across the builds' current runs",
-            failures.clone(),
-        );
-        let seconds = Family::<ByStage, FloatCounter>::default();
-        reg.register(
-            "stage_seconds",
-            "Time spent per stage, across the builds' current runs, in seconds",
-            seconds.clone(),
-        );
-        let oldest_in_progress = FloatGauge::default();
-        reg.register(
-            "oldest_in_progress_seconds",
-            "Age of the oldest stage in progress, in seconds (0 when none)",
-            oldest_in_progress.clone(),
-        );
-        let oldest_blocked = FloatGauge::default();
-        reg.register(
-            "oldest_blocked_seconds",
-            "How long the longest-blocked build has waited for a human, in seconds (0 when none)",
-            oldest_blocked.clone(),
-        );
-        let stale = Gauge::<i64>::default();
-        reg.register(
-            "stale_stages",
-            "Stages in progress past their timeout (dead attempts)",
-            stale.clone(),
-        );
-        let unreadable = Gauge::<i64>::default();
-        reg.register(
-            "unreadable_documents",
-            "Documents that cannot be read (corrupt, or the store failed)",
-            unreadable.clone(),
-        );
         Families {
-            builds,
-            attempts,
-            blocked,
-            failures,
-            seconds,
-            oldest_in_progress,
-            oldest_blocked,
-            stale,
-            unreadable,
+            builds: registered(
+                reg,
+                "builds",
+                "Builds under the prefix, by state and status",
+            ),
+            attempts: registered(reg, "attempts", "Failures of each build's current stage"),
+            blocked: registered(
+                reg,
+                "blocked",
+                "1 for each build that needs a human (attempts exhausted, a persistent failure, an aborted build)",
+            ),
+            failures: registered(
+                reg,
+                "stage_failures",
+                "Failures recorded per stage, across the builds' current runs",
+            ),
+            seconds: registered(
+                reg,
+                "stage_seconds",
+                "Time spent per stage, across the builds' current runs, in seconds",
+            ),
+            oldest_in_progress: registered(
+                reg,
+                "oldest_in_progress_seconds",
+                "Age of the oldest stage in progress, in seconds (0 when none)",
+            ),
+            oldest_blocked: registered(
+                reg,
+                "oldest_blocked_seconds",
+                "How long the longest-blocked build has waited for a human, in seconds (0 when none)",
+            ),
+            stale: registered(
+                reg,
+                "stale_stages",
+                "Stages in progress past their timeout (dead attempts)",
+            ),
+            unreadable: registered(
+                reg,
+                "unreadable_documents",
+                "Documents that cannot be read (corrupt, or the store failed)",
+            ),
         }
     }
+}
+
+/// A new metric, registered under `name` with `help`.
+fn registered<M: Metric + Default + Clone>(reg: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    reg.register(name, help, metric.clone());
+    metric
 }
 
 /// The fleet's metrics at `now`, in the Prometheus/OpenMetrics text format.

@@ -172,29 +172,4 @@ pub(crate) fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duratio
         .map_err(|e| anyhow!("{flag}: {e}; write e.g. 30s, 5m, 1h or 30d"))
 }
 
-/// Writes `body` to `path` atomically: into a temporary file in the same
-/// directory (created exclusively with a random name, so a link planted
-/// there is never followed; removed if anything fails), flushed to disk,
-/// given `mode`, then renamed over `path`. A reader never sees half a file.
-pub(crate) fn write_atomically(
-    path: &std::path::Path,
-    body: &[u8],
-    mode: u32,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)?;
-    tmp.write_all(body)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
+pub(crate) use crate::store::local::write_atomically;

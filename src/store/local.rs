@@ -104,30 +104,7 @@ impl LocalStore {
             return Err(StoreError::Conflict);
         }
         self.keep(path, body)?;
-        let dir = path.parent().expect("a key has a parent directory");
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}-{:08x}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object"),
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_error("writing", path, e));
-        }
+        write_atomically(path, body, 0o600).map_err(|e| io_error("writing", path, e))?;
         Ok(etag_of(body))
     }
 }
@@ -297,6 +274,29 @@ impl Store for LocalStore {
     }
 }
 
+/// Writes `body` to `path` atomically and durably: into a temporary file in
+/// the same directory (created exclusively with a random name, so a link
+/// planted there is never followed; removed if anything fails), fsynced,
+/// given `mode`, renamed over `path`, and the directory fsynced. A reader
+/// never sees half a file. Every file build-state writes goes through it.
+pub(crate) fn write_atomically(path: &Path, body: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    tmp.write_all(body)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
 /// The id of the document as it is now, among its kept versions.
 const CURRENT: &str = "current";
 
@@ -357,7 +357,6 @@ impl LocalStore {
     /// never a gap; a hand edit of the file, which bypasses the store,
     /// leaves the last version written here to restore.
     fn keep(&self, path: &Path, body: &[u8]) -> Result<(), StoreError> {
-        use std::io::Write as _;
         let dir = self.versions_dir(path);
         DirBuilder::new()
             .recursive(true)
@@ -370,16 +369,8 @@ impl LocalStore {
             .and_then(|id| id.parse::<u64>().ok())
             .map_or(1, |n| n + 1);
         let target = dir.join(format!("{next:010}.json"));
-        let write = || -> std::io::Result<()> {
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".kept.")
-                .tempfile_in(&dir)?;
-            tmp.write_all(body)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(&target).map_err(|e| e.error)?;
-            Ok(())
-        };
-        write().map_err(|e| io_error("keeping the previous version of", path, e))?;
+        write_atomically(&target, body, 0o600)
+            .map_err(|e| io_error("keeping a version of", path, e))?;
         let mut all = kept;
         all.push(format!("{next:010}"));
         for old in &all[..all.len().saturating_sub(KEEP_VERSIONS)] {

@@ -989,21 +989,22 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-/// `serve`: the fleet's JSON API, /metrics and a dashboard that a real
-/// browser renders from the API and that follows changes; read only;
-/// SIGTERM stops it cleanly.
-fn serve_dashboard(w: World) {
-    use std::io::{BufRead, BufReader};
-    small_fleet(&w, "<img src=x onerror=alert(1)> license expired");
-    let keys_before = w.keys();
-
-    let err = w.cli(&["serve", "--listen", "localhost"]).fails_with(1);
-    assert!(
-        err.contains(r#"--listen "localhost" is not an address like 127.0.0.1:8080"#),
-        "{err}"
-    );
-    let mut server = w.cli(&["serve", "--listen", "127.0.0.1:0"]).spawn();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+/// Starts `build-state serve ARGS`; answers the process, its stderr past
+/// the first line, and the address that line names.
+fn serve(
+    w: &World,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+) {
+    use std::io::BufRead;
+    let argv: Vec<&str> = std::iter::once("serve")
+        .chain(args.iter().copied())
+        .collect();
+    let mut server = w.cli(&argv).spawn();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     let addr = line
@@ -1012,6 +1013,22 @@ fn serve_dashboard(w: World) {
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
+    (server, stderr, addr)
+}
+
+/// `serve`: the fleet's JSON API, /metrics and a dashboard that a real
+/// browser renders from the API and that follows changes; read only;
+/// SIGTERM stops it cleanly.
+fn serve_dashboard(w: World) {
+    small_fleet(&w, "<img src=x onerror=alert(1)> license expired");
+    let keys_before = w.keys();
+
+    let err = w.cli(&["serve", "--listen", "localhost"]).fails_with(1);
+    assert!(
+        err.contains(r#"--listen "localhost" is not an address like 127.0.0.1:8080"#),
+        "{err}"
+    );
+    let (mut server, mut stderr, addr) = serve(&w, &["--listen", "127.0.0.1:0"]);
 
     let err = w.cli(&["serve", "--listen", &addr]).fails_with(1);
     assert!(err.contains(&format!("listening on {addr}")), "{err}");
@@ -1142,26 +1159,12 @@ fn raw_http(addr: &str, request: &str) -> (u16, String) {
 /// 421); every answer carries the browser protections; a 405 says what is
 /// allowed; SIGTERM with connections open ends well before Docker's 10 s.
 fn serve_is_concurrent_and_strict(w: World) {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     small_fleet(&w, "packer: ssh timeout");
-    let mut server = w
-        .cli(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-host",
-            "dash.example",
-        ])
-        .spawn();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let (mut server, mut stderr, addr) = serve(
+        &w,
+        &["--listen", "127.0.0.1:0", "--allow-host", "dash.example"],
+    );
     // Three connections that send nothing, and one that sends half a request.
     let idle: Vec<_> = (0..3)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
