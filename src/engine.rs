@@ -143,6 +143,8 @@ pub struct Applied {
     /// False when the update was a no-op (a replay, `init` of a fresh build,
     /// a `file` that adds nothing).
     pub written: bool,
+    /// Why a no-op counted nothing, when it was not a replay.
+    pub ignored: Option<String>,
 }
 
 /// Bounds the compare-and-swap loop.
@@ -326,6 +328,7 @@ impl<'a, S: Store> Builds<'a, S> {
                     doc: doc.clone(),
                     etag: (c.doc == *doc).then(|| c.etag.clone()),
                     written: true,
+                    ignored: None,
                 });
             }
             let outcome =
@@ -335,12 +338,16 @@ impl<'a, S: Store> Builds<'a, S> {
                 None => Precondition::Absent,
             };
             let doc = match outcome {
-                Outcome::Unchanged => {
+                Outcome::Unchanged | Outcome::Ignored(_) => {
                     let c = current.expect("an unchanged outcome has a document");
                     return Ok(Applied {
                         doc: c.doc,
                         etag: Some(c.etag),
                         written: false,
+                        ignored: match outcome {
+                            Outcome::Ignored(why) => Some(why),
+                            _ => None,
+                        },
                     });
                 }
                 Outcome::Write(doc) => {
@@ -393,6 +400,7 @@ impl<'a, S: Store> Builds<'a, S> {
                         doc,
                         etag: Some(etag),
                         written: true,
+                        ignored: None,
                     });
                 }
                 Err(StoreError::Conflict) => {
@@ -524,7 +532,7 @@ mod tests {
     /// The bytes the document would have after `action` by another writer.
     async fn after(c: &Config, store: &FaultyStore, action: Action) -> Vec<u8> {
         let cur = doc(store, c).await;
-        let u = Update::new(action, by("other"), crate::now());
+        let u = Update::new(action, crate::model::Actor::default(), crate::now());
         match crate::model::apply(Some(&cur), &u, &c.rules()).unwrap() {
             Outcome::Write(d) => d.to_bytes(),
             _ => panic!("the other writer's action changes nothing"),
@@ -590,7 +598,7 @@ mod tests {
             4,
             Fault::Interleave(Box::new(move |m: &MemoryStore| {
                 let cur: Document = serde_json::from_slice(&m.body(&key).unwrap()).unwrap();
-                let u = Update::new(fail(5, "other"), by("other"), crate::now());
+                let u = Update::new(fail(5, "other"), crate::model::Actor::default(), crate::now());
                 if let Outcome::Write(d) =
                     crate::model::apply(Some(&cur), &u, &rules_config.rules()).unwrap()
                 {
@@ -807,7 +815,7 @@ mod tests {
         let key = c.state_key();
         let theirs = {
             let cur = doc(&store, &c).await;
-            let u = Update::new(fail(5, "theirs"), by("other"), crate::now());
+            let u = Update::new(fail(5, "theirs"), crate::model::Actor::default(), crate::now());
             match crate::model::apply(Some(&cur), &u, &c.rules()).unwrap() {
                 Outcome::Write(d) => d.to_bytes(),
                 other => panic!("{other:?}"),

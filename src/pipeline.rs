@@ -104,12 +104,12 @@ fn var_pattern() -> &'static regex_lite::Regex {
 
 /// The value of the var named `name` (with its fields), if given.
 fn lookup<'v>(vars: &'v Vars, name: &str) -> Option<&'v Value> {
-    // A var source (`vault:`) is the credential manager's business; fly's
-    // -v gives the rest of the name.
-    let name = match name.split_once(':') {
-        Some((src, rest)) if !src.contains('"') => rest,
-        _ => name,
-    };
+    // A var with a source (`((vault:key))`) is the credential manager's
+    // business: fly's -v never gives it (`vars/static_vars.go` finds only
+    // references without a source).
+    if name.split_once(':').is_some_and(|(src, _)| !src.contains('"')) {
+        return None;
+    }
     if let Some(v) = vars.get(name.trim_matches('"')) {
         return Some(v);
     }
@@ -266,7 +266,6 @@ resources:
             "id": "((key))",
             "typed": "((n))",
             "field": "((aws.secret))",
-            "source": "((vault:key))",
             "script": "echo $((BUILD_STATE_ATTEMPTS + 1)) ((key))",
             "spaced": "(( key ))",
         });
@@ -279,11 +278,14 @@ resources:
                 "id": "12345",
                 "typed": 7,
                 "field": "s3cr3t",
-                "source": "12345",
                 "script": "echo $((BUILD_STATE_ATTEMPTS + 1)) 12345",
                 "spaced": "(( key ))",
             })
         );
         assert!(parse_var(&mut vars, "novalue", false).is_err());
+        // fly -v never gives a var with a source (`vars/static_vars.go`).
+        let mut v = json!({"source": "((vault:key))"});
+        interpolate(&mut v, &vars, &mut missing);
+        assert_eq!(missing, BTreeSet::from(["vault:key".to_string()]));
     }
 }

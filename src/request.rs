@@ -199,11 +199,40 @@ pub fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, RequestError
         }
         other => action(req, other, cx)?,
     };
+    if let (Action::Complete(n), Front::Put, Some(path)) = (&action, front, &req.vars_file)
+        && let Err((true, e)) = read(cx, "vars_file", path)
+    {
+        return Ok(Change::Apply(vars_missing(*n, path, e, cx)));
+    }
     let failing = matches!(action, Action::Fail { .. });
     let mut update = Update::new(action, cx.actor.clone(), cx.now);
     update.vars = vars(req, cx, failing)?;
     update.note = req.note.clone().filter(|n| !n.trim().is_empty());
     Ok(Change::Apply(update))
+}
+
+/// A stage whose build succeeded without writing its `vars_file`: what the
+/// later stages need is missing, so the stage is recorded blocked with that
+/// cause (not completed, and not failed as if its task had failed), and the
+/// put fails after the write. The build's `on_failure` hook, which runs
+/// next, then repeats this failure and changes nothing.
+fn vars_missing(n: u32, path: &str, e: RequestError, cx: &Context<'_>) -> Update {
+    let message = format!(
+        "{} succeeded but did not write {path}, which {} names ({}); the stages after {n} need what it holds: make the task write it, then retry {n}",
+        cx.env.actor().describe(),
+        cx.front.name("vars_file"),
+        e.message
+    );
+    let mut update = Update::new(
+        Action::Fail {
+            state: n,
+            error: crate::model::ErrorInfo::new(message.clone(), FailureKind::Persistent),
+        },
+        cx.actor.clone(),
+        cx.now,
+    );
+    update.then_refuse = Some(format!("recorded {n} as blocked: {message}"));
+    update
 }
 
 /// The model action `asked` names, its code on the ladder.
@@ -513,6 +542,44 @@ mod tests {
         assert_eq!(err.field, "vars_file");
         assert!(err.message.starts_with("params.vars_file: "), "{err}");
         assert!(notes.take().is_empty());
+    }
+
+    /// A put that completes a stage whose build did not write its
+    /// `vars_file` records the stage blocked with that cause and fails after
+    /// the write; the CLI refuses, as before.
+    #[test]
+    fn a_success_without_its_vars_file_blocks_the_stage() {
+        let mut req = Request::new(PutAction::Complete(5));
+        req.vars_file = Some("out/vars.json".into());
+        let notes = Notes::new();
+        let Change::Apply(u) = run(&req, Front::Put, &InMemory::default(), &notes).unwrap() else {
+            panic!("an action")
+        };
+        let Action::Fail { state: 5, error } = &u.action else {
+            panic!("{:?}", u.action)
+        };
+        assert_eq!(error.kind, FailureKind::Persistent);
+        assert!(
+            error.message.contains("succeeded but did not write out/vars.json, which params.vars_file names"),
+            "{}",
+            error.message
+        );
+        assert!(
+            u.then_refuse
+                .as_deref()
+                .is_some_and(|m| m.starts_with("recorded 5 as blocked: ")),
+            "{:?}",
+            u.then_refuse
+        );
+        let err = run(&req, Front::Cli, &InMemory::default(), &notes).unwrap_err();
+        assert_eq!(err.field, "vars_file");
+        // Written: no refusal, a completion.
+        let mut files = InMemory::default();
+        files.insert("out/vars.json", b"{\"ami\": \"ami-1\"}");
+        let Change::Apply(u) = run(&req, Front::Put, &files, &notes).unwrap() else {
+            panic!("an action")
+        };
+        assert_eq!((u.action, u.then_refuse), (Action::Complete(5), None));
     }
 
     /// The same rule, the same message, two spellings.

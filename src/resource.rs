@@ -116,7 +116,12 @@ pub async fn check_store<S: Store>(
 ) -> Result<Vec<Version>> {
     let given_rev = version.as_ref().map(parse_revision).transpose()?;
     let builds = Builds::new(config, store);
-    let etag = version.as_ref().and_then(|v| v.etag.as_deref());
+    // Only a whole version (as check emits it) may answer "unchanged" with
+    // itself; a partial one is answered with the canonical version.
+    let etag = version
+        .as_ref()
+        .filter(|v| v.state.is_some() && v.status.is_some())
+        .and_then(|v| v.etag.as_deref());
     let current = match builds.read(etag).await? {
         // A typo in `prefix` or `build_id` must not look like an idle pipeline.
         Read::Absent => {
@@ -161,17 +166,16 @@ pub async fn check_store<S: Store>(
         ));
         return Ok(vec![]);
     }
-    let (Some(given), Some(given_rev)) = (version, given_rev) else {
+    let Some(given_rev) = given_rev else {
         return Ok(vec![newest]);
     };
     if given_rev > doc.revision {
         return Ok(vec![newest]);
     }
+    // One revision is one Concourse version: the canonical JSON, whatever
+    // shape the given one had (`fly check-resource --from revision:3`).
     let mut out = Vec::new();
-    if doc.history.iter().any(|e| e.revision == given_rev) {
-        out.push(given);
-    }
-    for e in doc.history.iter().filter(|e| e.revision > given_rev) {
+    for e in doc.history.iter().filter(|e| e.revision >= given_rev) {
         if e.revision == doc.revision {
             out.push(newest.clone());
         } else {
@@ -338,6 +342,12 @@ pub async fn get_store<S: Store>(
 pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) -> Result<Response> {
     let req: OutRequest = parse(input)?;
     let config = configure(&req.source)?;
+    if let Some(gate) = &config.gate {
+        bail!(
+            "{}: source.gate: a gated resource (gate {{{gate}}}) only triggers jobs; put to the ungated resource of the same build instead (a put's version would trigger the gated job with the gate shut)",
+            config.build_id
+        );
+    }
     let params = req.params.unwrap_or_default();
     let invalid = |e: RequestError| anyhow!("{}: {e}", config.build_id);
     let request = Request::from_params(&params).map_err(invalid)?;
@@ -384,6 +394,8 @@ pub async fn put_store<S: Store>(
             doc.revision,
             config.location(&key)
         ));
+    } else if let Some(why) = &applied.ignored {
+        notes.note(format!("no change: {why}"));
     } else {
         notes.note(format!(
             "no change: {} (revision {}); the put repeats what is recorded",
@@ -634,5 +646,48 @@ mod tests {
                 })?;
             }
         }
+    }
+
+    /// One revision is one Concourse version: a partial version given to
+    /// check (`fly check-resource --from revision:3`, a pinned version) is
+    /// answered with the canonical one, never echoed.
+    #[tokio::test]
+    async fn a_partial_version_is_answered_canonically() {
+        let c = config("");
+        let (store, clock) = (MemoryStore::new(), clock());
+        at_5(&c, &store, &clock).await;
+        let partial = Version {
+            revision: "1".into(),
+            state: None,
+            status: None,
+            etag: None,
+        };
+        let out = check_store(&c, &store, &clock, Some(partial), &Notes::new())
+            .await
+            .unwrap();
+        let current = Builds::new(&c, &store).current().await.unwrap().unwrap().doc;
+        let first = current.at_revision(1, &c.ladder).unwrap();
+        assert_eq!(out, vec![version_of(&first), version_of(&current)]);
+        // A partial version carrying an ETag is no "unchanged" either.
+        let mut partial = version_of(&current);
+        partial.state = None;
+        let out = check_store(&c, &store, &clock, Some(partial), &Notes::new())
+            .await
+            .unwrap();
+        assert_eq!(out, vec![version_of(&current)]);
+    }
+
+    /// A put to a gated resource is refused before anything is read or
+    /// written: its version would trigger the gated job with the gate shut.
+    #[tokio::test]
+    async fn a_put_to_a_gated_resource_is_refused() {
+        let input = br#"{"source": {"local_dir": "/nowhere", "build_id": "rhel8-web", "gate": {"state": 5}}, "params": {"start": 5}}"#;
+        let err = put(input, Path::new("/nowhere"), &BuildEnv::default(), &Notes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rhel8-web: source.gate: a gated resource (gate {state: 5}) only triggers jobs; put to the ungated resource of the same build instead (a put's version would trigger the gated job with the gate shut)"
+        );
     }
 }

@@ -39,14 +39,9 @@ impl World {
 
     fn update(&mut self, action: Action) -> Update {
         self.clock += Duration::seconds(1);
-        Update::new(
-            action,
-            Actor {
-                build_id: Some(format!("b{}", self.clock.timestamp())),
-                ..Actor::default()
-            },
-            self.clock,
-        )
+        // The CLI's actor: every outcome counts, nothing is a replay
+        // (tests of Concourse builds set `by.build_id`).
+        Update::new(action, Actor::default(), self.clock)
     }
 
     fn try_do(&mut self, action: Action) -> Result<Outcome, Refusal> {
@@ -57,7 +52,7 @@ impl World {
             Outcome::Restart { document, .. } | Outcome::WriteAndRefuse { document, .. } => {
                 self.doc = Some(document.clone())
             }
-            Outcome::Unchanged => {}
+            Outcome::Unchanged | Outcome::Ignored(_) => {}
         }
         if let Some(d) = &self.doc {
             // Every document the model writes verifies (its summary is the
@@ -136,6 +131,14 @@ fn three_failures_block_with_growing_backoff() {
     assert_eq!((d.status, d.attempts), (Status::Failed, 1));
     assert_eq!(d.retry_at, Some(d.updated_at + Duration::seconds(30)));
     assert_eq!(d.last_error.as_ref().unwrap().message, "packer timed out");
+    // The backoff is binding: no start before the retry is due.
+    assert_eq!(
+        w.refused(Action::Start(5)),
+        "rhel8-web is at 5 (kickstart initiated, failed); its retry is due at \
+         2026-11-23T12:00:33.000Z (in 29s): start 5 is refused until then (the backoff \
+         is binding); a human retries at once with retry 5"
+    );
+    w.clock += Duration::seconds(29);
     w.ok(Action::Start(5));
     let d = w.ok(fail(5, "again")).clone();
     assert_eq!((d.status, d.attempts), (Status::Failed, 2));
@@ -281,7 +284,8 @@ fn init_is_idempotent_at_the_start_and_restart_archives() {
 fn a_replayed_put_of_the_same_build_is_a_no_op() {
     let mut w = World::new();
     w.ok(Action::Init { restart: false });
-    let u = w.update(Action::Start(0));
+    let mut u = w.update(Action::Start(0));
+    u.by.build_id = Some("b1".into());
     let d = match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
         Outcome::Write(d) => d,
         o => panic!("{o:?}"),
@@ -540,7 +544,7 @@ proptest! {
             let before = w.doc().clone();
             match w.try_do(action) {
                 Err(_) => prop_assert_eq!(&before, w.doc()),
-                Ok(Outcome::Unchanged) => prop_assert_eq!(&before, w.doc()),
+                Ok(Outcome::Unchanged | Outcome::Ignored(_)) => prop_assert_eq!(&before, w.doc()),
                 Ok(Outcome::Write(_) | Outcome::WriteAndRefuse { .. }) => {
                     let d = w.doc();
                     // One event, or two for a dead attempt and its restart.
@@ -980,4 +984,64 @@ fn the_words_round_trip() {
     };
     assert!(!blocked_only.require(&d), "pending is not blocked");
     assert!(Condition::state(5).require(&d));
+}
+
+/// An update from Concourse build `build`.
+fn from(w: &mut World, build: &str, action: Action) -> Update {
+    let mut u = w.update(action);
+    u.by.build_id = Some(build.into());
+    u.by.build_name = Some(build.into());
+    u
+}
+
+#[test]
+fn an_outcome_from_a_build_that_did_not_start_the_attempt_counts_nothing() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    // `complete 0` right after init: no job starts stage 0, so it counts.
+    let u = from(&mut w, "start-build-1", Action::Complete(0));
+    w.doc = Some(match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
+        Outcome::Write(d) => d,
+        o => panic!("{o:?}"),
+    });
+    let mut put = |w: &mut World, build: &str, action: Action| {
+        let u = from(w, build, action);
+        let out = apply(w.doc.as_ref(), &u, &w.rules());
+        if let Ok(Outcome::Write(d)) = &out {
+            w.doc = Some(d.clone());
+        }
+        out
+    };
+    assert!(matches!(put(&mut w, "a", Action::Start(5)), Ok(Outcome::Write(_))));
+    assert!(matches!(put(&mut w, "a", fail(5, "boom")), Ok(Outcome::Write(_))));
+    let before = w.doc.clone();
+    // A premature run: its start is refused (the backoff), its hook's
+    // outcome counts nothing and says why.
+    assert!(put(&mut w, "z", Action::Start(5)).is_err());
+    match put(&mut w, "z", fail(5, "start refused")) {
+        Ok(Outcome::Ignored(why)) => assert!(
+            why.contains("fail 5 from concourse build z counts nothing: this build did not start the stage's current attempt (concourse build a did, at revision 3)"),
+            "{why}"
+        ),
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(
+        put(&mut w, "z", Action::Complete(5)),
+        Ok(Outcome::Ignored(_))
+    ));
+    assert_eq!(w.doc, before, "nothing counted");
+    // Once the retry is due, the next attempt is b's; a's late hook counts
+    // nothing, b's outcome counts.
+    w.clock += Duration::seconds(60);
+    assert!(matches!(put(&mut w, "b", Action::Start(5)), Ok(Outcome::Write(_))));
+    assert!(matches!(put(&mut w, "a", Action::Complete(5)), Ok(Outcome::Ignored(_))));
+    assert!(matches!(put(&mut w, "b", Action::Complete(5)), Ok(Outcome::Write(_))));
+    assert_eq!(w.doc.as_ref().unwrap().state, 10);
+    // A human's retry ends the attempt: after it, any build's outcome counts
+    // again (and the CLI's always does).
+    assert!(matches!(put(&mut w, "c", Action::Start(10)), Ok(Outcome::Write(_))));
+    w.ok(Action::Retry(10));
+    assert!(matches!(put(&mut w, "d", fail(10, "x")), Ok(Outcome::Write(_))));
+    w.ok(fail(10, "from the CLI"));
+    assert_eq!(w.doc.as_ref().unwrap().attempts, 2);
 }

@@ -98,6 +98,9 @@ pub struct Update {
     /// The behaviour settings the update was decided by, recorded in its
     /// event when they differ from the ones the run recorded last.
     pub policy: Option<Value>,
+    /// Refuse after writing, with this message (the write records what
+    /// went wrong, and the put must fail all the same).
+    pub then_refuse: Option<String>,
 }
 
 impl Update {
@@ -110,6 +113,7 @@ impl Update {
             by,
             at,
             policy: None,
+            then_refuse: None,
         }
     }
 }
@@ -133,6 +137,10 @@ pub enum Outcome {
     /// Nothing: the document already reflects the update (a replayed put,
     /// or `init` of a build that is still at its initial state).
     Unchanged,
+    /// Nothing, for the reason given: an outcome put from a Concourse build
+    /// that did not start the stage's current attempt (a job run early by
+    /// hand, or queued while the stage was failing) must count nothing.
+    Ignored(String),
     /// Write this document (create it when there was none).
     Write(Document),
     /// Archive the finished run once, then write the new run.
@@ -232,6 +240,15 @@ pub fn apply(
     if let Some(policy) = &update.policy {
         record_policy(&mut outcome, policy);
     }
+    if let (Some(message), Outcome::Write(_)) = (&update.then_refuse, &outcome) {
+        let Outcome::Write(document) = outcome else {
+            unreachable!("matched above")
+        };
+        outcome = Outcome::WriteAndRefuse {
+            document,
+            refusal: Refusal::Invalid(message.clone()),
+        };
+    }
     Ok(outcome)
 }
 
@@ -239,7 +256,7 @@ pub fn apply(
 /// already recorded exactly these settings last.
 fn record_policy(outcome: &mut Outcome, policy: &Value) {
     let doc = match outcome {
-        Outcome::Unchanged => return,
+        Outcome::Unchanged | Outcome::Ignored(_) => return,
         Outcome::Write(doc)
         | Outcome::Restart { document: doc, .. }
         | Outcome::WriteAndRefuse { document: doc, .. } => doc,
@@ -277,6 +294,9 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
     if is_replay(doc, update) {
         return Ok(Outcome::Unchanged);
     }
+    if let Some(why) = not_this_builds_attempt(doc, update) {
+        return Ok(Outcome::Ignored(why));
+    }
 
     let refuse = || {
         Err(Refusal::NotAllowed {
@@ -310,6 +330,20 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
         Action::Start(n) => {
             if !at_stage(*n, ActionKind::Start) {
                 return refuse();
+            }
+            // The backoff is binding: a stage job run early does not retry.
+            if doc.status == Failed
+                && let Some(due) = doc.retry_at
+                && update.at < due
+            {
+                return Err(Refusal::Invalid(format!(
+                    "{}; its retry is due at {} (in {}): start {n} is refused until then (the backoff is binding); a human retries at once with retry {n}",
+                    doc.whereabouts(),
+                    super::document::rfc3339::format(&due),
+                    super::duration::format(
+                        (due - update.at).to_std().unwrap_or_default()
+                    ),
+                )));
             }
             if doc.timed_out(update.at, rules.retry) {
                 return Ok(dead_attempt(doc, update, rules, *n));
@@ -404,6 +438,38 @@ fn is_replay(doc: &Document, update: &Update) -> bool {
         && last.by.build_id == update.by.build_id
         && last.action == update.action.kind()
         && last.target == update.action.target()
+}
+
+/// An outcome (`complete N`, `fail N`) from a Concourse build when another
+/// Concourse build started the stage's current attempt: the reason it counts
+/// nothing. The current attempt is the newest `start N` of the run since the
+/// stage was last reset (`retry`, `set`, a new run); without one (a stage no
+/// job starts, such as `complete 0` right after `init`), or from the CLI,
+/// every outcome counts.
+fn not_this_builds_attempt(doc: &Document, update: &Update) -> Option<String> {
+    let (ActionKind::Complete | ActionKind::Fail) = update.action.kind() else {
+        return None;
+    };
+    let n = update.action.target()?;
+    let mine = update.by.build_id.as_ref()?;
+    let start = doc.history.iter().rev().find_map(|e| match e.action {
+        ActionKind::Start if e.target == Some(n) => Some(Some(e)),
+        ActionKind::Init | ActionKind::Restart => Some(None),
+        ActionKind::Retry | ActionKind::Set if e.target == Some(n) => Some(None),
+        _ => None,
+    })??;
+    let theirs = start.by.build_id.as_ref()?;
+    if theirs == mine {
+        return None;
+    }
+    Some(format!(
+        "{}; {} {n} from {} counts nothing: this build did not start the stage's current attempt ({} did, at revision {}); a stage job run early (by hand, or queued while the stage was failing) neither retries nor fails the stage",
+        doc.whereabouts(),
+        update.action.kind(),
+        update.by.describe(),
+        start.by.describe(),
+        start.revision
+    ))
 }
 
 fn restart_run(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
