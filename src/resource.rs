@@ -99,11 +99,18 @@ fn parse_revision(v: &Version) -> Result<u64> {
 /// `check`: with a gate, the current revision when it passes (else
 /// nothing); without, every revision of the current run after the given one.
 pub async fn check(input: &[u8], notes: &Notes) -> Result<Vec<Version>> {
+    let (config, version) = check_request(input)?;
+    let store = open(&config).await?;
+    check_store(&config, &store, &SystemClock, version, notes).await
+}
+
+/// A check request read and validated: the configuration and the version
+/// given.
+pub fn check_request(input: &[u8]) -> Result<(Config, Option<Version>)> {
     let req: CheckRequest = parse(input)?;
     let config = configure(&req.source)?;
     req.version.as_ref().map(parse_revision).transpose()?;
-    let store = open(&config).await?;
-    check_store(&config, &store, &SystemClock, req.version, notes).await
+    Ok((config, req.version))
 }
 
 /// `check` on a given store, at the clock's time.
@@ -263,6 +270,14 @@ pub fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)>
 
 /// `in`: the document as of the requested revision, into `dest`.
 pub async fn get(input: &[u8], dest: &Path, notes: &Notes) -> Result<Response> {
+    let (config, version, require) = get_request(input)?;
+    let store = open(&config).await?;
+    get_store(&config, &store, version, require, dest, notes).await
+}
+
+/// An `in` request read and validated: the configuration, the version and
+/// the `require` condition.
+pub fn get_request(input: &[u8]) -> Result<(Config, Version, Option<crate::model::Condition>)> {
     let req: InRequest = parse(input)?;
     let config = configure(&req.source)?;
     parse_revision(&req.version)?;
@@ -273,11 +288,10 @@ pub async fn get(input: &[u8], dest: &Path, notes: &Notes) -> Result<Response> {
         ),
         None => None,
     };
-    let store = open(&config).await?;
-    get_store(&config, &store, req.version, require, dest, notes).await
+    Ok((config, req.version, require))
 }
 
-/// `in` on a given store.
+/// `in` on a given store, into `dest`.
 pub async fn get_store<S: Store>(
     config: &Config,
     store: &S,
@@ -286,6 +300,23 @@ pub async fn get_store<S: Store>(
     dest: &Path,
     notes: &Notes,
 ) -> Result<Response> {
+    let (response, files) = get_files(config, store, version, require, notes).await?;
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    for (name, body) in files {
+        let path = dest.join(name);
+        fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(response)
+}
+
+/// `in` on a given store: the reply and the files it writes.
+pub async fn get_files<S: Store>(
+    config: &Config,
+    store: &S,
+    version: Version,
+    require: Option<crate::model::Condition>,
+    notes: &Notes,
+) -> Result<(Response, Vec<(&'static str, Vec<u8>)>)> {
     let revision = parse_revision(&version)?;
     let builds = Builds::new(config, store);
     let current = builds.current().await?;
@@ -321,25 +352,37 @@ pub async fn get_store<S: Store>(
         ));
     }
     let step = NextStep::of(&doc);
-    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    for (name, body) in files_for(&doc, step) {
-        let path = dest.join(name);
-        fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
-    }
     notes.note(format!(
         "{} at revision {revision}; next: {}",
         doc.whereabouts(),
         step.as_str()
     ));
     // Answer with exactly the version asked for (Concourse matches it).
-    Ok(Response {
-        version,
-        metadata: metadata(&doc),
-    })
+    Ok((
+        Response {
+            version,
+            metadata: metadata(&doc),
+        },
+        files_for(&doc, step),
+    ))
 }
 
 /// `out`: one action on the document, as a compare-and-swap.
 pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) -> Result<Response> {
+    let (config, change) = put_request(input, &SourcesDir(sources), env, crate::now(), notes)?;
+    let store = open(&config).await?;
+    put_store(&config, &store, &SystemClock, change, notes).await
+}
+
+/// An `out` request read and validated, its files read from `files`: the
+/// configuration and the change to record. Nothing is written.
+pub fn put_request(
+    input: &[u8],
+    files: &dyn crate::inputs::Files,
+    env: &BuildEnv,
+    now: crate::model::Timestamp,
+    notes: &Notes,
+) -> Result<(Config, Change)> {
     let req: OutRequest = parse(input)?;
     let config = configure(&req.source)?;
     if let Some(gate) = &config.gate {
@@ -358,8 +401,8 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) ->
             config: &config,
             env,
             actor: env.actor(),
-            now: crate::now(),
-            files: &SourcesDir(sources),
+            now,
+            files,
             notes,
         },
     )
@@ -368,8 +411,7 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) ->
         // Recorded for the CLI inside the image build (one policy per build).
         update.policy = Some(serde_json::to_value(&config.policy)?);
     }
-    let store = open(&config).await?;
-    put_store(&config, &store, &SystemClock, change, notes).await
+    Ok((config, change))
 }
 
 /// `out` on a given store, at the clock's time, once its params are read.

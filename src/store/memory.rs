@@ -1,4 +1,4 @@
-//! Stores for unit tests (compiled only with them): [`MemoryStore`] keeps
+//! Stores in memory, for `build-state simulate` and for tests: [`MemoryStore`] keeps
 //! objects in memory with the same conditional semantics as S3 (ETag =
 //! quoted MD5 of the body, compared as every store compares), and
 //! [`FaultyStore`] wraps any store to inject faults on demand: an error on

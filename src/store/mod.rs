@@ -2,7 +2,6 @@
 //! implemented for S3 and for a local directory.
 
 pub mod local;
-#[cfg(test)]
 pub mod memory;
 pub mod s3;
 mod s3_errors;

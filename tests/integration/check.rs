@@ -1,6 +1,6 @@
 //! `check`: versions of the current run, and gates.
 
-use crate::util::World;
+use crate::util::{Step, World};
 use serde_json::{Value, json};
 
 fn revisions(v: &Value) -> Vec<String> {
@@ -13,7 +13,7 @@ fn revisions(v: &Value) -> Vec<String> {
 
 fn lists_revisions_of_the_current_run(w: World) {
     assert_eq!(w.check().ok(), json!([]), "no document: no versions");
-    w.put(json!({"init": true})).ok();
+    let first = w.put(json!({"init": true})).ok();
     w.put(json!({"complete": 0})).ok();
     let out = w.put(json!({"start": 5})).ok();
     let newest = w.check().ok();
@@ -31,11 +31,15 @@ fn lists_revisions_of_the_current_run(w: World) {
         v["etag"].is_string(),
         "a version carries its revision's ETag"
     );
-    // From a given version: it first (verbatim), then every later one.
+    // From a given version: it first, then every later one, each as its
+    // revision's canonical version (what a put emitted), whatever the given
+    // one's shape (`fly check-resource --from revision:1`): one revision is
+    // one Concourse version.
     let from = json!({"revision": "1", "state": "0", "status": "pending"});
     let list = w.check_from(&from).ok();
     assert_eq!(revisions(&list), ["1", "2", "3"]);
-    assert_eq!(list[0], from);
+    assert_eq!(list[0], first["version"]);
+    assert_eq!(w.check_from(&json!({"revision": "1"})).ok(), list);
     assert_eq!(
         (
             list[1]["revision"].as_str(),
@@ -57,13 +61,14 @@ fn lists_revisions_of_the_current_run(w: World) {
         "{}",
         out.stderr
     );
-    // A version without its ETag costs a full read but gives the same answer.
+    // A version without its ETag costs a full read, and is answered with
+    // the canonical version.
     let mut bare = v.clone();
     bare.as_object_mut().unwrap().remove("etag");
     let out = w.check_from(&bare).run();
     assert_eq!(
         serde_json::from_str::<Value>(&out.stdout).unwrap(),
-        json!([bare])
+        json!([v])
     );
     assert!(!out.stderr.contains("unchanged"), "{}", out.stderr);
     // A version from a run that was restarted away: the new run from its start.
@@ -77,6 +82,7 @@ fn lists_revisions_of_the_current_run(w: World) {
 /// intermediate revision, from any starting version), and `in` (the
 /// implicit get) answers with it unchanged.
 fn one_identity_per_revision(w: World) {
+    let w = w.with(json!({"retry": {"backoff": "0s"}}));
     let seen: std::cell::RefCell<std::collections::BTreeMap<String, Value>> = Default::default();
     let note = |v: &Value, how: &str| {
         let rev = v["revision"].as_str().unwrap().to_string();
@@ -113,80 +119,64 @@ fn one_identity_per_revision(w: World) {
 
 fn gate_waits_for_the_backoff(w: World) {
     // The time itself is the unit tests' business (an injected clock); here
-    // a long backoff is never due and a zero one is due at once.
-    let gated = w.with(json!({"gate": {"state": 5}, "retry": {"backoff": "1h", "factor": 1}}));
-    assert_eq!(gated.check().ok(), json!([]));
-    gated.put(json!({"init": true})).ok();
+    // a long backoff is never due and a zero one is due at once. Puts go to
+    // the ungated resource; the gated one only checks.
+    let w = w.with(json!({"retry": {"backoff": "1h", "factor": 1}}));
+    let gate = json!({"gate": {"state": 5}});
+    let gated_from = |w: &World, v: &Value| {
+        Step::new(w, "check").stdin(json!({"source": w.source_with(gate.clone()), "version": v}))
+    };
+    assert_eq!(w.check_with(gate.clone()).ok(), json!([]));
+    w.put(json!({"init": true})).ok();
     assert_eq!(
-        gated.check().ok(),
+        w.check_with(gate.clone()).ok(),
         json!([]),
         "at 0: the stage-5 gate is shut"
     );
-    gated.put(json!({"complete": 0})).ok();
-    let due = gated.check().ok();
+    w.put(json!({"complete": 0})).ok();
+    let due = w.check_with(gate.clone()).ok();
     assert_eq!(revisions(&due), ["2"], "pending at 5: due");
     // Unchanged: the same version again (a conditional GET).
-    let out = gated.check_from(&due[0]).run();
+    let out = gated_from(&w, &due[0]).run();
     assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap(), due);
-    assert!(
-        out.stderr.contains("unchanged since revision 2"),
-        "{}",
-        out.stderr
-    );
-    gated.put(json!({"start": 5})).ok();
-    assert_eq!(
-        gated.check_from(&due[0]).ok(),
-        json!([]),
-        "never while in progress"
-    );
-    gated.put(json!({"fail": 5, "error": "boom"})).ok();
-    let shut = gated.check_from(&due[0]).run();
-    assert_eq!(shut.stdout.trim(), "[]", "not before retry_at");
-    assert!(
-        shut.stderr.contains("gate {state: 5} is shut: rhel8-web is at 5 (kickstart initiated, failed) (retry due at "),
-        "{}",
-        shut.stderr
-    );
-    let get = gated.get(&json!({"revision": "4"})).run();
-    let dest = get.dest.unwrap();
-    assert_eq!(
-        std::fs::read_to_string(dest.join("action")).unwrap(),
-        "retry",
-        "a failed stage: retried, not before retry_at"
-    );
-    // Exhausted: blocked, never due.
-    gated.put(json!({"fail": 5, "error": "boom"})).ok();
-    gated.put(json!({"fail": 5, "error": "boom"})).ok();
-    assert_eq!(gated.doc()["status"], "blocked");
-    assert_eq!(
-        gated.check_from(&due[0]).ok(),
-        json!([]),
-        "never when blocked"
-    );
-    // A human retry opens the gate again.
-    gated.put(json!({"retry": 5})).ok();
-    assert_eq!(revisions(&gated.check().ok()), ["7"]);
-    // A retry whose backoff has passed: due again, as the same version.
-    let mut now = gated.with(json!({"retry": {"backoff": "0s"}}));
+    let mut now = w.with(json!({"retry": {"backoff": "0s"}}));
     now.build_id = "rhel8-db".into();
     now.put(json!({"init": true})).ok();
     now.put(json!({"complete": 0})).ok();
     now.put(json!({"start": 5})).ok();
     let out = now.put(json!({"fail": 5, "error": "boom"})).ok();
-    let after = now.check().ok();
+    let after = now.check_with(gate.clone()).ok();
     assert_eq!(after, json!([out["version"]]), "due at once");
-    assert_eq!(now.check_from(&after[0]).ok(), after);
+    assert_eq!(gated_from(&now, &after[0]).ok(), after);
 }
 
 fn min_state_gate(w: World) {
-    let gated = w.with(json!({"gate": {"min_state": 10}}));
-    gated.put(json!({"init": true})).ok();
-    gated.put(json!({"complete": 0})).ok();
-    assert_eq!(gated.check().ok(), json!([]));
-    gated.put(json!({"complete": 5})).ok();
-    assert_eq!(revisions(&gated.check().ok()), ["3"]);
-    gated.put(json!({"complete": 10})).ok();
-    assert_eq!(revisions(&gated.check().ok()), ["4"]);
+    let gate = json!({"gate": {"min_state": 10}});
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    assert_eq!(w.check_with(gate.clone()).ok(), json!([]));
+    w.put(json!({"complete": 5})).ok();
+    assert_eq!(revisions(&w.check_with(gate.clone()).ok()), ["3"]);
+    w.put(json!({"complete": 10})).ok();
+    assert_eq!(revisions(&w.check_with(gate).ok()), ["4"]);
+}
+
+/// A put to a gated resource is refused, and writes nothing.
+fn a_put_to_a_gate_is_refused(w: World) {
+    w.put(json!({"init": true})).ok();
+    let before = w.raw("state.json");
+    let out = Step::new(&w, "out")
+        .arg(w.sources())
+        .stdin(json!({"source": w.source_with(json!({"gate": {"state": 0}})), "params": {"start": 0}}))
+        .run();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("rhel8-web: source.gate: a gated resource (gate {state: 0}) only triggers jobs; put to the ungated resource"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "");
+    assert_eq!(w.raw("state.json"), before, "nothing written");
 }
 
 /// A typo in `prefix` or `build_id` does not look like an idle pipeline:
@@ -221,5 +211,6 @@ crate::both_stores!(
     lists_revisions_of_the_current_run,
     one_identity_per_revision,
     gate_waits_for_the_backoff,
-    min_state_gate
+    min_state_gate,
+    a_put_to_a_gate_is_refused
 );

@@ -477,7 +477,7 @@ impl Step {
         Step::new(world, program)
     }
 
-    fn new(world: &World, program: &'static str) -> Step {
+    pub(crate) fn new(world: &World, program: &'static str) -> Step {
         Step {
             program,
             exe: resource_dir().join(program),

@@ -1,0 +1,454 @@
+//! A pipeline as Concourse reads it: resources, jobs, and plans of typed
+//! steps with the modifiers and hooks Concourse has. [`Pipeline::parse`]
+//! validates first ([`super::validate`], per release), so the conversion
+//! only meets what Concourse would accept.
+
+use super::Release;
+use super::validate;
+use crate::model::duration;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Concourse's default `check_every`.
+pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// A whole pipeline.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// Its resources, in the file's order.
+    pub resources: Vec<Resource>,
+    /// Its jobs, in the file's order.
+    pub jobs: Vec<Job>,
+}
+
+/// A resource.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    /// Its name.
+    pub name: String,
+    /// Its type's name.
+    pub kind: String,
+    /// Whether the type is build-state (see [`crate::pipeline::build_state_types`]).
+    pub build_state: bool,
+    /// Its `source`.
+    pub source: Value,
+    /// How often it is checked (`None`: `never`).
+    pub check_every: Option<Duration>,
+    /// `webhook_token`, when it has one (checked at once on a webhook).
+    pub webhook_token: Option<String>,
+}
+
+/// A job.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Its name.
+    pub name: String,
+    /// Its plan (a `do` of the plan's steps), with the job's hooks.
+    pub plan: Step,
+    /// `serial: true` (or `max_in_flight: 1`).
+    pub serial: bool,
+    /// `serial_groups`: jobs sharing one run one build at a time.
+    pub serial_groups: Vec<String>,
+    /// `max_in_flight` (`None`: unbounded).
+    pub max_in_flight: Option<u32>,
+    /// `disable_manual_trigger`.
+    pub disable_manual_trigger: bool,
+}
+
+impl Job {
+    /// How many of its builds may run at once (`None`: any number).
+    pub fn in_flight_limit(&self) -> Option<u32> {
+        if self.serial || !self.serial_groups.is_empty() {
+            Some(1)
+        } else {
+            self.max_in_flight
+        }
+    }
+
+    /// Every get step of the job (plan and hooks), in order.
+    pub fn gets(&self) -> Vec<&GetStep> {
+        let mut out = Vec::new();
+        self.plan.visit(&mut |s| {
+            if let StepKind::Get(g) = &s.kind {
+                out.push(g);
+            }
+        });
+        out
+    }
+
+    /// Every put step of the job (plan and hooks), in order.
+    pub fn puts(&self) -> Vec<&PutStep> {
+        let mut out = Vec::new();
+        self.plan.visit(&mut |s| {
+            if let StepKind::Put(p) = &s.kind {
+                out.push(p);
+            }
+        });
+        out
+    }
+}
+
+/// One step, with its modifiers and hooks.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// What it does.
+    pub kind: StepKind,
+    /// `attempts` (1 when not given).
+    pub attempts: u32,
+    /// `timeout`.
+    pub timeout: Option<Duration>,
+    /// Its hooks.
+    pub hooks: Hooks,
+}
+
+/// The kinds of step.
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    /// `get`.
+    Get(GetStep),
+    /// `put`.
+    Put(PutStep),
+    /// `task`.
+    Task(TaskStep),
+    /// `in_parallel` (its `limit` and `fail_fast`).
+    InParallel {
+        /// The steps.
+        steps: Vec<Step>,
+        /// At most this many at once.
+        limit: Option<u32>,
+        /// Stop the others at the first failure.
+        fail_fast: bool,
+    },
+    /// `do`.
+    Do(Vec<Step>),
+    /// `try`.
+    Try(Box<Step>),
+    /// A step the model does not play (`set_pipeline`, `load_var`): it
+    /// succeeds.
+    Other(String),
+}
+
+/// A step's hooks (and a job's).
+#[derive(Clone, Debug, Default)]
+pub struct Hooks {
+    /// `on_success`.
+    pub on_success: Option<Box<Step>>,
+    /// `on_failure`.
+    pub on_failure: Option<Box<Step>>,
+    /// `on_error`.
+    pub on_error: Option<Box<Step>>,
+    /// `on_abort`.
+    pub on_abort: Option<Box<Step>>,
+    /// `ensure`.
+    pub ensure: Option<Box<Step>>,
+}
+
+impl Hooks {
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.all().next().is_none()
+    }
+
+    /// The hooks present, in Concourse's nesting order (innermost first).
+    pub fn all(&self) -> impl Iterator<Item = &Step> {
+        [
+            &self.on_success,
+            &self.on_failure,
+            &self.on_abort,
+            &self.on_error,
+            &self.ensure,
+        ]
+        .into_iter()
+        .filter_map(|h| h.as_deref())
+    }
+}
+
+/// A get.
+#[derive(Clone, Debug)]
+pub struct GetStep {
+    /// The artifact's name.
+    pub name: String,
+    /// The resource.
+    pub resource: String,
+    /// `passed`.
+    pub passed: Vec<String>,
+    /// `trigger`.
+    pub trigger: bool,
+    /// `params`.
+    pub params: Value,
+    /// `version` (`latest`, `every`, or a pinned version).
+    pub version: Option<Value>,
+}
+
+/// A put.
+#[derive(Clone, Debug)]
+pub struct PutStep {
+    /// The artifact's name (of its implicit get).
+    pub name: String,
+    /// The resource.
+    pub resource: String,
+    /// `params`.
+    pub params: Value,
+    /// `get_params`.
+    pub get_params: Value,
+    /// `no_get`.
+    pub no_get: bool,
+    /// `inputs` (`all`, `detect`, or a list of artifact names).
+    pub inputs: Option<Value>,
+}
+
+/// A task.
+#[derive(Clone, Debug)]
+pub struct TaskStep {
+    /// The task's name.
+    pub name: String,
+    /// Its inputs: (name, optional), after `input_mapping`.
+    pub inputs: Vec<(String, bool)>,
+    /// Its outputs, after `output_mapping`.
+    pub outputs: Vec<String>,
+    /// Its config (`None`: from a `file:` the model does not read).
+    pub config: Option<Value>,
+    /// `file:`, when the config comes from an artifact.
+    pub file: Option<String>,
+}
+
+impl Step {
+    /// Calls `f` on this step and every step inside it (hooks included).
+    pub fn visit<'s>(&'s self, f: &mut impl FnMut(&'s Step)) {
+        f(self);
+        match &self.kind {
+            StepKind::InParallel { steps, .. } | StepKind::Do(steps) => {
+                steps.iter().for_each(|s| s.visit(f))
+            }
+            StepKind::Try(s) => s.visit(f),
+            _ => {}
+        }
+        for h in self.hooks.all() {
+            h.visit(f);
+        }
+    }
+}
+
+impl Pipeline {
+    /// Reads an interpolated pipeline for `release`: every error Concourse
+    /// would give for it, or the typed pipeline.
+    pub fn parse(value: &Value, release: Release) -> Result<Pipeline, Vec<String>> {
+        let errors = validate::pipeline_errors(value, release);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let types = crate::pipeline::build_state_types(value);
+        let mut errors = Vec::new();
+        let resources = value["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let kind = text(&r["type"]);
+                let name = text(&r["name"]);
+                let check_every = match r.get("check_every").and_then(Value::as_str) {
+                    None => Some(DEFAULT_CHECK_EVERY),
+                    Some("never") => None,
+                    Some(d) => match duration::parse(d) {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            errors.push(format!("resources.{name}: check_every: {e}"));
+                            Some(DEFAULT_CHECK_EVERY)
+                        }
+                    },
+                };
+                Resource {
+                    build_state: types.contains(&kind),
+                    source: r.get("source").cloned().unwrap_or(Value::Null),
+                    webhook_token: r
+                        .get("webhook_token")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    check_every,
+                    name,
+                    kind,
+                }
+            })
+            .collect();
+        let jobs = value["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|j| {
+                let name = text(&j["name"]);
+                let steps = j["plan"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| step(s, &mut errors, &name))
+                    .collect();
+                Job {
+                    plan: Step {
+                        kind: StepKind::Do(steps),
+                        attempts: 1,
+                        timeout: None,
+                        hooks: hooks(j, &mut errors, &name),
+                    },
+                    serial: j["serial"] == true || j["max_in_flight"] == 1,
+                    serial_groups: j["serial_groups"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(text)
+                        .collect(),
+                    max_in_flight: j["max_in_flight"].as_u64().map(|n| n as u32),
+                    disable_manual_trigger: j["disable_manual_trigger"] == true,
+                    name,
+                }
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(Pipeline { resources, jobs })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The resource named `name`.
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+
+    /// The job named `name`.
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// The resources some job gets with `trigger: true`.
+    pub fn triggers(&self) -> BTreeSet<String> {
+        self.jobs
+            .iter()
+            .flat_map(|j| j.gets())
+            .filter(|g| g.trigger)
+            .map(|g| g.resource.clone())
+            .collect()
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+fn hooks(holder: &Value, errors: &mut Vec<String>, job: &str) -> Hooks {
+    let hook = |name: &str, errors: &mut Vec<String>| {
+        holder
+            .get(name)
+            .map(|h| Box::new(step(h, errors, job)))
+    };
+    Hooks {
+        on_success: hook("on_success", errors),
+        on_failure: hook("on_failure", errors),
+        on_error: hook("on_error", errors),
+        on_abort: hook("on_abort", errors),
+        ensure: hook("ensure", errors),
+    }
+}
+
+fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
+    let timeout = match s.get("timeout").and_then(Value::as_str) {
+        None => None,
+        Some(t) => match duration::parse(t) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.push(format!("jobs.{job}: timeout {t:?}: {e}"));
+                None
+            }
+        },
+    };
+    let many = |v: &Value, errors: &mut Vec<String>| -> Vec<Step> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| step(s, errors, job))
+            .collect()
+    };
+    let kind = if let Some(name) = s.get("get").and_then(Value::as_str) {
+        StepKind::Get(GetStep {
+            name: name.to_string(),
+            resource: s["resource"].as_str().unwrap_or(name).to_string(),
+            passed: s["passed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect(),
+            trigger: s["trigger"] == true,
+            params: s.get("params").cloned().unwrap_or(Value::Null),
+            version: s.get("version").cloned(),
+        })
+    } else if let Some(name) = s.get("put").and_then(Value::as_str) {
+        StepKind::Put(PutStep {
+            name: name.to_string(),
+            resource: s["resource"].as_str().unwrap_or(name).to_string(),
+            params: s.get("params").cloned().unwrap_or(Value::Null),
+            get_params: s.get("get_params").cloned().unwrap_or(Value::Null),
+            no_get: s["no_get"] == true,
+            inputs: s.get("inputs").cloned(),
+        })
+    } else if let Some(name) = s.get("task").and_then(Value::as_str) {
+        let config = s.get("config").cloned();
+        let mapped = |field: &str, n: &str| {
+            s[field][n].as_str().unwrap_or(n).to_string()
+        };
+        let list = |key: &str| -> Vec<Value> {
+            config
+                .as_ref()
+                .and_then(|c| c[key].as_array().cloned())
+                .unwrap_or_default()
+        };
+        StepKind::Task(TaskStep {
+            name: name.to_string(),
+            inputs: list("inputs")
+                .iter()
+                .map(|i| {
+                    (
+                        mapped("input_mapping", i["name"].as_str().unwrap_or_default()),
+                        i["optional"] == true,
+                    )
+                })
+                .collect(),
+            outputs: list("outputs")
+                .iter()
+                .map(|o| mapped("output_mapping", o["name"].as_str().unwrap_or_default()))
+                .collect(),
+            file: s.get("file").and_then(Value::as_str).map(str::to_string),
+            config,
+        })
+    } else if let Some(inner) = s.get("in_parallel") {
+        let (steps, limit, fail_fast) = match inner {
+            Value::Array(_) => (many(inner, errors), None, false),
+            _ => (
+                many(&inner["steps"], errors),
+                inner["limit"].as_u64().map(|n| n as u32),
+                inner["fail_fast"] == true,
+            ),
+        };
+        StepKind::InParallel {
+            steps,
+            limit,
+            fail_fast,
+        }
+    } else if let Some(inner) = s.get("do") {
+        StepKind::Do(many(inner, errors))
+    } else if let Some(inner) = s.get("try") {
+        StepKind::Try(Box::new(step(inner, errors, job)))
+    } else {
+        let kind = s
+            .as_object()
+            .and_then(|m| m.keys().next().cloned())
+            .unwrap_or_default();
+        StepKind::Other(kind)
+    };
+    Step {
+        kind,
+        attempts: s["attempts"].as_u64().map_or(1, |n| n.max(1) as u32),
+        timeout,
+        hooks: hooks(s, errors, job),
+    }
+}
