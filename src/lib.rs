@@ -13,6 +13,7 @@ pub fn now() -> model::Timestamp {
 
 pub mod app;
 pub mod cli;
+pub mod concourse;
 pub mod config;
 pub mod engine;
 pub mod inputs;

@@ -62,6 +62,18 @@ pub fn load(path: &Path, vars: &Vars) -> Result<Value> {
     Ok(value)
 }
 
+/// Loads a whole pipeline with the `vars` given interpolated, and names the
+/// ones not given (left as written, as a credential manager would fill
+/// them at run time).
+pub fn load_partly(path: &Path, vars: &Vars) -> Result<(Value, BTreeSet<String>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut value = parse_yaml(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut missing = BTreeSet::new();
+    interpolate(&mut value, vars, &mut missing);
+    Ok((value, missing))
+}
+
 /// The source of the build-state resource `name` in the pipeline at
 /// `path`, with `vars` interpolated: only the vars that source uses must be
 /// given (a pipeline's other vars, and `((...))` in task scripts, are none

@@ -20,6 +20,7 @@ mod report;
 mod retention;
 mod scan;
 mod serve;
+mod simulate;
 mod source;
 mod watch;
 
@@ -74,6 +75,9 @@ enum Command {
     Fleet(fleet::Command),
     #[command(flatten)]
     Ops(ops::Command),
+    /// Play a pipeline on virtual time before fly set-pipeline: Concourse's
+    /// scheduling, the resource in memory, the tasks as a scenario says
+    Simulate(simulate::Args),
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Run the resource's check (request JSON on stdin), as Concourse does
@@ -117,8 +121,24 @@ pub fn main(args: impl Iterator<Item = OsString>, notes: Arc<Notes>) -> Result<E
             return Ok(ExitCode::from(code));
         }
     };
-    let runtime = crate::runtime()?;
     let out = Out::new(cli.json, notes.clone());
+    if let Command::Simulate(args) = &cli.command {
+        // Its own runtime, on virtual time.
+        return Ok(ExitCode::from(
+            match simulate::run(args, &cli.source.vars, &cli.source.yaml_vars, &out) {
+                Ok(code) => code,
+                Err(e) => {
+                    notes.note(format!("error: {e:#}"));
+                    if e.downcast_ref::<simulate::Unreadable>().is_some() {
+                        EXIT_USAGE
+                    } else {
+                        EXIT_ERROR
+                    }
+                }
+            },
+        ));
+    }
+    let runtime = crate::runtime()?;
     match runtime.block_on(run(cli, &out)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
@@ -138,6 +158,7 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
         Command::Build(c) => build::run(c, &ctx).await,
         Command::Fleet(c) => fleet::run(c, &ctx).await,
         Command::Ops(c) => ops::run(c, &ctx).await,
+        Command::Simulate(_) => unreachable!("simulate runs on its own runtime"),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "build-state", &mut script);

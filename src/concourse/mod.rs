@@ -106,3 +106,247 @@ impl FromStr for Release {
         Ok(Release { major, minor })
     }
 }
+
+use config::Pipeline;
+use scenario::Scenario;
+use serde::Serialize;
+use serde_json::Value;
+use sim::{Played, Steps};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// The storage fields of a build-state source, replaced by the in-memory
+/// store when a pipeline is simulated.
+pub const STORAGE_FIELDS: [&str; 12] = [
+    "bucket",
+    "local_dir",
+    "endpoint",
+    "region_name",
+    "use_path_style",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "aws_role_arn",
+    "ca_bundle",
+    "enable_aws_creds_provider",
+    "sse_kms_key_id",
+];
+
+/// Replaces the storage of every build-state resource of an interpolated
+/// pipeline with `storage` (the fields of a source that say where the
+/// documents are), keeping their behaviour settings.
+pub fn replace_storage(pipeline: &mut Value, storage: &serde_json::Map<String, Value>) {
+    let types = crate::pipeline::build_state_types(pipeline);
+    for r in pipeline["resources"].as_array_mut().into_iter().flatten() {
+        if !r["type"].as_str().is_some_and(|t| types.contains(t)) {
+            continue;
+        }
+        let Some(src) = r.get_mut("source").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for f in STORAGE_FIELDS {
+            src.remove(f);
+        }
+        src.remove("server_side_encryption");
+        for (k, v) in storage {
+            src.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// What a simulation found, for people and for `--json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The release modelled.
+    pub release: String,
+    /// The scenario's description.
+    pub scenario: String,
+    /// Wiring problems (any of them fails the simulation).
+    pub wiring: Vec<String>,
+    /// Expectations that did not hold, and invariants broken.
+    pub failures: Vec<String>,
+    /// The summary.
+    pub summary: Summary,
+    /// What happened.
+    pub played: Played,
+}
+
+impl Report {
+    /// Whether the wiring is right and every expectation held.
+    pub fn passed(&self) -> bool {
+        self.wiring.is_empty() && self.failures.is_empty()
+    }
+}
+
+/// The summary of a simulation.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// The build was delivered.
+    pub delivered: bool,
+    /// When (seconds since the start).
+    pub delivered_at: Option<u64>,
+    /// Seconds simulated.
+    pub elapsed: u64,
+    /// The build's state, status and run at the end.
+    pub end: Option<String>,
+    /// Attempts started per stage (the current run).
+    pub attempts: BTreeMap<u32, u32>,
+    /// Failures recorded per stage (the current run).
+    pub failures: BTreeMap<u32, u32>,
+    /// Builds of the alert jobs (jobs triggered by a gate on a status).
+    pub alerts: u64,
+    /// Why the simulation stopped.
+    pub stopped: String,
+}
+
+/// Simulates `pipeline` (named `name`) on `release` under `scenario`, with
+/// `steps` running the resource; checks the wiring and the expectations.
+pub fn simulate<S: Steps + 'static>(
+    pipeline: &Pipeline,
+    name: &str,
+    release: Release,
+    scenario: &Scenario,
+    steps: Rc<S>,
+) -> Result<Report, String> {
+    let wiring = wiring::problems(pipeline, release);
+    let opts = sim::Options {
+        release,
+        pipeline: name.to_string(),
+        t0: "2026-12-01T08:00:00Z".parse().expect("a valid time"),
+    };
+    let played = sim::play(pipeline, steps, &opts, scenario)?;
+    let summary = summarize(pipeline, &played);
+    let failures = expectations(scenario, &played, &summary);
+    Ok(Report {
+        pipeline: name.to_string(),
+        release: release.to_string(),
+        scenario: scenario.description.clone(),
+        wiring,
+        failures,
+        summary,
+        played,
+    })
+}
+
+fn summarize(p: &Pipeline, played: &Played) -> Summary {
+    let mut attempts = BTreeMap::new();
+    let mut failures = BTreeMap::new();
+    if let Some(doc) = &played.document {
+        for e in &doc.history {
+            let Some(n) = e.target else { continue };
+            match e.action {
+                crate::model::ActionKind::Start => *attempts.entry(n).or_insert(0) += 1,
+                crate::model::ActionKind::Fail => *failures.entry(n).or_insert(0) += 1,
+                _ => {}
+            }
+        }
+    }
+    let alert_jobs: Vec<&str> = p
+        .jobs
+        .iter()
+        .filter(|j| {
+            j.gets().iter().any(|g| {
+                g.trigger
+                    && p.resource(&g.resource).is_some_and(|r| {
+                        r.build_state && r.source["gate"].get("status").is_some()
+                    })
+            })
+        })
+        .map(|j| j.name.as_str())
+        .collect();
+    Summary {
+        delivered: played.delivered_at.is_some(),
+        delivered_at: played.delivered_at,
+        elapsed: played.elapsed,
+        end: played.document.as_ref().map(|d| {
+            format!(
+                "{} (run {}, revision {})",
+                d.whereabouts(),
+                d.run,
+                d.revision
+            )
+        }),
+        attempts,
+        failures,
+        alerts: played
+            .builds
+            .iter()
+            .filter(|b| alert_jobs.contains(&b.job.as_str()) && b.started.is_some())
+            .count() as u64,
+        stopped: played.stopped.clone(),
+    }
+}
+
+fn expectations(s: &Scenario, played: &Played, summary: &Summary) -> Vec<String> {
+    let x = &s.expect;
+    let mut out = played.violations.clone();
+    let end = summary.end.clone().unwrap_or_else(|| "no document".into());
+    match x.delivered {
+        Some(true) if !summary.delivered => out.push(format!(
+            "expected the build delivered; it was not: {end}; {}",
+            played.stopped
+        )),
+        Some(false) if summary.delivered => {
+            out.push("expected the build not delivered; it was".into())
+        }
+        _ => {}
+    }
+    if let Some(within) = x.within {
+        let limit = within.as_secs();
+        if summary.delivered_at.is_none_or(|t| t > limit) {
+            out.push(format!(
+                "expected delivery within {}; {}",
+                duration::format(within),
+                summary.delivered_at.map_or("never delivered".to_string(), |t| format!(
+                    "delivered after {}",
+                    duration::format(std::time::Duration::from_secs(t))
+                ))
+            ));
+        }
+    }
+    let doc = played.document.as_ref();
+    if let Some(n) = x.state
+        && doc.map(|d| d.state) != Some(n)
+    {
+        out.push(format!("expected state {n} at the end; {end}"));
+    }
+    if let Some(st) = &x.status
+        && doc.map(|d| d.status.to_string()).as_deref() != Some(st.as_str())
+    {
+        out.push(format!("expected status {st} at the end; {end}"));
+    }
+    if let Some(r) = x.runs
+        && doc.map(|d| d.run) != Some(r)
+    {
+        out.push(format!("expected run {r} at the end; {end}"));
+    }
+    for (job, want) in &x.builds {
+        let n = played
+            .builds
+            .iter()
+            .filter(|b| b.job == *job && b.started.is_some())
+            .count() as u64;
+        if !want.holds(n) {
+            out.push(format!("expected {want} build(s) of {job}; it ran {n}"));
+        }
+    }
+    for (task, want) in &x.task_runs {
+        let n = played.task_runs.get(task).copied().unwrap_or(0);
+        if !want.holds(n) {
+            out.push(format!("expected {want} run(s) of task {task}; it ran {n}"));
+        }
+    }
+    for (code, want) in &x.failures {
+        let n = summary.failures.get(code).copied().unwrap_or(0) as u64;
+        if !want.holds(n) {
+            out.push(format!(
+                "expected {want} failure(s) recorded at {code}; the history has {n}"
+            ));
+        }
+    }
+    out
+}
+
+use crate::model::duration;

@@ -1,0 +1,181 @@
+//! `build-state simulate`: a pipeline played on virtual time before `fly
+//! set-pipeline`, with the resource in memory (see [`crate::concourse`]).
+
+use super::output::Out;
+use crate::concourse::scenario::Scenario;
+use crate::concourse::{Release, Report, config::Pipeline, memory::InMemory};
+use crate::pipeline;
+use anyhow::{Context, Result, anyhow};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// `simulate`'s arguments (the pipeline's `-v`/`-y` are the global ones).
+#[derive(clap::Args, Debug)]
+pub(super) struct Args {
+    /// The pipeline file, as given to fly set-pipeline
+    pipeline_file: PathBuf,
+    /// What the tasks do and what must hold (default: every task succeeds
+    /// and the build is delivered)
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    /// The Concourse release to model (7.9 or later)
+    #[arg(long, default_value = "8.2", value_name = "RELEASE")]
+    release: String,
+    /// A YAML file of ((vars)), as fly's -l (repeatable)
+    #[arg(long = "vars-file", short = 'l', value_name = "FILE")]
+    vars_files: Vec<PathBuf>,
+}
+
+/// Why `simulate` could not run: an unreadable pipeline or scenario (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Unreadable(pub(super) String);
+
+/// Runs the simulation; the exit code (0 held, 1 did not).
+pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out) -> Result<u8> {
+    let unreadable = |m: String| anyhow!(Unreadable(m));
+    let release: Release = args.release.parse().map_err(unreadable)?;
+    let mut given = pipeline::Vars::new();
+    for f in &args.vars_files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| unreadable(format!("reading {}: {e}", f.display())))?;
+        let v = pipeline::parse_yaml(&text)
+            .map_err(|e| unreadable(format!("{}: {e:#}", f.display())))?;
+        for (k, v) in v.as_object().into_iter().flatten() {
+            given.insert(k.clone(), v.clone());
+        }
+    }
+    for v in vars {
+        pipeline::parse_var(&mut given, v, false).map_err(|e| unreadable(format!("{e:#}")))?;
+    }
+    for v in yaml_vars {
+        pipeline::parse_var(&mut given, v, true).map_err(|e| unreadable(format!("{e:#}")))?;
+    }
+    let path = &args.pipeline_file;
+    let (mut value, missing) =
+        pipeline::load_partly(path, &given).map_err(|e| unreadable(format!("{e:#}")))?;
+    let storage = serde_json::json!({"local_dir": "/simulated"});
+    crate::concourse::replace_storage(&mut value, storage.as_object().expect("an object"));
+    let p = Pipeline::parse(&value, release).map_err(|errors| {
+        unreadable(format!(
+            "{}: Concourse {release} would refuse it:\n  {}",
+            path.display(),
+            errors.join("\n  ")
+        ))
+    })?;
+    let scenario = match &args.scenario {
+        None => Scenario::default(),
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| unreadable(format!("reading {}: {e}", f.display())))?;
+            Scenario::parse(&text).map_err(|e| unreadable(format!("{}: {e}", f.display())))?
+        }
+    };
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".into());
+    for r in p.resources.iter().filter(|r| r.build_state) {
+        crate::resource::configure(
+            &serde_json::from_value(r.source.clone())
+                .with_context(|| format!("resources.{}.source", r.name))?,
+        )
+        .map_err(|e| {
+            let hint = if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (not given: {}; give them with -v)",
+                    missing
+                        .iter()
+                        .map(|m| format!("(({m}))"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            unreadable(format!("resources.{}: {e:#}{hint}", r.name))
+        })?;
+    }
+    let report = crate::concourse::simulate(&p, &name, release, &scenario, Rc::new(InMemory::new()))
+        .map_err(unreadable)?;
+    if out.json {
+        out.write(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        out.write(&human(&report))?;
+    }
+    Ok(if report.passed() { 0 } else { 1 })
+}
+
+fn clock(secs: u64) -> String {
+    format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn span(secs: u64) -> String {
+    crate::model::duration::format(Duration::from_secs(secs))
+}
+
+/// The timeline and the summary, for people.
+pub(crate) fn human(r: &Report) -> String {
+    let mut s = format!(
+        "simulating {} on Concourse {}: {}\n\n",
+        r.pipeline, r.release, r.scenario
+    );
+    for l in &r.played.timeline {
+        let who = match (&l.job, l.build) {
+            (Some(j), Some(n)) => format!("{j} #{n}"),
+            _ => String::new(),
+        };
+        let state = l.state.as_ref().map(|st| format!("  → {st}")).unwrap_or_default();
+        s.push_str(&format!("{:>9}  {who:<30} {}{state}\n", clock(l.at), l.what));
+    }
+    let m = &r.summary;
+    s.push_str("\nsummary\n");
+    s.push_str(&format!(
+        "  delivered: {}\n",
+        match m.delivered_at {
+            Some(t) => format!("yes, after {}", span(t)),
+            None => "no".into(),
+        }
+    ));
+    s.push_str(&format!("  simulated: {}\n", span(m.elapsed)));
+    if let Some(end) = &m.end {
+        s.push_str(&format!("  at the end: {end}\n"));
+    }
+    let per = |map: &std::collections::BTreeMap<u32, u32>| {
+        map.iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if m.attempts.values().any(|n| *n > 1) || !m.failures.is_empty() {
+        s.push_str(&format!("  attempts per stage: {}\n", per(&m.attempts)));
+        s.push_str(&format!("  failures per stage: {}\n", per(&m.failures)));
+    }
+    s.push_str(&format!("  alerts: {}\n", m.alerts));
+    s.push_str(&format!("  stopped: {}\n", m.stopped));
+    s.push_str(&format!(
+        "  builds: {}, gets from the cache: {}, gets run: {}\n",
+        r.played.builds.iter().filter(|b| b.started.is_some()).count(),
+        r.played.cache_hits,
+        r.played.gets_run
+    ));
+    if !r.wiring.is_empty() {
+        s.push_str("\nwiring\n");
+        for w in &r.wiring {
+            s.push_str(&format!("  {w}\n"));
+        }
+    }
+    if !r.failures.is_empty() {
+        s.push_str("\nnot as expected\n");
+        for f in &r.failures {
+            s.push_str(&format!("  {f}\n"));
+        }
+    }
+    s.push_str(if r.passed() {
+        "\nok: the scenario's expectations hold\n"
+    } else {
+        "\nFAILED\n"
+    });
+    s
+}

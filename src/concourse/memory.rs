@@ -1,0 +1,205 @@
+//! The resource's own `check`, `in` and `out`, in memory: the functions
+//! the programs run ([`crate::resource`]), on a [`MemoryStore`] that can be
+//! made to refuse every request for a while (a store outage), at the
+//! simulation's clock.
+
+use super::config::Resource;
+use super::sim::{Files, Steps};
+use crate::Notes;
+use crate::app::Clock;
+use crate::inputs::InMemory as InMemoryFiles;
+use crate::model::{Document, Timestamp};
+use crate::protocol::{BuildEnv, Version};
+use crate::store::memory::MemoryStore;
+use crate::store::{Fetched, Listed, Precondition, Store, StoreError};
+use serde_json::{Value, json};
+#[allow(unused_imports)]
+use crate::resource as _;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+/// A memory store with outages, at a clock set before each request.
+#[derive(Default)]
+pub struct OutageStore {
+    inner: MemoryStore,
+    down: RefCell<Vec<(Timestamp, Timestamp)>>,
+    now: Cell<Option<Timestamp>>,
+}
+
+impl OutageStore {
+    fn refuse(&self) -> Result<(), StoreError> {
+        let Some(now) = self.now.get() else {
+            return Ok(());
+        };
+        if self.down.borrow().iter().any(|(a, b)| *a <= now && now < *b) {
+            return Err(StoreError::Other(
+                "connection refused: the store is down (a simulated outage)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Store for OutageStore {
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
+        self.refuse()?;
+        self.inner.get(key, if_none_match).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError> {
+        self.refuse()?;
+        self.inner.put(key, body, when).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.refuse()?;
+        self.inner.list(prefix).await
+    }
+
+    async fn list_tags(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.refuse()?;
+        self.inner.list_tags(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.refuse()?;
+        self.inner.delete(key).await
+    }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        self.refuse()?;
+        self.inner.delete_if(key, etag).await
+    }
+}
+
+/// The simulation's time, for the resource's decisions.
+struct At(Timestamp);
+
+impl Clock for At {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+/// The resource steps in memory: what `build-state simulate` runs.
+#[derive(Default)]
+pub struct InMemory {
+    store: OutageStore,
+    /// Each resource's configuration, read once.
+    configs: RefCell<BTreeMap<String, crate::config::Config>>,
+}
+
+impl InMemory {
+    /// A fresh, empty store.
+    pub fn new() -> InMemory {
+        InMemory::default()
+    }
+
+    fn at(&self, now: Timestamp) {
+        self.store.now.set(Some(now));
+    }
+
+    /// The resource's configuration (read from its source once).
+    fn config(&self, resource: &Resource) -> Result<crate::config::Config, String> {
+        if let Some(c) = self.configs.borrow().get(&resource.name) {
+            return Ok(c.clone());
+        }
+        let source = serde_json::from_value(resource.source.clone())
+            .map_err(|e| format!("resources.{}.source: {e}", resource.name))?;
+        let c = crate::resource::configure(&source).map_err(text)?;
+        self.configs
+            .borrow_mut()
+            .insert(resource.name.clone(), c.clone());
+        Ok(c)
+    }
+}
+
+fn text(e: anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+impl Steps for InMemory {
+    async fn check(
+        &self,
+        resource: &Resource,
+        from: Option<&Value>,
+        now: Timestamp,
+    ) -> Result<Vec<Value>, String> {
+        self.at(now);
+        let config = self.config(resource)?;
+        let version = from
+            .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("version: {e}")))
+            .transpose()?;
+        let found = crate::resource::check_store(&config, &self.store, &At(now), version, &Notes::new())
+            .await
+            .map_err(text)?;
+        Ok(found
+            .into_iter()
+            .map(|v| serde_json::to_value(v).expect("a version serializes"))
+            .collect())
+    }
+
+    async fn get(
+        &self,
+        resource: &Resource,
+        version: &Value,
+        params: &Value,
+        now: Timestamp,
+    ) -> Result<Files, String> {
+        self.at(now);
+        let req = json!({"source": resource.source, "version": version, "params": params});
+        let (config, version, require) =
+            crate::resource::get_request(req.to_string().as_bytes()).map_err(text)?;
+        let (_, files) =
+            crate::resource::get_files(&config, &self.store, version, require, &Notes::new())
+                .await
+                .map_err(text)?;
+        Ok(files.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    async fn put(
+        &self,
+        resource: &Resource,
+        params: &Value,
+        env: &BuildEnv,
+        artifacts: &BTreeMap<String, Files>,
+        now: Timestamp,
+    ) -> Result<Value, String> {
+        self.at(now);
+        let mut files = InMemoryFiles::default();
+        for (name, art) in artifacts {
+            for (path, body) in art {
+                files.insert(&format!("{name}/{path}"), body);
+            }
+        }
+        let req = json!({"source": resource.source, "params": params});
+        let notes = Notes::new();
+        let (config, change) =
+            crate::resource::put_request(req.to_string().as_bytes(), &files, env, now, &notes)
+                .map_err(text)?;
+        let reply = crate::resource::put_store(&config, &self.store, &At(now), change, &notes)
+            .await
+            .map_err(text)?;
+        let v: &Version = &reply.version;
+        Ok(serde_json::to_value(v).expect("a version serializes"))
+    }
+
+    async fn document(&self, resource: &Resource) -> Option<Document> {
+        let config = self.config(resource).ok()?;
+        let key = config.state_key();
+        let body = self.store.inner.body(&key)?;
+        crate::engine::Builds::new(&config, &self.store.inner)
+            .decode(&key, &body)
+            .ok()
+    }
+
+    fn outage(&self, from: Timestamp, until: Timestamp) -> bool {
+        self.store.down.borrow_mut().push((from, until));
+        true
+    }
+}

@@ -1,0 +1,444 @@
+//! Scenario files for `build-state simulate`: what each task does, what
+//! happens when (commits, store outages, humans), and what must hold.
+//!
+//! ```yaml
+//! description: kickstart fails twice, then succeeds
+//! pipelines: [staged-image-build, staged-image-build-7x]
+//! task_time: 10m
+//! tasks:
+//!   packer-kickstart:
+//!   - {outcome: fail, error: "packer: ssh timeout"}
+//!   - {outcome: fail, error: "packer: ssh timeout", after: 20m}
+//! events:
+//! - {at: 3h, put: {retry: 25}}
+//! expect:
+//!   delivered: true
+//!   failures: {"5": 2}
+//! ```
+
+use crate::model::duration;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How a task run ends.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It succeeds (writing the files the job's puts read from its outputs).
+    Succeed,
+    /// It exits 1 (writing its error to the `error_file` the puts name).
+    Fail,
+    /// It errors before it runs (its image cannot be fetched, say).
+    Error,
+    /// It never finishes (until a `timeout` on the step interrupts it).
+    Hang,
+    /// Its worker vanishes with the build: no hook runs, nothing reports.
+    Die,
+    /// A human aborts the build while it runs.
+    Abort,
+}
+
+/// One run of a task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRun {
+    /// How it ends.
+    pub outcome: Outcome,
+    /// What it says went wrong (`fail`, `error`).
+    pub error: Option<String>,
+    /// How long it takes (the scenario's `task_time` when not given).
+    pub after: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunFields {
+    outcome: Outcome,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// Something that happens at a given time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// When, from the start of the simulation.
+    pub at: Duration,
+    /// What.
+    pub what: Happening,
+}
+
+/// What an event is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Happening {
+    /// A new commit on every git resource.
+    Commit,
+    /// The store refuses every request for this long.
+    StoreDown(Duration),
+    /// A human's put to a build-state resource (the first ungated one
+    /// unless named): `{retry: 25}`, `{approve: 95}`, `{cancel: why}`.
+    Put {
+        /// The put's params.
+        params: Value,
+        /// The resource.
+        resource: Option<String>,
+    },
+    /// `fly trigger-job` of this job.
+    Trigger(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventFields {
+    at: String,
+    #[serde(default)]
+    commit: Option<bool>,
+    #[serde(default)]
+    store_down: Option<String>,
+    #[serde(default)]
+    put: Option<Value>,
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    trigger: Option<String>,
+}
+
+/// A number of times: exactly (`3`) or a bound (`">=1"`, `"<=2"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// Exactly.
+    Exactly(u64),
+    /// At least.
+    AtLeast(u64),
+    /// At most.
+    AtMost(u64),
+}
+
+impl Count {
+    /// Whether `n` satisfies it.
+    pub fn holds(&self, n: u64) -> bool {
+        match self {
+            Count::Exactly(m) => n == *m,
+            Count::AtLeast(m) => n >= *m,
+            Count::AtMost(m) => n <= *m,
+        }
+    }
+}
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Count::Exactly(n) => write!(f, "{n}"),
+            Count::AtLeast(n) => write!(f, ">={n}"),
+            Count::AtMost(n) => write!(f, "<={n}"),
+        }
+    }
+}
+
+fn count(v: &Value, at: &str) -> Result<Count, String> {
+    let bad = || format!("{at}: {v} is not a count (3, \">=1\" or \"<=2\")");
+    if let Some(n) = v.as_u64() {
+        return Ok(Count::Exactly(n));
+    }
+    let s = v.as_str().ok_or_else(bad)?.trim();
+    let num = |t: &str| t.trim().parse::<u64>().map_err(|_| bad());
+    if let Some(t) = s.strip_prefix(">=") {
+        Ok(Count::AtLeast(num(t)?))
+    } else if let Some(t) = s.strip_prefix("<=") {
+        Ok(Count::AtMost(num(t)?))
+    } else {
+        Ok(Count::Exactly(num(s)?))
+    }
+}
+
+/// What must hold at the end.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Expect {
+    /// Delivered (the final state, completed), or not.
+    pub delivered: Option<bool>,
+    /// Delivered within this time.
+    pub within: Option<Duration>,
+    /// The build's state at the end.
+    pub state: Option<u32>,
+    /// The build's status at the end.
+    pub status: Option<String>,
+    /// Builds per job.
+    pub builds: BTreeMap<String, Count>,
+    /// Runs per task.
+    pub task_runs: BTreeMap<String, Count>,
+    /// Failures recorded per stage (in the current run's history).
+    pub failures: BTreeMap<u32, Count>,
+    /// Runs of the build (1 unless restarted).
+    pub runs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectFields {
+    #[serde(default)]
+    delivered: Option<bool>,
+    #[serde(default)]
+    within: Option<String>,
+    #[serde(default)]
+    state: Option<u32>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    builds: BTreeMap<String, Value>,
+    #[serde(default)]
+    task_runs: BTreeMap<String, Value>,
+    #[serde(default)]
+    failures: BTreeMap<String, Value>,
+    #[serde(default)]
+    runs: Option<u64>,
+}
+
+/// A whole scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// What it shows.
+    pub description: String,
+    /// The pipeline files (their names without `.yml`) it applies to; empty:
+    /// any.
+    pub pipelines: Vec<String>,
+    /// The releases it applies to; empty: any.
+    pub releases: Vec<super::Release>,
+    /// How long a task takes when its run does not say.
+    pub task_time: Duration,
+    /// Runs of each task, by task name (or `job/task`), in order; once they
+    /// are used up, the task succeeds.
+    pub tasks: BTreeMap<String, Vec<TaskRun>>,
+    /// What happens when.
+    pub events: Vec<Event>,
+    /// The end of simulated time.
+    pub until: Duration,
+    /// What must hold.
+    pub expect: Expect,
+}
+
+/// The default end of simulated time.
+pub const DEFAULT_UNTIL: Duration = Duration::from_secs(48 * 3600);
+
+/// The default time a task takes.
+pub const DEFAULT_TASK_TIME: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFields {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    pipelines: Vec<String>,
+    #[serde(default)]
+    releases: Vec<String>,
+    #[serde(default)]
+    task_time: Option<String>,
+    #[serde(default)]
+    tasks: BTreeMap<String, Vec<Value>>,
+    #[serde(default)]
+    events: Vec<EventFields>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    expect: Option<ExpectFields>,
+}
+
+fn dur(text: &str, at: &str) -> Result<Duration, String> {
+    duration::parse(text).map_err(|e| format!("{at}: {e}"))
+}
+
+impl Default for Scenario {
+    /// Every task succeeds; the build must be delivered.
+    fn default() -> Scenario {
+        Scenario {
+            description: "every task succeeds".into(),
+            pipelines: vec![],
+            releases: vec![],
+            task_time: DEFAULT_TASK_TIME,
+            tasks: BTreeMap::new(),
+            events: vec![],
+            until: DEFAULT_UNTIL,
+            expect: Expect {
+                delivered: Some(true),
+                ..Expect::default()
+            },
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads a scenario from YAML (or JSON); unknown fields are refused.
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        let value = crate::pipeline::parse_yaml(text).map_err(|e| format!("{e:#}"))?;
+        let f: ScenarioFields = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        let mut tasks = BTreeMap::new();
+        for (name, runs) in f.tasks {
+            let mut out = Vec::new();
+            for (i, r) in runs.into_iter().enumerate() {
+                let at = format!("tasks.{name}[{i}]");
+                let run = match r {
+                    Value::String(_) => TaskRun {
+                        outcome: serde_json::from_value(r).map_err(|e| format!("{at}: {e}"))?,
+                        error: None,
+                        after: None,
+                    },
+                    other => {
+                        let fields: RunFields = serde_json::from_value(other)
+                            .map_err(|e| format!("{at}: {e}"))?;
+                        TaskRun {
+                            outcome: fields.outcome,
+                            error: fields.error,
+                            after: fields.after.map(|a| dur(&a, &at)).transpose()?,
+                        }
+                    }
+                };
+                out.push(run);
+            }
+            tasks.insert(name, out);
+        }
+        let mut events = Vec::new();
+        for (i, e) in f.events.into_iter().enumerate() {
+            let at = format!("events[{i}]");
+            let when = dur(&e.at, &format!("{at}.at"))?;
+            let mut whats = Vec::new();
+            if e.commit == Some(true) {
+                whats.push(Happening::Commit);
+            }
+            if let Some(d) = &e.store_down {
+                whats.push(Happening::StoreDown(dur(d, &format!("{at}.store_down"))?));
+            }
+            if let Some(p) = e.put {
+                if !p.is_object() {
+                    return Err(format!("{at}.put: the put's params, a mapping"));
+                }
+                whats.push(Happening::Put {
+                    params: p,
+                    resource: e.resource.clone(),
+                });
+            } else if e.resource.is_some() {
+                return Err(format!("{at}.resource goes with put"));
+            }
+            if let Some(j) = e.trigger {
+                whats.push(Happening::Trigger(j));
+            }
+            let [what] = <[Happening; 1]>::try_from(whats).map_err(|w| {
+                format!(
+                    "{at}: an event is one of commit: true, store_down: DURATION, put: PARAMS, trigger: JOB ({} given)",
+                    w.len()
+                )
+            })?;
+            events.push(Event { at: when, what });
+        }
+        events.sort_by_key(|e| e.at);
+        let expect = match f.expect {
+            None => Expect {
+                delivered: Some(true),
+                ..Expect::default()
+            },
+            Some(x) => {
+                let counts = |m: BTreeMap<String, Value>, what: &str| {
+                    m.into_iter()
+                        .map(|(k, v)| {
+                            let c = count(&v, &format!("expect.{what}.{k}"))?;
+                            Ok((k, c))
+                        })
+                        .collect::<Result<BTreeMap<String, Count>, String>>()
+                };
+                let failures = counts(x.failures, "failures")?
+                    .into_iter()
+                    .map(|(k, c)| {
+                        k.parse::<u32>()
+                            .map(|n| (n, c))
+                            .map_err(|_| format!("expect.failures: {k:?} is not a state code"))
+                    })
+                    .collect::<Result<_, String>>()?;
+                Expect {
+                    delivered: x.delivered,
+                    within: x.within.map(|w| dur(&w, "expect.within")).transpose()?,
+                    state: x.state,
+                    status: x.status,
+                    builds: counts(x.builds, "builds")?,
+                    task_runs: counts(x.task_runs, "task_runs")?,
+                    failures,
+                    runs: x.runs,
+                }
+            }
+        };
+        Ok(Scenario {
+            description: f.description,
+            pipelines: f.pipelines,
+            releases: f
+                .releases
+                .iter()
+                .map(|r| r.parse())
+                .collect::<Result<_, String>>()
+                .map_err(|e| format!("releases: {e}"))?,
+            task_time: f
+                .task_time
+                .map(|t| dur(&t, "task_time"))
+                .transpose()?
+                .unwrap_or(DEFAULT_TASK_TIME),
+            tasks,
+            events,
+            until: f
+                .until
+                .map(|u| dur(&u, "until"))
+                .transpose()?
+                .unwrap_or(DEFAULT_UNTIL),
+            expect,
+        })
+    }
+
+    /// Whether it applies to the pipeline file named `stem` on `release`.
+    pub fn applies_to(&self, stem: &str, release: super::Release) -> bool {
+        (self.pipelines.is_empty() || self.pipelines.iter().any(|p| p == stem))
+            && (self.releases.is_empty() || self.releases.contains(&release))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_reads_and_refuses_unknown_fields() {
+        let s = Scenario::parse(
+            r#"
+description: two failures
+task_time: 10m
+tasks:
+  packer-kickstart:
+  - {outcome: fail, error: "ssh timeout"}
+  - die
+events:
+- {at: 2h, commit: true}
+- {at: 1h, store_down: 10m}
+- {at: 3h, put: {retry: 25}}
+expect:
+  builds: {alert-a-human: ">=1", kickstart: 3}
+  failures: {"5": 2}
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.task_time, Duration::from_secs(600));
+        assert_eq!(s.tasks["packer-kickstart"][1].outcome, Outcome::Die);
+        assert_eq!(s.events[0].what, Happening::StoreDown(Duration::from_secs(600)));
+        assert_eq!(s.expect.builds["alert-a-human"], Count::AtLeast(1));
+        assert_eq!(s.expect.failures[&5], Count::Exactly(2));
+        assert_eq!(s.expect.delivered, None);
+        for (bad, says) in [
+            ("tasks: {t: [{outcome: fail, eror: x}]}", "tasks.t[0]: unknown field `eror`"),
+            ("tasks: {t: [explode]}", "tasks.t[0]: unknown variant `explode`"),
+            ("events: [{at: 1h}]", "events[0]: an event is one of"),
+            ("events: [{at: 1h, commit: true, trigger: a}]", "(2 given)"),
+            ("expect: {builds: {a: lots}}", "expect.builds.a: \"lots\" is not a count"),
+            ("expectations: {}", "unknown field `expectations`"),
+            ("until: forever", "until: "),
+        ] {
+            let e = Scenario::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}
