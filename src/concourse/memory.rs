@@ -169,7 +169,7 @@ impl Steps for InMemory {
         env: &BuildEnv,
         artifacts: &BTreeMap<String, Files>,
         now: Timestamp,
-    ) -> Result<Value, String> {
+    ) -> Result<(Value, Vec<String>), String> {
         self.at(now);
         let mut files = InMemoryFiles::default();
         for (name, art) in artifacts {
@@ -186,7 +186,10 @@ impl Steps for InMemory {
             .await
             .map_err(text)?;
         let v: &Version = &reply.version;
-        Ok(serde_json::to_value(v).expect("a version serializes"))
+        Ok((
+            serde_json::to_value(v).expect("a version serializes"),
+            notes.take(),
+        ))
     }
 
     async fn document(&self, resource: &Resource) -> Option<Document> {

@@ -87,6 +87,8 @@ pub enum Happening {
     },
     /// `fly trigger-job` of this job.
     Trigger(String),
+    /// `fly check-resource` of this resource (as a webhook would ask).
+    Check(String),
 }
 
 #[derive(Deserialize)]
@@ -103,6 +105,8 @@ struct EventFields {
     resource: Option<String>,
     #[serde(default)]
     trigger: Option<String>,
+    #[serde(default)]
+    check: Option<String>,
 }
 
 /// A number of times: exactly (`3`) or a bound (`">=1"`, `"<=2"`).
@@ -323,9 +327,12 @@ impl Scenario {
             if let Some(j) = e.trigger {
                 whats.push(Happening::Trigger(j));
             }
+            if let Some(r) = e.check {
+                whats.push(Happening::Check(r));
+            }
             let [what] = <[Happening; 1]>::try_from(whats).map_err(|w| {
                 format!(
-                    "{at}: an event is one of commit: true, store_down: DURATION, put: PARAMS, trigger: JOB ({} given)",
+                    "{at}: an event is one of commit: true, store_down: DURATION, put: PARAMS, trigger: JOB, check: RESOURCE ({} given)",
                     w.len()
                 )
             })?;

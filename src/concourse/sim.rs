@@ -52,8 +52,18 @@ use tokio::time::Instant;
 /// How often the scheduler looks at every job.
 pub const SCHEDULER_TICK: Duration = Duration::from_secs(10);
 
-/// How long a get or a put takes (a container, a resource script).
+/// How long a get takes (a container, a resource script).
 pub const STEP_TIME: Duration = Duration::from_secs(3);
+
+/// A put: its write lands this long after the step starts ...
+pub const PUT_WRITES_AFTER: Duration = Duration::from_secs(1);
+
+/// ... and the step ends this long after the write.
+pub const PUT_ENDS_AFTER: Duration = Duration::from_secs(2);
+
+/// A build finishes (its outputs count for `passed`) this long after its
+/// last step.
+pub const FINISH_TIME: Duration = Duration::from_secs(2);
 
 /// The files of one artifact, by path inside it.
 pub type Files = BTreeMap<String, Vec<u8>>;
@@ -107,7 +117,7 @@ pub trait Steps {
     ) -> Result<Files, String>;
 
     /// `out` with `params`, the build's `env`, and the artifacts it sees:
-    /// the version it answers.
+    /// the version it answers, and what it said on stderr.
     async fn put(
         &self,
         resource: &Resource,
@@ -115,7 +125,7 @@ pub trait Steps {
         env: &BuildEnv,
         artifacts: &BTreeMap<String, Files>,
         now: Timestamp,
-    ) -> Result<Value, String>;
+    ) -> Result<(Value, Vec<String>), String>;
 
     /// The build's document as stored now.
     async fn document(&self, resource: &Resource) -> Option<Document>;
@@ -477,8 +487,10 @@ impl<S: Steps + 'static> Sim<S> {
             &serde_json::from_value(self.state().source.clone()).ok()?,
         )
         .ok()?;
-        let later = doc.retry_at.filter(|t| *t > now).is_some()
-            || doc.dead_since(&config.retry).is_some_and(|t| t > now);
+        // A time that opens a gate, and then a check and a schedule after it.
+        let margin = chrono::Duration::from_std(quiet).unwrap_or_default();
+        let later = doc.retry_at.is_some_and(|t| t + margin > now)
+            || doc.dead_since(&config.retry).is_some_and(|t| t + margin > now);
         if later {
             return None;
         }
@@ -499,14 +511,25 @@ impl<S: Steps + 'static> Sim<S> {
                 };
                 self.log(None, format!("git: commit-{n} pushed"), None);
             }
-            Happening::StoreDown(d) => self.log(
-                None,
-                format!(
-                    "the store goes down for {}",
-                    crate::model::duration::format(*d)
-                ),
-                None,
-            ),
+            Happening::StoreDown(d) => {
+                self.log(
+                    None,
+                    format!(
+                        "the store goes down for {}",
+                        crate::model::duration::format(*d)
+                    ),
+                    None,
+                );
+                // The event lasts until the store is back: what was waiting
+                // for it happens after that.
+                tokio::time::sleep(*d).await;
+                self.log(None, "the store is back".into(), None);
+                self.w.borrow_mut().last_change = self.elapsed();
+            }
+            Happening::Check(name) => {
+                self.log(None, format!("fly check-resource {name}"), None);
+                self.check(name).await;
+            }
             Happening::Trigger(job) => {
                 let Some(ji) = self.p.jobs.iter().position(|j| j.name == *job) else {
                     self.log(None, format!("fly trigger-job {job}: no such job"), None);
@@ -533,7 +556,7 @@ impl<S: Steps + 'static> Sim<S> {
                     .await;
                 let after = self.where_now().await;
                 match result {
-                    Ok(v) => {
+                    Ok((v, _)) => {
                         self.save_versions(&r.name, vec![v]);
                         self.log(None, format!("a human puts {params} to {}", r.name), after);
                     }
@@ -602,16 +625,28 @@ impl<S: Steps + 'static> Sim<S> {
                 _ => Ok(vec![json!({"version": "1"})]),
             }
         };
+        // A failing check is said once (and when checks work again), not
+        // once per resource.
         match found {
             Ok(v) => {
-                if self.w.borrow_mut().check_failing.remove(name) {
-                    self.log(None, format!("check of {name} works again"), None);
+                let again = {
+                    let mut w = self.w.borrow_mut();
+                    w.check_failing.remove(name) && w.check_failing.is_empty()
+                };
+                if again {
+                    self.log(None, "checks work again".into(), None);
                 }
                 self.save_versions(name, v);
             }
             Err(e) => {
-                if self.w.borrow_mut().check_failing.insert(name.to_string()) {
-                    self.log(None, format!("check of {name} failed: {e}"), None);
+                let first = {
+                    let mut w = self.w.borrow_mut();
+                    let first = w.check_failing.is_empty();
+                    w.check_failing.insert(name.to_string());
+                    first
+                };
+                if first {
+                    self.log(None, format!("check of {name} failed (so do the others until it works again): {e}"), None);
                 }
             }
         }
@@ -860,6 +895,7 @@ impl<S: Steps + 'static> Sim<S> {
             aborted: Cell::new(false),
         };
         let status = self.exec(&ctx, &job.plan, None).await;
+        tokio::time::sleep(FINISH_TIME).await;
         let after = self.where_now().await;
         {
             let mut w = self.w.borrow_mut();
@@ -1105,14 +1141,25 @@ impl<S: Steps + 'static> Sim<S> {
             Some(s) => format!("put {} {} [BUILD_STATUS={}]", p.name, compact(&p.params), s.as_str()),
             None => format!("put {} {}", p.name, compact(&p.params)),
         };
-        tokio::time::sleep(STEP_TIME).await;
+        tokio::time::sleep(PUT_WRITES_AFTER).await;
         let version = if r.build_state {
             let inputs = self.put_inputs(ctx, p);
             let env = self.env(ctx, env);
             let result = self.steps.put(r, &p.params, &env, &inputs, self.now()).await;
             let after = self.where_now().await;
             match result {
-                Ok(v) => {
+                Ok((v, said)) => {
+                    let said: Vec<&String> = said
+                        .iter()
+                        .filter(|l| l.starts_with("no change") || l.starts_with("warning"))
+                        .collect();
+                    let shown = match said.as_slice() {
+                        [] => shown,
+                        lines => format!(
+                            "{shown}: {}",
+                            lines.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("; ")
+                        ),
+                    };
                     self.log(Some(ctx.build), shown, after);
                     v
                 }
@@ -1125,6 +1172,7 @@ impl<S: Steps + 'static> Sim<S> {
             self.log(Some(ctx.build), shown, None);
             json!({"put": self.elapsed().as_secs()})
         };
+        tokio::time::sleep(PUT_ENDS_AFTER).await;
         self.save_versions(&r.name, vec![version.clone()]);
         {
             let mut w = self.w.borrow_mut();

@@ -84,7 +84,11 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
                     job.name, r.name, state.name
                 ));
             }
-            if put.params.get("finish").is_some() && !release.has_build_status() {
+            let said = format!("job {}: finish needs", job.name);
+            if put.params.get("finish").is_some()
+                && !release.has_build_status()
+                && !out.iter().any(|o| o.starts_with(&said))
+            {
                 out.push(format!(
                     "job {}: finish needs BUILD_STATUS, which Concourse gives puts in hooks since 8.2 (this is {release}): record the outcome with complete and fail hooks",
                     job.name
@@ -111,7 +115,8 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
         }
         let puts_to: BTreeSet<&str> = job.puts().iter().map(|p| p.resource.as_str()).collect();
         for g in job.gets() {
-            if g.trigger && puts_to.contains(g.resource.as_str()) {
+            // With `passed`, its own puts are no candidates.
+            if g.trigger && g.passed.is_empty() && puts_to.contains(g.resource.as_str()) {
                 out.push(format!(
                     "job {}: triggers itself: it gets {} with trigger: true and puts to it (every put is a new version)",
                     job.name, g.resource
