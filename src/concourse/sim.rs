@@ -466,11 +466,22 @@ impl<S: Steps + 'static> Sim<S> {
     /// is to come, the document has not changed for a while and no time
     /// opens a gate later (a retry due, a timeout).
     async fn finished(&self) -> Option<String> {
+        // The longest a pipeline can wait for its next version: a check, or
+        // a time resource's interval.
         let quiet = self
             .p
             .resources
             .iter()
-            .filter_map(|r| r.check_every)
+            .filter_map(|r| {
+                let interval = (r.kind == "time")
+                    .then(|| r.source["interval"].as_str())
+                    .flatten()
+                    .and_then(|i| crate::model::duration::parse(i).ok());
+                match (r.check_every, interval) {
+                    (Some(c), Some(i)) => Some(c + i),
+                    (c, i) => c.or(i),
+                }
+            })
             .max()
             .unwrap_or(super::config::DEFAULT_CHECK_EVERY)
             + Duration::from_secs(120);
@@ -501,7 +512,7 @@ impl<S: Steps + 'static> Sim<S> {
         ))
     }
 
-    async fn happen(&self, what: &Happening) {
+    async fn happen(self: &Rc<Self>, what: &Happening) {
         match what {
             Happening::Commit => {
                 let n = {
@@ -529,6 +540,9 @@ impl<S: Steps + 'static> Sim<S> {
             Happening::Check(name) => {
                 self.log(None, format!("fly check-resource {name}"), None);
                 self.check(name).await;
+                // New versions request a schedule of the jobs that use
+                // them: at once here.
+                self.schedule().await;
             }
             Happening::Trigger(job) => {
                 let Some(ji) = self.p.jobs.iter().position(|j| j.name == *job) else {
@@ -697,6 +711,16 @@ impl<S: Steps + 'static> Sim<S> {
                     .iter()
                     .position(|b| b.job == ji && b.rec.started.is_none())
             };
+            // Since 8.2 an input no job triggers on is checked when a build
+            // needs it: here, the first time, so the trigger can be decided.
+            if self.opts.release.checks_only_triggers() {
+                for g in job.gets() {
+                    let never = !self.w.borrow().last_checked.contains_key(&g.resource);
+                    if !triggers.contains(&g.resource) && never {
+                        self.check(&g.resource).await;
+                    }
+                }
+            }
             if pending(&self.w.borrow()).is_none()
                 && let Some(inputs) = self.next_inputs(job)
                 && job
@@ -970,6 +994,15 @@ impl<S: Steps + 'static> Sim<S> {
     /// The hooks of `step` around `result`, nested as Concourse builds
     /// them; `env` is the status the enclosing hook gives (for `ensure`).
     async fn hooks(&self, ctx: &Ctx, step: &Step, result: Status, env: Option<Status>) -> Status {
+        // An aborted build still runs its hooks (on_abort, ensure); the
+        // plan after them stays skipped.
+        let aborted = ctx.aborted.replace(false);
+        let r = self.run_hooks(ctx, step, result, env).await;
+        ctx.aborted.set(aborted || ctx.aborted.get());
+        r
+    }
+
+    async fn run_hooks(&self, ctx: &Ctx, step: &Step, result: Status, env: Option<Status>) -> Status {
         let h = &step.hooks;
         let mut r = result;
         if let Some(s) = &h.on_success

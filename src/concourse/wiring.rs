@@ -134,9 +134,15 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
             }
         }
     }
+    // A put of a whole document (`file:`) records what its task decided
+    // (the single-job pipeline): the task, not the wiring, names stages.
+    let by_documents = p
+        .jobs
+        .iter()
+        .any(|j| j.puts().iter().any(|put| put.params.get("file").is_some()));
     for step in ladder.steps() {
         let c = step.code;
-        if c == ladder.final_code() || recorded.contains(&c) {
+        if by_documents || c == ladder.final_code() || recorded.contains(&c) {
             continue;
         }
         out.push(format!(

@@ -5,7 +5,6 @@ mod util;
 
 mod check;
 mod cli;
-mod concourse;
 mod concurrency;
 mod errors;
 mod get;
@@ -14,5 +13,5 @@ mod pipelines;
 mod policies;
 mod put;
 mod retention;
-mod runner;
 mod servers;
+mod simulate;
