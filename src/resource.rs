@@ -152,10 +152,11 @@ pub async fn check_store<S: Store>(
         Read::Found(c) => c,
     };
     let doc = &current.doc;
-    let newest = version_of(doc);
+    // Computed only when emitted (its ETag serializes the document).
+    let newest = || version_of(doc);
     if let Some(gate) = config.gate {
         if gate.gate_passes(doc, clock.now(), &config.retry) {
-            return Ok(vec![newest]);
+            return Ok(vec![newest()]);
         }
         let at_gate = gate.code() == Some(doc.state) && !gate.blocked;
         let wait = match (doc.status, doc.retry_at, doc.dead_since(&config.retry)) {
@@ -174,17 +175,17 @@ pub async fn check_store<S: Store>(
         return Ok(vec![]);
     }
     let Some(given_rev) = given_rev else {
-        return Ok(vec![newest]);
+        return Ok(vec![newest()]);
     };
     if given_rev > doc.revision {
-        return Ok(vec![newest]);
+        return Ok(vec![newest()]);
     }
     // One revision is one Concourse version: the canonical JSON, whatever
     // shape the given one had (`fly check-resource --from revision:3`).
     let mut out = Vec::new();
     for e in doc.history.iter().filter(|e| e.revision >= given_rev) {
         if e.revision == doc.revision {
-            out.push(newest.clone());
+            out.push(newest());
         } else {
             let then = doc
                 .at_revision(e.revision, &config.ladder)

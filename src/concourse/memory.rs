@@ -24,6 +24,9 @@ pub struct OutageStore {
     inner: MemoryStore,
     down: RefCell<Vec<(Timestamp, Timestamp)>>,
     now: Cell<Option<Timestamp>>,
+    /// Rises with every write that landed: what was read at one
+    /// generation is still what is stored.
+    generation: Cell<u64>,
 }
 
 impl OutageStore {
@@ -53,7 +56,11 @@ impl Store for OutageStore {
         when: Precondition<'_>,
     ) -> Result<String, StoreError> {
         self.refuse()?;
-        self.inner.put(key, body, when).await
+        let r = self.inner.put(key, body, when).await;
+        if r.is_ok() {
+            self.generation.set(self.generation.get() + 1);
+        }
+        r
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -68,11 +75,13 @@ impl Store for OutageStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.refuse()?;
+        self.generation.set(self.generation.get() + 1);
         self.inner.delete(key).await
     }
 
     async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
         self.refuse()?;
+        self.generation.set(self.generation.get() + 1);
         self.inner.delete_if(key, etag).await
     }
 }
@@ -92,6 +101,23 @@ pub struct InMemory {
     store: OutageStore,
     /// Each resource's configuration, read once.
     configs: RefCell<BTreeMap<String, crate::config::Config>>,
+    /// The last check of each resource: what it answered, for which
+    /// stored body and given version, and until when that answer holds.
+    checks: RefCell<BTreeMap<String, Memo>>,
+    /// The last document read: the store's generation and what it held.
+    decoded: RefCell<Option<(u64, Option<Document>)>>,
+}
+
+/// A check's answer, which holds while the stored body and the version
+/// given are the same and the clock has not reached the next time the
+/// answer depends on (a retry due, a timeout): `check` is a function of
+/// those alone, so a simulation need not decode an unchanged document
+/// every minute for every gate.
+struct Memo {
+    generation: u64,
+    from: Option<Value>,
+    until: Option<Timestamp>,
+    answer: Vec<Value>,
 }
 
 impl InMemory {
@@ -132,10 +158,98 @@ impl Steps for InMemory {
     ) -> Result<Vec<Value>, String> {
         self.at(now);
         let config = self.config(resource)?;
+        let generation = self.store.generation.get();
+        if let Some(m) = self.checks.borrow().get(&resource.name)
+            && self.store.refuse().is_ok()
+            && m.generation == generation
+            && m.from.as_ref() == from
+            && m.until.is_none_or(|t| now < t)
+        {
+            return Ok(m.answer.clone());
+        }
+        let answer = self.check_now(&config, from, now).await?;
+        if let Some(doc) = self.stored(&config) {
+            // The next time the answer can change with the clock alone.
+            let until = [doc.retry_at, doc.dead_since(&config.retry)]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > now)
+                .min();
+            self.checks.borrow_mut().insert(
+                resource.name.clone(),
+                Memo {
+                    generation,
+                    from: from.cloned(),
+                    until,
+                    answer: answer.clone(),
+                },
+            );
+        }
+        Ok(answer)
+    }
+
+    async fn get(
+        &self,
+        resource: &Resource,
+        version: &Value,
+        params: &Value,
+        now: Timestamp,
+    ) -> Result<Files, String> {
+        self.get_now(resource, version, params, now).await
+    }
+
+    async fn put(
+        &self,
+        resource: &Resource,
+        params: &Value,
+        env: &BuildEnv,
+        artifacts: &BTreeMap<String, Files>,
+        now: Timestamp,
+    ) -> Result<(Value, Vec<String>), String> {
+        self.put_now(resource, params, env, artifacts, now).await
+    }
+
+    async fn document(&self, resource: &Resource) -> Option<Document> {
+        let config = self.config(resource).ok()?;
+        self.stored(&config)
+    }
+
+    fn outage(&self, from: Timestamp, until: Timestamp) -> bool {
+        self.store.down.borrow_mut().push((from, until));
+        true
+    }
+}
+
+impl InMemory {
+    /// The stored document (decoded once per generation of the store; the
+    /// simulation has one build).
+    fn stored(&self, config: &crate::config::Config) -> Option<Document> {
+        let generation = self.store.generation.get();
+        if let Some((g, d)) = &*self.decoded.borrow()
+            && *g == generation
+        {
+            return d.clone();
+        }
+        let key = config.state_key();
+        let doc = self.store.inner.body(&key).and_then(|body| {
+            crate::engine::Builds::new(config, &self.store.inner)
+                .decode(&key, &body)
+                .ok()
+        });
+        *self.decoded.borrow_mut() = Some((generation, doc.clone()));
+        doc
+    }
+
+    async fn check_now(
+        &self,
+        config: &crate::config::Config,
+        from: Option<&Value>,
+        now: Timestamp,
+    ) -> Result<Vec<Value>, String> {
         let version = from
             .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("version: {e}")))
             .transpose()?;
-        let found = crate::resource::check_store(&config, &self.store, &At(now), version, &Notes::new())
+        let found = crate::resource::check_store(config, &self.store, &At(now), version, &Notes::new())
             .await
             .map_err(text)?;
         Ok(found
@@ -144,7 +258,7 @@ impl Steps for InMemory {
             .collect())
     }
 
-    async fn get(
+    async fn get_now(
         &self,
         resource: &Resource,
         version: &Value,
@@ -162,7 +276,7 @@ impl Steps for InMemory {
         Ok(files.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
     }
 
-    async fn put(
+    async fn put_now(
         &self,
         resource: &Resource,
         params: &Value,
@@ -190,19 +304,5 @@ impl Steps for InMemory {
             serde_json::to_value(v).expect("a version serializes"),
             notes.take(),
         ))
-    }
-
-    async fn document(&self, resource: &Resource) -> Option<Document> {
-        let config = self.config(resource).ok()?;
-        let key = config.state_key();
-        let body = self.store.inner.body(&key)?;
-        crate::engine::Builds::new(&config, &self.store.inner)
-            .decode(&key, &body)
-            .ok()
-    }
-
-    fn outage(&self, from: Timestamp, until: Timestamp) -> bool {
-        self.store.down.borrow_mut().push((from, until));
-        true
     }
 }

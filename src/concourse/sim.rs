@@ -256,6 +256,11 @@ struct World {
     delivered_at: Option<Duration>,
     future_events: usize,
     violations: Vec<String>,
+    /// Rises whenever what scheduling looks at changes (a version saved, a
+    /// build created, started or finished); a job is looked at again only
+    /// when it rose since its last look.
+    epoch: u64,
+    looked: BTreeMap<usize, u64>,
 }
 
 /// The simulation of one pipeline under one scenario.
@@ -268,6 +273,8 @@ struct Sim<S: Steps> {
     start: Instant,
     /// The ungated build-state resource whose document is the build's.
     state: usize,
+    /// Its configuration.
+    config: Option<crate::config::Config>,
 }
 
 /// One build as it runs.
@@ -319,6 +326,9 @@ pub fn play<S: Steps + 'static>(
             }),
             start: Instant::now(),
             state,
+            config: serde_json::from_value(pipeline.resources[state].source.clone())
+                .ok()
+                .and_then(|s| crate::resource::configure(&s).ok()),
         });
         sim.main().await
     })
@@ -494,10 +504,7 @@ impl<S: Steps + 'static> Sim<S> {
         }
         let doc = self.steps.document(self.state()).await?;
         let now = self.now();
-        let config = crate::resource::configure(
-            &serde_json::from_value(self.state().source.clone()).ok()?,
-        )
-        .ok()?;
+        let config = self.config.as_ref()?;
         // A time that opens a gate, and then a check and a schedule after it.
         let margin = chrono::Duration::from_std(quiet).unwrap_or_default();
         let later = doc.retry_at.is_some_and(|t| t + margin > now)
@@ -603,6 +610,7 @@ impl<S: Steps + 'static> Sim<S> {
             list.retain(|x| *x != v);
             list.push(v);
         }
+        w.epoch += 1;
         true
     }
 
@@ -675,6 +683,7 @@ impl<S: Steps + 'static> Sim<S> {
         };
         let id = w.builds.len() as u64 + 1;
         let created = self.elapsed().as_secs();
+        w.epoch += 1;
         w.builds.push(BuildState {
             job,
             rec: BuildRecord {
@@ -706,6 +715,13 @@ impl<S: Steps + 'static> Sim<S> {
     async fn schedule(self: &Rc<Self>) {
         let triggers = self.p.triggers();
         for (ji, job) in self.p.jobs.iter().enumerate() {
+            {
+                let mut w = self.w.borrow_mut();
+                let epoch = w.epoch;
+                if w.looked.insert(ji, epoch) == Some(epoch) {
+                    continue;
+                }
+            }
             let pending = |w: &World| {
                 w.builds
                     .iter()
@@ -764,6 +780,7 @@ impl<S: Steps + 'static> Sim<S> {
                     let rec = &mut w.builds[b].rec;
                     rec.inputs = inputs;
                     rec.started = Some(started);
+                    w.epoch += 1;
                     *w.running.entry(ji).or_insert(0) += 1;
                     for g in &job.serial_groups {
                         w.groups_busy.insert(g.clone());
@@ -927,6 +944,7 @@ impl<S: Steps + 'static> Sim<S> {
             let rec = &mut w.builds[b].rec;
             rec.status = Some(status);
             rec.finished = Some(finished);
+            w.epoch += 1;
             if let Some(n) = w.running.get_mut(&ji) {
                 *n -= 1;
             }

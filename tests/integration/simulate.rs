@@ -675,7 +675,11 @@ fn staged_pipeline_through_the_programs(w: World) {
         doc["history"][3]["by"]["build_url"],
         "https://ci.example.com/teams/main/pipelines/staged-image-build/jobs/kickstart/builds/1"
     );
-    // The 7.x variant on 7.11, on a build of its own.
+    // The 7.x variant on 7.11, on a build of its own (on the local store:
+    // the S3 store's behaviour is the same, and every process costs).
+    if steps.w.kind == crate::util::Kind::S3 {
+        return;
+    }
     let Ok(processes) = Rc::try_unwrap(steps) else {
         panic!("the simulation is over")
     };
