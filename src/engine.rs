@@ -598,7 +598,11 @@ mod tests {
             4,
             Fault::Interleave(Box::new(move |m: &MemoryStore| {
                 let cur: Document = serde_json::from_slice(&m.body(&key).unwrap()).unwrap();
-                let u = Update::new(fail(5, "other"), crate::model::Actor::default(), crate::now());
+                let u = Update::new(
+                    fail(5, "other"),
+                    crate::model::Actor::default(),
+                    crate::now(),
+                );
                 if let Outcome::Write(d) =
                     crate::model::apply(Some(&cur), &u, &rules_config.rules()).unwrap()
                 {
@@ -815,7 +819,11 @@ mod tests {
         let key = c.state_key();
         let theirs = {
             let cur = doc(&store, &c).await;
-            let u = Update::new(fail(5, "theirs"), crate::model::Actor::default(), crate::now());
+            let u = Update::new(
+                fail(5, "theirs"),
+                crate::model::Actor::default(),
+                crate::now(),
+            );
             match crate::model::apply(Some(&cur), &u, &c.rules()).unwrap() {
                 Outcome::Write(d) => d.to_bytes(),
                 other => panic!("{other:?}"),

@@ -119,7 +119,10 @@ fn lookup<'v>(vars: &'v Vars, name: &str) -> Option<&'v Value> {
     // A var with a source (`((vault:key))`) is the credential manager's
     // business: fly's -v never gives it (`vars/static_vars.go` finds only
     // references without a source).
-    if name.split_once(':').is_some_and(|(src, _)| !src.contains('"')) {
+    if name
+        .split_once(':')
+        .is_some_and(|(src, _)| !src.contains('"'))
+    {
         return None;
     }
     if let Some(v) = vars.get(name.trim_matches('"')) {

@@ -560,7 +560,9 @@ mod tests {
         };
         assert_eq!(error.kind, FailureKind::Persistent);
         assert!(
-            error.message.contains("succeeded but did not write out/vars.json, which params.vars_file names"),
+            error.message.contains(
+                "succeeded but did not write out/vars.json, which params.vars_file names"
+            ),
             "{}",
             error.message
         );

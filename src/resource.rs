@@ -708,7 +708,12 @@ mod tests {
         let out = check_store(&c, &store, &clock, Some(partial), &Notes::new())
             .await
             .unwrap();
-        let current = Builds::new(&c, &store).current().await.unwrap().unwrap().doc;
+        let current = Builds::new(&c, &store)
+            .current()
+            .await
+            .unwrap()
+            .unwrap()
+            .doc;
         let first = current.at_revision(1, &c.ladder).unwrap();
         assert_eq!(out, vec![version_of(&first), version_of(&current)]);
         // A partial version carrying an ETag is no "unchanged" either.
@@ -725,9 +730,14 @@ mod tests {
     #[tokio::test]
     async fn a_put_to_a_gated_resource_is_refused() {
         let input = br#"{"source": {"local_dir": "/nowhere", "build_id": "rhel8-web", "gate": {"state": 5}}, "params": {"start": 5}}"#;
-        let err = put(input, Path::new("/nowhere"), &BuildEnv::default(), &Notes::new())
-            .await
-            .unwrap_err();
+        let err = put(
+            input,
+            Path::new("/nowhere"),
+            &BuildEnv::default(),
+            &Notes::new(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "rhel8-web: source.gate: a gated resource (gate {state: 5}) only triggers jobs; put to the ungated resource of the same build instead (a put's version would trigger the gated job with the gate shut)"

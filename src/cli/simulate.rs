@@ -97,8 +97,9 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
             unreadable(format!("resources.{}: {e:#}{hint}", r.name))
         })?;
     }
-    let report = crate::concourse::simulate(&p, &name, release, &scenario, Rc::new(InMemory::new()))
-        .map_err(unreadable)?;
+    let report =
+        crate::concourse::simulate(&p, &name, release, &scenario, Rc::new(InMemory::new()))
+            .map_err(unreadable)?;
     if out.json {
         out.write(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
@@ -126,8 +127,16 @@ pub(crate) fn human(r: &Report) -> String {
             (Some(j), Some(n)) => format!("{j} #{n}"),
             _ => String::new(),
         };
-        let state = l.state.as_ref().map(|st| format!("  → {st}")).unwrap_or_default();
-        s.push_str(&format!("{:>9}  {who:<30} {}{state}\n", clock(l.at), l.what));
+        let state = l
+            .state
+            .as_ref()
+            .map(|st| format!("  → {st}"))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{:>9}  {who:<30} {}{state}\n",
+            clock(l.at),
+            l.what
+        ));
     }
     let m = &r.summary;
     s.push_str("\nsummary\n");
@@ -156,7 +165,11 @@ pub(crate) fn human(r: &Report) -> String {
     s.push_str(&format!("  stopped: {}\n", m.stopped));
     s.push_str(&format!(
         "  builds: {}, gets from the cache: {}, gets run: {}\n",
-        r.played.builds.iter().filter(|b| b.started.is_some()).count(),
+        r.played
+            .builds
+            .iter()
+            .filter(|b| b.started.is_some())
+            .count(),
         r.played.cache_hits,
         r.played.gets_run
     ));

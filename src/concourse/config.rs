@@ -337,9 +337,7 @@ fn text(v: &Value) -> String {
 
 fn hooks(holder: &Value, errors: &mut Vec<String>, job: &str) -> Hooks {
     let hook = |name: &str, errors: &mut Vec<String>| {
-        holder
-            .get(name)
-            .map(|h| Box::new(step(h, errors, job)))
+        holder.get(name).map(|h| Box::new(step(h, errors, job)))
     };
     Hooks {
         on_success: hook("on_success", errors),
@@ -393,9 +391,7 @@ fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
         })
     } else if let Some(name) = s.get("task").and_then(Value::as_str) {
         let config = s.get("config").cloned();
-        let mapped = |field: &str, n: &str| {
-            s[field][n].as_str().unwrap_or(n).to_string()
-        };
+        let mapped = |field: &str, n: &str| s[field][n].as_str().unwrap_or(n).to_string();
         let list = |key: &str| -> Vec<Value> {
             config
                 .as_ref()

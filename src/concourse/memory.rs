@@ -10,11 +10,11 @@ use crate::app::Clock;
 use crate::inputs::InMemory as InMemoryFiles;
 use crate::model::{Document, Timestamp};
 use crate::protocol::{BuildEnv, Version};
+#[allow(unused_imports)]
+use crate::resource as _;
 use crate::store::memory::MemoryStore;
 use crate::store::{Fetched, Listed, Precondition, Store, StoreError};
 use serde_json::{Value, json};
-#[allow(unused_imports)]
-use crate::resource as _;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
@@ -34,7 +34,12 @@ impl OutageStore {
         let Some(now) = self.now.get() else {
             return Ok(());
         };
-        if self.down.borrow().iter().any(|(a, b)| *a <= now && now < *b) {
+        if self
+            .down
+            .borrow()
+            .iter()
+            .any(|(a, b)| *a <= now && now < *b)
+        {
             return Err(StoreError::Other(
                 "connection refused: the store is down (a simulated outage)".into(),
             ));
@@ -249,9 +254,10 @@ impl InMemory {
         let version = from
             .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("version: {e}")))
             .transpose()?;
-        let found = crate::resource::check_store(config, &self.store, &At(now), version, &Notes::new())
-            .await
-            .map_err(text)?;
+        let found =
+            crate::resource::check_store(config, &self.store, &At(now), version, &Notes::new())
+                .await
+                .map_err(text)?;
         Ok(found
             .into_iter()
             .map(|v| serde_json::to_value(v).expect("a version serializes"))

@@ -42,7 +42,10 @@ impl Release {
     /// `no_get`, the last 7.x, 8.0 and 8.2.
     pub const TRIED: [Release; 4] = [
         Release { major: 7, minor: 9 },
-        Release { major: 7, minor: 11 },
+        Release {
+            major: 7,
+            minor: 11,
+        },
         Release { major: 8, minor: 0 },
         Release { major: 8, minor: 2 },
     ];
@@ -249,9 +252,8 @@ fn summarize(p: &Pipeline, played: &Played) -> Summary {
         .filter(|j| {
             j.gets().iter().any(|g| {
                 g.trigger
-                    && p.resource(&g.resource).is_some_and(|r| {
-                        r.build_state && r.source["gate"].get("status").is_some()
-                    })
+                    && p.resource(&g.resource)
+                        .is_some_and(|r| r.build_state && r.source["gate"].get("status").is_some())
             })
         })
         .map(|j| j.name.as_str())
@@ -299,10 +301,12 @@ fn expectations(s: &Scenario, played: &Played, summary: &Summary) -> Vec<String>
             out.push(format!(
                 "expected delivery within {}; {}",
                 duration::format(within),
-                summary.delivered_at.map_or("never delivered".to_string(), |t| format!(
-                    "delivered after {}",
-                    duration::format(std::time::Duration::from_secs(t))
-                ))
+                summary
+                    .delivered_at
+                    .map_or("never delivered".to_string(), |t| format!(
+                        "delivered after {}",
+                        duration::format(std::time::Duration::from_secs(t))
+                    ))
             ));
         }
     }

@@ -289,8 +289,8 @@ impl Scenario {
                         after: None,
                     },
                     other => {
-                        let fields: RunFields = serde_json::from_value(other)
-                            .map_err(|e| format!("{at}: {e}"))?;
+                        let fields: RunFields =
+                            serde_json::from_value(other).map_err(|e| format!("{at}: {e}"))?;
                         TaskRun {
                             outcome: fields.outcome,
                             error: fields.error,
@@ -431,16 +431,28 @@ expect:
         .unwrap();
         assert_eq!(s.task_time, Duration::from_secs(600));
         assert_eq!(s.tasks["packer-kickstart"][1].outcome, Outcome::Die);
-        assert_eq!(s.events[0].what, Happening::StoreDown(Duration::from_secs(600)));
+        assert_eq!(
+            s.events[0].what,
+            Happening::StoreDown(Duration::from_secs(600))
+        );
         assert_eq!(s.expect.builds["alert-a-human"], Count::AtLeast(1));
         assert_eq!(s.expect.failures[&5], Count::Exactly(2));
         assert_eq!(s.expect.delivered, None);
         for (bad, says) in [
-            ("tasks: {t: [{outcome: fail, eror: x}]}", "tasks.t[0]: unknown field `eror`"),
-            ("tasks: {t: [explode]}", "tasks.t[0]: unknown variant `explode`"),
+            (
+                "tasks: {t: [{outcome: fail, eror: x}]}",
+                "tasks.t[0]: unknown field `eror`",
+            ),
+            (
+                "tasks: {t: [explode]}",
+                "tasks.t[0]: unknown variant `explode`",
+            ),
             ("events: [{at: 1h}]", "events[0]: an event is one of"),
             ("events: [{at: 1h, commit: true, trigger: a}]", "(2 given)"),
-            ("expect: {builds: {a: lots}}", "expect.builds.a: \"lots\" is not a count"),
+            (
+                "expect: {builds: {a: lots}}",
+                "expect.builds.a: \"lots\" is not a count",
+            ),
             ("expectations: {}", "unknown field `expectations`"),
             ("until: forever", "until: "),
         ] {

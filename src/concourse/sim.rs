@@ -277,6 +277,10 @@ struct Sim<S: Steps> {
     config: Option<crate::config::Config>,
 }
 
+/// A candidate version of an input, with the upstream builds (per
+/// `passed` job) it went through.
+type Cand = (Value, BTreeMap<String, BTreeSet<u64>>);
+
 /// One build as it runs.
 struct Ctx {
     build: usize,
@@ -399,8 +403,7 @@ impl<S: Steps + 'static> Sim<S> {
                 .jobs
                 .iter()
                 .any(|j| j.gets().iter().any(|g| g.resource == r.name));
-            if !used || (self.opts.release.checks_only_triggers() && !triggers.contains(&r.name))
-            {
+            if !used || (self.opts.release.checks_only_triggers() && !triggers.contains(&r.name)) {
                 continue;
             }
             let me = self.clone();
@@ -508,7 +511,9 @@ impl<S: Steps + 'static> Sim<S> {
         // A time that opens a gate, and then a check and a schedule after it.
         let margin = chrono::Duration::from_std(quiet).unwrap_or_default();
         let later = doc.retry_at.is_some_and(|t| t + margin > now)
-            || doc.dead_since(&config.retry).is_some_and(|t| t + margin > now);
+            || doc
+                .dead_since(&config.retry)
+                .is_some_and(|t| t + margin > now);
         if later {
             return None;
         }
@@ -564,7 +569,11 @@ impl<S: Steps + 'static> Sim<S> {
                     Some(n) => match self.p.resource(n) {
                         Some(r) => r,
                         None => {
-                            self.log(None, format!("a human's put to {n}: no such resource"), None);
+                            self.log(
+                                None,
+                                format!("a human's put to {n}: no such resource"),
+                                None,
+                            );
                             return;
                         }
                     },
@@ -624,12 +633,19 @@ impl<S: Steps + 'static> Sim<S> {
             .last_checked
             .insert(name.to_string(), elapsed);
         let found: Result<Vec<Value>, String> = if r.build_state {
-            let from = self.w.borrow().versions.get(name).and_then(|v| v.last().cloned());
+            let from = self
+                .w
+                .borrow()
+                .versions
+                .get(name)
+                .and_then(|v| v.last().cloned());
             self.w.borrow_mut().checks += 1;
             self.steps.check(r, from.as_ref(), self.now()).await
         } else {
             match r.kind.as_str() {
-                "git" => Ok(vec![json!({"ref": format!("commit-{}", self.w.borrow().commits)})]),
+                "git" => Ok(vec![
+                    json!({"ref": format!("commit-{}", self.w.borrow().commits)}),
+                ]),
                 "time" => {
                     let interval = r.source["interval"]
                         .as_str()
@@ -668,7 +684,13 @@ impl<S: Steps + 'static> Sim<S> {
                     first
                 };
                 if first {
-                    self.log(None, format!("check of {name} failed (so do the others until it works again): {e}"), None);
+                    self.log(
+                        None,
+                        format!(
+                            "check of {name} failed (so do the others until it works again): {e}"
+                        ),
+                        None,
+                    );
                 }
             }
         }
@@ -811,7 +833,6 @@ impl<S: Steps + 'static> Sim<S> {
         }
         // Candidates per get, newest first, each with the upstream builds
         // (per passed job) it went through.
-        type Cand = (Value, BTreeMap<String, BTreeSet<u64>>);
         let mut cands: Vec<Vec<Cand>> = Vec::new();
         for g in &gets {
             let versions = w.versions.get(&g.resource)?;
@@ -834,9 +855,7 @@ impl<S: Steps + 'static> Sim<S> {
                 let mut by_build: Vec<&BuildState> = w
                     .builds
                     .iter()
-                    .filter(|b| {
-                        b.rec.job == *first && b.rec.status == Some(Status::Succeeded)
-                    })
+                    .filter(|b| b.rec.job == *first && b.rec.status == Some(Status::Succeeded))
                     .collect();
                 by_build.sort_by_key(|b| std::cmp::Reverse(b.rec.id));
                 for b in by_build {
@@ -882,7 +901,7 @@ impl<S: Steps + 'static> Sim<S> {
         // Inputs that share a passed job come from one build of it.
         fn choose(
             i: usize,
-            cands: &[Vec<(Value, BTreeMap<String, BTreeSet<u64>>)>],
+            cands: &[Vec<Cand>],
             allowed: &BTreeMap<String, BTreeSet<u64>>,
             out: &mut Vec<usize>,
         ) -> bool {
@@ -967,22 +986,23 @@ impl<S: Steps + 'static> Sim<S> {
                 attempt += 1;
                 let r = match step.timeout {
                     None => self.exec_kind(ctx, step, env).await,
-                    Some(d) => match tokio::time::timeout(d, self.exec_kind(ctx, step, env)).await
-                    {
-                        Ok(r) => r,
-                        Err(_) => {
-                            self.log(
-                                Some(ctx.build),
-                                format!(
-                                    "{}: timed out after {}: failed",
-                                    describe(step),
-                                    crate::model::duration::format(d)
-                                ),
-                                None,
-                            );
-                            Status::Failed
+                    Some(d) => {
+                        match tokio::time::timeout(d, self.exec_kind(ctx, step, env)).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                self.log(
+                                    Some(ctx.build),
+                                    format!(
+                                        "{}: timed out after {}: failed",
+                                        describe(step),
+                                        crate::model::duration::format(d)
+                                    ),
+                                    None,
+                                );
+                                Status::Failed
+                            }
                         }
-                    },
+                    }
                 };
                 if ctx.lost.get() || ctx.aborted.get() {
                     break r;
@@ -1020,7 +1040,13 @@ impl<S: Steps + 'static> Sim<S> {
         r
     }
 
-    async fn run_hooks(&self, ctx: &Ctx, step: &Step, result: Status, env: Option<Status>) -> Status {
+    async fn run_hooks(
+        &self,
+        ctx: &Ctx,
+        step: &Step,
+        result: Status,
+        env: Option<Status>,
+    ) -> Status {
         let h = &step.hooks;
         let mut r = result;
         if let Some(s) = &h.on_success
@@ -1072,10 +1098,9 @@ impl<S: Steps + 'static> Sim<S> {
             StepKind::InParallel {
                 steps, fail_fast, ..
             } => {
-                let results = futures_util::future::join_all(
-                    steps.iter().map(|s| self.exec(ctx, s, env)),
-                )
-                .await;
+                let results =
+                    futures_util::future::join_all(steps.iter().map(|s| self.exec(ctx, s, env)))
+                        .await;
                 let _ = fail_fast;
                 [Status::Aborted, Status::Errored, Status::Failed]
                     .into_iter()
@@ -1095,7 +1120,12 @@ impl<S: Steps + 'static> Sim<S> {
 
     /// A get: from the cache when (source, params, version) was fetched
     /// before, else by `in` (ours) or a stand-in (git, time).
-    async fn fetch(&self, resource: &Resource, version: &Value, params: &Value) -> Result<Files, String> {
+    async fn fetch(
+        &self,
+        resource: &Resource,
+        version: &Value,
+        params: &Value,
+    ) -> Result<Files, String> {
         let key = json!([resource.source, params, version]).to_string();
         let cached = self.w.borrow().cache.get(&key).cloned();
         if let Some(files) = cached {
@@ -1104,7 +1134,9 @@ impl<S: Steps + 'static> Sim<S> {
         }
         tokio::time::sleep(STEP_TIME).await;
         let files = if resource.build_state {
-            self.steps.get(resource, version, params, self.now()).await?
+            self.steps
+                .get(resource, version, params, self.now())
+                .await?
         } else {
             Files::new()
         };
@@ -1115,9 +1147,17 @@ impl<S: Steps + 'static> Sim<S> {
     }
 
     async fn get(&self, ctx: &Ctx, g: &GetStep) -> Status {
-        let input = self.w.borrow().builds[ctx.build].rec.inputs.get(&g.name).cloned();
+        let input = self.w.borrow().builds[ctx.build]
+            .rec
+            .inputs
+            .get(&g.name)
+            .cloned();
         let Some((resource, version)) = input else {
-            self.log(Some(ctx.build), format!("get {}: no version: errored", g.name), None);
+            self.log(
+                Some(ctx.build),
+                format!("get {}: no version: errored", g.name),
+                None,
+            );
             return Status::Errored;
         };
         let r = self.p.resource(&resource).expect("a validated resource");
@@ -1127,7 +1167,11 @@ impl<S: Steps + 'static> Sim<S> {
                 Status::Succeeded
             }
             Err(e) => {
-                self.log(Some(ctx.build), format!("get {}: failed: {e}", g.name), None);
+                self.log(
+                    Some(ctx.build),
+                    format!("get {}: failed: {e}", g.name),
+                    None,
+                );
                 Status::Failed
             }
         }
@@ -1189,14 +1233,22 @@ impl<S: Steps + 'static> Sim<S> {
     async fn put(&self, ctx: &Ctx, p: &PutStep, env: Option<Status>) -> Status {
         let r = self.p.resource(&p.resource).expect("a validated resource");
         let shown = match env.filter(|_| self.opts.release.has_build_status()) {
-            Some(s) => format!("put {} {} [BUILD_STATUS={}]", p.name, compact(&p.params), s.as_str()),
+            Some(s) => format!(
+                "put {} {} [BUILD_STATUS={}]",
+                p.name,
+                compact(&p.params),
+                s.as_str()
+            ),
             None => format!("put {} {}", p.name, compact(&p.params)),
         };
         tokio::time::sleep(PUT_WRITES_AFTER).await;
         let version = if r.build_state {
             let inputs = self.put_inputs(ctx, p);
             let env = self.env(ctx, env);
-            let result = self.steps.put(r, &p.params, &env, &inputs, self.now()).await;
+            let result = self
+                .steps
+                .put(r, &p.params, &env, &inputs, self.now())
+                .await;
             let after = self.where_now().await;
             match result {
                 Ok((v, said)) => {
@@ -1208,7 +1260,11 @@ impl<S: Steps + 'static> Sim<S> {
                         [] => shown,
                         lines => format!(
                             "{shown}: {}",
-                            lines.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("; ")
+                            lines
+                                .iter()
+                                .map(|l| l.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ")
                         ),
                     };
                     self.log(Some(ctx.build), shown, after);
@@ -1297,11 +1353,20 @@ impl<S: Steps + 'static> Sim<S> {
             }
         }
         let job = &self.p.jobs[ctx.job];
-        *self.w.borrow_mut().task_runs.entry(t.name.clone()).or_insert(0) += 1;
+        *self
+            .w
+            .borrow_mut()
+            .task_runs
+            .entry(t.name.clone())
+            .or_insert(0) += 1;
         let artifacts = ctx.artifacts.borrow().clone();
         if let Some((status, outputs, said)) = self.steps.task(t, &artifacts).await {
             ctx.artifacts.borrow_mut().extend(outputs);
-            self.log(Some(ctx.build), format!("task {}: {}: {said}", t.name, status.as_str()), None);
+            self.log(
+                Some(ctx.build),
+                format!("task {}: {}: {said}", t.name, status.as_str()),
+                None,
+            );
             return status;
         }
         let run = {
@@ -1320,8 +1385,15 @@ impl<S: Steps + 'static> Sim<S> {
         };
         let took = run.after.unwrap_or(self.scenario.task_time);
         if run.outcome == Outcome::Error {
-            let why = run.error.clone().unwrap_or_else(|| "its image could not be fetched".into());
-            self.log(Some(ctx.build), format!("task {}: errored: {why}", t.name), None);
+            let why = run
+                .error
+                .clone()
+                .unwrap_or_else(|| "its image could not be fetched".into());
+            self.log(
+                Some(ctx.build),
+                format!("task {}: errored: {why}", t.name),
+                None,
+            );
             return Status::Errored;
         }
         if run.outcome == Outcome::Hang {
@@ -1329,12 +1401,21 @@ impl<S: Steps + 'static> Sim<S> {
             std::future::pending::<()>().await;
         }
         tokio::time::sleep(took).await;
-        let mut outputs: BTreeMap<String, Files> =
-            t.outputs.iter().map(|o| (o.clone(), Files::new())).collect();
-        let message = run.error.clone().unwrap_or_else(|| format!("{} failed", t.name));
+        let mut outputs: BTreeMap<String, Files> = t
+            .outputs
+            .iter()
+            .map(|o| (o.clone(), Files::new()))
+            .collect();
+        let message = run
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("{} failed", t.name));
         // The files the job's puts read from this task's outputs.
         for p in job.puts() {
-            for (field, on) in [("vars_file", Outcome::Succeed), ("error_file", Outcome::Fail)] {
+            for (field, on) in [
+                ("vars_file", Outcome::Succeed),
+                ("error_file", Outcome::Fail),
+            ] {
                 let Some(path) = p.params[field].as_str() else {
                     continue;
                 };

@@ -100,7 +100,11 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
                 out.push(format!(
                     "job {}: starts {} but records the outcome of {m}",
                     job.name,
-                    starts.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                    starts
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }
@@ -124,7 +128,10 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
             }
             // A stage's gate (`{state: N}`); an alert's gate may run twice.
             let gated = p.resource(&g.resource).is_some_and(|r| {
-                r.build_state && r.source.get("gate").is_some_and(|g| g.get("state").is_some())
+                r.build_state
+                    && r.source
+                        .get("gate")
+                        .is_some_and(|g| g.get("state").is_some())
             });
             if gated && g.trigger && job.in_flight_limit() != Some(1) {
                 out.push(format!(
@@ -154,7 +161,11 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
         let Some(gate) = r.source.get("gate") else {
             continue;
         };
-        if !p.jobs.iter().any(|j| j.gets().iter().any(|g| g.resource == r.name)) {
+        if !p
+            .jobs
+            .iter()
+            .any(|j| j.gets().iter().any(|g| g.resource == r.name))
+        {
             out.push(format!("resource {}: a gate no job gets", r.name));
             continue;
         }

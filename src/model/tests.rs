@@ -1004,7 +1004,7 @@ fn an_outcome_from_a_build_that_did_not_start_the_attempt_counts_nothing() {
         Outcome::Write(d) => d,
         o => panic!("{o:?}"),
     });
-    let mut put = |w: &mut World, build: &str, action: Action| {
+    let put = |w: &mut World, build: &str, action: Action| {
         let u = from(w, build, action);
         let out = apply(w.doc.as_ref(), &u, &w.rules());
         if let Ok(Outcome::Write(d)) = &out {
@@ -1012,8 +1012,14 @@ fn an_outcome_from_a_build_that_did_not_start_the_attempt_counts_nothing() {
         }
         out
     };
-    assert!(matches!(put(&mut w, "a", Action::Start(5)), Ok(Outcome::Write(_))));
-    assert!(matches!(put(&mut w, "a", fail(5, "boom")), Ok(Outcome::Write(_))));
+    assert!(matches!(
+        put(&mut w, "a", Action::Start(5)),
+        Ok(Outcome::Write(_))
+    ));
+    assert!(matches!(
+        put(&mut w, "a", fail(5, "boom")),
+        Ok(Outcome::Write(_))
+    ));
     let before = w.doc.clone();
     // A premature run: its start is refused (the backoff), its hook's
     // outcome counts nothing and says why.
@@ -1033,15 +1039,30 @@ fn an_outcome_from_a_build_that_did_not_start_the_attempt_counts_nothing() {
     // Once the retry is due, the next attempt is b's; a's late hook counts
     // nothing, b's outcome counts.
     w.clock += Duration::seconds(60);
-    assert!(matches!(put(&mut w, "b", Action::Start(5)), Ok(Outcome::Write(_))));
-    assert!(matches!(put(&mut w, "a", Action::Complete(5)), Ok(Outcome::Ignored(_))));
-    assert!(matches!(put(&mut w, "b", Action::Complete(5)), Ok(Outcome::Write(_))));
+    assert!(matches!(
+        put(&mut w, "b", Action::Start(5)),
+        Ok(Outcome::Write(_))
+    ));
+    assert!(matches!(
+        put(&mut w, "a", Action::Complete(5)),
+        Ok(Outcome::Ignored(_))
+    ));
+    assert!(matches!(
+        put(&mut w, "b", Action::Complete(5)),
+        Ok(Outcome::Write(_))
+    ));
     assert_eq!(w.doc.as_ref().unwrap().state, 10);
     // A human's retry ends the attempt: after it, any build's outcome counts
     // again (and the CLI's always does).
-    assert!(matches!(put(&mut w, "c", Action::Start(10)), Ok(Outcome::Write(_))));
+    assert!(matches!(
+        put(&mut w, "c", Action::Start(10)),
+        Ok(Outcome::Write(_))
+    ));
     w.ok(Action::Retry(10));
-    assert!(matches!(put(&mut w, "d", fail(10, "x")), Ok(Outcome::Write(_))));
+    assert!(matches!(
+        put(&mut w, "d", fail(10, "x")),
+        Ok(Outcome::Write(_))
+    ));
     w.ok(fail(10, "from the CLI"));
     assert_eq!(w.doc.as_ref().unwrap().attempts, 2);
 }

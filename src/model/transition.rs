@@ -340,9 +340,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                     "{}; its retry is due at {} (in {}): start {n} is refused until then (the backoff is binding); a human retries at once with retry {n}",
                     doc.whereabouts(),
                     super::document::rfc3339::format(&due),
-                    super::duration::format(
-                        (due - update.at).to_std().unwrap_or_default()
-                    ),
+                    super::duration::format((due - update.at).to_std().unwrap_or_default()),
                 )));
             }
             if doc.timed_out(update.at, rules.retry) {

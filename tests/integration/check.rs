@@ -167,7 +167,9 @@ fn a_put_to_a_gate_is_refused(w: World) {
     let before = w.raw("state.json");
     let out = Step::new(&w, "out")
         .arg(w.sources())
-        .stdin(json!({"source": w.source_with(json!({"gate": {"state": 0}})), "params": {"start": 0}}))
+        .stdin(
+            json!({"source": w.source_with(json!({"gate": {"state": 0}})), "params": {"start": 0}}),
+        )
         .run();
     assert_eq!(out.code, Some(1));
     assert!(

@@ -171,7 +171,10 @@ fn every_file_follows_concourses_rules() {
             let errors = if dir.ends_with("tasks") {
                 build_state::concourse::validate::task_errors(&value)
             } else {
-                build_state::concourse::validate::pipeline_errors(&value, build_state::concourse::Release::LATEST)
+                build_state::concourse::validate::pipeline_errors(
+                    &value,
+                    build_state::concourse::Release::LATEST,
+                )
             };
             assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
             n += 1;

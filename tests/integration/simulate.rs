@@ -50,7 +50,12 @@ fn typed(path: &Path, release: Release, vars: &pipeline::Vars, storage: Value) -
 }
 
 fn in_memory(path: &Path, release: Release, scenario: &Scenario) -> Report {
-    let p = typed(path, release, &vars(&[]), json!({"local_dir": "/simulated"}));
+    let p = typed(
+        path,
+        release,
+        &vars(&[]),
+        json!({"local_dir": "/simulated"}),
+    );
     let name = path.file_stem().unwrap().to_string_lossy().into_owned();
     simulate(&p, &name, release, scenario, Rc::new(InMemory::new())).unwrap()
 }
@@ -101,7 +106,11 @@ fn shipped() -> Vec<(PathBuf, Vec<Release>)> {
     vec![
         (
             root().join("pipelines/staged-image-build.yml"),
-            tried.iter().copied().filter(|r| r.has_build_status()).collect(),
+            tried
+                .iter()
+                .copied()
+                .filter(|r| r.has_build_status())
+                .collect(),
         ),
         (
             root().join("pipelines/staged-image-build-7x.yml"),
@@ -152,7 +161,10 @@ fn every_scenario_holds_on_every_pipeline_and_release() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     println!(
         "{} scenario runs in {:.1} s",
@@ -170,7 +182,11 @@ fn every_scenario_holds_on_every_pipeline_and_release() {
 fn the_old_text_stalls_when_a_hook_put_is_lost() {
     for file in ["staged-image-build.yml", "staged-image-build-7x.yml"] {
         let old = root().join("tests/fixtures/before-simulate").join(file);
-        let r = in_memory(&old, Release::LATEST, &scenario("store-down-during-a-hook.yml"));
+        let r = in_memory(
+            &old,
+            Release::LATEST,
+            &scenario("store-down-during-a-hook.yml"),
+        );
         assert!(!r.passed());
         assert!(
             r.wiring.iter().any(|w| w.starts_with(
@@ -235,9 +251,21 @@ fn one_run_builds_one_commit() {
 #[test]
 fn each_file_claims_the_releases_it_needs() {
     for (file, claim, before) in [
-        ("staged-image-build.yml", "# Concourse: 8.2 or later.", "8.1"),
-        ("staged-image-build-7x.yml", "# Concourse: 7.9 or later", "7.8"),
-        ("resumable-single-job.yml", "# Concourse: 7.9 or later", "7.8"),
+        (
+            "staged-image-build.yml",
+            "# Concourse: 8.2 or later.",
+            "8.1",
+        ),
+        (
+            "staged-image-build-7x.yml",
+            "# Concourse: 7.9 or later",
+            "7.8",
+        ),
+        (
+            "resumable-single-job.yml",
+            "# Concourse: 7.9 or later",
+            "7.8",
+        ),
     ] {
         let path = root().join("pipelines").join(file);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -245,7 +273,9 @@ fn each_file_claims_the_releases_it_needs() {
         let before: Release = before.parse().unwrap();
         let (value, _) = pipeline::load_partly(&path, &vars(&[])).unwrap();
         let refused = match Pipeline::parse(&value, before) {
-            Err(errors) => errors.iter().any(|e| e.contains("unknown field \"no_get\"")),
+            Err(errors) => errors
+                .iter()
+                .any(|e| e.contains("unknown field \"no_get\"")),
             Ok(p) => build_state::concourse::wiring::problems(&p, before)
                 .iter()
                 .any(|w| w.contains("finish needs BUILD_STATUS")),
@@ -282,16 +312,23 @@ fn the_readme_command_and_a_missing_stage_job() {
     };
     let out = run(&words);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("image-sealing #1") && stdout.contains("→ 100 completed"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("image-sealing #1") && stdout.contains("→ 100 completed"),
+        "{stdout}"
+    );
     assert!(stdout.contains("delivered: yes, after"), "{stdout}");
     // The same pipeline without its monitoring-setup job.
     let tmp = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root().join("pipelines/staged-image-build.yml")).unwrap();
     let start = text.find("- name: monitoring-setup\n").unwrap();
     let end = text[start + 1..].find("\n- name: ").unwrap() + start + 2;
-    let cut = format!("{}{}", &text[..start], &text[end..])
-        .replace("monitoring-setup, ", "");
+    let cut = format!("{}{}", &text[..start], &text[end..]).replace("monitoring-setup, ", "");
     let copy = tmp.path().join("staged-image-build.yml");
     std::fs::write(&copy, cut).unwrap();
     let mut args: Vec<&str> = words.clone();
@@ -378,7 +415,11 @@ fn aborted_blocks_and_errored_retries() {
     )
     .unwrap();
     for file in ["staged-image-build.yml", "staged-image-build-7x.yml"] {
-        let r = in_memory(&root().join("pipelines").join(file), Release::LATEST, &errored);
+        let r = in_memory(
+            &root().join("pipelines").join(file),
+            Release::LATEST,
+            &errored,
+        );
         assert_passed(&r, file);
     }
 }
@@ -619,7 +660,12 @@ impl Steps for Processes {
             cmd.env_remove(k);
         }
         for (k, v) in config["params"].as_object().into_iter().flatten() {
-            cmd.env(k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+            cmd.env(
+                k,
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string()),
+            );
         }
         let out = cmd.output().unwrap();
         let outputs = task
@@ -629,11 +675,15 @@ impl Steps for Processes {
             .collect();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = if out.status.success() { &stdout } else { &stderr }
-            .lines()
-            .last()
-            .unwrap_or("")
-            .to_string();
+        let last = if out.status.success() {
+            &stdout
+        } else {
+            &stderr
+        }
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
         let status = if out.status.success() {
             Status::Succeeded
         } else {
@@ -667,7 +717,13 @@ fn staged_pipeline_through_the_programs(w: World) {
     )
     .unwrap();
     let fast = [("retry_backoff", "0s"), ("kickstart_backoff", "0s")];
-    let r = through_programs(steps.clone(), "staged-image-build.yml", Release::LATEST, &s, &fast);
+    let r = through_programs(
+        steps.clone(),
+        "staged-image-build.yml",
+        Release::LATEST,
+        &s,
+        &fast,
+    );
     assert_passed(&r, "8.2");
     let doc = steps.w.doc();
     assert_eq!(doc["vars"]["packer_kickstart"], "kickstart #2");
@@ -687,7 +743,13 @@ fn staged_pipeline_through_the_programs(w: World) {
     w.build_id = "rhel8-db".into();
     let steps = Rc::new(Processes::new(w, false));
     let seven = [("build_id", "rhel8-db"), fast[0], fast[1]];
-    let r = through_programs(steps.clone(), "staged-image-build-7x.yml", "7.11".parse().unwrap(), &s, &seven);
+    let r = through_programs(
+        steps.clone(),
+        "staged-image-build-7x.yml",
+        "7.11".parse().unwrap(),
+        &s,
+        &seven,
+    );
     assert_passed(&r, "7.11");
     // 7.11 gives no BUILD_URL: the resource makes it from ATC_EXTERNAL_URL.
     assert_eq!(
@@ -704,16 +766,27 @@ fn single_job_through_the_programs(w: World) {
     let steps = Rc::new(Processes::new(w, true));
     steps.script("kickstart", &["packer: ssh timeout", "ok"]);
     let fast = [("retry_backoff", "0s")];
-    let s = Scenario::parse("until: 12h\nexpect: {delivered: true, failures: {\"5\": 1}}\n").unwrap();
-    let r = through_programs(steps.clone(), "resumable-single-job.yml", Release::LATEST, &s, &fast);
+    let s =
+        Scenario::parse("until: 12h\nexpect: {delivered: true, failures: {\"5\": 1}}\n").unwrap();
+    let r = through_programs(
+        steps.clone(),
+        "resumable-single-job.yml",
+        Release::LATEST,
+        &s,
+        &fast,
+    );
     assert_passed(&r, "single job");
     let runs = &r.played.timeline;
     assert!(
-        runs.iter().any(|l| l.what.contains("nothing to run now (done)")),
+        runs.iter()
+            .any(|l| l.what.contains("nothing to run now (done)")),
         "{}",
         timeline(&r)
     );
-    assert!(r.played.cache_hits > 0, "the get cache served a version again");
+    assert!(
+        r.played.cache_hits > 0,
+        "the get cache served a version again"
+    );
 }
 
 crate::both_stores!(
