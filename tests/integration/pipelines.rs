@@ -26,7 +26,7 @@ fn vars_for(text: &str) -> pipeline::Vars {
             let v = match n.as_str() {
                 "build_id" => "rhel8-web",
                 "retry_backoff" | "kickstart_backoff" => "1s",
-                "kickstart_timeout" => "2s",
+                "kickstart_timeout" | "stage_timeout" => "2s",
                 "states_prefix" => "rhel8/",
                 "state" => "25",
                 "status" => "completed",
@@ -448,7 +448,7 @@ fn readme_pipeline_commands_work_as_written() {
         states.contains(
             "5     kickstart initiated       5        3             10m ×2 ≤ 1h  retry       2h"
         ) && states.contains(
-            "25    security baseline         25       3             5m ×2 ≤ 1h   back to 10  -"
+            "25    security baseline         25       3             5m ×2 ≤ 1h   back to 10  1h"
         ),
         "{states}"
     );

@@ -14,7 +14,8 @@ mod s3 {
     fn proxied(test: &str, fault: Fault) -> (World, Proxy) {
         let w = World::new(Kind::S3, test);
         let proxy = Proxy::start(&s3().endpoint, fault);
-        let w = w.with(json!({"endpoint": proxy.endpoint}));
+        // No backoff: the walk retries a failed stage at once.
+        let w = w.with(json!({"endpoint": proxy.endpoint, "retry": {"backoff": "0s"}}));
         (w, proxy)
     }
 

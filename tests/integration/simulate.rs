@@ -354,6 +354,22 @@ fn the_readme_command_and_a_missing_stage_job() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A pipeline whose tasks record with the CLI is beyond it: said, exit 2.
+    let out = run(&[
+        "simulate",
+        "pipelines/resumable-single-job.yml",
+        "-v",
+        "build_id=b",
+        "-v",
+        "retry_backoff=1m",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("job build-image records progress with a document its task writes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // --json for machines.
     let mut args = words.clone();
     args.push("--json");
