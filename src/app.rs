@@ -23,7 +23,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that shows what it is set to (for tests).
+/// A clock that shows what it is set to (tests, and the simulation's
+/// virtual time).
 pub struct ManualClock(pub std::sync::Mutex<Timestamp>);
 
 impl ManualClock {

@@ -6,12 +6,10 @@
 use super::config::Resource;
 use super::sim::{Files, Steps};
 use crate::Notes;
-use crate::app::Clock;
+use crate::app::ManualClock;
 use crate::inputs::InMemory as InMemoryFiles;
 use crate::model::{Document, Timestamp};
-use crate::protocol::{BuildEnv, Version};
-#[allow(unused_imports)]
-use crate::resource as _;
+use crate::protocol::BuildEnv;
 use crate::store::memory::MemoryStore;
 use crate::store::{Fetched, Listed, Precondition, Store, StoreError};
 use serde_json::{Value, json};
@@ -88,15 +86,6 @@ impl Store for OutageStore {
         self.refuse()?;
         self.generation.set(self.generation.get() + 1);
         self.inner.delete_if(key, etag).await
-    }
-}
-
-/// The simulation's time, for the resource's decisions.
-struct At(Timestamp);
-
-impl Clock for At {
-    fn now(&self) -> Timestamp {
-        self.0
     }
 }
 
@@ -200,7 +189,15 @@ impl Steps for InMemory {
         params: &Value,
         now: Timestamp,
     ) -> Result<Files, String> {
-        self.get_now(resource, version, params, now).await
+        self.at(now);
+        let req = json!({"source": resource.source, "version": version, "params": params});
+        let (config, version, require) =
+            crate::resource::get_request(req.to_string().as_bytes()).map_err(text)?;
+        let (_, files) =
+            crate::resource::get_files(&config, &self.store, version, require, &Notes::new())
+                .await
+                .map_err(text)?;
+        Ok(files.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
     }
 
     async fn put(
@@ -211,7 +208,26 @@ impl Steps for InMemory {
         artifacts: &BTreeMap<String, Files>,
         now: Timestamp,
     ) -> Result<(Value, Vec<String>), String> {
-        self.put_now(resource, params, env, artifacts, now).await
+        self.at(now);
+        let mut files = InMemoryFiles::default();
+        for (name, art) in artifacts {
+            for (path, body) in art {
+                files.insert(&format!("{name}/{path}"), body);
+            }
+        }
+        let req = json!({"source": resource.source, "params": params});
+        let notes = Notes::new();
+        let (config, change) =
+            crate::resource::put_request(req.to_string().as_bytes(), &files, env, now, &notes)
+                .map_err(text)?;
+        let reply =
+            crate::resource::put_store(&config, &self.store, &ManualClock::at(now), change, &notes)
+                .await
+                .map_err(text)?;
+        Ok((
+            serde_json::to_value(&reply.version).expect("a version serializes"),
+            notes.take(),
+        ))
     }
 
     async fn document(&self, resource: &Resource) -> Option<Document> {
@@ -254,61 +270,18 @@ impl InMemory {
         let version = from
             .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("version: {e}")))
             .transpose()?;
-        let found =
-            crate::resource::check_store(config, &self.store, &At(now), version, &Notes::new())
-                .await
-                .map_err(text)?;
+        let found = crate::resource::check_store(
+            config,
+            &self.store,
+            &ManualClock::at(now),
+            version,
+            &Notes::new(),
+        )
+        .await
+        .map_err(text)?;
         Ok(found
             .into_iter()
             .map(|v| serde_json::to_value(v).expect("a version serializes"))
             .collect())
-    }
-
-    async fn get_now(
-        &self,
-        resource: &Resource,
-        version: &Value,
-        params: &Value,
-        now: Timestamp,
-    ) -> Result<Files, String> {
-        self.at(now);
-        let req = json!({"source": resource.source, "version": version, "params": params});
-        let (config, version, require) =
-            crate::resource::get_request(req.to_string().as_bytes()).map_err(text)?;
-        let (_, files) =
-            crate::resource::get_files(&config, &self.store, version, require, &Notes::new())
-                .await
-                .map_err(text)?;
-        Ok(files.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-    }
-
-    async fn put_now(
-        &self,
-        resource: &Resource,
-        params: &Value,
-        env: &BuildEnv,
-        artifacts: &BTreeMap<String, Files>,
-        now: Timestamp,
-    ) -> Result<(Value, Vec<String>), String> {
-        self.at(now);
-        let mut files = InMemoryFiles::default();
-        for (name, art) in artifacts {
-            for (path, body) in art {
-                files.insert(&format!("{name}/{path}"), body);
-            }
-        }
-        let req = json!({"source": resource.source, "params": params});
-        let notes = Notes::new();
-        let (config, change) =
-            crate::resource::put_request(req.to_string().as_bytes(), &files, env, now, &notes)
-                .map_err(text)?;
-        let reply = crate::resource::put_store(&config, &self.store, &At(now), change, &notes)
-            .await
-            .map_err(text)?;
-        let v: &Version = &reply.version;
-        Ok((
-            serde_json::to_value(v).expect("a version serializes"),
-            notes.take(),
-        ))
     }
 }

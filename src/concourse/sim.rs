@@ -218,7 +218,7 @@ pub struct Played {
     pub cache_hits: u64,
     /// Gets that ran `in`.
     pub gets_run: u64,
-    /// Requests of each kind the resource steps made: checks, gets, puts.
+    /// Checks of build-state resources (each one S3 request or more).
     pub checks: u64,
     /// Invariants the play broke (one run built two commits, ...).
     pub violations: Vec<String>,
@@ -1095,13 +1095,11 @@ impl<S: Steps + 'static> Sim<S> {
                 }
                 Status::Succeeded
             }
-            StepKind::InParallel {
-                steps, fail_fast, ..
-            } => {
+            // `limit` and `fail_fast` are not modelled (README): all run.
+            StepKind::InParallel { steps, .. } => {
                 let results =
                     futures_util::future::join_all(steps.iter().map(|s| self.exec(ctx, s, env)))
                         .await;
-                let _ = fail_fast;
                 [Status::Aborted, Status::Errored, Status::Failed]
                     .into_iter()
                     .find(|bad| results.contains(bad))
@@ -1328,7 +1326,8 @@ impl<S: Steps + 'static> Sim<S> {
         // What a build records for its own stage: not a human's put, not
         // the run's first event (start-build's init may be refused).
         let last = doc.last_event();
-        if last.by.build_id.as_deref() != Some(&ctx_id(self, ctx)) {
+        let mine = self.w.borrow().builds[ctx.build].rec.id.to_string();
+        if last.by.build_id.as_deref() != Some(mine.as_str()) {
             return;
         }
         let mut w = self.w.borrow_mut();
@@ -1452,10 +1451,6 @@ impl<S: Steps + 'static> Sim<S> {
         self.log(Some(ctx.build), format!("task {}: {what}", t.name), None);
         status
     }
-}
-
-fn ctx_id<S: Steps + 'static>(sim: &Sim<S>, ctx: &Ctx) -> String {
-    sim.w.borrow().builds[ctx.build].rec.id.to_string()
 }
 
 /// The versions of `resource` a build had as inputs or outputs.

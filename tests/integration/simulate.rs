@@ -67,10 +67,6 @@ fn scenario(name: &str) -> Scenario {
 }
 
 fn timeline(r: &Report) -> String {
-    build_state_human(r)
-}
-
-fn build_state_human(r: &Report) -> String {
     r.played
         .timeline
         .iter()
