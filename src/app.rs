@@ -54,6 +54,9 @@ pub enum Change {
     Apply(Update),
     /// A whole document that must extend the stored one (`file:`).
     File(Document),
+    /// A sign of life of the stage in progress (`heartbeat: N`): written
+    /// beside the document, never to it.
+    Heartbeat(crate::model::Claim),
 }
 
 /// Applies `change` to the configured build's document by compare-and-swap.
@@ -68,7 +71,25 @@ pub async fn record<S: Store>(
     let rules = config.rules();
     match change {
         Change::File(doc) => builds.update(|cur| extend(cur, doc.clone(), &rules)).await,
+        Change::Heartbeat(mut claim) => {
+            claim.at = clock.now();
+            let (doc, beat) = builds.beat(&claim).await?;
+            Ok(Applied {
+                etag: None,
+                doc,
+                written: false,
+                ignored: None,
+                beat: Some(beat),
+            })
+        }
         Change::Apply(mut update) => {
+            // Whether a stage in progress is dead depends on its heartbeat
+            // when it has a heartbeat policy: read it (once) before the start.
+            if let crate::model::Action::Start(n) = update.action
+                && config.retry.for_state(n).heartbeat_timeout.is_some()
+            {
+                update.heartbeat = builds.heartbeat().await?;
+            }
             builds
                 .update(|cur| {
                     update.at = clock.now();

@@ -3,7 +3,7 @@
 //! re-validates and tries again.
 
 use crate::config::Config;
-use crate::model::{Document, DocumentError, Outcome, Refusal};
+use crate::model::{Claim, Document, DocumentError, Heartbeat, Outcome, Refusal};
 use crate::store::{Fetched, Precondition, Store, StoreError};
 use std::time::Duration;
 
@@ -145,6 +145,8 @@ pub struct Applied {
     pub written: bool,
     /// Why a no-op counted nothing, when it was not a replay.
     pub ignored: Option<String>,
+    /// The heartbeat written (beside the document, which is unchanged).
+    pub beat: Option<Heartbeat>,
 }
 
 /// Bounds the compare-and-swap loop.
@@ -234,6 +236,43 @@ impl<'a, S: Store> Builds<'a, S> {
             })),
             Err(e) => Err(self.error(&key, e)),
         }
+    }
+
+    /// The stored heartbeat of the build, if any. One that does not decode
+    /// (written by another release) counts as none: a sign of life is
+    /// never a reason to refuse anything.
+    pub async fn heartbeat(&self) -> Result<Option<Heartbeat>, Error> {
+        let key = self.config.heartbeat_key();
+        match self.store.get(&key, None).await {
+            Ok(Fetched::Found { body, .. }) => Ok(serde_json::from_slice(&body).ok()),
+            Ok(_) => Ok(None),
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+
+    /// Records a heartbeat for `claim`: reads the document, lets the model
+    /// decide, and writes `heartbeat.json` (last writer wins; the document
+    /// is not touched). Two requests.
+    pub async fn beat(&self, claim: &Claim) -> Result<(Document, Heartbeat), Error> {
+        let state = self.config.state_key();
+        let current = self.current().await?;
+        let beat = crate::model::heartbeat(
+            current.as_ref().map(|c| &c.doc),
+            claim,
+            &self.config.build_id,
+        )
+        .map_err(|r| self.error(&state, r))?;
+        let key = self.config.heartbeat_key();
+        let mut body = serde_json::to_vec_pretty(&beat).expect("a heartbeat serializes");
+        body.push(b'\n');
+        self.store
+            .put(&key, body, Precondition::Any)
+            .await
+            .map_err(|e| self.error(&key, e))?;
+        let doc = current
+            .expect("a heartbeat was taken, so the document exists")
+            .doc;
+        Ok((doc, beat))
     }
 
     /// Reads the live document, if any.
@@ -329,6 +368,7 @@ impl<'a, S: Store> Builds<'a, S> {
                     etag: (c.doc == *doc).then(|| c.etag.clone()),
                     written: true,
                     ignored: None,
+                    beat: None,
                 });
             }
             let outcome =
@@ -348,6 +388,7 @@ impl<'a, S: Store> Builds<'a, S> {
                             Outcome::Ignored(why) => Some(why),
                             _ => None,
                         },
+                        beat: None,
                     });
                 }
                 Outcome::Write(doc) => {
@@ -401,6 +442,7 @@ impl<'a, S: Store> Builds<'a, S> {
                         etag: Some(etag),
                         written: true,
                         ignored: None,
+                        beat: None,
                     });
                 }
                 Err(StoreError::Conflict) => {

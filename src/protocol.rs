@@ -107,7 +107,8 @@ pub struct ConditionParam {
     pub state: Option<CodeParam>,
     /// `{min_state: N}`: at N or past it.
     pub min_state: Option<CodeParam>,
-    /// `{status: blocked}`: only when the build is blocked.
+    /// `{status: blocked}` / `{status: awaiting_approval}`: only when the
+    /// build stands so (a human is needed).
     pub status: Option<String>,
 }
 
@@ -135,6 +136,13 @@ pub struct RetryParam {
     /// A stage `in_progress` longer than this is a dead attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// A human approves the stage before it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<bool>,
+    /// An attempt with no sign of life (start or heartbeat) for longer than
+    /// this is a dead attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<String>,
     /// Per-state overrides, keyed by a code (`"35"`) or an inclusive range
     /// of codes (`"10-65"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -332,6 +340,10 @@ pub struct OutParams {
     pub cancel: Option<String>,
     /// A whole document that extends the stored one.
     pub file: Option<String>,
+    /// A human approves stage N (awaiting approval).
+    pub approve: Option<CodeParam>,
+    /// Stage N (in progress) is alive.
+    pub heartbeat: Option<CodeParam>,
     /// With `fail` / `finish`: the error message, or the file holding it.
     pub error: Option<String>,
     /// With `fail` / `finish`: a file holding the error message.
@@ -340,7 +352,7 @@ pub struct OutParams {
     pub kind: Option<String>,
     /// With `set`.
     pub status: Option<String>,
-    /// With `set`: why (required).
+    /// With `set`: why (required); with `approve`: why (optional).
     pub reason: Option<String>,
     /// With any action.
     pub vars_file: Option<String>,
@@ -377,11 +389,15 @@ pub enum PutAction {
     Cancel(String),
     /// `file: PATH`: a whole document that extends the stored one.
     File(String),
+    /// `approve: N`
+    Approve(u32),
+    /// `heartbeat: N`
+    Heartbeat(u32),
 }
 
 /// Every action a put may name, for messages.
 pub const PUT_ACTIONS: &str =
-    "init, start, complete, fail, finish, retry, set, cancel, restart or file";
+    "init, start, complete, fail, finish, retry, set, cancel, restart, approve, heartbeat or file";
 
 impl PutAction {
     /// The param that names it.
@@ -397,6 +413,8 @@ impl PutAction {
             PutAction::Set(_) => "set",
             PutAction::Cancel(_) => "cancel",
             PutAction::File(_) => "file",
+            PutAction::Approve(_) => "approve",
+            PutAction::Heartbeat(_) => "heartbeat",
         }
     }
 
@@ -415,6 +433,8 @@ impl PutAction {
             code(&p.set).map(PutAction::Set),
             p.cancel.clone().map(PutAction::Cancel),
             p.file.clone().map(PutAction::File),
+            code(&p.approve).map(PutAction::Approve),
+            code(&p.heartbeat).map(PutAction::Heartbeat),
         ]
         .into_iter()
         .flatten()

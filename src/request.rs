@@ -157,6 +157,7 @@ pub fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, RequestError
     let name = req.action.name();
     let fails = matches!(req.action, PutAction::Fail(_) | PutAction::Finish(_));
     let sets = matches!(req.action, PutAction::Set(_));
+    let reasons = matches!(req.action, PutAction::Set(_) | PutAction::Approve(_));
     for (field, present, belongs, with) in [
         ("error", req.error.is_some(), fails, "fail or finish"),
         (
@@ -167,7 +168,7 @@ pub fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, RequestError
         ),
         ("kind", req.kind.is_some(), fails, "fail or finish"),
         ("status", req.status.is_some(), sets, "set"),
-        ("reason", req.reason.is_some(), sets, "set"),
+        ("reason", req.reason.is_some(), reasons, "set or approve"),
     ] {
         if present && !belongs {
             return Err(refuse(
@@ -196,6 +197,30 @@ pub fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, RequestError
                 )
             })?;
             return Ok(Change::File(doc));
+        }
+        PutAction::Heartbeat(n) => {
+            if req.vars_file.is_some() || req.note.is_some() {
+                return Err(refuse(
+                    "heartbeat",
+                    format!(
+                        "{} and {} do not go with heartbeat (a heartbeat changes nothing in the document)",
+                        front.name("vars_file"),
+                        front.name("note")
+                    ),
+                ));
+            }
+            let state = cx
+                .config
+                .ladder
+                .check(*n)
+                .map_err(|e| refuse("state", format!("{}: {e}", front.action("heartbeat"))))?;
+            return Ok(Change::Heartbeat(crate::model::Claim {
+                state,
+                run: None,
+                attempt: None,
+                by: cx.actor.clone(),
+                at: cx.now,
+            }));
         }
         other => action(req, other, cx)?,
     };
@@ -269,7 +294,7 @@ fn action(req: &Request, asked: &PutAction, cx: &Context<'_>) -> Result<Action, 
                 None => Status::Pending,
                 Some(s) => Status::parse(s).ok_or_else(|| {
                     refuse("status", format!(
-                        "{} {s:?} must be one of pending, in_progress, failed, blocked, completed, cancelled",
+                        "{} {s:?} must be one of pending, in_progress, failed, blocked, awaiting_approval, completed, cancelled",
                         front.value("status")
                     ))
                 })?,
@@ -309,7 +334,18 @@ fn action(req: &Request, asked: &PutAction, cx: &Context<'_>) -> Result<Action, 
                 reason: reason.to_string(),
             }
         }
-        PutAction::File(_) => unreachable!("a file is not an action"),
+        PutAction::Approve(n) => Action::Approve {
+            state: code(*n)?,
+            reason: req
+                .reason
+                .as_deref()
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string),
+        },
+        PutAction::File(_) | PutAction::Heartbeat(_) => {
+            unreachable!("a file or a heartbeat is not an action")
+        }
     })
 }
 

@@ -155,16 +155,36 @@ pub async fn check_store<S: Store>(
     // Computed only when emitted (its ETag serializes the document).
     let newest = || version_of(doc);
     if let Some(gate) = config.gate {
-        if gate.gate_passes(doc, clock.now(), &config.retry) {
+        let now = clock.now();
+        // A stage with a heartbeat policy whose start no longer proves it
+        // alive: its heartbeat decides (one more small GET, only then).
+        let heartbeat = if gate.needs_heartbeat(doc, now, &config.retry) {
+            builds.heartbeat().await?
+        } else {
+            None
+        };
+        let heartbeat = heartbeat.as_ref();
+        if gate.gate_passes(doc, now, &config.retry, heartbeat) {
             return Ok(vec![newest()]);
         }
-        let at_gate = gate.code() == Some(doc.state) && !gate.blocked;
-        let wait = match (doc.status, doc.retry_at, doc.dead_since(&config.retry)) {
+        let at_gate = gate.is_stage_gate() && gate.code() == Some(doc.state);
+        let wait = match (
+            doc.status,
+            doc.retry_at,
+            doc.dead_since(&config.retry, heartbeat),
+        ) {
             (Status::Failed, Some(t), _) if at_gate => {
                 format!(" (retry due at {})", rfc3339::format(&t))
             }
             (Status::InProgress, _, Some(t)) if at_gate => {
-                format!(" (a dead attempt after {})", rfc3339::format(&t))
+                let beat = doc
+                    .own_heartbeat(heartbeat)
+                    .map(|h| format!("last heartbeat at {}; ", rfc3339::format(&h.at)))
+                    .unwrap_or_default();
+                format!(" ({beat}a dead attempt after {})", rfc3339::format(&t))
+            }
+            (Status::AwaitingApproval, _, _) if at_gate => {
+                format!(" (waiting for a human: approve {})", doc.state)
             }
             _ => String::new(),
         };
@@ -436,6 +456,15 @@ pub async fn put_store<S: Store>(
             doc.whereabouts(),
             doc.revision,
             config.location(&key)
+        ));
+    } else if let Some(beat) = &applied.beat {
+        notes.note(format!(
+            "heartbeat {}: attempt {} of {} alive at {} ({})",
+            beat.state,
+            beat.attempt,
+            doc.whereabouts(),
+            rfc3339::format(&beat.at),
+            config.location(&config.heartbeat_key())
         ));
     } else if let Some(why) = &applied.ignored {
         notes.note(format!("no change: {why}"));

@@ -93,6 +93,27 @@ pub(super) enum Command {
     },
     /// Abandon a build
     Cancel { build_id: String, reason: String },
+    /// A human approves stage N (awaiting approval): its gate opens
+    Approve {
+        build_id: String,
+        state: u32,
+        /// Why, or what was checked (recorded in the history)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Stage N (in progress) is alive: from inside the Packer provisioner
+    /// or Ansible play of a stage with a heartbeat_timeout. Refused (exit 1)
+    /// when the attempt it names is over: stop that worker.
+    Heartbeat {
+        build_id: String,
+        state: u32,
+        /// The run this worker works for (state.env's BUILD_STATE_RUN)
+        #[arg(long, env = "BUILD_STATE_RUN")]
+        run: Option<u64>,
+        /// The attempt this worker works for (state.env's BUILD_STATE_ATTEMPT)
+        #[arg(long, env = "BUILD_STATE_ATTEMPT")]
+        attempt: Option<u32>,
+    },
     /// Archive the current run and start a new one at the initial state
     Restart {
         build_id: String,
@@ -171,6 +192,15 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
         Command::Cancel { build_id, reason } => {
             (build_id, Request::new(PutAction::Cancel(reason)), vec![])
         }
+        Command::Approve {
+            build_id,
+            state,
+            reason,
+        } => {
+            let mut r = Request::new(PutAction::Approve(state));
+            r.reason = reason;
+            (build_id, r, vec![])
+        }
         Command::Restart { build_id, extras } => {
             (build_id, with(PutAction::Restart, &extras), vec![])
         }
@@ -210,7 +240,31 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
         }
         Command::Show { build_id } => {
             let (config, store) = src.build(&build_id, &out.notes).await?;
-            out.document(&config, &current(&config, &store).await?)
+            let doc = current(&config, &store).await?;
+            let beat = if doc.status == crate::model::Status::InProgress {
+                Builds::new(&config, &store).heartbeat().await?
+            } else {
+                None
+            };
+            out.document(&config, &doc, beat.as_ref())
+        }
+        Command::Heartbeat {
+            build_id,
+            state,
+            run,
+            attempt,
+        } => {
+            let (config, store) = src.build(&build_id, &out.notes).await?;
+            let claim = crate::model::Claim {
+                state,
+                run,
+                attempt,
+                by: actor(),
+                at: crate::now(),
+            };
+            config.ladder.check(state)?;
+            let (doc, beat) = Builds::new(&config, &store).beat(&claim).await?;
+            out.beat(&doc, &beat)
         }
         Command::History { build_id } => {
             let (config, store) = src.build(&build_id, &out.notes).await?;
@@ -315,6 +369,7 @@ pub(super) async fn act(config: &Config, store: &AnyStore, req: &Request, out: &
     let described = match &change {
         Change::Apply(u) => u.action.describe(),
         Change::File(_) => "file".to_string(),
+        Change::Heartbeat(c) => format!("heartbeat {}", c.state),
     };
     let applied = crate::app::record(config, store, &SystemClock, change, &out.notes).await?;
     out.applied(&described, &applied.doc, applied.written)

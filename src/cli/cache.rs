@@ -7,7 +7,7 @@
 
 use crate::Notes;
 use crate::config::{Settings, Storage};
-use crate::model::Document;
+use crate::model::{Document, Heartbeat};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +25,9 @@ struct File {
     /// What it caches: the store's location and prefix.
     location: String,
     builds: BTreeMap<String, Entry>,
+    /// The heartbeats read, by build, with the listing tag each was read at.
+    #[serde(default)]
+    heartbeats: BTreeMap<String, (String, Heartbeat)>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -119,6 +122,7 @@ impl Cache {
             tool: env!("CARGO_PKG_VERSION").to_string(),
             location: location.clone(),
             builds: BTreeMap::new(),
+            heartbeats: BTreeMap::new(),
         };
         let notes = Arc::new(Notes::new());
         let file = match std::fs::read(&path) {
@@ -182,11 +186,29 @@ impl Cache {
         self.dirty = true;
     }
 
+    /// The heartbeat of `build_id` cached at listing tag `tag`, if any.
+    pub(super) fn heartbeat(&self, build_id: &str, tag: &str) -> Option<&Heartbeat> {
+        self.file
+            .heartbeats
+            .get(build_id)
+            .filter(|(t, _)| t == tag)
+            .map(|(_, h)| h)
+    }
+
+    /// Remembers `heartbeat` for `build_id`, read at listing tag `tag`.
+    pub(super) fn put_heartbeat(&mut self, build_id: &str, tag: &str, heartbeat: &Heartbeat) {
+        self.file
+            .heartbeats
+            .insert(build_id.to_string(), (tag.to_string(), heartbeat.clone()));
+        self.dirty = true;
+    }
+
     /// Forgets the builds that are gone.
     pub(super) fn retain(&mut self, present: &std::collections::BTreeSet<String>) {
-        let before = self.file.builds.len();
+        let before = self.file.builds.len() + self.file.heartbeats.len();
         self.file.builds.retain(|id, _| present.contains(id));
-        self.dirty |= self.file.builds.len() != before;
+        self.file.heartbeats.retain(|id, _| present.contains(id));
+        self.dirty |= self.file.builds.len() + self.file.heartbeats.len() != before;
     }
 
     /// Writes the cache (atomically), when it changed. A cache that cannot

@@ -178,9 +178,14 @@ mod tests {
         let rows = scan(&settings, &store, 1, None).await.unwrap();
         out.list(&rows, &settings.retry).unwrap();
         assert!(text(&buf).contains("in_progress (stale)"));
-        out.document(&config, &current(&config, &store).await.unwrap())
+        out.document(&config, &current(&config, &store).await.unwrap(), None)
             .unwrap();
-        assert!(text(&buf).contains("in_progress (stale: past the stage's timeout since"));
+        let shown = text(&buf);
+        assert!(
+            shown.contains("in_progress (stale: no sign of life: in progress since"),
+            "{shown}"
+        );
+        assert!(shown.contains("needs a human  stale since"), "{shown}");
         let said = watch_once(&settings, &store, Some("rhel8-web"), None).await;
         assert!(
             said.contains("rhel8-web r3 5 in_progress is stale"),
@@ -190,5 +195,6 @@ mod tests {
         json_out.list(&rows, &settings.retry).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text(&buf)).unwrap();
         assert_eq!(v[0]["stale"], true);
+        assert_eq!(v[0]["needs_human"]["kind"], "stale");
     }
 }

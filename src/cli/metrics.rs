@@ -55,6 +55,14 @@ struct ByBuild {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByNeed {
+    build_id: Value,
+    state: Value,
+    state_name: Value,
+    reason: Value,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByStage {
     state: Value,
     state_name: Value,
@@ -74,6 +82,12 @@ struct Families {
     oldest_blocked: FloatGauge,
     stale: Gauge<i64>,
     unreadable: Gauge<i64>,
+    awaiting_approval: Family<ByBuild, Gauge>,
+    awaiting_approval_seconds: Family<ByBuild, FloatGauge>,
+    oldest_awaiting_approval: FloatGauge,
+    heartbeat_age: Family<ByBuild, FloatGauge>,
+    heartbeat_timeout: Family<ByBuild, FloatGauge>,
+    needs_human: Family<ByNeed, Gauge>,
 }
 
 impl Families {
@@ -121,6 +135,36 @@ impl Families {
                 "unreadable_documents",
                 "Documents that cannot be read (corrupt, or the store failed)",
             ),
+            awaiting_approval: registered(
+                reg,
+                "awaiting_approval",
+                "1 for each build whose stage waits for a human's approval",
+            ),
+            awaiting_approval_seconds: registered(
+                reg,
+                "awaiting_approval_seconds",
+                "How long each build has waited for its stage's approval, in seconds",
+            ),
+            oldest_awaiting_approval: registered(
+                reg,
+                "oldest_awaiting_approval_seconds",
+                "How long the longest-waiting approval has waited, in seconds (0 when none)",
+            ),
+            heartbeat_age: registered(
+                reg,
+                "heartbeat_age_seconds",
+                "Age of the last sign of life (start or heartbeat) of each stage in progress with a heartbeat_timeout, in seconds",
+            ),
+            heartbeat_timeout: registered(
+                reg,
+                "heartbeat_timeout_seconds",
+                "The heartbeat_timeout of each stage in progress that has one, in seconds",
+            ),
+            needs_human: registered(
+                reg,
+                "needs_human",
+                "1 for each build that needs a human, by reason (blocked, awaiting_approval, stale)",
+            ),
         }
     }
 }
@@ -146,7 +190,14 @@ pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> Strin
         oldest_blocked,
         stale,
         unreadable,
+        awaiting_approval,
+        awaiting_approval_seconds,
+        oldest_awaiting_approval,
+        heartbeat_age,
+        heartbeat_timeout,
+        needs_human,
     } = Families::register(&mut reg);
+    let mut approval_age = 0f64;
     let age = |t: &Timestamp| (now - *t).num_milliseconds().max(0) as f64 / 1000.0;
     let (mut in_progress_age, mut blocked_age) = (0f64, 0f64);
     for row in rows {
@@ -170,18 +221,45 @@ pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> Strin
             state_name: name(doc.state).into(),
         };
         attempts.get_or_create(&here).set(i64::from(doc.attempts));
+        let beat = row.heartbeat.as_ref();
         match doc.status {
             Status::Blocked => {
                 blocked.get_or_create(&here).set(1);
                 blocked_age = blocked_age.max(age(&doc.updated_at));
             }
+            Status::AwaitingApproval => {
+                awaiting_approval.get_or_create(&here).set(1);
+                let waited = age(&doc.updated_at);
+                awaiting_approval_seconds
+                    .get_or_create(&here)
+                    .set(millis(waited));
+                approval_age = approval_age.max(waited);
+            }
             Status::InProgress => {
                 in_progress_age = in_progress_age.max(age(&doc.updated_at));
-                if doc.timed_out(now, &settings.retry) {
+                if doc.is_dead(now, &settings.retry, beat) {
                     stale.inc();
+                }
+                if let Some(t) = settings.retry.for_state(doc.state).heartbeat_timeout {
+                    heartbeat_age
+                        .get_or_create(&here)
+                        .set(millis(age(&doc.last_sign_of_life(beat))));
+                    heartbeat_timeout
+                        .get_or_create(&here)
+                        .set(millis(t.as_secs_f64()));
                 }
             }
             _ => {}
+        }
+        if let Some(need) = crate::model::needs_human(doc, &settings.retry, beat, now) {
+            needs_human
+                .get_or_create(&ByNeed {
+                    build_id: here.build_id.clone(),
+                    state: here.state.clone(),
+                    state_name: here.state_name.clone(),
+                    reason: need.kind.as_str().to_string().into(),
+                })
+                .set(1);
         }
     }
     let docs = rows.iter().filter_map(|r| r.doc.as_ref().ok());
@@ -199,6 +277,7 @@ pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> Strin
     }
     oldest_in_progress.set(millis(in_progress_age));
     oldest_blocked.set(millis(blocked_age));
+    oldest_awaiting_approval.set(millis(approval_age));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).expect("encoding to a string");
     prometheus_text(&out)

@@ -3,7 +3,9 @@
 use super::Row;
 use crate::config::Config;
 use crate::model::document::rfc3339;
-use crate::model::{Document, Event, RetryPolicy, Status, Timestamp};
+use crate::model::{
+    Document, Event, Heartbeat, Need, NeedKind, RetryPolicy, Status, Timestamp, needs_human,
+};
 use anyhow::Result;
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
@@ -85,6 +87,19 @@ impl Table {
     }
 }
 
+/// Every build of `rows` that needs a human, the longest waiting first.
+pub(crate) fn needs(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Vec<Need> {
+    let mut needs: Vec<Need> = rows
+        .iter()
+        .filter_map(|r| {
+            let d = r.doc.as_ref().ok()?;
+            needs_human(d, retry, r.heartbeat.as_ref(), now)
+        })
+        .collect();
+    needs.sort_by(|a, b| a.since.cmp(&b.since).then(a.build_id.cmp(&b.build_id)));
+    needs
+}
+
 /// The rows of `list --json` (and of `serve`'s `/api/builds`).
 pub(super) fn rows_json(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Value {
     Value::Array(
@@ -92,7 +107,9 @@ pub(super) fn rows_json(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Va
             .map(|r| match &r.doc {
                 Ok(d) => json!({
                     "build_id": d.build_id, "state": d.state, "state_name": d.state_name,
-                    "status": d.status, "stale": d.timed_out(now, retry),
+                    "status": d.status, "stale": d.is_dead(now, retry, r.heartbeat.as_ref()),
+                    "needs_human": needs_human(d, retry, r.heartbeat.as_ref(), now),
+                    "heartbeat_at": r.heartbeat.as_ref().map(|h| rfc3339::format(&h.at)),
                     "attempts": d.attempts, "revision": d.revision,
                     "run": d.run, "labels": d.labels,
                     "updated_at": rfc3339::format(&d.updated_at),
@@ -224,15 +241,27 @@ impl Out {
             Status::InProgress => "34",
             Status::Failed => "33",
             Status::Blocked => "1;31",
+            Status::AwaitingApproval => "1;35",
             Status::Completed => "32",
             Status::Cancelled => "2",
         };
         format!("\x1b[{code}m{s}\x1b[0m")
     }
 
-    pub(crate) fn document(&self, config: &Config, doc: &Document) -> Result<()> {
+    pub(crate) fn document(
+        &self,
+        config: &Config,
+        doc: &Document,
+        heartbeat: Option<&Heartbeat>,
+    ) -> Result<()> {
+        let now = crate::now();
+        let need = needs_human(doc, &config.retry, heartbeat, now);
+        let beat = doc.own_heartbeat(heartbeat);
         if self.json {
-            return self.print_json(&serde_json::to_value(doc)?);
+            let mut v = serde_json::to_value(doc)?;
+            v["needs_human"] = serde_json::to_value(&need)?;
+            v["heartbeat"] = serde_json::to_value(beat)?;
+            return self.print_json(&v);
         }
         let last = doc.last_event();
         let labels: Vec<String> = doc.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -247,16 +276,43 @@ impl Out {
             "state".into(),
             format!("{} {}", doc.state, doc.state_name),
         ]);
-        let status = match doc.dead_since(&config.retry) {
-            Some(t) if crate::now() >= t => format!(
-                "{} (stale: past the stage's timeout since {}; the next start records the dead attempt)",
+        let status = match &need {
+            Some(n) if n.kind == NeedKind::Stale => format!(
+                "{} (stale: {}; the next start records the dead attempt)",
                 self.status(doc.status),
-                rfc3339::format(&t)
+                n.why
             ),
             _ => self.status(doc.status),
         };
         t.row(vec!["status".into(), status]);
         t.row(vec!["attempts".into(), doc.attempts.to_string()]);
+        if doc.status == Status::InProgress {
+            t.row(vec![
+                "heartbeat".into(),
+                match beat {
+                    Some(h) => format!(
+                        "{} ({} ago) by {}",
+                        rfc3339::format(&h.at),
+                        age(&h.at),
+                        h.by.describe()
+                    ),
+                    None => "none yet".to_string(),
+                },
+            ]);
+        }
+        if let Some(n) = &need {
+            t.row(vec![
+                "needs a human".into(),
+                format!(
+                    "{} since {} ({} ago): {}",
+                    n.kind.as_str(),
+                    rfc3339::format(&n.since),
+                    age(&n.since),
+                    one_line(&n.why, 200)
+                ),
+            ]);
+            t.row(vec!["to unblock".into(), n.unblock.clone()]);
+        }
         if let Some(r) = doc.retry_at {
             t.row(vec!["retry at".into(), rfc3339::format(&r)]);
         }
@@ -337,11 +393,28 @@ impl Out {
             return self.write(&format!("{}\n", serde_json::to_string(&v)?));
         }
         self.write(&format!(
-            "{} {build_id} r{} {} in_progress is stale: past the stage's timeout since {} (a worker that vanished?)\n",
+            "{} {build_id} r{} {} in_progress is stale: no sign of life within the stage's timeout or heartbeat_timeout, dead since {} (a worker that vanished?)\n",
             rfc3339::format(&crate::now()),
             doc.revision,
             doc.state,
             rfc3339::format(since)
+        ))
+    }
+
+    /// A heartbeat seen by `watch`.
+    pub(crate) fn heartbeat(&self, build_id: &str, doc: &Document, beat: &Heartbeat) -> Result<()> {
+        if self.json {
+            let v = json!({"build_id": build_id, "revision": doc.revision, "state": doc.state,
+                           "status": doc.status, "heartbeat": beat});
+            return self.write(&format!("{}\n", serde_json::to_string(&v)?));
+        }
+        self.write(&format!(
+            "{} {build_id} r{} {} in_progress heartbeat (attempt {}) by {}\n",
+            rfc3339::format(&beat.at),
+            doc.revision,
+            doc.state,
+            beat.attempt,
+            beat.by.describe()
         ))
     }
 
@@ -391,7 +464,7 @@ impl Out {
                     d.build_id.clone(),
                     d.state.to_string(),
                     d.state_name.clone(),
-                    if d.timed_out(now, retry) {
+                    if d.is_dead(now, retry, r.heartbeat.as_ref()) {
                         format!("{} (stale)", self.status(d.status))
                     } else {
                         self.status(d.status)
@@ -418,7 +491,38 @@ impl Out {
         if rows.is_empty() {
             self.note("no builds under this prefix");
         }
+        let needs = needs(rows, retry, now);
+        if !needs.is_empty() {
+            self.write(&format!("\nNeeds a human ({}):\n", needs.len()))?;
+            let mut t = Table::new(&["BUILD", "STAGE", "WHY", "SINCE", "DETAIL", "TO UNBLOCK"]);
+            for n in &needs {
+                t.row(vec![
+                    n.build_id.clone(),
+                    format!("{} {}", n.state, n.state_name),
+                    n.kind.as_str().to_string(),
+                    format!("{} ago", age(&n.since)),
+                    one_line(&n.why, 80),
+                    n.unblock.clone(),
+                ]);
+            }
+            self.table(&t)?;
+        }
         Ok(())
+    }
+
+    /// A heartbeat taken.
+    pub(crate) fn beat(&self, doc: &Document, beat: &Heartbeat) -> Result<()> {
+        if self.json {
+            return self.print_json(&json!({"written": false, "heartbeat": beat}));
+        }
+        self.write(&format!(
+            "{}: heartbeat {}: attempt {} alive at {} (revision {} unchanged)\n",
+            doc.build_id,
+            beat.state,
+            beat.attempt,
+            rfc3339::format(&beat.at),
+            doc.revision
+        ))
     }
 
     pub(crate) fn applied(&self, described: &str, doc: &Document, written: bool) -> Result<()> {

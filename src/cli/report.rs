@@ -34,6 +34,7 @@ fn colour(s: Status) -> &'static str {
         Status::InProgress => "#3b7dd8",
         Status::Failed => "#e0a526",
         Status::Blocked => "#d64541",
+        Status::AwaitingApproval => "#8e44ad",
         Status::Completed => "#3aa55d",
         Status::Cancelled => "#9a9a9a",
     }
@@ -48,19 +49,13 @@ pub(super) struct Span {
     pub end: Status,
 }
 
-impl Span {
-    /// Its length in seconds.
-    pub(super) fn seconds(&self) -> f64 {
-        (self.to - self.from).num_milliseconds().max(0) as f64 / 1000.0
-    }
-}
-
 /// One stage across a fleet's current runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(super) struct StageTotals {
     /// Failures recorded at the stage (a `fail` event's target).
     pub failures: u64,
-    /// Time spent there, in seconds.
+    /// Time the stage was worked on (in progress), in seconds: not the
+    /// time a build sat there pending, failed, blocked or waiting.
     pub seconds: f64,
     /// Whether any build reached it.
     pub reached: bool,
@@ -81,10 +76,25 @@ pub(super) fn stage_totals<'a>(
             by.entry(e.target.unwrap_or(e.state)).or_default().failures += 1;
         }
         for span in spans(doc, now) {
-            let t = by.entry(span.state).or_default();
-            t.seconds += span.seconds();
-            t.reached = true;
+            by.entry(span.state).or_default().reached = true;
         }
+        for (code, secs) in work_seconds(doc, now) {
+            by.entry(code).or_default().seconds += secs;
+        }
+    }
+    by
+}
+
+/// Per stage, the time it was worked on: from each event that left it in
+/// progress to the next event (or `now`, while it still is).
+pub(super) fn work_seconds(doc: &Document, now: Timestamp) -> BTreeMap<Code, f64> {
+    let mut by: BTreeMap<Code, f64> = BTreeMap::new();
+    for (i, e) in doc.history.iter().enumerate() {
+        if e.status != Status::InProgress {
+            continue;
+        }
+        let until = doc.history.get(i + 1).map_or(now.max(e.at), |next| next.at);
+        *by.entry(e.state).or_default() += (until - e.at).num_milliseconds().max(0) as f64 / 1000.0;
     }
     by
 }
@@ -200,6 +210,7 @@ body{{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem a
 h1{{font-size:1.6rem;margin:0 0 .2rem}} h2{{font-size:1.2rem;margin:2rem 0 .6rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}}
 .meta{{color:#666}} table{{border-collapse:collapse;width:100%;margin:.4rem 0}} th,td{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #eee;vertical-align:top}}
 th{{background:#f6f6f6;font-weight:600}} .status{{display:inline-block;padding:0 .45rem;border-radius:.6rem;color:#fff;font-size:12px}}
+.wrap{{overflow-wrap:anywhere;white-space:pre-wrap}} code{{font-size:12px}}
 .build{{border:1px solid #e3e3e3;border-radius:6px;padding:.6rem .8rem;margin:.8rem 0}} .build h3{{margin:0 0 .3rem;font-size:1.05rem}}
 .legend span{{margin-right:1rem}} .legend i{{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;vertical-align:-1px}}
 details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{color:#3aa55d}}
@@ -212,49 +223,46 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
         rfc3339::format(&now)
     );
 
-    needs_a_human(&mut h, rows, &docs);
+    needs_a_human(&mut h, config, rows, now);
     failures_per_stage(&mut h, config, &docs, now);
     builds(&mut h, config, &docs, now);
     h.push_str("</body></html>\n");
     h
 }
 
-/// The builds that are blocked or unreadable.
-fn needs_a_human(h: &mut String, rows: &[Row], docs: &[&Document]) {
-    // Builds that need a human.
+/// The builds that need a human (blocked, awaiting approval, stale), with
+/// since when, why and what unblocks them, and the unreadable ones.
+fn needs_a_human(h: &mut String, config: &Settings, rows: &[Row], now: Timestamp) {
     h.push_str("<h2>Needs a human</h2>\n");
-    let human: Vec<&&Document> = docs
-        .iter()
-        .filter(|d| d.status == Status::Blocked)
-        .collect();
+    let needs = super::output::needs(rows, &config.retry, now);
     let unreadable: Vec<&Row> = rows.iter().filter(|r| r.doc.is_err()).collect();
-    if human.is_empty() && unreadable.is_empty() {
-        h.push_str("<p class=\"ok\">Nothing is blocked.</p>\n");
-    } else {
-        h.push_str("<table class=\"human\"><tr><th>build</th><th>state</th><th>status</th><th>attempts</th><th>last error</th><th>since</th></tr>\n");
-        for d in &human {
-            let _ = writeln!(
-                h,
-                "<tr><td><a href=\"#b-{id}\">{id}</a></td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                d.state,
-                esc(&d.state_name),
-                badge(d.status),
-                d.attempts,
-                esc(d.last_error.as_ref().map_or("", |e| e.message.as_str())),
-                rfc3339::format(&d.updated_at),
-                id = esc(&d.build_id)
-            );
-        }
-        for r in &unreadable {
-            let _ = writeln!(
-                h,
-                "<tr><td>{}</td><td colspan=\"5\">unreadable: {}</td></tr>",
-                esc(&r.build_id),
-                esc(r.doc.as_ref().err().map_or("", |e| e.as_str()))
-            );
-        }
-        h.push_str("</table>\n");
+    if needs.is_empty() && unreadable.is_empty() {
+        h.push_str("<p class=\"ok\">Nobody needs a human.</p>\n");
+        return;
     }
+    h.push_str("<table class=\"human\"><tr><th>build</th><th>stage</th><th>why</th><th>since</th><th>detail</th><th>to unblock</th></tr>\n");
+    for n in &needs {
+        let _ = writeln!(
+            h,
+            "<tr><td><a href=\"#b-{id}\">{id}</a></td><td>{} {}</td><td>{}</td><td>{}</td><td class=\"wrap\">{}</td><td class=\"wrap\"><code>{}</code></td></tr>",
+            n.state,
+            esc(&n.state_name),
+            esc(n.kind.as_str()),
+            rfc3339::format(&n.since),
+            esc(&n.why),
+            esc(&n.unblock),
+            id = esc(&n.build_id)
+        );
+    }
+    for r in &unreadable {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td colspan=\"5\" class=\"wrap\">unreadable: {}</td></tr>",
+            esc(&r.build_id),
+            esc(r.doc.as_ref().err().map_or("", |e| e.as_str()))
+        );
+    }
+    h.push_str("</table>\n");
 }
 
 /// Failures per stage across the fleet, as bars.
@@ -317,6 +325,7 @@ fn builds(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp)
         Status::Pending,
         Status::Failed,
         Status::Blocked,
+        Status::AwaitingApproval,
         Status::Cancelled,
     ] {
         let _ = write!(
@@ -337,7 +346,7 @@ fn builds(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp)
         let _ = write!(
             h,
             "<div class=\"build\" id=\"b-{id}\"><h3>{id} {}</h3><div class=\"meta\">{}</div>{}",
-            if d.timed_out(now, &config.retry) {
+            if d.is_dead(now, &config.retry, None) {
                 format!(
                     "{} <span class=\"status stale\" style=\"background:#8a6d00\" title=\"in progress past the stage's timeout: a dead attempt\">stale</span>",
                     badge(d.status)
@@ -359,13 +368,15 @@ fn builds(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp)
             timeline(config, d, now),
             id = esc(&d.build_id)
         );
-        h.push_str("<details><summary>time per stage</summary><table><tr><th>stage</th><th>time</th><th>failures</th><th>ended</th></tr>");
+        h.push_str("<details><summary>time per stage</summary><table><tr><th>stage</th><th>worked on</th><th>there for</th><th>failures</th><th>ended</th></tr>");
+        let work = work_seconds(d, now);
         for s in spans(d, now) {
             let _ = write!(
                 h,
-                "<tr><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 s.state,
                 esc(&name(s.state)),
+                duration(work.get(&s.state).copied().unwrap_or(0.0) as i64),
                 duration((s.to - s.from).num_seconds()),
                 s.failures,
                 s.end
@@ -437,14 +448,15 @@ mod tests {
                 (10, 10, 0, Status::InProgress)
             ]
         );
-        // Two such builds: per stage, failures and time add up; the builds
-        // there now are counted at their current stage.
+        // Two such builds: per stage, failures and the time it was worked
+        // on (in progress: 8 + 30 minutes at 5, not the 49 it was there)
+        // add up; the builds there now are counted at their current stage.
         let doc = doc.unwrap();
         let totals = stage_totals([&doc, &doc], t(60));
         let five = totals[&5];
         assert_eq!(
             (five.failures, five.seconds, five.reached, five.builds),
-            (2, 2.0 * 49.0 * 60.0, true, 0)
+            (2, 2.0 * 38.0 * 60.0, true, 0)
         );
         assert_eq!(totals[&10].builds, 2);
         assert!(!totals.contains_key(&15), "a stage nobody reached");

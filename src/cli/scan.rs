@@ -6,10 +6,11 @@ use super::cache::Cache;
 use crate::Notes;
 use crate::config::Settings;
 use crate::engine::{Builds, ErrorKind};
-use crate::model::Document;
+use crate::model::{Document, Heartbeat, Status};
 use crate::store::{AnyStore, Store};
 use anyhow::{Result, anyhow};
 use futures_util::StreamExt;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One build found under the prefix.
@@ -18,6 +19,8 @@ pub(crate) struct Row {
     pub(crate) build_id: String,
     /// Its document, or why it cannot be read.
     pub(crate) doc: Result<Document, String>,
+    /// The heartbeat of its attempt in progress, if it sent one.
+    pub(crate) heartbeat: Option<Heartbeat>,
 }
 
 /// Reads every build under the prefix, `concurrency` at a time, with
@@ -44,9 +47,16 @@ pub(crate) async fn scan_cached(
         .list_tags(config.prefix())
         .await
         .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
+    let mut beats: BTreeMap<String, String> = BTreeMap::new();
     let builds: Vec<(String, String)> = listed
         .into_iter()
-        .filter_map(|l| config.build_id_of_key(&l.key).map(|id| (id, l.tag)))
+        .filter_map(|l| {
+            if let Some(id) = config.build_id_of_heartbeat_key(&l.key) {
+                beats.insert(id, l.tag);
+                return None;
+            }
+            config.build_id_of_key(&l.key).map(|id| (id, l.tag))
+        })
         .collect();
     if let Some(c) = cache.as_deref_mut() {
         c.retain(&builds.iter().map(|(id, _)| id.clone()).collect());
@@ -63,6 +73,7 @@ pub(crate) async fn scan_cached(
             Some(doc) => rows.push(Row {
                 build_id: id,
                 doc: Ok(doc.clone()),
+                heartbeat: None,
             }),
             None => to_read.push((id, tag)),
         }
@@ -81,7 +92,14 @@ pub(crate) async fn scan_cached(
                 }),
             },
         };
-        (Row { build_id: id, doc }, tag)
+        (
+            Row {
+                build_id: id,
+                doc,
+                heartbeat: None,
+            },
+            tag,
+        )
     }))
     .buffer_unordered(concurrency);
     while let Some((row, tag)) = results.next().await {
@@ -104,11 +122,69 @@ pub(crate) async fn scan_cached(
             started.elapsed().as_secs_f64()
         ));
     }
+    heartbeats(
+        config,
+        store,
+        concurrency,
+        &mut rows,
+        &beats,
+        cache.as_deref_mut(),
+    )
+    .await;
     if let Some(c) = cache {
         c.save();
     }
     rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
     Ok(rows)
+}
+
+/// The heartbeats of the builds whose stage is in progress and that sent
+/// one (`beats`: the listed heartbeat objects and their tags), read only
+/// when their tag changed since the cache saw them; each kept in its row
+/// when it belongs to the attempt in progress. A heartbeat that cannot be
+/// read is left out: it only shows a sign of life.
+async fn heartbeats(
+    config: &Arc<Settings>,
+    store: &AnyStore,
+    concurrency: usize,
+    rows: &mut [Row],
+    beats: &BTreeMap<String, String>,
+    mut cache: Option<&mut Cache>,
+) {
+    let mut to_read = Vec::new();
+    for (i, row) in rows.iter_mut().enumerate() {
+        let Ok(doc) = &row.doc else { continue };
+        let Some(tag) = beats.get(&row.build_id) else {
+            continue;
+        };
+        if doc.status != Status::InProgress {
+            continue;
+        }
+        match cache
+            .as_deref()
+            .and_then(|c| c.heartbeat(&row.build_id, tag))
+        {
+            Some(h) => row.heartbeat = doc.own_heartbeat(Some(h)).cloned(),
+            None => to_read.push((i, row.build_id.clone(), tag.clone())),
+        }
+    }
+    let mut read = futures_util::stream::iter(to_read.into_iter().map(|(i, id, tag)| async move {
+        let beat = match config.for_build(&id) {
+            Ok(c) => Builds::new(&c, store).heartbeat().await.ok().flatten(),
+            Err(_) => None,
+        };
+        (i, id, tag, beat)
+    }))
+    .buffer_unordered(concurrency);
+    while let Some((i, id, tag, beat)) = read.next().await {
+        let Some(beat) = beat else { continue };
+        if let Some(c) = cache.as_deref_mut() {
+            c.put_heartbeat(&id, &tag, &beat);
+        }
+        if let Ok(doc) = &rows[i].doc {
+            rows[i].heartbeat = doc.own_heartbeat(Some(&beat)).cloned();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,11 @@ struct Seen {
     revision: u64,
     /// When the stage in progress counts as dead, if it has a timeout.
     dead_since: Option<crate::model::Timestamp>,
+    /// The document, while its stage is in progress with a
+    /// `heartbeat_timeout` (its heartbeats move `dead_since`).
+    beating: Option<Document>,
+    /// The newest heartbeat said.
+    beat_at: Option<crate::model::Timestamp>,
 }
 
 /// What a watch knows between sweeps.
@@ -31,6 +36,10 @@ struct Watcher<'a> {
     /// For a prefix: each build's listing tag at the last sweep. A sweep of
     /// builds that did not change costs the listing only.
     tags: HashMap<String, String>,
+    /// For a prefix: each heartbeat object's listing tag at the last sweep.
+    beat_tags: HashMap<String, String>,
+    /// Builds whose heartbeat changed in this sweep.
+    beats_due: Vec<String>,
     cache: Option<Cache>,
     first: bool,
 }
@@ -59,6 +68,8 @@ pub(super) async fn watch(
         seen: HashMap::new(),
         stale: HashMap::new(),
         tags: HashMap::new(),
+        beat_tags: HashMap::new(),
+        beats_due: Vec::new(),
         cache,
         first: true,
     };
@@ -71,6 +82,13 @@ pub(super) async fn watch(
         };
         for (id, cached) in ids {
             w.look(&id, cached, one.is_some()).await?;
+        }
+        let beats = match one {
+            Some(id) => vec![id.to_string()],
+            None => std::mem::take(&mut w.beats_due),
+        };
+        for id in beats {
+            w.beat(&id).await?;
         }
         w.first = false;
         // What was read is kept for the next watch or list (written when it
@@ -105,7 +123,15 @@ impl Watcher<'_> {
             .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
         let mut changed = Vec::new();
         let mut now = HashMap::new();
+        let mut beat_tags = HashMap::new();
         for l in listed {
+            if let Some(id) = config.build_id_of_heartbeat_key(&l.key) {
+                if self.beat_tags.get(&id) != Some(&l.tag) {
+                    self.beats_due.push(id.clone());
+                }
+                beat_tags.insert(id, l.tag);
+                continue;
+            }
             let Some(id) = config.build_id_of_key(&l.key) else {
                 continue;
             };
@@ -135,7 +161,37 @@ impl Watcher<'_> {
             c.retain(&now.keys().cloned().collect());
         }
         self.tags = now;
+        self.beat_tags = beat_tags;
         Ok(changed)
+    }
+
+    /// A build's heartbeat, when its stage is in progress with a heartbeat
+    /// policy: said once per new heartbeat, and when the attempt counts as
+    /// dead from then on.
+    async fn beat(&mut self, id: &str) -> Result<()> {
+        let Some(seen) = self.seen.get_mut(id) else {
+            return Ok(());
+        };
+        let Some(doc) = seen.beating.as_ref() else {
+            return Ok(());
+        };
+        let cfg = self.config.for_build(id)?;
+        let beat = match Builds::new(&cfg, self.store).heartbeat().await {
+            Ok(b) => b,
+            Err(e) => {
+                self.out.note(e.to_string());
+                return Ok(());
+            }
+        };
+        let Some(beat) = doc.own_heartbeat(beat.as_ref()) else {
+            return Ok(());
+        };
+        if seen.beat_at.is_some_and(|t| t >= beat.at) {
+            return Ok(());
+        }
+        seen.beat_at = Some(beat.at);
+        seen.dead_since = doc.dead_since(&self.config.retry, Some(beat));
+        self.out.heartbeat(id, doc, beat)
     }
 
     /// Looks at one build: from the cache, or with a conditional read.
@@ -219,7 +275,7 @@ fn seen_found(
     for e in new {
         out.event(id, e)?;
     }
-    let dead_since = doc.dead_since(&config.retry);
+    let dead_since = doc.dead_since(&config.retry, None);
     if let Some(since) = dead_since.filter(|t| crate::now() >= *t)
         && stale.get(id) != Some(&doc.revision)
     {
@@ -233,6 +289,14 @@ fn seen_found(
             run: doc.run,
             revision: doc.revision,
             dead_since,
+            beating: (doc.status == crate::model::Status::InProgress
+                && config
+                    .retry
+                    .for_state(doc.state)
+                    .heartbeat_timeout
+                    .is_some())
+            .then(|| doc.clone()),
+            beat_at: None,
         },
     );
     Ok(())

@@ -115,6 +115,12 @@ struct Memo {
 }
 
 impl InMemory {
+    /// The stored heartbeat, if any.
+    fn stored_heartbeat(&self, config: &crate::config::Config) -> Option<crate::model::Heartbeat> {
+        let body = self.store.inner.body(&config.heartbeat_key())?;
+        serde_json::from_slice(&body).ok()
+    }
+
     /// A fresh, empty store.
     pub fn new() -> InMemory {
         InMemory::default()
@@ -164,7 +170,8 @@ impl Steps for InMemory {
         let answer = self.check_now(&config, from, now).await?;
         if let Some(doc) = self.stored(&config) {
             // The next time the answer can change with the clock alone.
-            let until = [doc.retry_at, doc.dead_since(&config.retry)]
+            let beat = self.stored_heartbeat(&config);
+            let until = [doc.retry_at, doc.dead_since(&config.retry, beat.as_ref())]
                 .into_iter()
                 .flatten()
                 .filter(|t| *t > now)
@@ -233,6 +240,11 @@ impl Steps for InMemory {
     async fn document(&self, resource: &Resource) -> Option<Document> {
         let config = self.config(resource).ok()?;
         self.stored(&config)
+    }
+
+    async fn heartbeat(&self, resource: &Resource) -> Option<crate::model::Heartbeat> {
+        let config = self.config(resource).ok()?;
+        self.stored_heartbeat(&config)
     }
 
     fn outage(&self, from: Timestamp, until: Timestamp) -> bool {

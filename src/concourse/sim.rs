@@ -130,6 +130,12 @@ pub trait Steps {
     /// The build's document as stored now.
     async fn document(&self, resource: &Resource) -> Option<Document>;
 
+    /// The build's heartbeat as stored now (none when this implementation
+    /// cannot read it).
+    async fn heartbeat(&self, _resource: &Resource) -> Option<crate::model::Heartbeat> {
+        None
+    }
+
     /// Makes the store refuse every request from `from` to `until`; false
     /// when this implementation cannot.
     fn outage(&self, _from: Timestamp, _until: Timestamp) -> bool {
@@ -506,13 +512,14 @@ impl<S: Steps + 'static> Sim<S> {
             }
         }
         let doc = self.steps.document(self.state()).await?;
+        let heartbeat = self.steps.heartbeat(self.state()).await;
         let now = self.now();
         let config = self.config.as_ref()?;
         // A time that opens a gate, and then a check and a schedule after it.
         let margin = chrono::Duration::from_std(quiet).unwrap_or_default();
         let later = doc.retry_at.is_some_and(|t| t + margin > now)
             || doc
-                .dead_since(&config.retry)
+                .dead_since(&config.retry, heartbeat.as_ref())
                 .is_some_and(|t| t + margin > now);
         if later {
             return None;

@@ -174,7 +174,7 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
         };
         let Some(cond) = cfg.gate else { continue };
         if let At::State(n) = cond.at
-            && !cond.blocked
+            && cond.status.is_none()
         {
             let before = ladder
                 .steps()

@@ -209,16 +209,22 @@ fn stage_key(field: &str, key: &str, ladder: &Ladder) -> Result<(Code, Code), Co
 }
 
 fn stage_retry(field: &str, p: &RetryParam, base: &StageRetry) -> Result<StageRetry, ConfigError> {
-    let timeout = match &p.timeout {
-        None => base.timeout,
+    let positive = |name: &str, given: &Option<String>, base: Option<Duration>| match given {
+        None => Ok(base),
         Some(_) => {
-            let t = duration(&format!("{field}.timeout"), &p.timeout, Duration::ZERO)?;
+            let t = duration(&format!("{field}.{name}"), given, Duration::ZERO)?;
             if t.is_zero() {
-                return err(format!("{field}.timeout"), "must be longer than 0s");
+                return err(format!("{field}.{name}"), "must be longer than 0s");
             }
-            Some(t)
+            Ok(Some(t))
         }
     };
+    let timeout = positive("timeout", &p.timeout, base.timeout)?;
+    let heartbeat_timeout = positive(
+        "heartbeat_timeout",
+        &p.heartbeat_timeout,
+        base.heartbeat_timeout,
+    )?;
     let r = StageRetry {
         max_attempts: p.max_attempts.unwrap_or(base.max_attempts),
         backoff: duration(&format!("{field}.backoff"), &p.backoff, base.backoff)?,
@@ -230,6 +236,8 @@ fn stage_retry(field: &str, p: &RetryParam, base: &StageRetry) -> Result<StageRe
         )?,
         resume_from: p.resume_from.as_ref().map(|c| c.0),
         timeout,
+        approval: p.approval.unwrap_or(false),
+        heartbeat_timeout,
     };
     if r.max_attempts == 0 {
         return err(format!("{field}.max_attempts"), "must be at least 1");
@@ -250,30 +258,35 @@ pub fn parse_condition(
     p: &ConditionParam,
     ladder: &Ladder,
 ) -> Result<Condition, ConfigError> {
-    let blocked = match p.status.as_deref().map(str::trim) {
-        None => false,
-        Some("blocked") => true,
-        Some(other) => {
-            return err(
-                format!("{field}.status"),
-                format!(
-                    "{other:?}: only `status: blocked` is a condition (a build that needs a human)"
-                ),
-            );
-        }
+    let status = match p.status.as_deref().map(str::trim) {
+        None => None,
+        Some(s) => match crate::model::HUMAN_STATUSES
+            .into_iter()
+            .find(|h| h.as_str() == s)
+        {
+            Some(h) => Some(h),
+            None => {
+                return err(
+                    format!("{field}.status"),
+                    format!(
+                        "{s:?}: only `status: blocked` and `status: awaiting_approval` are conditions (a build that needs a human)"
+                    ),
+                );
+            }
+        },
     };
     let at = match (p.state, p.min_state) {
         (Some(n), None) => At::State(n.0),
         (None, Some(n)) => At::MinState(n.0),
-        (None, None) if blocked => At::Any,
+        (None, None) if status.is_some() => At::Any,
         _ => {
             return err(
                 field,
-                "give exactly one of `state: N` or `min_state: N` (or `status: blocked`, alone or with one of them)",
+                "give exactly one of `state: N` or `min_state: N` (or `status: blocked` / `status: awaiting_approval`, alone or with one of them)",
             );
         }
     };
-    let c = Condition { at, blocked };
+    let c = Condition { at, status };
     if let Some(code) = c.code() {
         ladder.check(code).or_else(|e| err(field, e.to_string()))?;
     }
@@ -340,6 +353,12 @@ impl Config {
         format!("{}{}/state.json", self.prefix(), self.build_id)
     }
 
+    /// `<prefix><build_id>/heartbeat.json`: the newest sign of life of the
+    /// stage in progress (never part of the document).
+    pub fn heartbeat_key(&self) -> String {
+        format!("{}{}/heartbeat.json", self.prefix(), self.build_id)
+    }
+
     /// `<prefix><build_id>/runs/<run>.json`.
     pub fn archive_key(&self, run: u64) -> String {
         format!("{}{}/runs/{run}.json", self.prefix(), self.build_id)
@@ -391,6 +410,12 @@ impl Settings {
 
         let mut retry = RetryPolicy::default();
         if let Some(r) = &s.retry {
+            if r.approval.is_some() {
+                return err(
+                    "retry.approval",
+                    "belongs to a stage: write it under retry.states (e.g. states: {\"95\": {approval: true}})",
+                );
+            }
             if r.resume_from.is_some() {
                 return err(
                     "retry.resume_from",
@@ -474,6 +499,14 @@ impl Settings {
         let id = key
             .strip_prefix(self.prefix())?
             .strip_suffix("/state.json")?;
+        validate_build_id(id).ok().map(|_| id.to_string())
+    }
+
+    /// The build a heartbeat object belongs to (`<prefix><id>/heartbeat.json`).
+    pub fn build_id_of_heartbeat_key(&self, key: &str) -> Option<String> {
+        let id = key
+            .strip_prefix(self.prefix())?
+            .strip_suffix("/heartbeat.json")?;
         validate_build_id(id).ok().map(|_| id.to_string())
     }
 

@@ -173,23 +173,6 @@ pub fn fold(history: &[Event]) -> Option<Summary> {
 }
 
 impl Document {
-    /// When the stage in progress counts as a dead attempt: its start plus
-    /// the stage's `timeout` (none without a timeout, or when not in progress).
-    pub fn dead_since(&self, retry: &super::policy::RetryPolicy) -> Option<Timestamp> {
-        if self.status != Status::InProgress {
-            return None;
-        }
-        let timeout = retry.for_state(self.state).timeout?;
-        self.updated_at
-            .checked_add_signed(chrono::Duration::from_std(timeout).ok()?)
-    }
-
-    /// Whether the stage is in progress past its timeout at `now` (stale: a
-    /// worker that vanished never reports).
-    pub fn timed_out(&self, now: Timestamp, retry: &super::policy::RetryPolicy) -> bool {
-        self.dead_since(retry).is_some_and(|t| now >= t)
-    }
-
     /// This document put back at `revision` (higher than any the build has
     /// had): its history, then a `restore` event that keeps where it stood
     /// (state, status, attempt, `retry_at`) and says which revision it

@@ -19,6 +19,9 @@ pub enum Status {
     Failed,
     /// A human must look.
     Blocked,
+    /// The stage needs a human's approval before it may start (a stage
+    /// policy `approval: true`).
+    AwaitingApproval,
     /// The build is delivered (final state only).
     Completed,
     /// The build was abandoned.
@@ -27,11 +30,12 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of the table in the README.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Pending,
         Status::InProgress,
         Status::Failed,
         Status::Blocked,
+        Status::AwaitingApproval,
         Status::Completed,
         Status::Cancelled,
     ];
@@ -43,6 +47,7 @@ impl Status {
             Status::InProgress => "in_progress",
             Status::Failed => "failed",
             Status::Blocked => "blocked",
+            Status::AwaitingApproval => "awaiting_approval",
             Status::Completed => "completed",
             Status::Cancelled => "cancelled",
         }
@@ -132,6 +137,8 @@ pub enum ActionKind {
     Set,
     /// The build was abandoned.
     Cancel,
+    /// A human approved the stage (`approve N`).
+    Approve,
     /// A new run (the old one archived).
     Restart,
     /// An earlier stored version of the document put back (`build-state
@@ -150,6 +157,7 @@ impl ActionKind {
             ActionKind::Retry => "retry",
             ActionKind::Set => "set",
             ActionKind::Cancel => "cancel",
+            ActionKind::Approve => "approve",
             ActionKind::Restart => "restart",
             ActionKind::Restore => "restore",
         }

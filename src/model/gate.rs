@@ -2,6 +2,7 @@
 //! next step a job should take.
 
 use super::document::{Document, Status, Timestamp};
+use super::heartbeat::Heartbeat;
 use super::ladder::Code;
 use super::policy::RetryPolicy;
 use std::fmt;
@@ -17,22 +18,27 @@ pub enum At {
     MinState(Code),
 }
 
-/// A condition on the build: `{state: N}`, `{min_state: N}`,
-/// `{status: blocked}`, or `status: blocked` with one of the first two.
+/// A condition on the build: `{state: N}`, `{min_state: N}`, a status
+/// that needs a human (`{status: blocked}`, `{status: awaiting_approval}`),
+/// or such a status with one of the first two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Condition {
     /// Where on the ladder.
     pub at: At,
-    /// Only when the build is blocked (it needs a human).
-    pub blocked: bool,
+    /// Only when the build stands there in this status (`blocked` or
+    /// `awaiting_approval`: a human is needed).
+    pub status: Option<Status>,
 }
+
+/// The statuses a condition may name: both need a human.
+pub const HUMAN_STATUSES: [Status; 2] = [Status::Blocked, Status::AwaitingApproval];
 
 impl Condition {
     /// `{state: N}`.
     pub fn state(n: Code) -> Condition {
         Condition {
             at: At::State(n),
-            blocked: false,
+            status: None,
         }
     }
 
@@ -40,7 +46,7 @@ impl Condition {
     pub fn min_state(n: Code) -> Condition {
         Condition {
             at: At::MinState(n),
-            blocked: false,
+            status: None,
         }
     }
 
@@ -50,6 +56,12 @@ impl Condition {
             At::Any => None,
             At::State(n) | At::MinState(n) => Some(n),
         }
+    }
+
+    /// Whether this is a stage's gate (`{state: N}` alone): it opens when
+    /// the stage is due.
+    pub fn is_stage_gate(self) -> bool {
+        self.status.is_none() && matches!(self.at, At::State(_))
     }
 
     fn place_holds(self, doc: &Document) -> bool {
@@ -62,13 +74,20 @@ impl Condition {
 
     /// Gate semantics (check). `{state: N}` passes when the build is at N
     /// and the stage is due: pending, failed with its `retry_at` passed, or
-    /// in progress past the stage's `timeout` (a dead attempt).
-    /// `{min_state: N}` passes when the build is at N or past it. With
-    /// `status: blocked`, the gate passes when the build is blocked there
+    /// in progress past the stage's `timeout` or `heartbeat_timeout` (a
+    /// dead attempt; `heartbeat` is the stored heartbeat, if read).
+    /// `{min_state: N}` passes when the build is at N or past it. With a
+    /// status, the gate passes when the build stands there in that status
     /// (or anywhere, alone): a human is needed.
-    pub fn gate_passes(self, doc: &Document, now: Timestamp, retry: &RetryPolicy) -> bool {
-        if self.blocked {
-            return doc.status == Status::Blocked && self.place_holds(doc);
+    pub fn gate_passes(
+        self,
+        doc: &Document,
+        now: Timestamp,
+        retry: &RetryPolicy,
+        heartbeat: Option<&Heartbeat>,
+    ) -> bool {
+        if let Some(status) = self.status {
+            return doc.status == status && self.place_holds(doc);
         }
         match self.at {
             At::State(n) => {
@@ -76,7 +95,7 @@ impl Condition {
                     && match doc.status {
                         Status::Pending => true,
                         Status::Failed => doc.retry_at.is_none_or(|t| t <= now),
-                        Status::InProgress => doc.timed_out(now, retry),
+                        Status::InProgress => doc.is_dead(now, retry, heartbeat),
                         _ => false,
                     }
             }
@@ -84,11 +103,20 @@ impl Condition {
         }
     }
 
+    /// Whether deciding this gate on `doc` at `now` needs the stored
+    /// heartbeat: the stage is in progress at the gate's state, has a
+    /// `heartbeat_timeout`, is not dead by its timeout already, and its
+    /// start alone no longer proves it alive. Otherwise no heartbeat can
+    /// change the answer, and none is read.
+    pub fn needs_heartbeat(self, doc: &Document, now: Timestamp, retry: &RetryPolicy) -> bool {
+        self.is_stage_gate() && self.code() == Some(doc.state) && doc.needs_heartbeat(now, retry)
+    }
+
     /// Requirement semantics (in): `{state: N}` holds when the revision is
     /// at N, whatever its status; `{min_state: N}` when it is at N or past
-    /// it; `status: blocked` when it is blocked.
+    /// it; with a status, when the revision stands in it.
     pub fn require(self, doc: &Document) -> bool {
-        self.place_holds(doc) && (!self.blocked || doc.status == Status::Blocked)
+        self.place_holds(doc) && self.status.is_none_or(|s| doc.status == s)
     }
 }
 
@@ -99,11 +127,11 @@ impl fmt::Display for Condition {
             At::State(n) => Some(format!("state: {n}")),
             At::MinState(n) => Some(format!("min_state: {n}")),
         };
-        match (self.blocked, place) {
-            (true, Some(p)) => write!(f, "status: blocked, {p}"),
-            (true, None) => f.write_str("status: blocked"),
-            (false, Some(p)) => f.write_str(&p),
-            (false, None) => f.write_str("anything"),
+        match (self.status, place) {
+            (Some(s), Some(p)) => write!(f, "status: {s}, {p}"),
+            (Some(s), None) => write!(f, "status: {s}"),
+            (None, Some(p)) => f.write_str(&p),
+            (None, None) => f.write_str("anything"),
         }
     }
 }
@@ -120,6 +148,8 @@ pub enum NextStep {
     Wait,
     /// A human must look.
     Blocked,
+    /// The stage waits for a human's approval (`approve N`).
+    Approval,
     /// The build is delivered.
     Done,
     /// The build was abandoned.
@@ -137,6 +167,7 @@ impl NextStep {
             Status::Pending | Status::InProgress => NextStep::Run,
             Status::Failed => NextStep::Retry,
             Status::Blocked => NextStep::Blocked,
+            Status::AwaitingApproval => NextStep::Approval,
             Status::Completed => NextStep::Done,
             Status::Cancelled => NextStep::Cancelled,
         }
@@ -158,6 +189,7 @@ impl NextStep {
             NextStep::Retry => "retry",
             NextStep::Wait => "wait",
             NextStep::Blocked => "blocked",
+            NextStep::Approval => "approval",
             NextStep::Done => "done",
             NextStep::Cancelled => "cancelled",
         }

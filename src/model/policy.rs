@@ -22,6 +22,12 @@ pub struct StageRetry {
     /// A stage `in_progress` longer than this is a dead attempt (its worker
     /// vanished and never reports).
     pub timeout: Option<Duration>,
+    /// A human approves the stage before it runs: the build reaches it
+    /// `awaiting_approval`, not `pending`.
+    pub approval: bool,
+    /// An attempt whose last sign of life (its start, or its newest
+    /// heartbeat) is older than this is dead, as after `timeout`.
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 impl Default for StageRetry {
@@ -33,6 +39,8 @@ impl Default for StageRetry {
             max_backoff: Duration::from_secs(3600),
             resume_from: None,
             timeout: None,
+            approval: false,
+            heartbeat_timeout: None,
         }
     }
 }

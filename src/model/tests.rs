@@ -413,23 +413,23 @@ fn gates_and_next_steps() {
     w.ok(Action::Complete(0));
     let now = w.clock;
     let gate = Condition::state(5);
-    assert!(gate.gate_passes(w.doc(), now, &w.retry));
-    assert!(!Condition::state(10).gate_passes(w.doc(), now, &w.retry));
+    assert!(gate.gate_passes(w.doc(), now, &w.retry, None));
+    assert!(!Condition::state(10).gate_passes(w.doc(), now, &w.retry, None));
     assert_eq!(NextStep::of(w.doc()), NextStep::Run);
     assert_eq!(NextStep::live(w.doc(), now), NextStep::Run);
     w.ok(Action::Start(5));
     assert!(
-        !gate.gate_passes(w.doc(), w.clock, &w.retry),
+        !gate.gate_passes(w.doc(), w.clock, &w.retry, None),
         "never while in progress"
     );
     let d = w.ok(fail(5, "x")).clone();
     let due = d.retry_at.unwrap();
-    assert!(!gate.gate_passes(&d, due - Duration::milliseconds(1), &w.retry));
+    assert!(!gate.gate_passes(&d, due - Duration::milliseconds(1), &w.retry, None));
     assert_eq!(
         NextStep::live(&d, due - Duration::milliseconds(1)),
         NextStep::Wait
     );
-    assert!(gate.gate_passes(&d, due, &w.retry));
+    assert!(gate.gate_passes(&d, due, &w.retry, None));
     assert_eq!(NextStep::live(&d, due), NextStep::Retry);
     // What `in` writes does not depend on the time.
     assert_eq!(NextStep::of(&d), NextStep::Retry);
@@ -437,13 +437,13 @@ fn gates_and_next_steps() {
     let d = w.ok(fail(5, "z")).clone();
     assert_eq!(d.status, Status::Blocked);
     assert!(
-        !gate.gate_passes(&d, due + Duration::days(1), &w.retry),
+        !gate.gate_passes(&d, due + Duration::days(1), &w.retry, None),
         "never when blocked"
     );
     assert_eq!(NextStep::of(&d), NextStep::Blocked);
-    assert!(Condition::min_state(5).gate_passes(&d, now, &w.retry));
-    assert!(Condition::min_state(0).gate_passes(&d, now, &w.retry));
-    assert!(!Condition::min_state(10).gate_passes(&d, now, &w.retry));
+    assert!(Condition::min_state(5).gate_passes(&d, now, &w.retry, None));
+    assert!(Condition::min_state(0).gate_passes(&d, now, &w.retry, None));
+    assert!(!Condition::min_state(10).gate_passes(&d, now, &w.retry, None));
     assert!(Condition::state(5).require(&d));
 }
 
@@ -646,8 +646,8 @@ fn a_start_over_stage_goes_back_and_counts_its_failures_across_loops() {
         "sshd_config lost the green VM"
     );
     // The gate of 10 opens after the backoff; the earlier stages run again.
-    assert!(!Condition::state(10).gate_passes(&d, w.clock, &w.retry));
-    assert!(Condition::state(10).gate_passes(&d, w.clock + Duration::seconds(60), &w.retry));
+    assert!(!Condition::state(10).gate_passes(&d, w.clock, &w.retry, None));
+    assert!(Condition::state(10).gate_passes(&d, w.clock + Duration::seconds(60), &w.retry, None));
     w.clock += Duration::seconds(60);
     w.ok(Action::Start(10));
     for n in [10, 15, 20] {
@@ -698,13 +698,14 @@ fn a_dead_attempt_is_recorded_before_the_stage_starts_again() {
     at(&mut w, 5);
     let started = w.ok(Action::Start(5)).clone();
     let gate = Condition::state(5);
-    assert!(!gate.gate_passes(&started, w.clock + Duration::seconds(599), &w.retry));
+    assert!(!gate.gate_passes(&started, w.clock + Duration::seconds(599), &w.retry, None));
     assert!(gate.gate_passes(
         &started,
         started.updated_at + Duration::seconds(600),
-        &w.retry
+        &w.retry,
+        None
     ));
-    assert!(started.timed_out(started.updated_at + Duration::seconds(600), &w.retry));
+    assert!(started.is_dead(started.updated_at + Duration::seconds(600), &w.retry, None));
     w.clock += Duration::seconds(700);
     let d = w.ok(Action::Start(5)).clone();
     let n = d.history.len();
@@ -762,22 +763,22 @@ fn a_blocked_gate_passes_only_for_a_build_that_needs_a_human() {
     at(&mut w, 25);
     let any = Condition {
         at: At::Any,
-        blocked: true,
+        status: Some(Status::Blocked),
     };
     let here = Condition {
         at: At::State(25),
-        blocked: true,
+        status: Some(Status::Blocked),
     };
     let elsewhere = Condition {
         at: At::MinState(30),
-        blocked: true,
+        status: Some(Status::Blocked),
     };
-    assert!(!any.gate_passes(w.doc(), w.clock, &w.retry));
+    assert!(!any.gate_passes(w.doc(), w.clock, &w.retry, None));
     let d = w.ok(fail(25, "fatal")).clone();
     assert_eq!(d.status, Status::Blocked, "max_attempts 1: a human's stage");
-    assert!(any.gate_passes(&d, w.clock, &w.retry));
-    assert!(here.gate_passes(&d, w.clock, &w.retry));
-    assert!(!elsewhere.gate_passes(&d, w.clock, &w.retry));
+    assert!(any.gate_passes(&d, w.clock, &w.retry, None));
+    assert!(here.gate_passes(&d, w.clock, &w.retry, None));
+    assert!(!elsewhere.gate_passes(&d, w.clock, &w.retry, None));
     assert_eq!(any.to_string(), "status: blocked");
     assert_eq!(here.to_string(), "status: blocked, state: 25");
     assert!(here.require(&d) && !Condition::state(30).require(&d));
@@ -979,7 +980,7 @@ fn the_words_round_trip() {
     w.ok(Action::Init { restart: false });
     let d = w.ok(Action::Complete(0)).clone();
     let blocked_only = Condition {
-        blocked: true,
+        status: Some(Status::Blocked),
         ..Condition::state(5)
     };
     assert!(!blocked_only.require(&d), "pending is not blocked");

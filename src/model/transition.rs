@@ -47,6 +47,13 @@ pub enum Action {
     },
     /// Archive the run and start a new one.
     Restart,
+    /// A human approves stage N (it was awaiting approval).
+    Approve {
+        /// The stage.
+        state: Code,
+        /// Why, or what was checked (optional).
+        reason: Option<String>,
+    },
 }
 
 impl Action {
@@ -61,6 +68,7 @@ impl Action {
             Action::Set { .. } => ActionKind::Set,
             Action::Cancel { .. } => ActionKind::Cancel,
             Action::Restart => ActionKind::Restart,
+            Action::Approve { .. } => ActionKind::Approve,
         }
     }
 
@@ -68,7 +76,9 @@ impl Action {
     pub fn target(&self) -> Option<Code> {
         match self {
             Action::Start(n) | Action::Complete(n) | Action::Retry(n) => Some(*n),
-            Action::Fail { state, .. } | Action::Set { state, .. } => Some(*state),
+            Action::Fail { state, .. }
+            | Action::Set { state, .. }
+            | Action::Approve { state, .. } => Some(*state),
             Action::Init { .. } | Action::Cancel { .. } | Action::Restart => None,
         }
     }
@@ -101,6 +111,10 @@ pub struct Update {
     /// Refuse after writing, with this message (the write records what
     /// went wrong, and the put must fail all the same).
     pub then_refuse: Option<String>,
+    /// The stored heartbeat of the stage, when the caller read it (a
+    /// `start` of a stage with a `heartbeat_timeout`): whether the attempt
+    /// in progress is dead depends on it.
+    pub heartbeat: Option<super::heartbeat::Heartbeat>,
 }
 
 impl Update {
@@ -114,6 +128,7 @@ impl Update {
             at,
             policy: None,
             then_refuse: None,
+            heartbeat: None,
         }
     }
 }
@@ -198,7 +213,7 @@ pub enum Refusal {
 /// The transition rules, written once: for each action on a stage, the
 /// statuses of that stage (the build's state) it is allowed from. `apply`
 /// refuses by this table and `allowed` lists from it.
-const STAGE_RULES: [(ActionKind, &[Status]); 4] = [
+const STAGE_RULES: [(ActionKind, &[Status]); 5] = [
     (
         ActionKind::Start,
         &[Status::Pending, Status::Failed, Status::InProgress],
@@ -215,6 +230,7 @@ const STAGE_RULES: [(ActionKind, &[Status]); 4] = [
         ActionKind::Retry,
         &[Status::Failed, Status::Blocked, Status::InProgress],
     ),
+    (ActionKind::Approve, &[Status::AwaitingApproval]),
 ];
 
 /// Whether the staged action `kind` is allowed from `status`.
@@ -281,7 +297,13 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                 rules.build_id,
                 1,
                 rules.labels.clone(),
-                vec![event(update, 1, rules.ladder.initial(), Status::Pending, 0)],
+                vec![event(
+                    update,
+                    1,
+                    rules.ladder.initial(),
+                    arrival(&[], rules.ladder.initial(), rules),
+                    0,
+                )],
                 rules.ladder,
             ))),
             _ => Err(Refusal::NoDocument {
@@ -310,7 +332,11 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
 
     let (state, status, attempt, retry_at, error) = match action {
         Action::Init { restart } => {
-            if doc.state == rules.ladder.initial() && doc.status == Pending {
+            if doc.state == rules.ladder.initial()
+                && doc.status == arrival(&[], doc.state, rules)
+                && doc.history.len() == 1
+                || doc.state == rules.ladder.initial() && doc.status == Pending
+            {
                 return Ok(Outcome::Unchanged);
             }
             if *restart && run_is_over(doc.status) {
@@ -343,7 +369,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                     super::duration::format((due - update.at).to_std().unwrap_or_default()),
                 )));
             }
-            if doc.timed_out(update.at, rules.retry) {
+            if doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref()) {
                 return Ok(dead_attempt(doc, update, rules, *n));
             }
             (*n, InProgress, doc.attempts + 1, None, None)
@@ -357,7 +383,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
             let status = if next == final_code {
                 Completed
             } else {
-                Pending
+                arrival(&doc.history, next, rules)
             };
             (next, status, doc.attempts + 1, None, None)
         }
@@ -384,7 +410,15 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
             if !at_stage(*n, ActionKind::Retry) {
                 return refuse();
             }
-            (*n, Pending, 0, None, None)
+            // A human's reset: the stage's approval (if it needs one) is
+            // asked for again.
+            (*n, arrival(&[], *n, rules), 0, None, None)
+        }
+        Action::Approve { state: n, .. } => {
+            if !at_stage(*n, ActionKind::Approve) {
+                return refuse();
+            }
+            (*n, Pending, doc.attempts, None, None)
         }
         Action::Set {
             state: n,
@@ -404,7 +438,14 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                     rules.ladder.label(rules.ladder.final_code())
                 )));
             }
-            (*n, *status, 0, None, None)
+            // Set to pending on a stage that needs approval: it waits for it
+            // (a manual override resets the stage's approval).
+            let status = if *status == Pending {
+                arrival(&[], *n, rules)
+            } else {
+                *status
+            };
+            (*n, status, 0, None, None)
         }
         Action::Cancel { .. } => {
             if run_is_over(doc.status) {
@@ -477,7 +518,7 @@ fn restart_run(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
         update,
         doc.revision + 1,
         rules.ladder.initial(),
-        Status::Pending,
+        arrival(&[], rules.ladder.initial(), rules),
         0,
     );
     Outcome::Restart {
@@ -499,16 +540,38 @@ fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outc
     let policy = rules.retry.for_state(n);
     let attempts = doc.attempts + 1;
     let since = super::document::rfc3339::format(&doc.updated_at);
-    let timeout = policy
-        .timeout
-        .map(super::duration::format)
-        .unwrap_or_default();
-    let error = ErrorInfo::new(
-        format!(
-            "attempt {attempts} timed out: in progress since {since}, longer than the stage's timeout ({timeout}); its worker never reported"
+    let heartbeat = update.heartbeat.as_ref();
+    let by_timeout = policy.timeout.is_some_and(|t| {
+        doc.dead_since(rules.retry, heartbeat)
+            == doc
+                .updated_at
+                .checked_add_signed(chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX))
+    });
+    let message = match (by_timeout, policy.timeout, policy.heartbeat_timeout) {
+        (true, Some(timeout), _) | (false, Some(timeout), None) => format!(
+            "attempt {attempts} timed out: in progress since {since}, longer than the stage's timeout ({}); its worker never reported",
+            super::duration::format(timeout)
         ),
-        FailureKind::Transient,
-    );
+        (_, _, Some(beat)) => {
+            let last = doc.last_sign_of_life(heartbeat);
+            let sign = match doc.own_heartbeat(heartbeat) {
+                Some(h) => format!(
+                    "its last heartbeat at {}",
+                    super::document::rfc3339::format(&h.at)
+                ),
+                None => format!("no heartbeat since its start at {since}"),
+            };
+            format!(
+                "attempt {attempts} lost its heartbeat: {sign}, longer ago than the stage's heartbeat_timeout ({}) at {}; its worker stopped",
+                super::duration::format(beat),
+                super::document::rfc3339::format(
+                    &(last + chrono::Duration::from_std(beat).unwrap_or_default())
+                )
+            )
+        }
+        _ => format!("attempt {attempts} is dead: in progress since {since}"),
+    };
+    let error = ErrorInfo::new(message, FailureKind::Transient);
     let blocked = attempts >= policy.max_attempts;
     let mut fail = event(
         update,
@@ -556,9 +619,39 @@ fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outc
     }
 }
 
+/// The status a build has when it arrives at stage `n` (the previous stage
+/// completed, a run began, a human reset the stage): `pending`, or
+/// `awaiting_approval` for a stage with `approval: true` unless its
+/// approval still holds in `history` (an `approve n` since the stage was
+/// last reset or completed: a failure that sent the build back to an
+/// earlier state does not ask again).
+fn arrival(history: &[Event], n: Code, rules: &Rules) -> Status {
+    if !rules.retry.for_state(n).approval {
+        return Status::Pending;
+    }
+    let holds = history
+        .iter()
+        .rev()
+        .find_map(|e| match e.action {
+            ActionKind::Approve if e.target == Some(n) => Some(true),
+            ActionKind::Complete | ActionKind::Retry | ActionKind::Set if e.target == Some(n) => {
+                Some(false)
+            }
+            ActionKind::Init | ActionKind::Restart => Some(false),
+            _ => None,
+        })
+        .unwrap_or(false);
+    if holds {
+        Status::Pending
+    } else {
+        Status::AwaitingApproval
+    }
+}
+
 fn event(update: &Update, revision: u64, state: Code, status: Status, attempt: u32) -> Event {
     let reason = match &update.action {
         Action::Set { reason, .. } | Action::Cancel { reason } => Some(reason.clone()),
+        Action::Approve { reason, .. } => reason.clone(),
         _ => None,
     };
     Event {

@@ -88,7 +88,7 @@ impl Store for MemoryStore {
     ) -> Result<String, StoreError> {
         let mut objects = self.objects.lock().unwrap();
         let holds = match (when, objects.get(key)) {
-            (Precondition::Absent, None) => true,
+            (Precondition::Absent, None) | (Precondition::Any, _) => true,
             (Precondition::Matches(e), Some(b)) => same_etag(e, &etag_of(b)),
             _ => false,
         };

@@ -31,6 +31,10 @@ pub enum Precondition<'a> {
     Absent,
     /// Replace: only if the object still has this ETag (`If-Match`).
     Matches(&'a str),
+    /// Whatever is there: the last writer wins. Only for an object no
+    /// update depends on (`heartbeat.json`, a sign of life); never for a
+    /// document.
+    Any,
 }
 
 /// A key as a listing shows it, with a tag that changes whenever its

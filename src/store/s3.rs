@@ -295,6 +295,17 @@ impl S3Store {
         body: &[u8],
         if_match: Option<&str>,
     ) -> Result<PutAnswer, StoreError> {
+        self.put_when(key, body, Some(if_match)).await
+    }
+
+    /// One PutObject: `None` unconditional, `Some(None)` with
+    /// `If-None-Match: *`, `Some(Some(etag))` with `If-Match`.
+    async fn put_when(
+        &self,
+        key: &str,
+        body: &[u8],
+        condition: Option<Option<&str>>,
+    ) -> Result<PutAnswer, StoreError> {
         let mut req = self
             .client
             .put_object()
@@ -302,9 +313,10 @@ impl S3Store {
             .key(key)
             .content_type("application/json")
             .body(ByteStream::from(body.to_vec()));
-        req = match if_match {
-            None => req.if_none_match("*"),
-            Some(etag) => req.if_match(etag),
+        req = match condition {
+            None => req,
+            Some(None) => req.if_none_match("*"),
+            Some(Some(etag)) => req.if_match(etag),
         };
         req = match &self.sse {
             None => req,
@@ -336,7 +348,7 @@ impl S3Store {
                     )
                 {
                     Ok(PutAnswer::Refused)
-                } else if if_match.is_some()
+                } else if matches!(condition, Some(Some(_)))
                     && status == Some(404)
                     && e.code() != Some("NoSuchBucket")
                 {
@@ -551,6 +563,12 @@ impl Store for S3Store {
         match when {
             Precondition::Absent => self.create(key, &body).await,
             Precondition::Matches(etag) => self.replace(key, &body, etag).await,
+            Precondition::Any => match self.put_when(key, &body, None).await? {
+                PutAnswer::Written(t) => Ok(t),
+                PutAnswer::Refused | PutAnswer::Missing => Err(StoreError::Other(
+                    "the server refused an unconditional write".to_string(),
+                )),
+            },
         }
     }
 

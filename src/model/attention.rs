@@ -1,0 +1,135 @@
+//! Who needs a human: a build that is blocked, waits for an approval, or
+//! whose attempt in progress shows no sign of life; since when, why, and
+//! what unblocks it. One function, so that `list`, `show`, `metrics` and
+//! the dashboard say the same thing.
+
+use super::document::{ActionKind, Document, FailureKind, Status, Timestamp, rfc3339};
+use super::heartbeat::Heartbeat;
+use super::policy::RetryPolicy;
+use serde::Serialize;
+
+/// Why a build needs a human.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NeedKind {
+    /// Attempts exhausted, a persistent error, or an aborted build.
+    Blocked,
+    /// A stage waits for its approval.
+    AwaitingApproval,
+    /// The attempt in progress shows no sign of life (past its `timeout`
+    /// or `heartbeat_timeout`): its worker is gone.
+    Stale,
+}
+
+impl NeedKind {
+    /// As written in output and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NeedKind::Blocked => "blocked",
+            NeedKind::AwaitingApproval => "awaiting_approval",
+            NeedKind::Stale => "stale",
+        }
+    }
+}
+
+/// A build that needs a human.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Need {
+    /// The build.
+    pub build_id: String,
+    /// The stage.
+    pub state: super::ladder::Code,
+    /// The stage's name.
+    pub state_name: String,
+    /// Why, in one word.
+    pub kind: NeedKind,
+    /// Since when.
+    #[serde(with = "rfc3339")]
+    pub since: Timestamp,
+    /// Why, in words (the last error and what decided it, the heartbeat).
+    pub why: String,
+    /// What unblocks it: the exact command, or the Concourse job to run.
+    pub unblock: String,
+}
+
+/// Whether `doc` needs a human at `now`, and what for.
+pub fn needs_human(
+    doc: &Document,
+    retry: &RetryPolicy,
+    heartbeat: Option<&Heartbeat>,
+    now: Timestamp,
+) -> Option<Need> {
+    let id = &doc.build_id;
+    let n = doc.state;
+    let policy = retry.for_state(n);
+    let need = |kind, since, why: String, unblock: String| Need {
+        build_id: id.clone(),
+        state: n,
+        state_name: doc.state_name.clone(),
+        kind,
+        since,
+        why,
+        unblock,
+    };
+    match doc.status {
+        Status::Blocked => {
+            let error = doc.last_error.as_ref();
+            let message = error.map_or("no error recorded", |e| e.message.as_str());
+            let why = match error {
+                Some(e) if e.message.contains(" was aborted; a human decides") => {
+                    format!("the build was aborted: {message}")
+                }
+                Some(e) if e.kind == FailureKind::Persistent => match &e.rule {
+                    Some(rule) => format!("a persistent error (matched {rule}): {message}"),
+                    None => format!("a persistent error: {message}"),
+                },
+                _ => format!(
+                    "attempts exhausted ({} of {}): {message}",
+                    doc.attempts, policy.max_attempts
+                ),
+            };
+            Some(need(
+                NeedKind::Blocked,
+                doc.updated_at,
+                why,
+                format!("fix the cause, then: build-state retry {id} {n}"),
+            ))
+        }
+        Status::AwaitingApproval => Some(need(
+            NeedKind::AwaitingApproval,
+            doc.updated_at,
+            format!("stage {n} ({}) needs a human's approval", doc.state_name),
+            format!(
+                "build-state approve {id} {n} --reason TEXT (or run the pipeline's approval job)"
+            ),
+        )),
+        Status::InProgress => {
+            let dead = doc.dead_since(retry, heartbeat).filter(|t| now >= *t)?;
+            let start = doc
+                .history
+                .iter()
+                .rev()
+                .find(|e| e.action == ActionKind::Start);
+            let sign = match doc.own_heartbeat(heartbeat) {
+                Some(h) => format!("last heartbeat at {}", rfc3339::format(&h.at)),
+                None => format!("in progress since {}", rfc3339::format(&doc.updated_at)),
+            };
+            let job = start
+                .and_then(|e| Some((e.by.pipeline.as_ref()?, e.by.job.as_ref()?)))
+                .map(|(p, j)| format!("its gate is open: fly trigger-job -j {p}/{j} runs it now, "))
+                .unwrap_or_default();
+            Some(need(
+                NeedKind::Stale,
+                dead,
+                format!(
+                    "no sign of life: {sign}; the attempt counts as dead since {}",
+                    rfc3339::format(&dead)
+                ),
+                format!(
+                    "{job}the next start {n} records the dead attempt; or build-state retry {id} {n}"
+                ),
+            ))
+        }
+        _ => None,
+    }
+}

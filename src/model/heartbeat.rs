@@ -1,0 +1,206 @@
+//! Heartbeats: a long stage's proof that its worker is alive. A heartbeat
+//! is not a state change: it lives in an object of its own beside the
+//! document (`<build_id>/heartbeat.json`), and is never part of the
+//! history, so it adds no revision and no Concourse version.
+//!
+//! A heartbeat belongs to one attempt, the document's revision at which
+//! the stage was in progress: while a stage is in progress every write to
+//! the document ends that attempt (an outcome, a new start, a human), so a
+//! heartbeat whose revision is not the document's is from a worker whose
+//! attempt is over, and counts for nothing.
+
+use super::document::{Actor, Document, Status, Timestamp, rfc3339};
+use super::ladder::Code;
+use super::policy::RetryPolicy;
+use super::transition::{Refusal, allowed};
+use serde::{Deserialize, Serialize};
+
+/// `heartbeat.json`: the newest sign of life of an attempt in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The build.
+    pub build_id: String,
+    /// The run the attempt belongs to.
+    pub run: u64,
+    /// The stage.
+    pub state: Code,
+    /// The attempt (as the start recorded it).
+    pub attempt: u32,
+    /// The document's revision while this attempt is in progress.
+    pub revision: u64,
+    /// When the worker last showed it is alive.
+    #[serde(with = "rfc3339")]
+    pub at: Timestamp,
+    /// Who sent it.
+    pub by: Actor,
+}
+
+/// What a heartbeat says of itself: its stage, and, when the sender knows
+/// them, the run and attempt it belongs to (from `state.env`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    /// The stage.
+    pub state: Code,
+    /// The run the sender works for.
+    pub run: Option<u64>,
+    /// The attempt the sender works for.
+    pub attempt: Option<u32>,
+    /// Who sends it (a Concourse build is checked against the one that
+    /// started the attempt).
+    pub by: Actor,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl Document {
+    /// The attempt in progress, if the stage is in progress.
+    pub fn attempt_in_progress(&self) -> Option<u32> {
+        (self.status == Status::InProgress).then(|| self.last_event().attempt)
+    }
+
+    /// `heartbeat` if it belongs to the attempt in progress now.
+    pub fn own_heartbeat<'a>(&self, heartbeat: Option<&'a Heartbeat>) -> Option<&'a Heartbeat> {
+        heartbeat.filter(|h| {
+            self.status == Status::InProgress
+                && h.build_id == self.build_id
+                && h.run == self.run
+                && h.state == self.state
+                && h.revision == self.revision
+        })
+    }
+
+    /// The newest sign of life of the attempt in progress: its start (the
+    /// newest write), or its newest heartbeat.
+    pub fn last_sign_of_life(&self, heartbeat: Option<&Heartbeat>) -> Timestamp {
+        match self.own_heartbeat(heartbeat) {
+            Some(h) if h.at > self.updated_at => h.at,
+            _ => self.updated_at,
+        }
+    }
+
+    /// When the stage in progress counts as a dead attempt: its start plus
+    /// the stage's `timeout`, or its last sign of life plus the stage's
+    /// `heartbeat_timeout`, whichever comes first (none without either, or
+    /// when not in progress).
+    pub fn dead_since(
+        &self,
+        retry: &RetryPolicy,
+        heartbeat: Option<&Heartbeat>,
+    ) -> Option<Timestamp> {
+        if self.status != Status::InProgress {
+            return None;
+        }
+        let policy = retry.for_state(self.state);
+        let after = |from: Timestamp, d: std::time::Duration| {
+            from.checked_add_signed(chrono::Duration::from_std(d).ok()?)
+        };
+        let by_timeout = policy.timeout.and_then(|t| after(self.updated_at, t));
+        let by_heartbeat = policy
+            .heartbeat_timeout
+            .and_then(|t| after(self.last_sign_of_life(heartbeat), t));
+        [by_timeout, by_heartbeat].into_iter().flatten().min()
+    }
+
+    /// Whether the stage is in progress and its attempt dead at `now` (stale:
+    /// a worker that vanished never reports).
+    pub fn is_dead(
+        &self,
+        now: Timestamp,
+        retry: &RetryPolicy,
+        heartbeat: Option<&Heartbeat>,
+    ) -> bool {
+        self.dead_since(retry, heartbeat).is_some_and(|t| now >= t)
+    }
+
+    /// Whether the stored heartbeat could change whether the attempt in
+    /// progress is dead at `now`: the stage has a `heartbeat_timeout`, its
+    /// start alone no longer proves it alive, and its `timeout` (if any)
+    /// has not passed. Only then does a reader fetch `heartbeat.json`.
+    pub fn needs_heartbeat(&self, now: Timestamp, retry: &RetryPolicy) -> bool {
+        if self.status != Status::InProgress
+            || retry.for_state(self.state).heartbeat_timeout.is_none()
+        {
+            return false;
+        }
+        let without_beats = RetryPolicy {
+            default: super::policy::StageRetry {
+                heartbeat_timeout: None,
+                ..retry.for_state(self.state).clone()
+            },
+            ..RetryPolicy::default()
+        };
+        self.is_dead(now, retry, None) && !self.is_dead(now, &without_beats, None)
+    }
+}
+
+/// The heartbeat to store for `claim`, or why it is refused (nothing is
+/// written then): the stage must be in progress at the claimed state, the
+/// claimed run and attempt (when given) must be the ones in progress, a
+/// Concourse build must be the one that started the attempt. A late
+/// heartbeat of the attempt in progress (its worker was slow, not gone) is
+/// taken until something records the attempt's end: once the next `start`
+/// has recorded it dead, that worker's heartbeats are refused. Deciding
+/// needs the document alone, so a heartbeat costs one read and one write.
+pub fn heartbeat(
+    doc: Option<&Document>,
+    claim: &Claim,
+    build_id: &str,
+) -> Result<Heartbeat, Refusal> {
+    let n = claim.state;
+    let attempted = format!("heartbeat {n}");
+    let Some(doc) = doc else {
+        return Err(Refusal::NoDocument {
+            build_id: build_id.to_string(),
+            attempted,
+        });
+    };
+    let zombie = |what: String| {
+        Err(Refusal::Invalid(format!(
+            "{}; heartbeat {n} refused: {what}; this worker's attempt is over (a zombie): stop it, nothing was changed",
+            doc.whereabouts()
+        )))
+    };
+    if let Some(run) = claim.run.filter(|r| *r != doc.run) {
+        return zombie(format!(
+            "it is for run {run}, and the build is on run {}",
+            doc.run
+        ));
+    }
+    let Some(attempt) = doc.attempt_in_progress().filter(|_| doc.state == n) else {
+        if claim.run.is_some() || claim.attempt.is_some() || claim.by.build_id.is_some() {
+            return zombie(format!(
+                "stage {n} is not in progress (a heartbeat is for an attempt in progress)"
+            ));
+        }
+        return Err(Refusal::NotAllowed {
+            whereabouts: doc.whereabouts(),
+            attempted,
+            allowed: format!("{} (a heartbeat is for a stage in progress)", allowed(doc)),
+        });
+    };
+    if let Some(theirs) = claim.attempt.filter(|a| *a != attempt) {
+        return zombie(format!(
+            "it is for attempt {theirs}, and attempt {attempt} is in progress"
+        ));
+    }
+    let start = doc.last_event();
+    if let (Some(mine), Some(starter)) = (&claim.by.build_id, &start.by.build_id)
+        && mine != starter
+    {
+        return zombie(format!(
+            "{} did not start attempt {attempt} ({} did, at revision {})",
+            claim.by.describe(),
+            start.by.describe(),
+            start.revision
+        ));
+    }
+    Ok(Heartbeat {
+        build_id: doc.build_id.clone(),
+        run: doc.run,
+        state: n,
+        attempt,
+        revision: doc.revision,
+        at: claim.at,
+        by: claim.by.clone(),
+    })
+}
