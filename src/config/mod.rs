@@ -433,6 +433,15 @@ impl Settings {
                 }
                 let (lo, hi) = stage_key(&field, key, &ladder)?;
                 let stage = stage_retry(&field, p, &retry.default)?;
+                if stage.approval && lo == hi && lo == ladder.final_code() {
+                    return err(
+                        format!("{field}.approval"),
+                        format!(
+                            "{lo} is the final state: the build is delivered on reaching it, so it has no stage to approve (put the approval on the stage before it, e.g. {})",
+                            ladder.steps().iter().rev().nth(1).map_or(0, |s| s.code)
+                        ),
+                    );
+                }
                 if let Some(m) = stage.resume_from {
                     ladder
                         .check(m)
@@ -620,6 +629,14 @@ mod tests {
                 r#"{"35": {"timeout": "0s"}}"#,
                 "source.retry.states.35.timeout: must be longer than 0s",
             ),
+            (
+                r#"{"35": {"heartbeat_timeout": "0s"}}"#,
+                "source.retry.states.35.heartbeat_timeout: must be longer than 0s",
+            ),
+            (
+                r#"{"100": {"approval": true}}"#,
+                "source.retry.states.100.approval: 100 is the final state: the build is delivered on reaching it, so it has no stage to approve (put the approval on the stage before it, e.g. 95)",
+            ),
         ] {
             let e = error(&format!("{base}{states}}}}}"));
             assert!(e.contains(want), "{states}: {e}");
@@ -633,6 +650,50 @@ mod tests {
                 .to_string()
                 .contains("retry.states.35.retries: unknown field `retries`"),
             "{unknown}"
+        );
+    }
+
+    /// `approval` belongs to a stage; `heartbeat_timeout` may be a
+    /// default; a gate may wait for an approval.
+    #[test]
+    fn approvals_and_heartbeats_are_stage_policies() {
+        let e = error(r#"{"local_dir": "/x", "build_id": "b", "retry": {"approval": true}}"#);
+        assert!(
+            e.starts_with("source.retry.approval: belongs to a stage"),
+            "{e}"
+        );
+        let s: Source = serde_json::from_str(
+            r#"{"local_dir": "/x", "build_id": "b", "retry": {"heartbeat_timeout": "5m", "states": {
+                "90-95": {"approval": true}, "5": {"heartbeat_timeout": "2m"}}},
+                "gate": {"status": "awaiting_approval", "state": 95}}"#,
+        )
+        .unwrap();
+        let c = Config::from_source(&s).unwrap();
+        let r = &c.retry;
+        assert!(r.for_state(95).approval && r.for_state(90).approval && !r.for_state(85).approval);
+        assert_eq!(
+            r.for_state(5).heartbeat_timeout,
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            r.for_state(10).heartbeat_timeout,
+            Some(Duration::from_secs(300))
+        );
+        let gate = c.gate.unwrap();
+        assert_eq!(
+            (gate.status, gate.code(), gate.to_string().as_str()),
+            (
+                Some(crate::model::Status::AwaitingApproval),
+                Some(95),
+                "status: awaiting_approval, state: 95"
+            )
+        );
+        let e = error(r#"{"local_dir": "/x", "build_id": "b", "gate": {"status": "failed"}}"#);
+        assert!(
+            e.contains(
+                "\"failed\": only `status: blocked` and `status: awaiting_approval` are conditions"
+            ),
+            "{e}"
         );
     }
 

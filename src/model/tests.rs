@@ -465,7 +465,11 @@ fn arb_action() -> impl Strategy<Value = Action> {
             ),
         }),
         code.clone().prop_map(Action::Retry),
-        (code, 0usize..6).prop_map(|(state, s)| Action::Set {
+        (code.clone(), any::<bool>()).prop_map(|(state, why)| Action::Approve {
+            state,
+            reason: why.then(|| "checked".to_string()),
+        }),
+        (code, 0usize..7).prop_map(|(state, s)| Action::Set {
             state,
             status: Status::ALL[s],
             reason: "manual".into(),
@@ -484,29 +488,38 @@ fn arb_policy() -> impl Strategy<Value = RetryPolicy> {
         1u32..4,
         proptest::option::of(0u32..20),
         proptest::option::of(1u64..120),
+        any::<bool>(),
     );
     (
         stage.clone(),
         proptest::collection::vec((0u32..=20, 0u32..4, stage), 0..5),
     )
-        .prop_map(|((max, _, timeout), stages)| {
-            let make = |max: u32, resume: Option<u32>, timeout: Option<u64>, at: u32| StageRetry {
+        .prop_map(|((max, _, timeout, _), stages)| {
+            let make = |max: u32,
+                        resume: Option<u32>,
+                        timeout: Option<u64>,
+                        at: u32,
+                        approval: bool| StageRetry {
                 max_attempts: max,
                 backoff: std::time::Duration::from_secs(10),
                 resume_from: resume.map(|r| r * 5).filter(|r| *r < at),
                 timeout: timeout.map(std::time::Duration::from_secs),
+                approval,
+                heartbeat_timeout: timeout.map(|t| std::time::Duration::from_secs(t / 2 + 1)),
                 ..StageRetry::default()
             };
             let mut p = RetryPolicy {
-                default: make(max, None, timeout, 0),
+                default: make(max, None, timeout, 0, false),
                 ..RetryPolicy::default()
             };
-            for (i, span, (max, resume, timeout)) in stages {
+            for (i, span, (max, resume, timeout, approval)) in stages {
                 let (lo, hi) = (i * 5, (i + span).min(20) * 5);
                 if span == 0 {
-                    p.states.insert(lo, make(max, resume, timeout, lo));
+                    p.states
+                        .insert(lo, make(max, resume, timeout, lo, approval));
                 } else if !p.ranges.iter().any(|(a, b, _)| lo <= *b && *a <= hi) {
-                    p.ranges.push((lo, hi, make(max, resume, timeout, lo)));
+                    p.ranges
+                        .push((lo, hi, make(max, resume, timeout, lo, approval)));
                 }
             }
             p
@@ -538,6 +551,7 @@ proptest! {
                 (true, Action::Complete(_)) => Action::Complete(w.doc().state),
                 (true, Action::Retry(_)) => Action::Retry(w.doc().state),
                 (true, Action::Fail { error, .. }) => Action::Fail { state: w.doc().state, error },
+                (true, Action::Approve { reason, .. }) => Action::Approve { state: w.doc().state, reason },
                 (_, a) => a,
             };
             w.clock += Duration::seconds(waits[i]);
@@ -590,6 +604,25 @@ proptest! {
                 prop_assert!(n < w.retry.for_state(stage).max_attempts, "stage {} sent the build back {} times", stage, n);
             }
             prop_assert!(d.status != Status::Completed || d.state == 100);
+            // Only a stage with an approval policy waits for one (a `set`
+            // may say so explicitly on any stage).
+            prop_assert!(
+                d.status != Status::AwaitingApproval
+                    || w.retry.for_state(d.state).approval
+                    || d.last_event().action == ActionKind::Set
+            );
+            // A stage with an approval policy is never started before an
+            // approval since it was last reset.
+            if d.last_event().action == ActionKind::Start && w.retry.for_state(d.state).approval {
+                let n = d.state;
+                let since_reset = d.history.iter().rev().skip(1).take_while(|e| {
+                    !matches!(e.action, ActionKind::Init | ActionKind::Restart)
+                        && !(matches!(e.action, ActionKind::Retry | ActionKind::Set | ActionKind::Complete) && e.target == Some(n))
+                });
+                let approved = since_reset.clone().any(|e| e.action == ActionKind::Approve && e.target == Some(n));
+                let set_there = d.history.iter().rev().skip(1).any(|e| e.action == ActionKind::Set && e.target == Some(n));
+                prop_assert!(approved || set_there, "started {} without an approval: {:#?}", n, d.history);
+            }
             prop_assert!(d.retry_at.is_none() || d.status == Status::Failed);
             // The document survives a round trip through JSON.
             let back: Document = serde_json::from_slice(&d.to_bytes()).unwrap();
@@ -1066,4 +1099,314 @@ fn an_outcome_from_a_build_that_did_not_start_the_attempt_counts_nothing() {
     ));
     w.ok(fail(10, "from the CLI"));
     assert_eq!(w.doc.as_ref().unwrap().attempts, 2);
+}
+
+fn approval_stage(max: u32, resume_from: Option<Code>) -> StageRetry {
+    StageRetry {
+        approval: true,
+        ..stage(max, resume_from, None)
+    }
+}
+
+/// A stage with `approval: true` is reached awaiting approval; its gate is
+/// shut and only `approve` moves it; a failure after the approval retries
+/// without a new one, across a start-over loop too; a human's retry asks
+/// again.
+#[test]
+fn an_approval_stage_waits_for_a_human_once_per_reset() {
+    let mut w = World::new();
+    w.retry.states.insert(95, approval_stage(3, Some(90)));
+    at(&mut w, 90);
+    w.ok(Action::Start(90));
+    let d = w.ok(Action::Complete(90));
+    assert_eq!((d.state, d.status), (95, Status::AwaitingApproval));
+    let gate = Condition::state(95);
+    assert!(!gate.gate_passes(w.doc(), w.clock, &w.retry, None), "shut");
+    let asks = Condition {
+        at: At::Any,
+        status: Some(Status::AwaitingApproval),
+    };
+    assert!(asks.gate_passes(w.doc(), w.clock, &w.retry, None));
+    assert_eq!(NextStep::of(w.doc()), NextStep::Approval);
+    assert_eq!(
+        w.refused(Action::Start(95)),
+        "rhel8-web is at 95 (image sealing, awaiting_approval); cannot start 95; allowed now: approve 95, set (with a reason), cancel, restart"
+    );
+    assert!(
+        w.refused(Action::Approve {
+            state: 90,
+            reason: None
+        })
+        .contains("allowed now: approve 95")
+    );
+    let mut u = w.update(Action::Approve {
+        state: 95,
+        reason: Some("checked the hardening report".into()),
+    });
+    u.by.user = Some("alice@ops".into());
+    w.doc = match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
+        Outcome::Write(d) => Some(d),
+        o => panic!("{o:?}"),
+    };
+    let d = w.doc();
+    let e = d.last_event();
+    assert_eq!((d.state, d.status), (95, Status::Pending));
+    assert_eq!(
+        (e.action, e.reason.as_deref(), e.by.describe().as_str()),
+        (
+            ActionKind::Approve,
+            Some("checked the hardening report"),
+            "cli:alice@ops"
+        )
+    );
+    assert!(gate.gate_passes(d, w.clock, &w.retry, None), "open");
+    assert!(
+        w.refused(Action::Approve {
+            state: 95,
+            reason: None
+        })
+        .contains("cannot approve 95")
+    );
+    // A failure goes back to 90 (start-over); once 90 completes again, 95
+    // is pending: the approval holds.
+    w.ok(Action::Start(95));
+    let d = w.ok(fail(95, "seal failed"));
+    assert_eq!((d.state, d.status), (90, Status::Failed));
+    w.clock += Duration::seconds(120);
+    w.ok(Action::Start(90));
+    let d = w.ok(Action::Complete(90));
+    assert_eq!(
+        (d.state, d.status),
+        (95, Status::Pending),
+        "no new approval"
+    );
+    // A human's retry resets it: asked again.
+    w.ok(Action::Start(95));
+    let d = w.ok(Action::Retry(95));
+    assert_eq!((d.state, d.status), (95, Status::AwaitingApproval));
+    // So does a set to pending; a completed stage that comes round again
+    // asks again too.
+    w.ok(Action::Approve {
+        state: 95,
+        reason: None,
+    });
+    let d = w.ok(Action::Set {
+        state: 95,
+        status: Status::Pending,
+        reason: "redo".into(),
+    });
+    assert_eq!(d.status, Status::AwaitingApproval);
+    w.ok(Action::Approve {
+        state: 95,
+        reason: None,
+    });
+    w.ok(Action::Start(95));
+    let d = w.ok(Action::Complete(95));
+    assert_eq!((d.state, d.status), (100, Status::Completed));
+}
+
+/// A heartbeat keeps an attempt alive past its start; without one the
+/// attempt is dead after `heartbeat_timeout`; the next start records it
+/// with what it knew; the heartbeat of another attempt, run or build is
+/// refused; a heartbeat changes nothing in the document.
+#[test]
+fn heartbeats_keep_an_attempt_alive_and_zombies_are_refused() {
+    let mut w = World::new();
+    w.retry.states.insert(
+        5,
+        StageRetry {
+            heartbeat_timeout: Some(std::time::Duration::from_secs(120)),
+            ..stage(3, None, Some(7200))
+        },
+    );
+    at(&mut w, 5);
+    let u = from(&mut w, "kick-1", Action::Start(5));
+    w.doc = match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
+        Outcome::Write(d) => Some(d),
+        o => panic!("{o:?}"),
+    };
+    let started = w.doc().clone();
+    let at = |s: i64| started.updated_at + Duration::seconds(s);
+    let claim = |s: i64, attempt: Option<u32>, build: Option<&str>| Claim {
+        state: 5,
+        run: Some(1),
+        attempt,
+        by: Actor {
+            build_id: build.map(str::to_string),
+            ..Actor::default()
+        },
+        at: at(s),
+    };
+    let gate = Condition::state(5);
+    // Within the heartbeat timeout of the start: alive, and no heartbeat
+    // needed to say so.
+    assert!(!started.needs_heartbeat(at(60), &w.retry));
+    assert!(!gate.gate_passes(&started, at(60), &w.retry, None));
+    let beat = heartbeat(Some(&started), &claim(100, Some(1), None), "rhel8-web").unwrap();
+    assert_eq!(
+        (beat.run, beat.state, beat.attempt, beat.revision),
+        (1, 5, 1, started.revision)
+    );
+    // Past it, the heartbeat decides.
+    assert!(started.needs_heartbeat(at(150), &w.retry));
+    assert!(
+        gate.gate_passes(&started, at(150), &w.retry, None),
+        "no heartbeat: dead"
+    );
+    assert!(
+        !gate.gate_passes(&started, at(150), &w.retry, Some(&beat)),
+        "alive"
+    );
+    assert!(
+        gate.gate_passes(&started, at(220), &w.retry, Some(&beat)),
+        "it stopped"
+    );
+    assert_eq!(started.dead_since(&w.retry, Some(&beat)), Some(at(220)));
+    // Past the timeout, no heartbeat helps, and none is read.
+    assert!(!started.needs_heartbeat(at(7200), &w.retry));
+    // Zombies: another attempt, run, or Concourse build.
+    let refused = |c: Claim| {
+        heartbeat(Some(&started), &c, "rhel8-web")
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        refused(claim(10, Some(2), None))
+            .contains("it is for attempt 2, and attempt 1 is in progress")
+    );
+    let mut other_run = claim(10, None, None);
+    other_run.run = Some(7);
+    assert!(refused(other_run).contains("it is for run 7, and the build is on run 1"));
+    assert!(
+        refused(claim(10, None, Some("kick-0")))
+            .contains("concourse build kick-0 did not start attempt 1")
+    );
+    assert!(
+        heartbeat(
+            Some(&started),
+            &claim(10, None, Some("kick-1")),
+            "rhel8-web"
+        )
+        .is_ok()
+    );
+    // The next start after the heartbeat stopped records the dead attempt,
+    // naming its last heartbeat; that worker's heartbeats are refused now.
+    w.clock = at(300);
+    let mut u = from(&mut w, "kick-2", Action::Start(5));
+    u.at = at(300);
+    u.heartbeat = Some(beat.clone());
+    w.doc = match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
+        Outcome::Write(d) => Some(d),
+        o => panic!("{o:?}"),
+    };
+    let d = w.doc();
+    let dead = &d.history[d.history.len() - 2];
+    let message = &dead.error.as_ref().unwrap().message;
+    assert!(
+        message.starts_with("attempt 1 lost its heartbeat: its last heartbeat at 2026-11-23T12:01:43.000Z, and no sign of life within the stage's heartbeat_timeout (2m) after it (dead since 2026-11-23T12:03:43.000Z)"),
+        "{message}"
+    );
+    assert_eq!(
+        (d.status, d.attempts, d.last_event().attempt),
+        (Status::InProgress, 1, 2)
+    );
+    let late = heartbeat(Some(d), &claim(301, Some(1), Some("kick-1")), "rhel8-web").unwrap_err();
+    assert!(
+        late.to_string().contains("attempt 2 is in progress"),
+        "{late}"
+    );
+    // Not in progress: refused with what is allowed.
+    at_pending(&mut w);
+    let e = heartbeat(
+        w.doc.as_ref(),
+        &Claim {
+            run: None,
+            attempt: None,
+            ..claim(0, None, None)
+        },
+        "rhel8-web",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("cannot heartbeat 5; allowed now:"),
+        "{e}"
+    );
+    assert!(matches!(
+        heartbeat(None, &claim(0, None, None), "rhel8-web"),
+        Err(Refusal::NoDocument { .. })
+    ));
+}
+
+fn at_pending(w: &mut World) {
+    w.ok(Action::Retry(5));
+}
+
+/// Who needs a human, and what unblocks it.
+#[test]
+fn who_needs_a_human() {
+    let mut w = World::new();
+    w.retry.states.insert(10, approval_stage(3, None));
+    w.retry.states.insert(
+        5,
+        StageRetry {
+            heartbeat_timeout: Some(std::time::Duration::from_secs(60)),
+            ..stage(1, None, None)
+        },
+    );
+    at(&mut w, 5);
+    assert_eq!(needs_human(w.doc(), &w.retry, None, w.clock), None);
+    let mut u = w.update(Action::Start(5));
+    u.by.pipeline = Some("rhel8-aws".into());
+    u.by.job = Some("kickstart".into());
+    w.doc = match apply(w.doc.as_ref(), &u, &w.rules()).unwrap() {
+        Outcome::Write(d) => Some(d),
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(needs_human(w.doc(), &w.retry, None, w.clock), None, "alive");
+    let stale = needs_human(w.doc(), &w.retry, None, w.clock + Duration::seconds(61)).unwrap();
+    assert_eq!(stale.kind, NeedKind::Stale);
+    assert!(
+        stale
+            .unblock
+            .contains("fly trigger-job -j rhel8-aws/kickstart"),
+        "{}",
+        stale.unblock
+    );
+    let d = w
+        .ok(Action::Fail {
+            state: 5,
+            error: ErrorInfo {
+                rule: Some("persistent_errors: (?i)license".into()),
+                ..ErrorInfo::new("license expired".into(), FailureKind::Persistent)
+            },
+        })
+        .clone();
+    let blocked = needs_human(&d, &w.retry, None, w.clock).unwrap();
+    assert_eq!(
+        (blocked.kind, blocked.why.as_str(), blocked.unblock.as_str()),
+        (
+            NeedKind::Blocked,
+            "a persistent error (matched persistent_errors: (?i)license): license expired",
+            "fix the cause, then: build-state retry rhel8-web 5"
+        )
+    );
+    w.ok(Action::Retry(5));
+    w.ok(Action::Start(5));
+    let d = w.ok(fail(5, "ssh timeout")).clone();
+    assert!(
+        needs_human(&d, &w.retry, None, w.clock)
+            .unwrap()
+            .why
+            .starts_with("attempts exhausted (1 of 1): ssh timeout")
+    );
+    w.ok(Action::Retry(5));
+    let d = w.ok(Action::Complete(5)).clone();
+    let waiting = needs_human(&d, &w.retry, None, w.clock).unwrap();
+    assert_eq!(waiting.kind, NeedKind::AwaitingApproval);
+    assert_eq!(waiting.since, d.updated_at);
+    assert!(
+        waiting
+            .unblock
+            .starts_with("build-state approve rhel8-web 10 --reason")
+    );
 }

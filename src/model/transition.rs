@@ -333,9 +333,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
     let (state, status, attempt, retry_at, error) = match action {
         Action::Init { restart } => {
             if doc.state == rules.ladder.initial()
-                && doc.status == arrival(&[], doc.state, rules)
-                && doc.history.len() == 1
-                || doc.state == rules.ladder.initial() && doc.status == Pending
+                && matches!(doc.status, Pending | AwaitingApproval)
             {
                 return Ok(Outcome::Unchanged);
             }
@@ -562,7 +560,7 @@ fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outc
                 None => format!("no heartbeat since its start at {since}"),
             };
             format!(
-                "attempt {attempts} lost its heartbeat: {sign}, longer ago than the stage's heartbeat_timeout ({}) at {}; its worker stopped",
+                "attempt {attempts} lost its heartbeat: {sign}, and no sign of life within the stage's heartbeat_timeout ({}) after it (dead since {}); its worker stopped",
                 super::duration::format(beat),
                 super::document::rfc3339::format(
                     &(last + chrono::Duration::from_std(beat).unwrap_or_default())
