@@ -772,4 +772,112 @@ mod tests {
             "rhel8-web: source.gate: a gated resource (gate {state: 5}) only triggers jobs; put to the ungated resource of the same build instead (a put's version would trigger the gated job with the gate shut)"
         );
     }
+
+    fn beat(n: u32) -> Change {
+        Change::Heartbeat(crate::model::Claim {
+            state: n,
+            run: Some(1),
+            attempt: Some(1),
+            by: Actor::default(),
+            at: crate::now(),
+        })
+    }
+
+    /// What heartbeats cost: a heartbeat is one read of the document and
+    /// one write beside it (the document untouched); a gated check of a
+    /// stage with a heartbeat policy reads the heartbeat only once the
+    /// start alone no longer proves the attempt alive (one more small
+    /// GET), and one without a policy costs what it always did.
+    #[tokio::test]
+    async fn heartbeats_cost_what_the_spec_says() {
+        let c = config(r#", "gate": {"state": 5}"#);
+        let c = {
+            let source: Source = serde_json::from_str(
+                r#"{"local_dir": "/nowhere", "build_id": "rhel8-web", "retry": {"backoff": "5m", "states": {"5": {"heartbeat_timeout": "2m"}}}}"#,
+            )
+            .unwrap();
+            let mut hb = Config::from_source(&source).unwrap();
+            let mut settings = (*hb.settings).clone();
+            settings.gate = c.gate;
+            hb.settings = std::sync::Arc::new(settings);
+            hb
+        };
+        let ungated = {
+            let mut u = c.clone();
+            let mut settings = (*u.settings).clone();
+            settings.gate = None;
+            u.settings = std::sync::Arc::new(settings);
+            u
+        };
+        let (store, clock) = (FaultyStore::new(MemoryStore::new()), clock());
+        at_5(&ungated, &store, &clock).await;
+        let started = quiet_put(&ungated, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
+        let calls = |op| store.calls(op);
+        let (g, p) = (calls(Op::Get), calls(Op::Put));
+        let quiet = Notes::new();
+        let check = || check_store(&c, &store, &clock, None, &quiet);
+        assert!(check().await.unwrap().is_empty(), "alive by its start");
+        assert_eq!(calls(Op::Get), g + 1, "the document only");
+        clock.advance(chrono::Duration::seconds(60));
+        let (g, p0) = (calls(Op::Get), calls(Op::Put));
+        let out = quiet_put(&ungated, &store, &clock, beat(5)).await.unwrap();
+        assert_eq!(out.version, started.version, "no new version");
+        assert_eq!(
+            (calls(Op::Get), calls(Op::Put)),
+            (g + 1, p0 + 1),
+            "two requests"
+        );
+        clock.advance(chrono::Duration::seconds(90));
+        let g = calls(Op::Get);
+        assert!(check().await.unwrap().is_empty(), "alive by its heartbeat");
+        assert_eq!(calls(Op::Get), g + 2, "the document and the heartbeat");
+        clock.advance(chrono::Duration::seconds(31));
+        assert_eq!(
+            check().await.unwrap(),
+            vec![started.version.clone()],
+            "dead"
+        );
+        // Without a heartbeat policy: one read, whatever the clock.
+        let plain = config(r#", "gate": {"state": 5}"#);
+        let g = calls(Op::Get);
+        check_store(&plain, &store, &clock, None, &Notes::new())
+            .await
+            .unwrap();
+        assert_eq!(calls(Op::Get), g + 1);
+        // The start after it reads the heartbeat once and records the dead
+        // attempt with it.
+        let g = calls(Op::Get);
+        quiet_put(&ungated, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
+        assert_eq!(calls(Op::Get), g + 2, "the heartbeat, then the document");
+        let doc = Builds::new(&ungated, &store)
+            .current()
+            .await
+            .unwrap()
+            .unwrap()
+            .doc;
+        let dead = &doc.history[doc.history.len() - 2];
+        assert!(
+            dead.error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("lost its heartbeat: its last heartbeat at 2026-12-01T10:01:00.000Z"),
+            "{dead:?}"
+        );
+        // A zombie's heartbeat (attempt 1; attempt 2 runs now) writes nothing.
+        let p = calls(Op::Put);
+        let err = quiet_put(&ungated, &store, &clock, beat(5))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("heartbeat 5 refused: it is for attempt 1, and attempt 2 is in progress"),
+            "{err}"
+        );
+        assert_eq!(calls(Op::Put), p, "nothing written");
+    }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod errors;
 mod get;
+mod humans;
 mod iam;
 mod pipelines;
 mod policies;

@@ -1,0 +1,278 @@
+//! Humans and live workers through the real programs: approval stages and
+//! heartbeats, on both stores.
+
+use crate::policies::{poll, walk_to};
+use crate::util::World;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn state(out: &Value) -> (String, String) {
+    (
+        out["version"]["state"].as_str().unwrap().to_string(),
+        out["version"]["status"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The newest event of the stored history.
+fn last_event(w: &World) -> Value {
+    w.doc()["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
+/// A build reaches an approval stage and waits: the stage's gate emits
+/// nothing, the approval gate emits; `approve` anywhere else is refused
+/// with what is allowed, writing nothing; the CLI's approval opens the
+/// gate and records who and why; a failure after it retries without a new
+/// approval; a human's retry asks again, and a put approves with the
+/// Concourse build recorded.
+fn an_approval_stage_waits_for_a_human(w: World) {
+    let w = w.with(json!({"retry": {"backoff": "1s", "factor": 1,
+        "states": {"15": {"approval": true, "max_attempts": 3}}}}));
+    let gate15 = || w.check_with(json!({"gate": {"state": 15}}));
+    let asks = || w.check_with(json!({"gate": {"status": "awaiting_approval"}}));
+    walk_to(&w, 10);
+    let out = w.put(json!({"complete": 10})).build("green-image", 7).ok();
+    assert_eq!(state(&out), ("15".into(), "awaiting_approval".into()));
+    assert_eq!(gate15().ok(), json!([]), "the stage's gate is shut");
+    assert_eq!(
+        asks().ok(),
+        json!([out["version"]]),
+        "the approval gate emits"
+    );
+    let got = w.get(&out["version"]).ok();
+    assert_eq!(got["version"], out["version"]);
+    let show = w.cli(&["show", "rhel8-web"]).text();
+    assert!(show.contains("awaiting_approval"), "{show}");
+    assert!(
+        show.contains("to unblock")
+            && show.contains("build-state approve rhel8-web 15 --reason TEXT"),
+        "{show}"
+    );
+    // Refused, with what is allowed, and nothing written.
+    let before = w.raw("state.json");
+    let err = w.put(json!({"start": 15})).fails();
+    assert!(
+        err.contains("rhel8-web is at 15 (base configuration, awaiting_approval); cannot start 15; allowed now: approve 15, set (with a reason), cancel, restart"),
+        "{err}"
+    );
+    let err = w.put(json!({"approve": 20})).fails();
+    assert!(
+        err.contains("cannot approve 20; allowed now: approve 15"),
+        "{err}"
+    );
+    let err = w.cli(&["approve", "rhel8-web", "10"]).fails();
+    assert!(
+        err.contains("cannot approve 10; allowed now: approve 15"),
+        "{err}"
+    );
+    let err = w.put(json!({"approve": 15, "error": "x"})).fails();
+    assert!(
+        err.contains("params.error goes with fail or finish, not with approve"),
+        "{err}"
+    );
+    assert_eq!(w.raw("state.json"), before, "nothing written");
+    // The CLI's approval: recorded with who and why; the stage's gate opens.
+    let said = w
+        .cli(&[
+            "approve",
+            "rhel8-web",
+            "15",
+            "--reason",
+            "checked the base image",
+        ])
+        .env("USER", "alice")
+        .text();
+    assert!(
+        said.contains("approve 15 → 15 base configuration (pending)"),
+        "{said}"
+    );
+    let e = last_event(&w);
+    assert_eq!(
+        (e["action"].as_str(), e["reason"].as_str()),
+        (Some("approve"), Some("checked the base image"))
+    );
+    assert!(
+        e["by"]["user"].as_str().unwrap().starts_with("alice"),
+        "{e}"
+    );
+    let open = gate15().ok();
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(asks().ok(), json!([]));
+    // A failure after the approval: retried without a new one.
+    w.put(json!({"start": 15}))
+        .build("base-configuration", 8)
+        .ok();
+    let failed = w
+        .put(json!({"fail": 15, "error": "ansible: unreachable"}))
+        .build("base-configuration", 8)
+        .ok();
+    assert_eq!(state(&failed), ("15".into(), "failed".into()));
+    poll(Duration::from_secs(5), Duration::from_millis(100), || {
+        gate15().ok() == json!([failed["version"]])
+    });
+    let again = w
+        .put(json!({"start": 15}))
+        .build("base-configuration", 9)
+        .ok();
+    assert_eq!(state(&again), ("15".into(), "in_progress".into()));
+    // A human's retry resets the approval; a put approves, recording the
+    // Concourse build and who started it.
+    let reset = w.cli(&["retry", "rhel8-web", "15"]).text();
+    assert!(reset.contains("awaiting_approval"), "{reset}");
+    let approved = w
+        .put(json!({"approve": 15, "reason": "second look"}))
+        .build("approve-base-configuration", 10)
+        .env("BUILD_CREATED_BY", "bob")
+        .ok();
+    assert_eq!(state(&approved), ("15".into(), "pending".into()));
+    let e = last_event(&w);
+    assert_eq!(
+        (
+            e["by"]["job"].as_str(),
+            e["by"]["created_by"].as_str(),
+            e["reason"].as_str()
+        ),
+        (
+            Some("approve-base-configuration"),
+            Some("bob"),
+            Some("second look")
+        )
+    );
+    // A re-run of the same put is a no-op.
+    let replay = w
+        .put(json!({"approve": 15, "reason": "second look"}))
+        .build("approve-base-configuration", 10)
+        .ok();
+    assert_eq!(replay["version"], approved["version"]);
+}
+
+/// Heartbeats keep a stage with `heartbeat_timeout: 2s` alive past it;
+/// once they stop, the gate passes within 3 s and the next start records
+/// the dead attempt; heartbeats add no version; a zombie's is refused and
+/// changes nothing.
+fn heartbeats_keep_a_stage_alive(w: World) {
+    let w =
+        w.with(json!({"retry": {"states": {"5": {"heartbeat_timeout": "2s", "max_attempts": 3}}}}));
+    let gate5 = || w.check_with(json!({"gate": {"state": 5}}));
+    walk_to(&w, 5);
+    let started = w.put(json!({"start": 5})).build("kickstart", 21).ok();
+    let revision = started["version"]["revision"].clone();
+    let beats_from = Instant::now();
+    while beats_from.elapsed() < Duration::from_secs(5) {
+        let said = w
+            .cli(&[
+                "heartbeat",
+                "rhel8-web",
+                "5",
+                "--run",
+                "1",
+                "--attempt",
+                "1",
+            ])
+            .text();
+        assert!(said.contains("heartbeat 5: attempt 1 alive at"), "{said}");
+        assert_eq!(
+            gate5().ok(),
+            json!([]),
+            "alive after {:?}",
+            beats_from.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    // A put heartbeat from the build that started the attempt: taken.
+    let out = w.put(json!({"heartbeat": 5})).build("kickstart", 21).ok();
+    assert_eq!(out["version"], started["version"], "no new version");
+    // Heartbeats add no version to an ungated check, nor a revision.
+    assert_eq!(
+        w.check_from(&started["version"]).ok(),
+        json!([started["version"]])
+    );
+    assert_eq!(
+        w.doc()["revision"].to_string(),
+        format!("{}", revision.as_str().unwrap())
+    );
+    let beat: Value = serde_json::from_slice(&w.raw("heartbeat.json").unwrap()).unwrap();
+    assert_eq!(
+        (
+            beat["run"].as_u64(),
+            beat["state"].as_u64(),
+            beat["attempt"].as_u64()
+        ),
+        (Some(1), Some(5), Some(1))
+    );
+    let show = w.cli(&["show", "rhel8-web"]).text();
+    assert!(
+        show.contains("s ago) by main/staged-image-build/kickstart #21"),
+        "{show}"
+    );
+    // Zombies: another attempt, another run, another Concourse build.
+    let kept = w.raw("heartbeat.json");
+    let err = w
+        .cli(&["heartbeat", "rhel8-web", "5", "--attempt", "2"])
+        .fails();
+    assert!(
+        err.contains("heartbeat 5 refused: it is for attempt 2, and attempt 1 is in progress; this worker's attempt is over (a zombie): stop it, nothing was changed"),
+        "{err}"
+    );
+    let err = w
+        .cli(&["heartbeat", "rhel8-web", "5", "--run", "2"])
+        .fails();
+    assert!(
+        err.contains("it is for run 2, and the build is on run 1"),
+        "{err}"
+    );
+    let err = w
+        .put(json!({"heartbeat": 5}))
+        .build("kickstart", 20)
+        .fails();
+    assert!(
+        err.contains("main/staged-image-build/kickstart #20 did not start attempt 1"),
+        "{err}"
+    );
+    let err = w.cli(&["heartbeat", "rhel8-web", "10"]).fails();
+    assert!(err.contains("cannot heartbeat 10"), "{err}");
+    assert_eq!(w.raw("heartbeat.json"), kept, "nothing written");
+    // They stop: the gate passes within 3 s.
+    let stopped = Instant::now();
+    poll(Duration::from_secs(3), Duration::from_millis(100), || {
+        gate5().ok() == json!([started["version"]])
+    });
+    let list: Value = serde_json::from_str(&w.cli(&["list", "--json"]).text()).unwrap();
+    assert_eq!(list[0]["stale"], true, "{list}");
+    assert_eq!(list[0]["needs_human"]["kind"], "stale", "{list}");
+    assert!(stopped.elapsed() < Duration::from_secs(3));
+    // The next start records the dead attempt, naming its last heartbeat.
+    let restarted = w.put(json!({"start": 5})).build("kickstart", 22).ok();
+    assert_eq!(state(&restarted), ("5".into(), "in_progress".into()));
+    let doc = w.doc();
+    let h = doc["history"].as_array().unwrap();
+    let dead = &h[h.len() - 2];
+    assert_eq!(
+        (dead["action"].as_str(), dead["attempt"].as_u64()),
+        (Some("fail"), Some(1))
+    );
+    let message = dead["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("attempt 1 lost its heartbeat: its last heartbeat at"),
+        "{message}"
+    );
+    // The old worker is a zombie now.
+    let err = w
+        .cli(&["heartbeat", "rhel8-web", "5", "--attempt", "1"])
+        .fails();
+    assert!(err.contains("attempt 2 is in progress"), "{err}");
+    let err = w
+        .put(json!({"heartbeat": 5}))
+        .build("kickstart", 21)
+        .fails();
+    assert!(err.contains("did not start attempt 2"), "{err}");
+}
+
+crate::both_stores!(
+    an_approval_stage_waits_for_a_human,
+    heartbeats_keep_a_stage_alive
+);
