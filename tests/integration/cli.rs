@@ -354,7 +354,7 @@ fn metrics_for_prometheus(w: World) {
 }
 
 /// `promtool check metrics` accepts `text` (when promtool is installed).
-fn promtool_accepts(text: &str) {
+pub(crate) fn promtool_accepts(text: &str) {
     let Some(promtool) = promtool() else { return };
     let mut check = std::process::Command::new(&promtool)
         .args(["check", "metrics"])
@@ -374,7 +374,7 @@ fn promtool_accepts(text: &str) {
 }
 
 /// The RGB pixels of a PNG file.
-fn rgb_pixels(png_path: &Path) -> Vec<[u8; 3]> {
+pub(crate) fn rgb_pixels(png_path: &Path) -> Vec<[u8; 3]> {
     let decoder = png::Decoder::new(std::io::BufReader::new(
         std::fs::File::open(png_path).unwrap(),
     ));
@@ -972,7 +972,7 @@ fn import_sqlite(w: World) {
 }
 
 /// One HTTP/1.1 GET (or another method): the status and the body.
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+pub(crate) fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
@@ -991,7 +991,7 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
 
 /// Starts `build-state serve ARGS`; answers the process, its stderr past
 /// the first line, and the address that line names.
-fn serve(
+pub(crate) fn serve(
     w: &World,
     args: &[&str],
 ) -> (

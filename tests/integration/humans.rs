@@ -276,3 +276,155 @@ crate::both_stores!(
     an_approval_stage_waits_for_a_human,
     heartbeats_keep_a_stage_alive
 );
+
+/// An imported build that sat at 15 for 11 days: its document, written
+/// through the library's model with old times (11 days pending at 15, 20
+/// minutes of work at each earlier stage).
+fn imported_eleven_days_ago(w: &World) {
+    use build_state::model::{Action, Actor, Ladder, Outcome, RetryPolicy, Rules, Update, apply};
+    let (ladder, retry, labels) = (Ladder::default(), RetryPolicy::default(), Default::default());
+    let rules = Rules {
+        build_id: "imported",
+        ladder: &ladder,
+        retry: &retry,
+        labels: &labels,
+    };
+    let mut t = chrono::Utc::now() - chrono::Duration::days(11);
+    let mut doc = None;
+    let mut step = |doc: &mut Option<build_state::model::Document>, action: Action, after: i64| {
+        t += chrono::Duration::minutes(after);
+        match apply(doc.as_ref(), &Update::new(action, Actor::default(), t), &rules).unwrap() {
+            Outcome::Write(d) => *doc = Some(d),
+            o => panic!("{o:?}"),
+        }
+    };
+    step(&mut doc, Action::Init { restart: false }, 0);
+    for n in [0, 5, 10] {
+        step(&mut doc, Action::Start(n), 1);
+        step(&mut doc, Action::Complete(n), 20);
+    }
+    w.write_raw_key(
+        &format!("{}imported/state.json", w.prefix),
+        &doc.unwrap().to_bytes(),
+    );
+}
+
+/// Who needs a human, everywhere: `list`, `metrics` (promtool accepts it,
+/// and the alert rules' series are there) and the dashboard, whose panel
+/// at the top says why, since when and what to type, checked in headless
+/// Chromium (the screenshot is in the test output). Time per stage counts
+/// work, stages with nothing in them fold away, long text wraps.
+fn the_fleet_shows_who_needs_a_human(w: World) {
+    let w = w.with(json!({
+        "persistent_errors": ["(?i)license"],
+        "retry": {"states": {"15": {"approval": true}, "5": {"heartbeat_timeout": "1s"}}}
+    }));
+    let long = format!("license expired: {}", "the subscription manager said no; ".repeat(12));
+    for (id, steps) in [
+        ("rhel8-web", &["init", "complete 0", "start 5"][..]),
+        ("rhel9-db", &["init", "complete 0", "complete 5", "complete 10"][..]),
+        ("centos-ci", &["init", "complete 0", "start 5"][..]),
+    ] {
+        for s in steps {
+            let mut args: Vec<&str> = s.split(' ').collect();
+            args.insert(1, id);
+            w.cli(&args).text();
+        }
+    }
+    w.cli(&["fail", "rhel8-web", "5", "--error", &long]).text();
+    w.cli(&["heartbeat", "centos-ci", "5"]).text();
+    imported_eleven_days_ago(&w);
+    std::thread::sleep(Duration::from_millis(1300));
+
+    let list = crate::util::squeeze(&w.cli(&["list"]).text());
+    assert!(list.contains("Needs a human (3):"), "{list}");
+    for want in [
+        "rhel8-web 5 kickstart initiated blocked",
+        "a persistent error (matched persistent_errors: (?i)license): license expired",
+        "fix the cause, then: build-state retry rhel8-web 5",
+        "rhel9-db 15 base configuration awaiting_approval",
+        "build-state approve rhel9-db 15 --reason TEXT",
+        "centos-ci 5 kickstart initiated stale",
+    ] {
+        assert!(list.contains(want), "{want:?} in:\n{list}");
+    }
+    let metrics = w.cli(&["metrics"]).text();
+    for want in [
+        "build_state_awaiting_approval{build_id=\"rhel9-db\",state=\"15\",state_name=\"base configuration\"} 1",
+        "build_state_awaiting_approval_seconds{build_id=\"rhel9-db\",state=\"15\",state_name=\"base configuration\"} ",
+        "build_state_heartbeat_timeout_seconds{build_id=\"centos-ci\",state=\"5\",state_name=\"kickstart initiated\"} 1.0",
+        "build_state_heartbeat_age_seconds{build_id=\"centos-ci\",state=\"5\",state_name=\"kickstart initiated\"} ",
+        "build_state_needs_human{build_id=\"centos-ci\",state=\"5\",state_name=\"kickstart initiated\",reason=\"stale\"} 1",
+        "build_state_needs_human{build_id=\"rhel8-web\",state=\"5\",state_name=\"kickstart initiated\",reason=\"blocked\"} 1",
+        "build_state_stale_stages 1",
+    ] {
+        assert!(metrics.contains(want), "{want:?} in:\n{metrics}");
+    }
+    crate::cli::promtool_accepts(&metrics);
+
+    let (mut server, _stderr, addr) = crate::cli::serve(&w, &["--listen", "127.0.0.1:0"]);
+    let (status, body) = crate::cli::http(&addr, "GET", "/api/stages");
+    assert_eq!(status, 200);
+    let stages: Value = serde_json::from_str(&body).unwrap();
+    let fifteen = stages.as_array().unwrap().iter().find(|s| s["state"] == 15).unwrap().clone();
+    assert!(
+        fifteen["seconds"].as_f64().unwrap() < 60.0,
+        "15 was waited at for 11 days, never worked on: {fifteen}"
+    );
+    let ten = stages.as_array().unwrap().iter().find(|s| s["state"] == 10).unwrap().clone();
+    assert!((ten["seconds"].as_f64().unwrap() - 1200.0).abs() < 1.0, "{ten}");
+
+    let profile = w.tmp.path().join("chromium-profile");
+    if crate::util::chromium(&profile).is_none() {
+        crate::util::missing_tool("chromium", "the dashboard's panel of who needs a human");
+    } else {
+        let out = crate::util::chromium(&profile)
+            .unwrap()
+            .args(["--virtual-time-budget=4000", "--dump-dom"])
+            .arg(format!("http://{addr}/"))
+            .output()
+            .unwrap();
+        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at = |s: &str| page.find(s).unwrap_or_else(|| panic!("{s:?} in:\n{page}"));
+        assert!(at("Needs a human (3)") < at("<h2>Builds</h2>"), "the panel is at the top");
+        for want in [
+            "data-need=\"rhel8-web\"",
+            "a persistent error (matched persistent_errors: (?i)license): license expired",
+            "<code>build-state approve rhel9-db 15 --reason TEXT (or run the pipeline's approval job)</code>",
+            "no sign of life: last heartbeat at",
+            "stages with nothing in them: ",
+        ] {
+            at(want);
+        }
+        assert!(at("data-need=\"rhel9-db\"") < at("data-need=\"rhel8-web\""), "the longest waiting first");
+        assert!(!page.contains("data-state=\"95\""), "an empty stage folds away");
+        let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-needs-a-human.png");
+        let _ = std::fs::remove_file(&shot);
+        let took = crate::util::chromium(&profile)
+            .unwrap()
+            .args(["--virtual-time-budget=4000", "--window-size=1100,1000"])
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(format!("http://{addr}/"))
+            .output()
+            .unwrap();
+        assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&took.stderr));
+        println!("screenshot of the dashboard: {}", shot.display());
+        let pixels = crate::cli::rgb_pixels(&shot);
+        let purple = pixels.iter().filter(|p| p[0] > 120 && p[0] < 160 && p[1] < 90 && p[2] > 150).count();
+        let red = pixels.iter().filter(|p| p[0] > 190 && p[1] < 90 && p[2] < 90).count();
+        assert!(purple > 100 && red > 300, "the panel did not render (purple {purple}, red {red})");
+        // Nothing runs off the right edge: the long error wraps.
+        let width = 1100;
+        let rows = pixels.len() / width;
+        let right_edge_ink = (0..rows)
+            .filter(|y| pixels[y * width + width - 3][..3].iter().any(|&c| c < 180))
+            .count();
+        assert_eq!(right_edge_ink, 0, "text reaches the window's right edge");
+    }
+    let _ = server.kill();
+}
+
+#[test]
+fn the_fleet_shows_who_needs_a_human_locally() {
+    the_fleet_shows_who_needs_a_human(World::new(crate::util::Kind::Local, "needs_a_human"));
+}

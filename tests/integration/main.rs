@@ -4,14 +4,14 @@ mod proxy;
 mod util;
 
 mod check;
-mod cli;
+pub(crate) mod cli;
 mod concurrency;
 mod errors;
 mod get;
 mod humans;
 mod iam;
 mod pipelines;
-mod policies;
+pub(crate) mod policies;
 mod put;
 mod retention;
 mod servers;
