@@ -270,6 +270,7 @@ pub fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)>
         ("BUILD_STATE_ACTION", step.as_str().to_string()),
         ("BUILD_STATE_BUILD_ID", doc.build_id.clone()),
         ("BUILD_STATE_RUN", doc.run.to_string()),
+        ("BUILD_STATE_ATTEMPT", doc.next_attempt().to_string()),
         ("BUILD_STATE_RETRY_AT", retry_at),
         ("BUILD_STATE_LAST_ERROR", last_error),
     ]
@@ -815,7 +816,7 @@ mod tests {
             .await
             .unwrap();
         let calls = |op| store.calls(op);
-        let (g, p) = (calls(Op::Get), calls(Op::Put));
+        let g = calls(Op::Get);
         let quiet = Notes::new();
         let check = || check_store(&c, &store, &clock, None, &quiet);
         assert!(check().await.unwrap().is_empty(), "alive by its start");

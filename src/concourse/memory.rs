@@ -247,6 +247,23 @@ impl Steps for InMemory {
         self.stored_heartbeat(&config)
     }
 
+    async fn beat(
+        &self,
+        resource: &Resource,
+        claim: crate::model::Claim,
+    ) -> Result<String, String> {
+        self.at(claim.at);
+        let config = self.config(resource)?;
+        let (_, beat) = crate::engine::Builds::new(&config, &self.store)
+            .beat(&claim)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "heartbeat {}: attempt {} alive",
+            beat.state, beat.attempt
+        ))
+    }
+
     fn outage(&self, from: Timestamp, until: Timestamp) -> bool {
         self.store.down.borrow_mut().push((from, until));
         true

@@ -11,6 +11,8 @@
 //!   - {outcome: fail, error: "packer: ssh timeout", after: 20m}
 //! events:
 //! - {at: 3h, put: {retry: 25}}
+//! approve_after: 30m      # a human approves a waiting stage (or: never)
+//! heartbeat_every: 1m     # tasks that run `build-state heartbeat`
 //! expect:
 //!   delivered: true
 //!   failures: {"5": 2}
@@ -218,6 +220,12 @@ pub struct Scenario {
     pub events: Vec<Event>,
     /// The end of simulated time.
     pub until: Duration,
+    /// How long after a stage starts waiting for its approval a human
+    /// gives it (`None`: nobody does).
+    pub approve_after: Option<Duration>,
+    /// How often a task that sends heartbeats (its script runs
+    /// `build-state heartbeat`) sends one while it runs.
+    pub heartbeat_every: Duration,
     /// What must hold.
     pub expect: Expect,
 }
@@ -227,6 +235,9 @@ pub const DEFAULT_UNTIL: Duration = Duration::from_secs(48 * 3600);
 
 /// The default time a task takes.
 pub const DEFAULT_TASK_TIME: Duration = Duration::from_secs(60);
+
+/// How often a task sends its heartbeat when the scenario does not say.
+pub const DEFAULT_HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,6 +257,10 @@ struct ScenarioFields {
     #[serde(default)]
     until: Option<String>,
     #[serde(default)]
+    approve_after: Option<String>,
+    #[serde(default)]
+    heartbeat_every: Option<String>,
+    #[serde(default)]
     expect: Option<ExpectFields>,
 }
 
@@ -264,6 +279,8 @@ impl Default for Scenario {
             tasks: BTreeMap::new(),
             events: vec![],
             until: DEFAULT_UNTIL,
+            approve_after: Some(Duration::ZERO),
+            heartbeat_every: DEFAULT_HEARTBEAT_EVERY,
             expect: Expect {
                 delivered: Some(true),
                 ..Expect::default()
@@ -394,6 +411,21 @@ impl Scenario {
                 .map(|u| dur(&u, "until"))
                 .transpose()?
                 .unwrap_or(DEFAULT_UNTIL),
+            approve_after: match f.approve_after.as_deref().map(str::trim) {
+                None => Some(Duration::ZERO),
+                Some("never") => None,
+                Some(t) => Some(dur(t, "approve_after")?),
+            },
+            heartbeat_every: match &f.heartbeat_every {
+                None => DEFAULT_HEARTBEAT_EVERY,
+                Some(t) => {
+                    let d = dur(t, "heartbeat_every")?;
+                    if d.is_zero() {
+                        return Err("heartbeat_every: must be longer than 0s".into());
+                    }
+                    d
+                }
+            },
             expect,
         })
     }

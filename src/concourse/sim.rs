@@ -136,6 +136,16 @@ pub trait Steps {
         None
     }
 
+    /// `build-state heartbeat` from inside a task, for `claim`: what it
+    /// said, or why it was refused (or cannot be sent here).
+    async fn beat(
+        &self,
+        _resource: &Resource,
+        _claim: crate::model::Claim,
+    ) -> Result<String, String> {
+        Err("heartbeats are not played by these steps".into())
+    }
+
     /// Makes the store refuse every request from `from` to `until`; false
     /// when this implementation cannot.
     fn outage(&self, _from: Timestamp, _until: Timestamp) -> bool {
@@ -267,6 +277,8 @@ struct World {
     /// when it rose since its last look.
     epoch: u64,
     looked: BTreeMap<usize, u64>,
+    /// The revision whose approval a human was asked for.
+    approval_asked: Option<u64>,
 }
 
 /// The simulation of one pipeline under one scenario.
@@ -464,9 +476,27 @@ impl<S: Steps + 'static> Sim<S> {
         })
     }
 
-    /// Notes a change of the document (for the stop rule and delivery).
-    async fn observe(&self) {
+    /// Notes a change of the document (for the stop rule and delivery),
+    /// and asks the scenario's approver when a stage waits for approval.
+    async fn observe(self: &Rc<Self>) {
         let doc = self.steps.document(self.state()).await;
+        if let (Some(d), Some(after)) = (&doc, self.scenario.approve_after)
+            && d.status == crate::model::Status::AwaitingApproval
+            && self.w.borrow().approval_asked != Some(d.revision)
+        {
+            let (n, revision) = (d.state, d.revision);
+            {
+                let mut w = self.w.borrow_mut();
+                w.approval_asked = Some(revision);
+                w.future_events += 1;
+            }
+            let me = self.clone();
+            spawn(async move {
+                tokio::time::sleep(after).await;
+                me.approve(n).await;
+                me.w.borrow_mut().future_events -= 1;
+            });
+        }
         let key = doc.as_ref().map(|d| (d.revision, d.status.to_string()));
         let mut w = self.w.borrow_mut();
         if key != w.last_doc {
@@ -603,6 +633,34 @@ impl<S: Steps + 'static> Sim<S> {
                         after,
                     ),
                 }
+            }
+        }
+    }
+
+    /// A human approves stage `n`: by running the job whose put approves
+    /// it (the pipeline's approval job), else with the CLI.
+    async fn approve(self: &Rc<Self>, n: u32) {
+        let job = self.p.jobs.iter().position(|j| {
+            j.puts()
+                .iter()
+                .any(|p| p.params.get("approve").and_then(Value::as_u64) == Some(u64::from(n)))
+        });
+        match job {
+            Some(ji) => {
+                let b = self.create_build(ji, true);
+                self.log(
+                    Some(b),
+                    format!("a human approves {n}: fly trigger-job"),
+                    None,
+                );
+            }
+            None => {
+                let params = json!({"approve": n, "reason": "approved by the scenario's human"});
+                self.happen(&Happening::Put {
+                    params,
+                    resource: None,
+                })
+                .await;
             }
         }
     }
@@ -1402,11 +1460,18 @@ impl<S: Steps + 'static> Sim<S> {
             );
             return Status::Errored;
         }
+        let beats = self.heartbeats(ctx, t);
         if run.outcome == Outcome::Hang {
             self.log(Some(ctx.build), format!("task {}: hangs", t.name), None);
+            // Its process lives on: its heartbeat loop too.
+            beats.await;
             std::future::pending::<()>().await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(took) => {}
+                _ = beats => {}
+            }
         }
-        tokio::time::sleep(took).await;
         let mut outputs: BTreeMap<String, Files> = t
             .outputs
             .iter()
@@ -1458,6 +1523,62 @@ impl<S: Steps + 'static> Sim<S> {
         self.log(Some(ctx.build), format!("task {}: {what}", t.name), None);
         status
     }
+}
+
+impl<S: Steps + 'static> Sim<S> {
+    /// The heartbeats a task sends while it runs, when its script runs
+    /// `build-state heartbeat BUILD_ID N`: one every `heartbeat_every`,
+    /// for the run and attempt of the `state.env` among its inputs. Never
+    /// ends by itself.
+    async fn heartbeats(&self, ctx: &Ctx, t: &TaskStep) {
+        let Some(n) = t.config.as_ref().and_then(heartbeat_stage) else {
+            return std::future::pending().await;
+        };
+        let env_of = |key: &str| -> Option<u64> {
+            let arts = ctx.artifacts.borrow();
+            t.inputs.iter().find_map(|(name, _)| {
+                let env = String::from_utf8_lossy(arts.get(name)?.get("state.env")?).into_owned();
+                env.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                    .and_then(|v| v.trim_matches('\'').parse().ok())
+            })
+        };
+        let (run, attempt) = (env_of("BUILD_STATE_RUN"), env_of("BUILD_STATE_ATTEMPT"));
+        loop {
+            tokio::time::sleep(self.scenario.heartbeat_every).await;
+            let claim = crate::model::Claim {
+                state: n,
+                run,
+                attempt: attempt.map(|a| a as u32),
+                by: crate::model::Actor {
+                    user: Some(format!("task {}", t.name)),
+                    ..Default::default()
+                },
+                at: self.now(),
+            };
+            if let Err(e) = self.steps.beat(self.state(), claim).await {
+                self.log(
+                    Some(ctx.build),
+                    format!("task {}: heartbeat {n} refused: {e}", t.name),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// The stage a task's script sends heartbeats for (`build-state
+/// heartbeat BUILD_ID N`), if it does.
+fn heartbeat_stage(config: &Value) -> Option<u32> {
+    let mut found = None;
+    strings(&config["run"], &mut |s| {
+        if found.is_none()
+            && let Some(rest) = s.split("build-state heartbeat ").nth(1)
+        {
+            found = rest.split_whitespace().nth(1).and_then(|n| n.parse().ok());
+        }
+    });
+    found
 }
 
 /// The versions of `resource` a build had as inputs or outputs.

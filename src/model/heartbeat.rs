@@ -58,6 +58,18 @@ impl Document {
         (self.status == Status::InProgress).then(|| self.last_event().attempt)
     }
 
+    /// The attempt a stage job that got this revision runs (a function of
+    /// the revision alone, for `state.env`): the attempt after the stage's
+    /// failures; for a stage in progress, the one after that, since a gate
+    /// emits an in-progress revision only when its attempt is dead and the
+    /// next start records it first.
+    pub fn next_attempt(&self) -> u32 {
+        match self.status {
+            Status::InProgress => self.attempts + 2,
+            _ => self.attempts + 1,
+        }
+    }
+
     /// `heartbeat` if it belongs to the attempt in progress now.
     pub fn own_heartbeat<'a>(&self, heartbeat: Option<&'a Heartbeat>) -> Option<&'a Heartbeat> {
         heartbeat.filter(|h| {

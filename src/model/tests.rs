@@ -615,10 +615,12 @@ proptest! {
             // approval since it was last reset.
             if d.last_event().action == ActionKind::Start && w.retry.for_state(d.state).approval {
                 let n = d.state;
-                let since_reset = d.history.iter().rev().skip(1).take_while(|e| {
-                    !matches!(e.action, ActionKind::Init | ActionKind::Restart)
-                        && !(matches!(e.action, ActionKind::Retry | ActionKind::Set | ActionKind::Complete) && e.target == Some(n))
-                });
+                let resets = |e: &&Event| {
+                    matches!(e.action, ActionKind::Init | ActionKind::Restart)
+                        || (matches!(e.action, ActionKind::Retry | ActionKind::Set | ActionKind::Complete)
+                            && e.target == Some(n))
+                };
+                let since_reset = d.history.iter().rev().skip(1).take_while(|e| !resets(e));
                 let approved = since_reset.clone().any(|e| e.action == ActionKind::Approve && e.target == Some(n));
                 let set_there = d.history.iter().rev().skip(1).any(|e| e.action == ActionKind::Set && e.target == Some(n));
                 prop_assert!(approved || set_there, "started {} without an approval: {:#?}", n, d.history);

@@ -76,6 +76,12 @@ fn writes_every_file(w: World) {
     let env = read(&d, "state.env");
     assert!(env.contains("BUILD_STATE='5'\n"), "{env}");
     assert!(env.contains("BUILD_STATE_ACTION='retry'\n"), "{env}");
+    // The attempt a job that got it runs (one failure: the second), for
+    // its heartbeats; and the run.
+    assert!(
+        env.contains("BUILD_STATE_ATTEMPT='2'\n") && env.contains("BUILD_STATE_RUN='1'\n"),
+        "{env}"
+    );
     // The shell reads it back exactly, quotes and all.
     let echoed = std::process::Command::new("sh")
         .arg("-c")

@@ -282,7 +282,11 @@ crate::both_stores!(
 /// minutes of work at each earlier stage).
 fn imported_eleven_days_ago(w: &World) {
     use build_state::model::{Action, Actor, Ladder, Outcome, RetryPolicy, Rules, Update, apply};
-    let (ladder, retry, labels) = (Ladder::default(), RetryPolicy::default(), Default::default());
+    let (ladder, retry, labels) = (
+        Ladder::default(),
+        RetryPolicy::default(),
+        Default::default(),
+    );
     let rules = Rules {
         build_id: "imported",
         ladder: &ladder,
@@ -293,7 +297,13 @@ fn imported_eleven_days_ago(w: &World) {
     let mut doc = None;
     let mut step = |doc: &mut Option<build_state::model::Document>, action: Action, after: i64| {
         t += chrono::Duration::minutes(after);
-        match apply(doc.as_ref(), &Update::new(action, Actor::default(), t), &rules).unwrap() {
+        match apply(
+            doc.as_ref(),
+            &Update::new(action, Actor::default(), t),
+            &rules,
+        )
+        .unwrap()
+        {
             Outcome::Write(d) => *doc = Some(d),
             o => panic!("{o:?}"),
         }
@@ -319,10 +329,16 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
         "persistent_errors": ["(?i)license"],
         "retry": {"states": {"15": {"approval": true}, "5": {"heartbeat_timeout": "1s"}}}
     }));
-    let long = format!("license expired: {}", "the subscription manager said no; ".repeat(12));
+    let long = format!(
+        "license expired: {}",
+        "the subscription manager said no; ".repeat(12)
+    );
     for (id, steps) in [
         ("rhel8-web", &["init", "complete 0", "start 5"][..]),
-        ("rhel9-db", &["init", "complete 0", "complete 5", "complete 10"][..]),
+        (
+            "rhel9-db",
+            &["init", "complete 0", "complete 5", "complete 10"][..],
+        ),
         ("centos-ci", &["init", "complete 0", "start 5"][..]),
     ] {
         for s in steps {
@@ -366,13 +382,28 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
     let (status, body) = crate::cli::http(&addr, "GET", "/api/stages");
     assert_eq!(status, 200);
     let stages: Value = serde_json::from_str(&body).unwrap();
-    let fifteen = stages.as_array().unwrap().iter().find(|s| s["state"] == 15).unwrap().clone();
+    let fifteen = stages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == 15)
+        .unwrap()
+        .clone();
     assert!(
         fifteen["seconds"].as_f64().unwrap() < 60.0,
         "15 was waited at for 11 days, never worked on: {fifteen}"
     );
-    let ten = stages.as_array().unwrap().iter().find(|s| s["state"] == 10).unwrap().clone();
-    assert!((ten["seconds"].as_f64().unwrap() - 1200.0).abs() < 1.0, "{ten}");
+    let ten = stages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == 10)
+        .unwrap()
+        .clone();
+    assert!(
+        (ten["seconds"].as_f64().unwrap() - 1200.0).abs() < 1.0,
+        "{ten}"
+    );
 
     let profile = w.tmp.path().join("chromium-profile");
     if crate::util::chromium(&profile).is_none() {
@@ -386,7 +417,10 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
             .unwrap();
         let page = String::from_utf8_lossy(&out.stdout).into_owned();
         let at = |s: &str| page.find(s).unwrap_or_else(|| panic!("{s:?} in:\n{page}"));
-        assert!(at("Needs a human (3)") < at("<h2>Builds</h2>"), "the panel is at the top");
+        assert!(
+            at("Needs a human (3)") < at("<h2>Builds</h2>"),
+            "the panel is at the top"
+        );
         for want in [
             "data-need=\"rhel8-web\"",
             "a persistent error (matched persistent_errors: (?i)license): license expired",
@@ -396,9 +430,16 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
         ] {
             at(want);
         }
-        assert!(at("data-need=\"rhel9-db\"") < at("data-need=\"rhel8-web\""), "the longest waiting first");
-        assert!(!page.contains("data-state=\"95\""), "an empty stage folds away");
-        let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-needs-a-human.png");
+        assert!(
+            at("data-need=\"rhel9-db\"") < at("data-need=\"rhel8-web\""),
+            "the longest waiting first"
+        );
+        assert!(
+            !page.contains("data-state=\"95\""),
+            "an empty stage folds away"
+        );
+        let shot =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-needs-a-human.png");
         let _ = std::fs::remove_file(&shot);
         let took = crate::util::chromium(&profile)
             .unwrap()
@@ -407,12 +448,25 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
             .arg(format!("http://{addr}/"))
             .output()
             .unwrap();
-        assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&took.stderr));
+        assert!(
+            shot.exists(),
+            "no screenshot: {}",
+            String::from_utf8_lossy(&took.stderr)
+        );
         println!("screenshot of the dashboard: {}", shot.display());
         let pixels = crate::cli::rgb_pixels(&shot);
-        let purple = pixels.iter().filter(|p| p[0] > 120 && p[0] < 160 && p[1] < 90 && p[2] > 150).count();
-        let red = pixels.iter().filter(|p| p[0] > 190 && p[1] < 90 && p[2] < 90).count();
-        assert!(purple > 100 && red > 300, "the panel did not render (purple {purple}, red {red})");
+        let purple = pixels
+            .iter()
+            .filter(|p| p[0] > 120 && p[0] < 160 && p[1] < 90 && p[2] > 150)
+            .count();
+        let red = pixels
+            .iter()
+            .filter(|p| p[0] > 190 && p[1] < 90 && p[2] < 90)
+            .count();
+        assert!(
+            purple > 100 && red > 300,
+            "the panel did not render (purple {purple}, red {red})"
+        );
         // Nothing runs off the right edge: the long error wraps.
         let width = 1100;
         let rows = pixels.len() / width;

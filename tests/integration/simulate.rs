@@ -436,6 +436,48 @@ fn aborted_blocks_and_errored_retries() {
     }
 }
 
+/// Nobody approves: the build waits at 95 awaiting approval, the sealing
+/// job never runs, the approvers are told once. A heartbeat that comes too
+/// rarely for the stage's heartbeat_timeout (every 15 minutes, the timeout
+/// 10) opens the gate while Packer still runs: the serial job queues a
+/// second build, which starts only when the first is over, finds the stage
+/// done, runs no task and counts nothing; the late heartbeats of the live
+/// attempt are taken (nothing recorded it dead). Seen in the timeline
+/// before the interval is set.
+#[test]
+fn approvals_nobody_gives_and_heartbeats_too_rare() {
+    let path = root().join("pipelines/staged-image-build.yml");
+    let never = Scenario::parse(
+        "task_time: 5m\napprove_after: never\nexpect: {delivered: false, state: 95, status: awaiting_approval, builds: {image-sealing: 0, approve-sealing: 0, ask-for-approval: 1}}\n",
+    )
+    .unwrap();
+    assert_passed(&in_memory(&path, Release::LATEST, &never), "never approved");
+    let rare = Scenario::parse(
+        "task_time: 5m\nheartbeat_every: 15m\ntasks: {packer-kickstart: [{outcome: succeed, after: 40m}]}\nexpect: {delivered: true, failures: {\"5\": 0}, builds: {kickstart: 2}, task_runs: {packer-kickstart: 1}}\n",
+    )
+    .unwrap();
+    let r = in_memory(&path, Release::LATEST, &rare);
+    assert_passed(&r, "rare heartbeats");
+    let text = timeline(&r);
+    assert!(
+        text.contains("kickstart #2")
+            && text.contains("cannot start 5")
+            && !text.contains("heartbeat 5 refused"),
+        "{text}"
+    );
+    for (bad, want) in [
+        ("approve_after: soon\n", "approve_after: "),
+        (
+            "heartbeat_every: 0s\n",
+            "heartbeat_every: must be longer than 0s",
+        ),
+        ("heartbeats: 1m\n", "unknown field `heartbeats`"),
+    ] {
+        let e = Scenario::parse(bad).unwrap_err();
+        assert!(e.contains(want), "{bad}: {e}");
+    }
+}
+
 // ------------------------------------------------- the packaged programs
 
 /// The model's steps run by the packaged programs against a test world's
@@ -630,6 +672,42 @@ impl Steps for Processes {
         let w = &self.w;
         let body = std::thread::scope(|s| s.spawn(|| w.raw("state.json")).join().unwrap())?;
         serde_json::from_slice(&body).ok()
+    }
+
+    async fn heartbeat(&self, _resource: &Resource) -> Option<build_state::model::Heartbeat> {
+        let w = &self.w;
+        let body = std::thread::scope(|s| s.spawn(|| w.raw("heartbeat.json")).join().unwrap())?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// The CLI's heartbeat, as the task's script runs it.
+    async fn beat(
+        &self,
+        resource: &Resource,
+        claim: build_state::model::Claim,
+    ) -> Result<String, String> {
+        let file = self.dir("beat").join("source.json");
+        std::fs::write(&file, resource.source.to_string()).unwrap();
+        let mut args = vec![
+            "heartbeat".to_string(),
+            resource.source["build_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            claim.state.to_string(),
+        ];
+        if let Some(r) = claim.run {
+            args.extend(["--run".into(), r.to_string()]);
+        }
+        if let Some(a) = claim.attempt {
+            args.extend(["--attempt".into(), a.to_string()]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.w.bare_cli(&argv).arg("--source").arg(&file).run();
+        if out.code != Some(0) {
+            return Err(said(&out));
+        }
+        Ok(out.stdout.trim().to_string())
     }
 
     async fn task(
