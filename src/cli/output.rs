@@ -258,10 +258,9 @@ impl Out {
         let need = needs_human(doc, &config.retry, heartbeat, now);
         let beat = doc.own_heartbeat(heartbeat);
         if self.json {
-            let mut v = serde_json::to_value(doc)?;
-            v["needs_human"] = serde_json::to_value(&need)?;
-            v["heartbeat"] = serde_json::to_value(beat)?;
-            return self.print_json(&v);
+            // The document itself, exactly as stored (a task may hand it
+            // to a put's `file:`): who needs a human is in `list --json`.
+            return self.print_json(&serde_json::to_value(doc)?);
         }
         let last = doc.last_event();
         let labels: Vec<String> = doc.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

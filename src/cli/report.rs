@@ -225,7 +225,7 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
 
     needs_a_human(&mut h, config, rows, now);
     failures_per_stage(&mut h, config, &docs, now);
-    builds(&mut h, config, &docs, now);
+    builds(&mut h, config, rows, now);
     h.push_str("</body></html>\n");
     h
 }
@@ -315,7 +315,7 @@ fn failures_per_stage(h: &mut String, config: &Settings, docs: &[&Document], now
 }
 
 /// Every build's timeline and time per stage.
-fn builds(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp) {
+fn builds(h: &mut String, config: &Settings, rows: &[Row], now: Timestamp) {
     let name = |c: Code| config.ladder.name(c).unwrap_or("?").to_string();
     // Every build's timeline.
     h.push_str("<h2>Builds</h2>\n<p class=\"legend\">");
@@ -337,7 +337,10 @@ fn builds(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp)
     h.push_str(
         "<span><i style=\"background:#d64541;border-radius:50%\"></i>a failure</span></p>\n",
     );
-    for d in docs {
+    for (d, beat) in rows
+        .iter()
+        .filter_map(|r| Some((r.doc.as_ref().ok()?, r.heartbeat.as_ref())))
+    {
         let labels: Vec<String> = d
             .labels
             .iter()
@@ -346,7 +349,7 @@ fn builds(h: &mut String, config: &Settings, docs: &[&Document], now: Timestamp)
         let _ = write!(
             h,
             "<div class=\"build\" id=\"b-{id}\"><h3>{id} {}</h3><div class=\"meta\">{}</div>{}",
-            if d.is_dead(now, &config.retry, None) {
+            if d.is_dead(now, &config.retry, beat) {
                 format!(
                     "{} <span class=\"status stale\" style=\"background:#8a6d00\" title=\"in progress past the stage's timeout: a dead attempt\">stale</span>",
                     badge(d.status)

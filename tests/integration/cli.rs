@@ -436,8 +436,20 @@ fn list_filters_and_reports(w: World) {
     w.cli(&["fail", "gamma", "5", "--error", "ssh timeout"])
         .text();
     let table = w.cli(&["list"]).text();
-    let lines: Vec<&str> = table.lines().collect();
+    // The fleet's table, then the builds that need a human (beta, blocked).
+    let (fleet, needs) = table
+        .split_once("\n\n")
+        .expect("a list of who needs a human");
+    let lines: Vec<&str> = fleet.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
+    let needs = crate::util::squeeze(needs);
+    assert!(
+        needs.starts_with("Needs a human (1):")
+            && needs.contains("beta 5 kickstart initiated blocked")
+            && needs.contains("a persistent error: packer: quota exceeded")
+            && needs.contains("fix the cause, then: build-state retry beta 5"),
+        "{needs}"
+    );
     assert!(
         lines[0].starts_with("BUILD") && lines[0].contains("LAST ERROR"),
         "{table}"

@@ -124,7 +124,7 @@ fn bad_put_params(w: World) {
     );
     let err = refused_put(&w, json!({"start": 0, "reason": "x"}));
     assert!(
-        err.contains("params.reason goes with set, not with start"),
+        err.contains("params.reason goes with set or approve, not with start"),
         "{err}"
     );
     let err = refused_put(&w, json!({"start": 0, "vars_file": "nope.json"}));
