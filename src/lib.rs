@@ -16,6 +16,7 @@ pub mod cli;
 pub mod concourse;
 pub mod config;
 pub mod engine;
+pub mod handoff;
 pub mod inputs;
 pub mod protocol;
 pub mod request;

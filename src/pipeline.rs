@@ -83,9 +83,23 @@ pub fn load_resource_source(path: &Path, name: &str, vars: &Vars) -> Result<Valu
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let pipeline = parse_yaml(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut source = resource_source(&pipeline, name)?;
+    // The check webhooks' token is needed only by an action with `--check`:
+    // left out when its vars are not given.
+    let token = source
+        .as_object_mut()
+        .and_then(|m| m.remove("webhook_token"));
     let mut missing = BTreeSet::new();
     interpolate(&mut source, vars, &mut missing);
     require_all(path, &missing)?;
+    if let Some(mut token) = token {
+        let mut unresolved = BTreeSet::new();
+        interpolate(&mut token, vars, &mut unresolved);
+        if unresolved.is_empty()
+            && let Some(m) = source.as_object_mut()
+        {
+            m.insert("webhook_token".into(), token);
+        }
+    }
     Ok(source)
 }
 

@@ -201,6 +201,9 @@ pub struct Source {
     pub persistent_errors: Vec<String>,
     /// Makes `check` emit a version only when the condition passes.
     pub gate: Option<ConditionParam>,
+    /// The token of the pipeline's check webhooks (the gated resources'
+    /// `webhook_token`), for a put's `check:`; a secret.
+    pub webhook_token: Option<Secret>,
 }
 
 /// The behaviour settings that decide what a put means (the ladder, the
@@ -358,6 +361,9 @@ pub struct OutParams {
     pub vars_file: Option<String>,
     /// With any action: free text in the history entry.
     pub note: Option<String>,
+    /// With any action that writes: the resources whose check Concourse
+    /// runs at once (its check webhook), after the write landed.
+    pub check: Option<Vec<String>>,
 }
 
 /// The one action a put names, parsed once from its params: adding an
@@ -830,6 +836,9 @@ pub struct BuildEnv {
     /// `BUILD_CREATED_BY`: who started the build, when the resource has
     /// `expose_build_created_by: true`.
     pub created_by: Option<String>,
+    /// `BUILD_PIPELINE_INSTANCE_VARS`: the pipeline's instance vars, as
+    /// JSON (an instanced pipeline).
+    pub instance_vars: Option<String>,
 }
 
 impl BuildEnv {
@@ -855,6 +864,7 @@ impl BuildEnv {
             status: var("BUILD_STATUS"),
             url: var("BUILD_URL"),
             created_by: var("BUILD_CREATED_BY"),
+            instance_vars: var("BUILD_PIPELINE_INSTANCE_VARS"),
         }
     }
 

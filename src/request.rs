@@ -99,6 +99,8 @@ pub struct Request {
     pub vars_file: Option<String>,
     /// Free text recorded in the history entry.
     pub note: Option<String>,
+    /// The resources Concourse checks at once after the write landed.
+    pub check: Vec<String>,
 }
 
 impl Request {
@@ -113,6 +115,7 @@ impl Request {
             reason: None,
             vars_file: None,
             note: None,
+            check: Vec::new(),
         }
     }
 
@@ -128,6 +131,7 @@ impl Request {
             reason: p.reason.clone(),
             vars_file: p.vars_file.clone(),
             note: p.note.clone(),
+            check: p.check.clone().unwrap_or_default(),
         })
     }
 }
@@ -199,6 +203,15 @@ pub fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, RequestError
             return Ok(Change::File(doc));
         }
         PutAction::Heartbeat(n) => {
+            if !req.check.is_empty() {
+                return Err(refuse(
+                    "check",
+                    format!(
+                        "{} does not go with heartbeat (a heartbeat changes nothing a gate sees)",
+                        front.name("check")
+                    ),
+                ));
+            }
             if req.vars_file.is_some() || req.note.is_some() {
                 return Err(refuse(
                     "heartbeat",

@@ -391,20 +391,31 @@ pub async fn get_files<S: Store>(
 
 /// `out`: one action on the document, as a compare-and-swap.
 pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) -> Result<Response> {
-    let (config, change) = put_request(input, &SourcesDir(sources), env, crate::now(), notes)?;
+    let (config, change, handoff) =
+        put_request(input, &SourcesDir(sources), env, crate::now(), notes)?;
     let store = open(&config).await?;
-    put_store(&config, &store, &SystemClock, change, notes).await
+    let (response, landed) = put_landed(&config, &store, &SystemClock, change, notes).await?;
+    if landed {
+        crate::handoff::call(&handoff, notes).await;
+    } else if !handoff.is_empty() {
+        notes.note(format!(
+            "check of {} skipped: this put wrote nothing",
+            handoff.resources.join(", ")
+        ));
+    }
+    Ok(response)
 }
 
 /// An `out` request read and validated, its files read from `files`: the
-/// configuration and the change to record. Nothing is written.
+/// configuration, the change to record and what to hand off once it
+/// landed (`check:`). Nothing is written.
 pub fn put_request(
     input: &[u8],
     files: &dyn crate::inputs::Files,
     env: &BuildEnv,
     now: crate::model::Timestamp,
     notes: &Notes,
-) -> Result<(Config, Change)> {
+) -> Result<(Config, Change, crate::handoff::Handoff)> {
     let req: OutRequest = parse(input)?;
     let config = configure(&req.source)?;
     if let Some(gate) = &config.gate {
@@ -433,7 +444,9 @@ pub fn put_request(
         // Recorded for the CLI inside the image build (one policy per build).
         update.policy = Some(serde_json::to_value(&config.policy)?);
     }
-    Ok((config, change))
+    let handoff = crate::handoff::Handoff::new(&request.check, env, config.webhook_token.as_ref())
+        .map_err(|m| anyhow!("{}: params.check: {m}", config.build_id))?;
+    Ok((config, change, handoff))
 }
 
 /// `out` on a given store, at the clock's time, once its params are read.
@@ -444,6 +457,18 @@ pub async fn put_store<S: Store>(
     change: Change,
     notes: &Notes,
 ) -> Result<Response> {
+    Ok(put_landed(config, store, clock, change, notes).await?.0)
+}
+
+/// [`put_store`], and whether a write landed (what a handoff waits for:
+/// never after a refusal, a replay or a heartbeat).
+pub async fn put_landed<S: Store>(
+    config: &Config,
+    store: &S,
+    clock: &dyn Clock,
+    change: Change,
+    notes: &Notes,
+) -> Result<(Response, bool)> {
     let key = config.state_key();
     let applied = crate::app::record(config, store, clock, change, notes).await?;
     let doc = &applied.doc;
@@ -476,10 +501,13 @@ pub async fn put_store<S: Store>(
             doc.revision
         ));
     }
-    Ok(Response {
-        version: version_of(doc),
-        metadata: metadata(doc),
-    })
+    Ok((
+        Response {
+            version: version_of(doc),
+            metadata: metadata(doc),
+        },
+        applied.written,
+    ))
 }
 
 #[cfg(test)]

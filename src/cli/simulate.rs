@@ -173,6 +173,20 @@ pub(crate) fn human(r: &Report) -> String {
         s.push_str(&format!("  failures per stage: {}\n", per(&m.failures)));
     }
     s.push_str(&format!("  alerts: {}\n", m.alerts));
+    if let Some(worst) = m.handoffs.iter().copied().reduce(f64::max) {
+        let total: f64 = m.handoffs.iter().sum();
+        s.push_str(&format!(
+            "  handoffs: {}, mean {:.1}s, worst {:.1}s; waiting for checks and scheduling: {} in all\n",
+            m.handoffs.len(),
+            total / m.handoffs.len() as f64,
+            worst,
+            span(total.round() as u64)
+        ));
+    }
+    s.push_str(&format!(
+        "  checks of build-state resources: {} ({} by webhook)\n",
+        m.checks, m.webhooks
+    ));
     s.push_str(&format!("  stopped: {}\n", m.stopped));
     s.push_str(&format!(
         "  builds: {}, gets from the cache: {}, gets run: {}\n",

@@ -100,6 +100,8 @@ pub struct InMemory {
     checks: RefCell<BTreeMap<String, Memo>>,
     /// The last document read: the store's generation and what it held.
     decoded: RefCell<Option<(u64, Option<Document>)>>,
+    /// The check webhooks puts called since the simulation last asked.
+    handoffs: RefCell<Vec<super::sim::Handed>>,
 }
 
 /// A check's answer, which holds while the stored body and the version
@@ -224,13 +226,35 @@ impl Steps for InMemory {
         }
         let req = json!({"source": resource.source, "params": params});
         let notes = Notes::new();
-        let (config, change) =
+        let (config, change, handoff) =
             crate::resource::put_request(req.to_string().as_bytes(), &files, env, now, &notes)
                 .map_err(text)?;
-        let reply =
-            crate::resource::put_store(&config, &self.store, &ManualClock::at(now), change, &notes)
-                .await
-                .map_err(text)?;
+        let (reply, landed) = crate::resource::put_landed(
+            &config,
+            &self.store,
+            &ManualClock::at(now),
+            change,
+            &notes,
+        )
+        .await
+        .map_err(text)?;
+        // What `out` posts to the ATC once the write landed (the
+        // simulation plays the ATC's side).
+        if landed && !handoff.is_empty() {
+            match &handoff.target {
+                Ok((_, token)) => self
+                    .handoffs
+                    .borrow_mut()
+                    .extend(handoff.resources.iter().map(|r| super::sim::Handed {
+                        resource: r.clone(),
+                        token: token.expose().to_string(),
+                    })),
+                Err(why) => notes.note(format!(
+                    "check of {} skipped: {why}",
+                    handoff.resources.join(", ")
+                )),
+            }
+        }
         Ok((
             serde_json::to_value(&reply.version).expect("a version serializes"),
             notes.take(),
@@ -245,6 +269,10 @@ impl Steps for InMemory {
     async fn heartbeat(&self, resource: &Resource) -> Option<crate::model::Heartbeat> {
         let config = self.config(resource).ok()?;
         self.stored_heartbeat(&config)
+    }
+
+    fn take_handoffs(&self) -> Vec<super::sim::Handed> {
+        std::mem::take(&mut *self.handoffs.borrow_mut())
     }
 
     async fn beat(

@@ -200,8 +200,38 @@ pub struct Summary {
     pub failures: BTreeMap<u32, u32>,
     /// Builds of the alert jobs (jobs triggered by a gate on a status).
     pub alerts: u64,
+    /// Handoffs, in seconds: from each stage becoming due (pending, or its
+    /// retry due) to its `start` landing; what checks and scheduling add
+    /// to a build.
+    pub handoffs: Vec<f64>,
+    /// Check webhooks the ATC took.
+    pub webhooks: u64,
+    /// Checks of build-state resources (each at least one S3 request).
+    pub checks: u64,
     /// Why the simulation stopped.
     pub stopped: String,
+}
+
+/// The handoffs of a run's history: for each `start` that follows the
+/// event that made its stage due (at that stage: pending, or failed with
+/// its retry due), the seconds between them.
+pub fn handoffs(doc: &crate::model::Document) -> Vec<f64> {
+    use crate::model::{ActionKind, Status};
+    doc.history
+        .windows(2)
+        .filter_map(|w| {
+            let (before, start) = (&w[0], &w[1]);
+            if start.action != ActionKind::Start || before.state != start.state {
+                return None;
+            }
+            let due = match before.status {
+                Status::Pending => before.at,
+                Status::Failed => before.retry_at.map_or(before.at, |t| t.max(before.at)),
+                _ => return None,
+            };
+            Some((start.at - due).num_milliseconds().max(0) as f64 / 1000.0)
+        })
+        .collect()
 }
 
 /// Simulates `pipeline` (named `name`) on `release` under `scenario`, with
@@ -277,6 +307,9 @@ fn summarize(p: &Pipeline, played: &Played) -> Summary {
             .iter()
             .filter(|b| alert_jobs.contains(&b.job.as_str()) && b.started.is_some())
             .count() as u64,
+        handoffs: played.document.as_ref().map(handoffs).unwrap_or_default(),
+        webhooks: played.webhooks,
+        checks: played.checks,
         stopped: played.stopped.clone(),
     }
 }

@@ -136,6 +136,12 @@ pub trait Steps {
         None
     }
 
+    /// The check webhooks the puts since the last call posted (after their
+    /// writes landed), for the simulation to play the ATC's side.
+    fn take_handoffs(&self) -> Vec<Handed> {
+        Vec::new()
+    }
+
     /// `build-state heartbeat` from inside a task, for `claim`: what it
     /// said, or why it was refused (or cannot be sent here).
     async fn beat(
@@ -236,6 +242,8 @@ pub struct Played {
     pub gets_run: u64,
     /// Checks of build-state resources (each one S3 request or more).
     pub checks: u64,
+    /// Check webhooks the ATC took.
+    pub webhooks: u64,
     /// Invariants the play broke (one run built two commits, ...).
     pub violations: Vec<String>,
     /// Why the play stopped.
@@ -279,6 +287,8 @@ struct World {
     looked: BTreeMap<usize, u64>,
     /// The revision whose approval a human was asked for.
     approval_asked: Option<u64>,
+    /// Check webhooks the ATC took.
+    webhooks: u64,
 }
 
 /// The simulation of one pipeline under one scenario.
@@ -291,6 +301,9 @@ struct Sim<S: Steps> {
     start: Instant,
     /// The ungated build-state resource whose document is the build's.
     state: usize,
+    /// Wakes the scheduler before its next tick (a webhook's check saved
+    /// versions: Concourse schedules the jobs that use them at once).
+    wake: tokio::sync::Notify,
     /// Its configuration.
     config: Option<crate::config::Config>,
 }
@@ -298,6 +311,15 @@ struct Sim<S: Steps> {
 /// A candidate version of an input, with the upstream builds (per
 /// `passed` job) it went through.
 type Cand = (Value, BTreeMap<String, BTreeSet<u64>>);
+
+/// A check webhook a put posted: the resource, and the token it sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handed {
+    /// The resource to check.
+    pub resource: String,
+    /// The `webhook_token` sent.
+    pub token: String,
+}
 
 /// One build as it runs.
 struct Ctx {
@@ -348,6 +370,7 @@ pub fn play<S: Steps + 'static>(
             }),
             start: Instant::now(),
             state,
+            wake: tokio::sync::Notify::new(),
             config: serde_json::from_value(pipeline.resources[state].source.clone())
                 .ok()
                 .and_then(|s| crate::resource::configure(&s).ok()),
@@ -445,7 +468,10 @@ impl<S: Steps + 'static> Sim<S> {
                     crate::model::duration::format(until)
                 );
             }
-            tokio::time::sleep(SCHEDULER_TICK).await;
+            tokio::select! {
+                _ = tokio::time::sleep(SCHEDULER_TICK) => {}
+                _ = self.wake.notified() => {}
+            }
         };
         for t in tasks {
             t.abort();
@@ -471,6 +497,7 @@ impl<S: Steps + 'static> Sim<S> {
             cache_hits: w.cache_hits,
             gets_run: w.gets_run,
             checks: w.checks,
+            webhooks: w.webhooks,
             violations,
             stopped,
         })
@@ -1262,6 +1289,7 @@ impl<S: Steps + 'static> Sim<S> {
                 )
             }),
             created_by: rec.manual.then(|| "admin".to_string()),
+            instance_vars: None,
         }
     }
 
@@ -1331,6 +1359,9 @@ impl<S: Steps + 'static> Sim<S> {
                         ),
                     };
                     self.log(Some(ctx.build), shown, after);
+                    for h in self.steps.take_handoffs() {
+                        self.webhook(ctx, &h).await;
+                    }
                     v
                 }
                 Err(e) => {
@@ -1371,6 +1402,41 @@ impl<S: Steps + 'static> Sim<S> {
                 Status::Failed
             }
         }
+    }
+
+    /// The ATC's side of a check webhook (concourse/concourse
+    /// `atc/api/resourceserver/check_webhook.go`): 404 for a resource the
+    /// pipeline lacks, 401 for a token that is not the resource's
+    /// `webhook_token`, else a check of it now, and the jobs that use its
+    /// new versions scheduled at once.
+    async fn webhook(&self, ctx: &Ctx, h: &Handed) {
+        let Some(r) = self.p.resource(&h.resource) else {
+            self.log(
+                Some(ctx.build),
+                format!("webhook check of {}: 404 (no such resource)", h.resource),
+                None,
+            );
+            return;
+        };
+        if r.webhook_token.as_deref() != Some(h.token.as_str()) {
+            self.log(
+                Some(ctx.build),
+                format!(
+                    "webhook check of {}: 401 (the resource has {} webhook_token)",
+                    h.resource,
+                    if r.webhook_token.is_some() {
+                        "another"
+                    } else {
+                        "no"
+                    }
+                ),
+                None,
+            );
+            return;
+        }
+        self.w.borrow_mut().webhooks += 1;
+        self.check(&h.resource).await;
+        self.wake.notify_one();
     }
 
     /// Records which commit the build that wrote to the current run had.

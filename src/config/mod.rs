@@ -70,6 +70,9 @@ pub struct Settings {
     /// The behaviour settings as written (what `out` records in the
     /// document for the CLI to decide by).
     pub policy: Policy,
+    /// The token of the pipeline's check webhooks (a secret: never in the
+    /// document, the output or an error).
+    pub webhook_token: Option<crate::protocol::Secret>,
 }
 
 /// Where documents live, and under which prefix.
@@ -491,6 +494,10 @@ impl Settings {
             labels: s.labels.clone(),
             gate,
             policy: s.policy(),
+            webhook_token: s
+                .webhook_token
+                .clone()
+                .filter(|t| !t.expose().trim().is_empty()),
         })
     }
 
