@@ -24,6 +24,12 @@ pub(super) struct Extras {
     /// Free text recorded in the history entry
     #[arg(long)]
     note: Option<String>,
+    /// Once the change landed, ask Concourse to check this resource at once
+    /// (its check webhook; repeatable). The pipeline comes from
+    /// ATC_EXTERNAL_URL, BUILD_TEAM_NAME and BUILD_PIPELINE_NAME, the token
+    /// from the source's webhook_token
+    #[arg(long = "check", value_name = "RESOURCE")]
+    check: Vec<String>,
 }
 
 /// A build and one of its stages.
@@ -100,6 +106,10 @@ pub(super) enum Command {
         /// Why, or what was checked (recorded in the history)
         #[arg(long)]
         reason: Option<String>,
+        /// Once approved, ask Concourse to check this resource (the stage's
+        /// gate) at once (repeatable)
+        #[arg(long = "check", value_name = "RESOURCE")]
+        check: Vec<String>,
     },
     /// Stage N (in progress) is alive: from inside the Packer provisioner
     /// or Ansible play of a stage with a heartbeat_timeout. Refused (exit 1)
@@ -142,6 +152,7 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
         let mut r = Request::new(action);
         r.vars_file = path(&extras.vars_file);
         r.note = extras.note.clone();
+        r.check = extras.check.clone();
         r
     };
     Ok(match command {
@@ -196,9 +207,11 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
             build_id,
             state,
             reason,
+            check,
         } => {
             let mut r = Request::new(PutAction::Approve(state));
             r.reason = reason;
+            r.check = check;
             (build_id, r, vec![])
         }
         Command::Restart { build_id, extras } => {
@@ -371,8 +384,19 @@ pub(super) async fn act(config: &Config, store: &AnyStore, req: &Request, out: &
         Change::File(_) => "file".to_string(),
         Change::Heartbeat(c) => format!("heartbeat {}", c.state),
     };
+    let handoff = crate::handoff::Handoff::new(&req.check, &env, config.webhook_token.as_ref())
+        .map_err(|m| anyhow!("--check: {m}"))?;
     let applied = crate::app::record(config, store, &SystemClock, change, &out.notes).await?;
-    out.applied(&described, &applied.doc, applied.written)
+    out.applied(&described, &applied.doc, applied.written)?;
+    if applied.written {
+        crate::handoff::call(&handoff, &out.notes).await;
+    } else if !handoff.is_empty() {
+        out.note(format!(
+            "check of {} skipped: nothing was written",
+            handoff.resources.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn states(config: &Settings, out: &Out) -> Result<()> {

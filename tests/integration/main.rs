@@ -8,6 +8,7 @@ pub(crate) mod cli;
 mod concurrency;
 mod errors;
 mod get;
+mod handoff;
 mod humans;
 mod iam;
 mod pipelines;

@@ -1,0 +1,242 @@
+//! Handoffs through the real programs: a local HTTP listener stands in for
+//! the ATC and records the check webhooks `out` (and the CLI) post.
+
+use crate::util::World;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "s3cr3t-webhook-token";
+
+/// How the stand-in ATC answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Atc {
+    Answers(u16),
+    NeverAnswers,
+}
+
+/// A listener on 127.0.0.1 that records each request's first line.
+struct Listener {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Listener {
+    fn start(how: Atc) -> Listener {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = vec![0; 8192];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock()
+                    .unwrap()
+                    .push(text.lines().next().unwrap_or("").to_string());
+                match how {
+                    Atc::Answers(code) => {
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                        );
+                    }
+                    Atc::NeverAnswers => held.push(conn),
+                }
+            }
+        });
+        Listener { url, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// An address nothing listens on.
+fn down() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+fn world(w: World) -> World {
+    w.with(json!({"webhook_token": TOKEN}))
+}
+
+fn put(w: &World, atc: &str, params: serde_json::Value) -> crate::util::Step {
+    w.put(params)
+        .build("kickstart", 41)
+        .env("ATC_EXTERNAL_URL", atc)
+        .env("BUILD_PIPELINE_INSTANCE_VARS", r#"{"branch": "feature/x"}"#)
+}
+
+fn webhook(resource: &str) -> String {
+    format!(
+        "POST /api/v1/teams/main/pipelines/staged-image-build/resources/{resource}/check/webhook?webhook_token={TOKEN}&vars.branch=%22feature%2Fx%22 HTTP/1.1"
+    )
+}
+
+/// A landed write posts one webhook per resource named, with the token and
+/// the instance vars; a refused put and a replayed one post none; the token
+/// is in no output.
+fn a_landed_put_posts_its_webhooks(w: World) {
+    let w = world(w);
+    let atc = Listener::start(Atc::Answers(201));
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    let out = put(
+        &w,
+        &atc.url,
+        json!({"start": 5, "check": ["at-kickstart", "needs-a-human"]}),
+    )
+    .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mut seen = atc.seen();
+    seen.sort();
+    assert_eq!(seen, [webhook("at-kickstart"), webhook("needs-a-human")]);
+    assert!(
+        out.stderr
+            .contains("asked Concourse to check at-kickstart, needs-a-human"),
+        "{}",
+        out.stderr
+    );
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains(TOKEN), "the token leaked: {text}");
+    }
+    // The same put again (a re-run step): a no-op, no webhook.
+    let again = put(&w, &atc.url, json!({"start": 5, "check": ["at-kickstart"]})).run();
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("check of at-kickstart skipped: this put wrote nothing"),
+        "{}",
+        again.stderr
+    );
+    // Refused: nothing written, no webhook.
+    let err = put(
+        &w,
+        &atc.url,
+        json!({"complete": 25, "check": ["at-kickstart"]}),
+    )
+    .fails();
+    assert!(err.contains("cannot complete 25"), "{err}");
+    assert!(!err.contains(TOKEN));
+    assert_eq!(
+        atc.seen().len(),
+        2,
+        "no webhook after a replay or a refusal"
+    );
+    // A bad name is refused before anything is written.
+    let before = w.raw("state.json");
+    let err = put(&w, &atc.url, json!({"complete": 5, "check": ["a/b"]})).fails();
+    assert!(
+        err.contains("params.check: \"a/b\" is not a resource name"),
+        "{err}"
+    );
+    assert_eq!(w.raw("state.json"), before);
+    // The CLI's --check: the same webhook, from its environment.
+    let said = w
+        .cli(&["complete", "rhel8-web", "5", "--check", "at-green-image"])
+        .env("ATC_EXTERNAL_URL", &atc.url)
+        .env("BUILD_TEAM_NAME", "main")
+        .env("BUILD_PIPELINE_NAME", "staged-image-build")
+        .env("BUILD_PIPELINE_INSTANCE_VARS", r#"{"branch": "feature/x"}"#)
+        .run();
+    assert_eq!(said.code, Some(0), "{}", said.stderr);
+    assert!(
+        atc.seen().contains(&webhook("at-green-image")),
+        "{:?}",
+        atc.seen()
+    );
+    assert!(!said.stderr.contains(TOKEN) && !said.stdout.contains(TOKEN));
+}
+
+/// The ATC down, answering 500, or never answering: the put succeeds all
+/// the same, in bounded time, with one line per failure and no token.
+fn a_failed_webhook_never_fails_the_put(w: World) {
+    let w = world(w);
+    w.put(json!({"init": true})).ok();
+    let failing = Listener::start(Atc::Answers(500));
+    let silent = Listener::start(Atc::NeverAnswers);
+    let refused = Listener::start(Atc::Answers(401));
+    for (atc, want) in [
+        (
+            down(),
+            "check webhook of at-kickstart failed: http://127.0.0.1:",
+        ),
+        (failing.url.clone(), "answered 500 Internal Server Error"),
+        (
+            refused.url.clone(),
+            "answered 401 Unauthorized (the token is not the resource's webhook_token)",
+        ),
+        (
+            silent.url.clone(),
+            "gave no answer within 4s (http://127.0.0.1:",
+        ),
+    ] {
+        let started = Instant::now();
+        let action = if w.doc()["state"] == 0 {
+            json!({"complete": 0})
+        } else {
+            json!({"retry": 5})
+        };
+        let mut params = action.clone();
+        params["check"] = json!(["at-kickstart"]);
+        if action.get("retry").is_some() {
+            // Something to retry: start 5 first (no webhook).
+            w.put(json!({"start": 5})).ok();
+        }
+        let out = put(&w, &atc, params).run();
+        assert_eq!(out.code, Some(0), "the put succeeds: {}", out.stderr);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "bounded: {:?}",
+            started.elapsed()
+        );
+        let lines: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.contains("check webhook"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", out.stderr);
+        assert!(lines[0].contains(want), "{want:?} in {}", out.stderr);
+        assert!(
+            lines[0].contains("its periodic check will find the change")
+                || lines[0].contains("their periodic checks"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            !out.stderr.contains(TOKEN) && !out.stdout.contains(TOKEN),
+            "{}",
+            out.stderr
+        );
+    }
+    // Without the source's token, or outside a build: skipped, said once.
+    let mut no_token = World::new(w.kind, "no_token");
+    no_token.build_id = "other".into();
+    no_token.put(json!({"init": true})).ok();
+    let out = no_token
+        .put(json!({"complete": 0, "check": ["at-kickstart"]}))
+        .build("begin-run", 1)
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("check of at-kickstart skipped: the source has no webhook_token"),
+        "{}",
+        out.stderr
+    );
+}
+
+crate::both_stores!(
+    a_landed_put_posts_its_webhooks,
+    a_failed_webhook_never_fails_the_put
+);
