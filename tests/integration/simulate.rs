@@ -456,7 +456,10 @@ fn approvals_nobody_gives_and_heartbeats_too_rare() {
         "task_time: 5m\nheartbeat_every: 15m\ntasks: {packer-kickstart: [{outcome: succeed, after: 40m}]}\nexpect: {delivered: true, failures: {\"5\": 0}, builds: {kickstart: 2}, task_runs: {packer-kickstart: 1}}\n",
     )
     .unwrap();
-    let r = in_memory(&path, Release::LATEST, &rare);
+    // On gates checked every minute (the pipeline before webhooks: with an
+    // hour between checks the gate would not be looked at in time).
+    let minutely = root().join("tests/fixtures/before-webhooks/staged-image-build.yml");
+    let r = in_memory(&minutely, Release::LATEST, &rare);
     assert_passed(&r, "rare heartbeats");
     let text = timeline(&r);
     assert!(
@@ -489,6 +492,34 @@ pub(crate) struct Processes {
     real_tasks: bool,
     work: PathBuf,
     n: std::cell::Cell<u32>,
+    /// The stand-in ATC the programs post their check webhooks to, and
+    /// the request lines it got.
+    atc: String,
+    webhooks: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// A listener on 127.0.0.1 that answers every request 201 and keeps its
+/// first line: the ATC's check webhook, for the programs' handoffs.
+fn stand_in_atc() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut conn in l.incoming().flatten() {
+            let mut buf = vec![0; 8192];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            log.lock()
+                .unwrap()
+                .push(text.lines().next().unwrap_or("").to_string());
+            let _ = conn.write_all(
+                b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, seen)
 }
 
 impl Processes {
@@ -497,11 +528,14 @@ impl Processes {
         std::fs::create_dir_all(work.join("outcomes")).unwrap();
         std::fs::create_dir_all(work.join("bin")).unwrap();
         let _ = std::os::unix::fs::symlink(crate::util::cli_path(), work.join("bin/build-state"));
+        let (atc, webhooks) = stand_in_atc();
         Processes {
             w,
             real_tasks,
             work,
             n: std::cell::Cell::new(0),
+            atc,
+            webhooks,
         }
     }
 
@@ -569,6 +603,13 @@ impl Processes {
                 .unwrap();
         }
     }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -654,6 +695,8 @@ impl Steps for Processes {
                 step = step.env(k, v);
             }
         }
+        // The ATC the programs' webhooks reach: the stand-in.
+        step = step.env("ATC_EXTERNAL_URL", &self.atc);
         let out = step.run();
         if out.code != Some(0) {
             return Err(said(&out));
@@ -672,6 +715,26 @@ impl Steps for Processes {
         let w = &self.w;
         let body = std::thread::scope(|s| s.spawn(|| w.raw("state.json")).join().unwrap())?;
         serde_json::from_slice(&body).ok()
+    }
+
+    /// The webhooks the stand-in ATC got since the last call, as the
+    /// simulation's ATC takes them.
+    fn take_handoffs(&self) -> Vec<build_state::concourse::sim::Handed> {
+        let lines = std::mem::take(&mut *self.webhooks.lock().unwrap());
+        lines
+            .iter()
+            .filter_map(|l| {
+                let path = l.strip_prefix("POST ")?.split(' ').next()?;
+                let url = url::Url::parse(&format!("http://atc{path}")).ok()?;
+                let segs: Vec<String> = url.path_segments()?.map(|s| percent_decode(s)).collect();
+                let resource = segs.get(segs.len().checked_sub(3)?)?.clone();
+                let token = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "webhook_token")
+                    .map(|(_, v)| v.into_owned())?;
+                Some(build_state::concourse::sim::Handed { resource, token })
+            })
+            .collect()
     }
 
     async fn heartbeat(&self, _resource: &Resource) -> Option<build_state::model::Heartbeat> {
@@ -841,10 +904,19 @@ fn staged_pipeline_through_the_programs(w: World) {
         &seven,
     );
     assert_passed(&r, "7.11");
-    // 7.11 gives no BUILD_URL: the resource makes it from ATC_EXTERNAL_URL.
+    // 7.11 gives no BUILD_URL: the resource makes it from ATC_EXTERNAL_URL
+    // (here the stand-in ATC's, which took the webhooks).
     assert_eq!(
         steps.w.doc()["history"][3]["by"]["build_url"],
-        "https://ci.example.com/teams/main/pipelines/staged-image-build-7x/jobs/kickstart/builds/1"
+        format!(
+            "{}/teams/main/pipelines/staged-image-build-7x/jobs/kickstart/builds/1",
+            steps.atc
+        )
+    );
+    assert!(
+        r.summary.webhooks > 10,
+        "handed off by webhook: {}",
+        r.summary.webhooks
     );
 }
 
