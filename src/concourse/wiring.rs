@@ -84,6 +84,35 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
                     job.name, r.name, state.name
                 ));
             }
+            // A handoff to a resource the ATC would answer 404 or 401: the
+            // stage would wait for its periodic check instead.
+            let token = p
+                .resource(&put.resource)
+                .and_then(|r| r.source.get("webhook_token"))
+                .and_then(Value::as_str);
+            for name in put.params["check"].as_array().into_iter().flatten() {
+                let name = name.as_str().unwrap_or_default();
+                let said = format!("job {}: checks {name}", job.name);
+                if out.iter().any(|o| o.starts_with(&said)) {
+                    continue;
+                }
+                match (p.resource(name), token) {
+                    (None, _) => out.push(format!(
+                        "{said}, which the pipeline lacks: the webhook is answered 404"
+                    )),
+                    (Some(_), None) => out.push(format!(
+                        "{said}, but {}'s source has no webhook_token: the webhook is not posted",
+                        put.resource
+                    )),
+                    (Some(r), Some(t)) if r.webhook_token.as_deref() != Some(t) => {
+                        out.push(format!(
+                            "{said}, whose webhook_token is not {}'s: the webhook is answered 401",
+                            put.resource
+                        ))
+                    }
+                    _ => {}
+                }
+            }
             let said = format!("job {}: finish needs", job.name);
             if put.params.get("finish").is_some()
                 && !release.has_build_status()

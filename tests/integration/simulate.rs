@@ -409,6 +409,32 @@ fn wiring_mistakes_are_named() {
             "{want:?} not in {problems:#?}"
         );
     }
+    // Handoffs the ATC would refuse: a resource the pipeline lacks, a put
+    // without a token, a gate with another token.
+    let p = json!({
+        "resource_types": [{"name": "build-state", "type": "registry-image", "source": {"repository": "x/build-state"}}],
+        "resources": [
+            {"name": "state", "type": "build-state", "source": {"local_dir": "/s", "build_id": "b", "webhook_token": "t", "retry": {"timeout": "1h"}}},
+            {"name": "plain", "type": "build-state", "source": {"local_dir": "/s", "build_id": "b", "retry": {"timeout": "1h"}}},
+            {"name": "at-kickstart", "type": "build-state", "webhook_token": "other", "source": {"local_dir": "/s", "build_id": "b", "gate": {"state": 5}}},
+        ],
+        "jobs": [
+            {"name": "begin", "plan": [{"put": "state", "no_get": true, "params": {"complete": 0, "check": ["at-kickstart", "at-nowhere"]}}]},
+            {"name": "again", "plan": [{"put": "plain", "no_get": true, "params": {"retry": 5, "check": ["at-kickstart"]}}]},
+        ],
+    });
+    let p = Pipeline::parse(&p, Release::LATEST).unwrap();
+    let problems = build_state::concourse::wiring::problems(&p, Release::LATEST);
+    for want in [
+        "job begin: checks at-kickstart, whose webhook_token is not state's: the webhook is answered 401",
+        "job begin: checks at-nowhere, which the pipeline lacks: the webhook is answered 404",
+        "job again: checks at-kickstart, but plain's source has no webhook_token: the webhook is not posted",
+    ] {
+        assert!(
+            problems.iter().any(|p| p == want),
+            "{want:?} not in {problems:#?}"
+        );
+    }
 }
 
 /// An aborted build blocks its stage for a human (finish with
