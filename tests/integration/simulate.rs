@@ -752,7 +752,7 @@ impl Steps for Processes {
             .filter_map(|l| {
                 let path = l.strip_prefix("POST ")?.split(' ').next()?;
                 let url = url::Url::parse(&format!("http://atc{path}")).ok()?;
-                let segs: Vec<String> = url.path_segments()?.map(|s| percent_decode(s)).collect();
+                let segs: Vec<String> = url.path_segments()?.map(percent_decode).collect();
                 let resource = segs.get(segs.len().checked_sub(3)?)?.clone();
                 let token = url
                     .query_pairs()
