@@ -1679,6 +1679,13 @@ fn compact(v: &Value) -> String {
             m.iter()
                 .map(|(k, v)| match v {
                     Value::String(s) => format!("{k}: {s}"),
+                    Value::Array(a) if a.iter().all(Value::is_string) => format!(
+                        "{k}: [{}]",
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                     other => format!("{k}: {other}"),
                 })
                 .collect::<Vec<_>>()
