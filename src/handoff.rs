@@ -247,22 +247,17 @@ pub async fn call(handoff: &Handoff, notes: &Notes) {
     }
 }
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Empty<hyper::body::Bytes>,
->;
+/// The S3 client's connector (hyper with rustls and the system's roots):
+/// the webhook adds no HTTP stack of its own.
+type Client = aws_smithy_http_client::Connector;
 
 fn client() -> Result<Client, String> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| format!("no TLS roots: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https),
-    )
+    use aws_smithy_http_client::tls;
+    Ok(aws_smithy_http_client::Connector::builder()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build())
 }
 
 /// `https://ci.example.com`: the URL's origin, for messages (never its
@@ -279,13 +274,18 @@ async fn post(
     resource: &str,
     token: &Secret,
 ) -> Result<(), String> {
+    use aws_smithy_runtime_api::client::http::HttpConnector;
     let url = Handoff::url(pipeline, resource, token)?;
-    let req = hyper::Request::post(url.as_str())
-        .header("content-length", "0")
-        .body(http_body_util::Empty::new())
+    let mut req = aws_smithy_runtime_api::client::orchestrator::HttpRequest::new(
+        aws_smithy_types::body::SdkBody::empty(),
+    );
+    req.set_method("POST")
         .map_err(|e| format!("cannot make the request: {e}"))?;
+    req.set_uri(url.as_str())
+        .map_err(|_| "cannot make the request: an invalid URL".to_string())?;
+    req.headers_mut().insert("content-length", "0");
     let host = host_of(&pipeline.external_url);
-    let answer = client.request(req).await.map_err(|e| {
+    let answer = client.call(req).await.map_err(|e| {
         // The error names the connection, never the URL with its query.
         let mut cause = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -299,6 +299,8 @@ async fn post(
     if status.is_success() {
         return Ok(());
     }
+    let status = hyper::StatusCode::from_u16(status.as_u16())
+        .map_err(|_| format!("{host} answered {}", status.as_u16()))?;
     let why = match status.as_u16() {
         401 | 403 => " (the token is not the resource's webhook_token)",
         404 => " (no such resource in the pipeline, or no such pipeline)",
