@@ -211,7 +211,7 @@ pub async fn call(handoff: &Handoff, notes: &Notes) {
             return;
         }
     };
-    let client = match client() {
+    let connector = match client() {
         Ok(c) => c,
         Err(e) => {
             notes.note(format!("check webhooks skipped: {e}"));
@@ -219,8 +219,8 @@ pub async fn call(handoff: &Handoff, notes: &Notes) {
         }
     };
     let calls = handoff.resources.iter().map(|r| {
-        let client = &client;
-        async move { (r, post(client, pipeline, r, token).await) }
+        let connector = &connector;
+        async move { (r, post(connector, pipeline, r, token).await) }
     });
     let all = futures_util::future::join_all(calls);
     match tokio::time::timeout(TIMEOUT, all).await {
@@ -269,7 +269,7 @@ fn host_of(external_url: &str) -> String {
 }
 
 async fn post(
-    client: &Client,
+    connector: &Client,
     pipeline: &Pipeline,
     resource: &str,
     token: &Secret,
@@ -285,7 +285,7 @@ async fn post(
         .map_err(|_| "cannot make the request: an invalid URL".to_string())?;
     req.headers_mut().insert("content-length", "0");
     let host = host_of(&pipeline.external_url);
-    let answer = client.call(req).await.map_err(|e| {
+    let answer = connector.call(req).await.map_err(|e| {
         // The error names the connection, never the URL with its query.
         let mut cause = e.to_string();
         let mut source = std::error::Error::source(&e);
