@@ -3,9 +3,7 @@
 
 use crate::util::World;
 use serde_json::json;
-use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "s3cr3t-webhook-token";
@@ -17,45 +15,14 @@ enum Atc {
     NeverAnswers,
 }
 
-/// A listener on 127.0.0.1 that records each request's first line.
-struct Listener {
-    url: String,
-    seen: Arc<Mutex<Vec<String>>>,
-}
+struct Listener;
 
 impl Listener {
-    fn start(how: Atc) -> Listener {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for conn in l.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut buf = vec![0; 8192];
-                let n = conn.read(&mut buf).unwrap_or(0);
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                log.lock()
-                    .unwrap()
-                    .push(text.lines().next().unwrap_or("").to_string());
-                match how {
-                    Atc::Answers(code) => {
-                        let _ = write!(
-                            conn,
-                            "HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
-                        );
-                    }
-                    Atc::NeverAnswers => held.push(conn),
-                }
-            }
-        });
-        Listener { url, seen }
-    }
-
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
+    fn start(how: Atc) -> crate::util::StandInAtc {
+        crate::util::StandInAtc::start(match how {
+            Atc::Answers(code) => Some(code),
+            Atc::NeverAnswers => None,
+        })
     }
 }
 

@@ -249,13 +249,7 @@ fn heartbeats_keep_a_stage_alive(w: World) {
     // The next start records the dead attempt, naming its last heartbeat.
     let restarted = w.put(json!({"start": 5})).build("kickstart", 22).ok();
     assert_eq!(state(&restarted), ("5".into(), "in_progress".into()));
-    let doc = w.doc();
-    let h = doc["history"].as_array().unwrap();
-    let dead = &h[h.len() - 2];
-    assert_eq!(
-        (dead["action"].as_str(), dead["attempt"].as_u64()),
-        (Some("fail"), Some(1))
-    );
+    let dead = crate::util::dead_attempt(&w);
     let message = dead["error"]["message"].as_str().unwrap();
     assert!(
         message.starts_with("attempt 1 lost its heartbeat: its last heartbeat at"),

@@ -174,13 +174,7 @@ fn a_dead_attempt_after_the_timeout(w: World) {
     );
     let out = w.put(json!({"start": 5})).ok();
     assert_eq!(state(&out), ("5".into(), "in_progress".into()));
-    let doc = w.doc();
-    let h = doc["history"].as_array().unwrap();
-    let dead = &h[h.len() - 2];
-    assert_eq!(
-        (dead["action"].as_str(), dead["attempt"].as_u64()),
-        (Some("fail"), Some(1))
-    );
+    let dead = crate::util::dead_attempt(&w);
     assert!(
         dead["error"]["message"]
             .as_str()
@@ -189,7 +183,7 @@ fn a_dead_attempt_after_the_timeout(w: World) {
         "{dead}"
     );
     assert_eq!(
-        doc["revision"].as_u64().unwrap(),
+        w.doc()["revision"].as_u64().unwrap(),
         out["version"]["revision"]
             .as_str()
             .unwrap()

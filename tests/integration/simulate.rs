@@ -518,34 +518,8 @@ pub(crate) struct Processes {
     real_tasks: bool,
     work: PathBuf,
     n: std::cell::Cell<u32>,
-    /// The stand-in ATC the programs post their check webhooks to, and
-    /// the request lines it got.
-    atc: String,
-    webhooks: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-/// A listener on 127.0.0.1 that answers every request 201 and keeps its
-/// first line: the ATC's check webhook, for the programs' handoffs.
-fn stand_in_atc() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for mut conn in l.incoming().flatten() {
-            let mut buf = vec![0; 8192];
-            let n = conn.read(&mut buf).unwrap_or(0);
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            log.lock()
-                .unwrap()
-                .push(text.lines().next().unwrap_or("").to_string());
-            let _ = conn.write_all(
-                b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            );
-        }
-    });
-    (url, seen)
+    /// The stand-in ATC the programs post their check webhooks to.
+    atc: crate::util::StandInAtc,
 }
 
 impl Processes {
@@ -554,14 +528,12 @@ impl Processes {
         std::fs::create_dir_all(work.join("outcomes")).unwrap();
         std::fs::create_dir_all(work.join("bin")).unwrap();
         let _ = std::os::unix::fs::symlink(crate::util::cli_path(), work.join("bin/build-state"));
-        let (atc, webhooks) = stand_in_atc();
         Processes {
             w,
             real_tasks,
             work,
             n: std::cell::Cell::new(0),
-            atc,
-            webhooks,
+            atc: crate::util::StandInAtc::start(Some(201)),
         }
     }
 
@@ -722,7 +694,7 @@ impl Steps for Processes {
             }
         }
         // The ATC the programs' webhooks reach: the stand-in.
-        step = step.env("ATC_EXTERNAL_URL", &self.atc);
+        step = step.env("ATC_EXTERNAL_URL", &self.atc.url);
         let out = step.run();
         if out.code != Some(0) {
             return Err(said(&out));
@@ -746,8 +718,8 @@ impl Steps for Processes {
     /// The webhooks the stand-in ATC got since the last call, as the
     /// simulation's ATC takes them.
     fn take_handoffs(&self) -> Vec<build_state::concourse::sim::Handed> {
-        let lines = std::mem::take(&mut *self.webhooks.lock().unwrap());
-        lines
+        self.atc
+            .take()
             .iter()
             .filter_map(|l| {
                 let path = l.strip_prefix("POST ")?.split(' ').next()?;
@@ -936,7 +908,7 @@ fn staged_pipeline_through_the_programs(w: World) {
         steps.w.doc()["history"][3]["by"]["build_url"],
         format!(
             "{}/teams/main/pipelines/staged-image-build-7x/jobs/kickstart/builds/1",
-            steps.atc
+            steps.atc.url
         )
     );
     assert!(

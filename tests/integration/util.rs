@@ -752,3 +752,69 @@ pub(crate) fn documents() -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A stand-in for the ATC on 127.0.0.1: it keeps the first line of every
+/// request (the check webhooks the programs post) and answers each with
+/// `answer` (201, 500, ...), or never, when `None`.
+pub(crate) struct StandInAtc {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl StandInAtc {
+    pub(crate) fn start(answer: Option<u16>) -> StandInAtc {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for mut conn in l.incoming().flatten() {
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut buf = vec![0; 8192];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock()
+                    .unwrap()
+                    .push(text.lines().next().unwrap_or("").to_string());
+                match answer {
+                    Some(code) => {
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                    }
+                    None => held.push(conn),
+                }
+            }
+        });
+        StandInAtc { url, seen }
+    }
+
+    /// The request lines so far.
+    pub(crate) fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The request lines since the last call.
+    pub(crate) fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// The dead attempt a `start` recorded before starting again: the event
+/// before the newest.
+pub(crate) fn dead_attempt(w: &World) -> Value {
+    let doc = w.doc();
+    let h = doc["history"].as_array().unwrap();
+    let dead = h[h.len() - 2].clone();
+    assert_eq!(
+        (dead["action"].as_str(), dead["attempt"].as_u64()),
+        (Some("fail"), Some(1)),
+        "{dead}"
+    );
+    dead
+}
