@@ -123,6 +123,14 @@ fn a_landed_put_posts_its_webhooks(w: World) {
         atc.seen()
     );
     assert!(!said.stderr.contains(TOKEN) && !said.stdout.contains(TOKEN));
+    // A bad name on the CLI: refused, nothing written.
+    let before = w.raw("state.json");
+    let err = w.cli(&["retry", "rhel8-web", "10", "--check", ""]).fails();
+    assert!(
+        err.contains("--check: \"\" is not a resource name"),
+        "{err}"
+    );
+    assert_eq!(w.raw("state.json"), before);
 }
 
 /// The ATC down, answering 500, or never answering: the put succeeds all

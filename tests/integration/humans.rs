@@ -236,6 +236,22 @@ fn heartbeats_keep_a_stage_alive(w: World) {
     );
     let err = w.cli(&["heartbeat", "rhel8-web", "10"]).fails();
     assert!(err.contains("cannot heartbeat 10"), "{err}");
+    let err = w
+        .put(json!({"heartbeat": 5, "note": "alive"}))
+        .build("kickstart", 21)
+        .fails();
+    assert!(
+        err.contains("params.vars_file and params.note do not go with heartbeat (a heartbeat changes nothing in the document)"),
+        "{err}"
+    );
+    let err = w
+        .put(json!({"heartbeat": 5, "check": ["at-kickstart"]}))
+        .build("kickstart", 21)
+        .fails();
+    assert!(
+        err.contains("params.check does not go with heartbeat"),
+        "{err}"
+    );
     assert_eq!(w.raw("heartbeat.json"), kept, "nothing written");
     // They stop: the gate passes within 3 s.
     let stopped = Instant::now();
