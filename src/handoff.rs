@@ -77,6 +77,9 @@ impl Handoff {
                 names.push(name.to_string());
             }
         }
+        if names.is_empty() {
+            return Ok(Handoff::none());
+        }
         let target = pipeline(env).and_then(|p| match token {
             Some(t) => Ok((p, t.clone())),
             None => Err(

@@ -4,7 +4,7 @@ use super::cache::Cache;
 use super::output::Out;
 use crate::config::Settings;
 use crate::engine::{Builds, Read};
-use crate::model::Document;
+use crate::model::{Document, Heartbeat};
 use crate::store::{AnyStore, Store};
 use anyhow::{Result, anyhow};
 use std::collections::HashMap;
@@ -20,8 +20,9 @@ struct Seen {
     /// The document, while its stage is in progress with a
     /// `heartbeat_timeout` (its heartbeats move `dead_since`).
     beating: Option<Document>,
-    /// The newest heartbeat said.
+    /// The newest heartbeat said, and the ETag it was read with.
     beat_at: Option<crate::model::Timestamp>,
+    beat_etag: Option<String>,
 }
 
 /// What a watch knows between sweeps.
@@ -175,15 +176,25 @@ impl Watcher<'_> {
         let Some(doc) = seen.beating.as_ref() else {
             return Ok(());
         };
+        // A conditional read: an unchanged heartbeat (one build's watch
+        // asks every sweep) is a 304 with no body.
         let cfg = self.config.for_build(id)?;
-        let beat = match Builds::new(&cfg, self.store).heartbeat().await {
-            Ok(b) => b,
+        let key = cfg.heartbeat_key();
+        let beat: Heartbeat = match self.store.get(&key, seen.beat_etag.as_deref()).await {
+            Ok(crate::store::Fetched::Found { body, etag }) => {
+                seen.beat_etag = Some(etag);
+                match serde_json::from_slice(&body) {
+                    Ok(b) => b,
+                    Err(_) => return Ok(()),
+                }
+            }
+            Ok(_) => return Ok(()),
             Err(e) => {
-                self.out.note(e.to_string());
+                self.out.note(format!("{}: {e}", cfg.location(&key)));
                 return Ok(());
             }
         };
-        let Some(beat) = doc.own_heartbeat(beat.as_ref()) else {
+        let Some(beat) = doc.own_heartbeat(Some(&beat)) else {
             return Ok(());
         };
         if seen.beat_at.is_some_and(|t| t >= beat.at) {
@@ -297,6 +308,7 @@ fn seen_found(
                     .is_some())
             .then(|| doc.clone()),
             beat_at: None,
+            beat_etag: None,
         },
     );
     Ok(())
@@ -333,6 +345,52 @@ pub(crate) mod tests {
         .await
         .unwrap();
         text(&buf)
+    }
+
+    /// A stage in progress with a heartbeat policy: `watch` (of the build,
+    /// and of the prefix) says its heartbeat; a heartbeat of an attempt
+    /// that is over (stored before a new start) is not said.
+    #[tokio::test]
+    async fn watch_says_the_heartbeat_of_the_attempt_in_progress() {
+        let source: crate::protocol::Source = serde_json::from_str(
+            r#"{"local_dir": "/nowhere", "prefix": "fleet/", "retry": {"states": {"5": {"heartbeat_timeout": "10m"}}}}"#,
+        )
+        .unwrap();
+        let settings = Arc::new(Settings::from_source(&source).unwrap());
+        let store = AnyStore::Memory(MemoryStore::new());
+        let config = settings.for_build("rhel8-web").unwrap();
+        let (quiet, _) = Out::buffered(false);
+        for a in [
+            Action::Init { restart: false },
+            Action::Complete(0),
+            Action::Start(5),
+        ] {
+            act_with(&config, &store, a, &quiet).await.unwrap();
+        }
+        let claim = crate::model::Claim {
+            state: 5,
+            run: Some(1),
+            attempt: Some(1),
+            by: crate::model::Actor {
+                user: Some("packer".into()),
+                ..Default::default()
+            },
+            at: crate::now(),
+        };
+        Builds::new(&config, &store).beat(&claim).await.unwrap();
+        for one in [Some("rhel8-web"), None] {
+            let said = watch_once(&settings, &store, one, None).await;
+            assert!(
+                said.contains("rhel8-web r3 5 in_progress heartbeat (attempt 1) by cli:packer"),
+                "{one:?}: {said}"
+            );
+        }
+        // A new start: the stored heartbeat is the old attempt's.
+        act_with(&config, &store, Action::Start(5), &quiet)
+            .await
+            .unwrap();
+        let said = watch_once(&settings, &store, Some("rhel8-web"), None).await;
+        assert!(!said.contains("heartbeat"), "{said}");
     }
 
     /// An idle watch of a prefix costs listings only.

@@ -90,26 +90,38 @@ impl Document {
         }
     }
 
-    /// When the stage in progress counts as a dead attempt: its start plus
-    /// the stage's `timeout`, or its last sign of life plus the stage's
-    /// `heartbeat_timeout`, whichever comes first (none without either, or
-    /// when not in progress).
-    pub fn dead_since(
+    /// When the stage in progress counts as a dead attempt, by each of its
+    /// policies: (its start plus the stage's `timeout`, its last sign of
+    /// life plus the stage's `heartbeat_timeout`); none for a policy the
+    /// stage lacks, or when it is not in progress.
+    pub fn deadlines(
         &self,
         retry: &RetryPolicy,
         heartbeat: Option<&Heartbeat>,
-    ) -> Option<Timestamp> {
+    ) -> (Option<Timestamp>, Option<Timestamp>) {
         if self.status != Status::InProgress {
-            return None;
+            return (None, None);
         }
         let policy = retry.for_state(self.state);
         let after = |from: Timestamp, d: std::time::Duration| {
             from.checked_add_signed(chrono::Duration::from_std(d).ok()?)
         };
-        let by_timeout = policy.timeout.and_then(|t| after(self.updated_at, t));
-        let by_heartbeat = policy
-            .heartbeat_timeout
-            .and_then(|t| after(self.last_sign_of_life(heartbeat), t));
+        (
+            policy.timeout.and_then(|t| after(self.updated_at, t)),
+            policy
+                .heartbeat_timeout
+                .and_then(|t| after(self.last_sign_of_life(heartbeat), t)),
+        )
+    }
+
+    /// When the stage in progress counts as a dead attempt: the earlier of
+    /// its [`deadlines`](Document::deadlines).
+    pub fn dead_since(
+        &self,
+        retry: &RetryPolicy,
+        heartbeat: Option<&Heartbeat>,
+    ) -> Option<Timestamp> {
+        let (by_timeout, by_heartbeat) = self.deadlines(retry, heartbeat);
         [by_timeout, by_heartbeat].into_iter().flatten().min()
     }
 
@@ -129,19 +141,8 @@ impl Document {
     /// start alone no longer proves it alive, and its `timeout` (if any)
     /// has not passed. Only then does a reader fetch `heartbeat.json`.
     pub fn needs_heartbeat(&self, now: Timestamp, retry: &RetryPolicy) -> bool {
-        if self.status != Status::InProgress
-            || retry.for_state(self.state).heartbeat_timeout.is_none()
-        {
-            return false;
-        }
-        let without_beats = RetryPolicy {
-            default: super::policy::StageRetry {
-                heartbeat_timeout: None,
-                ..retry.for_state(self.state).clone()
-            },
-            ..RetryPolicy::default()
-        };
-        self.is_dead(now, retry, None) && !self.is_dead(now, &without_beats, None)
+        let (by_timeout, by_start) = self.deadlines(retry, None);
+        by_start.is_some_and(|t| now >= t) && by_timeout.is_none_or(|t| now < t)
     }
 }
 

@@ -1312,6 +1312,14 @@ fn heartbeats_keep_an_attempt_alive_and_zombies_are_refused() {
         (d.status, d.attempts, d.last_event().attempt),
         (Status::InProgress, 1, 2)
     );
+    // The stored heartbeat (attempt 1's, written before this start) counts
+    // for nothing now: a heartbeat racing a start cannot revive or extend
+    // the new attempt.
+    assert_eq!(d.own_heartbeat(Some(&beat)), None);
+    assert_eq!(
+        d.dead_since(&w.retry, Some(&beat)),
+        d.dead_since(&w.retry, None)
+    );
     let late = heartbeat(Some(d), &claim(301, Some(1), Some("kick-1")), "rhel8-web").unwrap_err();
     assert!(
         late.to_string().contains("attempt 2 is in progress"),

@@ -539,19 +539,12 @@ fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outc
     let attempts = doc.attempts + 1;
     let since = super::document::rfc3339::format(&doc.updated_at);
     let heartbeat = update.heartbeat.as_ref();
-    let by_timeout = policy.timeout.is_some_and(|t| {
-        doc.dead_since(rules.retry, heartbeat)
-            == doc
-                .updated_at
-                .checked_add_signed(chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX))
-    });
-    let message = match (by_timeout, policy.timeout, policy.heartbeat_timeout) {
-        (true, Some(timeout), _) | (false, Some(timeout), None) => format!(
-            "attempt {attempts} timed out: in progress since {since}, longer than the stage's timeout ({}); its worker never reported",
-            super::duration::format(timeout)
-        ),
-        (_, _, Some(beat)) => {
-            let last = doc.last_sign_of_life(heartbeat);
+    // Which deadline passed first: the heartbeat's, or the timeout's.
+    let (by_timeout, by_heartbeat) = doc.deadlines(rules.retry, heartbeat);
+    let lost_heartbeat =
+        by_heartbeat.filter(|b| *b <= update.at && by_timeout.is_none_or(|t| *b < t));
+    let message = match (lost_heartbeat, policy.heartbeat_timeout) {
+        (Some(dead), Some(beat)) => {
             let sign = match doc.own_heartbeat(heartbeat) {
                 Some(h) => format!(
                     "its last heartbeat at {}",
@@ -562,12 +555,16 @@ fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outc
             format!(
                 "attempt {attempts} lost its heartbeat: {sign}, and no sign of life within the stage's heartbeat_timeout ({}) after it (dead since {}); its worker stopped",
                 super::duration::format(beat),
-                super::document::rfc3339::format(
-                    &(last + chrono::Duration::from_std(beat).unwrap_or_default())
-                )
+                super::document::rfc3339::format(&dead)
             )
         }
-        _ => format!("attempt {attempts} is dead: in progress since {since}"),
+        _ => format!(
+            "attempt {attempts} timed out: in progress since {since}, longer than the stage's timeout ({}); its worker never reported",
+            policy
+                .timeout
+                .map(super::duration::format)
+                .unwrap_or_default()
+        ),
     };
     let error = ErrorInfo::new(message, FailureKind::Transient);
     let blocked = attempts >= policy.max_attempts;
