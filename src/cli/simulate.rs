@@ -2,8 +2,11 @@
 //! set-pipeline`, with the resource in memory (see [`crate::concourse`]).
 
 use super::output::Out;
-use crate::concourse::scenario::Scenario;
-use crate::concourse::{Release, Report, config::Pipeline, memory::InMemory};
+use crate::concourse::atc::pipeline::Pipeline;
+use crate::concourse::play::faults::Sweep;
+use crate::concourse::play::memory::InMemory;
+use crate::concourse::play::scenario::Scenario;
+use crate::concourse::{Release, Report};
 use crate::pipeline;
 use anyhow::{Context, Result, anyhow};
 use std::path::PathBuf;
@@ -25,6 +28,12 @@ pub(super) struct Args {
     /// A YAML file of ((vars)), as fly's -l (repeatable)
     #[arg(long = "vars-file", short = 'l', value_name = "FILE")]
     vars_files: Vec<PathBuf>,
+    /// Sweep for faults: play again with the store down for DURATION at
+    /// every moment a step touches it, and with each task hanging; list
+    /// every play that stalls, runs a task twice or counts a failure no
+    /// task had
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "2s")]
+    faults: Option<String>,
 }
 
 /// Why `simulate` could not run: an unreadable pipeline or scenario (exit 2).
@@ -108,15 +117,85 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
             unreadable(format!("resources.{}: {e:#}{hint}", r.name))
         })?;
     }
+    if let Some(d) = &args.faults {
+        let outage = crate::model::duration::parse(d)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| unreadable(format!("--faults {d:?}: a duration such as 2s or 1m")))?;
+        let (base, sweep) =
+            crate::concourse::play::faults::sweep(&p, &name, release, &scenario, outage)
+                .map_err(|e| unreadable(e.to_string()))?;
+        if out.json {
+            let both = serde_json::json!({"without_faults": base, "sweep": sweep});
+            out.write(&format!("{}\n", serde_json::to_string_pretty(&both)?))?;
+        } else {
+            out.write(&swept(&base, &sweep))?;
+        }
+        return Ok(if base.passed() && sweep.findings.is_empty() {
+            0
+        } else {
+            1
+        });
+    }
     let report =
         crate::concourse::simulate(&p, &name, release, &scenario, Rc::new(InMemory::new()))
-            .map_err(unreadable)?;
+            .map_err(|e| unreadable(e.to_string()))?;
     if out.json {
         out.write(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
         out.write(&human(&report))?;
     }
     Ok(if report.passed() { 0 } else { 1 })
+}
+
+/// A sweep's findings, for people.
+fn swept(base: &Report, s: &Sweep) -> String {
+    let mut out = format!(
+        "sweeping {} on Concourse {}: {} plays ({} moments a step touched the store, each with the store down for {}; each task hanging)\n",
+        s.pipeline,
+        s.release,
+        s.plays,
+        s.moments,
+        crate::model::duration::format(Duration::from_secs_f64(s.outage))
+    );
+    if !base.passed() {
+        out.push_str("\nwithout faults the play does not hold:\n");
+        for f in base.wiring.iter().chain(&base.failures) {
+            out.push_str(&format!("  {f}\n"));
+        }
+    }
+    for f in &s.findings {
+        out.push_str(&format!("\n{:>9}  {}\n", clock(f.at), f.fault));
+        for v in &f.verdicts {
+            out.push_str(&format!("           {v}\n"));
+        }
+        for l in &f.tail {
+            let who = match (&l.job, &l.build) {
+                (Some(j), Some(n)) => format!("{j} #{n}"),
+                _ => String::new(),
+            };
+            let state = l
+                .state
+                .as_ref()
+                .map(|st| format!("  → {st}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "           | {} {who} {}{state}\n",
+                clock(l.at),
+                l.what
+            ));
+        }
+    }
+    out.push_str(&if s.findings.is_empty() && base.passed() {
+        "\nok: no play stalls, runs a task twice or counts a failure no task had\n".to_string()
+    } else {
+        format!(
+            "\nFAILED: {} of {} plays went wrong\n",
+            s.findings.len(),
+            s.plays
+        )
+    });
+    out
 }
 
 fn clock(secs: u64) -> String {
@@ -133,8 +212,8 @@ pub(crate) fn human(r: &Report) -> String {
         "simulating {} on Concourse {}: {}\n\n",
         r.pipeline, r.release, r.scenario
     );
-    for l in &r.played.timeline {
-        let who = match (&l.job, l.build) {
+    for l in &r.played.atc.timeline {
+        let who = match (&l.job, &l.build) {
             (Some(j), Some(n)) => format!("{j} #{n}"),
             _ => String::new(),
         };
@@ -172,6 +251,20 @@ pub(crate) fn human(r: &Report) -> String {
         s.push_str(&format!("  attempts per stage: {}\n", per(&m.attempts)));
         s.push_str(&format!("  failures per stage: {}\n", per(&m.failures)));
     }
+    if !m.heartbeats.is_empty() {
+        let beats: Vec<String> = m
+            .heartbeats
+            .iter()
+            .map(|(n, b)| format!("{n}: {} accepted, {} refused", b.accepted, b.refused))
+            .collect();
+        s.push_str(&format!("  heartbeats per stage: {}\n", beats.join("; ")));
+    }
+    if !r.played.refused.is_empty() {
+        s.push_str(&format!(
+            "  refused by the resource: {}\n",
+            r.played.refused.len()
+        ));
+    }
     s.push_str(&format!("  alerts: {}\n", m.alerts));
     if let Some(worst) = m.handoffs.iter().copied().reduce(f64::max) {
         let total: f64 = m.handoffs.iter().sum();
@@ -191,12 +284,13 @@ pub(crate) fn human(r: &Report) -> String {
     s.push_str(&format!(
         "  builds: {}, gets from the cache: {}, gets run: {}\n",
         r.played
+            .atc
             .builds
             .iter()
             .filter(|b| b.started.is_some())
             .count(),
-        r.played.cache_hits,
-        r.played.gets_run
+        r.played.atc.cache_hits,
+        r.played.atc.gets_run
     ));
     if !r.wiring.is_empty() {
         s.push_str("\nwiring\n");

@@ -1,25 +1,20 @@
 //! A model of Concourse, for `build-state simulate` and the project's own
-//! pipeline tests: a pipeline typed as Concourse reads it and validated per
-//! release ([`validate`], [`config`]), and its scheduling played on virtual
-//! time ([`sim`]): checks on `check_every` and webhooks, check order,
-//! triggers, `passed`, serial jobs and serial groups, pending builds that
-//! adopt their inputs when they start, the get cache, put outputs as
-//! versions, hooks and `BUILD_*` as each release gives them. Resource steps
-//! run through [`sim::Steps`]: in memory with the resource's own functions
-//! ([`memory::InMemory`], what `simulate` uses), or elsewhere (the tests run
-//! the real binaries over a real S3 server through it).
+//! pipeline tests, in two rooms:
+//! - [`atc`]: Concourse alone, as its source says (concourse/concourse
+//!   `atc/`, read at v7.0.0 to v8.2.5): the pipeline typed and validated
+//!   per release, checks as check builds with `next_check_time`, webhooks,
+//!   the scheduler's 10 s tick, pending builds, first occurrence, `passed`,
+//!   serial groups, `max_in_flight`, manual builds and reruns, build
+//!   execution with hooks and `BUILD_*` per release, workers that vanish;
+//! - [`play`]: build-state's side: the resource's steps (in memory, or the
+//!   packaged programs in the tests), scenarios and their humans, task
+//!   stand-ins and heartbeats, the stop rule, invariants, expectations,
+//!   the wiring check and the fault sweep.
 //!
-//! Read from concourse/concourse (v7.0.0 to v8.2.4): `atc/configvalidate`,
-//! `atc/step_validator.go`, `atc/scheduler` (`algorithm`, `buildstarter.go`),
-//! `atc/db/versions_db.go`, `atc/exec` (`get_step.go`, `put_step.go`),
-//! `atc/engine/builder.go`, `atc/lidar/check_factory.go`.
+//! They meet at the ATC's `Worker` and `Observer` traits.
 
-pub mod config;
-pub mod memory;
-pub mod scenario;
-pub mod sim;
-pub mod validate;
-pub mod wiring;
+pub mod atc;
+pub mod play;
 
 use std::fmt;
 use std::str::FromStr;
@@ -110,13 +105,8 @@ impl FromStr for Release {
     }
 }
 
-use config::Pipeline;
-use scenario::Scenario;
-use serde::Serialize;
+pub use play::{Report, Summary, simulate};
 use serde_json::Value;
-use sim::{Played, Steps};
-use std::collections::BTreeMap;
-use std::rc::Rc;
 
 /// The storage fields of a build-state source, replaced by the in-memory
 /// store when a pipeline is simulated.
@@ -156,234 +146,3 @@ pub fn replace_storage(pipeline: &mut Value, storage: &serde_json::Map<String, V
         }
     }
 }
-
-/// What a simulation found, for people and for `--json`.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    /// The pipeline's name.
-    pub pipeline: String,
-    /// The release modelled.
-    pub release: String,
-    /// The scenario's description.
-    pub scenario: String,
-    /// Wiring problems (any of them fails the simulation).
-    pub wiring: Vec<String>,
-    /// Expectations that did not hold, and invariants broken.
-    pub failures: Vec<String>,
-    /// The summary.
-    pub summary: Summary,
-    /// What happened.
-    pub played: Played,
-}
-
-impl Report {
-    /// Whether the wiring is right and every expectation held.
-    pub fn passed(&self) -> bool {
-        self.wiring.is_empty() && self.failures.is_empty()
-    }
-}
-
-/// The summary of a simulation.
-#[derive(Debug, Serialize)]
-pub struct Summary {
-    /// The build was delivered.
-    pub delivered: bool,
-    /// When (seconds since the start).
-    pub delivered_at: Option<u64>,
-    /// Seconds simulated.
-    pub elapsed: u64,
-    /// The build's state, status and run at the end.
-    pub end: Option<String>,
-    /// Attempts started per stage (the current run).
-    pub attempts: BTreeMap<u32, u32>,
-    /// Failures recorded per stage (the current run).
-    pub failures: BTreeMap<u32, u32>,
-    /// Builds of the alert jobs (jobs triggered by a gate on a status).
-    pub alerts: u64,
-    /// Handoffs, in seconds: from each stage becoming due (pending, or its
-    /// retry due) to its `start` landing; what checks and scheduling add
-    /// to a build.
-    pub handoffs: Vec<f64>,
-    /// Check webhooks the ATC took.
-    pub webhooks: u64,
-    /// Checks of build-state resources (each at least one S3 request).
-    pub checks: u64,
-    /// Why the simulation stopped.
-    pub stopped: String,
-}
-
-/// The handoffs of a run's history: for each `start` that follows the
-/// event that made its stage due (at that stage: pending, or failed with
-/// its retry due), the seconds between them.
-pub fn handoffs(doc: &crate::model::Document) -> Vec<f64> {
-    use crate::model::{ActionKind, Status};
-    doc.history
-        .windows(2)
-        .filter_map(|w| {
-            let (before, start) = (&w[0], &w[1]);
-            if start.action != ActionKind::Start || before.state != start.state {
-                return None;
-            }
-            let due = match before.status {
-                Status::Pending => before.at,
-                Status::Failed => before.retry_at.map_or(before.at, |t| t.max(before.at)),
-                _ => return None,
-            };
-            Some((start.at - due).num_milliseconds().max(0) as f64 / 1000.0)
-        })
-        .collect()
-}
-
-/// Simulates `pipeline` (named `name`) on `release` under `scenario`, with
-/// `steps` running the resource; checks the wiring and the expectations.
-pub fn simulate<S: Steps + 'static>(
-    pipeline: &Pipeline,
-    name: &str,
-    release: Release,
-    scenario: &Scenario,
-    steps: Rc<S>,
-) -> Result<Report, String> {
-    let wiring = wiring::problems(pipeline, release);
-    let opts = sim::Options {
-        release,
-        pipeline: name.to_string(),
-        t0: "2026-12-01T08:00:00Z".parse().expect("a valid time"),
-    };
-    let played = sim::play(pipeline, steps, &opts, scenario)?;
-    let summary = summarize(pipeline, &played);
-    let failures = expectations(scenario, &played, &summary);
-    Ok(Report {
-        pipeline: name.to_string(),
-        release: release.to_string(),
-        scenario: scenario.description.clone(),
-        wiring,
-        failures,
-        summary,
-        played,
-    })
-}
-
-fn summarize(p: &Pipeline, played: &Played) -> Summary {
-    let mut attempts = BTreeMap::new();
-    let mut failures = BTreeMap::new();
-    if let Some(doc) = &played.document {
-        for e in &doc.history {
-            let Some(n) = e.target else { continue };
-            match e.action {
-                crate::model::ActionKind::Start => *attempts.entry(n).or_insert(0) += 1,
-                crate::model::ActionKind::Fail => *failures.entry(n).or_insert(0) += 1,
-                _ => {}
-            }
-        }
-    }
-    let alert_jobs: Vec<&str> = p
-        .jobs
-        .iter()
-        .filter(|j| {
-            j.gets().iter().any(|g| {
-                g.trigger
-                    && p.resource(&g.resource)
-                        .is_some_and(|r| r.build_state && r.source["gate"].get("status").is_some())
-            })
-        })
-        .map(|j| j.name.as_str())
-        .collect();
-    Summary {
-        delivered: played.delivered_at.is_some(),
-        delivered_at: played.delivered_at,
-        elapsed: played.elapsed,
-        end: played.document.as_ref().map(|d| {
-            format!(
-                "{} (run {}, revision {})",
-                d.whereabouts(),
-                d.run,
-                d.revision
-            )
-        }),
-        attempts,
-        failures,
-        alerts: played
-            .builds
-            .iter()
-            .filter(|b| alert_jobs.contains(&b.job.as_str()) && b.started.is_some())
-            .count() as u64,
-        handoffs: played.document.as_ref().map(handoffs).unwrap_or_default(),
-        webhooks: played.webhooks,
-        checks: played.checks,
-        stopped: played.stopped.clone(),
-    }
-}
-
-fn expectations(s: &Scenario, played: &Played, summary: &Summary) -> Vec<String> {
-    let x = &s.expect;
-    let mut out = played.violations.clone();
-    let end = summary.end.clone().unwrap_or_else(|| "no document".into());
-    match x.delivered {
-        Some(true) if !summary.delivered => out.push(format!(
-            "expected the build delivered; it was not: {end}; {}",
-            played.stopped
-        )),
-        Some(false) if summary.delivered => {
-            out.push("expected the build not delivered; it was".into())
-        }
-        _ => {}
-    }
-    if let Some(within) = x.within {
-        let limit = within.as_secs();
-        if summary.delivered_at.is_none_or(|t| t > limit) {
-            out.push(format!(
-                "expected delivery within {}; {}",
-                duration::format(within),
-                summary
-                    .delivered_at
-                    .map_or("never delivered".to_string(), |t| format!(
-                        "delivered after {}",
-                        duration::format(std::time::Duration::from_secs(t))
-                    ))
-            ));
-        }
-    }
-    let doc = played.document.as_ref();
-    if let Some(n) = x.state
-        && doc.map(|d| d.state) != Some(n)
-    {
-        out.push(format!("expected state {n} at the end; {end}"));
-    }
-    if let Some(st) = &x.status
-        && doc.map(|d| d.status.to_string()).as_deref() != Some(st.as_str())
-    {
-        out.push(format!("expected status {st} at the end; {end}"));
-    }
-    if let Some(r) = x.runs
-        && doc.map(|d| d.run) != Some(r)
-    {
-        out.push(format!("expected run {r} at the end; {end}"));
-    }
-    for (job, want) in &x.builds {
-        let n = played
-            .builds
-            .iter()
-            .filter(|b| b.job == *job && b.started.is_some())
-            .count() as u64;
-        if !want.holds(n) {
-            out.push(format!("expected {want} build(s) of {job}; it ran {n}"));
-        }
-    }
-    for (task, want) in &x.task_runs {
-        let n = played.task_runs.get(task).copied().unwrap_or(0);
-        if !want.holds(n) {
-            out.push(format!("expected {want} run(s) of task {task}; it ran {n}"));
-        }
-    }
-    for (code, want) in &x.failures {
-        let n = summary.failures.get(code).copied().unwrap_or(0) as u64;
-        if !want.holds(n) {
-            out.push(format!(
-                "expected {want} failure(s) recorded at {code}; the history has {n}"
-            ));
-        }
-    }
-    out
-}
-
-use crate::model::duration;

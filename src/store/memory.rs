@@ -8,8 +8,10 @@
 
 pub use super::etag_of;
 use super::{Fetched, Precondition, Store, StoreError, same_etag};
+use crate::model::Timestamp;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Objects in memory, with S3's conditional semantics.
 #[derive(Default)]
@@ -17,6 +19,9 @@ pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
     /// With versioning: every body each key has had, oldest first.
     versions: Option<Mutex<BTreeMap<String, Vec<Vec<u8>>>>>,
+    /// Rises with every change: what was read at one generation is still
+    /// what is stored.
+    generation: AtomicU64,
 }
 
 impl MemoryStore {
@@ -32,6 +37,15 @@ impl MemoryStore {
             versions: Some(Mutex::default()),
             ..MemoryStore::default()
         }
+    }
+
+    /// Rises with every change of what is stored.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     fn keep(&self, key: &str, body: &[u8]) {
@@ -51,11 +65,13 @@ impl MemoryStore {
 
     /// Removes `key` unconditionally (another tool's delete).
     pub fn remove(&self, key: &str) {
+        self.changed();
         self.objects.lock().unwrap().remove(key);
     }
 
     /// Writes `key` unconditionally (a hand edit, another tool).
     pub fn set(&self, key: &str, body: Vec<u8>) {
+        self.changed();
         self.keep(key, &body);
         self.objects.lock().unwrap().insert(key.to_string(), body);
     }
@@ -97,6 +113,7 @@ impl Store for MemoryStore {
         }
         let etag = etag_of(&body);
         self.keep(key, &body);
+        self.changed();
         objects.insert(key.to_string(), body);
         Ok(etag)
     }
@@ -113,6 +130,7 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.changed();
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }
@@ -135,6 +153,7 @@ impl Store for MemoryStore {
         let mut objects = self.objects.lock().unwrap();
         match objects.get(key) {
             Some(b) if same_etag(etag, &etag_of(b)) => {
+                self.changed();
                 objects.remove(key);
                 Ok(())
             }
@@ -217,6 +236,10 @@ pub struct FaultyStore<S = MemoryStore> {
     inner: S,
     faults: Mutex<BTreeMap<Op, Queue<S>>>,
     calls: Mutex<BTreeMap<Op, usize>>,
+    /// Outages: every call at a time in one of these windows fails.
+    outages: Mutex<Vec<(Timestamp, Timestamp)>>,
+    /// The time calls are made at (set by whoever drives a clock).
+    clock: Mutex<Option<Timestamp>>,
 }
 
 impl<S: Store> FaultyStore<S> {
@@ -226,7 +249,32 @@ impl<S: Store> FaultyStore<S> {
             inner,
             faults: Mutex::default(),
             calls: Mutex::default(),
+            outages: Mutex::default(),
+            clock: Mutex::default(),
         }
+    }
+
+    /// Every call made at a time from `from` until `until` fails, as a
+    /// store that is down does (the time is the one [`FaultyStore::at`] set).
+    pub fn outage(&self, from: Timestamp, until: Timestamp) {
+        self.outages.lock().unwrap().push((from, until));
+    }
+
+    /// The calls that follow are made at `now`.
+    pub fn at(&self, now: Timestamp) {
+        *self.clock.lock().unwrap() = Some(now);
+    }
+
+    /// Whether the store is down now (an outage covers the clock).
+    pub fn down(&self) -> bool {
+        let Some(now) = *self.clock.lock().unwrap() else {
+            return false;
+        };
+        self.outages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(a, b)| *a <= now && now < *b)
     }
 
     /// Aims `fault` at the `nth` call of `op` (1-based, counted from the
@@ -253,6 +301,11 @@ impl<S: Store> FaultyStore<S> {
 
     /// Counts the call; returns the fault aimed at it, if any.
     fn next(&self, op: Op) -> Option<Fault<S>> {
+        if self.down() {
+            return Some(Fault::Fail(StoreError::Other(
+                "connection refused: the store is down (an outage)".into(),
+            )));
+        }
         let n = {
             let mut calls = self.calls.lock().unwrap();
             let c = calls.entry(op).or_insert(0);

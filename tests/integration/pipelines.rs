@@ -46,7 +46,7 @@ fn load(path: &Path) -> Value {
 /// Every get, put and task of a job, hooks included.
 fn all_steps(job: &Value) -> Vec<Value> {
     let mut out = Vec::new();
-    build_state::concourse::validate::visit(job, &mut |s| out.push(s.clone()));
+    build_state::concourse::atc::validate::visit(job, &mut |s| out.push(s.clone()));
     out
 }
 
@@ -169,9 +169,9 @@ fn every_file_follows_concourses_rules() {
             }
             let value = load(&path);
             let errors = if dir.ends_with("tasks") {
-                build_state::concourse::validate::task_errors(&value)
+                build_state::concourse::atc::validate::task_errors(&value)
             } else {
-                build_state::concourse::validate::pipeline_errors(
+                build_state::concourse::atc::validate::pipeline_errors(
                     &value,
                     build_state::concourse::Release::LATEST,
                 )
@@ -363,7 +363,7 @@ fn readme_fly_execute_commands_work_as_written(w: World) {
             "{}: no -v for {missing:?}",
             path.display()
         );
-        let errors = build_state::concourse::validate::task_errors(&task);
+        let errors = build_state::concourse::atc::validate::task_errors(&task);
         assert!(errors.is_empty(), "{}: {errors:?}", path.display());
         let declared: BTreeMap<String, bool> = task["inputs"]
             .as_array()

@@ -7,10 +7,11 @@
 //! [`Processes`], the model's other implementation of its steps.
 
 use crate::util::{Step, World};
-use build_state::concourse::config::{Pipeline, Resource, TaskStep};
-use build_state::concourse::memory::InMemory;
-use build_state::concourse::scenario::Scenario;
-use build_state::concourse::sim::{Files, Status, Steps};
+use build_state::concourse::atc::pipeline::{Pipeline, Resource, TaskStep};
+use build_state::concourse::atc::{Files, Handed, Status, StepError};
+use build_state::concourse::play::Steps;
+use build_state::concourse::play::memory::InMemory;
+use build_state::concourse::play::scenario::Scenario;
 use build_state::concourse::{Release, Report, replace_storage, simulate};
 use build_state::model::{Document, Timestamp};
 use build_state::pipeline;
@@ -68,6 +69,7 @@ fn scenario(name: &str) -> Scenario {
 
 fn timeline(r: &Report) -> String {
     r.played
+        .atc
         .timeline
         .iter()
         .map(|l| {
@@ -76,7 +78,7 @@ fn timeline(r: &Report) -> String {
                 l.at,
                 l.job
                     .as_ref()
-                    .map(|j| format!("{j} #{}", l.build.unwrap_or(0)))
+                    .map(|j| format!("{j} #{}", l.build.as_deref().unwrap_or("?")))
                     .unwrap_or_default(),
                 l.what,
                 l.state.as_deref().unwrap_or("")
@@ -220,6 +222,7 @@ fn one_run_builds_one_commit() {
         // When the put that opens stage 5 of run 2 lands.
         let opened = dry
             .played
+            .atc
             .timeline
             .iter()
             .find(|l| l.what.starts_with("put state {complete: 0") && l.at > 7200)
@@ -272,7 +275,7 @@ fn each_file_claims_the_releases_it_needs() {
             Err(errors) => errors
                 .iter()
                 .any(|e| e.contains("unknown field \"no_get\"")),
-            Ok(p) => build_state::concourse::wiring::problems(&p, before)
+            Ok(p) => build_state::concourse::play::wiring::problems(&p, before)
                 .iter()
                 .any(|w| w.contains("finish needs BUILD_STATUS")),
         };
@@ -396,7 +399,7 @@ fn wiring_mistakes_are_named() {
         ],
     });
     let p = Pipeline::parse(&p, Release::LATEST).unwrap();
-    let problems = build_state::concourse::wiring::problems(&p, Release::LATEST);
+    let problems = build_state::concourse::play::wiring::problems(&p, Release::LATEST);
     for want in [
         "job loop: triggers itself: it gets state with trigger: true and puts to it",
         "job kickstart: puts to at-kickstart, a gated resource: the put is refused",
@@ -424,7 +427,7 @@ fn wiring_mistakes_are_named() {
         ],
     });
     let p = Pipeline::parse(&p, Release::LATEST).unwrap();
-    let problems = build_state::concourse::wiring::problems(&p, Release::LATEST);
+    let problems = build_state::concourse::play::wiring::problems(&p, Release::LATEST);
     for want in [
         "job begin: checks at-kickstart, whose webhook_token is not state's: the webhook is answered 401",
         "job begin: checks at-nowhere, which the pipeline lacks: the webhook is answered 404",
@@ -622,12 +625,27 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn said(out: &crate::util::Output) -> String {
-    out.stderr
+/// What a program that failed said, judged as the in-memory steps judge
+/// it: the store's failure, or the resource's refusal.
+fn said(out: &crate::util::Output) -> StepError {
+    let line = out
+        .stderr
         .lines()
         .find(|l| l.contains("error:"))
         .unwrap_or(out.stderr.trim())
-        .to_string()
+        .to_string();
+    let store = [
+        "connection",
+        "store is down",
+        "timed out",
+        "dispatch failure",
+        "service error",
+    ];
+    if store.iter().any(|s| line.contains(s)) {
+        StepError::Unavailable(line)
+    } else {
+        StepError::Refused(line)
+    }
 }
 
 impl Steps for Processes {
@@ -636,7 +654,7 @@ impl Steps for Processes {
         resource: &Resource,
         from: Option<&Value>,
         _now: Timestamp,
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Vec<Value>, StepError> {
         let mut req = json!({"source": resource.source});
         if let Some(v) = from {
             req["version"] = v.clone();
@@ -654,7 +672,7 @@ impl Steps for Processes {
         version: &Value,
         params: &Value,
         _now: Timestamp,
-    ) -> Result<Files, String> {
+    ) -> Result<Files, StepError> {
         let dest = self.dir("get");
         let out = Step::program(&self.w, "in")
             .arg(&dest)
@@ -673,7 +691,7 @@ impl Steps for Processes {
         env: &BuildEnv,
         artifacts: &BTreeMap<String, Files>,
         _now: Timestamp,
-    ) -> Result<(Value, Vec<String>), String> {
+    ) -> Result<(Value, Vec<String>), StepError> {
         let dir = self.dir("put");
         Self::write(&dir, artifacts);
         let mut step = Step::program(&self.w, "out")
@@ -717,7 +735,7 @@ impl Steps for Processes {
 
     /// The webhooks the stand-in ATC got since the last call, as the
     /// simulation's ATC takes them.
-    fn take_handoffs(&self) -> Vec<build_state::concourse::sim::Handed> {
+    fn take_handoffs(&self) -> Vec<Handed> {
         self.atc
             .take()
             .iter()
@@ -730,7 +748,7 @@ impl Steps for Processes {
                     .query_pairs()
                     .find(|(k, _)| k == "webhook_token")
                     .map(|(_, v)| v.into_owned())?;
-                Some(build_state::concourse::sim::Handed { resource, token })
+                Some(Handed { resource, token })
             })
             .collect()
     }
@@ -746,7 +764,7 @@ impl Steps for Processes {
         &self,
         resource: &Resource,
         claim: build_state::model::Claim,
-    ) -> Result<String, String> {
+    ) -> Result<String, StepError> {
         let file = self.dir("beat").join("source.json");
         std::fs::write(&file, resource.source.to_string()).unwrap();
         let mut args = vec![
@@ -936,7 +954,7 @@ fn single_job_through_the_programs(w: World) {
         &fast,
     );
     assert_passed(&r, "single job");
-    let runs = &r.played.timeline;
+    let runs = &r.played.atc.timeline;
     assert!(
         runs.iter()
             .any(|l| l.what.contains("nothing to run now (done)")),
@@ -944,7 +962,7 @@ fn single_job_through_the_programs(w: World) {
         timeline(&r)
     );
     assert!(
-        r.played.cache_hits > 0,
+        r.played.atc.cache_hits > 0,
         "the get cache served a version again"
     );
 }

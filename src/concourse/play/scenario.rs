@@ -36,8 +36,18 @@ pub enum Outcome {
     Error,
     /// It never finishes (until a `timeout` on the step interrupts it).
     Hang,
-    /// Its worker vanishes with the build: no hook runs, nothing reports.
-    Die,
+    /// Its worker vanishes: a minute later the ATC errors the step and
+    /// `on_error` runs (or, with the scenario's
+    /// `atc: {rerun_when_worker_disappears: true}`, the build runs again).
+    #[serde(alias = "die")]
+    WorkerLost,
+    /// Its worker vanishes on an ATC started with
+    /// `--enable-rerun-when-worker-disappears`: the build runs again from
+    /// its start (`on_error` skipped, `ensure` run).
+    WorkerLostRerun,
+    /// Its worker vanishes and the ATC never notices: the build stays
+    /// running, no hook runs, a serial job starts nothing (concourse#3011).
+    Stuck,
     /// A human aborts the build while it runs.
     Abort,
 }
@@ -91,6 +101,8 @@ pub enum Happening {
     Trigger(String),
     /// `fly check-resource` of this resource (as a webhook would ask).
     Check(String),
+    /// `fly rerun-build` of this job's newest build (its inputs again).
+    Rerun(String),
 }
 
 #[derive(Deserialize)]
@@ -109,6 +121,8 @@ struct EventFields {
     trigger: Option<String>,
     #[serde(default)]
     check: Option<String>,
+    #[serde(default)]
+    rerun: Option<String>,
 }
 
 /// A number of times: exactly (`3`) or a bound (`">=1"`, `"<=2"`).
@@ -178,6 +192,8 @@ pub struct Expect {
     pub failures: BTreeMap<u32, Count>,
     /// Runs of the build (1 unless restarted).
     pub runs: Option<u64>,
+    /// Puts and heartbeats the resource refuses (none unless said).
+    pub refused: Option<Count>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +215,8 @@ struct ExpectFields {
     failures: BTreeMap<String, Value>,
     #[serde(default)]
     runs: Option<u64>,
+    #[serde(default)]
+    refused: Option<Value>,
 }
 
 /// A whole scenario.
@@ -226,15 +244,27 @@ pub struct Scenario {
     /// How often a task that sends heartbeats (its script runs
     /// `build-state heartbeat`) sends one while it runs.
     pub heartbeat_every: Duration,
+    /// How the ATC is set up.
+    pub atc: AtcSettings,
     /// What must hold.
     pub expect: Expect,
+}
+
+/// The ATC's flags a scenario may set.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AtcSettings {
+    /// `--enable-rerun-when-worker-disappears`.
+    #[serde(default)]
+    pub rerun_when_worker_disappears: bool,
 }
 
 /// The default end of simulated time.
 pub const DEFAULT_UNTIL: Duration = Duration::from_secs(48 * 3600);
 
-/// The default time a task takes.
-pub const DEFAULT_TASK_TIME: Duration = Duration::from_secs(60);
+/// The default time a task takes: long enough that a step or stage
+/// timeout shorter than a real task shows.
+pub const DEFAULT_TASK_TIME: Duration = Duration::from_secs(600);
 
 /// How often a task sends its heartbeat when the scenario does not say.
 pub const DEFAULT_HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
@@ -261,11 +291,101 @@ struct ScenarioFields {
     #[serde(default)]
     heartbeat_every: Option<String>,
     #[serde(default)]
+    atc: AtcSettings,
+    #[serde(default)]
     expect: Option<ExpectFields>,
 }
 
 fn dur(text: &str, at: &str) -> Result<Duration, String> {
     duration::parse(text).map_err(|e| format!("{at}: {e}"))
+}
+
+fn task_runs(name: &str, runs: Vec<Value>) -> Result<Vec<TaskRun>, String> {
+    let mut out = Vec::new();
+    for (i, r) in runs.into_iter().enumerate() {
+        let at = format!("tasks.{name}[{i}]");
+        let run = match r {
+            Value::String(_) => TaskRun {
+                outcome: serde_json::from_value(r).map_err(|e| format!("{at}: {e}"))?,
+                error: None,
+                after: None,
+            },
+            other => {
+                let fields: RunFields =
+                    serde_json::from_value(other).map_err(|e| format!("{at}: {e}"))?;
+                TaskRun {
+                    outcome: fields.outcome,
+                    error: fields.error,
+                    after: fields.after.map(|a| dur(&a, &at)).transpose()?,
+                }
+            }
+        };
+        out.push(run);
+    }
+    Ok(out)
+}
+
+fn event(i: usize, e: EventFields) -> Result<Event, String> {
+    let at = format!("events[{i}]");
+    let when = dur(&e.at, &format!("{at}.at"))?;
+    let mut whats = Vec::new();
+    if e.commit == Some(true) {
+        whats.push(Happening::Commit);
+    }
+    if let Some(d) = &e.store_down {
+        whats.push(Happening::StoreDown(dur(d, &format!("{at}.store_down"))?));
+    }
+    if let Some(p) = e.put {
+        if !p.is_object() {
+            return Err(format!("{at}.put: the put's params, a mapping"));
+        }
+        whats.push(Happening::Put {
+            params: p,
+            resource: e.resource.clone(),
+        });
+    } else if e.resource.is_some() {
+        return Err(format!("{at}.resource goes with put"));
+    }
+    whats.extend(e.trigger.map(Happening::Trigger));
+    whats.extend(e.check.map(Happening::Check));
+    whats.extend(e.rerun.map(Happening::Rerun));
+    let [what] = <[Happening; 1]>::try_from(whats).map_err(|w| {
+        format!(
+            "{at}: an event is one of commit: true, store_down: DURATION, put: PARAMS, trigger: JOB, rerun: JOB, check: RESOURCE ({} given)",
+            w.len()
+        )
+    })?;
+    Ok(Event { at: when, what })
+}
+
+fn expect(x: ExpectFields) -> Result<Expect, String> {
+    let counts = |m: BTreeMap<String, Value>, what: &str| {
+        m.into_iter()
+            .map(|(k, v)| {
+                let c = count(&v, &format!("expect.{what}.{k}"))?;
+                Ok((k, c))
+            })
+            .collect::<Result<BTreeMap<String, Count>, String>>()
+    };
+    let failures = counts(x.failures, "failures")?
+        .into_iter()
+        .map(|(k, c)| {
+            k.parse::<u32>()
+                .map(|n| (n, c))
+                .map_err(|_| format!("expect.failures: {k:?} is not a state code"))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Expect {
+        delivered: x.delivered,
+        within: x.within.map(|w| dur(&w, "expect.within")).transpose()?,
+        state: x.state,
+        status: x.status,
+        builds: counts(x.builds, "builds")?,
+        task_runs: counts(x.task_runs, "task_runs")?,
+        failures,
+        runs: x.runs,
+        refused: x.refused.map(|v| count(&v, "expect.refused")).transpose()?,
+    })
 }
 
 impl Default for Scenario {
@@ -281,6 +401,7 @@ impl Default for Scenario {
             until: DEFAULT_UNTIL,
             approve_after: Some(Duration::ZERO),
             heartbeat_every: DEFAULT_HEARTBEAT_EVERY,
+            atc: AtcSettings::default(),
             expect: Expect {
                 delivered: Some(true),
                 ..Expect::default()
@@ -293,103 +414,22 @@ impl Scenario {
     /// Reads a scenario from YAML (or JSON); unknown fields are refused.
     pub fn parse(text: &str) -> Result<Scenario, String> {
         let value = crate::pipeline::parse_yaml(text).map_err(|e| format!("{e:#}"))?;
+        if !value.is_object() && !value.is_null() {
+            return Err("a scenario is a mapping (description, tasks, events, expect, ...)".into());
+        }
         let f: ScenarioFields = serde_json::from_value(value).map_err(|e| e.to_string())?;
-        let mut tasks = BTreeMap::new();
-        for (name, runs) in f.tasks {
-            let mut out = Vec::new();
-            for (i, r) in runs.into_iter().enumerate() {
-                let at = format!("tasks.{name}[{i}]");
-                let run = match r {
-                    Value::String(_) => TaskRun {
-                        outcome: serde_json::from_value(r).map_err(|e| format!("{at}: {e}"))?,
-                        error: None,
-                        after: None,
-                    },
-                    other => {
-                        let fields: RunFields =
-                            serde_json::from_value(other).map_err(|e| format!("{at}: {e}"))?;
-                        TaskRun {
-                            outcome: fields.outcome,
-                            error: fields.error,
-                            after: fields.after.map(|a| dur(&a, &at)).transpose()?,
-                        }
-                    }
-                };
-                out.push(run);
-            }
-            tasks.insert(name, out);
-        }
-        let mut events = Vec::new();
-        for (i, e) in f.events.into_iter().enumerate() {
-            let at = format!("events[{i}]");
-            let when = dur(&e.at, &format!("{at}.at"))?;
-            let mut whats = Vec::new();
-            if e.commit == Some(true) {
-                whats.push(Happening::Commit);
-            }
-            if let Some(d) = &e.store_down {
-                whats.push(Happening::StoreDown(dur(d, &format!("{at}.store_down"))?));
-            }
-            if let Some(p) = e.put {
-                if !p.is_object() {
-                    return Err(format!("{at}.put: the put's params, a mapping"));
-                }
-                whats.push(Happening::Put {
-                    params: p,
-                    resource: e.resource.clone(),
-                });
-            } else if e.resource.is_some() {
-                return Err(format!("{at}.resource goes with put"));
-            }
-            if let Some(j) = e.trigger {
-                whats.push(Happening::Trigger(j));
-            }
-            if let Some(r) = e.check {
-                whats.push(Happening::Check(r));
-            }
-            let [what] = <[Happening; 1]>::try_from(whats).map_err(|w| {
-                format!(
-                    "{at}: an event is one of commit: true, store_down: DURATION, put: PARAMS, trigger: JOB, check: RESOURCE ({} given)",
-                    w.len()
-                )
-            })?;
-            events.push(Event { at: when, what });
-        }
+        let tasks = f
+            .tasks
+            .into_iter()
+            .map(|(name, runs)| Ok((name.clone(), task_runs(&name, runs)?)))
+            .collect::<Result<_, String>>()?;
+        let mut events = f
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| event(i, e))
+            .collect::<Result<Vec<_>, String>>()?;
         events.sort_by_key(|e| e.at);
-        let expect = match f.expect {
-            None => Expect {
-                delivered: Some(true),
-                ..Expect::default()
-            },
-            Some(x) => {
-                let counts = |m: BTreeMap<String, Value>, what: &str| {
-                    m.into_iter()
-                        .map(|(k, v)| {
-                            let c = count(&v, &format!("expect.{what}.{k}"))?;
-                            Ok((k, c))
-                        })
-                        .collect::<Result<BTreeMap<String, Count>, String>>()
-                };
-                let failures = counts(x.failures, "failures")?
-                    .into_iter()
-                    .map(|(k, c)| {
-                        k.parse::<u32>()
-                            .map(|n| (n, c))
-                            .map_err(|_| format!("expect.failures: {k:?} is not a state code"))
-                    })
-                    .collect::<Result<_, String>>()?;
-                Expect {
-                    delivered: x.delivered,
-                    within: x.within.map(|w| dur(&w, "expect.within")).transpose()?,
-                    state: x.state,
-                    status: x.status,
-                    builds: counts(x.builds, "builds")?,
-                    task_runs: counts(x.task_runs, "task_runs")?,
-                    failures,
-                    runs: x.runs,
-                }
-            }
-        };
         Ok(Scenario {
             description: f.description,
             pipelines: f.pipelines,
@@ -418,16 +458,87 @@ impl Scenario {
             },
             heartbeat_every: match &f.heartbeat_every {
                 None => DEFAULT_HEARTBEAT_EVERY,
-                Some(t) => {
-                    let d = dur(t, "heartbeat_every")?;
-                    if d.is_zero() {
+                Some(t) => match dur(t, "heartbeat_every")? {
+                    d if d.is_zero() => {
                         return Err("heartbeat_every: must be longer than 0s".into());
                     }
-                    d
-                }
+                    d => d,
+                },
             },
-            expect,
+            atc: f.atc,
+            expect: f.expect.map(expect).transpose()?.unwrap_or(Expect {
+                delivered: Some(true),
+                ..Expect::default()
+            }),
         })
+    }
+
+    /// Refuses a scenario that names a task, job or resource the pipeline
+    /// lacks (it would test nothing), saying what the pipeline has.
+    pub fn check_names(&self, p: &crate::concourse::atc::pipeline::Pipeline) -> Result<(), String> {
+        let tasks = p.tasks();
+        let jobs: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+        let resources: Vec<&str> = p.resources.iter().map(|r| r.name.as_str()).collect();
+        let list = |v: &mut dyn Iterator<Item = &str>| v.collect::<Vec<_>>().join(", ");
+        let no_task = |at: &str, t: &str| {
+            format!(
+                "{at}: the pipeline has no task {t} (its tasks: {})",
+                list(&mut tasks.iter().map(String::as_str))
+            )
+        };
+        let no_job = |at: &str, j: &str| {
+            format!(
+                "{at}: the pipeline has no job {j} (its jobs: {})",
+                list(&mut jobs.iter().copied())
+            )
+        };
+        for key in self.tasks.keys() {
+            match key.split_once('/') {
+                Some((job, task)) => {
+                    let Some(j) = p.job(job) else {
+                        return Err(no_job(&format!("tasks.{key}"), job));
+                    };
+                    let mut has = false;
+                    j.plan.visit(&mut |s| {
+                        has |= matches!(&s.kind, crate::concourse::atc::pipeline::StepKind::Task(t) if t.name == task)
+                    });
+                    if !has {
+                        return Err(no_task(&format!("tasks.{key}"), task));
+                    }
+                }
+                None if !tasks.contains(key) => return Err(no_task(&format!("tasks.{key}"), key)),
+                None => {}
+            }
+        }
+        for task in self.expect.task_runs.keys() {
+            if !tasks.contains(task) {
+                return Err(no_task(&format!("expect.task_runs.{task}"), task));
+            }
+        }
+        for job in self.expect.builds.keys() {
+            if !jobs.contains(&job.as_str()) {
+                return Err(no_job(&format!("expect.builds.{job}"), job));
+            }
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            let at = format!("events[{i}]");
+            let (job, resource) = match &e.what {
+                Happening::Trigger(j) | Happening::Rerun(j) => (Some(j), None),
+                Happening::Check(r) => (None, Some(r)),
+                Happening::Put { resource, .. } => (None, resource.as_ref()),
+                _ => (None, None),
+            };
+            if let Some(j) = job.filter(|j| !jobs.contains(&j.as_str())) {
+                return Err(no_job(&at, j));
+            }
+            if let Some(r) = resource.filter(|r| !resources.contains(&r.as_str())) {
+                return Err(format!(
+                    "{at}: the pipeline has no resource {r} (its resources: {})",
+                    list(&mut resources.iter().copied())
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether it applies to the pipeline file named `stem` on `release`.
@@ -462,7 +573,7 @@ expect:
         )
         .unwrap();
         assert_eq!(s.task_time, Duration::from_secs(600));
-        assert_eq!(s.tasks["packer-kickstart"][1].outcome, Outcome::Die);
+        assert_eq!(s.tasks["packer-kickstart"][1].outcome, Outcome::WorkerLost);
         assert_eq!(
             s.events[0].what,
             Happening::StoreDown(Duration::from_secs(600))

@@ -1,11 +1,10 @@
 //! A pipeline as Concourse reads it: resources, jobs, and plans of typed
 //! steps with the modifiers and hooks Concourse has. [`Pipeline::parse`]
-//! validates first ([`super::validate`], per release), so the conversion
-//! only meets what Concourse would accept.
+//! validates first ([`super::validate`], per release, durations in Go's
+//! grammar), so the conversion only meets what Concourse would accept.
 
-use super::Release;
-use super::validate;
-use crate::model::duration;
+use super::super::Release;
+use super::{duration, validate};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -37,6 +36,9 @@ pub struct Resource {
     pub check_every: Option<Duration>,
     /// `webhook_token`, when it has one (checked at once on a webhook).
     pub webhook_token: Option<String>,
+    /// `expose_build_created_by`: its puts get `BUILD_CREATED_BY`
+    /// (`atc/builds/planner.go`, `atc/engine/builder.go` `stepMetadata`).
+    pub expose_build_created_by: bool,
 }
 
 /// A job.
@@ -239,37 +241,12 @@ impl Pipeline {
             return Err(errors);
         }
         let types = crate::pipeline::build_state_types(value);
-        let mut errors = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
         let resources = value["resources"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|r| {
-                let kind = text(&r["type"]);
-                let name = text(&r["name"]);
-                let check_every = match r.get("check_every").and_then(Value::as_str) {
-                    None => Some(DEFAULT_CHECK_EVERY),
-                    Some("never") => None,
-                    Some(d) => match duration::parse(d) {
-                        Ok(d) => Some(d),
-                        Err(e) => {
-                            errors.push(format!("resources.{name}: check_every: {e}"));
-                            Some(DEFAULT_CHECK_EVERY)
-                        }
-                    },
-                };
-                Resource {
-                    build_state: types.contains(&kind),
-                    source: r.get("source").cloned().unwrap_or(Value::Null),
-                    webhook_token: r
-                        .get("webhook_token")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                    check_every,
-                    name,
-                    kind,
-                }
-            })
+            .map(|r| resource(r, &types))
             .collect();
         let jobs = value["jobs"]
             .as_array()
@@ -310,6 +287,14 @@ impl Pipeline {
         }
     }
 
+    /// The ungated build-state resource every put goes to: the build's
+    /// document.
+    pub fn state_resource(&self) -> Option<&Resource> {
+        self.resources
+            .iter()
+            .find(|r| r.build_state && r.source.get("gate").is_none())
+    }
+
     /// The resource named `name`.
     pub fn resource(&self, name: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.name == name)
@@ -320,14 +305,52 @@ impl Pipeline {
         self.jobs.iter().find(|j| j.name == name)
     }
 
-    /// The resources some job gets with `trigger: true`.
+    /// The resources some job gets with `trigger: true` and no `passed`:
+    /// the ones 8.2's scanner checks on their `check_every`
+    /// (`atc/db/check_factory.go` `Resources`: `job_inputs WHERE
+    /// passed_job_id IS NULL`, `bool_or(trigger)`).
     pub fn triggers(&self) -> BTreeSet<String> {
         self.jobs
             .iter()
             .flat_map(|j| j.gets())
-            .filter(|g| g.trigger)
+            .filter(|g| g.trigger && g.passed.is_empty())
             .map(|g| g.resource.clone())
             .collect()
+    }
+
+    /// Every task step's name, in the order of the jobs.
+    pub fn tasks(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for j in &self.jobs {
+            j.plan.visit(&mut |s| {
+                if let StepKind::Task(t) = &s.kind {
+                    out.insert(t.name.clone());
+                }
+            });
+        }
+        out
+    }
+}
+
+fn resource(r: &Value, types: &BTreeSet<String>) -> Resource {
+    let kind = text(&r["type"]);
+    // Validated already: "never", or a Go duration.
+    let check_every = match r.get("check_every").and_then(Value::as_str) {
+        None | Some("") => Some(DEFAULT_CHECK_EVERY),
+        Some("never") => None,
+        Some(d) => Some(duration::parse(d).unwrap_or(DEFAULT_CHECK_EVERY)),
+    };
+    Resource {
+        build_state: types.contains(&kind),
+        source: r.get("source").cloned().unwrap_or(Value::Null),
+        webhook_token: r
+            .get("webhook_token")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        expose_build_created_by: r["expose_build_created_by"] == true,
+        check_every,
+        name: text(&r["name"]),
+        kind,
     }
 }
 
@@ -349,16 +372,11 @@ fn hooks(holder: &Value, errors: &mut Vec<String>, job: &str) -> Hooks {
 }
 
 fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
-    let timeout = match s.get("timeout").and_then(Value::as_str) {
-        None => None,
-        Some(t) => match duration::parse(t) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                errors.push(format!("jobs.{job}: timeout {t:?}: {e}"));
-                None
-            }
-        },
-    };
+    // Validated already (Go's grammar).
+    let timeout = s
+        .get("timeout")
+        .and_then(Value::as_str)
+        .and_then(|t| duration::parse(t).ok());
     let many = |v: &Value, errors: &mut Vec<String>| -> Vec<Step> {
         v.as_array()
             .into_iter()
@@ -367,19 +385,7 @@ fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
             .collect()
     };
     let kind = if let Some(name) = s.get("get").and_then(Value::as_str) {
-        StepKind::Get(GetStep {
-            name: name.to_string(),
-            resource: s["resource"].as_str().unwrap_or(name).to_string(),
-            passed: s["passed"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(text)
-                .collect(),
-            trigger: s["trigger"] == true,
-            params: s.get("params").cloned().unwrap_or(Value::Null),
-            version: s.get("version").cloned(),
-        })
+        StepKind::Get(get_step(s, name))
     } else if let Some(name) = s.get("put").and_then(Value::as_str) {
         StepKind::Put(PutStep {
             name: name.to_string(),
@@ -390,32 +396,7 @@ fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
             inputs: s.get("inputs").cloned(),
         })
     } else if let Some(name) = s.get("task").and_then(Value::as_str) {
-        let config = s.get("config").cloned();
-        let mapped = |field: &str, n: &str| s[field][n].as_str().unwrap_or(n).to_string();
-        let list = |key: &str| -> Vec<Value> {
-            config
-                .as_ref()
-                .and_then(|c| c[key].as_array().cloned())
-                .unwrap_or_default()
-        };
-        StepKind::Task(TaskStep {
-            name: name.to_string(),
-            inputs: list("inputs")
-                .iter()
-                .map(|i| {
-                    (
-                        mapped("input_mapping", i["name"].as_str().unwrap_or_default()),
-                        i["optional"] == true,
-                    )
-                })
-                .collect(),
-            outputs: list("outputs")
-                .iter()
-                .map(|o| mapped("output_mapping", o["name"].as_str().unwrap_or_default()))
-                .collect(),
-            file: s.get("file").and_then(Value::as_str).map(str::to_string),
-            config,
-        })
+        StepKind::Task(task_step(s, name))
     } else if let Some(inner) = s.get("in_parallel") {
         let (steps, limit, fail_fast) = match inner {
             Value::Array(_) => (many(inner, errors), None, false),
@@ -446,5 +427,50 @@ fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
         attempts: s["attempts"].as_u64().map_or(1, |n| n.max(1) as u32),
         timeout,
         hooks: hooks(s, errors, job),
+    }
+}
+
+fn get_step(s: &Value, name: &str) -> GetStep {
+    GetStep {
+        name: name.to_string(),
+        resource: s["resource"].as_str().unwrap_or(name).to_string(),
+        passed: s["passed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect(),
+        trigger: s["trigger"] == true,
+        params: s.get("params").cloned().unwrap_or(Value::Null),
+        version: s.get("version").cloned(),
+    }
+}
+
+fn task_step(s: &Value, name: &str) -> TaskStep {
+    let config = s.get("config").cloned();
+    let mapped = |field: &str, n: &str| s[field][n].as_str().unwrap_or(n).to_string();
+    let list = |key: &str| -> Vec<Value> {
+        config
+            .as_ref()
+            .and_then(|c| c[key].as_array().cloned())
+            .unwrap_or_default()
+    };
+    TaskStep {
+        name: name.to_string(),
+        inputs: list("inputs")
+            .iter()
+            .map(|i| {
+                (
+                    mapped("input_mapping", i["name"].as_str().unwrap_or_default()),
+                    i["optional"] == true,
+                )
+            })
+            .collect(),
+        outputs: list("outputs")
+            .iter()
+            .map(|o| mapped("output_mapping", o["name"].as_str().unwrap_or_default()))
+            .collect(),
+        file: s.get("file").and_then(Value::as_str).map(str::to_string),
+        config,
     }
 }

@@ -1,98 +1,30 @@
 //! The resource's own `check`, `in` and `out`, in memory: the functions
-//! the programs run ([`crate::resource`]), on a [`MemoryStore`] that can be
-//! made to refuse every request for a while (a store outage), at the
-//! simulation's clock.
+//! the programs run ([`crate::resource`]), on a [`MemoryStore`] behind the
+//! project's one fault wrapper ([`FaultyStore`]: outages at the
+//! simulation's clock).
 
-use super::config::Resource;
-use super::sim::{Files, Steps};
+use super::Steps;
 use crate::Notes;
 use crate::app::ManualClock;
+use crate::concourse::atc::pipeline::Resource;
+use crate::concourse::atc::{Files, Handed, StepError};
 use crate::inputs::InMemory as InMemoryFiles;
 use crate::model::{Document, Timestamp};
 use crate::protocol::BuildEnv;
-use crate::store::memory::MemoryStore;
-use crate::store::{Fetched, Listed, Precondition, Store, StoreError};
+use crate::store::StoreError;
+use crate::store::memory::{FaultyStore, MemoryStore};
 use serde_json::{Value, json};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-/// A memory store with outages, at a clock set before each request.
-#[derive(Default)]
-pub struct OutageStore {
-    inner: MemoryStore,
-    down: RefCell<Vec<(Timestamp, Timestamp)>>,
-    now: Cell<Option<Timestamp>>,
-    /// Rises with every write that landed: what was read at one
-    /// generation is still what is stored.
-    generation: Cell<u64>,
-}
-
-impl OutageStore {
-    fn refuse(&self) -> Result<(), StoreError> {
-        let Some(now) = self.now.get() else {
-            return Ok(());
-        };
-        if self
-            .down
-            .borrow()
-            .iter()
-            .any(|(a, b)| *a <= now && now < *b)
-        {
-            return Err(StoreError::Other(
-                "connection refused: the store is down (a simulated outage)".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Store for OutageStore {
-    async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
-        self.refuse()?;
-        self.inner.get(key, if_none_match).await
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        when: Precondition<'_>,
-    ) -> Result<String, StoreError> {
-        self.refuse()?;
-        let r = self.inner.put(key, body, when).await;
-        if r.is_ok() {
-            self.generation.set(self.generation.get() + 1);
-        }
-        r
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.refuse()?;
-        self.inner.list(prefix).await
-    }
-
-    async fn list_tags(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        self.refuse()?;
-        self.inner.list_tags(prefix).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.refuse()?;
-        self.generation.set(self.generation.get() + 1);
-        self.inner.delete(key).await
-    }
-
-    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
-        self.refuse()?;
-        self.generation.set(self.generation.get() + 1);
-        self.inner.delete_if(key, etag).await
-    }
-}
+type OutageStore = FaultyStore<MemoryStore>;
 
 /// The resource steps in memory: what `build-state simulate` runs.
-#[derive(Default)]
 pub struct InMemory {
     store: OutageStore,
+    /// Every moment a step touched the store: (when, what), for the
+    /// fault sweep.
+    touches: RefCell<Vec<(Timestamp, String)>>,
     /// Each resource's configuration, read once.
     configs: RefCell<BTreeMap<String, crate::config::Config>>,
     /// The last check of each resource: what it answered, for which
@@ -101,7 +33,7 @@ pub struct InMemory {
     /// The last document read: the store's generation and what it held.
     decoded: RefCell<Option<(u64, Option<Document>)>>,
     /// The check webhooks puts called since the simulation last asked.
-    handoffs: RefCell<Vec<super::sim::Handed>>,
+    handoffs: RefCell<Vec<Handed>>,
 }
 
 /// A check's answer, which holds while the stored body and the version
@@ -119,17 +51,30 @@ struct Memo {
 impl InMemory {
     /// The stored heartbeat, if any.
     fn stored_heartbeat(&self, config: &crate::config::Config) -> Option<crate::model::Heartbeat> {
-        let body = self.store.inner.body(&config.heartbeat_key())?;
+        let body = self.store.inner().body(&config.heartbeat_key())?;
         serde_json::from_slice(&body).ok()
     }
 
     /// A fresh, empty store.
     pub fn new() -> InMemory {
-        InMemory::default()
+        InMemory {
+            store: FaultyStore::new(MemoryStore::new()),
+            touches: RefCell::default(),
+            configs: RefCell::default(),
+            checks: RefCell::default(),
+            decoded: RefCell::default(),
+            handoffs: RefCell::default(),
+        }
     }
 
-    fn at(&self, now: Timestamp) {
-        self.store.now.set(Some(now));
+    /// Every moment a step touched the store so far: (when, what).
+    pub fn touches(&self) -> Vec<(Timestamp, String)> {
+        self.touches.borrow().clone()
+    }
+
+    fn at(&self, now: Timestamp, what: String) {
+        self.store.at(now);
+        self.touches.borrow_mut().push((now, what));
     }
 
     /// The resource's configuration (read from its source once).
@@ -139,7 +84,7 @@ impl InMemory {
         }
         let source = serde_json::from_value(resource.source.clone())
             .map_err(|e| format!("resources.{}.source: {e}", resource.name))?;
-        let c = crate::resource::configure(&source).map_err(text)?;
+        let c = crate::resource::configure(&source).map_err(|e| format!("{e:#}"))?;
         self.configs
             .borrow_mut()
             .insert(resource.name.clone(), c.clone());
@@ -147,8 +92,24 @@ impl InMemory {
     }
 }
 
-fn text(e: anyhow::Error) -> String {
-    format!("{e:#}")
+/// A resource error as the play judges it: the store's (another try may
+/// work) or the resource's refusal.
+fn judged(e: anyhow::Error) -> StepError {
+    let text = format!("{e:#}");
+    let store = e.chain().any(|c| {
+        c.downcast_ref::<StoreError>().is_some()
+            || c.downcast_ref::<crate::engine::Error>().is_some_and(|e| {
+                matches!(
+                    e.kind,
+                    crate::engine::ErrorKind::Store(_) | crate::engine::ErrorKind::Contended(_)
+                )
+            })
+    });
+    if store {
+        StepError::Unavailable(text)
+    } else {
+        StepError::Refused(text)
+    }
 }
 
 impl Steps for InMemory {
@@ -157,12 +118,12 @@ impl Steps for InMemory {
         resource: &Resource,
         from: Option<&Value>,
         now: Timestamp,
-    ) -> Result<Vec<Value>, String> {
-        self.at(now);
-        let config = self.config(resource)?;
-        let generation = self.store.generation.get();
+    ) -> Result<Vec<Value>, StepError> {
+        self.at(now, format!("check of {}", resource.name));
+        let config = self.config(resource).map_err(StepError::Refused)?;
+        let generation = self.store.inner().generation();
         if let Some(m) = self.checks.borrow().get(&resource.name)
-            && self.store.refuse().is_ok()
+            && !self.store.down()
             && m.generation == generation
             && m.from.as_ref() == from
             && m.until.is_none_or(|t| now < t)
@@ -197,15 +158,15 @@ impl Steps for InMemory {
         version: &Value,
         params: &Value,
         now: Timestamp,
-    ) -> Result<Files, String> {
-        self.at(now);
+    ) -> Result<Files, StepError> {
+        self.at(now, format!("get of {}", resource.name));
         let req = json!({"source": resource.source, "version": version, "params": params});
         let (config, version, require) =
-            crate::resource::get_request(req.to_string().as_bytes()).map_err(text)?;
+            crate::resource::get_request(req.to_string().as_bytes()).map_err(judged)?;
         let (_, files) =
             crate::resource::get_files(&config, &self.store, version, require, &Notes::new())
                 .await
-                .map_err(text)?;
+                .map_err(judged)?;
         Ok(files.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
     }
 
@@ -216,8 +177,15 @@ impl Steps for InMemory {
         env: &BuildEnv,
         artifacts: &BTreeMap<String, Files>,
         now: Timestamp,
-    ) -> Result<(Value, Vec<String>), String> {
-        self.at(now);
+    ) -> Result<(Value, Vec<String>), StepError> {
+        self.at(
+            now,
+            format!(
+                "put to {} {}",
+                resource.name,
+                crate::concourse::atc::compact(params)
+            ),
+        );
         let mut files = InMemoryFiles::default();
         for (name, art) in artifacts {
             for (path, body) in art {
@@ -228,7 +196,7 @@ impl Steps for InMemory {
         let notes = Notes::new();
         let (config, change, handoff) =
             crate::resource::put_request(req.to_string().as_bytes(), &files, env, now, &notes)
-                .map_err(text)?;
+                .map_err(judged)?;
         let (reply, landed) = crate::resource::put_landed(
             &config,
             &self.store,
@@ -237,7 +205,7 @@ impl Steps for InMemory {
             &notes,
         )
         .await
-        .map_err(text)?;
+        .map_err(judged)?;
         // What `out` posts to the ATC once the write landed (the
         // simulation plays the ATC's side).
         if landed && !handoff.is_empty() {
@@ -245,7 +213,7 @@ impl Steps for InMemory {
                 Ok((_, token)) => self
                     .handoffs
                     .borrow_mut()
-                    .extend(handoff.resources.iter().map(|r| super::sim::Handed {
+                    .extend(handoff.resources.iter().map(|r| Handed {
                         resource: r.clone(),
                         token: token.expose().to_string(),
                     })),
@@ -271,7 +239,7 @@ impl Steps for InMemory {
         self.stored_heartbeat(&config)
     }
 
-    fn take_handoffs(&self) -> Vec<super::sim::Handed> {
+    fn take_handoffs(&self) -> Vec<Handed> {
         std::mem::take(&mut *self.handoffs.borrow_mut())
     }
 
@@ -279,13 +247,13 @@ impl Steps for InMemory {
         &self,
         resource: &Resource,
         claim: crate::model::Claim,
-    ) -> Result<String, String> {
-        self.at(claim.at);
-        let config = self.config(resource)?;
+    ) -> Result<String, StepError> {
+        self.store.at(claim.at);
+        let config = self.config(resource).map_err(StepError::Refused)?;
         let (_, beat) = crate::engine::Builds::new(&config, &self.store)
             .beat(&claim)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| judged(e.into()))?;
         Ok(format!(
             "heartbeat {}: attempt {} alive",
             beat.state, beat.attempt
@@ -293,7 +261,7 @@ impl Steps for InMemory {
     }
 
     fn outage(&self, from: Timestamp, until: Timestamp) -> bool {
-        self.store.down.borrow_mut().push((from, until));
+        self.store.outage(from, until);
         true
     }
 }
@@ -302,15 +270,15 @@ impl InMemory {
     /// The stored document (decoded once per generation of the store; the
     /// simulation has one build).
     fn stored(&self, config: &crate::config::Config) -> Option<Document> {
-        let generation = self.store.generation.get();
+        let generation = self.store.inner().generation();
         if let Some((g, d)) = &*self.decoded.borrow()
             && *g == generation
         {
             return d.clone();
         }
         let key = config.state_key();
-        let doc = self.store.inner.body(&key).and_then(|body| {
-            crate::engine::Builds::new(config, &self.store.inner)
+        let doc = self.store.inner().body(&key).and_then(|body| {
+            crate::engine::Builds::new(config, self.store.inner())
                 .decode(&key, &body)
                 .ok()
         });
@@ -323,9 +291,12 @@ impl InMemory {
         config: &crate::config::Config,
         from: Option<&Value>,
         now: Timestamp,
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Vec<Value>, StepError> {
         let version = from
-            .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("version: {e}")))
+            .map(|v| {
+                serde_json::from_value(v.clone())
+                    .map_err(|e| StepError::Refused(format!("version: {e}")))
+            })
             .transpose()?;
         let found = crate::resource::check_store(
             config,
@@ -335,7 +306,7 @@ impl InMemory {
             &Notes::new(),
         )
         .await
-        .map_err(text)?;
+        .map_err(judged)?;
         Ok(found
             .into_iter()
             .map(|v| serde_json::to_value(v).expect("a version serializes"))

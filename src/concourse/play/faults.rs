@@ -1,0 +1,246 @@
+//! `simulate --faults`: the pipeline played once without faults, then once
+//! for every moment a step of that play touched the store (a check, a get,
+//! a put) with the store down for a while from that moment, and once with
+//! each task hanging. A play that stalls (the build not delivered), runs a
+//! task more often than the play without faults, or records a failure no
+//! task had is a finding.
+
+use super::memory::InMemory;
+use super::scenario::{Event, Happening, Outcome, Scenario, TaskRun};
+use super::{Report, Unplayable, simulate, t0};
+use crate::concourse::Release;
+use crate::concourse::atc::Line;
+use crate::concourse::atc::pipeline::{Pipeline, StepKind};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// What a sweep found.
+#[derive(Debug, Serialize)]
+pub struct Sweep {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The release modelled.
+    pub release: String,
+    /// How long each outage lasts (seconds).
+    pub outage: f64,
+    /// Moments a step touched the store in the play without faults.
+    pub moments: usize,
+    /// Plays, the one without faults included.
+    pub plays: usize,
+    /// The plays that went wrong.
+    pub findings: Vec<Finding>,
+}
+
+/// One play that went wrong.
+#[derive(Debug, Serialize)]
+pub struct Finding {
+    /// When the fault began (seconds since the start; 0 for a hang).
+    pub at: u64,
+    /// The fault: the step that met the outage, or the task that hung.
+    pub fault: String,
+    /// What went wrong: stalled, a task run twice, a failure no task had.
+    pub verdicts: Vec<String>,
+    /// The last lines of its timeline.
+    pub tail: Vec<Line>,
+}
+
+/// One play to make: an outage at a moment, or a task that hangs.
+#[derive(Clone, Debug)]
+enum Fault {
+    Outage { at: Duration, what: String },
+    Hang { task: String },
+}
+
+/// Sweeps `pipeline` under `scenario` (whose tasks should all succeed in
+/// the end: every failure it records is held against the play without
+/// faults) with outages of `outage`.
+pub fn sweep(
+    pipeline: &Pipeline,
+    name: &str,
+    release: Release,
+    scenario: &Scenario,
+    outage: Duration,
+) -> Result<(Report, Sweep), Unplayable> {
+    let steps = Rc::new(InMemory::new());
+    let base = simulate(pipeline, name, release, scenario, steps.clone())?;
+    let mut faults = moments(&steps);
+    let moments = faults.len();
+    faults.extend(
+        pipeline
+            .tasks()
+            .into_iter()
+            .filter(|t| base.played.task_runs.contains_key(t))
+            .map(|task| Fault::Hang { task }),
+    );
+    let findings: Vec<Finding> = std::thread::scope(|scope| {
+        let halves: Vec<Vec<Fault>> = vec![
+            faults.iter().step_by(2).cloned().collect(),
+            faults.iter().skip(1).step_by(2).cloned().collect(),
+        ];
+        let handles: Vec<_> = halves
+            .into_iter()
+            .map(|half| {
+                let base = &base;
+                scope.spawn(move || {
+                    half.into_iter()
+                        .filter_map(|f| judge(pipeline, name, release, scenario, outage, base, f))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<Finding> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a sweep thread"))
+            .collect();
+        all.sort_by(|a, b| (a.at, &a.fault).cmp(&(b.at, &b.fault)));
+        all
+    });
+    let sweep = Sweep {
+        pipeline: name.to_string(),
+        release: release.to_string(),
+        outage: outage.as_secs_f64(),
+        moments,
+        plays: faults.len() + 1,
+        findings,
+    };
+    Ok((base, sweep))
+}
+
+/// The distinct moments the play without faults touched the store.
+fn moments(steps: &InMemory) -> Vec<Fault> {
+    let start = t0();
+    let mut seen: BTreeMap<i64, (String, usize)> = BTreeMap::new();
+    for (when, what) in steps.touches() {
+        let ms = (when - start).num_milliseconds();
+        seen.entry(ms)
+            .and_modify(|(_, n)| *n += 1)
+            .or_insert((what, 0));
+    }
+    seen.into_iter()
+        .map(|(ms, (what, more))| Fault::Outage {
+            at: Duration::from_millis(ms.max(0) as u64),
+            what: if more > 0 {
+                format!("{what} (and {more} more at that moment)")
+            } else {
+                what
+            },
+        })
+        .collect()
+}
+
+/// Plays one fault; a finding when the play went wrong.
+fn judge(
+    p: &Pipeline,
+    name: &str,
+    release: Release,
+    scenario: &Scenario,
+    outage: Duration,
+    base: &Report,
+    fault: Fault,
+) -> Option<Finding> {
+    let mut s = scenario.clone();
+    let (at, label, hung) = match &fault {
+        Fault::Outage { at, what } => {
+            s.events.push(Event {
+                at: *at,
+                what: Happening::StoreDown(outage),
+            });
+            s.events.sort_by_key(|e| e.at);
+            (
+                at.as_secs(),
+                format!(
+                    "the store down for {} from {what}",
+                    crate::model::duration::format(outage)
+                ),
+                None,
+            )
+        }
+        Fault::Hang { task } => {
+            let runs = s.tasks.entry(task.clone()).or_default();
+            runs.insert(
+                0,
+                TaskRun {
+                    outcome: Outcome::Hang,
+                    error: None,
+                    after: None,
+                },
+            );
+            (0, format!("task {task} hangs"), Some(task.clone()))
+        }
+    };
+    let r = match simulate(p, name, release, &s, Rc::new(InMemory::new())) {
+        Ok(r) => r,
+        Err(e) => {
+            return Some(Finding {
+                at,
+                fault: label,
+                verdicts: vec![format!("could not be played: {e}")],
+                tail: vec![],
+            });
+        }
+    };
+    let verdicts = verdicts(p, base, &r, hung.as_deref());
+    if verdicts.is_empty() {
+        return None;
+    }
+    let timeline = &r.played.atc.timeline;
+    Some(Finding {
+        at,
+        fault: label,
+        verdicts,
+        tail: timeline[timeline.len().saturating_sub(8)..].to_vec(),
+    })
+}
+
+/// What went wrong in `r` against the play without faults; `hung` is the
+/// task that hung (its stage may run it again and count its failure).
+fn verdicts(p: &Pipeline, base: &Report, r: &Report, hung: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    if base.summary.delivered && !r.summary.delivered {
+        out.push(format!(
+            "stalled: {}; {}",
+            r.summary.end.as_deref().unwrap_or("no document"),
+            r.summary.stopped
+        ));
+    }
+    for (task, n) in &r.played.task_runs {
+        let before = base.played.task_runs.get(task).copied().unwrap_or(0);
+        let allowed = before + u64::from(hung == Some(task.as_str()));
+        if *n > allowed {
+            out.push(format!(
+                "task {task} ran {n} times (without the fault: {before})"
+            ));
+        }
+    }
+    let hung_stages = hung.map(|t| stages_of_task(p, t)).unwrap_or_default();
+    for (stage, n) in &r.summary.failures {
+        let before = base.summary.failures.get(stage).copied().unwrap_or(0);
+        let allowed = before + u32::from(hung_stages.contains(stage));
+        if *n > allowed {
+            out.push(format!(
+                "{n} failure(s) recorded at {stage} (without the fault: {before}): a failure no task had"
+            ));
+        }
+    }
+    out
+}
+
+/// The stages the jobs that run task `task` start.
+fn stages_of_task(p: &Pipeline, task: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for j in &p.jobs {
+        let mut has = false;
+        j.plan
+            .visit(&mut |s| has |= matches!(&s.kind, StepKind::Task(t) if t.name == task));
+        if has {
+            for put in j.puts() {
+                if let Some(n) = put.params["start"].as_u64() {
+                    out.push(n as u32);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,280 @@
+//! What a simulation found: the summary, and the scenario's expectations
+//! held against what was played.
+
+use super::scenario::Scenario;
+use super::stand::Played;
+use crate::concourse::Release;
+use crate::concourse::atc::pipeline::Pipeline;
+use crate::model::duration;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What a simulation found, for people and for `--json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The release modelled.
+    pub release: String,
+    /// The scenario's description.
+    pub scenario: String,
+    /// Wiring problems (any of them fails the simulation).
+    pub wiring: Vec<String>,
+    /// Expectations that did not hold, and invariants broken.
+    pub failures: Vec<String>,
+    /// The summary.
+    pub summary: Summary,
+    /// What happened.
+    pub played: Played,
+}
+
+/// The summary of a simulation.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// The build was delivered.
+    pub delivered: bool,
+    /// When (seconds since the start).
+    pub delivered_at: Option<u64>,
+    /// Seconds simulated.
+    pub elapsed: u64,
+    /// The build's state, status and run at the end.
+    pub end: Option<String>,
+    /// Attempts started per stage (the current run).
+    pub attempts: BTreeMap<u32, u32>,
+    /// Failures recorded per stage (the current run).
+    pub failures: BTreeMap<u32, u32>,
+    /// Heartbeats per stage: accepted and refused.
+    pub heartbeats: BTreeMap<u32, Beats>,
+    /// Builds of the alert jobs (jobs triggered by a gate on a status).
+    pub alerts: u64,
+    /// Handoffs, in seconds: from each stage becoming due (pending, or its
+    /// retry due) to its `start` landing; what checks and scheduling add
+    /// to a build.
+    pub handoffs: Vec<f64>,
+    /// Check webhooks the ATC took.
+    pub webhooks: u64,
+    /// Check builds of build-state resources (each at least one S3 request).
+    pub checks: u64,
+    /// Why the simulation stopped.
+    pub stopped: String,
+}
+
+/// Heartbeats of one stage.
+#[derive(Debug, Serialize)]
+pub struct Beats {
+    /// Taken.
+    pub accepted: u64,
+    /// Refused (a zombie's, as the resource judged).
+    pub refused: u64,
+}
+
+impl Report {
+    pub(super) fn new(
+        p: &Pipeline,
+        name: &str,
+        release: Release,
+        scenario: &Scenario,
+        wiring: Vec<String>,
+        played: Played,
+    ) -> Report {
+        let summary = summarize(p, &played);
+        let failures = expectations(scenario, &played, &summary);
+        Report {
+            pipeline: name.to_string(),
+            release: release.to_string(),
+            scenario: scenario.description.clone(),
+            wiring,
+            failures,
+            summary,
+            played,
+        }
+    }
+
+    /// Whether the wiring is right and every expectation held.
+    pub fn passed(&self) -> bool {
+        self.wiring.is_empty() && self.failures.is_empty()
+    }
+}
+
+/// The handoffs of a run's history: for each `start` that follows the
+/// event that made its stage due (at that stage: pending, or failed with
+/// its retry due), the seconds between them.
+pub fn handoffs(doc: &crate::model::Document) -> Vec<f64> {
+    use crate::model::{ActionKind, Status};
+    doc.history
+        .windows(2)
+        .filter_map(|w| {
+            let (before, start) = (&w[0], &w[1]);
+            if start.action != ActionKind::Start || before.state != start.state {
+                return None;
+            }
+            let due = match before.status {
+                Status::Pending => before.at,
+                Status::Failed => before.retry_at.map_or(before.at, |t| t.max(before.at)),
+                _ => return None,
+            };
+            Some((start.at - due).num_milliseconds().max(0) as f64 / 1000.0)
+        })
+        .collect()
+}
+
+fn summarize(p: &Pipeline, played: &Played) -> Summary {
+    let mut attempts = BTreeMap::new();
+    let mut failures = BTreeMap::new();
+    if let Some(doc) = &played.document {
+        for e in &doc.history {
+            let Some(n) = e.target else { continue };
+            match e.action {
+                crate::model::ActionKind::Start => *attempts.entry(n).or_insert(0) += 1,
+                crate::model::ActionKind::Fail => *failures.entry(n).or_insert(0) += 1,
+                _ => {}
+            }
+        }
+    }
+    let alert_jobs: Vec<&str> = p
+        .jobs
+        .iter()
+        .filter(|j| {
+            j.gets().iter().any(|g| {
+                g.trigger
+                    && p.resource(&g.resource)
+                        .is_some_and(|r| r.build_state && r.source["gate"].get("status").is_some())
+            })
+        })
+        .map(|j| j.name.as_str())
+        .collect();
+    Summary {
+        delivered: played.delivered_at.is_some(),
+        delivered_at: played.delivered_at,
+        elapsed: played.elapsed,
+        end: played.document.as_ref().map(|d| {
+            format!(
+                "{} (run {}, revision {})",
+                d.whereabouts(),
+                d.run,
+                d.revision
+            )
+        }),
+        attempts,
+        failures,
+        heartbeats: played
+            .heartbeats
+            .iter()
+            .map(|(n, (a, r))| {
+                (
+                    *n,
+                    Beats {
+                        accepted: *a,
+                        refused: *r,
+                    },
+                )
+            })
+            .collect(),
+        alerts: played
+            .atc
+            .builds
+            .iter()
+            .filter(|b| alert_jobs.contains(&b.job.as_str()) && b.started.is_some())
+            .count() as u64,
+        handoffs: played.document.as_ref().map(handoffs).unwrap_or_default(),
+        webhooks: played.atc.webhooks,
+        checks: played.atc.checks,
+        stopped: played.stopped.clone(),
+    }
+}
+
+fn expectations(s: &Scenario, played: &Played, summary: &Summary) -> Vec<String> {
+    let x = &s.expect;
+    let mut out = played.violations.clone();
+    let end = summary.end.clone().unwrap_or_else(|| "no document".into());
+    match x.delivered {
+        Some(true) if !summary.delivered => out.push(format!(
+            "expected the build delivered; it was not: {end}; {}",
+            played.stopped
+        )),
+        Some(false) if summary.delivered => {
+            out.push("expected the build not delivered; it was".into())
+        }
+        _ => {}
+    }
+    if let Some(within) = x.within
+        && summary.delivered_at.is_none_or(|t| t > within.as_secs())
+    {
+        let got = summary
+            .delivered_at
+            .map_or("never delivered".to_string(), |t| {
+                format!(
+                    "delivered after {}",
+                    duration::format(Duration::from_secs(t))
+                )
+            });
+        out.push(format!(
+            "expected delivery within {}; {got}",
+            duration::format(within)
+        ));
+    }
+    let doc = played.document.as_ref();
+    if let Some(n) = x.state
+        && doc.map(|d| d.state) != Some(n)
+    {
+        out.push(format!("expected state {n} at the end; {end}"));
+    }
+    if let Some(st) = &x.status
+        && doc.map(|d| d.status.to_string()).as_deref() != Some(st.as_str())
+    {
+        out.push(format!("expected status {st} at the end; {end}"));
+    }
+    if let Some(r) = x.runs
+        && doc.map(|d| d.run) != Some(r)
+    {
+        out.push(format!("expected run {r} at the end; {end}"));
+    }
+    counts(x, played, summary, &mut out);
+    out
+}
+
+/// The counted expectations: builds, task runs, failures, refusals.
+fn counts(x: &super::scenario::Expect, played: &Played, summary: &Summary, out: &mut Vec<String>) {
+    for (job, want) in &x.builds {
+        let n = played
+            .atc
+            .builds
+            .iter()
+            .filter(|b| b.job == *job && b.started.is_some())
+            .count() as u64;
+        if !want.holds(n) {
+            out.push(format!("expected {want} build(s) of {job}; it ran {n}"));
+        }
+    }
+    for (task, want) in &x.task_runs {
+        let n = played.task_runs.get(task).copied().unwrap_or(0);
+        if !want.holds(n) {
+            out.push(format!("expected {want} run(s) of task {task}; it ran {n}"));
+        }
+    }
+    for (code, want) in &x.failures {
+        let n = summary.failures.get(code).copied().unwrap_or(0) as u64;
+        if !want.holds(n) {
+            out.push(format!(
+                "expected {want} failure(s) recorded at {code}; the history has {n}"
+            ));
+        }
+    }
+    // A refused put or heartbeat is a failure of the play unless expected.
+    let refused = played.refused.len() as u64;
+    let want = x
+        .refused
+        .clone()
+        .unwrap_or(super::scenario::Count::Exactly(0));
+    if !want.holds(refused) {
+        let first = played
+            .refused
+            .first()
+            .map(|r| format!(": the first: {r}"))
+            .unwrap_or_default();
+        out.push(format!(
+            "expected {want} refused put(s) or heartbeat(s) (expect.refused); the resource refused {refused}{first}"
+        ));
+    }
+}

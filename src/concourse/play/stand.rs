@@ -1,0 +1,679 @@
+//! The play: what stands in for the world around Concourse while the ATC
+//! runs a pipeline. It is the ATC's [`Worker`] (the resource's steps
+//! through [`Steps`], the tasks as the scenario says, their heartbeats)
+//! and its [`Observer`] (the commit each run builds, refusals), runs the
+//! scenario's events and humans, and decides when nothing is left to
+//! happen.
+
+use super::scenario::{Happening, Outcome, Scenario, TaskRun};
+use super::{Steps, Unplayable};
+use crate::concourse::atc::pipeline::{Pipeline, Resource, TaskStep};
+use crate::concourse::atc::{
+    Atc, BuildRecord, Files, Observer, PutDone, Record, Settings, Status, StepError, TICK,
+    TaskCall, TaskEnd, Worker,
+};
+use crate::model::{Document, Timestamp};
+use crate::protocol::BuildEnv;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+/// What happened in a play.
+#[derive(Clone, Debug, Serialize)]
+pub struct Played {
+    /// What the ATC did: the timeline, the builds, checks and the cache.
+    #[serde(flatten)]
+    pub atc: Record,
+    /// Runs per task.
+    pub task_runs: BTreeMap<String, u64>,
+    /// Heartbeats the tasks sent per stage: (accepted, refused).
+    pub heartbeats: BTreeMap<u32, (u64, u64)>,
+    /// Puts and heartbeats the resource refused, each said once.
+    pub refused: Vec<String>,
+    /// The build's document at the end.
+    #[serde(skip)]
+    pub document: Option<Document>,
+    /// Seconds simulated.
+    pub elapsed: u64,
+    /// When the build was delivered (seconds since the start).
+    pub delivered_at: Option<u64>,
+    /// Invariants the play broke (one run built two commits, ...).
+    pub violations: Vec<String>,
+    /// Why the play stopped.
+    pub stopped: String,
+    /// Whether it stopped with nothing left to happen (not its time out).
+    pub settled: bool,
+}
+
+/// build-state's books of the play.
+#[derive(Default)]
+struct Books {
+    scripts: BTreeMap<String, VecDeque<TaskRun>>,
+    task_runs: BTreeMap<String, u64>,
+    heartbeats: BTreeMap<u32, (u64, u64)>,
+    refused: Vec<String>,
+    /// run → the commits the builds that wrote to it had.
+    commits_of_run: BTreeMap<u64, BTreeSet<String>>,
+    last_change: Duration,
+    last_doc: Option<(u64, String)>,
+    delivered_at: Option<Duration>,
+    future_events: usize,
+    /// The revision whose approval a human was asked for.
+    approval_asked: Option<u64>,
+}
+
+/// The world around the ATC.
+pub struct Play<S: Steps + 'static> {
+    steps: Rc<S>,
+    scenario: Scenario,
+    /// The ungated build-state resource whose document is the build's.
+    state: Resource,
+    config: Option<crate::config::Config>,
+    books: RefCell<Books>,
+    atc: RefCell<Weak<Atc<Play<S>>>>,
+}
+
+/// Plays `scenario` on `pipeline`: what happened.
+pub fn play<S: Steps + 'static>(
+    pipeline: &Pipeline,
+    steps: Rc<S>,
+    settings: Settings,
+    scenario: &Scenario,
+) -> Result<Played, Unplayable> {
+    let state = pipeline
+        .state_resource()
+        .ok_or(Unplayable::NoStateResource)?
+        .clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| Unplayable::Runtime(e.to_string()))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let play = Rc::new(Play {
+            config: serde_json::from_value(state.source.clone())
+                .ok()
+                .and_then(|s| crate::resource::configure(&s).ok()),
+            state,
+            steps,
+            scenario: scenario.clone(),
+            books: RefCell::new(Books {
+                scripts: scenario
+                    .tasks
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                    .collect(),
+                future_events: scenario.events.len(),
+                ..Books::default()
+            }),
+            atc: RefCell::default(),
+        });
+        let atc = Atc::new(pipeline.clone(), play.clone(), settings);
+        *play.atc.borrow_mut() = Rc::downgrade(&atc);
+        play.main(&atc).await
+    })
+}
+
+impl<S: Steps + 'static> Play<S> {
+    fn atc(&self) -> Rc<Atc<Play<S>>> {
+        self.atc
+            .borrow()
+            .upgrade()
+            .expect("the ATC outlives the play")
+    }
+
+    async fn main(self: &Rc<Self>, atc: &Rc<Atc<Play<S>>>) -> Result<Played, Unplayable> {
+        let events = self.start_events(atc)?;
+        let until = self.scenario.until;
+        let (stopped, settled) = loop {
+            atc.tick().await;
+            self.observe().await;
+            if let Some(why) = self.finished(atc).await {
+                break (why, true);
+            }
+            if atc.elapsed() >= until {
+                let why = format!(
+                    "the scenario's time ran out ({})",
+                    crate::model::duration::format(until)
+                );
+                break (why, false);
+            }
+            tokio::time::sleep(TICK).await;
+        };
+        for t in events {
+            t.abort();
+        }
+        let document = self.steps.document(&self.state).await;
+        let books = std::mem::take(&mut *self.books.borrow_mut());
+        let mut violations = Vec::new();
+        for (run, commits) in &books.commits_of_run {
+            if commits.len() > 1 {
+                violations.push(format!(
+                    "run {run} built more than one commit: {} (every stage of a run must build the commit it started with)",
+                    commits.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        Ok(Played {
+            atc: atc.record(),
+            task_runs: books.task_runs,
+            heartbeats: books.heartbeats,
+            refused: books.refused,
+            document,
+            elapsed: atc.elapsed().as_secs(),
+            delivered_at: books.delivered_at.map(|d| d.as_secs()),
+            violations,
+            stopped,
+            settled,
+        })
+    }
+
+    /// Spawns each scenario event at its time.
+    fn start_events(
+        self: &Rc<Self>,
+        atc: &Rc<Atc<Play<S>>>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, Unplayable> {
+        let t0 = atc.now();
+        let mut tasks = Vec::new();
+        for e in &self.scenario.events {
+            if let Happening::StoreDown(d) = &e.what {
+                let from = t0 + chrono::Duration::from_std(e.at).unwrap_or_default();
+                let to = from + chrono::Duration::from_std(*d).unwrap_or_default();
+                if !self.steps.outage(from, to) {
+                    return Err(Unplayable::Steps(
+                        "store_down needs the in-memory store".into(),
+                    ));
+                }
+            }
+            let me = self.clone();
+            let e = e.clone();
+            tasks.push(tokio::task::spawn_local(async move {
+                tokio::time::sleep(e.at.saturating_sub(me.atc().elapsed())).await;
+                me.happen(&e.what).await;
+                me.books.borrow_mut().future_events -= 1;
+            }));
+        }
+        Ok(tasks)
+    }
+
+    /// Notes a change of the document (for the stop rule and delivery),
+    /// and asks the scenario's approver when a stage waits for approval.
+    async fn observe(self: &Rc<Self>) {
+        let doc = self.steps.document(&self.state).await;
+        let now = self.atc().elapsed();
+        if let (Some(d), Some(after)) = (&doc, self.scenario.approve_after)
+            && d.status == crate::model::Status::AwaitingApproval
+            && self.books.borrow().approval_asked != Some(d.revision)
+        {
+            let (n, revision) = (d.state, d.revision);
+            {
+                let mut b = self.books.borrow_mut();
+                b.approval_asked = Some(revision);
+                b.future_events += 1;
+            }
+            let me = self.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(after).await;
+                me.approve(n).await;
+                me.books.borrow_mut().future_events -= 1;
+            });
+        }
+        let key = doc.as_ref().map(|d| (d.revision, d.status.to_string()));
+        let mut b = self.books.borrow_mut();
+        if key != b.last_doc {
+            b.last_doc = key;
+            b.last_change = now;
+        }
+        if doc
+            .as_ref()
+            .is_some_and(|d| d.status == crate::model::Status::Completed)
+            && b.delivered_at.is_none()
+        {
+            b.delivered_at = Some(now);
+        }
+    }
+
+    /// Why the play is over, when it is: no build runs (or only builds the
+    /// ATC will never see end), no event is to come, the document has not
+    /// changed for a while and no time opens a gate later.
+    async fn finished(&self, atc: &Atc<Play<S>>) -> Option<String> {
+        let quiet = quiet_time(atc.pipeline());
+        {
+            let b = self.books.borrow();
+            if atc.busy() || b.future_events > 0 || atc.elapsed() < b.last_change + quiet {
+                return None;
+            }
+        }
+        let doc = self.steps.document(&self.state).await?;
+        let heartbeat = self.steps.heartbeat(&self.state).await;
+        let now = atc.now();
+        let config = self.config.as_ref()?;
+        // A time that opens a gate, and then a check and a schedule after it.
+        let margin = chrono::Duration::from_std(quiet).unwrap_or_default();
+        let later = doc.retry_at.is_some_and(|t| t + margin > now)
+            || doc
+                .dead_since(&config.retry, heartbeat.as_ref())
+                .is_some_and(|t| t + margin > now);
+        if later {
+            return None;
+        }
+        let stuck = atc.stuck_builds();
+        let running = if stuck.is_empty() {
+            "no build running or pending".to_string()
+        } else {
+            format!(
+                "{} stuck running (its worker vanished unnoticed)",
+                stuck.join(", ")
+            )
+        };
+        Some(format!(
+            "nothing left to happen: {} (revision {}), {running}, no gate to open later",
+            doc.whereabouts(),
+            doc.revision
+        ))
+    }
+
+    async fn happen(self: &Rc<Self>, what: &Happening) {
+        let atc = self.atc();
+        match what {
+            Happening::Commit => {
+                let n = atc.commit();
+                atc.log(None, format!("git: commit-{n} pushed"), None);
+            }
+            Happening::StoreDown(d) => {
+                let said = format!(
+                    "the store goes down for {}",
+                    crate::model::duration::format(*d)
+                );
+                atc.log(None, said, None);
+                // The event lasts until the store is back: what was waiting
+                // for it happens after that.
+                tokio::time::sleep(*d).await;
+                atc.log(None, "the store is back".into(), None);
+                self.books.borrow_mut().last_change = atc.elapsed();
+            }
+            Happening::Check(name) => atc.check_resource(name),
+            Happening::Trigger(job) => {
+                atc.trigger_job(job);
+            }
+            Happening::Rerun(job) => {
+                if atc.rerun_build(job).is_none() {
+                    atc.log(None, format!("fly rerun-build: {job} has no build"), None);
+                }
+            }
+            Happening::Put { params, resource } => {
+                self.human_put(params, resource.as_deref()).await
+            }
+        }
+    }
+
+    /// A human's put (`fly execute`, the CLI): outside any build.
+    async fn human_put(&self, params: &Value, resource: Option<&str>) {
+        let atc = self.atc();
+        let r = match resource {
+            Some(n) => match atc.pipeline().resource(n) {
+                Some(r) => r.clone(),
+                None => return,
+            },
+            None => self.state.clone(),
+        };
+        let result = self
+            .steps
+            .put(
+                &r,
+                params,
+                &BuildEnv::default(),
+                &BTreeMap::new(),
+                atc.now(),
+            )
+            .await;
+        let after = self.state().await;
+        match result {
+            Ok(_) => {
+                for h in self.steps.take_handoffs() {
+                    atc.log(
+                        None,
+                        format!("the human's put asks for a check of {}", h.resource),
+                        None,
+                    );
+                }
+                atc.log(None, format!("a human puts {params} to {}", r.name), after)
+            }
+            Err(e) => {
+                let line = format!("a human puts {params} to {}: refused: {e}", r.name);
+                if matches!(e, StepError::Refused(_)) {
+                    self.books.borrow_mut().refused.push(line.clone());
+                }
+                atc.log(None, line, after)
+            }
+        }
+    }
+
+    /// A human approves stage `n`: by running the job whose put approves
+    /// it (the pipeline's approval job), else with the CLI.
+    async fn approve(self: &Rc<Self>, n: u32) {
+        let atc = self.atc();
+        let job = atc.pipeline().jobs.iter().find(|j| {
+            j.puts()
+                .iter()
+                .any(|p| p.params.get("approve").and_then(Value::as_u64) == Some(u64::from(n)))
+        });
+        match job {
+            Some(j) => {
+                atc.log(
+                    None,
+                    format!("a human approves {n}: fly trigger-job {}", j.name),
+                    None,
+                );
+                atc.trigger_job(&j.name);
+            }
+            None => {
+                let params = json!({"approve": n, "reason": "approved by the scenario's human"});
+                self.human_put(&params, None).await;
+            }
+        }
+    }
+}
+
+/// The longest a pipeline can wait for its next version (a check, or a
+/// time resource's interval), and a margin.
+fn quiet_time(p: &Pipeline) -> Duration {
+    p.resources
+        .iter()
+        .filter_map(|r| {
+            let interval = (r.kind == "time")
+                .then(|| r.source["interval"].as_str())
+                .flatten()
+                .and_then(|i| crate::concourse::atc::duration::parse(i).ok());
+            match (r.check_every, interval) {
+                (Some(c), Some(i)) => Some(c + i),
+                (c, i) => c.or(i),
+            }
+        })
+        .max()
+        .unwrap_or(crate::concourse::atc::pipeline::DEFAULT_CHECK_EVERY)
+        + Duration::from_secs(120)
+}
+
+impl<S: Steps + 'static> Observer for Play<S> {
+    async fn state(&self) -> Option<String> {
+        self.steps
+            .document(&self.state)
+            .await
+            .map(|d| format!("{} {} r{}", d.state, d.status, d.revision))
+    }
+
+    /// Records which commit the build that wrote to the current run had.
+    async fn put_landed(&self, build: &BuildRecord, resource: &Resource) {
+        if resource.name != self.state.name {
+            return;
+        }
+        let Some(doc) = self.steps.document(&self.state).await else {
+            return;
+        };
+        let atc = self.atc();
+        let commits: Vec<String> = build
+            .inputs
+            .values()
+            .filter(|(r, _)| atc.pipeline().resource(r).is_some_and(|r| r.kind == "git"))
+            .filter_map(|(_, v)| v["ref"].as_str().map(str::to_string))
+            .collect();
+        // What a build records for its own stage: not a human's put, not
+        // the run's first event (start-build's init may be refused).
+        if doc.last_event().by.build_id.as_deref() != Some(build.id.to_string().as_str()) {
+            return;
+        }
+        let mut b = self.books.borrow_mut();
+        for c in commits {
+            b.commits_of_run.entry(doc.run).or_default().insert(c);
+        }
+    }
+}
+
+impl<S: Steps + 'static> Worker for Play<S> {
+    async fn check(
+        &self,
+        resource: &Resource,
+        from: Option<&Value>,
+        now: Timestamp,
+    ) -> Result<Vec<Value>, StepError> {
+        self.steps.check(resource, from, now).await
+    }
+
+    async fn get(
+        &self,
+        resource: &Resource,
+        version: &Value,
+        params: &Value,
+        now: Timestamp,
+    ) -> Result<Files, StepError> {
+        self.steps.get(resource, version, params, now).await
+    }
+
+    async fn put(
+        &self,
+        resource: &Resource,
+        params: &Value,
+        env: &BuildEnv,
+        artifacts: &BTreeMap<String, Files>,
+        now: Timestamp,
+    ) -> Result<PutDone, StepError> {
+        match self.steps.put(resource, params, env, artifacts, now).await {
+            Ok((version, said)) => Ok(PutDone {
+                version,
+                said,
+                handoffs: self.steps.take_handoffs(),
+            }),
+            Err(e) => {
+                if let StepError::Refused(why) = &e {
+                    let job = env.job.as_deref().unwrap_or("?");
+                    let name = env.build_name.as_deref().unwrap_or("?");
+                    self.books.borrow_mut().refused.push(format!(
+                        "{job} #{name}: put {} refused: {why}",
+                        crate::concourse::atc::compact(params)
+                    ));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn task(&self, call: TaskCall<'_>) -> TaskEnd {
+        *self
+            .books
+            .borrow_mut()
+            .task_runs
+            .entry(call.task.name.clone())
+            .or_insert(0) += 1;
+        if let Some((status, outputs, said)) = self.steps.task(call.task, call.artifacts).await {
+            return TaskEnd::Exited {
+                status,
+                outputs,
+                said,
+            };
+        }
+        let run = self.next_run(&call);
+        if run.outcome == Outcome::Error {
+            let why = run
+                .error
+                .clone()
+                .unwrap_or_else(|| "its image could not be fetched".into());
+            return TaskEnd::Errored(why);
+        }
+        let took = run.after.unwrap_or(self.scenario.task_time);
+        let beats = self.heartbeats(&call);
+        if run.outcome == Outcome::Hang {
+            self.atc()
+                .note(call.build, format!("task {}: hangs", call.task.name), None);
+            // Its process lives on, and its heartbeat loop too.
+            beats.await;
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(took) => {}
+            _ = beats => {}
+        }
+        self.end_of(&call, &run)
+    }
+}
+
+impl<S: Steps + 'static> Play<S> {
+    /// The scenario's next run of this task (by `job/task`, else by task).
+    fn next_run(&self, call: &TaskCall<'_>) -> TaskRun {
+        let mut b = self.books.borrow_mut();
+        let key = format!("{}/{}", call.job.name, call.task.name);
+        let queue = if b.scripts.contains_key(&key) {
+            b.scripts.get_mut(&key)
+        } else {
+            b.scripts.get_mut(&call.task.name)
+        };
+        queue.and_then(VecDeque::pop_front).unwrap_or(TaskRun {
+            outcome: Outcome::Succeed,
+            error: None,
+            after: None,
+        })
+    }
+
+    /// How a task run that took its time ends, with the files the job's
+    /// puts read from its outputs.
+    fn end_of(&self, call: &TaskCall<'_>, run: &TaskRun) -> TaskEnd {
+        let t = call.task;
+        let mut outputs: BTreeMap<String, Files> = t
+            .outputs
+            .iter()
+            .map(|o| (o.clone(), Files::new()))
+            .collect();
+        let message = run
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("{} failed", t.name));
+        for p in call.job.puts() {
+            for (field, on) in [
+                ("vars_file", Outcome::Succeed),
+                ("error_file", Outcome::Fail),
+            ] {
+                let Some((art, rest)) = p.params[field].as_str().and_then(|p| p.split_once('/'))
+                else {
+                    continue;
+                };
+                if run.outcome != on {
+                    continue;
+                }
+                if let Some(files) = outputs.get_mut(art) {
+                    let body = if field == "vars_file" {
+                        json!({t.name.replace('-', "_"): format!("{} #{}", call.job.name, call.build.name)})
+                            .to_string()
+                    } else {
+                        message.clone()
+                    };
+                    files.insert(rest.to_string(), body.into_bytes());
+                }
+            }
+        }
+        match run.outcome {
+            Outcome::Succeed => TaskEnd::Exited {
+                status: Status::Succeeded,
+                outputs,
+                said: "done".into(),
+            },
+            Outcome::Fail => TaskEnd::Exited {
+                status: Status::Failed,
+                outputs,
+                said: message,
+            },
+            Outcome::Abort => TaskEnd::Aborted,
+            Outcome::WorkerLost => TaskEnd::WorkerLost { rerun: false },
+            Outcome::WorkerLostRerun => TaskEnd::WorkerLost { rerun: true },
+            Outcome::Stuck => TaskEnd::Stuck,
+            Outcome::Error | Outcome::Hang => unreachable!("handled before the task ran"),
+        }
+    }
+
+    /// The heartbeats a task sends while it runs, when its script runs
+    /// `build-state heartbeat BUILD_ID N`: one every `heartbeat_every`, for
+    /// the run and attempt of the `state.env` among its inputs. Never ends
+    /// by itself; the first accepted and every refused one are shown.
+    async fn heartbeats(&self, call: &TaskCall<'_>) {
+        let t = call.task;
+        let Some(n) = t.config.as_ref().and_then(heartbeat_stage) else {
+            return std::future::pending().await;
+        };
+        let (run, attempt) = state_env(t, call.artifacts);
+        let mut shown = false;
+        loop {
+            tokio::time::sleep(self.scenario.heartbeat_every).await;
+            let atc = self.atc();
+            let claim = crate::model::Claim {
+                state: n,
+                run,
+                attempt: attempt.map(|a| a as u32),
+                by: crate::model::Actor {
+                    user: Some(format!("task {}", t.name)),
+                    ..Default::default()
+                },
+                at: atc.now(),
+            };
+            let result = self.steps.beat(&self.state, claim).await;
+            let mut b = self.books.borrow_mut();
+            let counts = b.heartbeats.entry(n).or_default();
+            match result {
+                Ok(said) => {
+                    counts.0 += 1;
+                    if !shown {
+                        shown = true;
+                        atc.note(call.build, format!("task {}: {said}", t.name), None);
+                    }
+                }
+                Err(StepError::Refused(e)) => {
+                    counts.1 += 1;
+                    let line = format!("task {}: heartbeat {n} refused: {e}", t.name);
+                    b.refused
+                        .push(format!("{} #{}: {line}", call.build.job, call.build.name));
+                    atc.note(call.build, line, None);
+                }
+                // The store unreachable: a missed sign of life, not a refusal.
+                Err(StepError::Unavailable(_)) => {}
+            }
+        }
+    }
+}
+
+/// The run and attempt in the `state.env` among a task's inputs.
+fn state_env(t: &TaskStep, artifacts: &BTreeMap<String, Files>) -> (Option<u64>, Option<u64>) {
+    let env_of = |key: &str| -> Option<u64> {
+        t.inputs.iter().find_map(|(name, _)| {
+            let env = String::from_utf8_lossy(artifacts.get(name)?.get("state.env")?).into_owned();
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.trim_matches('\'').parse().ok())
+        })
+    };
+    (env_of("BUILD_STATE_RUN"), env_of("BUILD_STATE_ATTEMPT"))
+}
+
+/// The stage a task's script sends heartbeats for (`build-state
+/// heartbeat BUILD_ID N`), if it does.
+pub(crate) fn heartbeat_stage(config: &Value) -> Option<u32> {
+    let mut found = None;
+    strings(&config["run"], &mut |s| {
+        if found.is_none()
+            && let Some(rest) = s.split("build-state heartbeat ").nth(1)
+        {
+            found = rest.split_whitespace().nth(1).and_then(|n| n.parse().ok());
+        }
+    });
+    found
+}
+
+fn strings(v: &Value, f: &mut impl FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, f)),
+        Value::Object(m) => m.values().for_each(|x| strings(x, f)),
+        _ => {}
+    }
+}
