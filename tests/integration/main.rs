@@ -11,6 +11,7 @@ mod get;
 mod handoff;
 mod humans;
 mod iam;
+mod model;
 mod pipelines;
 pub(crate) mod policies;
 mod put;

@@ -208,8 +208,9 @@ fn the_old_text_stalls_when_a_hook_put_is_lost() {
 }
 
 /// B: in the old text start-build's own `complete: 0` opens the kickstart
-/// gate before start-build has finished, so a check of the gate in that
-/// window (a webhook, `fly check-resource`) schedules kickstart while
+/// gate before start-build has finished, so a check of the gate that ends
+/// in that window (a webhook, `fly check-resource`) and a scheduler tick
+/// in it schedule kickstart while
 /// `passed: [start-build]` still resolves to the previous run's commit:
 /// run 2 builds two commits. The new text opens the run from begin-run,
 /// which starts only after start-build finished.
@@ -228,7 +229,11 @@ fn one_run_builds_one_commit() {
             .find(|l| l.what.starts_with("put state {complete: 0") && l.at > 7200)
             .unwrap_or_else(|| panic!("no complete 0 in run 2:\n{}", timeline(&dry)))
             .at;
-        let text = format!("{base}- {{at: {}s, check: at-kickstart}}\n", opened + 1);
+        // A check build reads the store when it ends (CHECK_TIME after it
+        // starts): one started 2 s before the put lands reads the gate open
+        // and saves its version before start-build has finished, and the
+        // scheduler's next tick falls in that window.
+        let text = format!("{base}- {{at: {}s, check: at-kickstart}}\n", opened - 2);
         in_memory(path, Release::LATEST, &Scenario::parse(&text).unwrap())
     };
     let old = second_run(&root().join("tests/fixtures/before-simulate/staged-image-build.yml"));
@@ -482,7 +487,7 @@ fn approvals_nobody_gives_and_heartbeats_too_rare() {
     .unwrap();
     assert_passed(&in_memory(&path, Release::LATEST, &never), "never approved");
     let rare = Scenario::parse(
-        "task_time: 5m\nheartbeat_every: 15m\ntasks: {packer-kickstart: [{outcome: succeed, after: 40m}]}\nexpect: {delivered: true, failures: {\"5\": 0}, builds: {kickstart: 2}, task_runs: {packer-kickstart: 1}}\n",
+        "task_time: 5m\nheartbeat_every: 15m\ntasks: {packer-kickstart: [{outcome: succeed, after: 40m}]}\nexpect: {delivered: true, failures: {\"5\": 0}, refused: 1, builds: {kickstart: 2}, task_runs: {packer-kickstart: 1}}\n",
     )
     .unwrap();
     // On gates checked every minute (the pipeline before webhooks: with an
