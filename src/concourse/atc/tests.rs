@@ -295,7 +295,7 @@ fn get_cache_and_put_outputs() {
     let yaml = "resources:\n- {name: repo, type: git, source: {}}\n- {name: out, type: mock, source: {}, check_every: never}\njobs:\n- name: a\n  plan:\n  - {get: repo, trigger: true}\n  - {put: out, no_get: true}\n- name: b\n  plan:\n  - {get: out, trigger: true}\n  - {get: repo}\n";
     let (r, _) = play(yaml, "8.2", false, &[], vec![], 1);
     assert_eq!(builds(&r, "b").len(), 1, "{}", lines(&r));
-    assert_eq!(builds(&r, "b")[0].inputs["out"].1["put"].is_u64(), true);
+    assert!(builds(&r, "b")[0].inputs["out"].1["put"].is_u64());
     assert_eq!(
         (r.gets_run, r.cache_hits),
         (2, 1),
@@ -312,8 +312,7 @@ fn put_inputs_detect_since_8_0() {
     );
     let seen = |release| {
         let (_, host) = play(&yaml, release, false, &[], vec![], 1);
-        let seen = host.seen.borrow().clone();
-        seen
+        host.seen.take()
     };
     assert_eq!(seen("7.11"), [vec!["out".to_string(), "repo".to_string()]]);
     assert_eq!(seen("8.0"), [vec!["out".to_string()]]);

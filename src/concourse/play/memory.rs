@@ -48,6 +48,12 @@ struct Memo {
     answer: Vec<Value>,
 }
 
+impl Default for InMemory {
+    fn default() -> InMemory {
+        InMemory::new()
+    }
+}
+
 impl InMemory {
     /// The stored heartbeat, if any.
     fn stored_heartbeat(&self, config: &crate::config::Config) -> Option<crate::model::Heartbeat> {

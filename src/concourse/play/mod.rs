@@ -12,6 +12,9 @@ pub mod memory;
 pub mod report;
 pub mod scenario;
 pub mod stand;
+mod tasks;
+#[cfg(test)]
+mod tests;
 pub mod wiring;
 
 use super::Release;

@@ -199,7 +199,7 @@ impl Wiring<'_> {
             beats |= task
                 .config
                 .as_ref()
-                .and_then(super::stand::heartbeat_stage)
+                .and_then(super::tasks::heartbeat_stage)
                 .is_some();
             if let Some(t) = step_timeout.filter(|t| *t >= timeout) {
                 self.say(format!(
