@@ -1,5 +1,5 @@
 //! The play: what stands in for the world around Concourse while the ATC
-//! runs a pipeline. It is the ATC's [`Worker`] (the resource's steps
+//! runs a pipeline. It is the ATC's [`Worker`](crate::concourse::atc::Worker) (the resource's steps
 //! through [`Steps`], the tasks as the scenario says, their heartbeats)
 //! and its [`Observer`] (the commit each run builds, refusals), runs the
 //! scenario's events and humans, and decides when nothing is left to
