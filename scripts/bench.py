@@ -488,7 +488,7 @@ for l in lines:
 print("simulating handoffs ...", file=sys.stderr)
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIM_VARS = ["-v", "build_id=rhel8-web", "-v", "retry_backoff=5m", "-v", "kickstart_backoff=10m",
-            "-v", "kickstart_timeout=2h", "-v", "stage_timeout=1h"]
+            "-v", "kickstart_timeout=2h", "-v", "stage_timeout=1h", "-v", "state_webhook_token=t"]
 
 def simulate(pipeline, scenario):
     path = os.path.join(WORK, "scenario.yml")
@@ -505,8 +505,8 @@ AFTER = "pipelines/staged-image-build.yml"
 for label, pipeline in [("gates checked every minute", BEFORE), ("check webhooks", AFTER)]:
     m = simulate(pipeline, "task_time: 10m\n")
     h = m["handoffs"]
-    fig(f"handoff between stages, {label} (mean / worst; {len(h)} handoffs)",
-        f"{sum(h) / len(h):.1f} s / {max(h):.1f} s", "< 5 s" if pipeline == AFTER else "")
+    fig(f"handoff between stages, {label} (mean / worst; {len(h)} handoffs; the ATC's 10 s tick and check builds modelled)",
+        f"{sum(h) / len(h):.1f} s / {max(h):.1f} s", "within the tick after the webhook's check (< 20 s)" if pipeline == AFTER else "")
     fig(f"a build's time waiting for checks and scheduling, {label}",
         f"{sum(h) / 60:.1f} min of {m['delivered_at'] / 3600:.2f} h", "")
 # An idle pipeline: the build blocked at its first stage, nothing to do for
@@ -519,6 +519,20 @@ for label, pipeline in [("gates checked every minute", BEFORE), ("check webhooks
     per_hour = (long_["checks"] - short["checks"]) / 6
     fig(f"S3 requests of an idle staged pipeline per hour, {label}", f"{per_hour:.0f}",
         "<= 1 per build-state resource per check_every (22 resources, hourly)" if pipeline == AFTER else "")
+
+# The fault sweep of the staged pipeline (every store-touching moment with
+# a 2 s outage, every task hanging), timed by wall clock: a figure, not a
+# test that can flake.
+for pipeline in [AFTER, "pipelines/staged-image-build-7x.yml"]:
+    t = time.time()
+    p_ = subprocess.run([BIN, "simulate", os.path.join(root, pipeline), "--faults", "--json"] + SIM_VARS,
+                        capture_output=True, env=ENV)
+    took = time.time() - t
+    if p_.returncode not in (0, 1):
+        sys.exit(f"simulate --faults {pipeline} failed: {p_.stderr[-500:]!r}")
+    sw = json.loads(p_.stdout)["sweep"]
+    fig(f"simulate --faults {os.path.basename(pipeline)}: {sw['plays']} plays",
+        f"{took:.1f} s, {len(sw['findings'])} went wrong", "< 60 s; none wrong (issue 29)")
 
 # ---------------------------------------------------------------- size
 size = os.path.getsize(BIN)
