@@ -170,20 +170,7 @@ fn swept(base: &Report, s: &Sweep) -> String {
             out.push_str(&format!("           {v}\n"));
         }
         for l in &f.tail {
-            let who = match (&l.job, &l.build) {
-                (Some(j), Some(n)) => format!("{j} #{n}"),
-                _ => String::new(),
-            };
-            let state = l
-                .state
-                .as_ref()
-                .map(|st| format!("  → {st}"))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "           | {} {who} {}{state}\n",
-                clock(l.at),
-                l.what
-            ));
+            out.push_str(&format!("           | {}", line(l)));
         }
     }
     out.push_str(&if s.findings.is_empty() && base.passed() {
@@ -196,6 +183,20 @@ fn swept(base: &Report, s: &Sweep) -> String {
         )
     });
     out
+}
+
+/// One line of a timeline: time, build, what happened, the state after.
+fn line(l: &crate::concourse::atc::Line) -> String {
+    let who = match (&l.job, &l.build) {
+        (Some(j), Some(n)) => format!("{j} #{n}"),
+        _ => String::new(),
+    };
+    let state = l
+        .state
+        .as_ref()
+        .map(|st| format!("  → {st}"))
+        .unwrap_or_default();
+    format!("{:>9}  {who:<30} {}{state}\n", clock(l.at), l.what)
 }
 
 fn clock(secs: u64) -> String {
@@ -213,20 +214,7 @@ pub(crate) fn human(r: &Report) -> String {
         r.pipeline, r.release, r.scenario
     );
     for l in &r.played.atc.timeline {
-        let who = match (&l.job, &l.build) {
-            (Some(j), Some(n)) => format!("{j} #{n}"),
-            _ => String::new(),
-        };
-        let state = l
-            .state
-            .as_ref()
-            .map(|st| format!("  → {st}"))
-            .unwrap_or_default();
-        s.push_str(&format!(
-            "{:>9}  {who:<30} {}{state}\n",
-            clock(l.at),
-            l.what
-        ));
+        s.push_str(&line(l));
     }
     let m = &r.summary;
     s.push_str("\nsummary\n");

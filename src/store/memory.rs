@@ -255,7 +255,8 @@ impl<S: Store> FaultyStore<S> {
     }
 
     /// Every call made at a time from `from` until `until` fails, as a
-    /// store that is down does (the time is the one [`FaultyStore::at`] set).
+    /// store that is down does (the time is the one [`FaultyStore::at`] set);
+    /// such a call is neither counted nor met by a fault aimed at a call.
     pub fn outage(&self, from: Timestamp, until: Timestamp) {
         self.outages.lock().unwrap().push((from, until));
     }

@@ -58,15 +58,6 @@ pub(super) struct StandIns {
     pub(super) time_ticks: BTreeMap<String, Duration>,
 }
 
-/// Why a check build runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Why {
-    /// The scanner found its `next_check_time` passed.
-    Periodic,
-    /// A webhook, `fly check-resource`, or a manual build's inputs.
-    Manual,
-}
-
 impl Scopes {
     pub(super) fn new(p: &Pipeline, release: Release) -> Scopes {
         let inputs: BTreeSet<String> = p
@@ -149,12 +140,12 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                 .collect()
         };
         for name in due {
-            self.spawn_check(&name, Why::Periodic);
+            self.spawn_check(&name);
         }
     }
 
     /// Starts a check build of `name` now (it runs [`CHECK_TIME`]).
-    pub(crate) fn spawn_check(&self, name: &str, why: Why) {
+    pub(crate) fn spawn_check(&self, name: &str) {
         if self.p.resource(name).is_none() {
             return;
         }
@@ -166,16 +157,16 @@ impl<H: Worker + Observer + 'static> Atc<H> {
             .running += 1;
         let me = self.self_rc();
         let name = name.to_string();
-        tokio::task::spawn_local(async move { me.check_build(&name, why).await });
+        tokio::task::spawn_local(async move { me.check_build(&name).await });
     }
 
     /// `fly check-resource`: a check build now.
     pub fn check_resource(&self, name: &str) {
         self.log(None, format!("fly check-resource {name}"), None);
-        self.spawn_check(name, Why::Manual);
+        self.spawn_check(name);
     }
 
-    async fn check_build(&self, name: &str, _why: Why) {
+    async fn check_build(&self, name: &str) {
         let r = self.p.resource(name).expect("checked by spawn_check");
         tokio::time::sleep(CHECK_TIME).await;
         let found = self.run_check(r).await;
@@ -309,6 +300,6 @@ impl<H: Worker + Observer + 'static> Atc<H> {
             return;
         }
         self.checks.borrow_mut().webhooks += 1;
-        self.spawn_check(&h.resource, Why::Manual);
+        self.spawn_check(&h.resource);
     }
 }

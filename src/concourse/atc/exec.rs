@@ -486,7 +486,8 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 }
 
-fn strings(v: &Value, f: &mut impl FnMut(&str)) {
+/// Calls `f` on every string inside `v`.
+pub(crate) fn strings(v: &Value, f: &mut impl FnMut(&str)) {
     match v {
         Value::String(s) => f(s),
         Value::Array(a) => a.iter().for_each(|x| strings(x, f)),

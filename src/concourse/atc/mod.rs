@@ -23,7 +23,7 @@ pub mod validate;
 
 mod checks;
 mod exec;
-pub(crate) use exec::compact;
+pub(crate) use exec::{compact, strings};
 mod inputs;
 mod scheduler;
 #[cfg(test)]
@@ -412,16 +412,6 @@ impl<H: Worker + Observer + 'static> Atc<H> {
             checks: checks.build_state_checks,
             webhooks: checks.webhooks,
         }
-    }
-
-    /// The builds so far.
-    pub fn builds(&self) -> Vec<BuildRecord> {
-        self.builds
-            .borrow()
-            .list
-            .iter()
-            .map(|b| b.rec.clone())
-            .collect()
     }
 
     /// A new commit on every git resource (found by their next check).

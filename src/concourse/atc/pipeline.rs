@@ -241,7 +241,6 @@ impl Pipeline {
             return Err(errors);
         }
         let types = crate::pipeline::build_state_types(value);
-        let mut errors: Vec<String> = Vec::new();
         let resources = value["resources"]
             .as_array()
             .into_iter()
@@ -258,14 +257,14 @@ impl Pipeline {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|s| step(s, &mut errors, &name))
+                    .map(step)
                     .collect();
                 Job {
                     plan: Step {
                         kind: StepKind::Do(steps),
                         attempts: 1,
                         timeout: None,
-                        hooks: hooks(j, &mut errors, &name),
+                        hooks: hooks(j),
                     },
                     serial: j["serial"] == true || j["max_in_flight"] == 1,
                     serial_groups: j["serial_groups"]
@@ -280,11 +279,7 @@ impl Pipeline {
                 }
             })
             .collect();
-        if errors.is_empty() {
-            Ok(Pipeline { resources, jobs })
-        } else {
-            Err(errors)
-        }
+        Ok(Pipeline { resources, jobs })
     }
 
     /// The ungated build-state resource every put goes to: the build's
@@ -358,32 +353,24 @@ fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
-fn hooks(holder: &Value, errors: &mut Vec<String>, job: &str) -> Hooks {
-    let hook = |name: &str, errors: &mut Vec<String>| {
-        holder.get(name).map(|h| Box::new(step(h, errors, job)))
-    };
+fn hooks(holder: &Value) -> Hooks {
+    let hook = |name: &str| holder.get(name).map(|h| Box::new(step(h)));
     Hooks {
-        on_success: hook("on_success", errors),
-        on_failure: hook("on_failure", errors),
-        on_error: hook("on_error", errors),
-        on_abort: hook("on_abort", errors),
-        ensure: hook("ensure", errors),
+        on_success: hook("on_success"),
+        on_failure: hook("on_failure"),
+        on_error: hook("on_error"),
+        on_abort: hook("on_abort"),
+        ensure: hook("ensure"),
     }
 }
 
-fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
+fn step(s: &Value) -> Step {
     // Validated already (Go's grammar).
     let timeout = s
         .get("timeout")
         .and_then(Value::as_str)
         .and_then(|t| duration::parse(t).ok());
-    let many = |v: &Value, errors: &mut Vec<String>| -> Vec<Step> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| step(s, errors, job))
-            .collect()
-    };
+    let many = |v: &Value| -> Vec<Step> { v.as_array().into_iter().flatten().map(step).collect() };
     let kind = if let Some(name) = s.get("get").and_then(Value::as_str) {
         StepKind::Get(get_step(s, name))
     } else if let Some(name) = s.get("put").and_then(Value::as_str) {
@@ -399,9 +386,9 @@ fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
         StepKind::Task(task_step(s, name))
     } else if let Some(inner) = s.get("in_parallel") {
         let (steps, limit, fail_fast) = match inner {
-            Value::Array(_) => (many(inner, errors), None, false),
+            Value::Array(_) => (many(inner), None, false),
             _ => (
-                many(&inner["steps"], errors),
+                many(&inner["steps"]),
                 inner["limit"].as_u64().map(|n| n as u32),
                 inner["fail_fast"] == true,
             ),
@@ -412,9 +399,9 @@ fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
             fail_fast,
         }
     } else if let Some(inner) = s.get("do") {
-        StepKind::Do(many(inner, errors))
+        StepKind::Do(many(inner))
     } else if let Some(inner) = s.get("try") {
-        StepKind::Try(Box::new(step(inner, errors, job)))
+        StepKind::Try(Box::new(step(inner)))
     } else {
         let kind = s
             .as_object()
@@ -426,7 +413,7 @@ fn step(s: &Value, errors: &mut Vec<String>, job: &str) -> Step {
         kind,
         attempts: s["attempts"].as_u64().map_or(1, |n| n.max(1) as u32),
         timeout,
-        hooks: hooks(s, errors, job),
+        hooks: hooks(s),
     }
 }
 

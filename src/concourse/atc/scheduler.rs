@@ -12,7 +12,6 @@
 //! the inputs of the build it reruns (`AdoptRerunInputsAndPipes`). It
 //! adopts its inputs when it starts, not when it was created.
 
-use super::checks::Why;
 use super::pipeline::Job;
 use super::{Atc, BuildRecord, Observer, Worker};
 use std::collections::{BTreeMap, BTreeSet};
@@ -255,7 +254,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         if manual && !asked {
             self.builds.borrow_mut().list[b].checks_asked = true;
             for r in &waiting {
-                self.spawn_check(r, Why::Manual);
+                self.spawn_check(r);
             }
         } else if !manual {
             // `TryCreateCheck` without skipping the interval: only what is due.
@@ -266,7 +265,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                     now >= c.next(r) && !c.checking(r)
                 };
                 if due {
-                    self.spawn_check(r, Why::Periodic);
+                    self.spawn_check(r);
                 }
             }
         }

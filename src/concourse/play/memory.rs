@@ -17,11 +17,9 @@ use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-type OutageStore = FaultyStore<MemoryStore>;
-
 /// The resource steps in memory: what `build-state simulate` runs.
 pub struct InMemory {
-    store: OutageStore,
+    store: FaultyStore<MemoryStore>,
     /// Every moment a step touched the store: (when, what), for the
     /// fault sweep.
     touches: RefCell<Vec<(Timestamp, String)>>,

@@ -1,9 +1,9 @@
 //! build-state's side of a simulation: the resource's steps ([`Steps`]:
 //! in memory with the resource's own functions, [`memory::InMemory`], or
 //! elsewhere: the tests run the packaged programs through it), the task
-//! stand-ins and their heartbeats, the scenario's humans and events, the
-//! stop rule and the invariants ([`stand::Play`]), what must hold
-//! ([`report`]), the wiring check ([`wiring`]) and the fault sweep
+//! stand-ins and their heartbeats (`tasks.rs`), the scenario's humans and
+//! events, the stop rule and the invariants ([`stand::Play`]), what must
+//! hold ([`report`]), the wiring check ([`wiring`]) and the fault sweep
 //! ([`faults`]). The ATC ([`super::atc`]) meets it at its `Worker` and
 //! `Observer` traits, which [`stand::Play`] implements.
 

@@ -331,13 +331,10 @@ impl<S: Steps + 'static> Play<S> {
         let after = self.state().await;
         match result {
             Ok(_) => {
-                for h in self.steps.take_handoffs() {
-                    atc.log(
-                        None,
-                        format!("the human's put asks for a check of {}", h.resource),
-                        None,
-                    );
-                }
+                // Outside a build `out` knows no ATC to post its webhooks
+                // to (no BUILD_TEAM_NAME, BUILD_PIPELINE_NAME): nothing was
+                // handed off; drop what a put might have queued.
+                self.steps.take_handoffs();
                 atc.log(None, format!("a human puts {params} to {}", r.name), after)
             }
             Err(e) => {

@@ -238,7 +238,7 @@ fn state_env(t: &TaskStep, artifacts: &BTreeMap<String, Files>) -> (Option<u64>,
 /// heartbeat BUILD_ID N`), if it does.
 pub(crate) fn heartbeat_stage(config: &Value) -> Option<u32> {
     let mut found = None;
-    strings(&config["run"], &mut |s| {
+    crate::concourse::atc::strings(&config["run"], &mut |s| {
         if found.is_none()
             && let Some(rest) = s.split("build-state heartbeat ").nth(1)
         {
@@ -246,13 +246,4 @@ pub(crate) fn heartbeat_stage(config: &Value) -> Option<u32> {
         }
     });
     found
-}
-
-fn strings(v: &Value, f: &mut impl FnMut(&str)) {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(a) => a.iter().for_each(|x| strings(x, f)),
-        Value::Object(m) => m.values().for_each(|x| strings(x, f)),
-        _ => {}
-    }
 }
