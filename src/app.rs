@@ -84,8 +84,17 @@ pub async fn record<S: Store>(
         }
         Change::Apply(mut update) => {
             // Whether a stage in progress is dead depends on its heartbeat
-            // when it has a heartbeat policy: read it (once) before the start.
-            if let crate::model::Action::Start(n) = update.action
+            // when it has a heartbeat policy: read it (once) before a start,
+            // and before a Concourse build's failure (one that never
+            // started the stage records a dead attempt it finds).
+            let judges_the_attempt = match &update.action {
+                crate::model::Action::Start(n) => Some(*n),
+                crate::model::Action::Fail { state, .. } if update.by.build_id.is_some() => {
+                    Some(*state)
+                }
+                _ => None,
+            };
+            if let Some(n) = judges_the_attempt
                 && config.retry.for_state(n).heartbeat_timeout.is_some()
             {
                 update.heartbeat = builds.heartbeat().await?;

@@ -35,6 +35,11 @@ pub enum ErrorKind {
     )]
     /// The stored document is not JSON.
     Unreadable(String),
+    #[error("{0}")]
+    /// The change was written (what was found had to be recorded: a dead
+    /// attempt that used the stage's last attempt), then refused all the
+    /// same: the caller cannot go on, but a write landed.
+    Recorded(Refusal),
     #[error(transparent)]
     /// The store failed.
     Store(#[from] StoreError),
@@ -86,6 +91,12 @@ pub enum ErrorKind {
 }
 
 impl Error {
+    /// Whether a write landed before the error (a refusal after recording
+    /// what was found): a put hands off all the same.
+    pub fn landed(&self) -> bool {
+        matches!(self.kind, ErrorKind::Recorded(_))
+    }
+
     /// The exit code the CLI gives this error: 3 when the build has no
     /// document, 1 otherwise (as the README documents).
     pub fn exit_code(&self) -> u8 {
@@ -361,7 +372,7 @@ impl<'a, S: Store> Builds<'a, S> {
             {
                 // The write landed (later writes may have followed it).
                 if let Some(r) = then_refuse {
-                    return Err(self.error(&key, r));
+                    return Err(self.error(&key, ErrorKind::Recorded(r)));
                 }
                 return Ok(Applied {
                     doc: doc.clone(),
@@ -434,7 +445,7 @@ impl<'a, S: Store> Builds<'a, S> {
             match result {
                 Ok(etag) => {
                     if let Some(r) = then_refuse {
-                        return Err(self.error(&key, r));
+                        return Err(self.error(&key, ErrorKind::Recorded(r)));
                     }
                     let (doc, _) = sent.expect("just sent");
                     return Ok(Applied {

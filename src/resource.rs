@@ -394,8 +394,8 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) ->
     let (config, change, handoff) =
         put_request(input, &SourcesDir(sources), env, crate::now(), notes)?;
     let store = open(&config).await?;
-    let (response, landed) = put_landed(&config, &store, &SystemClock, change, notes).await?;
-    if landed {
+    let result = put_landed(&config, &store, &SystemClock, change, notes).await;
+    if landed(&result) {
         crate::handoff::call(&handoff, notes).await;
     } else if !handoff.is_empty() {
         notes.note(format!(
@@ -403,7 +403,20 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) ->
             handoff.resources.join(", ")
         ));
     }
-    Ok(response)
+    Ok(result?.0)
+}
+
+/// Whether a put's write landed: what a handoff waits for (never after a
+/// refusal that wrote nothing, a replay or a heartbeat), even when the put
+/// fails after it (a dead attempt recorded as blocked: the alert job must
+/// hear of it at once).
+pub fn landed(result: &Result<(Response, bool)>) -> bool {
+    match result {
+        Ok((_, landed)) => *landed,
+        Err(e) => e
+            .downcast_ref::<crate::engine::Error>()
+            .is_some_and(crate::engine::Error::landed),
+    }
 }
 
 /// An `out` request read and validated, its files read from `files`: the
@@ -477,8 +490,16 @@ pub async fn put_landed<S: Store>(
         let what = e
             .target
             .map_or(e.action.to_string(), |t| format!("{} {t}", e.action));
+        // What the resource decided in the caller's stead (a deferral, a
+        // dead attempt recorded for a build that never started the stage).
+        let decided = match (&e.reason, e.action) {
+            (Some(r), crate::model::ActionKind::Defer | crate::model::ActionKind::Fail) => {
+                format!("; {r}")
+            }
+            _ => String::new(),
+        };
         notes.note(format!(
-            "{what}: {} (revision {}) at {}",
+            "{what}: {} (revision {}) at {}{decided}",
             doc.whereabouts(),
             doc.revision,
             config.location(&key)

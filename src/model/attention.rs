@@ -1,5 +1,6 @@
-//! Who needs a human: a build that is blocked, waits for an approval, or
-//! whose attempt in progress shows no sign of life; since when, why, and
+//! Who needs a human: a build that is blocked, waits for an approval,
+//! whose attempt in progress shows no sign of life, or whose stage has been
+//! due for long with no build starting it; since when, why, and
 //! what unblocks it. One function, so that `list`, `show`, `metrics` and
 //! the dashboard say the same thing.
 
@@ -19,6 +20,10 @@ pub enum NeedKind {
     /// The attempt in progress shows no sign of life (past its `timeout`
     /// or `heartbeat_timeout`): its worker is gone.
     Stale,
+    /// The stage has been due for long ([`overdue_since`]) and no build
+    /// started it: its job cannot run (a paused pipeline or job, an input
+    /// that keeps failing, the resource unreachable).
+    Overdue,
 }
 
 impl NeedKind {
@@ -28,6 +33,7 @@ impl NeedKind {
             NeedKind::Blocked => "blocked",
             NeedKind::AwaitingApproval => "awaiting_approval",
             NeedKind::Stale => "stale",
+            NeedKind::Overdue => "overdue",
         }
     }
 }
@@ -130,6 +136,70 @@ pub fn needs_human(
                 ),
             ))
         }
+        Status::Pending | Status::Failed => {
+            let since = overdue_since(doc, retry, now)?;
+            let due = due_since(doc)?;
+            let deferred = doc
+                .history
+                .iter()
+                .rev()
+                .take_while(|e| e.action != ActionKind::Start && e.at >= due)
+                .filter(|e| e.action == ActionKind::Defer)
+                .count();
+            let tried = match deferred {
+                0 => "no build started it".to_string(),
+                1 => "one build tried and failed before its start landed".to_string(),
+                k => format!("{k} builds tried and failed before their start landed"),
+            };
+            Some(need(
+                NeedKind::Overdue,
+                since,
+                format!(
+                    "stage {n} ({}) has been due since {} and {tried}: is the pipeline or its job paused, or does an input of the job keep failing?",
+                    doc.state_name,
+                    rfc3339::format(&due)
+                ),
+                format!(
+                    "make the stage's job run (fly unpause-job, fix its inputs, fly trigger-job); or build-state set {id} {n} --status pending --reason TEXT"
+                ),
+            ))
+        }
         _ => None,
     }
+}
+
+/// How long a stage may be due with no start before it needs a human:
+/// twice its `timeout` (an hour when it has none).
+pub fn overdue_after(retry: &RetryPolicy, n: super::ladder::Code) -> std::time::Duration {
+    2 * retry
+        .for_state(n)
+        .timeout
+        .unwrap_or(std::time::Duration::from_secs(3600))
+}
+
+/// When the stage the build is at became due and stayed so with no start:
+/// the event that made it pending, or its failure's `retry_at`;
+/// deferrals (builds that never started it) and restores do not change it.
+pub fn due_since(doc: &Document) -> Option<Timestamp> {
+    if !matches!(doc.status, Status::Pending | Status::Failed) {
+        return None;
+    }
+    let e = doc
+        .history
+        .iter()
+        .rev()
+        .find(|e| !matches!(e.action, ActionKind::Defer | ActionKind::Restore))?;
+    match e.status {
+        Status::Pending => Some(e.at),
+        Status::Failed => Some(e.retry_at.unwrap_or(e.at).max(e.at)),
+        _ => None,
+    }
+}
+
+/// Since when the stage the build is at is overdue at `now` (due for
+/// longer than [`overdue_after`] with no start), if it is.
+pub fn overdue_since(doc: &Document, retry: &RetryPolicy, now: Timestamp) -> Option<Timestamp> {
+    let bound = chrono::Duration::from_std(overdue_after(retry, doc.state)).ok()?;
+    let since = due_since(doc)?.checked_add_signed(bound)?;
+    (now >= since).then_some(since)
 }

@@ -144,6 +144,12 @@ pub enum ActionKind {
     /// An earlier stored version of the document put back (`build-state
     /// restore`): the history up to it, then this event at a new revision.
     Restore,
+    /// A stage's outcome from a Concourse build that never started it (it
+    /// failed before its `start` landed: a gate or repo get, the start put
+    /// itself): nothing is counted, the stage stays where it was and is due
+    /// again at the event's `retry_at` (a new revision: a new version for
+    /// its gate to trigger on).
+    Defer,
 }
 
 impl ActionKind {
@@ -160,6 +166,7 @@ impl ActionKind {
             ActionKind::Approve => "approve",
             ActionKind::Restart => "restart",
             ActionKind::Restore => "restore",
+            ActionKind::Defer => "defer",
         }
     }
 
@@ -271,20 +278,21 @@ pub struct Event {
     /// stage has not been attempted).
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// With `fail`: what went wrong.
+    /// With `fail` (and `defer`): what went wrong.
     pub error: Option<ErrorInfo>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "rfc3339::option"
     )]
-    /// With `fail` (retried): when the retry is due.
+    /// With `fail` (retried) and `defer`: when the stage is due again.
     pub retry_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     /// Variables this event merged into the document's `vars`.
     pub vars: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// With `set` and `cancel`: why.
+    /// With `set`, `cancel` and `approve`: why; with `defer`, and a `fail`
+    /// recorded for another build's dead attempt: what the resource decided.
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Free text.

@@ -78,7 +78,8 @@ impl Condition {
     /// dead attempt; `heartbeat` is the stored heartbeat, if read).
     /// `{min_state: N}` passes when the build is at N or past it. With a
     /// status, the gate passes when the build stands there in that status
-    /// (or anywhere, alone): a human is needed.
+    /// (or anywhere, alone): a human is needed; `blocked` passes for a
+    /// stage overdue too (due for long, no build starting it).
     pub fn gate_passes(
         self,
         doc: &Document,
@@ -87,14 +88,19 @@ impl Condition {
         heartbeat: Option<&Heartbeat>,
     ) -> bool {
         if let Some(status) = self.status {
-            return doc.status == status && self.place_holds(doc);
+            // A stage due for long that no build starts needs a human as
+            // much as a blocked one: the alert job hears of it too.
+            let overdue = status == Status::Blocked
+                && super::attention::overdue_since(doc, retry, now).is_some();
+            return (doc.status == status || overdue) && self.place_holds(doc);
         }
         match self.at {
             At::State(n) => {
                 doc.state == n
                     && match doc.status {
-                        Status::Pending => true,
-                        Status::Failed => doc.retry_at.is_none_or(|t| t <= now),
+                        // A deferred stage (its last build never started
+                        // it) has a `retry_at` too.
+                        Status::Pending | Status::Failed => doc.retry_at.is_none_or(|t| t <= now),
                         Status::InProgress => doc.is_dead(now, retry, heartbeat),
                         _ => false,
                     }
@@ -143,7 +149,7 @@ pub enum NextStep {
     Run,
     /// The stage failed and will be retried, not before its `retry_at`.
     Retry,
-    /// The stage failed and its retry is not due yet (only from
+    /// The stage failed (or was deferred) and is not due yet (only from
     /// [`NextStep::live`], which reads the clock).
     Wait,
     /// A human must look.
@@ -173,11 +179,15 @@ impl NextStep {
         }
     }
 
-    /// The next step now: `Wait` for a failed stage whose retry is not due
-    /// at `now` (for the CLI, which reads the live document).
+    /// The next step now: `Wait` for a failed or deferred stage that is not
+    /// due at `now` (for the CLI, which reads the live document).
     pub fn live(doc: &Document, now: Timestamp) -> NextStep {
         match NextStep::of(doc) {
-            NextStep::Retry if doc.retry_at.is_some_and(|t| t > now) => NextStep::Wait,
+            NextStep::Retry | NextStep::Run
+                if doc.status != Status::InProgress && doc.retry_at.is_some_and(|t| t > now) =>
+            {
+                NextStep::Wait
+            }
             step => step,
         }
     }

@@ -58,16 +58,12 @@ impl Document {
         (self.status == Status::InProgress).then(|| self.last_event().attempt)
     }
 
-    /// The attempt a stage job that got this revision runs (a function of
-    /// the revision alone, for `state.env`): the attempt after the stage's
-    /// failures; for a stage in progress, the one after that, since a gate
-    /// emits an in-progress revision only when its attempt is dead and the
-    /// next start records it first.
+    /// The attempt this revision is about (a function of the revision
+    /// alone, for `state.env`): the one in progress, or the next one to
+    /// start. A start put's implicit get gives a task the attempt its own
+    /// start recorded: what its heartbeats name.
     pub fn next_attempt(&self) -> u32 {
-        match self.status {
-            Status::InProgress => self.attempts + 2,
-            _ => self.attempts + 1,
-        }
+        self.attempts + 1
     }
 
     /// `heartbeat` if it belongs to the attempt in progress now.
@@ -193,7 +189,7 @@ pub fn heartbeat(
     };
     if let Some(theirs) = claim.attempt.filter(|a| *a != attempt) {
         return zombie(format!(
-            "it is for attempt {theirs}, and attempt {attempt} is in progress"
+            "it is for attempt {theirs}, and attempt {attempt} is in progress (if this worker is alive, the likely cause is a stale state.env: a gate's version fetched by a rerun or a manual build names an older attempt; take BUILD_STATE_ATTEMPT from the state.env of the stage's own start put, its implicit get)"
         ));
     }
     let start = doc.last_event();

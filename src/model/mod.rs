@@ -22,4 +22,6 @@ pub use policy::{RetryPolicy, StageRetry};
 pub use transition::{Action, Outcome, Refusal, Rules, Update, allowed, apply, extend};
 
 #[cfg(test)]
+mod outcome_tests;
+#[cfg(test)]
 mod tests;

@@ -5,20 +5,20 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-fn t0() -> DateTime<Utc> {
+pub(super) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
 }
 
-struct World {
-    ladder: Ladder,
-    retry: RetryPolicy,
-    labels: BTreeMap<String, String>,
-    doc: Option<Document>,
-    clock: DateTime<Utc>,
+pub(super) struct World {
+    pub(super) ladder: Ladder,
+    pub(super) retry: RetryPolicy,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) doc: Option<Document>,
+    pub(super) clock: DateTime<Utc>,
 }
 
 impl World {
-    fn new() -> World {
+    pub(super) fn new() -> World {
         World {
             ladder: Ladder::default(),
             retry: RetryPolicy::default(),
@@ -28,7 +28,7 @@ impl World {
         }
     }
 
-    fn rules(&self) -> Rules<'_> {
+    pub(super) fn rules(&self) -> Rules<'_> {
         Rules {
             build_id: "rhel8-web",
             ladder: &self.ladder,
@@ -37,14 +37,14 @@ impl World {
         }
     }
 
-    fn update(&mut self, action: Action) -> Update {
+    pub(super) fn update(&mut self, action: Action) -> Update {
         self.clock += Duration::seconds(1);
         // The CLI's actor: every outcome counts, nothing is a replay
         // (tests of Concourse builds set `by.build_id`).
         Update::new(action, Actor::default(), self.clock)
     }
 
-    fn try_do(&mut self, action: Action) -> Result<Outcome, Refusal> {
+    pub(super) fn try_do(&mut self, action: Action) -> Result<Outcome, Refusal> {
         let u = self.update(action);
         let out = apply(self.doc.as_ref(), &u, &self.rules())?;
         match &out {
@@ -63,13 +63,13 @@ impl World {
     }
 
     #[track_caller]
-    fn ok(&mut self, action: Action) -> &Document {
+    pub(super) fn ok(&mut self, action: Action) -> &Document {
         self.try_do(action).expect("transition refused");
         self.doc.as_ref().unwrap()
     }
 
     #[track_caller]
-    fn refused(&mut self, action: Action) -> String {
+    pub(super) fn refused(&mut self, action: Action) -> String {
         let before = self.doc.clone();
         let err = self
             .try_do(action)
@@ -79,12 +79,12 @@ impl World {
         err
     }
 
-    fn doc(&self) -> &Document {
+    pub(super) fn doc(&self) -> &Document {
         self.doc.as_ref().unwrap()
     }
 }
 
-fn fail(state: Code, message: &str) -> Action {
+pub(super) fn fail(state: Code, message: &str) -> Action {
     Action::Fail {
         state,
         error: ErrorInfo::new(message.into(), FailureKind::Transient),
@@ -642,7 +642,7 @@ proptest! {
     }
 }
 
-fn stage(max: u32, resume_from: Option<Code>, timeout: Option<i64>) -> StageRetry {
+pub(super) fn stage(max: u32, resume_from: Option<Code>, timeout: Option<i64>) -> StageRetry {
     StageRetry {
         max_attempts: max,
         backoff: std::time::Duration::from_secs(60),
@@ -653,7 +653,7 @@ fn stage(max: u32, resume_from: Option<Code>, timeout: Option<i64>) -> StageRetr
 }
 
 /// Walks a fresh build to `code`, pending.
-fn at(w: &mut World, code: Code) {
+pub(super) fn at(w: &mut World, code: Code) {
     w.ok(Action::Init { restart: false });
     let mut n = 0;
     while n < code {
@@ -1023,7 +1023,7 @@ fn the_words_round_trip() {
 }
 
 /// An update from Concourse build `build`.
-fn from(w: &mut World, build: &str, action: Action) -> Update {
+pub(super) fn from(w: &mut World, build: &str, action: Action) -> Update {
     let mut u = w.update(action);
     u.by.build_id = Some(build.into());
     u.by.build_name = Some(build.into());
@@ -1088,19 +1088,31 @@ fn an_outcome_from_a_build_that_did_not_start_the_attempt_counts_nothing() {
         Ok(Outcome::Write(_))
     ));
     assert_eq!(w.doc.as_ref().unwrap().state, 10);
-    // A human's retry ends the attempt: after it, any build's outcome counts
-    // again (and the CLI's always does).
+    // A human's retry ends the attempt: the build that started it counts
+    // nothing after it; one that never started the stage defers it (no
+    // count); the CLI's outcome always counts.
     assert!(matches!(
         put(&mut w, "c", Action::Start(10)),
         Ok(Outcome::Write(_))
     ));
     w.ok(Action::Retry(10));
-    assert!(matches!(
-        put(&mut w, "d", fail(10, "x")),
-        Ok(Outcome::Write(_))
-    ));
+    match put(&mut w, "c", fail(10, "late")) {
+        Ok(Outcome::Ignored(why)) => assert!(
+            why.contains("the attempt it started at revision 7 is over (a human reset the stage since)"),
+            "{why}"
+        ),
+        o => panic!("{o:?}"),
+    }
+    let d = match put(&mut w, "d", fail(10, "x")) {
+        Ok(Outcome::Write(d)) => d,
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(
+        (d.last_event().action, d.status, d.attempts),
+        (ActionKind::Defer, Status::Pending, 0)
+    );
     w.ok(fail(10, "from the CLI"));
-    assert_eq!(w.doc.as_ref().unwrap().attempts, 2);
+    assert_eq!(w.doc.as_ref().unwrap().attempts, 1);
 }
 
 fn approval_stage(max: u32, resume_from: Option<Code>) -> StageRetry {

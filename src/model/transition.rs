@@ -316,8 +316,8 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
     if is_replay(doc, update) {
         return Ok(Outcome::Unchanged);
     }
-    if let Some(why) = not_this_builds_attempt(doc, update) {
-        return Ok(Outcome::Ignored(why));
+    if let Some(outcome) = another_builds_outcome(doc, update, rules) {
+        return Ok(outcome);
     }
 
     let refuse = || {
@@ -356,7 +356,10 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                 return refuse();
             }
             // The backoff is binding: a stage job run early does not retry.
+            // (A deferral only says when the gate opens again: a human's
+            // build may start the stage before.)
             if doc.status == Failed
+                && doc.last_event().action != ActionKind::Defer
                 && let Some(due) = doc.retry_at
                 && update.at < due
             {
@@ -368,7 +371,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                 )));
             }
             if doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref()) {
-                return Ok(dead_attempt(doc, update, rules, *n));
+                return Ok(dead_attempt(doc, update, rules, *n, true));
             }
             (*n, InProgress, doc.attempts + 1, None, None)
         }
@@ -401,7 +404,14 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                 // A start-over stage sends the build back: the retry re-runs
                 // the stages from there (the error names this stage).
                 let back_to = policy.resume_from.unwrap_or(*n);
-                (back_to, Failed, attempts, retry_at, Some(error))
+                // Sent back to a stage that needs an approval it no longer
+                // has (it completed since, or a `set` skipped it): it waits
+                // for one, as on any arrival there.
+                if back_to != *n && arrival(&doc.history, back_to, rules) == AwaitingApproval {
+                    (back_to, AwaitingApproval, attempts, None, Some(error))
+                } else {
+                    (back_to, Failed, attempts, retry_at, Some(error))
+                }
             }
         }
         Action::Retry(n) => {
@@ -477,35 +487,146 @@ fn is_replay(doc: &Document, update: &Update) -> bool {
         && last.target == update.action.target()
 }
 
-/// An outcome (`complete N`, `fail N`) from a Concourse build when another
-/// Concourse build started the stage's current attempt: the reason it counts
-/// nothing. The current attempt is the newest `start N` of the run since the
-/// stage was last reset (`retry`, `set`, a new run); without one (a stage no
-/// job starts, such as `complete 0` right after `init`), or from the CLI,
-/// every outcome counts.
-fn not_this_builds_attempt(doc: &Document, update: &Update) -> Option<String> {
-    let (ActionKind::Complete | ActionKind::Fail) = update.action.kind() else {
+/// An outcome (`complete N`, `fail N`) from a Concourse build that did not
+/// start the stage's current attempt, or that already recorded the stage
+/// complete: what it does instead of counting. `None`: it counts (its own
+/// attempt, a human at the CLI, or a stage no job starts, such as
+/// `complete 0` right after `init`).
+///
+/// - A failure after the same build recorded the stage complete (its
+///   `on_success` put landed and failed all the same, so `on_failure`
+///   ran): a recorded success stays a success.
+/// - A failure from a build that never started the stage (it failed at its
+///   gate get, its repo get, its start put) while the stage is due: the
+///   build used up its gate's version, so the stage is deferred: a new
+///   revision, due again after the stage's backoff, nothing counted. When
+///   the stage was in progress past its deadline (a dead attempt, which is
+///   why the gate let this build in), the dead attempt is recorded as the
+///   next start would have recorded it.
+/// - Otherwise, when another build started the current attempt (a job run
+///   early by hand, queued while the stage was failing, a zombie): nothing.
+fn another_builds_outcome(doc: &Document, update: &Update, rules: &Rules) -> Option<Outcome> {
+    let kind = update.action.kind();
+    let (ActionKind::Complete | ActionKind::Fail) = kind else {
         return None;
     };
     let n = update.action.target()?;
     let mine = update.by.build_id.as_ref()?;
-    let start = doc.history.iter().rev().find_map(|e| match e.action {
-        ActionKind::Start if e.target == Some(n) => Some(Some(e)),
-        ActionKind::Init | ActionKind::Restart => Some(None),
-        ActionKind::Retry | ActionKind::Set if e.target == Some(n) => Some(None),
-        _ => None,
-    })??;
-    let theirs = start.by.build_id.as_ref()?;
-    if theirs == mine {
+    let own = doc
+        .history
+        .iter()
+        .rev()
+        .find(|e| e.target == Some(n) && e.by.build_id.as_ref() == Some(mine));
+    if kind == ActionKind::Fail
+        && let Some(done) = own.filter(|e| e.action == ActionKind::Complete)
+    {
+        return Some(Outcome::Ignored(format!(
+            "{}; fail {n} from {} counts nothing: this build recorded stage {n} complete at revision {} (its success put landed, and the build went on as if it had not: a recorded success stays a success)",
+            doc.whereabouts(),
+            update.by.describe(),
+            done.revision
+        )));
+    }
+    if kind == ActionKind::Fail
+        && let Some(said) = own.filter(|e| matches!(e.action, ActionKind::Defer | ActionKind::Fail))
+    {
+        // Its outcome was taken already (its failure, a deferral, a dead
+        // attempt recorded in its name): a replay after another write.
+        return Some(Outcome::Ignored(format!(
+            "{}; fail {n} from {} counts nothing: its {} at revision {} already answered for it",
+            doc.whereabouts(),
+            update.by.describe(),
+            said.action,
+            said.revision
+        )));
+    }
+    let start = current_start(doc, n);
+    if start.is_some_and(|s| s.by.build_id.as_ref().is_none_or(|b| b == mine)) {
         return None;
     }
-    Some(format!(
+    if kind == ActionKind::Fail && own.is_none() && doc.state == n {
+        let due = match doc.status {
+            Status::Pending => true,
+            Status::Failed => doc.retry_at.is_none_or(|t| t <= update.at),
+            _ => false,
+        };
+        if due {
+            return Some(defer(doc, update, rules, n));
+        }
+        if doc.status == Status::InProgress
+            && doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref())
+        {
+            return Some(dead_attempt(doc, update, rules, n, false));
+        }
+    }
+    if let Some(mine) = own.filter(|e| e.action == ActionKind::Start) {
+        // Its attempt ended (a human reset the stage, or another start
+        // recorded it dead): a zombie's outcome.
+        let since = start.map_or("a human reset the stage since".to_string(), |s| {
+            format!("{} started another at revision {}", s.by.describe(), s.revision)
+        });
+        return Some(Outcome::Ignored(format!(
+            "{}; {kind} {n} from {} counts nothing: the attempt it started at revision {} is over ({since})",
+            doc.whereabouts(),
+            update.by.describe(),
+            mine.revision
+        )));
+    }
+    let start = start?;
+    Some(Outcome::Ignored(format!(
         "{}; {} {n} from {} counts nothing: this build did not start the stage's current attempt ({} did, at revision {}); a stage job run early (by hand, or queued while the stage was failing) neither retries nor fails the stage",
         doc.whereabouts(),
-        update.action.kind(),
+        kind,
         update.by.describe(),
         start.by.describe(),
         start.revision
+    )))
+}
+
+/// The `start n` of the stage's current attempt: the newest of the run
+/// since the stage was last reset (`retry`, `set`, a new run).
+fn current_start(doc: &Document, n: Code) -> Option<&Event> {
+    doc.history
+        .iter()
+        .rev()
+        .find_map(|e| match e.action {
+            ActionKind::Start if e.target == Some(n) => Some(Some(e)),
+            ActionKind::Init | ActionKind::Restart => Some(None),
+            ActionKind::Retry | ActionKind::Set if e.target == Some(n) => Some(None),
+            _ => None,
+        })
+        .flatten()
+}
+
+/// A failure from a build that never started stage `n`, while the stage is
+/// due: nothing counted; the stage stays where it is and is due again after
+/// its backoff (a `defer` event: a new revision, so its gate triggers the
+/// stage job again then).
+fn defer(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outcome {
+    let policy = rules.retry.for_state(n);
+    let wait = chrono::Duration::from_std(policy.backoff_after(doc.attempts.max(1)))
+        .unwrap_or(chrono::Duration::MAX);
+    let due = update.at.checked_add_signed(wait);
+    let mut e = event(update, doc.revision + 1, n, doc.status, doc.attempts);
+    e.action = ActionKind::Defer;
+    e.retry_at = due;
+    e.vars = Map::new();
+    if let Action::Fail { error, .. } = &update.action {
+        e.error = Some(bounded(error));
+    }
+    e.reason = Some(format!(
+        "{} failed before its start {n} landed (a get or the start put): it never ran the stage, so nothing is counted; stage {n} is due again at {}",
+        update.by.describe(),
+        due.map_or("the end of time".into(), |t| super::document::rfc3339::format(&t))
+    ));
+    let mut history = doc.history.clone();
+    history.push(e);
+    Outcome::Write(Document::from_history(
+        &doc.build_id,
+        doc.run,
+        doc.labels.clone(),
+        history,
+        rules.ladder,
     ))
 }
 
@@ -531,10 +652,19 @@ fn restart_run(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
     }
 }
 
-/// `start N` of a stage in progress past its timeout: the dead attempt is
-/// recorded as a transient failure first, then the stage starts again; with
-/// no attempt left, the failure blocks the stage and the start is refused.
-fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outcome {
+/// A stage in progress past its deadline: the dead attempt is recorded as a
+/// transient failure. With `then_start` (a `start N`), the stage starts
+/// again at once; with no attempt left, the failure blocks the stage and
+/// the start is refused. Without (the outcome of a build that never
+/// started the stage), the failure waits for its backoff like any other,
+/// and the outcome itself counts nothing.
+fn dead_attempt(
+    doc: &Document,
+    update: &Update,
+    rules: &Rules,
+    n: Code,
+    then_start: bool,
+) -> Outcome {
     let policy = rules.retry.for_state(n);
     let attempts = doc.attempts + 1;
     let since = super::document::rfc3339::format(&doc.updated_at);
@@ -584,9 +714,20 @@ fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outc
     fail.error = Some(error);
     fail.vars = Map::new();
     fail.note = None;
+    if !then_start {
+        if !blocked {
+            let wait = chrono::Duration::from_std(policy.backoff_after(attempts))
+                .unwrap_or(chrono::Duration::MAX);
+            fail.retry_at = update.at.checked_add_signed(wait);
+        }
+        fail.reason = Some(format!(
+            "recorded for {}, which never started stage {n}: its own failure counts nothing",
+            update.by.describe()
+        ));
+    }
     let mut history = doc.history.clone();
     history.push(fail);
-    if !blocked {
+    if then_start && !blocked {
         history.push(event(
             update,
             doc.revision + 2,
@@ -602,7 +743,7 @@ fn dead_attempt(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outc
         history,
         rules.ladder,
     );
-    if blocked {
+    if blocked && then_start {
         let refusal = Refusal::Invalid(format!(
             "{}; its attempt {attempts} timed out and was the last (max_attempts {}): recorded as blocked, so start {n} does not go on; a human decides (retry {n})",
             document.whereabouts(),

@@ -407,8 +407,12 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                 }
                 Some(done.version)
             }
-            Err(e) => {
-                self.log(Some(ctx.build), format!("{shown}: failed: {e}"), after);
+            Err(f) => {
+                self.log(Some(ctx.build), format!("{shown}: failed: {}", f.error), after);
+                // A write that landed before the refusal hands off.
+                for h in &f.handoffs {
+                    self.webhook(ctx.build, h);
+                }
                 None
             }
         }

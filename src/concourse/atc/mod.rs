@@ -118,6 +118,16 @@ pub struct PutDone {
     pub handoffs: Vec<Handed>,
 }
 
+/// A put that failed, and the check webhooks it posted all the same (a
+/// write that landed before the put was refused hands off).
+#[derive(Clone, Debug)]
+pub struct PutFailed {
+    /// Why it failed.
+    pub error: StepError,
+    /// The check webhooks it posted.
+    pub handoffs: Vec<Handed>,
+}
+
 /// A check webhook a put posted: the resource, and the token it sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Handed {
@@ -195,7 +205,7 @@ pub trait Worker {
         env: &BuildEnv,
         artifacts: &BTreeMap<String, Files>,
         now: Timestamp,
-    ) -> Result<PutDone, StepError>;
+    ) -> Result<PutDone, PutFailed>;
 
     /// A task (a hung one never answers: the step's `timeout` ends it).
     async fn task(&self, call: TaskCall<'_>) -> TaskEnd;

@@ -49,7 +49,7 @@ impl Worker for Host {
         env: &BuildEnv,
         artifacts: &BTreeMap<String, Files>,
         _: Timestamp,
-    ) -> Result<PutDone, StepError> {
+    ) -> Result<PutDone, super::PutFailed> {
         self.seen
             .borrow_mut()
             .push(artifacts.keys().cloned().collect());

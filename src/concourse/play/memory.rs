@@ -201,18 +201,17 @@ impl Steps for InMemory {
         let (config, change, handoff) =
             crate::resource::put_request(req.to_string().as_bytes(), &files, env, now, &notes)
                 .map_err(judged)?;
-        let (reply, landed) = crate::resource::put_landed(
+        let result = crate::resource::put_landed(
             &config,
             &self.store,
             &ManualClock::at(now),
             change,
             &notes,
         )
-        .await
-        .map_err(judged)?;
+        .await;
         // What `out` posts to the ATC once the write landed (the
         // simulation plays the ATC's side).
-        if landed && !handoff.is_empty() {
+        if crate::resource::landed(&result) && !handoff.is_empty() {
             match &handoff.target {
                 Ok((_, token)) => self
                     .handoffs
@@ -227,6 +226,7 @@ impl Steps for InMemory {
                 )),
             }
         }
+        let (reply, _) = result.map_err(judged)?;
         Ok((
             serde_json::to_value(&reply.version).expect("a version serializes"),
             notes.take(),

@@ -7,7 +7,9 @@ use super::Steps;
 use super::scenario::{Outcome, TaskRun};
 use super::stand::Play;
 use crate::concourse::atc::pipeline::{Resource, TaskStep};
-use crate::concourse::atc::{Files, PutDone, Status, StepError, TaskCall, TaskEnd, Worker};
+use crate::concourse::atc::{
+    Files, PutDone, PutFailed, Status, StepError, TaskCall, TaskEnd, Worker,
+};
 use crate::model::Timestamp;
 use crate::protocol::BuildEnv;
 use serde_json::{Value, json};
@@ -40,7 +42,7 @@ impl<S: Steps + 'static> Worker for Play<S> {
         env: &BuildEnv,
         artifacts: &BTreeMap<String, Files>,
         now: Timestamp,
-    ) -> Result<PutDone, StepError> {
+    ) -> Result<PutDone, PutFailed> {
         match self.steps.put(resource, params, env, artifacts, now).await {
             Ok((version, said)) => Ok(PutDone {
                 version,
@@ -56,7 +58,10 @@ impl<S: Steps + 'static> Worker for Play<S> {
                         crate::concourse::atc::compact(params)
                     ));
                 }
-                Err(e)
+                Err(PutFailed {
+                    error: e,
+                    handoffs: self.steps.take_handoffs(),
+                })
             }
         }
     }
