@@ -195,19 +195,42 @@ fn judge(
 }
 
 /// What went wrong in `r` against the play without faults; `hung` is the
-/// task that hung (its stage may run it again and count its failure).
+/// task that hung (its stage may run it again and count its failure). A
+/// play that ends blocked with a human told (an alert job ran) was handed
+/// to a human, as the stage's policy says (a hung task at a human's stage):
+/// not a stall, and the alert's tasks may run.
 fn verdicts(p: &Pipeline, base: &Report, r: &Report, hung: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
-    if base.summary.delivered && !r.summary.delivered {
+    let alerts = super::report::alert_jobs(p);
+    let builds_of = |rep: &Report, job: &str| {
+        rep.played.atc.builds.iter().filter(|b| b.job == job).count()
+    };
+    let handed = alerts.iter().any(|j| builds_of(r, j) > builds_of(base, j))
+        && r.played
+            .document
+            .as_ref()
+            .is_some_and(|d| d.status == crate::model::Status::Blocked);
+    if base.summary.delivered && !r.summary.delivered && !handed {
         out.push(format!(
             "stalled: {}; {}",
             r.summary.end.as_deref().unwrap_or("no document"),
             r.summary.stopped
         ));
     }
+    // Runs allowed beyond the play without faults: the hung task once
+    // more, the stages a start-over loop from its stage re-runs, and the
+    // alert's tasks when the play was handed to a human.
+    let mut again: Vec<String> = hung.map(|t| vec![t.to_string()]).unwrap_or_default();
+    if let Some(t) = hung {
+        let looped = looped_stages(p, &stages_of_task(p, t));
+        again.extend(tasks_of_stages(p, &looped));
+    }
+    if handed {
+        again.extend(tasks_of(p, &alerts));
+    }
     for (task, n) in &r.played.task_runs {
         let before = base.played.task_runs.get(task).copied().unwrap_or(0);
-        let allowed = before + u64::from(hung == Some(task.as_str()));
+        let allowed = before + u64::from(again.contains(task));
         if *n > allowed {
             out.push(format!(
                 "task {task} ran {n} times (without the fault: {before})"
@@ -223,6 +246,62 @@ fn verdicts(p: &Pipeline, base: &Report, r: &Report, hung: Option<&str>) -> Vec<
                 "{n} failure(s) recorded at {stage} (without the fault: {before}): a failure no task had"
             ));
         }
+    }
+    out
+}
+
+/// The stages a failure at `stages` sends the build back through (a
+/// `resume_from` policy): from the code it resumes from, up to the stage.
+fn looped_stages(p: &Pipeline, stages: &[u32]) -> Vec<u32> {
+    let Some(config) = p
+        .state_resource()
+        .and_then(|r| serde_json::from_value(r.source.clone()).ok())
+        .and_then(|s| crate::resource::configure(&s).ok())
+    else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for n in stages {
+        if let Some(from) = config.retry.for_state(*n).resume_from {
+            out.extend(
+                config
+                    .ladder
+                    .steps()
+                    .iter()
+                    .map(|s| s.code)
+                    .filter(|c| *c >= from && c < n),
+            );
+        }
+    }
+    out
+}
+
+/// The tasks of the jobs that start `stages`.
+fn tasks_of_stages(p: &Pipeline, stages: &[u32]) -> Vec<String> {
+    let jobs: Vec<&str> = p
+        .jobs
+        .iter()
+        .filter(|j| {
+            j.puts().iter().any(|put| {
+                put.params["start"]
+                    .as_u64()
+                    .is_some_and(|n| stages.contains(&(n as u32)))
+            })
+        })
+        .map(|j| j.name.as_str())
+        .collect();
+    tasks_of(p, &jobs)
+}
+
+/// The tasks of `jobs`.
+fn tasks_of(p: &Pipeline, jobs: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for j in p.jobs.iter().filter(|j| jobs.contains(&j.name.as_str())) {
+        j.plan.visit(&mut |s| {
+            if let StepKind::Task(t) = &s.kind {
+                out.push(t.name.clone());
+            }
+        });
     }
     out
 }

@@ -132,18 +132,7 @@ fn summarize(p: &Pipeline, played: &Played) -> Summary {
             }
         }
     }
-    let alert_jobs: Vec<&str> = p
-        .jobs
-        .iter()
-        .filter(|j| {
-            j.gets().iter().any(|g| {
-                g.trigger
-                    && p.resource(&g.resource)
-                        .is_some_and(|r| r.build_state && r.source["gate"].get("status").is_some())
-            })
-        })
-        .map(|j| j.name.as_str())
-        .collect();
+    let alert_jobs = alert_jobs(p);
     Summary {
         delivered: played.delivered_at.is_some(),
         delivered_at: played.delivered_at,
@@ -182,6 +171,22 @@ fn summarize(p: &Pipeline, played: &Played) -> Summary {
         checks: played.atc.checks,
         stopped: played.stopped.clone(),
     }
+}
+
+/// The alert jobs: triggered by a build-state gate on a status (blocked,
+/// awaiting approval): they tell a human.
+pub(super) fn alert_jobs(p: &Pipeline) -> Vec<&str> {
+    p.jobs
+        .iter()
+        .filter(|j| {
+            j.gets().iter().any(|g| {
+                g.trigger
+                    && p.resource(&g.resource)
+                        .is_some_and(|r| r.build_state && r.source["gate"].get("status").is_some())
+            })
+        })
+        .map(|j| j.name.as_str())
+        .collect()
 }
 
 fn expectations(s: &Scenario, played: &Played, summary: &Summary) -> Vec<String> {
