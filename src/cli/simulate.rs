@@ -73,17 +73,6 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
             errors.join("\n  ")
         ))
     })?;
-    if let Some(job) = p
-        .jobs
-        .iter()
-        .find(|j| j.puts().iter().any(|put| put.params.get("file").is_some()))
-    {
-        return Err(unreadable(format!(
-            "{}: job {} records progress with a document its task writes (a put with file:); simulate plays what a scenario says each task does, not a task's script, so it cannot play this pipeline (its tasks decide with the CLI)",
-            path.display(),
-            job.name
-        )));
-    }
     let scenario = match &args.scenario {
         None => Scenario::default(),
         Some(f) => {

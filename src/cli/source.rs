@@ -56,6 +56,16 @@ pub(crate) struct SourceArgs {
     /// A role to assume
     #[arg(long, global = true, env = "BUILD_STATE_ROLE_ARN")]
     pub role_arn: Option<String>,
+    /// An access key of the CLI's own (with BUILD_STATE_SECRET_ACCESS_KEY),
+    /// instead of the AWS credential chain: a task that runs Packer with
+    /// one key sends heartbeats with another, which can only read and
+    /// write the state prefix
+    #[arg(long, global = true, env = "BUILD_STATE_ACCESS_KEY_ID", value_name = "ID")]
+    pub access_key_id: Option<String>,
+    /// Its secret: from the environment only, never a flag (a flag shows
+    /// in the process list)
+    #[arg(skip = std::env::var("BUILD_STATE_SECRET_ACCESS_KEY").ok())]
+    pub secret_access_key: Option<String>,
 }
 
 impl SourceArgs {
@@ -119,6 +129,22 @@ impl SourceArgs {
         set("endpoint", self.endpoint.clone().map(Value::from));
         set("use_path_style", self.use_path_style.map(Value::from));
         set("aws_role_arn", self.role_arn.clone().map(Value::from));
+        let key = self.access_key_id.as_deref().filter(|k| !k.is_empty());
+        let secret = self.secret_access_key.as_deref().filter(|k| !k.is_empty());
+        match (key, secret) {
+            (Some(k), Some(s)) => {
+                set("access_key_id", Some(Value::from(k)));
+                set("secret_access_key", Some(Value::from(s)));
+                obj.remove("session_token");
+            }
+            (None, None) => {}
+            (Some(_), None) => bail!(
+                "--access-key-id (or BUILD_STATE_ACCESS_KEY_ID) needs BUILD_STATE_SECRET_ACCESS_KEY in the environment"
+            ),
+            (None, Some(_)) => bail!(
+                "BUILD_STATE_SECRET_ACCESS_KEY needs --access-key-id (or BUILD_STATE_ACCESS_KEY_ID)"
+            ),
+        }
         // As the AWS tools do: with no endpoint named, AWS_ENDPOINT_URL_S3
         // or AWS_ENDPOINT_URL (for a bucket, not a local directory).
         if !obj.contains_key("endpoint")

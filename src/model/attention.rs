@@ -196,10 +196,14 @@ pub fn due_since(doc: &Document) -> Option<Timestamp> {
     }
 }
 
-/// Since when the stage the build is at is overdue at `now` (due for
-/// longer than [`overdue_after`] with no start), if it is.
-pub fn overdue_since(doc: &Document, retry: &RetryPolicy, now: Timestamp) -> Option<Timestamp> {
+/// When the stage the build is at becomes overdue (due for longer than
+/// [`overdue_after`] with no start), if it stays as it is.
+pub fn overdue_at(doc: &Document, retry: &RetryPolicy) -> Option<Timestamp> {
     let bound = chrono::Duration::from_std(overdue_after(retry, doc.state)).ok()?;
-    let since = due_since(doc)?.checked_add_signed(bound)?;
-    (now >= since).then_some(since)
+    due_since(doc)?.checked_add_signed(bound)
+}
+
+/// Since when the stage the build is at is overdue at `now`, if it is.
+pub fn overdue_since(doc: &Document, retry: &RetryPolicy, now: Timestamp) -> Option<Timestamp> {
+    overdue_at(doc, retry).filter(|t| now >= *t)
 }

@@ -138,7 +138,11 @@ impl Steps for InMemory {
         if let Some(doc) = self.stored(&config) {
             // The next time the answer can change with the clock alone.
             let beat = self.stored_heartbeat(&config);
-            let until = [doc.retry_at, doc.dead_since(&config.retry, beat.as_ref())]
+            let until = [
+                doc.retry_at,
+                doc.dead_since(&config.retry, beat.as_ref()),
+                crate::model::attention::overdue_at(&doc, &config.retry),
+            ]
                 .into_iter()
                 .flatten()
                 .filter(|t| *t > now)

@@ -7,6 +7,7 @@
 //! ([`faults`]). The ATC ([`super::atc`]) meets it at its `Worker` and
 //! `Observer` traits, which [`stand::Play`] implements.
 
+mod documents;
 pub mod faults;
 pub mod memory;
 pub mod report;
@@ -145,8 +146,37 @@ pub fn simulate<S: Steps + 'static>(
         t0: t0(),
         rerun_when_worker_disappears: scenario.atc.rerun_when_worker_disappears,
     };
-    let played = stand::play(pipeline, steps, settings, scenario)?;
+    let played = stand::play(pipeline, steps, settings, &with_init(pipeline, scenario))?;
     Ok(Report::new(
         pipeline, name, release, scenario, wiring, played,
     ))
+}
+
+/// `scenario`, with a human's `init` at the start when no job of the
+/// pipeline creates the build and the scenario does not either (as the
+/// single-job pipeline says: `build-state init` starts a build).
+fn with_init(pipeline: &Pipeline, scenario: &Scenario) -> Scenario {
+    let inits = |params: &serde_json::Value| params.get("init").is_some();
+    let by_job = pipeline
+        .jobs
+        .iter()
+        .any(|j| j.puts().iter().any(|p| inits(&p.params)));
+    let by_event = scenario
+        .events
+        .iter()
+        .any(|e| matches!(&e.what, scenario::Happening::Put { params, .. } if inits(params)));
+    let mut s = scenario.clone();
+    if !by_job && !by_event {
+        s.events.insert(
+            0,
+            scenario::Event {
+                at: std::time::Duration::ZERO,
+                what: scenario::Happening::Put {
+                    params: serde_json::json!({"init": true}),
+                    resource: None,
+                },
+            },
+        );
+    }
+    s
 }

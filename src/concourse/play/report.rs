@@ -79,7 +79,7 @@ impl Report {
         played: Played,
     ) -> Report {
         let summary = summarize(p, &played);
-        let failures = expectations(scenario, &played, &summary);
+        let failures = expectations(p, scenario, &played, &summary);
         Report {
             pipeline: name.to_string(),
             release: release.to_string(),
@@ -189,7 +189,7 @@ pub(super) fn alert_jobs(p: &Pipeline) -> Vec<&str> {
         .collect()
 }
 
-fn expectations(s: &Scenario, played: &Played, summary: &Summary) -> Vec<String> {
+fn expectations(p: &Pipeline, s: &Scenario, played: &Played, summary: &Summary) -> Vec<String> {
     let x = &s.expect;
     let mut out = played.violations.clone();
     let end = summary.end.clone().unwrap_or_else(|| "no document".into());
@@ -236,7 +236,47 @@ fn expectations(s: &Scenario, played: &Played, summary: &Summary) -> Vec<String>
         out.push(format!("expected run {r} at the end; {end}"));
     }
     counts(x, played, summary, &mut out);
+    if let Some(within) = x.alerted_within {
+        out.extend(alerted(p, played, within));
+    }
     out
+}
+
+/// Whether an alert job's build started within `within` of the build first
+/// becoming blocked (the time a human waits to hear of it).
+fn alerted(p: &Pipeline, played: &Played, within: Duration) -> Option<String> {
+    let t0 = super::t0();
+    let blocked = played
+        .document
+        .as_ref()?
+        .history
+        .iter()
+        .find(|e| e.status == crate::model::Status::Blocked)
+        .map(|e| (e.at - t0).num_seconds().max(0) as u64);
+    let Some(blocked) = blocked else {
+        return Some("expected an alert after the build became blocked; it never was".into());
+    };
+    let jobs = alert_jobs(p);
+    let alert = played
+        .atc
+        .builds
+        .iter()
+        .filter(|b| jobs.contains(&b.job.as_str()))
+        .filter_map(|b| b.started)
+        .filter(|t| *t >= blocked)
+        .min();
+    match alert {
+        Some(t) if t - blocked <= within.as_secs() => None,
+        Some(t) => Some(format!(
+            "expected an alert within {} of the build becoming blocked; the first came after {}",
+            duration::format(within),
+            duration::format(Duration::from_secs(t - blocked))
+        )),
+        None => Some(format!(
+            "expected an alert within {} of the build becoming blocked; none came",
+            duration::format(within)
+        )),
+    }
 }
 
 /// The counted expectations: builds, task runs, failures, refusals.

@@ -194,6 +194,9 @@ pub struct Expect {
     pub runs: Option<u64>,
     /// Puts and heartbeats the resource refuses (none unless said).
     pub refused: Option<Count>,
+    /// An alert job's build starts within this time of the build first
+    /// becoming blocked.
+    pub alerted_within: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +220,8 @@ struct ExpectFields {
     runs: Option<u64>,
     #[serde(default)]
     refused: Option<Value>,
+    #[serde(default)]
+    alerted_within: Option<String>,
 }
 
 /// A whole scenario.
@@ -385,6 +390,10 @@ fn expect(x: ExpectFields) -> Result<Expect, String> {
         failures,
         runs: x.runs,
         refused: x.refused.map(|v| count(&v, "expect.refused")).transpose()?,
+        alerted_within: x
+            .alerted_within
+            .map(|w| dur(&w, "expect.alerted_within"))
+            .transpose()?,
     })
 }
 

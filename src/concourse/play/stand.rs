@@ -68,7 +68,7 @@ pub struct Play<S: Steps + 'static> {
     pub(super) scenario: Scenario,
     /// The ungated build-state resource whose document is the build's.
     pub(super) state: Resource,
-    config: Option<crate::config::Config>,
+    pub(super) config: Option<crate::config::Config>,
     pub(super) books: RefCell<Books>,
     atc: RefCell<Weak<Atc<Play<S>>>>,
 }
@@ -251,7 +251,10 @@ impl<S: Steps + 'static> Play<S> {
         let config = self.config.as_ref()?;
         // A time that opens a gate, and then a check and a schedule after it.
         let margin = chrono::Duration::from_std(quiet).unwrap_or_default();
+        // A stage due for long with no start opens the alert gate.
+        let overdue = crate::model::attention::overdue_at(&doc, &config.retry);
         let later = doc.retry_at.is_some_and(|t| t + margin > now)
+            || overdue.is_some_and(|t| t + margin > now)
             || doc
                 .dead_since(&config.retry, heartbeat.as_ref())
                 .is_some_and(|t| t + margin > now);
@@ -318,16 +321,30 @@ impl<S: Steps + 'static> Play<S> {
             },
             None => self.state.clone(),
         };
-        let result = self
-            .steps
-            .put(
-                &r,
-                params,
-                &BuildEnv::default(),
-                &BTreeMap::new(),
-                atc.now(),
-            )
-            .await;
+        // A human whose command could not reach the store runs it again a
+        // minute later (three times in all).
+        let mut tries = 0;
+        let result = loop {
+            tries += 1;
+            let result = self
+                .steps
+                .put(
+                    &r,
+                    params,
+                    &BuildEnv::default(),
+                    &BTreeMap::new(),
+                    atc.now(),
+                )
+                .await;
+            match result {
+                Err(StepError::Unavailable(e)) if tries < 3 => {
+                    let line = format!("a human puts {params} to {}: failed: {e}; again in a minute", r.name);
+                    atc.log(None, line, None);
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                result => break result,
+            }
+        };
         let after = self.state().await;
         match result {
             Ok(_) => {

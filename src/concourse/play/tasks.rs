@@ -67,12 +67,11 @@ impl<S: Steps + 'static> Worker for Play<S> {
     }
 
     async fn task(&self, call: TaskCall<'_>) -> TaskEnd {
-        *self
-            .books
-            .borrow_mut()
-            .task_runs
-            .entry(call.task.name.clone())
-            .or_insert(0) += 1;
+        if let Some(copy) = super::documents::copy_of(&call) {
+            // Counted per stage it runs (a run with nothing due is none).
+            return self.run_on_copy(&call, copy).await;
+        }
+        self.count_run(call.task.name.clone());
         if let Some((status, outputs, said)) = self.steps.task(call.task, call.artifacts).await {
             return TaskEnd::Exited {
                 status,
@@ -106,8 +105,13 @@ impl<S: Steps + 'static> Worker for Play<S> {
 }
 
 impl<S: Steps + 'static> Play<S> {
+    /// Counts a run of a task (by name, or `task: stage N`).
+    pub(super) fn count_run(&self, key: String) {
+        *self.books.borrow_mut().task_runs.entry(key).or_insert(0) += 1;
+    }
+
     /// The scenario's next run of this task (by `job/task`, else by task).
-    fn next_run(&self, call: &TaskCall<'_>) -> TaskRun {
+    pub(super) fn next_run(&self, call: &TaskCall<'_>) -> TaskRun {
         let mut b = self.books.borrow_mut();
         let key = format!("{}/{}", call.job.name, call.task.name);
         let queue = if b.scripts.contains_key(&key) {
@@ -124,7 +128,7 @@ impl<S: Steps + 'static> Play<S> {
 
     /// How a task run that took its time ends, with the files the job's
     /// puts read from its outputs.
-    fn end_of(&self, call: &TaskCall<'_>, run: &TaskRun) -> TaskEnd {
+    pub(super) fn end_of(&self, call: &TaskCall<'_>, run: &TaskRun) -> TaskEnd {
         let t = call.task;
         let mut outputs: BTreeMap<String, Files> = t
             .outputs
