@@ -39,7 +39,7 @@ pub enum ErrorKind {
     /// The change was written (what was found had to be recorded: a dead
     /// attempt that used the stage's last attempt), then refused all the
     /// same: the caller cannot go on, but a write landed.
-    Recorded(Refusal),
+    Recorded(Box<Refusal>),
     #[error(transparent)]
     /// The store failed.
     Store(#[from] StoreError),
@@ -372,7 +372,7 @@ impl<'a, S: Store> Builds<'a, S> {
             {
                 // The write landed (later writes may have followed it).
                 if let Some(r) = then_refuse {
-                    return Err(self.error(&key, ErrorKind::Recorded(r)));
+                    return Err(self.error(&key, ErrorKind::Recorded(Box::new(r))));
                 }
                 return Ok(Applied {
                     doc: doc.clone(),
@@ -445,7 +445,7 @@ impl<'a, S: Store> Builds<'a, S> {
             match result {
                 Ok(etag) => {
                     if let Some(r) = then_refuse {
-                        return Err(self.error(&key, ErrorKind::Recorded(r)));
+                        return Err(self.error(&key, ErrorKind::Recorded(Box::new(r))));
                     }
                     let (doc, _) = sent.expect("just sent");
                     return Ok(Applied {

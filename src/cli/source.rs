@@ -60,7 +60,12 @@ pub(crate) struct SourceArgs {
     /// instead of the AWS credential chain: a task that runs Packer with
     /// one key sends heartbeats with another, which can only read and
     /// write the state prefix
-    #[arg(long, global = true, env = "BUILD_STATE_ACCESS_KEY_ID", value_name = "ID")]
+    #[arg(
+        long,
+        global = true,
+        env = "BUILD_STATE_ACCESS_KEY_ID",
+        value_name = "ID"
+    )]
     pub access_key_id: Option<String>,
     /// Its secret: from the environment only, never a flag (a flag shows
     /// in the process list)

@@ -47,13 +47,26 @@ fn a_build_that_never_started_its_stage_defers_it() {
     w.retry.states.insert(70, stage(1, None, Some(3600)));
     at(&mut w, 70);
     let before = w.doc().clone();
-    let d = written(put(&mut w, "b1", fail(70, "git: could not read from remote")));
+    let d = written(put(
+        &mut w,
+        "b1",
+        fail(70, "git: could not read from remote"),
+    ));
     let e = d.last_event();
     assert_eq!(
         (e.action, d.state, d.status, d.attempts, d.revision),
-        (ActionKind::Defer, 70, Status::Pending, 0, before.revision + 1)
+        (
+            ActionKind::Defer,
+            70,
+            Status::Pending,
+            0,
+            before.revision + 1
+        )
     );
-    assert_eq!(e.error.as_ref().unwrap().message, "git: could not read from remote");
+    assert_eq!(
+        e.error.as_ref().unwrap().message,
+        "git: could not read from remote"
+    );
     assert_eq!(d.last_error, None, "a deferral is not the stage's failure");
     let due = d.retry_at.expect("due again after the backoff");
     assert_eq!(due, e.at + Duration::seconds(60));
@@ -65,7 +78,10 @@ fn a_build_that_never_started_its_stage_defers_it() {
         e.reason
     );
     let gate = Condition::state(70);
-    assert!(!gate.gate_passes(&d, e.at, &w.retry, None), "shut until due");
+    assert!(
+        !gate.gate_passes(&d, e.at, &w.retry, None),
+        "shut until due"
+    );
     assert!(gate.gate_passes(&d, due, &w.retry, None), "open once due");
     assert_eq!(NextStep::live(&d, e.at), NextStep::Wait);
     assert_eq!(NextStep::live(&d, due), NextStep::Run);
@@ -140,10 +156,18 @@ fn a_build_that_never_started_records_the_dead_attempt_it_was_let_in_for() {
         (e.action, d.status, d.attempts),
         (ActionKind::Fail, Status::Failed, 1)
     );
-    assert!(e.error.as_ref().unwrap().message.contains("attempt 1 timed out"));
+    assert!(
+        e.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("attempt 1 timed out")
+    );
     assert_eq!(
         e.reason.as_deref(),
-        Some("recorded for concourse build b, which never started stage 35: its own failure counts nothing")
+        Some(
+            "recorded for concourse build b, which never started stage 35: its own failure counts nothing"
+        )
     );
     assert!(d.retry_at.is_some_and(|t| t > e.at));
     // Its last attempt: blocked, and the put is not refused.
@@ -185,7 +209,10 @@ fn a_stage_due_for_long_with_no_start_is_overdue() {
     assert_eq!(need.kind, NeedKind::Overdue);
     assert_eq!(need.since, later);
     assert!(
-        need.why.contains("has been due since") && need.why.contains("2 builds tried and failed before their start landed"),
+        need.why.contains("has been due since")
+            && need
+                .why
+                .contains("2 builds tried and failed before their start landed"),
         "{}",
         need.why
     );

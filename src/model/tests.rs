@@ -1098,7 +1098,9 @@ fn an_outcome_from_a_build_that_did_not_start_the_attempt_counts_nothing() {
     w.ok(Action::Retry(10));
     match put(&mut w, "c", fail(10, "late")) {
         Ok(Outcome::Ignored(why)) => assert!(
-            why.contains("the attempt it started at revision 7 is over (a human reset the stage since)"),
+            why.contains(
+                "the attempt it started at revision 7 is over (a human reset the stage since)"
+            ),
             "{why}"
         ),
         o => panic!("{o:?}"),

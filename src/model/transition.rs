@@ -563,7 +563,11 @@ fn another_builds_outcome(doc: &Document, update: &Update, rules: &Rules) -> Opt
         // Its attempt ended (a human reset the stage, or another start
         // recorded it dead): a zombie's outcome.
         let since = start.map_or("a human reset the stage since".to_string(), |s| {
-            format!("{} started another at revision {}", s.by.describe(), s.revision)
+            format!(
+                "{} started another at revision {}",
+                s.by.describe(),
+                s.revision
+            )
         });
         return Some(Outcome::Ignored(format!(
             "{}; {kind} {n} from {} counts nothing: the attempt it started at revision {} is over ({since})",
@@ -617,7 +621,9 @@ fn defer(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outcome {
     e.reason = Some(format!(
         "{} failed before its start {n} landed (a get or the start put): it never ran the stage, so nothing is counted; stage {n} is due again at {}",
         update.by.describe(),
-        due.map_or("the end of time".into(), |t| super::document::rfc3339::format(&t))
+        due.map_or("the end of time".into(), |t| {
+            super::document::rfc3339::format(&t)
+        })
     ));
     let mut history = doc.history.clone();
     history.push(e);

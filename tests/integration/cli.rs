@@ -1263,7 +1263,77 @@ crate::both_stores!(
     report_renders_in_a_browser,
     serve_dashboard,
     serve_is_concurrent_and_strict,
+    a_key_of_its_own_for_heartbeats,
 );
+
+/// A task that runs Packer with one AWS key sends its heartbeats with
+/// another (`BUILD_STATE_ACCESS_KEY_ID`, `BUILD_STATE_SECRET_ACCESS_KEY`):
+/// it replaces the credential chain; half a pair is an error that writes
+/// nothing; the secret is never printed.
+fn a_key_of_its_own_for_heartbeats(w: World) {
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    w.put(json!({"start": 5})).ok();
+    let mut store = match w.kind {
+        Kind::Local => vec![
+            "--local-dir".to_string(),
+            w.states_dir().display().to_string(),
+        ],
+        Kind::S3 => vec![
+            "--bucket".to_string(),
+            crate::util::BUCKET.to_string(),
+            "--endpoint".to_string(),
+            crate::util::s3().endpoint.clone(),
+            "--use-path-style".to_string(),
+            "true".to_string(),
+        ],
+    };
+    store.extend(["--prefix".to_string(), w.prefix.clone()]);
+    let mut args = vec!["heartbeat", "rhel8-web", "5"];
+    args.extend(store.iter().map(String::as_str));
+    let beat = w
+        .bare_cli(&args)
+        .env("BUILD_STATE_ACCESS_KEY_ID", "test")
+        .env("BUILD_STATE_SECRET_ACCESS_KEY", "test")
+        .env("AWS_ACCESS_KEY_ID", "")
+        .env("AWS_SECRET_ACCESS_KEY", "")
+        .run();
+    assert_eq!(beat.code, Some(0), "{}", beat.stderr);
+    assert!(
+        beat.stdout.contains("heartbeat 5: attempt 1 alive"),
+        "{}",
+        beat.stdout
+    );
+    let before = w.raw("heartbeat.json");
+    let half = w
+        .bare_cli(&args)
+        .env("BUILD_STATE_ACCESS_KEY_ID", "test")
+        .env("BUILD_STATE_SECRET_ACCESS_KEY", "")
+        .run();
+    assert_eq!(half.code, Some(1), "{}", half.stderr);
+    assert!(
+        half.stderr.contains(
+            "--access-key-id (or BUILD_STATE_ACCESS_KEY_ID) needs BUILD_STATE_SECRET_ACCESS_KEY in the environment"
+        ),
+        "{}",
+        half.stderr
+    );
+    let other = w
+        .bare_cli(&args)
+        .env("BUILD_STATE_ACCESS_KEY_ID", "")
+        .env("BUILD_STATE_SECRET_ACCESS_KEY", "sekrit-value")
+        .run();
+    assert_eq!(other.code, Some(1));
+    assert!(
+        other
+            .stderr
+            .contains("BUILD_STATE_SECRET_ACCESS_KEY needs --access-key-id")
+    );
+    assert!(!other.stderr.contains("sekrit-value") && !other.stdout.contains("sekrit-value"));
+    assert_eq!(w.raw("heartbeat.json"), before, "nothing written");
+    let help = w.bare_cli(&["heartbeat", "--help"]).text();
+    assert!(help.contains("--access-key-id") && !help.contains("--secret-access-key"));
+}
 
 fn report_renders_in_a_browser(w: World) {
     w.cli(&["init", "delivered"]).text();

@@ -211,7 +211,39 @@ fn a_failed_webhook_never_fails_the_put(w: World) {
     );
 }
 
+/// A start that finds the stage's last attempt dead records it as blocked
+/// and fails: the write landed, so the put hands off all the same (the
+/// alert job hears of it now, not at its gate's next periodic check).
+fn a_write_that_landed_hands_off_though_the_put_fails(w: World) {
+    let w = w.with(json!({
+        "webhook_token": TOKEN,
+        "retry": {"states": {"5": {"max_attempts": 1, "timeout": "1s"}}}
+    }));
+    let atc = Listener::start(Atc::Answers(201));
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    w.put(json!({"start": 5})).build("kickstart", 40).ok();
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = put(
+        &w,
+        &atc.url,
+        json!({"start": 5, "check": ["needs-a-human"]}),
+    )
+    .run();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("recorded as blocked, so start 5 does not go on"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(atc.seen(), [webhook("needs-a-human")]);
+    let doc: serde_json::Value = serde_json::from_slice(&w.raw("state.json").unwrap()).unwrap();
+    assert_eq!(doc["status"], "blocked");
+}
+
 crate::both_stores!(
     a_landed_put_posts_its_webhooks,
-    a_failed_webhook_never_fails_the_put
+    a_failed_webhook_never_fails_the_put,
+    a_write_that_landed_hands_off_though_the_put_fails
 );

@@ -25,7 +25,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The vars the README's simulate command gives.
+/// The vars the README's simulate command gives (and the old texts'
+/// stage timeouts).
 const VARS: [(&str, &str); 5] = [
     ("build_id", "rhel8-web"),
     ("retry_backoff", "5m"),
@@ -358,7 +359,8 @@ fn the_readme_command_and_a_missing_stage_job() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A pipeline whose tasks record with the CLI is beyond it: said, exit 2.
+    // A pipeline whose task records with the CLI on a document copy plays
+    // too: the task does what its script does (a human inits the build).
     let out = run(&[
         "simulate",
         "pipelines/resumable-single-job.yml",
@@ -367,12 +369,13 @@ fn the_readme_command_and_a_missing_stage_job() {
         "-v",
         "retry_backoff=1m",
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("job build-image records progress with a document its task writes"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stdout.contains("a human puts {\"init\":true} to state")
+            && stdout.contains("task run-due-stage: succeeded: stage 5: b is at 10")
+            && stdout.contains("delivered: yes"),
+        "{stdout}"
     );
     // --json for machines.
     let mut args = words.clone();
@@ -494,7 +497,13 @@ fn approvals_nobody_gives_and_heartbeats_too_rare() {
     // hour between checks the gate would not be looked at in time).
     let minutely = root().join("tests/fixtures/before-webhooks/staged-image-build.yml");
     let r = in_memory(&minutely, Release::LATEST, &rare);
-    assert_passed(&r, "rare heartbeats");
+    // (Its wiring is the old text's: no step timeouts.)
+    assert!(
+        r.failures.is_empty(),
+        "rare heartbeats: {:#?}\n{}",
+        r.failures,
+        timeline(&r)
+    );
     let text = timeline(&r);
     assert!(
         text.contains("kickstart #2")

@@ -408,7 +408,11 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                 Some(done.version)
             }
             Err(f) => {
-                self.log(Some(ctx.build), format!("{shown}: failed: {}", f.error), after);
+                self.log(
+                    Some(ctx.build),
+                    format!("{shown}: failed: {}", f.error),
+                    after,
+                );
                 // A write that landed before the refusal hands off.
                 for h in &f.handoffs {
                     self.webhook(ctx.build, h);

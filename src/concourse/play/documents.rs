@@ -92,17 +92,15 @@ impl<S: Steps + 'static> Play<S> {
             user: Some(format!("task {}", call.task.name)),
             ..Actor::default()
         };
-        let apply_now = |doc: &Document, action: Action| {
-            match apply(
-                Some(doc),
-                &Update::new(action, actor.clone(), atc.now()),
-                &rules,
-            ) {
-                Ok(Outcome::Write(d)) => Ok(d),
-                Ok(Outcome::Unchanged | Outcome::Ignored(_)) => Ok(doc.clone()),
-                Ok(o) => Err(format!("{o:?}")),
-                Err(e) => Err(e.to_string()),
-            }
+        let apply_now = |doc: &Document, action: Action| match apply(
+            Some(doc),
+            &Update::new(action, actor.clone(), atc.now()),
+            &rules,
+        ) {
+            Ok(Outcome::Write(d)) => Ok(d),
+            Ok(Outcome::Unchanged | Outcome::Ignored(_)) => Ok(doc.clone()),
+            Ok(o) => Err(format!("{o:?}")),
+            Err(e) => Err(e.to_string()),
         };
         let started = match apply_now(&doc, Action::Start(n)) {
             Ok(d) => d,

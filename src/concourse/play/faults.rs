@@ -203,7 +203,12 @@ fn verdicts(p: &Pipeline, base: &Report, r: &Report, hung: Option<&str>) -> Vec<
     let mut out = Vec::new();
     let alerts = super::report::alert_jobs(p);
     let builds_of = |rep: &Report, job: &str| {
-        rep.played.atc.builds.iter().filter(|b| b.job == job).count()
+        rep.played
+            .atc
+            .builds
+            .iter()
+            .filter(|b| b.job == job)
+            .count()
     };
     let handed = alerts.iter().any(|j| builds_of(r, j) > builds_of(base, j))
         && r.played
@@ -231,7 +236,9 @@ fn verdicts(p: &Pipeline, base: &Report, r: &Report, hung: Option<&str>) -> Vec<
     for (task, n) in &r.played.task_runs {
         let before = base.played.task_runs.get(task).copied().unwrap_or(0);
         // A task that records on a document copy counts per stage.
-        let name = task.split_once(": stage ").map_or(task.as_str(), |(t, _)| t);
+        let name = task
+            .split_once(": stage ")
+            .map_or(task.as_str(), |(t, _)| t);
         let allowed = before + u64::from(again.iter().any(|a| a == name));
         if *n > allowed {
             out.push(format!(

@@ -143,10 +143,10 @@ impl Steps for InMemory {
                 doc.dead_since(&config.retry, beat.as_ref()),
                 crate::model::attention::overdue_at(&doc, &config.retry),
             ]
-                .into_iter()
-                .flatten()
-                .filter(|t| *t > now)
-                .min();
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min();
             self.checks.borrow_mut().insert(
                 resource.name.clone(),
                 Memo {

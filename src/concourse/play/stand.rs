@@ -338,7 +338,10 @@ impl<S: Steps + 'static> Play<S> {
                 .await;
             match result {
                 Err(StepError::Unavailable(e)) if tries < 3 => {
-                    let line = format!("a human puts {params} to {}: failed: {e}; again in a minute", r.name);
+                    let line = format!(
+                        "a human puts {params} to {}: failed: {e}; again in a minute",
+                        r.name
+                    );
                     atc.log(None, line, None);
                     tokio::time::sleep(Duration::from_secs(60)).await;
                 }

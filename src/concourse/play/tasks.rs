@@ -67,18 +67,19 @@ impl<S: Steps + 'static> Worker for Play<S> {
     }
 
     async fn task(&self, call: TaskCall<'_>) -> TaskEnd {
-        if let Some(copy) = super::documents::copy_of(&call) {
-            // Counted per stage it runs (a run with nothing due is none).
-            return self.run_on_copy(&call, copy).await;
-        }
-        self.count_run(call.task.name.clone());
         if let Some((status, outputs, said)) = self.steps.task(call.task, call.artifacts).await {
+            self.count_run(call.task.name.clone());
             return TaskEnd::Exited {
                 status,
                 outputs,
                 said,
             };
         }
+        if let Some(copy) = super::documents::copy_of(&call) {
+            // Counted per stage it runs (a run with nothing due is none).
+            return self.run_on_copy(&call, copy).await;
+        }
+        self.count_run(call.task.name.clone());
         let run = self.next_run(&call);
         if run.outcome == Outcome::Error {
             let why = run

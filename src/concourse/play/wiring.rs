@@ -2,8 +2,9 @@
 //! anything is played, whatever the scenario: every stage recorded by some
 //! job, every gate openable, each job recording the stage it starts, no job
 //! that triggers itself, gated gets in serial jobs, a timeout on every
-//! stage a job starts (so that a lost outcome put cannot stall it), a task
-//! step timeout shorter than its stage's, a heartbeat stage whose task
+//! stage a job starts (so that a lost outcome put cannot stall it), a step
+//! timeout on each of its tasks, shorter than its stage's, a heartbeat
+//! stage whose task
 //! sends heartbeats, no put to a gate, `finish` only where the release
 //! gives `BUILD_STATUS`, handoffs the ATC takes, and approvals that record
 //! who gave them.
@@ -201,7 +202,16 @@ impl Wiring<'_> {
                 .as_ref()
                 .and_then(super::tasks::heartbeat_stage)
                 .is_some();
-            if let Some(t) = step_timeout.filter(|t| *t >= timeout) {
+            let Some(step_timeout) = step_timeout else {
+                self.say(format!(
+                    "stage {label}: task {} of job {} has no step timeout: a task that hangs (an SSH session that never returns, a worker lost unnoticed) holds the serial job, and every later build of the stage waits behind it; give it a timeout shorter than the stage's ({})",
+                    task.name,
+                    job.name,
+                    crate::model::duration::format(timeout)
+                ));
+                continue;
+            };
+            if let Some(t) = Some(step_timeout).filter(|t| *t >= timeout) {
                 self.say(format!(
                     "stage {label}: task {} of job {} has a step timeout of {}, not shorter than the stage's timeout ({}): the gate opens again while the task may still run",
                     task.name,
