@@ -250,17 +250,19 @@ pub async fn call(handoff: &Handoff, notes: &Notes) {
     }
 }
 
-/// The S3 client's connector (hyper with rustls and the system's roots):
-/// the webhook adds no HTTP stack of its own.
+/// The S3 client's connector ([`crate::net`]: hyper with rustls, the
+/// system's roots, the environment's proxies): the webhook adds no HTTP
+/// stack of its own.
 type Client = aws_smithy_http_client::Connector;
 
 fn client() -> Result<Client, String> {
-    use aws_smithy_http_client::tls;
-    Ok(aws_smithy_http_client::Connector::builder()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build())
+    let tls = crate::net::tls_context(None)?;
+    Ok(crate::net::connector(
+        &tls,
+        crate::net::Route::Environment,
+        None,
+        None,
+    ))
 }
 
 /// `https://ci.example.com`: the URL's origin, for messages (never its

@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod handoff;
 pub mod inputs;
+pub mod net;
 pub mod protocol;
 pub mod request;
 pub mod resource;

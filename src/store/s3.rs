@@ -22,7 +22,6 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_async::rt::sleep::default_async_sleep;
 use aws_smithy_async::time::SharedTimeSource;
-use aws_smithy_http_client::tls;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -100,31 +99,12 @@ enum PutAnswer {
     Missing,
 }
 
-/// Builds the HTTPS client: rustls with ring (small, fast to start), the
-/// system's roots plus `ca_bundle`.
-fn http_client(
-    ca_bundle: Option<&str>,
-) -> Result<aws_sdk_s3::config::SharedHttpClient, StoreError> {
-    let mut trust = tls::TrustStore::default();
-    if let Some(pem) = ca_bundle {
-        trust = trust.with_pem_certificate(pem.as_bytes().to_vec());
-    }
-    let context = tls::TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .map_err(|e| StoreError::Other(format!("source.ca_bundle cannot be used: {e}")))?;
-    Ok(aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .tls_context(context)
-        .build_https())
-}
-
 impl S3Store {
     /// A client for the bucket `cfg` names.
     pub async fn connect(cfg: &S3Config) -> Result<S3Store, StoreError> {
-        let http = http_client(cfg.ca_bundle.as_deref())?;
+        let tls = crate::net::tls_context(cfg.ca_bundle.as_deref())
+            .map_err(|e| StoreError::Other(format!("source.ca_bundle cannot be used: {e}")))?;
+        let http = crate::net::http_client(&tls, crate::net::Route::Environment);
         let region = Region::new(cfg.region.clone());
         // Without these, a server that accepts a connection and never answers
         // hangs the step forever. Timeouts are retried: bound the whole call.
@@ -164,9 +144,13 @@ impl S3Store {
                     provider = provider.with_sleep_impl(sleep);
                 }
                 // Off EC2, instance metadata would stall each step for seconds:
-                // one short attempt, then on to the next provider.
+                // one short attempt, then on to the next provider. Never
+                // through a proxy: no proxy reaches a link-local address.
+                let direct = provider
+                    .clone()
+                    .with_http_client(crate::net::http_client(&tls, crate::net::Route::Direct));
                 let imds = imds::Client::builder()
-                    .configure(&provider)
+                    .configure(&direct)
                     .connect_timeout(Duration::from_secs(1))
                     .read_timeout(Duration::from_secs(1))
                     .max_attempts(1)

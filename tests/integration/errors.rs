@@ -687,94 +687,17 @@ mod server {
         /// HTTPS to a private endpoint: trusted only with `ca_bundle`.
         #[test]
         fn ca_bundle_trusts_a_private_endpoint() {
-            use std::process::{Command, Stdio};
             let w = World::new(Kind::S3, "ca_bundle");
             let dir = w.tmp.path();
-            // A private CA and a certificate for 127.0.0.1 signed by it.
-            let openssl = |args: &[&str]| {
-                let out = Command::new("openssl")
-                    .args(args)
-                    .current_dir(dir)
-                    .output()
-                    .expect("openssl is needed for this test");
-                assert!(
-                    out.status.success(),
-                    "openssl {args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            };
-            openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=build-state test CA",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ]);
-            openssl(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "leaf.key",
-                "-out",
-                "leaf.csr",
-            ]);
-            std::fs::write(
-                dir.join("ext.cnf"),
-                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-            )
-            .unwrap();
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-                "-out",
-                "leaf.pem",
-            ]);
-            let port = crate::util::s3()
+            let port: u16 = crate::util::s3()
                 .endpoint
                 .rsplit(':')
                 .next()
                 .unwrap()
-                .to_string();
-            let script =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tls_proxy.py");
-            let mut proxy = Command::new("python3")
-                .arg(script)
-                .args(["leaf.pem", "leaf.key", &port])
-                .current_dir(dir)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
+                .parse()
                 .unwrap();
-            let mut line = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
-                &mut line,
-            )
-            .unwrap();
-            let tls = format!("https://127.0.0.1:{}", line.trim());
+            let front = crate::util::TlsFront::start(dir, port);
+            let tls = front.url.clone();
 
             let mut s = w.source();
             s["endpoint"] = json!(tls);
@@ -794,7 +717,7 @@ mod server {
                 w.raw("state.json").is_none(),
                 "nothing written through an untrusted endpoint"
             );
-            s["ca_bundle"] = json!(std::fs::read_to_string(dir.join("ca.pem")).unwrap());
+            s["ca_bundle"] = json!(std::fs::read_to_string(&front.ca).unwrap());
             let out = w
                 .put(json!({}))
                 .stdin(json!({"source": s.clone(), "params": {"init": true}}))
@@ -802,8 +725,6 @@ mod server {
             assert_eq!(out["version"]["revision"], "1");
             let versions = w.check().stdin(json!({"source": s})).ok();
             assert_eq!(versions[0]["revision"], "1");
-            drop(proxy.stdin.take());
-            let _ = proxy.wait();
         }
 
         /// A `ca_bundle` that holds no certificate is refused, by the resource and

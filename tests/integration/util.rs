@@ -458,6 +458,7 @@ pub(crate) struct Step {
     args: Vec<PathBuf>,
     stdin: Vec<u8>,
     env: Vec<(String, String)>,
+    unset: Vec<String>,
     cwd: PathBuf,
 }
 
@@ -484,6 +485,7 @@ impl Step {
             args: Vec::new(),
             stdin: Vec::new(),
             env: Vec::new(),
+            unset: Vec::new(),
             cwd: world.tmp.path().to_path_buf(),
         }
     }
@@ -543,10 +545,20 @@ impl Step {
             .env("no_proxy", "127.0.0.1,localhost")
             // The fleet commands' cache stays in the test's directory.
             .env("BUILD_STATE_CACHE_DIR", self.cwd.join(".cache"));
+        for k in &self.unset {
+            cmd.env_remove(k);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         cmd
+    }
+
+    /// Removes `k` from the program's environment (the machine's and the
+    /// harness's; what `env` gives is kept).
+    pub(crate) fn unset(mut self, k: &str) -> Step {
+        self.unset.push(k.to_string());
+        self
     }
 
     /// Starts a long-running program (`serve`): stdout and stderr piped.
@@ -817,4 +829,213 @@ pub(crate) fn dead_attempt(w: &World) -> Value {
         "{dead}"
     );
     dead
+}
+
+/// A TLS front on 127.0.0.1 for a plain HTTP server on `target` (the S3
+/// server, the stand-in ATC), with a certificate for 127.0.0.1 from a
+/// private CA made in `dir` (`ca.pem`): `tests/support/tls_proxy.py`.
+pub(crate) struct TlsFront {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The private CA's certificate.
+    pub ca: PathBuf,
+    child: std::process::Child,
+}
+
+impl TlsFront {
+    pub(crate) fn start(dir: &Path, target: u16) -> TlsFront {
+        if !dir.join("leaf.pem").exists() {
+            make_certificates(dir);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tls_proxy.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["leaf.pem", "leaf.key", &target.to_string()])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        TlsFront {
+            url: format!("https://127.0.0.1:{}", line.trim()),
+            ca: dir.join("ca.pem"),
+            child,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A private CA (`ca.pem`) and a certificate for 127.0.0.1 signed by it
+/// (`leaf.pem`, `leaf.key`), in `dir`.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for this test");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=build-state test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "leaf.pem",
+    ]);
+}
+
+/// A forward proxy on 127.0.0.1, as a site's egress proxy: `CONNECT`
+/// tunnels (HTTPS) and absolute-form requests (plain HTTP, sent on with
+/// `Connection: close`). It records what each client asked for:
+/// `CONNECT host:port`, or `METHOD http://host:port` (the path and query
+/// left out of the record).
+pub(crate) struct ForwardProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ForwardProxy {
+    pub(crate) fn start() -> ForwardProxy {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || forward(conn, &log));
+            }
+        });
+        ForwardProxy { url, seen }
+    }
+
+    /// What the clients asked for so far.
+    pub(crate) fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn forward(mut client: std::net::TcpStream, log: &std::sync::Mutex<Vec<String>>) {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default().to_string();
+    let mut parts = first.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (authority, rest) = if method == "CONNECT" {
+        (target.to_string(), None)
+    } else {
+        let Some(after) = target.strip_prefix("http://") else {
+            let _ = client.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            return;
+        };
+        let (auth, path) = after.split_once('/').unwrap_or((after, ""));
+        (auth.to_string(), Some(format!("/{path}")))
+    };
+    log.lock().unwrap().push(match &rest {
+        None => format!("CONNECT {authority}"),
+        Some(_) => format!("{method} http://{authority}"),
+    });
+    let Ok(mut upstream) = std::net::TcpStream::connect(&authority) else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+        return;
+    };
+    match rest {
+        None => {
+            let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        }
+        Some(path) => {
+            let mut out = format!("{method} {path} HTTP/1.1\r\n");
+            for h in lines.filter(|h| !h.is_empty()) {
+                let name = h.split(':').next().unwrap_or("").to_ascii_lowercase();
+                if !matches!(
+                    name.as_str(),
+                    "connection" | "proxy-connection" | "proxy-authorization"
+                ) {
+                    out.push_str(h);
+                    out.push_str("\r\n");
+                }
+            }
+            out.push_str("connection: close\r\n\r\n");
+            if upstream.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut u2);
+        let _ = u2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut upstream, &mut client);
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
 }
