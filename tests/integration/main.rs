@@ -6,6 +6,7 @@ mod util;
 mod check;
 pub(crate) mod cli;
 mod concurrency;
+mod docs;
 mod egress;
 mod errors;
 mod get;
