@@ -53,7 +53,8 @@ fn operations() -> BTreeSet<String> {
     ops
 }
 
-/// The README's JSON policies, in order: the resource's, the operator's.
+/// The README's JSON policies, in order: the resource's, the heartbeat
+/// key's, the operator's.
 fn policies() -> Vec<Value> {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let section = &readme[readme.find("## Required IAM permissions").unwrap()..];
@@ -94,10 +95,21 @@ fn every_s3_call_has_its_permission_in_the_readme() {
     let policies = policies();
     assert_eq!(
         policies.len(),
-        2,
-        "the resource's policy and the operator's"
+        3,
+        "the resource's policy, the heartbeat key's and the operator's"
     );
-    let (resource, operator) = (actions(&policies[0]), actions(&policies[1]));
+    let (resource, heartbeat, operator) = (
+        actions(&policies[0]),
+        actions(&policies[1]),
+        actions(&policies[2]),
+    );
+    // The heartbeat key: reading the document and writing its heartbeat,
+    // nothing else (not even a listing).
+    let beat: BTreeSet<String> = ["s3:GetObject", "s3:PutObject"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(heartbeat, beat);
     for op in &ops {
         let Some((_, permission)) = PERMISSIONS.iter().find(|(o, _)| o == op) else {
             panic!(
@@ -133,12 +145,14 @@ fn the_policies_name_the_pipelines_bucket_and_prefix() {
     let bucket = "image-states";
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     assert!(readme.contains(&format!("bucket: {bucket}, prefix: {prefix}")));
-    for policy in policies() {
-        let want: BTreeSet<String> = [
-            format!("arn:aws:s3:::{bucket}/{prefix}*"),
-            format!("arn:aws:s3:::{bucket}"),
-        ]
-        .into();
-        assert_eq!(resources(&policy), want);
+    for (i, policy) in policies().iter().enumerate() {
+        let objects = format!("arn:aws:s3:::{bucket}/{prefix}*");
+        let want: BTreeSet<String> = if i == 1 {
+            // The heartbeat key: the state prefix only.
+            [objects].into()
+        } else {
+            [objects, format!("arn:aws:s3:::{bucket}")].into()
+        };
+        assert_eq!(resources(policy), want, "policy {i}");
     }
 }
