@@ -85,6 +85,14 @@ fn a_build_that_never_started_its_stage_defers_it() {
     assert!(gate.gate_passes(&d, due, &w.retry, None), "open once due");
     assert_eq!(NextStep::live(&d, e.at), NextStep::Wait);
     assert_eq!(NextStep::live(&d, due), NextStep::Run);
+    // Another build that never started it, before it is due: early.
+    w.doc = Some(d.clone());
+    w.clock = e.at + Duration::seconds(10);
+    let why = ignored(put(&mut w, "b3", fail(70, "early")));
+    assert!(
+        why.contains("fail 70 from concourse build b3 counts nothing: it never started stage 70, which is not due until"),
+        "{why}"
+    );
     // A human's build may start at once (a deferral binds no one); b1's
     // put again (attempts:) after that write: already answered.
     written(put(&mut w, "b2", Action::Start(70)));

@@ -545,18 +545,27 @@ fn another_builds_outcome(doc: &Document, update: &Update, rules: &Rules) -> Opt
         return None;
     }
     if kind == ActionKind::Fail && own.is_none() && doc.state == n {
-        let due = match doc.status {
-            Status::Pending => true,
-            Status::Failed => doc.retry_at.is_none_or(|t| t <= update.at),
-            _ => false,
-        };
-        if due {
-            return Some(defer(doc, update, rules, n));
-        }
-        if doc.status == Status::InProgress
-            && doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref())
-        {
-            return Some(dead_attempt(doc, update, rules, n, false));
+        let due = doc.retry_at.is_none_or(|t| t <= update.at);
+        match doc.status {
+            Status::Pending | Status::Failed if due => return Some(defer(doc, update, rules, n)),
+            Status::InProgress
+                if doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref()) =>
+            {
+                return Some(dead_attempt(doc, update, rules, n, false));
+            }
+            Status::Pending | Status::Failed if start.is_none() => {
+                // Not due yet (a backoff or a deferral runs): a build run
+                // early, which never started the stage.
+                return Some(Outcome::Ignored(format!(
+                    "{}; fail {n} from {} counts nothing: it never started stage {n}, which is not due until {} (a stage job run early)",
+                    doc.whereabouts(),
+                    update.by.describe(),
+                    doc.retry_at
+                        .map(|t| super::document::rfc3339::format(&t))
+                        .unwrap_or_default()
+                )));
+            }
+            _ => {}
         }
     }
     if let Some(mine) = own.filter(|e| e.action == ActionKind::Start) {

@@ -157,8 +157,9 @@ fn given(words: &[String]) -> Option<(PathBuf, BTreeSet<String>)> {
             }
             "-l" | "--load-vars-from" | "--vars-file" => {
                 let f = root().join(value.expect("a file after -l"));
-                let text = std::fs::read_to_string(&f)
-                    .unwrap_or_else(|e| panic!("-l {}: {e} (a vars file the docs show)", f.display()));
+                let text = std::fs::read_to_string(&f).unwrap_or_else(|e| {
+                    panic!("-l {}: {e} (a vars file the docs show)", f.display())
+                });
                 let v: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
                 vars.extend(v.as_object().unwrap().keys().cloned());
             }
@@ -212,7 +213,10 @@ fn every_documented_command_gives_every_var_and_the_simulate_ones_run() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    assert!(checked >= 8 && ran >= 4, "{checked} commands checked, {ran} run");
+    assert!(
+        checked >= 8 && ran >= 4,
+        "{checked} commands checked, {ran} run"
+    );
 }
 
 /// GitHub's anchor of a heading: lowercase, punctuation dropped, spaces to

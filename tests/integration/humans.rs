@@ -216,7 +216,7 @@ fn heartbeats_keep_a_stage_alive(w: World) {
         .cli(&["heartbeat", "rhel8-web", "5", "--attempt", "2"])
         .fails();
     assert!(
-        err.contains("heartbeat 5 refused: it is for attempt 2, and attempt 1 is in progress; this worker's attempt is over (a zombie): stop it, nothing was changed"),
+        err.contains("heartbeat 5 refused: it is for attempt 2, and attempt 1 is in progress (if this worker is alive, the likely cause is a stale state.env: a gate's version fetched by a rerun or a manual build names an older attempt; take BUILD_STATE_ATTEMPT from the state.env of the stage's own start put, its implicit get); this worker's attempt is over (a zombie): stop it, nothing was changed"),
         "{err}"
     );
     let err = w
@@ -364,8 +364,12 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
     std::thread::sleep(Duration::from_millis(1300));
 
     let list = crate::util::squeeze(&w.cli(&["list"]).text());
-    assert!(list.contains("Needs a human (3):"), "{list}");
+    // The imported build has been due at 15 for days and nothing started
+    // it: overdue.
+    assert!(list.contains("Needs a human (4):"), "{list}");
     for want in [
+        "imported 15 base configuration overdue",
+        "make the stage's job run (fly unpause-job, fix its inputs, fly trigger-job)",
         "rhel8-web 5 kickstart initiated blocked",
         "a persistent error (matched persistent_errors: (?i)license): license expired",
         "fix the cause, then: build-state retry rhel8-web 5",
@@ -383,6 +387,7 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
         "build_state_heartbeat_age_seconds{build_id=\"centos-ci\",state=\"5\",state_name=\"kickstart initiated\"} ",
         "build_state_needs_human{build_id=\"centos-ci\",state=\"5\",state_name=\"kickstart initiated\",reason=\"stale\"} 1",
         "build_state_needs_human{build_id=\"rhel8-web\",state=\"5\",state_name=\"kickstart initiated\",reason=\"blocked\"} 1",
+        "build_state_needs_human{build_id=\"imported\",state=\"15\",state_name=\"base configuration\",reason=\"overdue\"} 1",
         "build_state_stale_stages 1",
     ] {
         assert!(metrics.contains(want), "{want:?} in:\n{metrics}");
@@ -429,7 +434,7 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
         let page = String::from_utf8_lossy(&out.stdout).into_owned();
         let at = |s: &str| page.find(s).unwrap_or_else(|| panic!("{s:?} in:\n{page}"));
         assert!(
-            at("Needs a human (3)") < at("<h2>Builds</h2>"),
+            at("Needs a human (4)") < at("<h2>Builds</h2>"),
             "the panel is at the top"
         );
         for want in [

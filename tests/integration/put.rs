@@ -199,6 +199,12 @@ fn per_state_retry_policy(w: World) {
 }
 
 fn finish_follows_the_build_status(w: World) {
+    // Retries due at once: each build below starts its own attempt first
+    // (a failure counts only for the attempt its build started).
+    let w = w.with(json!({"retry": {"backoff": "0s", "max_attempts": 10}}));
+    let start = |id: u32, n: u32| {
+        w.put(json!({"start": n})).build("j", id).ok();
+    };
     w.put(json!({"init": true})).ok();
     // Without BUILD_STATUS (Concourse before 8.2, or outside a hook).
     let before = w.raw("state.json");
@@ -219,6 +225,7 @@ fn finish_follows_the_build_status(w: World) {
 
     w.write_file("out/error.txt", "  ansible: role 'hardening' failed\n");
     let hook = json!({"finish": 5, "error_file": "out/error.txt"});
+    start(3, 5);
     let out = w
         .put(hook.clone())
         .build("j", 3)
@@ -233,6 +240,7 @@ fn finish_follows_the_build_status(w: World) {
     // In a hook of a build that errored before its task ran, the error file
     // is missing: finish still records the failure, naming the build.
     std::fs::remove_file(w.sources().join("out/error.txt")).unwrap();
+    start(33, 5);
     let out = w
         .put(hook.clone())
         .build("j", 33)
@@ -257,6 +265,7 @@ fn finish_follows_the_build_status(w: World) {
     .unwrap();
 
     // errored counts as a failure; without an error the build is named.
+    start(4, 5);
     let out = w
         .put(json!({"finish": 5}))
         .build("j", 4)
@@ -269,6 +278,7 @@ fn finish_follows_the_build_status(w: World) {
     );
 
     // On success the error file is not needed.
+    start(5, 5);
     let out = w
         .put(json!({"finish": 5, "error_file": "missing.txt"}))
         .build("j", 5)
@@ -277,6 +287,7 @@ fn finish_follows_the_build_status(w: World) {
     assert_eq!(state(&out), ("10", "pending"));
 
     // A failing task may not have written its vars: the failure still lands.
+    start(7, 10);
     let out = w
         .put(json!({"finish": 10, "error_file": "out/error.txt", "vars_file": "out/vars.json"}))
         .build("j", 7)
@@ -292,6 +303,7 @@ fn finish_follows_the_build_status(w: World) {
     w.put(json!({"retry": 10})).ok();
 
     // aborted: a human decides.
+    start(6, 10);
     let out = w
         .put(json!({"finish": 10}))
         .build("j", 6)
@@ -308,12 +320,14 @@ fn finish_follows_the_build_status(w: World) {
 
     // Concourse's docs spell the statuses success and failure: the same.
     w.put(json!({"retry": 10})).ok();
+    start(8, 10);
     let out = w
         .put(json!({"finish": 10, "error": "boom"}))
         .build("j", 8)
         .env("BUILD_STATUS", "failure")
         .ok();
     assert_eq!(state(&out), ("10", "failed"));
+    start(9, 10);
     let out = w
         .put(json!({"finish": 10}))
         .build("j", 9)

@@ -80,7 +80,6 @@ impl<S: Steps + 'static> Play<S> {
         ) else {
             return exited(Status::Errored, outputs, "no document to read".into());
         };
-        let rules = config.rules();
         let atc = self.atc();
         let step = NextStep::live(&doc, atc.now());
         if !matches!(step, NextStep::Run | NextStep::Retry) {
@@ -88,20 +87,7 @@ impl<S: Steps + 'static> Play<S> {
             return exited(Status::Succeeded, outputs, said);
         }
         let n = doc.state;
-        let actor = Actor {
-            user: Some(format!("task {}", call.task.name)),
-            ..Actor::default()
-        };
-        let apply_now = |doc: &Document, action: Action| match apply(
-            Some(doc),
-            &Update::new(action, actor.clone(), atc.now()),
-            &rules,
-        ) {
-            Ok(Outcome::Write(d)) => Ok(d),
-            Ok(Outcome::Unchanged | Outcome::Ignored(_)) => Ok(doc.clone()),
-            Ok(o) => Err(format!("{o:?}")),
-            Err(e) => Err(e.to_string()),
-        };
+        let apply_now = |doc: &Document, action| on_copy(config, call, doc, action, atc.now());
         let started = match apply_now(&doc, Action::Start(n)) {
             Ok(d) => d,
             Err(e) => return exited(Status::Failed, outputs, format!("start {n}: {e}")),
@@ -133,6 +119,26 @@ impl<S: Steps + 'static> Play<S> {
             }
             Err(e) => exited(Status::Failed, outputs, e),
         }
+    }
+}
+
+/// The CLI's transition on the task's copy: the document it writes.
+fn on_copy(
+    config: &crate::config::Config,
+    call: &TaskCall<'_>,
+    doc: &Document,
+    action: Action,
+    now: crate::model::Timestamp,
+) -> Result<Document, String> {
+    let actor = Actor {
+        user: Some(format!("task {}", call.task.name)),
+        ..Actor::default()
+    };
+    match apply(Some(doc), &Update::new(action, actor, now), &config.rules()) {
+        Ok(Outcome::Write(d)) => Ok(d),
+        Ok(Outcome::Unchanged | Outcome::Ignored(_)) => Ok(doc.clone()),
+        Ok(o) => Err(format!("{o:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
