@@ -379,7 +379,15 @@ mod s3 {
                     handles.push(s.spawn(move || {
                         let tag = format!("op-{i}");
                         let out = match i % 3 {
-                            0 | 1 => put(&id, json!({"fail": 5, "error": tag}), 100 + i),
+                            // `out` outside a Concourse build (as `fly
+                            // execute` runs it): every failure counts (a
+                            // build's counts only for the attempt it started).
+                            0 | 1 => {
+                                let params = json!({"fail": 5, "error": tag});
+                                w.put(params.clone())
+                                    .stdin(json!({"source": w.source_with(json!({"build_id": id})), "params": params}))
+                                    .run()
+                            }
                             _ => w
                                 .cli(&["retry", &id, "5", "--note", &tag])
                                 .env("BUILD_ID", "")
