@@ -57,6 +57,10 @@ pub enum Change {
     /// A sign of life of the stage in progress (`heartbeat: N`): written
     /// beside the document, never to it.
     Heartbeat(crate::model::Claim),
+    /// Only resources to check (`check:` alone, the timer's job): what the
+    /// clock decided is recorded (an attempt past its deadline is dead),
+    /// nothing else; the put answers the version.
+    HandOff(crate::model::Actor),
 }
 
 /// Applies `change` to the configured build's document by compare-and-swap.
@@ -71,6 +75,47 @@ pub async fn record<S: Store>(
     let rules = config.rules();
     match change {
         Change::File(doc) => builds.update(|cur| extend(cur, doc.clone(), &rules)).await,
+        Change::HandOff(by) => {
+            // The clock may have decided something no write announced: an
+            // attempt past its deadline is recorded dead (with the
+            // heartbeat it was judged by).
+            let Some(found) = builds.current().await? else {
+                return Err(builds.error(
+                    &config.state_key(),
+                    crate::model::Refusal::NoDocument {
+                        build_id: config.build_id.clone(),
+                        attempted: "hand off".into(),
+                    },
+                ));
+            };
+            let doc = found.doc;
+            let heartbeat = if doc.status == crate::model::Status::InProgress
+                && config
+                    .retry
+                    .for_state(doc.state)
+                    .heartbeat_timeout
+                    .is_some()
+            {
+                builds.heartbeat().await?
+            } else {
+                None
+            };
+            builds
+                .update(|cur| match cur {
+                    Some(d) => Ok(crate::model::clock(
+                        d,
+                        clock.now(),
+                        by.clone(),
+                        heartbeat.clone(),
+                        &rules,
+                    )),
+                    None => Err(crate::model::Refusal::NoDocument {
+                        build_id: config.build_id.clone(),
+                        attempted: "hand off".into(),
+                    }),
+                })
+                .await
+        }
         Change::Heartbeat(mut claim) => {
             claim.at = clock.now();
             let (doc, beat) = builds.beat(&claim).await?;

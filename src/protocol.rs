@@ -110,6 +110,9 @@ pub struct ConditionParam {
     /// `{status: blocked}` / `{status: awaiting_approval}`: only when the
     /// build stands so (a human is needed).
     pub status: Option<String>,
+    /// `{timer: true}` (a gate only): when the clock alone has made
+    /// something due (a retry, a dead attempt, an overdue stage).
+    pub timer: Option<bool>,
 }
 
 /// Retry settings, as written in `source.retry` and under its `states`
@@ -399,6 +402,9 @@ pub enum PutAction {
     Approve(u32),
     /// `heartbeat: N`
     Heartbeat(u32),
+    /// No action, only `check: [...]`: records nothing and hands off (the
+    /// timer job: the clock made something due that no write announced).
+    HandOff,
 }
 
 /// Every action a put may name, for messages.
@@ -421,6 +427,7 @@ impl PutAction {
             PutAction::File(_) => "file",
             PutAction::Approve(_) => "approve",
             PutAction::Heartbeat(_) => "heartbeat",
+            PutAction::HandOff => "check",
         }
     }
 
@@ -447,8 +454,14 @@ impl PutAction {
         .collect();
         match given.as_slice() {
             [one] => Ok(one.clone()),
+            [] if p.check.as_ref().is_some_and(|c| !c.is_empty())
+                && p.vars_file.is_none()
+                && p.note.is_none() =>
+            {
+                Ok(PutAction::HandOff)
+            }
             [] => Err(format!(
-                "params: no action given; a put takes exactly one of {PUT_ACTIONS}"
+                "params: no action given; a put takes exactly one of {PUT_ACTIONS} (or only check: [...], to hand off)"
             )),
             many => Err(format!(
                 "params: {} given; a put takes exactly one action ({PUT_ACTIONS})",

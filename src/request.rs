@@ -235,6 +235,7 @@ pub fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, RequestError
                 at: cx.now,
             }));
         }
+        PutAction::HandOff => return Ok(Change::HandOff(cx.actor.clone())),
         other => action(req, other, cx)?,
     };
     if let (Action::Complete(n), Front::Put, Some(path)) = (&action, front, &req.vars_file)
@@ -356,8 +357,8 @@ fn action(req: &Request, asked: &PutAction, cx: &Context<'_>) -> Result<Action, 
                 .filter(|r| !r.is_empty())
                 .map(str::to_string),
         },
-        PutAction::File(_) | PutAction::Heartbeat(_) => {
-            unreachable!("a file or a heartbeat is not an action")
+        PutAction::File(_) | PutAction::Heartbeat(_) | PutAction::HandOff => {
+            unreachable!("a file, a heartbeat or a hand-off is not an action")
         }
     })
 }

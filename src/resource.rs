@@ -473,8 +473,8 @@ pub async fn put_store<S: Store>(
     Ok(put_landed(config, store, clock, change, notes).await?.0)
 }
 
-/// [`put_store`], and whether a write landed (what a handoff waits for:
-/// never after a refusal, a replay or a heartbeat).
+/// [`put_store`], and whether to hand off now: a write landed, or the put
+/// only hands off (never after a refusal, a replay or a heartbeat).
 pub async fn put_landed<S: Store>(
     config: &Config,
     store: &S,
@@ -483,6 +483,7 @@ pub async fn put_landed<S: Store>(
     notes: &Notes,
 ) -> Result<(Response, bool)> {
     let key = config.state_key();
+    let hand_off = matches!(change, Change::HandOff(_));
     let applied = crate::app::record(config, store, clock, change, notes).await?;
     let doc = &applied.doc;
     if applied.written {
@@ -515,6 +516,12 @@ pub async fn put_landed<S: Store>(
         ));
     } else if let Some(why) = &applied.ignored {
         notes.note(format!("no change: {why}"));
+    } else if hand_off {
+        notes.note(format!(
+            "nothing to record: {} (revision {}); only handing off",
+            doc.whereabouts(),
+            doc.revision
+        ));
     } else {
         notes.note(format!(
             "no change: {} (revision {}); the put repeats what is recorded",
@@ -527,7 +534,7 @@ pub async fn put_landed<S: Store>(
             version: version_of(doc),
             metadata: metadata(doc),
         },
-        applied.written,
+        applied.written || hand_off,
     ))
 }
 

@@ -383,6 +383,7 @@ pub(super) async fn act(config: &Config, store: &AnyStore, req: &Request, out: &
         Change::Apply(u) => u.action.describe(),
         Change::File(_) => "file".to_string(),
         Change::Heartbeat(c) => format!("heartbeat {}", c.state),
+        Change::HandOff(_) => "check".to_string(),
     };
     let handoff = crate::handoff::Handoff::new(&req.check, &env, config.webhook_token.as_ref())
         .map_err(|m| anyhow!("--check: {m}"))?;

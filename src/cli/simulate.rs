@@ -253,6 +253,13 @@ pub(crate) fn human(r: &Report) -> String {
             span(total.round() as u64)
         ));
     }
+    if let Some(worst) = r.played.dead_found.iter().copied().reduce(f64::max) {
+        s.push_str(&format!(
+            "  dead attempts found: {}, the worst {:.1}s after its deadline\n",
+            r.played.dead_found.len(),
+            worst
+        ));
+    }
     s.push_str(&format!(
         "  checks of build-state resources: {} ({} by webhook)\n",
         m.checks, m.webhooks

@@ -278,6 +278,18 @@ pub fn parse_condition(
             }
         },
     };
+    if p.timer == Some(true) {
+        if p.state.is_some() || p.min_state.is_some() || status.is_some() {
+            return err(field, "`timer: true` stands alone");
+        }
+        if field != "gate" {
+            return err(
+                format!("{field}.timer"),
+                "only a gate waits for the clock (`gate: {timer: true}`)",
+            );
+        }
+        return Ok(Condition::timer());
+    }
     let at = match (p.state, p.min_state) {
         (Some(n), None) => At::State(n.0),
         (None, Some(n)) => At::MinState(n.0),
@@ -285,11 +297,15 @@ pub fn parse_condition(
         _ => {
             return err(
                 field,
-                "give exactly one of `state: N` or `min_state: N` (or `status: blocked` / `status: awaiting_approval`, alone or with one of them)",
+                "give exactly one of `state: N` or `min_state: N` (or `status: blocked` / `status: awaiting_approval`, alone or with one of them; or, for a gate, `timer: true`)",
             );
         }
     };
-    let c = Condition { at, status };
+    let c = Condition {
+        at,
+        status,
+        timer: false,
+    };
     if let Some(code) = c.code() {
         ladder.check(code).or_else(|e| err(field, e.to_string()))?;
     }

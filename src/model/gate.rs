@@ -20,7 +20,8 @@ pub enum At {
 
 /// A condition on the build: `{state: N}`, `{min_state: N}`, a status
 /// that needs a human (`{status: blocked}`, `{status: awaiting_approval}`),
-/// or such a status with one of the first two.
+/// or such a status with one of the first two; or, for a gate only,
+/// `{timer: true}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Condition {
     /// Where on the ladder.
@@ -28,6 +29,29 @@ pub struct Condition {
     /// Only when the build stands there in this status (`blocked` or
     /// `awaiting_approval`: a human is needed).
     pub status: Option<Status>,
+    /// `{timer: true}` (with `at: Any`, no status): passes when the clock
+    /// alone has made something due that no write will announce (see
+    /// [`clock_opened`]).
+    pub timer: bool,
+}
+
+/// Whether the clock alone, with nothing written, has made something of
+/// the build due at `now`: a failed (or deferred) stage whose `retry_at`
+/// passed, an attempt in progress past its deadline (a dead attempt), a
+/// stage overdue. What `{timer: true}` passes on: a gate checked often,
+/// whose job hands off to the stage gates (checked rarely) that can open.
+pub fn clock_opened(
+    doc: &Document,
+    now: Timestamp,
+    retry: &RetryPolicy,
+    heartbeat: Option<&Heartbeat>,
+) -> bool {
+    let due = |t: Option<Timestamp>| t.is_some_and(|t| t <= now);
+    match doc.status {
+        Status::Failed | Status::Pending if due(doc.retry_at) => true,
+        Status::InProgress => doc.is_dead(now, retry, heartbeat),
+        _ => super::attention::overdue_since(doc, retry, now).is_some(),
+    }
 }
 
 /// The statuses a condition may name: both need a human.
@@ -39,6 +63,7 @@ impl Condition {
         Condition {
             at: At::State(n),
             status: None,
+            timer: false,
         }
     }
 
@@ -47,6 +72,16 @@ impl Condition {
         Condition {
             at: At::MinState(n),
             status: None,
+            timer: false,
+        }
+    }
+
+    /// `{timer: true}`.
+    pub fn timer() -> Condition {
+        Condition {
+            at: At::Any,
+            status: None,
+            timer: true,
         }
     }
 
@@ -61,7 +96,7 @@ impl Condition {
     /// Whether this is a stage's gate (`{state: N}` alone): it opens when
     /// the stage is due.
     pub fn is_stage_gate(self) -> bool {
-        self.status.is_none() && matches!(self.at, At::State(_))
+        !self.timer && self.status.is_none() && matches!(self.at, At::State(_))
     }
 
     fn place_holds(self, doc: &Document) -> bool {
@@ -87,6 +122,9 @@ impl Condition {
         retry: &RetryPolicy,
         heartbeat: Option<&Heartbeat>,
     ) -> bool {
+        if self.timer {
+            return clock_opened(doc, now, retry, heartbeat);
+        }
         if let Some(status) = self.status {
             // A stage due for long that no build starts needs a human as
             // much as a blocked one: the alert job hears of it too.
@@ -115,7 +153,8 @@ impl Condition {
     /// start alone no longer proves it alive. Otherwise no heartbeat can
     /// change the answer, and none is read.
     pub fn needs_heartbeat(self, doc: &Document, now: Timestamp, retry: &RetryPolicy) -> bool {
-        self.is_stage_gate() && self.code() == Some(doc.state) && doc.needs_heartbeat(now, retry)
+        (self.timer || self.is_stage_gate() && self.code() == Some(doc.state))
+            && doc.needs_heartbeat(now, retry)
     }
 
     /// Requirement semantics (in): `{state: N}` holds when the revision is
@@ -133,6 +172,9 @@ impl fmt::Display for Condition {
             At::State(n) => Some(format!("state: {n}")),
             At::MinState(n) => Some(format!("min_state: {n}")),
         };
+        if self.timer {
+            return f.write_str("timer: true");
+        }
         match (self.status, place) {
             (Some(s), Some(p)) => write!(f, "status: {s}, {p}"),
             (Some(s), None) => write!(f, "status: {s}"),

@@ -19,7 +19,7 @@ pub use gate::{At, Condition, HUMAN_STATUSES, NextStep};
 pub use heartbeat::{Claim, Heartbeat, heartbeat};
 pub use ladder::{Code, Ladder, LadderError, OffLadder, Step};
 pub use policy::{RetryPolicy, StageRetry};
-pub use transition::{Action, Outcome, Refusal, Rules, Update, allowed, apply, extend};
+pub use transition::{Action, Outcome, Refusal, Rules, Update, allowed, apply, clock, extend};
 
 #[cfg(test)]
 mod outcome_tests;

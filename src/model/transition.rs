@@ -371,7 +371,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                 )));
             }
             if doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref()) {
-                return Ok(dead_attempt(doc, update, rules, *n, true));
+                return Ok(dead_attempt(doc, update, rules, *n, Finder::Start));
             }
             (*n, InProgress, doc.attempts + 1, None, None)
         }
@@ -551,7 +551,7 @@ fn another_builds_outcome(doc: &Document, update: &Update, rules: &Rules) -> Opt
             Status::InProgress
                 if doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref()) =>
             {
-                return Some(dead_attempt(doc, update, rules, n, false));
+                return Some(dead_attempt(doc, update, rules, n, Finder::Outcome));
             }
             Status::Pending | Status::Failed if start.is_none() => {
                 // Not due yet (a backoff or a deferral runs): a build run
@@ -571,13 +571,26 @@ fn another_builds_outcome(doc: &Document, update: &Update, rules: &Rules) -> Opt
     if let Some(mine) = own.filter(|e| e.action == ActionKind::Start) {
         // Its attempt ended (a human reset the stage, or another start
         // recorded it dead): a zombie's outcome.
-        let since = start.map_or("a human reset the stage since".to_string(), |s| {
-            format!(
+        let ended = doc
+            .history
+            .iter()
+            .rev()
+            .take_while(|e| e.revision > mine.revision)
+            .filter(|e| e.target == Some(n))
+            .last();
+        let since = match (start, ended) {
+            (Some(s), _) => format!(
                 "{} started another at revision {}",
                 s.by.describe(),
                 s.revision
-            )
-        });
+            ),
+            (None, Some(e)) if e.action == ActionKind::Fail => format!(
+                "it was recorded failed at revision {} by {}",
+                e.revision,
+                e.by.describe()
+            ),
+            _ => "a human reset the stage since".to_string(),
+        };
         return Some(Outcome::Ignored(format!(
             "{}; {kind} {n} from {} counts nothing: the attempt it started at revision {} is over ({since})",
             doc.whereabouts(),
@@ -585,7 +598,9 @@ fn another_builds_outcome(doc: &Document, update: &Update, rules: &Rules) -> Opt
             mine.revision
         )));
     }
-    let start = start?;
+    // The stage's newest start since it was last reset, if its attempt is
+    // over: this build did not make it either.
+    let start = start.or_else(|| last_start(doc, n))?;
     Some(Outcome::Ignored(format!(
         "{}; {} {n} from {} counts nothing: this build did not start the stage's current attempt ({} did, at revision {}); a stage job run early (by hand, or queued while the stage was failing) neither retries nor fails the stage",
         doc.whereabouts(),
@@ -596,9 +611,9 @@ fn another_builds_outcome(doc: &Document, update: &Update, rules: &Rules) -> Opt
     )))
 }
 
-/// The `start n` of the stage's current attempt: the newest of the run
-/// since the stage was last reset (`retry`, `set`, a new run).
-fn current_start(doc: &Document, n: Code) -> Option<&Event> {
+/// The newest `start n` since the stage was last reset (its attempt may
+/// be over).
+fn last_start(doc: &Document, n: Code) -> Option<&Event> {
     doc.history
         .iter()
         .rev()
@@ -609,6 +624,46 @@ fn current_start(doc: &Document, n: Code) -> Option<&Event> {
             _ => None,
         })
         .flatten()
+}
+
+/// The `start n` of the stage's current attempt: the newest since the
+/// stage was last reset (`retry`, `set`, a new run), unless the attempt
+/// ended (a failure recorded after it: its own, or its death).
+fn current_start(doc: &Document, n: Code) -> Option<&Event> {
+    let start = last_start(doc, n)?;
+    let ended = doc
+        .history
+        .iter()
+        .rev()
+        .take_while(|e| e.revision > start.revision)
+        .any(|e| e.action == ActionKind::Fail && e.target == Some(n));
+    (!ended).then_some(start)
+}
+
+/// What the clock alone has decided of `doc` at `now` (a put that only
+/// hands off, the timer's job): an attempt in progress past its deadline is
+/// recorded dead (its backoff, or blocked); otherwise nothing.
+pub fn clock(
+    doc: &Document,
+    now: Timestamp,
+    by: Actor,
+    heartbeat: Option<super::heartbeat::Heartbeat>,
+    rules: &Rules,
+) -> Outcome {
+    if doc.status != Status::InProgress || !doc.is_dead(now, rules.retry, heartbeat.as_ref()) {
+        return Outcome::Unchanged;
+    }
+    let n = doc.state;
+    let mut update = Update::new(
+        Action::Fail {
+            state: n,
+            error: ErrorInfo::new(String::new(), FailureKind::Transient),
+        },
+        by,
+        now,
+    );
+    update.heartbeat = heartbeat;
+    dead_attempt(doc, &update, rules, n, Finder::Clock)
 }
 
 /// A failure from a build that never started stage `n`, while the stage is
@@ -667,19 +722,29 @@ fn restart_run(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
     }
 }
 
+/// Who records a dead attempt, and what follows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finder {
+    /// A `start N`: the stage starts again at once; with no attempt left
+    /// the failure blocks the stage and the start is refused.
+    Start,
+    /// The outcome put of a build that never started the stage: the
+    /// failure waits for its backoff, the outcome counts nothing.
+    Outcome,
+    /// A put that only hands off (the timer's job): the clock found it.
+    Clock,
+}
+
 /// A stage in progress past its deadline: the dead attempt is recorded as a
-/// transient failure. With `then_start` (a `start N`), the stage starts
-/// again at once; with no attempt left, the failure blocks the stage and
-/// the start is refused. Without (the outcome of a build that never
-/// started the stage), the failure waits for its backoff like any other,
-/// and the outcome itself counts nothing.
+/// transient failure, and what follows is `finder`'s (see [`Finder`]).
 fn dead_attempt(
     doc: &Document,
     update: &Update,
     rules: &Rules,
     n: Code,
-    then_start: bool,
+    finder: Finder,
 ) -> Outcome {
+    let then_start = finder == Finder::Start;
     let policy = rules.retry.for_state(n);
     let attempts = doc.attempts + 1;
     let since = super::document::rfc3339::format(&doc.updated_at);
@@ -735,10 +800,16 @@ fn dead_attempt(
                 .unwrap_or(chrono::Duration::MAX);
             fail.retry_at = update.at.checked_add_signed(wait);
         }
-        fail.reason = Some(format!(
-            "recorded for {}, which never started stage {n}: its own failure counts nothing",
-            update.by.describe()
-        ));
+        fail.reason = Some(match finder {
+            Finder::Clock => format!(
+                "found by the clock ({}), past the attempt's deadline",
+                update.by.describe()
+            ),
+            _ => format!(
+                "recorded for {}, which never started stage {n}: its own failure counts nothing",
+                update.by.describe()
+            ),
+        });
     }
     let mut history = doc.history.clone();
     history.push(fail);

@@ -239,6 +239,28 @@ fn expectations(p: &Pipeline, s: &Scenario, played: &Played, summary: &Summary) 
     if let Some(within) = x.alerted_within {
         out.extend(alerted(p, played, within));
     }
+    let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    if let Some(within) = x.handoffs_within
+        && worst(&summary.handoffs) > within.as_secs_f64()
+    {
+        out.push(format!(
+            "expected every stage to start within {} of becoming due; the worst took {:.0}s ({:?})",
+            duration::format(within),
+            worst(&summary.handoffs),
+            summary.handoffs
+        ));
+    }
+    if let Some(within) = x.dead_found_within {
+        if played.dead_found.is_empty() {
+            out.push("expected a dead attempt to be found; none was".into());
+        } else if worst(&played.dead_found) > within.as_secs_f64() {
+            out.push(format!(
+                "expected every dead attempt found within {} of its deadline; the worst took {:.0}s",
+                duration::format(within),
+                worst(&played.dead_found)
+            ));
+        }
+    }
     out
 }
 

@@ -197,6 +197,11 @@ pub struct Expect {
     /// An alert job's build starts within this time of the build first
     /// becoming blocked.
     pub alerted_within: Option<Duration>,
+    /// Every stage starts within this time of becoming due (pending, or
+    /// its retry due): the worst handoff.
+    pub handoffs_within: Option<Duration>,
+    /// Every dead attempt is recorded within this time of its deadline.
+    pub dead_found_within: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +227,10 @@ struct ExpectFields {
     refused: Option<Value>,
     #[serde(default)]
     alerted_within: Option<String>,
+    #[serde(default)]
+    handoffs_within: Option<String>,
+    #[serde(default)]
+    dead_found_within: Option<String>,
 }
 
 /// A whole scenario.
@@ -393,6 +402,14 @@ fn expect(x: ExpectFields) -> Result<Expect, String> {
         alerted_within: x
             .alerted_within
             .map(|w| dur(&w, "expect.alerted_within"))
+            .transpose()?,
+        handoffs_within: x
+            .handoffs_within
+            .map(|w| dur(&w, "expect.handoffs_within"))
+            .transpose()?,
+        dead_found_within: x
+            .dead_found_within
+            .map(|w| dur(&w, "expect.dead_found_within"))
             .transpose()?,
     })
 }

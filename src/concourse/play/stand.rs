@@ -28,6 +28,10 @@ pub struct Played {
     pub task_runs: BTreeMap<String, u64>,
     /// Heartbeats the tasks sent per stage: (accepted, refused).
     pub heartbeats: BTreeMap<u32, (u64, u64)>,
+    /// For each dead attempt recorded, the seconds from its deadline (its
+    /// timeout, or its last sign of life plus its heartbeat timeout) to
+    /// the write that recorded it.
+    pub dead_found: Vec<f64>,
     /// Puts and heartbeats the resource refused, each said once.
     pub refused: Vec<String>,
     /// The build's document at the end.
@@ -60,6 +64,9 @@ pub(super) struct Books {
     future_events: usize,
     /// The revision whose approval a human was asked for.
     approval_asked: Option<u64>,
+    /// The attempt in progress: its revision and when it is dead.
+    deadline: Option<(u64, crate::model::Timestamp)>,
+    dead_found: Vec<f64>,
 }
 
 /// The world around the ATC.
@@ -159,6 +166,7 @@ impl<S: Steps + 'static> Play<S> {
             atc: atc.record(),
             task_runs: books.task_runs,
             heartbeats: books.heartbeats,
+            dead_found: books.dead_found,
             refused: books.refused,
             document,
             elapsed: atc.elapsed().as_secs(),
@@ -202,6 +210,9 @@ impl<S: Steps + 'static> Play<S> {
     async fn observe(self: &Rc<Self>) {
         let doc = self.steps.document(&self.state).await;
         let now = self.atc().elapsed();
+        if let Some(d) = &doc {
+            self.watch_deadline(d).await;
+        }
         if let (Some(d), Some(after)) = (&doc, self.scenario.approve_after)
             && d.status == crate::model::Status::AwaitingApproval
             && self.books.borrow().approval_asked != Some(d.revision)
@@ -231,6 +242,32 @@ impl<S: Steps + 'static> Play<S> {
             && b.delivered_at.is_none()
         {
             b.delivered_at = Some(now);
+        }
+    }
+
+    /// Keeps the deadline of the attempt in progress, and when a write
+    /// recorded it dead, how long after its deadline that was.
+    async fn watch_deadline(&self, d: &Document) {
+        let Some(config) = self.config.as_ref() else {
+            return;
+        };
+        let tracked = self.books.borrow().deadline;
+        if let Some((revision, deadline)) = tracked
+            && d.revision > revision
+        {
+            let next = d.history.iter().find(|e| e.revision == revision + 1);
+            if let Some(e) =
+                next.filter(|e| e.action == crate::model::ActionKind::Fail && e.at >= deadline)
+            {
+                let late = (e.at - deadline).num_milliseconds() as f64 / 1000.0;
+                self.books.borrow_mut().dead_found.push(late);
+            }
+            self.books.borrow_mut().deadline = None;
+        }
+        if d.status == crate::model::Status::InProgress {
+            let beat = self.steps.heartbeat(&self.state).await;
+            let dead = d.dead_since(&config.retry, beat.as_ref());
+            self.books.borrow_mut().deadline = dead.map(|t| (d.revision, t));
         }
     }
 
