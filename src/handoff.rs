@@ -83,7 +83,7 @@ impl Handoff {
         let target = pipeline(env).and_then(|p| match token {
             Some(t) => Ok((p, t.clone())),
             None => Err(
-                "the source has no webhook_token (the gated resources' webhook_token)".to_string(),
+                "the source has no webhook_token (the gated resources' webhook_token; the CLI also takes --webhook-token)".to_string(),
             ),
         });
         Ok(Handoff {
@@ -144,18 +144,24 @@ impl Handoff {
 
 /// The pipeline of a Concourse build, from its variables.
 fn pipeline(env: &BuildEnv) -> Result<Pipeline, String> {
-    let missing = |v: &str| format!("{v} is not set (a put outside a Concourse build?)");
+    let missing = |v: &str, flag: &str| {
+        format!(
+            "{v} is not set (a put outside a Concourse build?; at a terminal, give {flag} or --fly-target)"
+        )
+    };
     let external_url = env
         .external_url
         .clone()
-        .ok_or_else(|| missing("ATC_EXTERNAL_URL"))?
+        .ok_or_else(|| missing("ATC_EXTERNAL_URL", "--atc-url"))?
         .trim_end_matches('/')
         .to_string();
-    let team = env.team.clone().ok_or_else(|| missing("BUILD_TEAM_NAME"))?;
-    let pipeline = env
-        .pipeline
+    let team = env
+        .team
         .clone()
-        .ok_or_else(|| missing("BUILD_PIPELINE_NAME"))?;
+        .ok_or_else(|| missing("BUILD_TEAM_NAME", "--team"))?;
+    let pipeline = env.pipeline.clone().ok_or_else(|| {
+        "BUILD_PIPELINE_NAME is not set (a put outside a Concourse build?; at a terminal, give --pipeline NAME)".to_string()
+    })?;
     let instance_vars = match &env.instance_vars {
         None => Vec::new(),
         Some(text) => {

@@ -15,6 +15,11 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret from its value.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     /// The secret's value, for the one place that needs it (signing requests).
     pub fn expose(&self) -> &str {
         &self.0

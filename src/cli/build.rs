@@ -25,9 +25,10 @@ pub(super) struct Extras {
     #[arg(long)]
     note: Option<String>,
     /// Once the change landed, ask Concourse to check this resource at once
-    /// (its check webhook; repeatable). The pipeline comes from
-    /// ATC_EXTERNAL_URL, BUILD_TEAM_NAME and BUILD_PIPELINE_NAME, the token
-    /// from the source's webhook_token
+    /// (its check webhook; repeatable). The pipeline: --atc-url, --team and
+    /// --pipeline NAME, or --fly-target, or inside a build ATC_EXTERNAL_URL,
+    /// BUILD_TEAM_NAME and BUILD_PIPELINE_NAME; the token: --webhook-token
+    /// or the source's webhook_token
     #[arg(long = "check", value_name = "RESOURCE")]
     check: Vec<String>,
 }
@@ -291,7 +292,13 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
             let (build_id, req, labels) = request(action)?;
             let (config, store) = src.build(&build_id, &out.notes).await?;
             let config = with_labels(config, &build_id, &labels)?;
-            act(&config, &store, &req, out).await
+            let atc = ctx
+                .atc
+                .target(BuildEnv::from_env(), src.concourse_pipeline())?;
+            let token = ctx.atc.token().or_else(|| config.webhook_token.clone());
+            let handoff = crate::handoff::Handoff::new(&req.check, &atc, token.as_ref())
+                .map_err(|m| anyhow!("--check: {m}"))?;
+            act(&config, &store, &req, &handoff, out).await
         }
     }
 }
@@ -365,7 +372,13 @@ pub(super) async fn current(config: &Config, store: &AnyStore) -> Result<Documen
 }
 
 /// Translates `req` as the CLI's arguments, applies it and prints the result.
-pub(super) async fn act(config: &Config, store: &AnyStore, req: &Request, out: &Out) -> Result<()> {
+pub(super) async fn act(
+    config: &Config,
+    store: &AnyStore,
+    req: &Request,
+    handoff: &crate::handoff::Handoff,
+    out: &Out,
+) -> Result<()> {
     let env = BuildEnv::from_env();
     let change = translate(
         req,
@@ -385,12 +398,10 @@ pub(super) async fn act(config: &Config, store: &AnyStore, req: &Request, out: &
         Change::Heartbeat(c) => format!("heartbeat {}", c.state),
         Change::HandOff(_) => "check".to_string(),
     };
-    let handoff = crate::handoff::Handoff::new(&req.check, &env, config.webhook_token.as_ref())
-        .map_err(|m| anyhow!("--check: {m}"))?;
     let applied = crate::app::record(config, store, &SystemClock, change, &out.notes).await?;
     out.applied(&described, &applied.doc, applied.written)?;
     if applied.written {
-        crate::handoff::call(&handoff, &out.notes).await;
+        crate::handoff::call(handoff, &out.notes).await;
     } else if !handoff.is_empty() {
         out.note(format!(
             "check of {} skipped: nothing was written",
@@ -523,6 +534,7 @@ pub(crate) mod tests {
             &config,
             &store,
             &Request::new(PutAction::Complete(25)),
+            &crate::handoff::Handoff::none(),
             &out,
         )
         .await
@@ -539,6 +551,7 @@ pub(crate) mod tests {
             &config,
             &store,
             &Request::new(PutAction::Retry(5)),
+            &crate::handoff::Handoff::none(),
             &json_out,
         )
         .await
@@ -558,15 +571,29 @@ pub(crate) mod tests {
         let (out, buf) = Out::buffered(false);
         walk(&store, "rhel8-web", &out).await;
         let config = settings().for_build("rhel8-web").unwrap();
-        act(&config, &store, &Request::new(PutAction::Retry(5)), &out)
-            .await
-            .unwrap();
+        act(
+            &config,
+            &store,
+            &Request::new(PutAction::Retry(5)),
+            &crate::handoff::Handoff::none(),
+            &out,
+        )
+        .await
+        .unwrap();
         text(&buf);
         out.notes.take();
         let mut req = Request::new(PutAction::Fail(5));
         req.error = Some("ansible: unreachable".into());
         req.vars_file = Some(Path::new("/nonexistent/vars.json").display().to_string());
-        act(&config, &store, &req, &out).await.unwrap();
+        act(
+            &config,
+            &store,
+            &req,
+            &crate::handoff::Handoff::none(),
+            &out,
+        )
+        .await
+        .unwrap();
         let notes = out.notes.take();
         assert!(
             notes.iter().any(|n| n

@@ -8,6 +8,7 @@
 //! (`build`), the fleet's views (`fleet`), operations on stored builds
 //! (`ops`). The fleet scan is `scan`.
 
+mod atc;
 mod build;
 mod cache;
 mod doctor;
@@ -57,6 +58,8 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 struct Cli {
     #[command(flatten)]
     source: source::SourceArgs,
+    #[command(flatten)]
+    atc: atc::AtcArgs,
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     json: bool,
@@ -92,6 +95,7 @@ enum Command {
 /// and whether the fleet cache may be used.
 pub(crate) struct Ctx<'a> {
     pub(crate) source: &'a source::SourceArgs,
+    pub(crate) atc: &'a atc::AtcArgs,
     pub(crate) out: &'a Out,
     pub(crate) no_cache: bool,
 }
@@ -151,6 +155,7 @@ pub fn main(args: impl Iterator<Item = OsString>, notes: Arc<Notes>) -> Result<E
 async fn run(cli: Cli, out: &Out) -> Result<()> {
     let ctx = Ctx {
         source: &cli.source,
+        atc: &cli.atc,
         out,
         no_cache: cli.no_cache,
     };

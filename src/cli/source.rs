@@ -23,8 +23,9 @@ pub(crate) struct SourceArgs {
         value_name = "FILE"
     )]
     pub source_file: Option<PathBuf>,
-    /// Take the source from a pipeline file (with --resource)
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Take the source from a pipeline file (with --resource); without
+    /// --resource, the Concourse pipeline a --check goes to
+    #[arg(long, global = true, value_name = "FILE|NAME")]
     pub pipeline: Option<PathBuf>,
     /// The build-state resource in --pipeline
     #[arg(long, global = true, value_name = "NAME")]
@@ -74,10 +75,28 @@ pub(crate) struct SourceArgs {
 }
 
 impl SourceArgs {
+    /// `--pipeline` as a file to take the source from: with `--resource`,
+    /// or when it names a file (so that a forgotten `--resource` is said).
+    fn pipeline_file(&self) -> Option<&PathBuf> {
+        self.pipeline.as_ref().filter(|p| {
+            self.resource.is_some()
+                || p.is_file()
+                || p.extension().is_some_and(|e| e == "yml" || e == "yaml")
+        })
+    }
+
+    /// `--pipeline NAME` as the Concourse pipeline a `--check` goes to.
+    pub(crate) fn concourse_pipeline(&self) -> Option<&str> {
+        match self.pipeline_file() {
+            Some(_) => None,
+            None => self.pipeline.as_deref().and_then(|p| p.to_str()),
+        }
+    }
+
     /// The raw source block, before validation, and what set its endpoint
     /// (in words, for an error that cannot connect).
     fn raw(&self) -> Result<(Value, String)> {
-        let mut source = match (&self.source_file, &self.pipeline) {
+        let mut source = match (&self.source_file, self.pipeline_file()) {
             (Some(_), Some(_)) => bail!("give --source or --pipeline, not both"),
             (Some(path), None) => {
                 let text = std::fs::read_to_string(path)
@@ -109,7 +128,7 @@ impl SourceArgs {
             bail!("the source must be a mapping of fields");
         }
         let obj = source.as_object_mut().expect("checked");
-        let mut origin = match (&self.source_file, &self.pipeline) {
+        let mut origin = match (&self.source_file, self.pipeline_file()) {
             (Some(path), _) => format!("endpoint in {}", path.display()),
             (None, Some(path)) => format!(
                 "the endpoint of resource {} in {}",

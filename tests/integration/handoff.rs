@@ -242,7 +242,99 @@ fn a_write_that_landed_hands_off_though_the_put_fails(w: World) {
     assert_eq!(doc["status"], "blocked");
 }
 
+/// A human at a terminal hands off like a put: the ATC from a fly target
+/// (`~/.flyrc`'s api and team) or from --atc-url/--team, the pipeline from
+/// --pipeline NAME (with --instance-var), the token from the source or
+/// --webhook-token. A target fly does not know is an error before
+/// anything is written.
+fn a_human_hands_off_from_a_terminal(w: World) {
+    let atc = Listener::start(Atc::Answers(201));
+    let home = w.tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".flyrc"),
+        format!(
+            "targets:\n  ci:\n    api: {}/\n    team: main\n    token:\n      type: bearer\n      value: not-read\n",
+            atc.url
+        ),
+    )
+    .unwrap();
+    let mut w = world(w);
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    w.put(json!({"start": 5})).build("kickstart", 40).ok();
+    w.put(json!({"fail": 5, "error": "x"}))
+        .build("kickstart", 40)
+        .ok();
+    let home_s = home.to_str().unwrap();
+    let said = w
+        .cli(&[
+            "retry",
+            "rhel8-web",
+            "5",
+            "--fly-target",
+            "ci",
+            "--pipeline",
+            "staged-image-build",
+            "--instance-var",
+            "branch=feature/x",
+            "--check",
+            "at-kickstart",
+        ])
+        .env("HOME", home_s)
+        .run();
+    assert_eq!(said.code, Some(0), "{}", said.stderr);
+    assert_eq!(atc.take(), [webhook("at-kickstart")]);
+    assert!(!said.stderr.contains(TOKEN) && !said.stdout.contains(TOKEN));
+    // --atc-url, --team, --pipeline and --webhook-token, a source without one.
+    w.extra["webhook_token"] = serde_json::Value::Null;
+    let said = w
+        .cli(&[
+            "set",
+            "rhel8-web",
+            "5",
+            "--status",
+            "failed",
+            "--reason",
+            "again",
+            "--atc-url",
+            &atc.url,
+            "--team",
+            "main",
+            "--pipeline",
+            "staged-image-build",
+            "--check",
+            "at-kickstart",
+        ])
+        .env("BUILD_STATE_WEBHOOK_TOKEN", TOKEN)
+        .run();
+    assert_eq!(said.code, Some(0), "{}", said.stderr);
+    let seen = atc.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("POST /api/v1/teams/main/pipelines/staged-image-build/resources/at-kickstart/check/webhook?webhook_token="));
+    // An unknown target: said, nothing written.
+    let before = w.raw("state.json");
+    let err = w
+        .cli(&[
+            "retry",
+            "rhel8-web",
+            "5",
+            "--fly-target",
+            "prod",
+            "--check",
+            "at-kickstart",
+        ])
+        .env("HOME", home_s)
+        .fails();
+    assert!(
+        err.contains("--fly-target prod: no such target in") && err.contains("(it has: ci)"),
+        "{err}"
+    );
+    assert_eq!(w.raw("state.json"), before, "nothing written");
+}
+
 crate::both_stores!(
+    a_human_hands_off_from_a_terminal,
     a_landed_put_posts_its_webhooks,
     a_failed_webhook_never_fails_the_put,
     a_write_that_landed_hands_off_though_the_put_fails
