@@ -23,6 +23,21 @@ impl Clock for SystemClock {
     }
 }
 
+/// The store's clock ([`Store::clock`]): what its newest answer told, plus
+/// the time elapsed since on this process's monotonic clock; this
+/// process's clock when the store tells none. One clock for every worker:
+/// a worker whose own clock is off neither kills a live stage nor skips a
+/// backoff.
+pub struct StoreClock<'a, S: Store>(pub &'a S);
+
+impl<S: Store> Clock for StoreClock<'_, S> {
+    fn now(&self) -> Timestamp {
+        let t = self.0.clock().map_or_else(crate::now, |t| t.now());
+        // As stored: milliseconds.
+        chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+    }
+}
+
 /// A clock that shows what it is set to (tests, and the simulation's
 /// virtual time).
 pub struct ManualClock(pub std::sync::Mutex<Timestamp>);

@@ -267,9 +267,16 @@ impl<'a, S: Store> Builds<'a, S> {
     pub async fn beat(&self, claim: &Claim) -> Result<(Document, Heartbeat), Error> {
         let state = self.config.state_key();
         let current = self.current().await?;
+        // Its time is the store's, as the read just told it (one clock:
+        // a worker whose own clock is behind still proves the attempt
+        // alive).
+        let mut claim = claim.clone();
+        if self.store.clock().is_some() {
+            claim.at = crate::app::Clock::now(&crate::app::StoreClock(self.store));
+        }
         let beat = crate::model::heartbeat(
             current.as_ref().map(|c| &c.doc),
-            claim,
+            &claim,
             &self.config.build_id,
         )
         .map_err(|r| self.error(&state, r))?;

@@ -2,7 +2,7 @@
 //! function from the request on stdin to the reply on stdout.
 
 use crate::Notes;
-use crate::app::{Change, Clock, SystemClock};
+use crate::app::{Change, Clock, StoreClock};
 use crate::config::{Config, parse_condition};
 use crate::engine::{Builds, ErrorKind, Read};
 use crate::inputs::SourcesDir;
@@ -101,7 +101,7 @@ fn parse_revision(v: &Version) -> Result<u64> {
 pub async fn check(input: &[u8], notes: &Notes) -> Result<Vec<Version>> {
     let (config, version) = check_request(input)?;
     let store = open(&config).await?;
-    check_store(&config, &store, &SystemClock, version, notes).await
+    check_store(&config, &store, &StoreClock(&store), version, notes).await
 }
 
 /// A check request read and validated: the configuration and the version
@@ -394,7 +394,7 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) ->
     let (config, change, handoff) =
         put_request(input, &SourcesDir(sources), env, crate::now(), notes)?;
     let store = open(&config).await?;
-    let result = put_landed(&config, &store, &SystemClock, change, notes).await;
+    let result = put_landed(&config, &store, &StoreClock(&store), change, notes).await;
     if landed(&result) {
         crate::handoff::call(&handoff, notes).await;
     } else if !handoff.is_empty() {

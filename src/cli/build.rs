@@ -4,7 +4,7 @@
 //! put's params do.
 
 use super::{Ctx, NotFound, output::Out, output::Table};
-use crate::app::{Change, SystemClock};
+use crate::app::{Change, StoreClock};
 use crate::config::{Config, Settings};
 use crate::engine::Builds;
 use crate::inputs::WorkingDir;
@@ -286,7 +286,9 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
         }
         Command::Next { build_id } => {
             let (config, store) = src.build(&build_id, &out.notes).await?;
-            next(&current(&config, &store).await?, out)
+            let doc = current(&config, &store).await?;
+            let now = crate::app::Clock::now(&StoreClock(&store));
+            next(&doc, now, out)
         }
         action => {
             let (build_id, req, labels) = request(action)?;
@@ -320,8 +322,8 @@ fn with_labels(config: Config, build_id: &str, labels: &[String]) -> Result<Conf
     Ok(std::sync::Arc::new(settings).for_build(build_id)?)
 }
 
-fn next(doc: &Document, out: &Out) -> Result<()> {
-    let step = crate::model::NextStep::live(doc, crate::now());
+fn next(doc: &Document, now: crate::model::Timestamp, out: &Out) -> Result<()> {
+    let step = crate::model::NextStep::live(doc, now);
     if out.json {
         out.print_json(&json!({
             "next": step.as_str(),
@@ -398,7 +400,7 @@ pub(super) async fn act(
         Change::Heartbeat(c) => format!("heartbeat {}", c.state),
         Change::HandOff(_) => "check".to_string(),
     };
-    let applied = crate::app::record(config, store, &SystemClock, change, &out.notes).await?;
+    let applied = crate::app::record(config, store, &StoreClock(store), change, &out.notes).await?;
     out.applied(&described, &applied.doc, applied.written)?;
     if applied.written {
         crate::handoff::call(handoff, &out.notes).await;
@@ -491,7 +493,7 @@ pub(crate) mod tests {
         let applied = crate::app::record(
             config,
             store,
-            &SystemClock,
+            &crate::app::SystemClock,
             Change::Apply(update),
             &out.notes,
         )

@@ -117,6 +117,24 @@ impl LocalStore {
 }
 
 impl Store for LocalStore {
+    /// The file system's clock: the modification time it gives a write of
+    /// `.clock` under the root (the machine's clock, or the file server's
+    /// on a shared mount); `None` when the directory cannot be written.
+    fn clock(&self) -> Option<super::StoreTime> {
+        use std::io::Write;
+        let path = self.root.join(".clock");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .ok()?;
+        f.write_all(b"t").ok()?;
+        let heard = std::time::Instant::now();
+        let at: chrono::DateTime<chrono::Utc> = f.metadata().ok()?.modified().ok()?.into();
+        Some(super::StoreTime { at, heard })
+    }
+
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
         let path = self.path(key);
         Ok(match self.read(&path)? {

@@ -321,6 +321,10 @@ impl<S: Store> FaultyStore<S> {
 }
 
 impl<S: Store> Store for FaultyStore<S> {
+    fn clock(&self) -> Option<super::StoreTime> {
+        self.inner.clock()
+    }
+
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
         match self.next(Op::Get) {
             Some(Fault::Fail(e)) => return Err(e),

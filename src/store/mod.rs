@@ -153,9 +153,36 @@ pub fn same_etag(a: &str, b: &str) -> bool {
     bare_etag(a) == bare_etag(b)
 }
 
+/// A time told by the store: what its clock said, and when (on this
+/// process's monotonic clock) that was heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreTime {
+    /// The store's time.
+    pub at: crate::model::Timestamp,
+    /// When this process heard it.
+    pub heard: std::time::Instant,
+}
+
+impl StoreTime {
+    /// The store's time now: what it said, plus what has elapsed since.
+    pub fn now(&self) -> crate::model::Timestamp {
+        let elapsed = chrono::Duration::from_std(self.heard.elapsed()).unwrap_or_default();
+        self.at + elapsed
+    }
+}
+
 /// Conditional object storage.
 #[allow(async_fn_in_trait)]
 pub trait Store {
+    /// The store's clock, as its newest answer told it (S3: the `Date` of
+    /// its answers; a local directory: the modification time the file
+    /// system gives a write); `None` when it tells none (then the local
+    /// clock serves). Every deadline is judged on it: one clock for every
+    /// worker, whatever its own says.
+    fn clock(&self) -> Option<StoreTime> {
+        None
+    }
+
     /// Reads `key`; with `if_none_match`, answers `Unchanged` (without a
     /// body) when the object still has that ETag.
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError>;
@@ -243,6 +270,16 @@ impl AnyStore {
 macro_rules! forward {
     ($( async fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
         impl Store for AnyStore {
+            fn clock(&self) -> Option<StoreTime> {
+                match self {
+                    AnyStore::Local(s) => s.clock(),
+                    AnyStore::S3(s) => s.clock(),
+                    #[cfg(test)]
+                    AnyStore::Memory(s) => s.clock(),
+                    #[cfg(test)]
+                    AnyStore::Faulty(s) => s.clock(),
+                }
+            }
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     match self {

@@ -57,8 +57,41 @@ impl aws_sdk_s3::config::Intercept for KnowsRgw {
     }
 }
 
+/// Keeps the `Date` of the server's newest answer: its clock (one second
+/// of resolution), on which every deadline is judged.
+#[derive(Debug)]
+struct HearsTheDate(Arc<std::sync::Mutex<Option<super::StoreTime>>>);
+
+impl aws_sdk_s3::config::Intercept for HearsTheDate {
+    fn name(&self) -> &'static str {
+        "build-state: hears the server's Date"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let date = context.response().headers().get("date").and_then(|d| {
+            chrono::DateTime::parse_from_rfc2822(d.trim())
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        });
+        if let Some(at) = date {
+            *self.0.lock().expect("the clock's lock") = Some(super::StoreTime {
+                at,
+                heard: std::time::Instant::now(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Documents in an S3 bucket.
 pub struct S3Store {
+    /// The server's clock, as its newest answer told it.
+    date: Arc<std::sync::Mutex<Option<super::StoreTime>>>,
     client: Client,
     bucket: String,
     /// Where requests go and what set that, for an error that cannot connect.
@@ -189,7 +222,10 @@ impl S3Store {
         }
         let if_match_form = Arc::new(AtomicU8::new(QUOTED));
         conf = conf.interceptor(KnowsRgw(if_match_form.clone()));
+        let date = Arc::new(std::sync::Mutex::new(None));
+        conf = conf.interceptor(HearsTheDate(date.clone()));
         Ok(S3Store {
+            date,
             client: Client::from_conf(conf.build()),
             bucket: cfg.bucket.clone(),
             reach: reach(cfg),
@@ -513,6 +549,10 @@ fn plain(key: &str, e: GetError) -> StoreError {
 }
 
 impl Store for S3Store {
+    fn clock(&self) -> Option<super::StoreTime> {
+        *self.date.lock().expect("the clock's lock")
+    }
+
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
         let Some(etag) = if_none_match else {
             return self.get_once(key, None).await.map_err(|e| plain(key, e));

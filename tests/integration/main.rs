@@ -5,6 +5,7 @@ mod util;
 
 mod check;
 pub(crate) mod cli;
+mod clocks;
 mod concurrency;
 mod docs;
 mod egress;

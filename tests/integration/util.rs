@@ -459,6 +459,8 @@ pub(crate) struct Step {
     stdin: Vec<u8>,
     env: Vec<(String, String)>,
     unset: Vec<String>,
+    /// Run under `faketime -f OFFSET` (a worker whose clock is off).
+    clock_off: Option<String>,
     cwd: PathBuf,
 }
 
@@ -486,6 +488,7 @@ impl Step {
             stdin: Vec::new(),
             env: Vec::new(),
             unset: Vec::new(),
+            clock_off: None,
             cwd: world.tmp.path().to_path_buf(),
         }
     }
@@ -523,7 +526,14 @@ impl Step {
     /// The command, with the test's environment and nothing of the machine's
     /// Concourse variables.
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = match &self.clock_off {
+            Some(offset) => {
+                let mut c = Command::new("faketime");
+                c.args(["-f", offset]).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
         cmd.args(&self.args)
             .current_dir(&self.cwd)
             .stdin(Stdio::piped())
@@ -552,6 +562,13 @@ impl Step {
             cmd.env(k, v);
         }
         cmd
+    }
+
+    /// Runs the program with its clock `offset` off (`faketime -f -15m`):
+    /// a worker whose clock is wrong.
+    pub(crate) fn clock_off(mut self, offset: &str) -> Step {
+        self.clock_off = Some(offset.to_string());
+        self
     }
 
     /// Removes `k` from the program's environment (the machine's and the
