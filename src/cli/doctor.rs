@@ -186,6 +186,27 @@ async fn probe(
         ),
         Err(e) => add("versioning", Verdict::Warn, format!("cannot tell: {}", advice(&e))),
     }
+    // One clock: the store's, on which every deadline is judged.
+    match store.clock() {
+        Some(t) => {
+            let off = (crate::now() - t.now()).num_seconds();
+            let detail = if off.abs() <= 2 {
+                "its answers carry the time: every deadline is judged on it".to_string()
+            } else {
+                format!(
+                    "its answers carry the time, and this machine's clock is {}s {} it: deadlines are judged on the store's, so that is harmless",
+                    off.abs(),
+                    if off > 0 { "ahead of" } else { "behind" }
+                )
+            };
+            add("clock", Verdict::Ok, detail);
+        }
+        None => add(
+            "clock",
+            Verdict::Warn,
+            "its answers carry no usable time (no Date header, or a directory this process cannot write): each worker judges deadlines on its own clock, so keep the workers' clocks right (NTP)".into(),
+        ),
+    }
     let quirks = store.quirks();
     if !quirks.is_empty() {
         add(
