@@ -419,3 +419,34 @@ fn an_approval_without_expose_build_created_by_is_anonymous() {
         r.wiring
     );
 }
+
+/// An idle staged pipeline (the build blocked at its first stage, nothing
+/// to do for hours): at most two checks a minute in all, the timer's every
+/// minute and the gates' hourly ones (each check one S3 request and one
+/// Concourse check build).
+#[test]
+fn an_idle_staged_pipeline_checks_at_most_twice_a_minute() {
+    let idle = |hours: u32| {
+        let text = format!(
+            "task_time: 10m\ntasks: {{packer-kickstart: [{{outcome: fail, error: \"license expired\"}}]}}\nevents: [{{at: {hours}h, check: at-kickstart}}]\nexpect: {{delivered: false}}\n"
+        );
+        let s = Scenario::parse(&text).unwrap();
+        let p = typed(&staged());
+        let r = simulate(
+            &p,
+            "staged-image-build",
+            Release::LATEST,
+            &s,
+            Rc::new(InMemory::new()),
+        )
+        .unwrap();
+        assert!(r.failures.is_empty(), "{:#?}", r.failures);
+        r.summary.checks
+    };
+    let per_hour = (idle(10) - idle(4)) as f64 / 6.0;
+    assert!(per_hour <= 120.0, "{per_hour} checks an hour");
+    assert!(
+        per_hour >= 60.0,
+        "the timer is checked every minute: {per_hour}"
+    );
+}
