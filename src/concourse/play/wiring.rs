@@ -230,7 +230,16 @@ impl Wiring<'_> {
     }
 
     fn gets(&mut self, job: &Job) {
-        let puts_to: BTreeSet<String> = job.puts().iter().map(|p| p.resource.clone()).collect();
+        // A job that writes back a document copy (`file:`) may trigger on
+        // its own puts: a put that records something runs the next due
+        // stage at once, one that repeats the document writes nothing and
+        // so triggers nothing (the single-job pipeline's loop).
+        let puts_to: BTreeSet<String> = job
+            .puts()
+            .iter()
+            .filter(|p| p.params.get("file").is_none())
+            .map(|p| p.resource.clone())
+            .collect();
         for g in job.gets() {
             // With `passed`, its own puts are no candidates.
             if g.trigger && g.passed.is_empty() && puts_to.contains(&g.resource) {
