@@ -6,8 +6,76 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Parses a JSON or YAML document (anchors resolved, `<<` merge keys applied).
+/// The largest YAML text any reader takes (pipelines, scenarios, sources,
+/// vars files): far beyond a real one, before the parser sees a byte.
+pub const MAX_YAML_BYTES: usize = 4 << 20;
+
+/// The deepest nesting of `[`/`{` a YAML text may have: the parser's time
+/// grows with the square of it, so it is counted before parsing.
+pub const MAX_YAML_DEPTH: usize = 64;
+
+/// Refuses a YAML text that is too large or nested too deep, before the
+/// parser runs (which would take minutes on 400 KB of `[[[[`).
+pub fn check_yaml_shape(text: &str) -> Result<()> {
+    if text.len() > MAX_YAML_BYTES {
+        bail!(
+            "{} bytes, more than the {} MiB a YAML text may be",
+            text.len(),
+            MAX_YAML_BYTES >> 20
+        );
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match (quote, c) {
+            // A quote ends at its line's end here: an apostrophe in a
+            // comment must not hide what follows from the count.
+            (Some(_), '\n') => quote = None,
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_YAML_DEPTH {
+        bail!("nested {deepest} deep; at most {MAX_YAML_DEPTH} levels of [ and {{ are read");
+    }
+    Ok(())
+}
+
+/// Reads a YAML (or JSON) file a person gives: a regular file (links
+/// followed, as a shell does), of at most [`MAX_YAML_BYTES`]; never a FIFO
+/// or a device, which could block or never end.
+pub fn read_text(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        bail!("not a regular file");
+    }
+    if meta.len() > MAX_YAML_BYTES as u64 {
+        bail!(
+            "{} bytes, more than the {} MiB a YAML text may be",
+            meta.len(),
+            MAX_YAML_BYTES >> 20
+        );
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_YAML_BYTES as u64 + 1)
+        .read_to_string(&mut text)?;
+    check_yaml_shape(&text)?;
+    Ok(text)
+}
+
+/// Parses a JSON or YAML document (anchors resolved, `<<` merge keys
+/// applied), once [`check_yaml_shape`] took it.
 pub fn parse_yaml(text: &str) -> Result<Value> {
+    check_yaml_shape(text)?;
     let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
     yaml.apply_merge()?;
     Ok(serde_json::to_value(yaml)?)
@@ -53,8 +121,7 @@ pub fn parse_var(vars: &mut Vars, arg: &str, typed: bool) -> Result<()> {
 /// Loads a whole pipeline with `vars` interpolated. Every `((var))` must be
 /// given.
 pub fn load(path: &Path, vars: &Vars) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_text(path).with_context(|| format!("reading {}", path.display()))?;
     let mut value = parse_yaml(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut missing = BTreeSet::new();
     interpolate(&mut value, vars, &mut missing);
@@ -66,8 +133,7 @@ pub fn load(path: &Path, vars: &Vars) -> Result<Value> {
 /// ones not given (left as written, as a credential manager would fill
 /// them at run time).
 pub fn load_partly(path: &Path, vars: &Vars) -> Result<(Value, BTreeSet<String>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_text(path).with_context(|| format!("reading {}", path.display()))?;
     let mut value = parse_yaml(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut missing = BTreeSet::new();
     interpolate(&mut value, vars, &mut missing);
@@ -79,8 +145,7 @@ pub fn load_partly(path: &Path, vars: &Vars) -> Result<(Value, BTreeSet<String>)
 /// given (a pipeline's other vars, and `((...))` in task scripts, are none
 /// of its business).
 pub fn load_resource_source(path: &Path, name: &str, vars: &Vars) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_text(path).with_context(|| format!("reading {}", path.display()))?;
     let pipeline = parse_yaml(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut source = resource_source(&pipeline, name)?;
     // The check webhooks' token is needed only by an action with `--check`:

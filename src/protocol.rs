@@ -859,6 +859,20 @@ pub struct BuildEnv {
     pub instance_vars: Option<String>,
 }
 
+/// `url` without the user and password it may carry (`http://admin:pw@ci`):
+/// they are never stored or printed. A URL that does not parse is kept as
+/// it is (the webhook says it cannot use it, without quoting it).
+fn without_userinfo(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string().trim_end_matches('/').to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 impl BuildEnv {
     /// The build's variables, from this process's environment.
     pub fn from_env() -> BuildEnv {
@@ -878,21 +892,23 @@ impl BuildEnv {
             job: var("BUILD_JOB_NAME"),
             build_name: var("BUILD_NAME"),
             build_id: var("BUILD_ID"),
-            external_url: var("ATC_EXTERNAL_URL"),
+            external_url: var("ATC_EXTERNAL_URL").map(|u| without_userinfo(&u)),
             status: var("BUILD_STATUS"),
-            url: var("BUILD_URL"),
+            url: var("BUILD_URL").map(|u| without_userinfo(&u)),
             created_by: var("BUILD_CREATED_BY"),
             instance_vars: var("BUILD_PIPELINE_INSTANCE_VARS"),
         }
     }
 
     /// The build's page: `BUILD_URL` when Concourse gives it (8.0+), else
-    /// made from `ATC_EXTERNAL_URL` as Concourse makes it.
+    /// made from `ATC_EXTERNAL_URL` as Concourse makes it; none from a URL
+    /// that does not parse (it is stored, and might hold a secret).
     pub fn build_url(&self) -> Option<String> {
         if let Some(url) = &self.url {
-            return Some(url.clone());
+            return url::Url::parse(url).is_ok().then(|| url.clone());
         }
         let base = self.external_url.as_deref()?.trim_end_matches('/');
+        url::Url::parse(base).ok()?;
         match (&self.team, &self.pipeline, &self.job, &self.build_name) {
             (Some(t), Some(p), Some(j), Some(n)) => Some(format!(
                 "{base}/teams/{t}/pipelines/{p}/jobs/{j}/builds/{n}"

@@ -63,8 +63,8 @@ impl AtcArgs {
                     .split_once('=')
                     .filter(|(k, _)| !k.is_empty())
                     .ok_or_else(|| anyhow!("--instance-var {kv:?}: give KEY=VALUE"))?;
-                let value: Value =
-                    serde_yaml_ng::from_str(v).map_err(|e| anyhow!("--instance-var {k}: {e}"))?;
+                let value: Value = crate::pipeline::parse_yaml(v)
+                    .map_err(|e| anyhow!("--instance-var {k}: {e:#}"))?;
                 vars.insert(k.to_string(), value);
             }
             env.instance_vars = Some(Value::Object(vars).to_string());
@@ -99,9 +99,9 @@ fn fly_target(name: &str) -> Result<(String, String)> {
             path.display()
         );
     }
-    let text = std::fs::read_to_string(&path)
+    let text = crate::pipeline::read_text(&path)
         .with_context(|| format!("--fly-target {name}: reading {}", path.display()))?;
-    let rc: Value = serde_yaml_ng::from_str(&text)
+    let rc: Value = crate::pipeline::parse_yaml(&text)
         .with_context(|| format!("--fly-target {name}: {} is not fly's YAML", path.display()))?;
     let targets = rc["targets"].as_object();
     let Some(target) = targets.and_then(|t| t.get(name)) else {

@@ -42,12 +42,20 @@ pub(super) struct Args {
 pub(super) struct Unreadable(pub(super) String);
 
 /// Runs the simulation; the exit code (0 held, 1 did not).
+/// At most this many jobs in a simulated pipeline.
+const MAX_JOBS: usize = 300;
+/// At most this many resources.
+const MAX_RESOURCES: usize = 400;
+/// At most this many jobs × hours of virtual time (the staged pipeline's
+/// default play is 28 jobs × 48 h = 1,344).
+const MAX_JOB_HOURS: u64 = 20_000;
+
 pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out) -> Result<u8> {
     let unreadable = |m: String| anyhow!(Unreadable(m));
     let release: Release = args.release.parse().map_err(unreadable)?;
     let mut given = pipeline::Vars::new();
     for f in &args.vars_files {
-        let text = std::fs::read_to_string(f)
+        let text = pipeline::read_text(f)
             .map_err(|e| unreadable(format!("reading {}: {e}", f.display())))?;
         let v = pipeline::parse_yaml(&text)
             .map_err(|e| unreadable(format!("{}: {e:#}", f.display())))?;
@@ -64,6 +72,12 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
     let path = &args.pipeline_file;
     let (mut value, missing) =
         pipeline::load_partly(path, &given).map_err(|e| unreadable(format!("{e:#}")))?;
+    if !value.is_object() {
+        return Err(unreadable(format!(
+            "{}: a pipeline is a mapping (resource_types, resources, jobs, groups)",
+            path.display()
+        )));
+    }
     let storage = serde_json::json!({"local_dir": "/simulated"});
     crate::concourse::replace_storage(&mut value, storage.as_object().expect("an object"));
     let p = Pipeline::parse(&value, release).map_err(|errors| {
@@ -76,11 +90,22 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
     let scenario = match &args.scenario {
         None => Scenario::default(),
         Some(f) => {
-            let text = std::fs::read_to_string(f)
+            let text = pipeline::read_text(f)
                 .map_err(|e| unreadable(format!("reading {}: {e}", f.display())))?;
             Scenario::parse(&text).map_err(|e| unreadable(format!("{}: {e}", f.display())))?
         }
     };
+    // The simulation's budget: what a real pipeline needs, many times over.
+    let job_hours = p.jobs.len() as u64 * scenario.until.as_secs().div_ceil(3600);
+    if p.jobs.len() > MAX_JOBS || p.resources.len() > MAX_RESOURCES || job_hours > MAX_JOB_HOURS {
+        return Err(unreadable(format!(
+            "{}: {} jobs and {} resources over {}: more than a simulation plays (at most {MAX_JOBS} jobs, {MAX_RESOURCES} resources, and {MAX_JOB_HOURS} job-hours of virtual time)",
+            path.display(),
+            p.jobs.len(),
+            p.resources.len(),
+            crate::model::duration::format(scenario.until)
+        )));
+    }
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -99,7 +99,7 @@ impl SourceArgs {
         let mut source = match (&self.source_file, self.pipeline_file()) {
             (Some(_), Some(_)) => bail!("give --source or --pipeline, not both"),
             (Some(path), None) => {
-                let text = std::fs::read_to_string(path)
+                let text = pipeline::read_text(path)
                     .with_context(|| format!("--source: reading {}", path.display()))?;
                 let v = pipeline::parse_yaml(&text)
                     .with_context(|| format!("--source: parsing {}", path.display()))?;

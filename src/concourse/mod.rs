@@ -130,7 +130,8 @@ pub const STORAGE_FIELDS: [&str; 12] = [
 /// documents are), keeping their behaviour settings.
 pub fn replace_storage(pipeline: &mut Value, storage: &serde_json::Map<String, Value>) {
     let types = crate::pipeline::build_state_types(pipeline);
-    for r in pipeline["resources"].as_array_mut().into_iter().flatten() {
+    let resources = pipeline.get_mut("resources").and_then(Value::as_array_mut);
+    for r in resources.into_iter().flatten() {
         if !r["type"].as_str().is_some_and(|t| types.contains(t)) {
             continue;
         }

@@ -459,3 +459,61 @@ fn an_idle_staged_pipeline_checks_at_most_twice_a_minute() {
         "the timer is checked every minute: {per_hour}"
     );
 }
+
+/// `simulate` is bounded: a pipeline too deep for the parser, one whose top
+/// level is not a mapping, a scenario playing too long, a pipeline beyond
+/// the budget: each exit 2 at once, with the bound named.
+#[test]
+fn simulate_refuses_what_it_cannot_play_in_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let deep = write(
+        "deep.yml",
+        &format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+    );
+    let list = write("list.yml", "- a\n- b\n");
+    let long = write("long.yml", "until: 100000h\n");
+    let many = {
+        let mut text =
+            String::from("resources:\n- {name: t, type: time, source: {interval: 1h}}\njobs:\n");
+        for i in 0..400 {
+            text.push_str(&format!(
+                "- name: j{i}\n  plan:\n  - get: t\n    trigger: true\n"
+            ));
+        }
+        write("many.yml", &text)
+    };
+    let started = std::time::Instant::now();
+    for (args, said) in [
+        (
+            vec!["simulate", deep.as_str()],
+            "nested 100000 deep; at most 64 levels",
+        ),
+        (vec!["simulate", list.as_str()], "a pipeline is a mapping"),
+        (
+            vec![
+                "simulate",
+                "pipelines/staged-image-build.yml",
+                "-l",
+                "pipelines/vars/example.yml",
+                "--scenario",
+                long.as_str(),
+            ],
+            "until: 4166d 16h is more than the 30d a simulation plays",
+        ),
+        (
+            vec!["simulate", many.as_str()],
+            "400 jobs and 1 resources over 2d: more than a simulation plays",
+        ),
+    ] {
+        let out = cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

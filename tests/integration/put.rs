@@ -516,7 +516,38 @@ fn file_must_extend_the_history(w: World) {
     assert_eq!(w.raw("state.json"), stored);
 }
 
+/// A user and password in `ATC_EXTERNAL_URL` (or `BUILD_URL`) are never
+/// stored or printed: the build's page is recorded without them, and an
+/// address that does not parse is not recorded at all.
+fn userinfo_in_the_atc_url_is_never_stored(w: World) {
+    let out = w
+        .put(json!({"init": true}))
+        .build("start-build", 1)
+        .env("ATC_EXTERNAL_URL", "https://admin:hunter2@ci.example.com/")
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let stored = String::from_utf8(w.raw("state.json").unwrap()).unwrap();
+    assert!(
+        !stored.contains("hunter2") && !stored.contains("admin:"),
+        "{stored}"
+    );
+    assert!(
+        stored.contains("https://ci.example.com/teams/main/pipelines/staged-image-build/jobs/start-build/builds/1"),
+        "{stored}"
+    );
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+    w.put(json!({"complete": 0}))
+        .build("begin-run", 2)
+        .env("BUILD_URL", "not a url with:hunter2@")
+        .ok();
+    let stored = String::from_utf8(w.raw("state.json").unwrap()).unwrap();
+    assert!(!stored.contains("hunter2"), "{stored}");
+}
+
 crate::both_stores!(
+    userinfo_in_the_atc_url_is_never_stored,
     full_ladder_to_delivered,
     three_failures_block,
     the_backoff_is_binding,

@@ -333,7 +333,13 @@ fn resource(r: &Value, types: &BTreeSet<String>) -> Resource {
     let check_every = match r.get("check_every").and_then(Value::as_str) {
         None | Some("") => Some(DEFAULT_CHECK_EVERY),
         Some("never") => None,
-        Some(d) => Some(duration::parse(d).unwrap_or(DEFAULT_CHECK_EVERY)),
+        // Concourse takes any interval, but its scanner looks every 10 s
+        // (`--lidar-scanner-interval`): no resource is checked more often.
+        Some(d) => Some(
+            duration::parse(d)
+                .unwrap_or(DEFAULT_CHECK_EVERY)
+                .max(super::TICK),
+        ),
     };
     Resource {
         build_state: types.contains(&kind),

@@ -233,6 +233,9 @@ struct ExpectFields {
     dead_found_within: Option<String>,
 }
 
+/// The longest a scenario may play (virtual time): a month.
+pub const MAX_UNTIL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// A whole scenario.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
@@ -472,11 +475,16 @@ impl Scenario {
                 .unwrap_or(DEFAULT_TASK_TIME),
             tasks,
             events,
-            until: f
-                .until
-                .map(|u| dur(&u, "until"))
-                .transpose()?
-                .unwrap_or(DEFAULT_UNTIL),
+            until: match f.until.map(|u| dur(&u, "until")).transpose()? {
+                Some(u) if u > MAX_UNTIL => {
+                    return Err(format!(
+                        "until: {} is more than the {} a simulation plays",
+                        crate::model::duration::format(u),
+                        crate::model::duration::format(MAX_UNTIL)
+                    ));
+                }
+                u => u.unwrap_or(DEFAULT_UNTIL),
+            },
             approve_after: match f.approve_after.as_deref().map(str::trim) {
                 None => Some(Duration::ZERO),
                 Some("never") => None,
