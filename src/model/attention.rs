@@ -120,9 +120,12 @@ pub fn needs_human(
                 Some(h) => format!("last heartbeat at {}", rfc3339::format(&h.at)),
                 None => format!("in progress since {}", rfc3339::format(&doc.updated_at)),
             };
+            // Names a pipeline chose: quoted for a shell, word by word, so
+            // that pasting the command runs that command and nothing else.
             let job = start
                 .and_then(|e| Some((e.by.pipeline.as_ref()?, e.by.job.as_ref()?)))
-                .map(|(p, j)| format!("its gate is open: fly trigger-job -j {p}/{j} runs it now, "))
+                .and_then(|(p, j)| shell_word(&format!("{p}/{j}")))
+                .map(|pj| format!("its gate is open: fly trigger-job -j {pj} runs it now, "))
                 .unwrap_or_default();
             Some(need(
                 NeedKind::Stale,
@@ -166,6 +169,15 @@ pub fn needs_human(
         }
         _ => None,
     }
+}
+
+/// `word` as one shell word (quoted when it must be), or `None` when no
+/// quoting makes it safe to show and paste (a control character, a NUL).
+fn shell_word(word: &str) -> Option<String> {
+    if word.chars().any(char::is_control) {
+        return None;
+    }
+    shlex::try_quote(word).ok().map(|w| w.into_owned())
 }
 
 /// How long a stage may be due with no start before it needs a human:

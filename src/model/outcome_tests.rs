@@ -293,3 +293,36 @@ fn a_loop_back_to_an_unapproved_approval_stage_waits_for_approval() {
     assert_eq!((d.state, d.status), (0, Status::AwaitingApproval));
     assert!(w.refused(Action::Start(0)).contains("cannot start 0"));
 }
+
+/// The command that unblocks a stale stage names its job as one shell word:
+/// pasted, it runs `fly trigger-job` and nothing the job's name holds; a
+/// name with a control character is left out.
+#[test]
+fn the_unblock_command_is_quoted_for_a_shell() {
+    let mut w = World::new();
+    w.retry.states.insert(5, stage(3, None, Some(60)));
+    at(&mut w, 5);
+    let mut u = from(&mut w, "b1", Action::Start(5));
+    u.by.pipeline = Some("p".into());
+    u.by.job = Some("k; curl http://127.0.0.1:9/x | sh #".into());
+    w.doc = Some(written(apply(w.doc.as_ref(), &u, &w.rules())));
+    let later = w.clock + Duration::seconds(61);
+    let need = needs_human(w.doc(), &w.retry, None, later).unwrap();
+    assert!(
+        need.unblock
+            .contains("fly trigger-job -j 'p/k; curl http://127.0.0.1:9/x | sh #' runs it now"),
+        "{}",
+        need.unblock
+    );
+    let mut u = from(&mut w, "b2", Action::Start(5));
+    u.by.pipeline = Some("p".into());
+    u.by.job = Some("k\u{1b}]0;owned\u{7}".into());
+    w.doc = Some(written(apply(w.doc.as_ref(), &u, &w.rules())));
+    let need = needs_human(w.doc(), &w.retry, None, w.clock + Duration::seconds(61)).unwrap();
+    assert!(
+        !need.unblock.contains("fly trigger-job"),
+        "{}",
+        need.unblock
+    );
+    assert!(!need.unblock.contains('\u{1b}'));
+}
