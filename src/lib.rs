@@ -58,6 +58,10 @@ impl Notes {
     }
 
     fn add(&self, line: String, progress: bool) {
+        // Notes quote stored text (errors, names): never a raw control
+        // character on a terminal (a line break is kept: notes have
+        // several lines).
+        let line = visible_keeping_newlines(&line);
         match &self.sink {
             Some(sink) => sink(&line, progress),
             None => self.lines.lock().unwrap().push(line),
@@ -83,6 +87,41 @@ impl Notes {
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.lines.lock().unwrap())
     }
+}
+
+/// Whether `c` must not reach a terminal raw: a C0 or C1 control, DEL,
+/// or a bidi control (which reorders the text around it).
+fn hostile(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every control character (C0, C1, DEL) and bidi control
+/// shown escaped (`\x1b`, `\u{202e}`): what a terminal may show of text
+/// from the store, a pipeline or a task. JSON outputs are exact instead.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(hostile) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !hostile(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`visible`], keeping line breaks.
+fn visible_keeping_newlines(text: &str) -> String {
+    text.split('\n')
+        .map(|l| visible(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The runtime every program runs on: one thread (a step is one request at

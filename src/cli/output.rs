@@ -133,8 +133,10 @@ pub(super) fn age(t: &chrono::DateTime<chrono::Utc>) -> String {
     }
 }
 
+/// Stored text on one line, at most `max` characters, every control
+/// character shown escaped ([`crate::visible`]).
 fn one_line(s: &str, max: usize) -> String {
-    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let s = crate::visible(&s.split_whitespace().collect::<Vec<_>>().join(" ")).into_owned();
     if s.chars().count() > max {
         format!("{}…", s.chars().take(max - 1).collect::<String>())
     } else {
@@ -273,7 +275,7 @@ impl Out {
         ]);
         t.row(vec![
             "state".into(),
-            format!("{} {}", doc.state, doc.state_name),
+            format!("{} {}", doc.state, crate::visible(&doc.state_name)),
         ]);
         let status = match &need {
             Some(n) if n.kind == NeedKind::Stale => format!(
@@ -293,7 +295,7 @@ impl Out {
                         "{} ({} ago) by {}",
                         rfc3339::format(&h.at),
                         age(&h.at),
-                        h.by.describe()
+                        crate::visible(&h.by.describe())
                     ),
                     None => "none yet".to_string(),
                 },
@@ -310,7 +312,10 @@ impl Out {
                     one_line(&n.why, 200)
                 ),
             ]);
-            t.row(vec!["to unblock".into(), n.unblock.clone()]);
+            t.row(vec![
+                "to unblock".into(),
+                crate::visible(&n.unblock).into_owned(),
+            ]);
         }
         if let Some(r) = doc.retry_at {
             t.row(vec!["retry at".into(), rfc3339::format(&r)]);
@@ -322,12 +327,15 @@ impl Out {
             ]);
         }
         if !labels.is_empty() {
-            t.row(vec!["labels".into(), labels.join(" ")]);
+            t.row(vec![
+                "labels".into(),
+                crate::visible(&labels.join(" ")).into_owned(),
+            ]);
         }
         if !doc.vars.is_empty() {
             t.row(vec![
                 "vars".into(),
-                Value::Object(doc.vars.clone()).to_string(),
+                crate::visible(&Value::Object(doc.vars.clone()).to_string()).into_owned(),
             ]);
         }
         t.row(vec![
@@ -336,7 +344,7 @@ impl Out {
                 "{} ({} ago) by {}",
                 rfc3339::format(&doc.updated_at),
                 age(&doc.updated_at),
-                last.by.describe()
+                crate::visible(&last.by.describe())
             ),
         ]);
         t.row(vec![
@@ -355,8 +363,8 @@ impl Out {
             .error
             .as_ref()
             .map(|x| format!("{} ({})", one_line(&x.message, 80), kind_of(x)))
-            .or_else(|| e.reason.clone())
-            .or_else(|| e.note.clone())
+            .or_else(|| e.reason.as_deref().map(|r| one_line(r, 200)))
+            .or_else(|| e.note.as_deref().map(|n| one_line(n, 200)))
             .unwrap_or_default();
         vec![
             e.revision.to_string(),
@@ -365,7 +373,7 @@ impl Out {
             e.state.to_string(),
             self.status(e.status),
             e.attempt.to_string(),
-            e.by.describe(),
+            crate::visible(&e.by.describe()).into_owned(),
             detail,
         ]
     }
@@ -413,7 +421,7 @@ impl Out {
             doc.revision,
             doc.state,
             beat.attempt,
-            beat.by.describe()
+            crate::visible(&beat.by.describe())
         ))
     }
 
@@ -462,7 +470,7 @@ impl Out {
                 Ok(d) => vec![
                     d.build_id.clone(),
                     d.state.to_string(),
-                    d.state_name.clone(),
+                    crate::visible(&d.state_name).into_owned(),
                     if d.is_dead(now, retry, r.heartbeat.as_ref()) {
                         format!("{} (stale)", self.status(d.status))
                     } else {
@@ -497,11 +505,11 @@ impl Out {
             for n in &needs {
                 t.row(vec![
                     n.build_id.clone(),
-                    format!("{} {}", n.state, n.state_name),
+                    format!("{} {}", n.state, crate::visible(&n.state_name)),
                     n.kind.as_str().to_string(),
                     format!("{} ago", age(&n.since)),
                     one_line(&n.why, 80),
-                    n.unblock.clone(),
+                    crate::visible(&n.unblock).into_owned(),
                 ]);
             }
             self.table(&t)?;
@@ -533,7 +541,7 @@ impl Out {
                 "{}: {described} → {} {} ({}), revision {}\n",
                 doc.build_id,
                 doc.state,
-                doc.state_name,
+                crate::visible(&doc.state_name),
                 self.status(doc.status),
                 doc.revision
             ))

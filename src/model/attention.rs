@@ -81,18 +81,32 @@ pub fn needs_human(
         Status::Blocked => {
             let error = doc.last_error.as_ref();
             let message = error.map_or("no error recorded", |e| e.message.as_str());
-            let why = match error {
-                Some(e) if e.message.contains(" was aborted; a human decides") => {
-                    format!("the build was aborted: {message}")
-                }
-                Some(e) if e.kind == FailureKind::Persistent => match &e.rule {
-                    Some(rule) => format!("a persistent error (matched {rule}): {message}"),
-                    None => format!("a persistent error: {message}"),
-                },
-                _ => format!(
-                    "attempts exhausted ({} of {}): {message}",
-                    doc.attempts, policy.max_attempts
+            // Set to blocked by hand: why is its reason, not an error.
+            let set = doc
+                .history
+                .iter()
+                .rev()
+                .find(|e| e.action != ActionKind::Restore)
+                .filter(|e| e.action == ActionKind::Set);
+            let why = match (set, error) {
+                (Some(e), _) => format!(
+                    "set to blocked by {}: {}",
+                    e.by.describe(),
+                    e.reason.as_deref().unwrap_or("no reason given")
                 ),
+                (None, error) => match error {
+                    Some(e) if e.message.contains(" was aborted; a human decides") => {
+                        format!("the build was aborted: {message}")
+                    }
+                    Some(e) if e.kind == FailureKind::Persistent => match &e.rule {
+                        Some(rule) => format!("a persistent error (matched {rule}): {message}"),
+                        None => format!("a persistent error: {message}"),
+                    },
+                    _ => format!(
+                        "attempts exhausted ({} of {}): {message}",
+                        doc.attempts, policy.max_attempts
+                    ),
+                },
             };
             Some(need(
                 NeedKind::Blocked,

@@ -12,6 +12,7 @@ mod egress;
 mod errors;
 mod get;
 mod handoff;
+mod hostile;
 mod humans;
 mod iam;
 mod model;
