@@ -257,6 +257,25 @@ impl<'a, S: Store> Builds<'a, S> {
         match self.store.get(&key, None).await {
             Ok(Fetched::Found { body, .. }) => Ok(serde_json::from_slice(&body).ok()),
             Ok(_) => Ok(None),
+            // An object no heartbeat could be (too large; on a local
+            // directory, a directory, a FIFO, a link): none, said once. A
+            // gate that errored on it could never open.
+            Err(e @ StoreError::TooLarge { .. }) => {
+                self.note(format!(
+                    "{}: not a heartbeat ({e}); taken as none",
+                    self.config.location(&key)
+                ));
+                Ok(None)
+            }
+            Err(StoreError::Other(m))
+                if matches!(self.config.storage, crate::config::Storage::Local { .. }) =>
+            {
+                self.note(format!(
+                    "{}: not a heartbeat ({m}); taken as none",
+                    self.config.location(&key)
+                ));
+                Ok(None)
+            }
             Err(e) => Err(self.error(&key, e)),
         }
     }

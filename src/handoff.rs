@@ -70,7 +70,12 @@ impl Handoff {
         let mut names = Vec::new();
         for r in resources {
             let name = r.trim();
-            if name.is_empty() || name.chars().any(|c| c.is_control() || c == '/') {
+            // `.` and `..` would vanish from the webhook's path.
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || name.chars().any(|c| c.is_control() || c == '/')
+            {
                 return Err(format!("{r:?} is not a resource name"));
             }
             if !names.iter().any(|n: &String| n == name) {
@@ -333,6 +338,17 @@ mod tests {
 
     fn secret(s: &str) -> Secret {
         serde_json::from_value(Value::String(s.into())).unwrap()
+    }
+
+    /// `.` and `..` are no resource names: they would vanish from the
+    /// webhook's path, and the put would report a check it did not ask for.
+    #[test]
+    fn dot_names_are_refused() {
+        for name in [".", "..", "a/b", ""] {
+            let e = Handoff::new(&[name.to_string()], &env(None), Some(&secret("t"))).unwrap_err();
+            assert_eq!(e, format!("{name:?} is not a resource name"));
+        }
+        assert!(Handoff::new(&["a.b".to_string()], &env(None), Some(&secret("t"))).is_ok());
     }
 
     /// The URL Concourse's router takes: team, pipeline and resource as

@@ -59,17 +59,34 @@ impl LocalStore {
 
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
         use std::io::Read;
-        let file = match File::open(path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        // No link followed (one planted in the store could point anywhere),
+        // and never blocking (a FIFO would hang every reader).
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(StoreError::Other(format!(
+                    "reading {}: a symbolic link, which the store does not follow",
+                    path.display()
+                )));
+            }
             Err(e) => return Err(io_error("reading", path, e)),
         };
-        // Judged by its size before a byte is read (and read no further
-        // than the cap, should it grow meanwhile).
-        let size = file
-            .metadata()
-            .map_err(|e| io_error("reading", path, e))?
-            .len();
+        // Judged by its kind and size before a byte is read (and read no
+        // further than the cap, should it grow meanwhile).
+        let meta = file.metadata().map_err(|e| io_error("reading", path, e))?;
+        if !meta.is_file() {
+            return Err(StoreError::Other(format!(
+                "reading {}: not a regular file (a directory, a FIFO or a device), which the store does not read",
+                path.display()
+            )));
+        }
+        let size = meta.len();
         if size > super::MAX_OBJECT {
             return Err(StoreError::TooLarge {
                 key: path.display().to_string(),

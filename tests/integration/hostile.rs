@@ -77,3 +77,82 @@ fn no_raw_control_character_reaches_a_terminal() {
     assert!(history.iter().any(|e| e["error"]["message"] == PAYLOAD));
     assert_eq!(doc["labels"]["team"], PAYLOAD);
 }
+
+/// Runs `step` for at most 20 s: a program that blocks on a FIFO fails
+/// the test instead of hanging it.
+fn within(step: crate::util::Step) -> (Option<i32>, String, String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let out = step.run();
+        let _ = tx.send((out.code, out.stdout, out.stderr));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the program blocked (a FIFO?)")
+}
+
+/// On a local directory, a heartbeat.json that is a FIFO, a directory or a
+/// link counts as no heartbeat (said once): `show` and the gated check
+/// neither hang nor fail; a state.json that is a link or a FIFO is an error
+/// for that build, at once.
+#[test]
+fn planted_files_neither_hang_nor_fail_a_reader() {
+    let w = World::new(Kind::Local, "planted_files")
+        .with(json!({"retry": {"states": {"5": {"heartbeat_timeout": "1h"}}}}));
+    w.put(json!({"init": true})).ok();
+    w.put(json!({"complete": 0})).ok();
+    w.put(json!({"start": 5})).build("kickstart", 3).ok();
+    let dir = w
+        .states_dir()
+        .join(w.key("heartbeat.json"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let beat = dir.join("heartbeat.json");
+    let gate = json!({"source": w.source_with(json!({"gate": {"state": 5}}))});
+    for plant in ["fifo", "dir", "link"] {
+        let _ = std::fs::remove_file(&beat);
+        let _ = std::fs::remove_dir(&beat);
+        match plant {
+            "fifo" => assert!(
+                std::process::Command::new("mkfifo")
+                    .arg(&beat)
+                    .status()
+                    .unwrap()
+                    .success()
+            ),
+            "dir" => std::fs::create_dir(&beat).unwrap(),
+            _ => std::os::unix::fs::symlink("/dev/zero", &beat).unwrap(),
+        }
+        let (code, out, err) = within(w.cli(&["show", "rhel8-web"]));
+        assert_eq!(code, Some(0), "{plant}: {err}");
+        assert!(out.contains("in_progress"), "{plant}: {out}");
+        let (code, out, err) = within(w.check().stdin(gate.clone()));
+        assert_eq!(code, Some(0), "{plant}: {err}");
+        assert_eq!(
+            out.trim(),
+            "[]",
+            "{plant}: the attempt is alive by its start"
+        );
+    }
+    // A state.json planted as a link: refused at once, named.
+    let state = dir.join("state.json");
+    std::fs::rename(&state, dir.join("real.json")).unwrap();
+    std::os::unix::fs::symlink(dir.join("real.json"), &state).unwrap();
+    let (code, _, err) = within(w.cli(&["show", "rhel8-web"]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("a symbolic link, which the store does not follow"),
+        "{err}"
+    );
+    std::fs::remove_file(&state).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&state)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, _, err) = within(w.cli(&["show", "rhel8-web"]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}
