@@ -193,15 +193,27 @@ pub fn heartbeat(
         ));
     }
     let start = doc.last_event();
-    if let (Some(mine), Some(starter)) = (&claim.by.build_id, &start.by.build_id)
-        && mine != starter
-    {
-        return zombie(format!(
-            "{} did not start attempt {attempt} ({} did, at revision {})",
-            claim.by.describe(),
-            start.by.describe(),
-            start.revision
-        ));
+    // A Concourse build proves it is the attempt by being its starter; a
+    // worker outside one (a task, a terminal) by naming the run and the
+    // attempt its start recorded: one that names neither could be the
+    // zombie of an earlier attempt, and would keep a dead one alive.
+    match (&claim.by.build_id, &start.by.build_id) {
+        (Some(mine), starter) if starter.as_ref() != Some(mine) => {
+            return zombie(format!(
+                "{} did not start attempt {attempt} ({} did, at revision {})",
+                claim.by.describe(),
+                start.by.describe(),
+                start.revision
+            ));
+        }
+        (None, _) if claim.run.is_none() || claim.attempt.is_none() => {
+            return Err(Refusal::Invalid(format!(
+                "{}; heartbeat {n} refused: outside a Concourse build a heartbeat names the run and the attempt it is for (--run {} --attempt {attempt}, or BUILD_STATE_RUN and BUILD_STATE_ATTEMPT from the state.env of the stage's start put), so that a worker whose attempt is over cannot keep another alive; nothing was changed",
+                doc.whereabouts(),
+                doc.run
+            )));
+        }
+        _ => {}
     }
     Ok(Heartbeat {
         build_id: doc.build_id.clone(),

@@ -326,3 +326,38 @@ fn the_unblock_command_is_quoted_for_a_shell() {
     );
     assert!(!need.unblock.contains('\u{1b}'));
 }
+
+/// A heartbeat outside a Concourse build names its run and attempt (one
+/// that names neither could be a zombie keeping a dead attempt alive); a
+/// Concourse build's counts only when it started the attempt, whoever else
+/// did (the CLI too).
+#[test]
+fn a_heartbeat_must_say_whose_attempt_it_is() {
+    let mut w = World::new();
+    at(&mut w, 5);
+    w.ok(Action::Start(5));
+    let claim = |run, attempt, build: Option<&str>| Claim {
+        state: 5,
+        run,
+        attempt,
+        by: Actor {
+            build_id: build.map(str::to_string),
+            ..Actor::default()
+        },
+        at: w.clock,
+    };
+    let err = heartbeat(w.doc.as_ref(), &claim(None, None, None), "rhel8-web")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outside a Concourse build a heartbeat names the run and the attempt it is for (--run 1 --attempt 1"),
+        "{err}"
+    );
+    assert!(heartbeat(w.doc.as_ref(), &claim(Some(1), None, None), "rhel8-web").is_err());
+    assert!(heartbeat(w.doc.as_ref(), &claim(Some(1), Some(1), None), "rhel8-web").is_ok());
+    // The CLI started this attempt: no Concourse build's heartbeat counts.
+    let err = heartbeat(w.doc.as_ref(), &claim(None, None, Some("b7")), "rhel8-web")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did not start attempt 1"), "{err}");
+}

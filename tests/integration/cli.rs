@@ -1289,7 +1289,15 @@ fn a_key_of_its_own_for_heartbeats(w: World) {
         ],
     };
     store.extend(["--prefix".to_string(), w.prefix.clone()]);
-    let mut args = vec!["heartbeat", "rhel8-web", "5"];
+    let mut args = vec![
+        "heartbeat",
+        "rhel8-web",
+        "5",
+        "--run",
+        "1",
+        "--attempt",
+        "1",
+    ];
     args.extend(store.iter().map(String::as_str));
     let beat = w
         .bare_cli(&args)

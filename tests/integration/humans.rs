@@ -359,7 +359,16 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
         }
     }
     w.cli(&["fail", "rhel8-web", "5", "--error", &long]).text();
-    w.cli(&["heartbeat", "centos-ci", "5"]).text();
+    w.cli(&[
+        "heartbeat",
+        "centos-ci",
+        "5",
+        "--run",
+        "1",
+        "--attempt",
+        "1",
+    ])
+    .text();
     imported_eleven_days_ago(&w);
     std::thread::sleep(Duration::from_millis(1300));
 
