@@ -361,3 +361,24 @@ fn a_heartbeat_must_say_whose_attempt_it_is() {
         .to_string();
     assert!(err.contains("did not start attempt 1"), "{err}");
 }
+
+/// Notes and reasons are capped like errors: a caller cannot fill a build
+/// to its size cap with free text.
+#[test]
+fn notes_and_reasons_are_capped() {
+    let mut w = World::new();
+    w.ok(Action::Init { restart: false });
+    let big = "n".repeat(1_000_000);
+    let mut u = w.update(Action::Complete(0));
+    u.note = Some(big.clone());
+    let d = written(apply(w.doc.as_ref(), &u, &w.rules()));
+    let note = d.last_event().note.as_ref().unwrap();
+    assert_eq!(note.chars().count(), transition::MAX_ERROR_CHARS);
+    assert!(note.ends_with('…'));
+    w.doc = Some(d);
+    let d = w.ok(Action::Cancel { reason: big });
+    assert_eq!(
+        d.last_event().reason.as_ref().unwrap().chars().count(),
+        transition::MAX_ERROR_CHARS
+    );
+}

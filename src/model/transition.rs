@@ -870,10 +870,22 @@ fn arrival(history: &[Event], n: Code, rules: &Rules) -> Status {
     }
 }
 
+/// Free text (a reason, a note) as a document keeps it: at most
+/// [`MAX_ERROR_CHARS`] characters, the start kept (four 1 MB notes would
+/// fill a build to its cap).
+fn capped(text: &str) -> String {
+    if text.chars().count() <= MAX_ERROR_CHARS {
+        return text.to_string();
+    }
+    let mut kept: String = text.chars().take(MAX_ERROR_CHARS - 1).collect();
+    kept.push('…');
+    kept
+}
+
 fn event(update: &Update, revision: u64, state: Code, status: Status, attempt: u32) -> Event {
     let reason = match &update.action {
-        Action::Set { reason, .. } | Action::Cancel { reason } => Some(reason.clone()),
-        Action::Approve { reason, .. } => reason.clone(),
+        Action::Set { reason, .. } | Action::Cancel { reason } => Some(capped(reason)),
+        Action::Approve { reason, .. } => reason.as_deref().map(capped),
         _ => None,
     };
     Event {
@@ -888,7 +900,7 @@ fn event(update: &Update, revision: u64, state: Code, status: Status, attempt: u
         retry_at: None,
         vars: update.vars.clone(),
         reason,
-        note: update.note.clone(),
+        note: update.note.as_deref().map(capped),
         by: update.by.clone(),
         policy: None,
     }
