@@ -233,7 +233,8 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// One short phrase: `team/pipeline/job #12`, or `cli:alice`.
+    /// One short phrase: `team/pipeline/job #12` (with who ran it by hand,
+    /// when the resource exposes it: `... #12 (by alice)`), or `cli:alice`.
     pub fn describe(&self) -> String {
         if let Some(job) = &self.job {
             let mut s = String::new();
@@ -245,6 +246,9 @@ impl Actor {
             if let Some(name) = &self.build_name {
                 s.push_str(" #");
                 s.push_str(name);
+            }
+            if let Some(who) = &self.created_by {
+                s.push_str(&format!(" (by {who})"));
             }
             s
         } else if let Some(id) = &self.build_id {

@@ -359,6 +359,9 @@ fn records_the_build_url_and_creator(w: World) {
         "https://ci.example.com/teams/main/pipelines/staged-image-build/jobs/start-build/builds/42"
     );
     assert!(by.get("created_by").is_none());
+    // Who ran the build by hand is shown where the history is read.
+    let history = w.cli(&["history", "rhel8-web"]).text();
+    assert!(history.contains("start-build #41 (by alice)"), "{history}");
 }
 
 fn a_replayed_put_is_a_no_op(w: World) {
