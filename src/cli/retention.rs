@@ -44,6 +44,18 @@ fn archive_prefix(settings: &Settings, given: &str) -> Result<String> {
     }
     let p = format!("{p}/");
     let pruned = settings.prefix();
+    if pruned.is_empty() {
+        // The builds are at the top of the store: the archive goes beside
+        // them under a name no build can have (a build id starts with a
+        // letter or a digit), so no build's removal ever reaches it.
+        let first = p.split('/').next().unwrap_or_default();
+        if crate::config::validate_build_id(first).is_ok() {
+            bail!(
+                "--archive-to {given:?}: the builds are at the top of the store (no prefix), where {first:?} could be a build's folder; name the archive with a leading _ (e.g. _archive/)"
+            );
+        }
+        return Ok(p);
+    }
     if p == pruned || pruned.starts_with(&p) || p.starts_with(pruned) {
         bail!("--archive-to {given:?} overlaps the prefix being pruned ({pruned})");
     }
@@ -611,5 +623,13 @@ mod tests {
             archive_prefix(&settings, " archive/images ").unwrap(),
             "archive/images/"
         );
+        // Builds at the top of the store (the default prefix): an archive
+        // beside them, under a name no build can have.
+        let top: crate::protocol::Source =
+            serde_json::from_str(r#"{"local_dir": "/nowhere"}"#).unwrap();
+        let top = Settings::from_source(&top).unwrap();
+        assert_eq!(archive_prefix(&top, "_archive").unwrap(), "_archive/");
+        let err = archive_prefix(&top, "archive/").unwrap_err().to_string();
+        assert!(err.contains("name the archive with a leading _"), "{err}");
     }
 }
