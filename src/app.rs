@@ -119,7 +119,7 @@ pub async fn record<S: Store>(
                 .update(|cur| match cur {
                     Some(d) => Ok(crate::model::clock(
                         d,
-                        clock.now(),
+                        clock.now().max(d.updated_at),
                         by.clone(),
                         heartbeat.clone(),
                         &rules,
@@ -161,7 +161,9 @@ pub async fn record<S: Store>(
             }
             builds
                 .update(|cur| {
-                    update.at = clock.now();
+                    // Never before what the document records: one clock
+                    // that tells time to a second may seem to go back.
+                    update.at = cur.map_or_else(|| clock.now(), |d| clock.now().max(d.updated_at));
                     apply(cur, &update, &rules)
                 })
                 .await

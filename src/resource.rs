@@ -155,7 +155,9 @@ pub async fn check_store<S: Store>(
     // Computed only when emitted (its ETag serializes the document).
     let newest = || version_of(doc);
     if let Some(gate) = config.gate {
-        let now = clock.now();
+        // Never before what the document records (clocks that tell time
+        // to a second may disagree by that much).
+        let now = clock.now().max(doc.updated_at);
         // A stage with a heartbeat policy whose start no longer proves it
         // alive: its heartbeat decides (one more small GET, only then).
         let heartbeat = if gate.needs_heartbeat(doc, now, &config.retry) {

@@ -148,8 +148,15 @@ impl Store for LocalStore {
             .ok()?;
         f.write_all(b"t").ok()?;
         let heard = std::time::Instant::now();
+        let local = chrono::Utc::now();
         let at: chrono::DateTime<chrono::Utc> = f.metadata().ok()?.modified().ok()?.into();
-        Some(super::StoreTime { at, heard })
+        Some(super::StoreTime {
+            at,
+            // File times are fine, but a file server's may be coarse.
+            resolution: std::time::Duration::from_millis(10),
+            heard,
+            local,
+        })
     }
 
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {

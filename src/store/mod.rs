@@ -159,15 +159,27 @@ pub fn same_etag(a: &str, b: &str) -> bool {
 pub struct StoreTime {
     /// The store's time.
     pub at: crate::model::Timestamp,
+    /// How finely it tells time (S3's `Date`: a second, truncated).
+    pub resolution: std::time::Duration,
     /// When this process heard it.
     pub heard: std::time::Instant,
+    /// This machine's clock then.
+    pub local: crate::model::Timestamp,
 }
 
 impl StoreTime {
-    /// The store's time now: what it said, plus what has elapsed since.
+    /// The store's time now. When this machine's clock agreed with the
+    /// store's within what the store can tell (its answer's resolution),
+    /// this machine's clock, which is finer; otherwise the store's, plus
+    /// what has elapsed since (the middle of its resolution).
     pub fn now(&self) -> crate::model::Timestamp {
+        let resolution = chrono::Duration::from_std(self.resolution).unwrap_or_default();
+        let slack = chrono::Duration::milliseconds(250);
+        if self.local >= self.at - slack && self.local <= self.at + resolution + slack {
+            return crate::now();
+        }
         let elapsed = chrono::Duration::from_std(self.heard.elapsed()).unwrap_or_default();
-        self.at + elapsed
+        self.at + resolution / 2 + elapsed
     }
 }
 

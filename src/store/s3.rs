@@ -81,7 +81,9 @@ impl aws_sdk_s3::config::Intercept for HearsTheDate {
         if let Some(at) = date {
             *self.0.lock().expect("the clock's lock") = Some(super::StoreTime {
                 at,
+                resolution: std::time::Duration::from_secs(1),
                 heard: std::time::Instant::now(),
+                local: chrono::Utc::now(),
             });
         }
         Ok(())
