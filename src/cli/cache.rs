@@ -109,6 +109,8 @@ impl Cache {
     }
 
     /// The cache of `settings`' store location in the directory `dir`.
+    /// Only a file of its own is trusted ([`trusted_read`]): another user's
+    /// could make `list` show a blocked build delivered and silence alerts.
     pub(super) fn open_in(dir: PathBuf, settings: &Settings) -> Cache {
         let location = location(settings);
         let name = {
@@ -125,8 +127,15 @@ impl Cache {
             heartbeats: BTreeMap::new(),
         };
         let notes = Arc::new(Notes::new());
-        let file = match std::fs::read(&path) {
-            Err(_) => empty(),
+        let file = match trusted_read(&path) {
+            Err(Distrust::Absent) => empty(),
+            Err(Distrust::Not(why)) => {
+                notes.note(format!(
+                    "the cache {} is not to be trusted ({why}); ignoring it and rebuilding it",
+                    path.display()
+                ));
+                empty()
+            }
             Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
                 Ok(f)
                     if f.format == FORMAT
@@ -239,4 +248,73 @@ impl Cache {
             )),
         }
     }
+}
+
+/// Why a cache file is not read.
+enum Distrust {
+    /// There is none.
+    Absent,
+    /// One that is not this user's own: a link, a FIFO, another owner, a
+    /// mode others can write, a directory others can write, too large.
+    Not(String),
+}
+
+/// The largest cache file read (a fleet of 10,000 builds takes a few MB).
+const MAX_CACHE_BYTES: u64 = 256 << 20;
+
+/// Reads the cache file at `path` only if it is this user's own: opened
+/// without following a link or blocking, a regular file owned by this
+/// user with mode 0600 in a directory of this user's that no one else can
+/// write, at most [`MAX_CACHE_BYTES`].
+fn trusted_read(path: &std::path::Path) -> Result<Vec<u8>, Distrust> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // This process's user: the owner of its /proc entry (no unsafe call).
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(|e| Distrust::Not(format!("cannot tell this user ({e})")))?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    match std::fs::symlink_metadata(dir) {
+        Ok(d) if d.is_dir() && d.uid() == me && d.mode() & 0o022 == 0 => {}
+        Ok(_) => {
+            return Err(Distrust::Not(
+                "its directory is not this user's alone".into(),
+            ));
+        }
+        Err(_) => return Err(Distrust::Absent),
+    }
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Distrust::Absent),
+        Err(e) => {
+            return Err(Distrust::Not(format!(
+                "it cannot be opened as a plain file: {e}"
+            )));
+        }
+    };
+    let m = f.metadata().map_err(|e| Distrust::Not(e.to_string()))?;
+    if !m.is_file() {
+        return Err(Distrust::Not("not a regular file".into()));
+    }
+    if m.uid() != me {
+        return Err(Distrust::Not("another user's file".into()));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(Distrust::Not(format!(
+            "mode {:o}, not 600",
+            m.mode() & 0o777
+        )));
+    }
+    if m.len() > MAX_CACHE_BYTES {
+        return Err(Distrust::Not(format!("{} bytes", m.len())));
+    }
+    let mut body = Vec::with_capacity(m.len() as usize);
+    f.take(MAX_CACHE_BYTES)
+        .read_to_end(&mut body)
+        .map_err(|e| Distrust::Not(e.to_string()))?;
+    Ok(body)
 }

@@ -281,6 +281,74 @@ mod tests {
         assert_eq!(docs(&fourth), docs(&third));
     }
 
+    /// Only a cache file of this user's own is trusted: one others could
+    /// write (mode 644), a link to a copy, a FIFO (no hang) are ignored and
+    /// rebuilt, with a note; every document is read again.
+    #[tokio::test]
+    async fn a_cache_file_not_its_own_is_ignored() {
+        use crate::store::memory::{FaultyStore, Op};
+        use std::os::unix::fs::PermissionsExt;
+        let settings = settings();
+        let store = AnyStore::Faulty(FaultyStore::new(MemoryStore::new()));
+        let (quiet, _) = Out::buffered(false);
+        for id in ["a", "b"] {
+            walk(&store, id, &quiet).await;
+        }
+        let gets = || match &store {
+            AnyStore::Faulty(f) => f.calls(Op::Get),
+            _ => unreachable!(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = Cache::open_in(dir.path().to_path_buf(), &settings)
+            .path()
+            .to_path_buf();
+        let copy = dir.path().join("copy.json");
+        for plant in ["trusted", "mode 644", "link", "fifo"] {
+            // A good cache first, then the plant.
+            let _ = std::fs::remove_file(&path);
+            let mut cache = Cache::open_in(dir.path().to_path_buf(), &settings);
+            scan_cached(&settings, &store, 4, None, Some(&mut cache))
+                .await
+                .unwrap();
+            match plant {
+                "mode 644" => {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap()
+                }
+                "link" => {
+                    std::fs::copy(&path, &copy).unwrap();
+                    std::fs::remove_file(&path).unwrap();
+                    std::os::unix::fs::symlink(&copy, &path).unwrap();
+                }
+                "fifo" => {
+                    std::fs::remove_file(&path).unwrap();
+                    assert!(
+                        std::process::Command::new("mkfifo")
+                            .arg(&path)
+                            .status()
+                            .unwrap()
+                            .success()
+                    );
+                }
+                _ => {}
+            }
+            let before = gets();
+            let notes = std::sync::Arc::new(crate::Notes::new());
+            let mut cache =
+                Cache::open_in(dir.path().to_path_buf(), &settings).with_notes(notes.clone());
+            scan_cached(&settings, &store, 4, None, Some(&mut cache))
+                .await
+                .unwrap();
+            let read = gets() - before;
+            let said = notes.take().join("\n");
+            if plant == "trusted" {
+                assert_eq!(read, 0, "its own cache is used");
+            } else {
+                assert_eq!(read, 2, "{plant}: every document read again");
+                assert!(said.contains("is not to be trusted"), "{plant}: {said}");
+            }
+        }
+    }
+
     /// A long-lived cache (`serve`) writes its file only when a scan read
     /// something new.
     #[tokio::test]
