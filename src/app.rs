@@ -32,10 +32,13 @@ pub struct StoreClock<'a, S: Store>(pub &'a S);
 
 impl<S: Store> Clock for StoreClock<'_, S> {
     fn now(&self) -> Timestamp {
-        let t = self.0.clock().map_or_else(crate::now, |t| t.now());
-        // As stored: milliseconds.
-        chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+        ms(self.0.clock().map_or_else(crate::now, |t| t.now()))
     }
+}
+
+/// `t` as stored: milliseconds.
+pub(crate) fn ms(t: Timestamp) -> Timestamp {
+    chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
 /// A clock that shows what it is set to (tests, and the simulation's

@@ -290,8 +290,8 @@ impl<'a, S: Store> Builds<'a, S> {
         // a worker whose own clock is behind still proves the attempt
         // alive).
         let mut claim = claim.clone();
-        if self.store.clock().is_some() {
-            claim.at = crate::app::Clock::now(&crate::app::StoreClock(self.store));
+        if let Some(t) = self.store.clock() {
+            claim.at = crate::app::ms(t.now());
         }
         let beat = crate::model::heartbeat(
             current.as_ref().map(|c| &c.doc),

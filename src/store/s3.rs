@@ -26,45 +26,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-/// Learns from any answer that the server is Ceph RGW (its
+/// Reads every answer. It learns that the server is Ceph RGW (its
 /// `x-rgw-object-type` header, on the read that precedes every write), whose
 /// `If-Match` matches only the bare ETag: the first write of a process then
 /// sends it bare, and a put costs 2 requests there instead of 4 (the quoted
 /// one refused, a HEAD, the bare one). A server that quirks without saying
-/// so is still learned from the refused write.
+/// so is still learned from the refused write. And it keeps the server's
+/// clock.
 #[derive(Debug)]
-struct KnowsRgw(Arc<AtomicU8>);
-
-impl aws_sdk_s3::config::Intercept for KnowsRgw {
-    fn name(&self) -> &'static str {
-        "build-state: knows Ceph RGW"
-    }
-
-    fn read_before_deserialization(
-        &self,
-        context: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
-        _: &aws_sdk_s3::config::RuntimeComponents,
-        _: &mut aws_sdk_s3::config::ConfigBag,
-    ) -> Result<(), aws_sdk_s3::error::BoxError> {
-        if context
-            .response()
-            .headers()
-            .contains_key("x-rgw-object-type")
-        {
-            self.0.store(BARE, Ordering::Relaxed);
-        }
-        Ok(())
-    }
+struct ReadsAnswers {
+    rgw: Arc<AtomicU8>,
+    /// The `Date` of the server's newest answer: its clock (one second of
+    /// resolution), on which every deadline is judged.
+    date: Arc<std::sync::Mutex<Option<super::StoreTime>>>,
 }
 
-/// Keeps the `Date` of the server's newest answer: its clock (one second
-/// of resolution), on which every deadline is judged.
-#[derive(Debug)]
-struct HearsTheDate(Arc<std::sync::Mutex<Option<super::StoreTime>>>);
-
-impl aws_sdk_s3::config::Intercept for HearsTheDate {
+impl aws_sdk_s3::config::Intercept for ReadsAnswers {
     fn name(&self) -> &'static str {
-        "build-state: hears the server's Date"
+        "build-state: knows Ceph RGW, hears the server's Date"
     }
 
     fn read_before_deserialization(
@@ -73,13 +52,17 @@ impl aws_sdk_s3::config::Intercept for HearsTheDate {
         _: &aws_sdk_s3::config::RuntimeComponents,
         _: &mut aws_sdk_s3::config::ConfigBag,
     ) -> Result<(), aws_sdk_s3::error::BoxError> {
-        let date = context.response().headers().get("date").and_then(|d| {
+        let headers = context.response().headers();
+        if headers.contains_key("x-rgw-object-type") {
+            self.rgw.store(BARE, Ordering::Relaxed);
+        }
+        let date = headers.get("date").and_then(|d| {
             chrono::DateTime::parse_from_rfc2822(d.trim())
                 .ok()
                 .map(|t| t.with_timezone(&chrono::Utc))
         });
         if let Some(at) = date {
-            *self.0.lock().expect("the clock's lock") = Some(super::StoreTime {
+            *self.date.lock().expect("the clock's lock") = Some(super::StoreTime {
                 at,
                 resolution: std::time::Duration::from_secs(1),
                 heard: std::time::Instant::now(),
@@ -223,9 +206,11 @@ impl S3Store {
             conf = conf.endpoint_url(endpoint);
         }
         let if_match_form = Arc::new(AtomicU8::new(QUOTED));
-        conf = conf.interceptor(KnowsRgw(if_match_form.clone()));
         let date = Arc::new(std::sync::Mutex::new(None));
-        conf = conf.interceptor(HearsTheDate(date.clone()));
+        conf = conf.interceptor(ReadsAnswers {
+            rgw: if_match_form.clone(),
+            date: date.clone(),
+        });
         Ok(S3Store {
             date,
             client: Client::from_conf(conf.build()),
