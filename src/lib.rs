@@ -131,4 +131,14 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
+
+/// Runs `work` to its end on [`runtime`], and leaves at once: file work
+/// that overran its deadline (a stuck mount, a lock held elsewhere) is
+/// not waited for, as dropping the runtime would.
+pub fn run_to_end<F: std::future::Future>(work: F) -> std::io::Result<F::Output> {
+    let runtime = runtime()?;
+    let out = runtime.block_on(work);
+    runtime.shutdown_background();
+    Ok(out)
+}
 pub mod pipeline;

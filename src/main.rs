@@ -64,7 +64,7 @@ fn resource_main(program: resource::Program, notes: &Notes) -> Result<ExitCode> 
     std::io::stdin()
         .read_to_end(&mut input)
         .context("reading the request from stdin")?;
-    let reply = build_state::runtime()?.block_on(program.run(&input, notes))?;
+    let reply = build_state::run_to_end(program.run(&input, notes))??;
     let mut out = std::io::stdout().lock();
     out.write_all(&reply)
         .context("writing the reply to stdout")?;

@@ -142,8 +142,7 @@ pub fn main(args: impl Iterator<Item = OsString>, notes: Arc<Notes>) -> Result<E
             },
         ));
     }
-    let runtime = crate::runtime()?;
-    match runtime.block_on(run(cli, &out)) {
+    match crate::run_to_end(run(cli, &out))? {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             notes.note(format!("error: {e:#}"));

@@ -8,10 +8,47 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Documents as files under a directory.
+/// Documents as files under a directory. Its file work runs on tokio's
+/// blocking threads, each operation within [`DEADLINE`]: a slow or stuck
+/// file system (a hung network mount, a lock another process holds) keeps
+/// no program's async thread, so `serve` goes on answering and stops on
+/// SIGTERM, and a step fails within its bound instead of hanging.
+#[derive(Clone)]
 pub struct LocalStore {
-    root: PathBuf,
+    root: Arc<PathBuf>,
+    deadline: Duration,
+}
+
+/// The longest one operation on a local directory may take: an S3
+/// request's attempt timeout.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A write's condition, owned (to cross to a blocking thread).
+enum Condition {
+    Absent,
+    Matches(String),
+    Any,
+}
+
+impl Condition {
+    fn of(when: Precondition<'_>) -> Condition {
+        match when {
+            Precondition::Absent => Condition::Absent,
+            Precondition::Matches(e) => Condition::Matches(e.to_string()),
+            Precondition::Any => Condition::Any,
+        }
+    }
+
+    fn as_precondition(&self) -> Precondition<'_> {
+        match self {
+            Condition::Absent => Precondition::Absent,
+            Condition::Matches(e) => Precondition::Matches(e),
+            Condition::Any => Precondition::Any,
+        }
+    }
 }
 
 pub use super::etag_of;
@@ -40,6 +77,7 @@ fn lock(path: &Path) -> Result<File, StoreError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&lock_path)
         .map_err(|e| io_error("opening lock", &lock_path, e))?;
     lock.lock()
@@ -50,7 +88,48 @@ fn lock(path: &Path) -> Result<File, StoreError> {
 impl LocalStore {
     /// The store rooted at `root`.
     pub fn new(root: PathBuf) -> LocalStore {
-        LocalStore { root }
+        LocalStore {
+            root: Arc::new(root),
+            deadline: DEADLINE,
+        }
+    }
+
+    /// The same store, each operation within `deadline` (tests).
+    pub fn with_deadline(mut self, deadline: Duration) -> LocalStore {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Runs `work` on a blocking thread, within the deadline. A write
+    /// that does not finish in time may still land (it goes on, under its
+    /// lock and its condition): its outcome is uncertain, as an S3 write
+    /// that timed out.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        writes: bool,
+        work: impl FnOnce(&LocalStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        let job = tokio::task::spawn_blocking(move || work(&store));
+        match tokio::time::timeout(self.deadline, job).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(StoreError::Other(format!(
+                "the file work under {} failed: {e}",
+                self.root.display()
+            ))),
+            Err(_) => {
+                let said = format!(
+                    "the file system under {} did not answer within {}s",
+                    self.root.display(),
+                    self.deadline.as_secs_f32()
+                );
+                Err(if writes {
+                    StoreError::Uncertain(said)
+                } else {
+                    StoreError::Other(said)
+                })
+            }
+        }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -136,16 +215,22 @@ impl LocalStore {
 impl Store for LocalStore {
     /// The file system's clock: the modification time it gives a write of
     /// `.clock` under the root (the machine's clock, or the file server's
-    /// on a shared mount); `None` when the directory cannot be written.
+    /// on a shared mount); `None` when the directory cannot be written
+    /// (or `.clock` is not a plain file: no link followed, never blocking).
     fn clock(&self) -> Option<super::StoreTime> {
         use std::io::Write;
         let path = self.root.join(".clock");
-        let mut f = std::fs::OpenOptions::new()
+        let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
             .ok()?;
+        if !f.metadata().ok()?.is_file() {
+            return None;
+        }
         f.write_all(b"t").ok()?;
         let heard = std::time::Instant::now();
         let local = chrono::Utc::now();
@@ -160,6 +245,65 @@ impl Store for LocalStore {
     }
 
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
+        let (key, known) = (key.to_string(), if_none_match.map(str::to_string));
+        self.off_thread(false, move |s| s.get_now(&key, known.as_deref()))
+            .await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        when: Precondition<'_>,
+    ) -> Result<String, StoreError> {
+        let (key, when) = (key.to_string(), Condition::of(when));
+        self.off_thread(true, move |s| {
+            s.put_now(&key, &body, when.as_precondition())
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_string();
+        self.off_thread(false, move |s| s.list_now(&prefix)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.off_thread(true, move |s| s.delete_now(&key)).await
+    }
+
+    async fn list_tags(&self, prefix: &str) -> Result<Vec<super::Listed>, StoreError> {
+        let prefix = prefix.to_string();
+        self.off_thread(false, move |s| s.list_tags_now(&prefix))
+            .await
+    }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        let (key, etag) = (key.to_string(), etag.to_string());
+        self.off_thread(true, move |s| s.delete_if_now(&key, &etag))
+            .await
+    }
+
+    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
+        Ok(super::Versioning::On)
+    }
+
+    async fn versions(&self, key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
+        let key = key.to_string();
+        self.off_thread(false, move |s| s.versions_now(&key)).await
+    }
+
+    async fn get_version(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError> {
+        let (key, id) = (key.to_string(), version_id.to_string());
+        self.off_thread(false, move |s| s.get_version_now(&key, &id))
+            .await
+    }
+}
+
+/// The operations themselves, on the calling (blocking) thread.
+impl LocalStore {
+    fn get_now(&self, key: &str, if_none_match: Option<&str>) -> Result<Fetched, StoreError> {
         let path = self.path(key);
         Ok(match self.read(&path)? {
             None => Fetched::Absent,
@@ -174,10 +318,10 @@ impl Store for LocalStore {
         })
     }
 
-    async fn put(
+    fn put_now(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: &[u8],
         when: Precondition<'_>,
     ) -> Result<String, StoreError> {
         let path = self.path(key);
@@ -188,10 +332,10 @@ impl Store for LocalStore {
             .create(dir)
             .map_err(|e| io_error("creating", dir, e))?;
         let _lock = lock(&path)?;
-        self.put_locked(&path, &body, when)
+        self.put_locked(&path, body, when)
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    fn list_now(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         // Walk the deepest directory the prefix names completely.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
@@ -230,7 +374,7 @@ impl Store for LocalStore {
         Ok(keys)
     }
 
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+    fn delete_now(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key);
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -240,9 +384,9 @@ impl Store for LocalStore {
         self.forget_versions(&path)
     }
 
-    async fn list_tags(&self, prefix: &str) -> Result<Vec<super::Listed>, StoreError> {
+    fn list_tags_now(&self, prefix: &str) -> Result<Vec<super::Listed>, StoreError> {
         let mut listed = Vec::new();
-        for key in self.list(prefix).await? {
+        for key in self.list_now(prefix)? {
             let path = self.path(&key);
             // The modification time and size stand in for the ETag: they
             // change with every atomic replace.
@@ -264,7 +408,7 @@ impl Store for LocalStore {
         Ok(listed)
     }
 
-    async fn delete_if(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+    fn delete_if_now(&self, key: &str, etag: &str) -> Result<(), StoreError> {
         let path = self.path(key);
         if !path.parent().is_some_and(Path::exists) {
             return Err(StoreError::Conflict);
@@ -279,11 +423,7 @@ impl Store for LocalStore {
         }
     }
 
-    async fn versioning(&self) -> Result<super::Versioning, StoreError> {
-        Ok(super::Versioning::On)
-    }
-
-    async fn versions(&self, key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
+    fn versions_now(&self, key: &str) -> Result<Vec<super::StoredVersion>, StoreError> {
         let mut out = Vec::new();
         let path = self.path(key);
         if let Some(at) = modified(&path)? {
@@ -307,7 +447,7 @@ impl Store for LocalStore {
         Ok(out)
     }
 
-    async fn get_version(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError> {
+    fn get_version_now(&self, key: &str, version_id: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.path(key);
         let file = if version_id == CURRENT {
             path.clone()
@@ -364,7 +504,7 @@ impl LocalStore {
     /// Where the previous versions of the object at `path` are kept:
     /// `.versions/KEY/` under the root (hidden from listings).
     fn versions_dir(&self, path: &Path) -> PathBuf {
-        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let rel = path.strip_prefix(self.root.as_path()).unwrap_or(path);
         self.root.join(".versions").join(rel)
     }
 
@@ -435,10 +575,35 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
+        crate::run_to_end(f).unwrap()
+    }
+
+    /// A lock another process holds (or a stuck mount): the write gives up
+    /// within the deadline, uncertain, while reads go on being answered.
+    #[test]
+    fn a_stuck_write_gives_up_within_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path().to_path_buf()).with_deadline(Duration::from_millis(300));
+        block_on(async {
+            s.put("b/state.json", b"one".to_vec(), Precondition::Absent)
+                .await
+                .unwrap();
+        });
+        let held = lock(&dir.path().join("b/state.json")).unwrap();
+        let started = std::time::Instant::now();
+        let (write, read) = block_on(async {
+            let write = s
+                .put("b/state.json", b"two".to_vec(), Precondition::Any)
+                .await;
+            (write, s.get("b/state.json", None).await)
+        });
+        assert!(
+            matches!(&write, Err(StoreError::Uncertain(m)) if m.contains("did not answer within 0.3s")),
+            "{write:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(read, Ok(Fetched::Found { .. })), "{read:?}");
+        drop(held);
     }
 
     #[test]

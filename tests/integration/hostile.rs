@@ -156,3 +156,98 @@ fn planted_files_neither_hang_nor_fail_a_reader() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+fn mkfifo(path: &std::path::Path) {
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Links planted in a finished build (its heartbeat to a secret, an
+/// archived run to /etc/passwd): `prune --archive-to` refuses that build,
+/// names the link, and copies no byte of what they point to. A FIFO as
+/// another build's state.json: `list` answers at once with that build
+/// unreadable, `serve` answers every other page, that build's a 502, and
+/// stops within 5 s of SIGTERM.
+#[test]
+fn planted_links_are_never_archived_and_a_fifo_stalls_no_server() {
+    let w = World::new(Kind::Local, "planted_links");
+    w.put(json!({"init": true})).ok();
+    for args in [
+        ["init", "old", ""],
+        ["cancel", "old", "superseded"],
+        ["init", "stuck", ""],
+    ] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        w.cli(&args).text();
+    }
+    let root = w.states_dir();
+    let build = |id: &str| {
+        let key = w.key("state.json").replace("rhel8-web", id);
+        root.join(key).parent().unwrap().to_path_buf()
+    };
+    let secret = root.join("..").join("secret.txt");
+    std::fs::write(&secret, "SECRET-TOKEN").unwrap();
+    std::os::unix::fs::symlink(&secret, build("old").join("heartbeat.json")).unwrap();
+    std::fs::create_dir_all(build("old").join("runs")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", build("old").join("runs/7.json")).unwrap();
+    let (code, out, err) =
+        within(w.cli(&["prune", "--older-than", "0s", "--archive-to", "_archive/"]));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("heartbeat.json: a symbolic link, which the store does not follow"),
+        "{err}"
+    );
+    let copied = std::process::Command::new("grep")
+        .args(["-rlE", "SECRET-TOKEN|root:"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        copied.stdout.is_empty(),
+        "copied: {}",
+        String::from_utf8_lossy(&copied.stdout)
+    );
+
+    let stuck = build("stuck").join("state.json");
+    std::fs::remove_file(&stuck).unwrap();
+    mkfifo(&stuck);
+    let (code, out, err) = within(w.cli(&["list"]));
+    assert_eq!(code, Some(0), "{err}");
+    let row = out.lines().find(|l| l.starts_with("stuck")).unwrap();
+    assert!(row.contains("unreadable"), "{out}");
+
+    let (mut server, mut stderr, addr) = crate::cli::serve(&w, &["--listen", "127.0.0.1:0"]);
+    for (path, want) in [
+        ("/", 200),
+        ("/metrics", 200),
+        ("/api/builds", 200),
+        ("/api/builds/rhel8-web", 200),
+        ("/api/builds/stuck", 502),
+    ] {
+        let (status, body) = crate::cli::http(&addr, "GET", path);
+        assert_eq!(status, want, "{path}: {body}");
+    }
+    let asked = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(5),
+            "serve still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+}
