@@ -461,6 +461,8 @@ pub(crate) struct Step {
     unset: Vec<String>,
     /// Run under `faketime -f OFFSET` (a worker whose clock is off).
     clock_off: Option<String>,
+    /// Run on a terminal (a pty, through util-linux's `script`).
+    tty: bool,
     cwd: PathBuf,
 }
 
@@ -489,6 +491,7 @@ impl Step {
             env: Vec::new(),
             unset: Vec::new(),
             clock_off: None,
+            tty: false,
             cwd: world.tmp.path().to_path_buf(),
         }
     }
@@ -529,13 +532,26 @@ impl Step {
         let mut cmd = match &self.clock_off {
             Some(offset) => {
                 let mut c = Command::new("faketime");
-                c.args(["-f", offset]).arg(&self.exe);
+                c.args(["-f", offset]).arg(&self.exe).args(&self.args);
                 c
             }
-            None => Command::new(&self.exe),
+            None if self.tty => {
+                // stdout and stderr both on the pty, as a person sees them.
+                let words: Vec<String> = std::iter::once(&self.exe)
+                    .chain(&self.args)
+                    .map(|w| shlex::try_quote(&w.to_string_lossy()).unwrap().into_owned())
+                    .collect();
+                let mut c = Command::new("script");
+                c.args(["-qec", &words.join(" "), "/dev/null"]);
+                c
+            }
+            None => {
+                let mut c = Command::new(&self.exe);
+                c.args(&self.args);
+                c
+            }
         };
-        cmd.args(&self.args)
-            .current_dir(&self.cwd)
+        cmd.current_dir(&self.cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -568,6 +584,13 @@ impl Step {
     /// a worker whose clock is wrong.
     pub(crate) fn clock_off(mut self, offset: &str) -> Step {
         self.clock_off = Some(offset.to_string());
+        self
+    }
+
+    /// Runs the program on a terminal (a pty): what a person would see
+    /// lands in stdout, colours and all.
+    pub(crate) fn on_tty(mut self) -> Step {
+        self.tty = true;
         self
     }
 
