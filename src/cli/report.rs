@@ -211,7 +211,7 @@ h1{{font-size:1.6rem;margin:0 0 .2rem}} h2{{font-size:1.2rem;margin:2rem 0 .6rem
 .meta{{color:#666}} table{{border-collapse:collapse;width:100%;margin:.4rem 0}} th,td{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #eee;vertical-align:top}}
 th{{background:#f6f6f6;font-weight:600}} .status{{display:inline-block;padding:0 .45rem;border-radius:.6rem;color:#fff;font-size:12px}}
 .wrap{{overflow-wrap:anywhere;white-space:pre-wrap}} code{{font-size:12px}}
-.build{{border:1px solid #e3e3e3;border-radius:6px;padding:.6rem .8rem;margin:.8rem 0}} .build h3{{margin:0 0 .3rem;font-size:1.05rem}}
+.build{{border:1px solid #e3e3e3;border-radius:6px;padding:.6rem .8rem;margin:.8rem 0}} .build h3{{margin:0 0 .3rem;font-size:1.05rem;overflow-wrap:anywhere}} .meta{{overflow-wrap:anywhere}}
 .legend span{{margin-right:1rem}} .legend i{{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;vertical-align:-1px}}
 details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{color:#3aa55d}}
 </style></head><body>
@@ -385,8 +385,57 @@ fn builds(h: &mut String, config: &Settings, rows: &[Row], now: Timestamp) {
                 s.end
             );
         }
-        h.push_str("</table></details></div>\n");
+        h.push_str("</table></details>");
+        decisions(h, d);
+        h.push_str("</div>\n");
     }
+}
+
+/// The decisions people made on a build (approvals, overrides, retries,
+/// cancels, restarts, restores, and any change from a build someone ran by
+/// hand), with who made them and why.
+fn decisions(h: &mut String, d: &Document) {
+    let made: Vec<&crate::model::Event> = d
+        .history
+        .iter()
+        .filter(|e| {
+            e.by.created_by.is_some()
+                || matches!(
+                    e.action,
+                    ActionKind::Approve
+                        | ActionKind::Retry
+                        | ActionKind::Set
+                        | ActionKind::Cancel
+                        | ActionKind::Restart
+                        | ActionKind::Restore
+                )
+        })
+        .collect();
+    if made.is_empty() {
+        return;
+    }
+    let _ = write!(
+        h,
+        "<details><summary>decided by people ({})</summary><table class=\"decisions\"><tr><th>at</th><th>what</th><th>by</th><th>why</th></tr>",
+        made.len()
+    );
+    for e in made {
+        let why = [e.reason.as_deref(), e.note.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{} {}</td><td class=\"wrap\">{}</td><td class=\"wrap\">{}</td></tr>",
+            rfc3339::format(&e.at),
+            e.action,
+            e.target.unwrap_or(e.state),
+            esc(&e.by.describe()),
+            esc(&why)
+        );
+    }
+    h.push_str("</table></details>");
 }
 
 pub(super) fn write(config: &Settings, rows: &[Row], path: &Path) -> Result<()> {

@@ -100,14 +100,18 @@ fn no_raw_control_character_reaches_a_terminal() {
         let seen = w.cli(&args).env("USER", PAYLOAD).on_tty().run();
         let screen = without_colours(&seen.stdout);
         let raw = raw_controls(&screen);
-        assert!(raw.is_empty(), "{args:?} on a terminal shows raw {raw:?}:\n{screen}");
+        assert!(
+            raw.is_empty(),
+            "{args:?} on a terminal shows raw {raw:?}:\n{screen}"
+        );
         let out = w.cli(&args).env("USER", PAYLOAD).run();
         for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
             let raw = raw_controls(text);
             assert!(raw.is_empty(), "{args:?} {stream} has raw {raw:?}:\n{text}");
         }
         assert!(
-            screen.contains("\\x1b]0;owned") || matches!(args[0], "retry" | "complete" | "next" | "start"),
+            screen.contains("\\x1b]0;owned")
+                || matches!(args[0], "retry" | "complete" | "next" | "start"),
             "{args:?}: the escape is shown, escaped:\n{screen}"
         );
     }
@@ -292,4 +296,72 @@ fn planted_links_are_never_archived_and_a_fifo_stalls_no_server() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(status.success(), "{status:?}: {rest}");
+}
+
+/// A build id of the longest kind, approved by someone with a long name
+/// (a put from a build run by hand, `BUILD_CREATED_BY`): `history` and the
+/// report name who approved; the dashboard names them in the build's
+/// timeline and wraps every long name inside the page (headless
+/// Chromium: no ink right of the page's column).
+#[test]
+fn long_names_wrap_and_who_approved_is_shown() {
+    let w = World::new(Kind::Local, "long_names");
+    let id = format!("rhel8-{}", "x".repeat(122));
+    let person = "jane.doe.of.the.platform.team.with.a.long.directory.name".repeat(4);
+    let source = w.source_with(json!({
+        "build_id": id,
+        "retry": {"states": {"5": {"approval": true}}}
+    }));
+    for params in [json!({"init": true}), json!({"complete": 0})] {
+        w.put(params.clone())
+            .stdin(json!({"source": source, "params": params}))
+            .ok();
+    }
+    let approve = json!({"approve": 5, "reason": "looked at the kickstart logs"});
+    w.put(approve.clone())
+        .stdin(json!({"source": source, "params": approve}))
+        .build("approve-kickstart", 3)
+        .env("BUILD_CREATED_BY", &person)
+        .ok();
+    let by = format!("approve-kickstart #3 (by {person})");
+    let history = w.cli(&["history", &id]).text();
+    assert!(history.contains(&by), "{history}");
+    let report = w.tmp.path().join("report.html");
+    w.cli(&["report", "--out", report.to_str().unwrap()]).text();
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("decided by people (1)") && html.contains(&by),
+        "the report names who approved"
+    );
+
+    let (mut server, _stderr, addr) = crate::cli::serve(&w, &["--listen", "127.0.0.1:0"]);
+    let profile = w.tmp.path().join("chromium-profile");
+    if let Some(mut chromium) = crate::util::chromium(&profile) {
+        let page = format!("http://{addr}/?build={id}");
+        let out = chromium
+            .args(["--virtual-time-budget=4000", "--dump-dom", &page])
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(dom.contains(&by), "the timeline names who approved:\n{dom}");
+        let shot = w.tmp.path().join("long-names.png");
+        crate::util::chromium(&profile)
+            .unwrap()
+            .args(["--virtual-time-budget=4000", "--window-size=1600,1200"])
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(&page)
+            .output()
+            .unwrap();
+        // The page's column: 1100 px wide, 16 px padding each side, in the
+        // middle of 1600: everything left of x = 1366.
+        let pixels = crate::cli::rgb_pixels(&shot);
+        let width = 1600;
+        let outside = pixels
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| i % width > 1380 && p.iter().any(|&c| c < 200))
+            .count();
+        assert_eq!(outside, 0, "ink right of the page's column: a name ran off");
+    }
+    let _ = server.kill();
 }
