@@ -282,8 +282,9 @@ mod tests {
     }
 
     /// Only a cache file of this user's own is trusted: one others could
-    /// write (mode 644), a link to a copy, a FIFO (no hang) are ignored and
-    /// rebuilt, with a note; every document is read again.
+    /// write (mode 644), one another user owns, a link to a copy, a link
+    /// to /dev/zero, a FIFO (no hang) are ignored and rebuilt within a
+    /// second, with a note; every document is read again.
     #[tokio::test]
     async fn a_cache_file_not_its_own_is_ignored() {
         use crate::store::memory::{FaultyStore, Op};
@@ -303,7 +304,14 @@ mod tests {
             .path()
             .to_path_buf();
         let copy = dir.path().join("copy.json");
-        for plant in ["trusted", "mode 644", "link", "fifo"] {
+        for plant in [
+            "trusted",
+            "mode 644",
+            "another owner",
+            "link",
+            "/dev/zero",
+            "fifo",
+        ] {
             // A good cache first, then the plant.
             let _ = std::fs::remove_file(&path);
             let mut cache = Cache::open_in(dir.path().to_path_buf(), &settings);
@@ -313,6 +321,16 @@ mod tests {
             match plant {
                 "mode 644" => {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap()
+                }
+                "another owner" => {
+                    // Only root may give a file away; others skip this one.
+                    if std::os::unix::fs::chown(&path, Some(65534), None).is_err() {
+                        continue;
+                    }
+                }
+                "/dev/zero" => {
+                    std::fs::remove_file(&path).unwrap();
+                    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
                 }
                 "link" => {
                     std::fs::copy(&path, &copy).unwrap();
@@ -331,7 +349,7 @@ mod tests {
                 }
                 _ => {}
             }
-            let before = gets();
+            let (before, started) = (gets(), std::time::Instant::now());
             let notes = std::sync::Arc::new(crate::Notes::new());
             let mut cache =
                 Cache::open_in(dir.path().to_path_buf(), &settings).with_notes(notes.clone());
@@ -339,6 +357,11 @@ mod tests {
                 .await
                 .unwrap();
             let read = gets() - before;
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{plant}: {:?}",
+                started.elapsed()
+            );
             let said = notes.take().join("\n");
             if plant == "trusted" {
                 assert_eq!(read, 0, "its own cache is used");
