@@ -487,7 +487,6 @@ fn simulate_refuses_what_it_cannot_play_in_bounds() {
         }
         write("many.yml", &text)
     };
-    let started = std::time::Instant::now();
     for (args, said) in [
         (
             vec!["simulate", deep.as_str()],
@@ -510,10 +509,15 @@ fn simulate_refuses_what_it_cannot_play_in_bounds() {
             "400 jobs and 1 resources over 2d: more than a simulation plays",
         ),
     ] {
+        let started = std::time::Instant::now();
         let out = cli(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
