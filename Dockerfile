@@ -44,7 +44,7 @@ RUN cargo test --locked
 # goes on, not apt's lists and logs.
 FROM ${BASE_IMAGE} AS certs
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates
 
 FROM ${BASE_IMAGE}
 COPY --from=certs /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt

@@ -322,11 +322,9 @@ mod tests {
                 "mode 644" => {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap()
                 }
-                "another owner" => {
-                    // Only root may give a file away; others skip this one.
-                    if std::os::unix::fs::chown(&path, Some(65534), None).is_err() {
-                        continue;
-                    }
+                // Only root may give a file away; others skip this one.
+                "another owner" if std::os::unix::fs::chown(&path, Some(65534), None).is_err() => {
+                    continue;
                 }
                 "/dev/zero" => {
                     std::fs::remove_file(&path).unwrap();

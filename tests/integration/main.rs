@@ -15,6 +15,7 @@ mod handoff;
 mod hostile;
 mod humans;
 mod iam;
+mod image;
 mod model;
 mod pipelines;
 pub(crate) mod policies;

@@ -463,6 +463,8 @@ pub(crate) struct Step {
     clock_off: Option<String>,
     /// Run on a terminal (a pty, through util-linux's `script`).
     tty: bool,
+    /// Run in a container of this image (`podman run`), as this user.
+    image: Option<(String, Option<String>)>,
     cwd: PathBuf,
 }
 
@@ -492,6 +494,7 @@ impl Step {
             unset: Vec::new(),
             clock_off: None,
             tty: false,
+            image: None,
             cwd: world.tmp.path().to_path_buf(),
         }
     }
@@ -529,6 +532,9 @@ impl Step {
     /// The command, with the test's environment and nothing of the machine's
     /// Concourse variables.
     fn command(&self) -> Command {
+        if let Some((image, user)) = &self.image {
+            return self.in_container(image, user.as_deref());
+        }
         let mut cmd = match &self.clock_off {
             Some(offset) => {
                 let mut c = Command::new("faketime");
@@ -585,6 +591,56 @@ impl Step {
     pub(crate) fn clock_off(mut self, offset: &str) -> Step {
         self.clock_off = Some(offset.to_string());
         self
+    }
+
+    /// Runs the program in a container of `image`, as Concourse runs a
+    /// resource: one container per step, the request on stdin,
+    /// `/opt/resource/{check,in,out}` with their directory (the CLI from
+    /// `PATH`); the test's directory mounted at the same path (the
+    /// `local_dir`, the sources, `in`'s destination), the host's network
+    /// (the S3 test server on 127.0.0.1), a read-only root: nothing
+    /// written outside the directories given. `user` as `podman --user`.
+    pub(crate) fn in_image(mut self, image: &str, user: Option<&str>) -> Step {
+        self.image = Some((image.to_string(), user.map(str::to_string)));
+        self
+    }
+
+    fn in_container(&self, image: &str, user: Option<&str>) -> Command {
+        let mut c = Command::new(container_engine());
+        c.args(["run", "-i", "--rm", "--network=host", "--read-only"])
+            .arg("-v")
+            .arg(format!("{0}:{0}", self.cwd.display()))
+            .arg("-w")
+            .arg(&self.cwd);
+        if let Some(user) = user {
+            c.args(["--user", user]);
+        }
+        let fixed = [
+            ("NO_PROXY", "127.0.0.1,localhost".to_string()),
+            (
+                "BUILD_STATE_CACHE_DIR",
+                self.cwd.join(".cache").display().to_string(),
+            ),
+        ];
+        for (k, v) in fixed
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .chain(self.env.iter().cloned())
+        {
+            c.arg("-e").arg(format!("{k}={v}"));
+        }
+        c.arg(image);
+        if self.program == "build-state" {
+            c.arg("build-state");
+        } else {
+            c.arg(format!("/opt/resource/{}", self.program));
+        }
+        c.args(&self.args)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
     }
 
     /// Runs the program on a terminal (a pty): what a person would see
@@ -680,6 +736,11 @@ impl Step {
         assert_eq!(lines.len(), 1, "one error line expected:\n{}", out.stderr);
         out.stderr
     }
+}
+
+/// The container engine `scripts/image test` names (podman or docker).
+pub(crate) fn container_engine() -> String {
+    std::env::var("BUILD_STATE_CONTAINER_ENGINE").unwrap_or_else(|_| "podman".into())
 }
 
 /// Generates one test per store from a function of a `World`.
