@@ -495,21 +495,23 @@ fn watch_prints_each_transition_once(w: World) {
     use std::io::{BufRead, BufReader};
     w.cli(&["init", "rhel8-web"]).text();
     let file = w.tmp.path().join("source.json");
-    let mut child = std::process::Command::new(crate::util::cli_path())
-        .args([
-            "watch",
-            "rhel8-web",
-            "--interval",
-            "100ms",
-            "--for",
-            "60s",
-            "--source",
-        ])
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::util::Running(
+        std::process::Command::new(crate::util::cli_path())
+            .args([
+                "watch",
+                "rhel8-web",
+                "--interval",
+                "100ms",
+                "--for",
+                "60s",
+                "--source",
+            ])
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Each line read is the barrier for the next write: no sleep decides
     // what the watch has seen (`--for 60s` bounds a watch that prints nothing).
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -1007,7 +1009,7 @@ pub(crate) fn serve(
     w: &World,
     args: &[&str],
 ) -> (
-    std::process::Child,
+    crate::util::Running,
     std::io::BufReader<std::process::ChildStderr>,
     String,
 ) {

@@ -657,12 +657,15 @@ impl Step {
         self
     }
 
-    /// Starts a long-running program (`serve`): stdout and stderr piped.
-    pub(crate) fn spawn(self) -> std::process::Child {
-        self.command()
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawning the program")
+    /// Starts a long-running program (`serve`): stdout and stderr piped;
+    /// killed when the test ends, however it ends.
+    pub(crate) fn spawn(self) -> Running {
+        Running(
+            self.command()
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawning the program"),
+        )
     }
 
     pub(crate) fn run(self) -> Output {
@@ -741,6 +744,32 @@ impl Step {
 /// The container engine `scripts/image test` names (podman or docker).
 pub(crate) fn container_engine() -> String {
     std::env::var("BUILD_STATE_CONTAINER_ENGINE").unwrap_or_else(|_| "podman".into())
+}
+
+/// A child process a test started, killed (and reaped) when the guard is
+/// dropped: a failing test leaves no `serve` or `watch` running.
+pub(crate) struct Running(pub(crate) std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Generates one test per store from a function of a `World`.
