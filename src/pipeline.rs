@@ -144,10 +144,23 @@ pub fn load_partly(path: &Path, vars: &Vars) -> Result<(Value, BTreeSet<String>)
 /// `path`, with `vars` interpolated: only the vars that source uses must be
 /// given (a pipeline's other vars, and `((...))` in task scripts, are none
 /// of its business).
-pub fn load_resource_source(path: &Path, name: &str, vars: &Vars) -> Result<Value> {
+pub fn load_resource_source(
+    path: &Path,
+    name: &str,
+    vars: &Vars,
+    use_: SourceUse,
+) -> Result<Value> {
     let text = read_text(path).with_context(|| format!("reading {}", path.display()))?;
     let pipeline = parse_yaml(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut source = resource_source(&pipeline, name)?;
+    // A command that reads no store (`states`) needs none of the store's
+    // fields, nor the vars that fill them (the bucket, the credentials).
+    if use_ == SourceUse::BehaviourOnly
+        && let Some(m) = source.as_object_mut()
+    {
+        m.retain(|k, _| !STORE_FIELDS.contains(&k.as_str()));
+        m.insert("local_dir".into(), Value::from("."));
+    }
     // The check webhooks' token is needed only by an action with `--check`:
     // left out when its vars are not given.
     let token = source
@@ -167,6 +180,36 @@ pub fn load_resource_source(path: &Path, name: &str, vars: &Vars) -> Result<Valu
     }
     Ok(source)
 }
+
+/// What a command takes a resource's source for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceUse {
+    /// The store and the behaviour: every var must be given.
+    Everything,
+    /// The behaviour only (states, retry, error patterns, gate): the
+    /// store's fields are left out, and the vars only they use need not be
+    /// given.
+    BehaviourOnly,
+}
+
+/// The fields that say where the store is and how to reach it.
+const STORE_FIELDS: &[&str] = &[
+    "bucket",
+    "local_dir",
+    "prefix",
+    "build_id",
+    "region_name",
+    "endpoint",
+    "use_path_style",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "aws_role_arn",
+    "ca_bundle",
+    "server_side_encryption",
+    "sse_kms_key_id",
+    "enable_aws_creds_provider",
+];
 
 fn require_all(path: &Path, missing: &BTreeSet<String>) -> Result<()> {
     if missing.is_empty() {

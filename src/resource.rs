@@ -433,6 +433,9 @@ pub fn put_request(
 ) -> Result<(Config, Change, crate::handoff::Handoff)> {
     let req: OutRequest = parse(input)?;
     let config = configure(&req.source)?;
+    for warning in config.retry.capped() {
+        notes.note(warning);
+    }
     if let Some(gate) = &config.gate {
         bail!(
             "{}: source.gate: a gated resource (gate {{{gate}}}) only triggers jobs; put to the ungated resource of the same build instead (a put's version would trigger the gated job with the gate shut)",

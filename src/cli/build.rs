@@ -249,7 +249,7 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
     let (src, out) = (ctx.source, ctx.out);
     match command {
         Command::States => {
-            let settings = src.settings()?;
+            let settings = src.behaviour()?;
             states(&settings, out)
         }
         Command::Show { build_id } => {
@@ -415,6 +415,9 @@ pub(super) async fn act(
 
 fn states(config: &Settings, out: &Out) -> Result<()> {
     let fmt = crate::model::duration::format;
+    for warning in config.retry.capped() {
+        out.note(warning);
+    }
     if out.json {
         let steps: Vec<Value> = config
             .ladder
@@ -422,10 +425,13 @@ fn states(config: &Settings, out: &Out) -> Result<()> {
             .iter()
             .map(|s| {
                 let r = config.retry.for_state(s.code);
+                let waits: Vec<String> = config.retry.waits(s.code).into_iter().map(fmt).collect();
                 json!({"code": s.code, "name": s.name, "policy": config.retry.source_of(s.code),
                        "max_attempts": r.max_attempts, "backoff": fmt(r.backoff),
-                       "factor": r.factor, "max_backoff": fmt(r.max_backoff),
-                       "resume_from": r.resume_from, "timeout": r.timeout.map(fmt)})
+                       "factor": r.factor, "max_backoff": fmt(r.max_backoff), "waits": waits,
+                       "resume_from": r.resume_from, "timeout": r.timeout.map(fmt),
+                       "heartbeat_timeout": r.heartbeat_timeout.map(fmt), "approval": r.approval,
+                       "final": s.code == config.ladder.final_code()})
             })
             .collect();
         return out.print_json(&Value::Array(steps));
@@ -434,26 +440,51 @@ fn states(config: &Settings, out: &Out) -> Result<()> {
         "CODE",
         "NAME",
         "POLICY",
-        "MAX ATTEMPTS",
-        "BACKOFF",
+        "ATTEMPTS",
+        "WAITS BEFORE EACH RETRY",
         "ON FAILURE",
         "TIMEOUT",
+        "HEARTBEAT",
+        "APPROVAL",
     ]);
+    let dash = || "-".to_string();
     for s in config.ladder.steps() {
         let r = config.retry.for_state(s.code);
+        if s.code == config.ladder.final_code() {
+            // No job runs at the final code: the build is delivered.
+            t.row(vec![
+                s.code.to_string(),
+                s.name.clone(),
+                "final".into(),
+                dash(),
+                "(delivered: no job runs here)".into(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+            ]);
+            continue;
+        }
         let on_failure = match (r.max_attempts, r.resume_from) {
             (1, _) => "a human".to_string(),
             (_, Some(m)) => format!("back to {m}"),
             _ => "retry".to_string(),
         };
+        let waits: Vec<String> = config.retry.waits(s.code).into_iter().map(fmt).collect();
         t.row(vec![
             s.code.to_string(),
             s.name.clone(),
             config.retry.source_of(s.code),
             r.max_attempts.to_string(),
-            format!("{} ×{} ≤ {}", fmt(r.backoff), r.factor, fmt(r.max_backoff)),
+            if waits.is_empty() {
+                "none: a human after the first failure".into()
+            } else {
+                waits.join(", ")
+            },
             on_failure,
-            r.timeout.map(fmt).unwrap_or_else(|| "-".into()),
+            r.timeout.map(fmt).unwrap_or_else(dash),
+            r.heartbeat_timeout.map(fmt).unwrap_or_else(dash),
+            if r.approval { "yes".into() } else { dash() },
         ]);
     }
     out.table(&t)?;
@@ -613,7 +644,7 @@ pub(crate) mod tests {
         let table = text(&buf);
         assert!(
             table.contains(
-                "5     kickstart initiated       default  3             30s ×2 ≤ 1h  retry       -"
+                "5     kickstart initiated       default  3         30s, 1m                        retry       -"
             ),
             "{table}"
         );

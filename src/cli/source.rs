@@ -96,6 +96,11 @@ impl SourceArgs {
     /// The raw source block, before validation, and what set its endpoint
     /// (in words, for an error that cannot connect).
     fn raw(&self) -> Result<(Value, String)> {
+        self.raw_for(pipeline::SourceUse::Everything)
+    }
+
+    /// The raw source block, for `use_`.
+    fn raw_for(&self, use_: pipeline::SourceUse) -> Result<(Value, String)> {
         let mut source = match (&self.source_file, self.pipeline_file()) {
             (Some(_), Some(_)) => bail!("give --source or --pipeline, not both"),
             (Some(path), None) => {
@@ -120,7 +125,7 @@ impl SourceArgs {
                 for v in &self.yaml_vars {
                     pipeline::parse_var(&mut vars, v, true)?;
                 }
-                pipeline::load_resource_source(path, name, &vars)?
+                pipeline::load_resource_source(path, name, &vars, use_)?
             }
             (None, None) => json!({}),
         };
@@ -209,6 +214,26 @@ impl SourceArgs {
             )
         })?;
         Ok((source, origin))
+    }
+
+    /// The behaviour settings alone (the ladder, the retry policy, the
+    /// error patterns), for a command that reads no store (`states`): a
+    /// pipeline's store fields, and the vars only they use, are not needed.
+    pub(crate) fn behaviour(&self) -> Result<Arc<Settings>> {
+        let (mut raw, _) = self.raw_for(pipeline::SourceUse::BehaviourOnly)?;
+        if raw.get("bucket").is_none() && raw.get("local_dir").is_none() {
+            raw["local_dir"] = Value::from(".");
+        }
+        let source = parse(&serde_json::to_vec(&raw)?).map_err(|e| {
+            anyhow!(
+                "{}",
+                e.to_string()
+                    .replacen("invalid payload: ", "invalid source: ", 1)
+            )
+        })?;
+        Ok(Arc::new(
+            Settings::from_source(&source).map_err(|e| anyhow!(e))?,
+        ))
     }
 
     /// The validated settings, for commands over every build (no build id).

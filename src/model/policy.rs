@@ -87,6 +87,42 @@ impl RetryPolicy {
             .unwrap_or(&self.default)
     }
 
+    /// Each policy whose `backoff` is more than its `max_backoff`, in words
+    /// with the wait used (the cap, for every failure): a setting that
+    /// would otherwise be capped without a word.
+    pub fn capped(&self) -> Vec<String> {
+        let fmt = super::duration::format;
+        std::iter::once(("retry".to_string(), &self.default))
+            .chain(
+                self.ranges
+                    .iter()
+                    .map(|(lo, hi, r)| (format!("retry.states.{lo}-{hi}"), r)),
+            )
+            .chain(
+                self.states
+                    .iter()
+                    .map(|(c, r)| (format!("retry.states.{c}"), r)),
+            )
+            .filter(|(_, r)| r.backoff > r.max_backoff)
+            .map(|(field, r)| {
+                format!(
+                    "{field}: backoff {} is more than max_backoff {}: every wait is {}",
+                    fmt(r.backoff),
+                    fmt(r.max_backoff),
+                    fmt(r.max_backoff)
+                )
+            })
+            .collect()
+    }
+
+    /// The waits before each retry of `code` (after failure 1, 2, ...,
+    /// up to the last one that is retried): what `max_attempts`, `backoff`,
+    /// `factor` and `max_backoff` make together.
+    pub fn waits(&self, code: Code) -> Vec<Duration> {
+        let r = self.for_state(code);
+        (1..r.max_attempts).map(|a| r.backoff_after(a)).collect()
+    }
+
     /// Where the policy of `code` comes from, for the states table:
     /// `"35"`, `"10-65"` or `"default"`.
     pub fn source_of(&self, code: Code) -> String {
@@ -104,6 +140,29 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backoff above its cap is said, with the wait used; "retry 5
+    /// times" is 6 attempts, and factor 2 doubles each wait.
+    #[test]
+    fn a_capped_backoff_is_said_and_the_waits_are_spelled_out() {
+        let mut p = RetryPolicy::default();
+        assert!(p.capped().is_empty());
+        p.states.insert(
+            15,
+            StageRetry {
+                backoff: Duration::from_secs(7200),
+                ..StageRetry::default()
+            },
+        );
+        assert_eq!(
+            p.capped(),
+            ["retry.states.15: backoff 2h is more than max_backoff 1h: every wait is 1h"]
+        );
+        p.default.max_attempts = 6;
+        p.default.backoff = Duration::from_secs(120);
+        let minutes: Vec<u64> = p.waits(5).iter().map(|d| d.as_secs() / 60).collect();
+        assert_eq!(minutes, [2, 4, 8, 16, 32]);
+    }
 
     #[test]
     fn backoff_grows_by_factor_and_is_capped() {

@@ -669,17 +669,23 @@ fn sources_from_pipelines_and_the_environment(w: World) {
 
 fn states_and_completions(w: World) {
     let w = w.with(json!({"retry": {"states": {
-        "5": {"max_attempts": 5, "backoff": "5m"},
+        "5": {"max_attempts": 5, "backoff": "5m", "heartbeat_timeout": "10m"},
         "10-65": {"backoff": "1m", "timeout": "2h"},
+        "15": {"approval": true},
         "25": {"resume_from": 10},
+        "30": {"backoff": "2h"},
         "70-90": {"max_attempts": 1}}}}));
     let v: Value = serde_json::from_str(&w.cli(&["states", "--json"]).text()).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 21);
     assert_eq!(
         v[1],
         json!({"code": 5, "name": "kickstart initiated", "policy": "5", "max_attempts": 5,
-               "backoff": "5m", "factor": 2.0, "max_backoff": "1h", "resume_from": null, "timeout": null})
+               "backoff": "5m", "factor": 2.0, "max_backoff": "1h",
+               "waits": ["5m", "10m", "20m", "40m"], "resume_from": null, "timeout": null,
+               "heartbeat_timeout": "10m", "approval": false, "final": false})
     );
+    assert_eq!(v[3]["approval"], true);
+    assert_eq!(v[20]["final"], true);
     assert_eq!(
         (v[2]["policy"].as_str(), v[2]["timeout"].as_str()),
         (Some("10-65"), Some("2h"))
@@ -688,15 +694,27 @@ fn states_and_completions(w: World) {
         (v[5]["policy"].as_str(), v[5]["resume_from"].as_u64()),
         (Some("25"), Some(10))
     );
-    let table = w.cli(&["states"]).text();
-    // The effective policy per code.
+    let out = w.cli(&["states"]).run();
+    let table = crate::util::squeeze(&out.stdout);
+    // The effective policy per code: the waits spelled out, the heartbeat,
+    // the approval; the final code runs no job.
     for want in [
-        "10    green image created       10-65    3             1m ×2 ≤ 1h   retry       2h",
-        "25    security baseline         25       3             30s ×2 ≤ 1h  back to 10  -",
-        "80    backup setup              70-90    1             30s ×2 ≤ 1h  a human     -",
+        "5 kickstart initiated 5 5 5m, 10m, 20m, 40m retry - 10m -",
+        "10 green image created 10-65 3 1m, 2m retry 2h - -",
+        "15 base configuration 15 3 30s, 1m retry - - yes",
+        "25 security baseline 25 3 30s, 1m back to 10 - - -",
+        "80 backup setup 70-90 1 none: a human after the first failure a human - - -",
+        "100 complete and delivered final - (delivered: no job runs here) - - - -",
     ] {
         assert!(table.contains(want), "{want:?} in:\n{table}");
     }
+    // A backoff above its cap is said, with the wait used.
+    assert!(
+        out.stderr
+            .contains("retry.states.30: backoff 2h is more than max_backoff 1h: every wait is 1h"),
+        "{}",
+        out.stderr
+    );
     let last = table.lines().nth(21).unwrap();
     assert!(
         last.starts_with("100 ") && last.contains("complete and delivered"),

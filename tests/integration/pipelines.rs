@@ -569,3 +569,43 @@ fn the_dockerfile_ships_binary_targets() {
         );
     }
 }
+
+/// `states` of a shipped pipeline's resource reads no store: it needs the
+/// vars its behaviour uses (the backoffs), not the bucket's or the
+/// credentials'; without them it names only those.
+#[test]
+fn states_of_a_pipeline_needs_only_its_behaviour_vars() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let states = |vars: &[&str]| {
+        let mut cmd = std::process::Command::new(crate::util::cli_path());
+        cmd.current_dir(root)
+            .env_remove("BUILD_STATE_SOURCE")
+            .env_remove("BUILD_STATE_BUCKET")
+            .env_remove("BUILD_STATE_LOCAL_DIR")
+            .args(["states", "--pipeline", "pipelines/staged-image-build.yml"])
+            .args(["--resource", "state"]);
+        for v in vars {
+            cmd.args(["-v", v]);
+        }
+        cmd.output().unwrap()
+    };
+    let out = states(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("uses ((kickstart_backoff)), ((retry_backoff)) that no -v gives"),
+        "{err}"
+    );
+    let out = states(&["kickstart_backoff=10m", "retry_backoff=2m"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let five = crate::util::squeeze(table.lines().nth(2).unwrap());
+    assert!(
+        five.starts_with("5 kickstart initiated 5 3 10m, 20m"),
+        "{table}"
+    );
+}
