@@ -321,9 +321,17 @@ impl Out {
             t.row(vec!["retry at".into(), rfc3339::format(&r)]);
         }
         if let Some(e) = &doc.last_error {
+            let at = match doc.error_elsewhere() {
+                Some((stage, attempt)) => format!(
+                    "at {stage} {}, attempt {attempt} (the run went back to {}): ",
+                    crate::visible(config.ladder.name(stage).unwrap_or("?")),
+                    doc.state
+                ),
+                None => String::new(),
+            };
             t.row(vec![
                 "last error".into(),
-                format!("{} ({})", one_line(&e.message, 200), kind_of(e)),
+                format!("{at}{} ({})", one_line(&e.message, 200), kind_of(e)),
             ]);
         }
         if !labels.is_empty() {
@@ -480,7 +488,10 @@ impl Out {
                     age(&d.updated_at),
                     d.last_error
                         .as_ref()
-                        .map(|e| one_line(&e.message, 60))
+                        .map(|e| match d.error_elsewhere() {
+                            Some((stage, _)) => format!("at {stage}: {}", one_line(&e.message, 54)),
+                            None => one_line(&e.message, 60),
+                        })
                         .unwrap_or_default(),
                 ],
                 Err(e) => vec![

@@ -173,6 +173,21 @@ pub fn fold(history: &[Event]) -> Option<Summary> {
 }
 
 impl Document {
+    /// Where the last error came from, when another stage than the one the
+    /// build is at: the stage that failed and its attempt (a start-over
+    /// stage's failure sends the build back to its `resume_from`, which
+    /// then shows the error it did not make).
+    pub fn error_elsewhere(&self) -> Option<(Code, u32)> {
+        self.last_error.as_ref()?;
+        let e = self
+            .history
+            .iter()
+            .rev()
+            .find(|e| e.action == ActionKind::Fail && e.error == self.last_error)?;
+        let failed = e.target.unwrap_or(e.state);
+        (failed != self.state).then_some((failed, e.attempt))
+    }
+
     /// This document put back at `revision` (higher than any the build has
     /// had): its history, then a `restore` event that keeps where it stood
     /// (state, status, attempt, `retry_at`) and says which revision it

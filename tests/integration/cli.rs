@@ -1475,3 +1475,40 @@ fn a_closed_stdout_is_not_an_error() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+/// After a start-over stage fails (40, `resume_from: 10`), the build is at
+/// 10, failed, attempts 0: `show` and `list` say the error is 40's, which
+/// attempt, and that the run went back, so on-call looks at the right stage.
+#[test]
+fn a_start_over_shows_where_its_error_came_from() {
+    let w = World::new(Kind::Local, "start_over_error")
+        .with(json!({"retry": {"backoff": "0s", "states": {"40": {"resume_from": 10}}}}));
+    w.put(json!({"init": true})).ok();
+    for code in [0, 5, 10, 15, 20, 25, 30, 35] {
+        w.put(json!({"complete": code})).ok();
+    }
+    w.put(json!({"start": 40})).ok();
+    w.put(json!({"fail": 40, "error": "ansible: network role failed"}))
+        .ok();
+    let show = w.cli(&["show", "rhel8-web"]).text();
+    assert!(
+        show.contains(
+            "last error  at 40 network configuration, attempt 1 (the run went back to 10): ansible: network role failed (transient)"
+        ),
+        "{show}"
+    );
+    let list = crate::util::squeeze(&w.cli(&["list"]).text());
+    assert!(
+        list.contains("rhel8-web 10 green image created failed 0")
+            && list.contains("at 40: ansible: network role failed"),
+        "{list}"
+    );
+    // Once 10 fails on its own, its own error shows as before.
+    w.put(json!({"start": 10})).ok();
+    w.put(json!({"fail": 10, "error": "packer: timeout"})).ok();
+    let show = w.cli(&["show", "rhel8-web"]).text();
+    assert!(
+        show.contains("last error  packer: timeout (transient)"),
+        "{show}"
+    );
+}
