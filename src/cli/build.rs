@@ -414,7 +414,7 @@ pub(super) async fn act(
 }
 
 fn states(config: &Settings, out: &Out) -> Result<()> {
-    let fmt = crate::model::duration::format;
+    let fmt = crate::model::time::format;
     for warning in config.retry.capped() {
         out.note(warning);
     }

@@ -398,7 +398,16 @@ pub(super) async fn import(
                     Some(a.doc),
                 )),
                 Err(e) => {
-                    out.note(format!("error: {e}"));
+                    if matches!(
+                        &e.kind,
+                        crate::engine::ErrorKind::Refused(Refusal::Exists(_))
+                    ) {
+                        out.note(format!(
+                            "error: {e}; it is never overwritten without --force"
+                        ));
+                    } else {
+                        out.note(format!("error: {e}"));
+                    }
                     // Say what really failed: a document in the way, or the
                     // store (access, network, a corrupt document).
                     let why = match &e.kind {

@@ -193,7 +193,7 @@ pub(crate) async fn open(config: &Settings) -> Result<AnyStore> {
 
 /// A duration flag, read as the source's durations are.
 pub(crate) fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duration> {
-    crate::model::duration::parse(text)
+    crate::model::time::parse(text)
         .map_err(|e| anyhow!("{flag}: {e}; write e.g. 30s, 5m, 1h or 30d"))
 }
 

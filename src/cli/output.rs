@@ -124,13 +124,7 @@ pub(super) fn rows_json(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Va
 
 /// `3m`, `2h`, `5d`: how long ago.
 pub(super) fn age(t: &chrono::DateTime<chrono::Utc>) -> String {
-    let secs = (chrono::Utc::now() - *t).num_seconds().max(0);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m", secs / 60),
-        3600..86400 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
-    }
+    crate::model::time::ago((chrono::Utc::now() - *t).num_seconds())
 }
 
 /// Stored text on one line, at most `max` characters, every control

@@ -19,14 +19,7 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn duration(secs: i64) -> String {
-    let secs = secs.max(0);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
-        _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
-    }
-}
+use crate::model::time::span as duration;
 
 fn colour(s: Status) -> &'static str {
     match s {

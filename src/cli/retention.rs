@@ -154,7 +154,7 @@ fn judge(
     if doc.updated_at > cutoff {
         return kept(format!(
             "updated less than {} ago",
-            crate::model::duration::format(older_than)
+            crate::model::time::format(older_than)
         ));
     }
     Ok(doc)

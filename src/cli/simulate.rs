@@ -103,7 +103,7 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
             path.display(),
             p.jobs.len(),
             p.resources.len(),
-            crate::model::duration::format(scenario.until)
+            crate::model::time::format(scenario.until)
         )));
     }
     let name = path
@@ -132,7 +132,7 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
         })?;
     }
     if let Some(d) = &args.faults {
-        let outage = crate::model::duration::parse(d)
+        let outage = crate::model::time::parse(d)
             .ok()
             .filter(|d| !d.is_zero())
             .ok_or_else(|| unreadable(format!("--faults {d:?}: a duration such as 2s or 1m")))?;
@@ -170,7 +170,7 @@ fn swept(base: &Report, s: &Sweep) -> String {
         s.release,
         s.plays,
         s.moments,
-        crate::model::duration::format(Duration::from_secs_f64(s.outage))
+        crate::model::time::format(Duration::from_secs_f64(s.outage))
     );
     if !base.passed() {
         out.push_str("\nwithout faults the play does not hold:\n");
@@ -213,12 +213,10 @@ fn line(l: &crate::concourse::atc::Line) -> String {
     format!("{:>9}  {who:<30} {}{state}\n", clock(l.at), l.what)
 }
 
-fn clock(secs: u64) -> String {
-    format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
-}
+use crate::model::time::clock;
 
 fn span(secs: u64) -> String {
-    crate::model::duration::format(Duration::from_secs(secs))
+    crate::model::time::format(Duration::from_secs(secs))
 }
 
 /// The timeline and the summary, for people.

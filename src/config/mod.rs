@@ -167,7 +167,7 @@ fn duration(
 ) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(v) => crate::model::duration::parse(v)
+        Some(v) => crate::model::time::parse(v)
             .or_else(|e| err(field, format!("{e}; write e.g. 30s, 5m or 1h"))),
     }
 }

@@ -2,7 +2,6 @@
 //! computes the summary fields from the history.
 
 use super::ladder::{Code, Ladder};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -10,8 +9,7 @@ use std::collections::BTreeMap;
 /// The schema version this program reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// A timestamp as stored: UTC, millisecond precision.
-pub type Timestamp = DateTime<Utc>;
+pub use super::time::{Timestamp, rfc3339};
 
 pub use super::event::{ActionKind, Actor, ErrorInfo, Event, FailureKind, Status};
 
@@ -420,53 +418,4 @@ fn describe_mismatch(stored: &Summary, folded: &Summary) -> String {
         "its summary disagrees with its history: {}",
         diffs.join("; ")
     )
-}
-
-/// RFC 3339 timestamps in UTC with milliseconds (`2026-11-23T12:00:00.000Z`).
-pub mod rfc3339 {
-    use super::Timestamp;
-    use chrono::{DateTime, SecondsFormat, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// RFC 3339 with milliseconds, `Z`.
-    pub fn format(t: &Timestamp) -> String {
-        t.to_rfc3339_opts(SecondsFormat::Millis, true)
-    }
-
-    /// Parses RFC 3339.
-    pub fn parse(s: &str) -> Result<Timestamp, chrono::ParseError> {
-        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
-    }
-
-    /// Serializes a time as RFC 3339 with milliseconds.
-    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(t))
-    }
-
-    /// Deserializes an RFC 3339 time.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
-    }
-
-    /// The same for an optional time.
-    pub mod option {
-        use super::*;
-
-        /// Serializes an optional time.
-        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => super::serialize(t, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        /// Deserializes an optional time.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
-            match Option::<String>::deserialize(d)? {
-                Some(s) => parse(&s).map(Some).map_err(serde::de::Error::custom),
-                None => Ok(None),
-            }
-        }
-    }
 }

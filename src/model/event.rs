@@ -1,8 +1,8 @@
 //! What a document's history is made of: statuses, failure kinds and
 //! errors, actions, who acted, and the events themselves.
 
-use super::document::{Timestamp, rfc3339};
 use super::ladder::Code;
+use super::time::{Timestamp, rfc3339};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;

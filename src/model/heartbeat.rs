@@ -12,7 +12,7 @@
 use super::document::{Actor, Document, Status, Timestamp, rfc3339};
 use super::ladder::Code;
 use super::policy::RetryPolicy;
-use super::transition::{Refusal, allowed};
+use super::rules::{Refusal, allowed};
 use serde::{Deserialize, Serialize};
 
 /// `heartbeat.json`: the newest sign of life of an attempt in progress.

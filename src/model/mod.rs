@@ -2,12 +2,13 @@
 
 pub mod attention;
 pub mod document;
-pub mod duration;
 pub mod event;
 pub mod gate;
 pub mod heartbeat;
 pub mod ladder;
 pub mod policy;
+pub mod rules;
+pub mod time;
 pub mod transition;
 
 pub use attention::{Need, NeedKind, needs_human};

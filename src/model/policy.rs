@@ -91,7 +91,7 @@ impl RetryPolicy {
     /// with the wait used (the cap, for every failure): a setting that
     /// would otherwise be capped without a word.
     pub fn capped(&self) -> Vec<String> {
-        let fmt = super::duration::format;
+        let fmt = super::time::format;
         std::iter::once(("retry".to_string(), &self.default))
             .chain(
                 self.ranges

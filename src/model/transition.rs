@@ -4,8 +4,10 @@
 use super::document::{
     ActionKind, Actor, Document, DocumentError, ErrorInfo, Event, FailureKind, Status, Timestamp,
 };
-use super::ladder::{Code, Ladder, OffLadder};
+use super::ladder::{Code, Ladder};
 use super::policy::RetryPolicy;
+pub use super::rules::{Refusal, allowed};
+use super::rules::{run_is_over, stage_allows};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -176,76 +178,6 @@ pub enum Outcome {
     },
 }
 
-/// Why an update was refused. Every message says where the build is and
-/// what the caller can do.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("{build_id} has no state yet; cannot {attempted} (put `init: true` first)")]
-    /// The build has no document yet.
-    NoDocument {
-        /// The build.
-        build_id: String,
-        /// The action refused.
-        attempted: String,
-    },
-    #[error("{whereabouts}; cannot {attempted}; allowed now: {allowed}")]
-    /// The action is not allowed from where the build is.
-    NotAllowed {
-        /// Where the build is.
-        whereabouts: String,
-        /// The action refused.
-        attempted: String,
-        /// What is allowed now.
-        allowed: String,
-    },
-    #[error(transparent)]
-    /// A code off the ladder.
-    OffLadder(#[from] OffLadder),
-    #[error("{0}")]
-    /// Anything else, in words.
-    Invalid(String),
-    /// A whole document would replace an existing one (`import-sqlite`
-    /// without `--force`).
-    #[error("a document exists ({0}); it is never overwritten without --force")]
-    Exists(String),
-}
-
-/// The transition rules, written once: for each action on a stage, the
-/// statuses of that stage (the build's state) it is allowed from. `apply`
-/// refuses by this table and `allowed` lists from it.
-const STAGE_RULES: [(ActionKind, &[Status]); 5] = [
-    (
-        ActionKind::Start,
-        &[Status::Pending, Status::Failed, Status::InProgress],
-    ),
-    (
-        ActionKind::Complete,
-        &[Status::Pending, Status::InProgress, Status::Failed],
-    ),
-    (
-        ActionKind::Fail,
-        &[Status::Pending, Status::InProgress, Status::Failed],
-    ),
-    (
-        ActionKind::Retry,
-        &[Status::Failed, Status::Blocked, Status::InProgress],
-    ),
-    (ActionKind::Approve, &[Status::AwaitingApproval]),
-];
-
-/// Whether the staged action `kind` is allowed from `status`.
-fn stage_allows(kind: ActionKind, status: Status) -> bool {
-    STAGE_RULES
-        .iter()
-        .any(|(k, from)| *k == kind && from.contains(&status))
-}
-
-/// Whether a run in `status` is over (delivered or cancelled): `init` with
-/// `restart` starts a new one, `cancel` has nothing left to cancel.
-fn run_is_over(status: Status) -> bool {
-    matches!(status, Status::Completed | Status::Cancelled)
-}
-
 /// Applies `update` to `current` (`None`: no document yet).
 pub fn apply(
     current: Option<&Document>,
@@ -367,7 +299,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
                     "{}; its retry is due at {} (in {}): start {n} is refused until then (the backoff is binding); a human retries at once with retry {n}",
                     doc.whereabouts(),
                     super::document::rfc3339::format(&due),
-                    super::duration::format((due - update.at).to_std().unwrap_or_default()),
+                    super::time::format((due - update.at).to_std().unwrap_or_default()),
                 )));
             }
             if doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref()) {
@@ -764,16 +696,13 @@ fn dead_attempt(
             };
             format!(
                 "attempt {attempts} lost its heartbeat: {sign}, and no sign of life within the stage's heartbeat_timeout ({}) after it (dead since {}); its worker stopped",
-                super::duration::format(beat),
+                super::time::format(beat),
                 super::document::rfc3339::format(&dead)
             )
         }
         _ => format!(
             "attempt {attempts} timed out: in progress since {since}, longer than the stage's timeout ({}); its worker never reported",
-            policy
-                .timeout
-                .map(super::duration::format)
-                .unwrap_or_default()
+            policy.timeout.map(super::time::format).unwrap_or_default()
         ),
     };
     let error = ErrorInfo::new(message, FailureKind::Transient);
@@ -925,25 +854,6 @@ fn bounded(error: &ErrorInfo) -> ErrorInfo {
         message: format!("…{tail}"),
         ..error.clone()
     }
-}
-
-/// What may be done to the build as it stands, for refusal messages.
-pub fn allowed(doc: &Document) -> String {
-    let n = doc.state;
-    let mut out: Vec<String> = STAGE_RULES
-        .iter()
-        .filter(|(_, from)| from.contains(&doc.status))
-        .map(|(kind, _)| format!("{kind} {n}"))
-        .collect();
-    if run_is_over(doc.status) {
-        out.push("init with restart: true".to_string());
-    }
-    out.push("set (with a reason)".to_string());
-    if !run_is_over(doc.status) {
-        out.push("cancel".to_string());
-    }
-    out.push("restart".to_string());
-    out.join(", ")
 }
 
 /// Accepts a whole document produced elsewhere (a task, the CLI) when it

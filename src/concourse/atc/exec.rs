@@ -128,7 +128,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                     format!(
                         "{}: timed out after {}: failed",
                         describe(step),
-                        crate::model::duration::format(d)
+                        crate::model::time::format(d)
                     ),
                     None,
                 );

@@ -166,7 +166,7 @@ fn judge(
                 at.as_secs(),
                 format!(
                     "the store down for {} from {what}",
-                    crate::model::duration::format(outage)
+                    crate::model::time::format(outage)
                 ),
                 None,
             )

@@ -5,7 +5,7 @@ use super::scenario::Scenario;
 use super::stand::Played;
 use crate::concourse::Release;
 use crate::concourse::atc::pipeline::Pipeline;
-use crate::model::duration;
+use crate::model::time;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -209,14 +209,11 @@ fn expectations(p: &Pipeline, s: &Scenario, played: &Played, summary: &Summary) 
         let got = summary
             .delivered_at
             .map_or("never delivered".to_string(), |t| {
-                format!(
-                    "delivered after {}",
-                    duration::format(Duration::from_secs(t))
-                )
+                format!("delivered after {}", time::format(Duration::from_secs(t)))
             });
         out.push(format!(
             "expected delivery within {}; {got}",
-            duration::format(within)
+            time::format(within)
         ));
     }
     let doc = played.document.as_ref();
@@ -245,7 +242,7 @@ fn expectations(p: &Pipeline, s: &Scenario, played: &Played, summary: &Summary) 
     {
         out.push(format!(
             "expected every stage to start within {} of becoming due; the worst took {:.0}s ({:?})",
-            duration::format(within),
+            time::format(within),
             worst(&summary.handoffs),
             summary.handoffs
         ));
@@ -256,7 +253,7 @@ fn expectations(p: &Pipeline, s: &Scenario, played: &Played, summary: &Summary) 
         } else if worst(&played.dead_found) > within.as_secs_f64() {
             out.push(format!(
                 "expected every dead attempt found within {} of its deadline; the worst took {:.0}s",
-                duration::format(within),
+                time::format(within),
                 worst(&played.dead_found)
             ));
         }
@@ -291,12 +288,12 @@ fn alerted(p: &Pipeline, played: &Played, within: Duration) -> Option<String> {
         Some(t) if t - blocked <= within.as_secs() => None,
         Some(t) => Some(format!(
             "expected an alert within {} of the build becoming blocked; the first came after {}",
-            duration::format(within),
-            duration::format(Duration::from_secs(t - blocked))
+            time::format(within),
+            time::format(Duration::from_secs(t - blocked))
         )),
         None => Some(format!(
             "expected an alert within {} of the build becoming blocked; none came",
-            duration::format(within)
+            time::format(within)
         )),
     }
 }

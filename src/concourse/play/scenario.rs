@@ -18,7 +18,7 @@
 //!   failures: {"5": 2}
 //! ```
 
-use crate::model::duration;
+use crate::model::time;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -314,7 +314,7 @@ struct ScenarioFields {
 }
 
 fn dur(text: &str, at: &str) -> Result<Duration, String> {
-    duration::parse(text).map_err(|e| format!("{at}: {e}"))
+    time::parse(text).map_err(|e| format!("{at}: {e}"))
 }
 
 fn task_runs(name: &str, runs: Vec<Value>) -> Result<Vec<TaskRun>, String> {
@@ -479,8 +479,8 @@ impl Scenario {
                 Some(u) if u > MAX_UNTIL => {
                     return Err(format!(
                         "until: {} is more than the {} a simulation plays",
-                        crate::model::duration::format(u),
-                        crate::model::duration::format(MAX_UNTIL)
+                        crate::model::time::format(u),
+                        crate::model::time::format(MAX_UNTIL)
                     ));
                 }
                 u => u.unwrap_or(DEFAULT_UNTIL),

@@ -142,7 +142,7 @@ impl<S: Steps + 'static> Play<S> {
             if atc.elapsed() >= until {
                 let why = format!(
                     "the scenario's time ran out ({})",
-                    crate::model::duration::format(until)
+                    crate::model::time::format(until)
                 );
                 break (why, false);
             }
@@ -322,10 +322,7 @@ impl<S: Steps + 'static> Play<S> {
                 atc.log(None, format!("git: commit-{n} pushed"), None);
             }
             Happening::StoreDown(d) => {
-                let said = format!(
-                    "the store goes down for {}",
-                    crate::model::duration::format(*d)
-                );
+                let said = format!("the store goes down for {}", crate::model::time::format(*d));
                 atc.log(None, said, None);
                 // The event lasts until the store is back: what was waiting
                 // for it happens after that.

@@ -207,7 +207,7 @@ impl Wiring<'_> {
                     "stage {label}: task {} of job {} has no step timeout: a task that hangs (an SSH session that never returns, a worker lost unnoticed) holds the serial job, and every later build of the stage waits behind it; give it a timeout shorter than the stage's ({})",
                     task.name,
                     job.name,
-                    crate::model::duration::format(timeout)
+                    crate::model::time::format(timeout)
                 ));
                 continue;
             };
@@ -216,8 +216,8 @@ impl Wiring<'_> {
                     "stage {label}: task {} of job {} has a step timeout of {}, not shorter than the stage's timeout ({}): the gate opens again while the task may still run",
                     task.name,
                     job.name,
-                    crate::model::duration::format(t),
-                    crate::model::duration::format(timeout)
+                    crate::model::time::format(t),
+                    crate::model::time::format(timeout)
                 ));
             }
         }
