@@ -287,3 +287,39 @@ fn every_link_of_the_readme_and_docs_resolves() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert!(links > 30, "{links} links");
 }
+
+/// The custom ladder the state model shows is a valid source, and `states`
+/// shows what its comments say: "retry 5 times" is six attempts whose waits
+/// double from 2m, the final code runs no job.
+#[test]
+fn the_custom_ladder_example_is_what_its_comments_say() {
+    let text = std::fs::read_to_string(root().join("docs/state-model.md")).unwrap();
+    let start = text
+        .find("```yaml\nsource:\n  bucket: image-states\n  prefix: windows/")
+        .expect("the example")
+        + "```yaml\n".len();
+    let end = start + text[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ladder.yml");
+    std::fs::write(&file, &text[start..end]).unwrap();
+    let out = std::process::Command::new(crate::util::cli_path())
+        .args(["states", "--source"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let table = crate::util::squeeze(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "0 queued default 3 5m, 10m retry",
+        "10 base image built 10 3 5m, 10m retry 2h 10m -",
+        "20 patched 20 6 2m, 4m, 8m, 16m, 32m retry",
+        "30 hardened 30 3 5m, 10m retry - - yes",
+        "40 published final - (delivered: no job runs here)",
+    ] {
+        assert!(table.contains(want), "{want:?} in:\n{table}");
+    }
+}
