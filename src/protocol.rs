@@ -217,7 +217,7 @@ pub struct Source {
 /// The behaviour settings that decide what a put means (the ladder, the
 /// retry policy and the error patterns), as written in a source: `out`
 /// records them in the document, so that the CLI inside an image build
-/// decides exactly as the pipeline's resource does (SPEC 6, "one policy per
+/// decides exactly as the pipeline's resource does ("one policy per
 /// build").
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,20 +10,13 @@
 
 mod atc;
 mod build;
-mod cache;
-mod doctor;
 mod fleet;
-mod import;
-mod metrics;
 mod ops;
 mod output;
-mod report;
-mod retention;
-mod scan;
-mod serve;
 mod simulate;
 mod source;
-mod watch;
+#[cfg(test)]
+mod testing;
 
 use crate::Notes;
 use crate::config::Settings;
@@ -36,7 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-pub(crate) use scan::Row;
+pub(crate) use fleet::scan::Row;
 
 /// Exit codes, as documented in the README: an error.
 pub const EXIT_ERROR: u8 = 1;

@@ -250,7 +250,7 @@ impl SourceArgs {
     /// pipeline's resource does: without behaviour settings of its own
     /// (states, retry, error patterns), the CLI takes the ones the resource
     /// recorded in the document; with its own, it uses them, and warns
-    /// when they differ from the recorded ones (SPEC 6, one policy per build).
+    /// when they differ from the recorded ones (one policy per build).
     pub(crate) async fn build(
         &self,
         build_id: &str,

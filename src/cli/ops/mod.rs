@@ -2,7 +2,11 @@
 //! (`import-sqlite`), checking the store (`doctor`), retention (`prune`)
 //! and putting a stored version back (`restore`).
 
-use super::{Ctx, doctor, duration_flag, import, open, retention};
+mod doctor;
+mod import;
+mod retention;
+
+use super::{Ctx, duration_flag, open};
 use anyhow::Result;
 use std::path::PathBuf;
 

@@ -3,8 +3,7 @@
 //! judged; `restore` puts a stored version of a document back, as a new
 //! revision, by compare-and-swap.
 
-use super::output::{Out, Table};
-use super::{Row, build::actor, scan::scan};
+use crate::cli::output::{Out, Table};
 use crate::config::{Config, Settings};
 use crate::engine::Builds;
 use crate::model::document::rfc3339;
@@ -14,6 +13,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
+use {crate::cli::Row, crate::cli::build::actor, crate::cli::fleet::scan::scan};
 
 /// What prune did with one build, and why.
 struct Decision {
@@ -118,7 +118,7 @@ pub(super) async fn prune(
     if failures > 0 {
         bail!(
             "{} could not be pruned (see above)",
-            super::output::count(failures as u64, "build")
+            crate::cli::output::count(failures as u64, "build")
         );
     }
     Ok(())
@@ -449,9 +449,9 @@ mod tests {
 
     use super::*;
     use crate::cli::build::current;
-    use crate::cli::build::tests::{act_with, settings, text};
+    use crate::cli::fleet::scan::scan;
     use crate::cli::output::Out;
-    use crate::cli::scan::scan;
+    use crate::cli::testing::{act_with, settings, text};
     use crate::model::{Action, Actor, Update};
     use crate::store::memory::MemoryStore;
 

@@ -1,7 +1,7 @@
 //! `watch`: poll with conditional GETs and print each transition once.
 
 use super::cache::Cache;
-use super::output::Out;
+use crate::cli::output::Out;
 use crate::config::Settings;
 use crate::engine::{Builds, Read};
 use crate::model::{Document, Heartbeat};
@@ -318,10 +318,10 @@ fn seen_found(
 pub(crate) mod tests {
     //! `watch` on the in-memory store.
 
-    use super::super::{cache, scan::scan_cached};
     use super::*;
-    use crate::cli::build::tests::{act_with, settings, text, walk};
+    use crate::cli::fleet::{cache, scan::scan_cached};
     use crate::cli::output::Out;
+    use crate::cli::testing::{act_with, settings, text, walk};
     use crate::model::Action;
     use crate::store::memory::MemoryStore;
 

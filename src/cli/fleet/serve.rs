@@ -14,7 +14,6 @@
 //! `--allow-host`), so a page that reaches it through DNS rebinding gets
 //! nothing.
 
-use super::{Row, cache, metrics, output, scan::scan_cached};
 use crate::config::Settings;
 use crate::engine::Builds;
 use crate::store::AnyStore;
@@ -27,6 +26,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use {super::cache, super::metrics, super::scan::scan_cached, crate::cli::Row, crate::cli::output};
 
 /// How long a connection may take to send its request's headers.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -325,7 +325,7 @@ async fn accept(
     if drained.is_err() {
         notes.note(format!(
             "{} still open after {}s; closing",
-            super::output::count(tasks.len() as u64, "connection"),
+            crate::cli::output::count(tasks.len() as u64, "connection"),
             DRAIN.as_secs()
         ));
         tasks.abort_all();

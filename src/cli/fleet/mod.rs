@@ -2,9 +2,17 @@
 //! a stream of transitions (`watch`), a page (`report`), metrics and a live
 //! dashboard (`serve`). All read through [`scan`](super::scan) and its cache.
 
-use super::{Ctx, cache, duration_flag, metrics, open, report, scan::scan_cached, serve, watch};
+pub(crate) mod cache;
+mod metrics;
+mod report;
+pub(crate) mod scan;
+mod serve;
+mod watch;
+
+use super::{Ctx, duration_flag, open};
 use crate::model::Status;
 use anyhow::{Result, anyhow};
+use scan::scan_cached;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -139,9 +147,10 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
 mod tests {
     //! Staleness in every view.
 
-    use super::super::{build::current, scan::scan, watch::tests::watch_once};
-    use crate::cli::build::tests::text;
+    use super::{scan::scan, watch::tests::watch_once};
+    use crate::cli::build::current;
     use crate::cli::output::Out;
+    use crate::cli::testing::text;
     use crate::config::Settings;
     use crate::model::{Action, Actor, Update};
     use crate::store::AnyStore;

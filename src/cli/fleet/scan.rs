@@ -192,8 +192,8 @@ mod tests {
     //! The scan and its cache on the in-memory store.
 
     use super::*;
-    use crate::cli::build::tests::{act_with, settings, text, walk};
     use crate::cli::output::Out;
+    use crate::cli::testing::{act_with, settings, text, walk};
     use crate::model::{Action, Status};
     use crate::store::memory::MemoryStore;
 

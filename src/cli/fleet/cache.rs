@@ -58,7 +58,7 @@ mod as_text {
 }
 
 /// The cache of one store location.
-pub(super) struct Cache {
+pub(crate) struct Cache {
     path: PathBuf,
     file: File,
     dirty: bool,
@@ -238,7 +238,7 @@ impl Cache {
             if meta.permissions().mode() & 0o077 != 0 {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
             }
-            super::write_atomically(&self.path, &serde_json::to_vec(&self.file)?, 0o600)
+            crate::cli::write_atomically(&self.path, &serde_json::to_vec(&self.file)?, 0o600)
         };
         match write() {
             Ok(()) => self.dirty = false,

@@ -2,7 +2,7 @@
 //! with every build's timeline, failures per stage, and the builds that need
 //! a human.
 
-use super::Row;
+use crate::cli::Row;
 use crate::config::Settings;
 use crate::model::document::rfc3339;
 use crate::model::{ActionKind, Code, Document, Status, Timestamp};
@@ -158,7 +158,7 @@ fn timeline(config: &Settings, doc: &Document, now: Timestamp) -> String {
             s.state,
             esc(config.ladder.name(s.state).unwrap_or("?")),
             duration((s.to - s.from).num_seconds()),
-            super::output::count(s.failures, "failure"),
+            crate::cli::output::count(s.failures, "failure"),
             s.end
         );
         if width > 22.0 {
@@ -211,7 +211,7 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
 <h1>build-state report</h1>
 <p class="meta">{} under {} &middot; generated {}</p>
 "#,
-        super::output::count(rows.len() as u64, "build"),
+        crate::cli::output::count(rows.len() as u64, "build"),
         esc(&config.location(config.prefix())),
         rfc3339::format(&now)
     );
@@ -227,7 +227,7 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
 /// since when, why and what unblocks them, and the unreadable ones.
 fn needs_a_human(h: &mut String, config: &Settings, rows: &[Row], now: Timestamp) {
     h.push_str("<h2>Needs a human</h2>\n");
-    let needs = super::output::needs(rows, &config.retry, now);
+    let needs = crate::cli::output::needs(rows, &config.retry, now);
     let unreadable: Vec<&Row> = rows.iter().filter(|r| r.doc.is_err()).collect();
     if needs.is_empty() && unreadable.is_empty() {
         h.push_str("<p class=\"ok\">Nobody needs a human.</p>\n");
@@ -299,8 +299,8 @@ fn failures_per_stage(h: &mut String, config: &Settings, docs: &[&Document], now
             esc(&s.name),
             256.0 + bar,
             y + 13,
-            super::output::count(n, "failure"),
-            super::output::count(reached, "build"),
+            crate::cli::output::count(n, "failure"),
+            crate::cli::output::count(reached, "build"),
             rate
         );
     }

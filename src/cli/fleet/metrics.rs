@@ -2,7 +2,7 @@
 //! textfile collector (`--out FILE`, written atomically) or a push gateway.
 //! Names and labels are stable; the README lists them.
 
-use super::Row;
+use crate::cli::Row;
 use crate::config::Settings;
 use crate::model::{Document, Status, Timestamp};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -336,14 +336,14 @@ fn prometheus_text(openmetrics: &str) -> String {
 /// a file).
 pub(super) fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     // Readable by the node exporter, which often runs as another user.
-    super::write_atomically(path, text.as_bytes(), 0o644)
+    crate::cli::write_atomically(path, text.as_bytes(), 0o644)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::build::tests::{act_with, text};
     use crate::cli::output::Out;
+    use crate::cli::testing::{act_with, text};
     use crate::model::Action;
     use crate::store::AnyStore;
     use crate::store::memory::MemoryStore;
@@ -377,7 +377,7 @@ mod tests {
             }
         }
         text(&buf);
-        let rows = crate::cli::scan::scan(&settings, &store, 2, None)
+        let rows = super::super::scan::scan(&settings, &store, 2, None)
             .await
             .unwrap();
         let metrics = render(&settings, &rows, crate::now());
