@@ -96,15 +96,6 @@ impl Error {
     pub fn landed(&self) -> bool {
         matches!(self.kind, ErrorKind::Recorded(_))
     }
-
-    /// The exit code the CLI gives this error: 3 when the build has no
-    /// document, 1 otherwise (as the README documents).
-    pub fn exit_code(&self) -> u8 {
-        match self.kind {
-            ErrorKind::Refused(Refusal::NoDocument { .. }) => 3,
-            _ => 1,
-        }
-    }
 }
 
 /// A version given to `in` that its revision does not hold.

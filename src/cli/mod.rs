@@ -93,18 +93,45 @@ pub(crate) struct Ctx<'a> {
     pub(crate) no_cache: bool,
 }
 
-/// A build with no document: exit 3.
+/// How a command failed, and the exit code that says so (as the README
+/// documents): each failure is classified where it happens, never guessed
+/// from a message afterwards.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct NotFound(pub(crate) String);
+pub(crate) enum Error {
+    /// No such build (no document under its key): exit 3.
+    #[error("{0}")]
+    NotFound(String),
+    /// Input the command cannot use (`simulate`'s unreadable pipeline or
+    /// scenario): exit 2, as a usage error.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else (a refused transition, the store, unreadable input):
+    /// exit 1.
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+}
 
-/// The exit code of a failed command: 3 for a build with no document.
-fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<NotFound>().is_some() {
-        return EXIT_NOT_FOUND;
+impl Error {
+    /// The exit code.
+    pub(crate) fn code(&self) -> u8 {
+        match self {
+            Error::NotFound(_) => EXIT_NOT_FOUND,
+            Error::Usage(_) => EXIT_USAGE,
+            Error::Failed(_) => EXIT_ERROR,
+        }
     }
-    e.downcast_ref::<crate::engine::Error>()
-        .map_or(EXIT_ERROR, crate::engine::Error::exit_code)
+}
+
+/// The engine's errors, classified: a build with no document is not found.
+impl From<crate::engine::Error> for Error {
+    fn from(e: crate::engine::Error) -> Error {
+        match &e.kind {
+            crate::engine::ErrorKind::Refused(crate::model::Refusal::NoDocument { .. }) => {
+                Error::NotFound(e.to_string())
+            }
+            _ => Error::Failed(e.into()),
+        }
+    }
 }
 
 /// Runs the CLI on `args` (the first is the program's name); notes,
@@ -119,32 +146,23 @@ pub fn main(args: impl Iterator<Item = OsString>, notes: Arc<Notes>) -> Result<E
         }
     };
     let out = Out::new(cli.json, notes.clone());
-    if let Command::Simulate(args) = &cli.command {
+    let result = if let Command::Simulate(args) = &cli.command {
         // Its own runtime, on virtual time.
-        return Ok(ExitCode::from(
-            match simulate::run(args, &cli.source.vars, &cli.source.yaml_vars, &out) {
-                Ok(code) => code,
-                Err(e) => {
-                    notes.note(format!("error: {e:#}"));
-                    if e.downcast_ref::<simulate::Unreadable>().is_some() {
-                        EXIT_USAGE
-                    } else {
-                        EXIT_ERROR
-                    }
-                }
-            },
-        ));
-    }
-    match crate::run_to_end(run(cli, &out))? {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+        simulate::run(args, &cli.source.vars, &cli.source.yaml_vars, &out)
+    } else {
+        crate::run_to_end(run(cli, &out))?.map(|()| 0)
+    };
+    // The one place a command's error is printed.
+    Ok(ExitCode::from(match result {
+        Ok(code) => code,
         Err(e) => {
-            notes.note(format!("error: {e:#}"));
-            Ok(ExitCode::from(exit_code(&e)))
+            notes.note(format!("error: {e}"));
+            e.code()
         }
-    }
+    }))
 }
 
-async fn run(cli: Cli, out: &Out) -> Result<()> {
+async fn run(cli: Cli, out: &Out) -> Result<(), Error> {
     let ctx = Ctx {
         source: &cli.source,
         atc: &cli.atc,
@@ -153,17 +171,18 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
     };
     match cli.command {
         Command::Build(c) => build::run(c, &ctx).await,
-        Command::Fleet(c) => fleet::run(c, &ctx).await,
-        Command::Ops(c) => ops::run(c, &ctx).await,
-        Command::Simulate(_) => unreachable!("simulate runs on its own runtime"),
+        Command::Fleet(c) => Ok(fleet::run(c, &ctx).await?),
+        Command::Ops(c) => Ok(ops::run(c, &ctx).await?),
+        // Played by `main` on a runtime of its own.
+        Command::Simulate(_) => Ok(()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "build-state", &mut script);
-            out.write(&String::from_utf8_lossy(&script))
+            Ok(out.write(&String::from_utf8_lossy(&script))?)
         }
-        Command::Check => resource_cmd(crate::resource::Program::Check, out).await,
-        Command::In { dir } => resource_cmd(crate::resource::Program::In(dir), out).await,
-        Command::Out { dir } => resource_cmd(crate::resource::Program::Out(dir), out).await,
+        Command::Check => Ok(resource_cmd(crate::resource::Program::Check, out).await?),
+        Command::In { dir } => Ok(resource_cmd(crate::resource::Program::In(dir), out).await?),
+        Command::Out { dir } => Ok(resource_cmd(crate::resource::Program::Out(dir), out).await?),
     }
 }
 

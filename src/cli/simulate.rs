@@ -8,7 +8,7 @@ use crate::concourse::play::memory::InMemory;
 use crate::concourse::play::scenario::Scenario;
 use crate::concourse::{Release, Report};
 use crate::pipeline;
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -36,11 +36,6 @@ pub(super) struct Args {
     faults: Option<String>,
 }
 
-/// Why `simulate` could not run: an unreadable pipeline or scenario (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(super) struct Unreadable(pub(super) String);
-
 /// Runs the simulation; the exit code (0 held, 1 did not).
 /// At most this many jobs in a simulated pipeline.
 const MAX_JOBS: usize = 300;
@@ -50,8 +45,13 @@ const MAX_RESOURCES: usize = 400;
 /// default play is 28 jobs × 48 h = 1,344).
 const MAX_JOB_HOURS: u64 = 20_000;
 
-pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out) -> Result<u8> {
-    let unreadable = |m: String| anyhow!(Unreadable(m));
+pub(super) fn run(
+    args: &Args,
+    vars: &[String],
+    yaml_vars: &[String],
+    out: &Out,
+) -> Result<u8, super::Error> {
+    let unreadable = super::Error::Usage;
     let release: Release = args.release.parse().map_err(unreadable)?;
     let mut given = pipeline::Vars::new();
     for f in &args.vars_files {
@@ -141,7 +141,10 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
                 .map_err(|e| unreadable(e.to_string()))?;
         if out.json {
             let both = serde_json::json!({"without_faults": base, "sweep": sweep});
-            out.write(&format!("{}\n", serde_json::to_string_pretty(&both)?))?;
+            out.write(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&both).map_err(anyhow::Error::from)?
+            ))?;
         } else {
             out.write(&swept(&base, &sweep))?;
         }
@@ -155,7 +158,10 @@ pub(super) fn run(args: &Args, vars: &[String], yaml_vars: &[String], out: &Out)
         crate::concourse::simulate(&p, &name, release, &scenario, Rc::new(InMemory::new()))
             .map_err(|e| unreadable(e.to_string()))?;
     if out.json {
-        out.write(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+        out.write(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
+        ))?;
     } else {
         out.write(&human(&report))?;
     }

@@ -3,7 +3,7 @@
 //! become a [`Request`] and go through the library's one translator, as a
 //! put's params do.
 
-use super::{Ctx, NotFound, output::Out, output::Table};
+use super::{Ctx, Error, output::Out, output::Table};
 use crate::app::{Change, StoreClock};
 use crate::config::{Config, Settings};
 use crate::engine::Builds;
@@ -245,12 +245,12 @@ fn old_update(state: u32, status: Option<String>, error: Option<String>) -> Resu
     })
 }
 
-pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
+pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<(), Error> {
     let (src, out) = (ctx.source, ctx.out);
     match command {
         Command::States => {
             let settings = src.behaviour()?;
-            states(&settings, out)
+            Ok(states(&settings, out)?)
         }
         Command::Show { build_id } => {
             let (config, store) = src.build(&build_id, &out.notes).await?;
@@ -260,7 +260,7 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
             } else {
                 None
             };
-            out.document(&config, &doc, beat.as_ref())
+            Ok(out.document(&config, &doc, beat.as_ref())?)
         }
         Command::Heartbeat {
             build_id,
@@ -276,19 +276,19 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
                 by: actor(),
                 at: crate::now(),
             };
-            config.ladder.check(state)?;
+            config.ladder.check(state).map_err(anyhow::Error::from)?;
             let (doc, beat) = Builds::new(&config, &store).beat(&claim).await?;
-            out.beat(&doc, &beat)
+            Ok(out.beat(&doc, &beat)?)
         }
         Command::History { build_id } => {
             let (config, store) = src.build(&build_id, &out.notes).await?;
-            out.history(&current(&config, &store).await?)
+            Ok(out.history(&current(&config, &store).await?)?)
         }
         Command::Next { build_id } => {
             let (config, store) = src.build(&build_id, &out.notes).await?;
             let doc = current(&config, &store).await?;
             let now = crate::app::Clock::now(&StoreClock(&store));
-            next(&doc, now, out)
+            Ok(next(&doc, now, out)?)
         }
         action => {
             let (build_id, req, labels) = request(action)?;
@@ -361,15 +361,14 @@ pub(super) fn actor() -> Actor {
 }
 
 /// The live document of the configured build, or `NotFound`.
-pub(super) async fn current(config: &Config, store: &AnyStore) -> Result<Document> {
+pub(crate) async fn current(config: &Config, store: &AnyStore) -> Result<Document, Error> {
     match Builds::new(config, store).current().await? {
         Some(c) => Ok(c.doc),
-        None => Err(NotFound(format!(
+        None => Err(Error::NotFound(format!(
             "{} has no state at {} (check the build id and the prefix; `build-state list` shows every build)",
             config.build_id,
             config.location(&config.state_key())
-        ))
-        .into()),
+        ))),
     }
 }
 
@@ -380,7 +379,7 @@ pub(super) async fn act(
     req: &Request,
     handoff: &crate::handoff::Handoff,
     out: &Out,
-) -> Result<()> {
+) -> Result<(), Error> {
     let env = BuildEnv::from_env();
     let change = translate(
         req,
@@ -393,7 +392,8 @@ pub(super) async fn act(
             files: &WorkingDir,
             notes: &out.notes,
         },
-    )?;
+    )
+    .map_err(anyhow::Error::from)?;
     let described = match &change {
         Change::Apply(u) => u.action.describe(),
         Change::File(_) => "file".to_string(),
