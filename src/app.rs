@@ -9,14 +9,16 @@ use crate::model::{Document, Timestamp, Update, apply, extend};
 use crate::store::Store;
 
 /// Where the time of an event comes from.
-pub trait Clock {
+pub(crate) trait Clock {
     /// Now, at the precision a document stores (milliseconds).
     fn now(&self) -> Timestamp;
 }
 
-/// The system's clock.
-pub struct SystemClock;
+/// The system's clock (the tests'; the programs judge by the store's).
+#[cfg(test)]
+pub(crate) struct SystemClock;
 
+#[cfg(test)]
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         crate::now()
@@ -28,7 +30,7 @@ impl Clock for SystemClock {
 /// process's clock when the store tells none. One clock for every worker:
 /// a worker whose own clock is off neither kills a live stage nor skips a
 /// backoff.
-pub struct StoreClock<'a, S: Store>(pub &'a S);
+pub(crate) struct StoreClock<'a, S: Store>(pub &'a S);
 
 impl<S: Store> Clock for StoreClock<'_, S> {
     fn now(&self) -> Timestamp {
@@ -43,16 +45,17 @@ pub(crate) fn ms(t: Timestamp) -> Timestamp {
 
 /// A clock that shows what it is set to (tests, and the simulation's
 /// virtual time).
-pub struct ManualClock(pub std::sync::Mutex<Timestamp>);
+pub(crate) struct ManualClock(pub std::sync::Mutex<Timestamp>);
 
 impl ManualClock {
     /// A clock set to `at`.
-    pub fn at(at: Timestamp) -> ManualClock {
+    pub(crate) fn at(at: Timestamp) -> ManualClock {
         ManualClock(std::sync::Mutex::new(at))
     }
 
     /// Moves the clock on.
-    pub fn advance(&self, by: chrono::Duration) {
+    #[cfg(test)]
+    pub(crate) fn advance(&self, by: chrono::Duration) {
         let mut t = self.0.lock().unwrap();
         *t += by;
     }
@@ -66,7 +69,7 @@ impl Clock for ManualClock {
 
 /// What a put or a CLI action asks for.
 #[derive(Debug)]
-pub enum Change {
+pub(crate) enum Change {
     /// One action of the model (its time is set from the clock at each
     /// attempt of the compare-and-swap).
     Apply(Update),
@@ -82,7 +85,7 @@ pub enum Change {
 }
 
 /// Applies `change` to the configured build's document by compare-and-swap.
-pub async fn record<S: Store>(
+pub(crate) async fn record<S: Store>(
     config: &Config,
     store: &S,
     clock: &dyn Clock,
@@ -179,7 +182,7 @@ pub async fn record<S: Store>(
 /// that a ladder the caller does not know yet is no obstacle; `None` when
 /// there is no document or it recorded none. The CLI decides by them when
 /// it is not given settings of its own (one policy per build).
-pub async fn recorded_policy<S: Store>(
+pub(crate) async fn recorded_policy<S: Store>(
     config: &Config,
     store: &S,
 ) -> Result<Option<crate::protocol::Policy>, Error> {

@@ -10,18 +10,18 @@ use std::time::Duration;
 /// An error about one build's document, with where it is stored.
 #[derive(Debug, thiserror::Error)]
 #[error("{build_id} ({location}): {kind}")]
-pub struct Error {
+pub(crate) struct Error {
     /// The build the document belongs to.
-    pub build_id: String,
+    pub(crate) build_id: String,
     /// Where it is stored (`s3://bucket/key` or a path).
-    pub location: String,
+    pub(crate) location: String,
     /// What went wrong.
-    pub kind: ErrorKind,
+    pub(crate) kind: ErrorKind,
 }
 
 #[derive(Debug, thiserror::Error)]
 /// What went wrong with a document.
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     #[error(transparent)]
     /// The model refused the change.
     Refused(#[from] Refusal),
@@ -93,7 +93,7 @@ pub enum ErrorKind {
 impl Error {
     /// Whether a write landed before the error (a refusal after recording
     /// what was found): a put hands off all the same.
-    pub fn landed(&self) -> bool {
+    pub(crate) fn landed(&self) -> bool {
         matches!(self.kind, ErrorKind::Recorded(_))
     }
 }
@@ -103,29 +103,29 @@ impl Error {
 #[error(
     "version {{revision: {revision}, state: {state}, status: {status}}} does not match revision {revision} of this build ({found}); it was not emitted for this source (is build_id or prefix different from the resource that emitted it?)"
 )]
-pub struct Mismatch {
+pub(crate) struct Mismatch {
     /// The revision asked for.
-    pub revision: u64,
+    pub(crate) revision: u64,
     /// The state the version names (`-` when none).
-    pub state: String,
+    pub(crate) state: String,
     /// The status the version names (`-` when none).
-    pub status: String,
+    pub(crate) status: String,
     /// Where the revision really stands.
-    pub found: String,
+    pub(crate) found: String,
 }
 
 /// A document and the ETag it was read with.
 #[derive(Clone, Debug)]
-pub struct Current {
+pub(crate) struct Current {
     /// The document.
-    pub doc: Document,
+    pub(crate) doc: Document,
     /// Its ETag.
-    pub etag: String,
+    pub(crate) etag: String,
 }
 
 /// The answer to a conditional read.
 #[derive(Clone, Debug)]
-pub enum Read {
+pub(crate) enum Read {
     /// No document.
     Absent,
     /// The document still has the ETag the caller knew.
@@ -136,19 +136,20 @@ pub enum Read {
 
 /// The result of an update.
 #[derive(Clone, Debug)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// The document as written (or as found, for a no-op).
-    pub doc: Document,
+    pub(crate) doc: Document,
     /// The document's ETag; `None` when other writes have already followed
     /// this one (its answer was lost, and a later read found it landed).
-    pub etag: Option<String>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) etag: Option<String>,
     /// False when the update was a no-op (a replay, `init` of a fresh build,
     /// a `file` that adds nothing).
-    pub written: bool,
+    pub(crate) written: bool,
     /// Why a no-op counted nothing, when it was not a replay.
-    pub ignored: Option<String>,
+    pub(crate) ignored: Option<String>,
     /// The heartbeat written (beside the document, which is unchanged).
-    pub beat: Option<Heartbeat>,
+    pub(crate) beat: Option<Heartbeat>,
 }
 
 /// Bounds the compare-and-swap loop.
@@ -164,11 +165,11 @@ async fn backoff(attempt: u32) {
 }
 
 /// One build's documents in one store.
-pub struct Builds<'a, S> {
+pub(crate) struct Builds<'a, S> {
     /// The configuration (build, storage, rules).
-    pub config: &'a Config,
+    pub(crate) config: &'a Config,
     /// The store.
-    pub store: &'a S,
+    pub(crate) store: &'a S,
     /// Where the compare-and-swap loop says what it does (a conflict, a
     /// lost answer); nowhere when not given.
     notes: Option<&'a crate::Notes>,
@@ -176,7 +177,7 @@ pub struct Builds<'a, S> {
 
 impl<'a, S: Store> Builds<'a, S> {
     /// The documents of `config`'s build in `store`.
-    pub fn new(config: &'a Config, store: &'a S) -> Self {
+    pub(crate) fn new(config: &'a Config, store: &'a S) -> Self {
         Builds {
             config,
             store,
@@ -185,7 +186,7 @@ impl<'a, S: Store> Builds<'a, S> {
     }
 
     /// The same, saying what its writes meet in `notes`.
-    pub fn with_notes(self, notes: &'a crate::Notes) -> Self {
+    pub(crate) fn with_notes(self, notes: &'a crate::Notes) -> Self {
         Builds {
             notes: Some(notes),
             ..self
@@ -199,7 +200,7 @@ impl<'a, S: Store> Builds<'a, S> {
     }
 
     /// An error about `key`, naming the build and the location.
-    pub fn error(&self, key: &str, kind: impl Into<ErrorKind>) -> Error {
+    pub(crate) fn error(&self, key: &str, kind: impl Into<ErrorKind>) -> Error {
         Error {
             build_id: self.config.build_id.clone(),
             location: self.config.location(key),
@@ -208,7 +209,7 @@ impl<'a, S: Store> Builds<'a, S> {
     }
 
     /// Decodes and verifies a stored document.
-    pub fn decode(&self, key: &str, body: &[u8]) -> Result<Document, Error> {
+    pub(crate) fn decode(&self, key: &str, body: &[u8]) -> Result<Document, Error> {
         let doc: Document = serde_json::from_slice(body)
             .map_err(|e| self.error(key, ErrorKind::Unreadable(e.to_string())))?;
         if doc.build_id != self.config.build_id {
@@ -227,7 +228,7 @@ impl<'a, S: Store> Builds<'a, S> {
 
     /// Reads the live document; with `etag`, answers `Unchanged` when the
     /// object still has it (one request, no body).
-    pub async fn read(&self, etag: Option<&str>) -> Result<Read, Error> {
+    pub(crate) async fn read(&self, etag: Option<&str>) -> Result<Read, Error> {
         let key = self.config.state_key();
         match self.store.get(&key, etag).await {
             Ok(Fetched::Absent) => Ok(Read::Absent),
@@ -243,7 +244,7 @@ impl<'a, S: Store> Builds<'a, S> {
     /// The stored heartbeat of the build, if any. One that does not decode
     /// (written by another release) counts as none: a sign of life is
     /// never a reason to refuse anything.
-    pub async fn heartbeat(&self) -> Result<Option<Heartbeat>, Error> {
+    pub(crate) async fn heartbeat(&self) -> Result<Option<Heartbeat>, Error> {
         let key = self.config.heartbeat_key();
         match self.store.get(&key, None).await {
             Ok(Fetched::Found { body, .. }) => Ok(serde_json::from_slice(&body).ok()),
@@ -274,7 +275,7 @@ impl<'a, S: Store> Builds<'a, S> {
     /// Records a heartbeat for `claim`: reads the document, lets the model
     /// decide, and writes `heartbeat.json` (last writer wins; the document
     /// is not touched). Two requests.
-    pub async fn beat(&self, claim: &Claim) -> Result<(Document, Heartbeat), Error> {
+    pub(crate) async fn beat(&self, claim: &Claim) -> Result<(Document, Heartbeat), Error> {
         let state = self.config.state_key();
         let current = self.current().await?;
         // Its time is the store's, as the read just told it (one clock:
@@ -304,7 +305,7 @@ impl<'a, S: Store> Builds<'a, S> {
     }
 
     /// Reads the live document, if any.
-    pub async fn current(&self) -> Result<Option<Current>, Error> {
+    pub(crate) async fn current(&self) -> Result<Option<Current>, Error> {
         match self.read(None).await? {
             Read::Found(c) => Ok(Some(c)),
             _ => Ok(None),
@@ -312,7 +313,7 @@ impl<'a, S: Store> Builds<'a, S> {
     }
 
     /// The document as of `revision`: from the live run or an archived one.
-    pub async fn at_revision(
+    pub(crate) async fn at_revision(
         &self,
         current: Option<&Document>,
         revision: u64,
@@ -356,7 +357,7 @@ impl<'a, S: Store> Builds<'a, S> {
     /// is judged by the next read: when the stored history holds the event
     /// it added (the same revision, time, action and writer), it landed,
     /// and it is not applied a second time.
-    pub async fn update<F>(&self, mut decide: F) -> Result<Applied, Error>
+    pub(crate) async fn update<F>(&self, mut decide: F) -> Result<Applied, Error>
     where
         F: FnMut(Option<&Document>) -> Result<Outcome, Refusal>,
     {

@@ -14,38 +14,38 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// The most resources one put may name.
-pub const MAX_CHECKS: usize = 32;
+pub(crate) const MAX_CHECKS: usize = 32;
 
 /// How long all the webhook calls of one put may take together.
-pub const TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The pipeline whose resources a handoff checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     /// `ATC_EXTERNAL_URL`, without a trailing slash.
-    pub external_url: String,
+    pub(crate) external_url: String,
     /// `BUILD_TEAM_NAME`.
-    pub team: String,
+    pub(crate) team: String,
     /// `BUILD_PIPELINE_NAME`.
-    pub pipeline: String,
+    pub(crate) pipeline: String,
     /// `BUILD_PIPELINE_INSTANCE_VARS`, as `vars.` query parameters.
-    pub instance_vars: Vec<(String, String)>,
+    pub(crate) instance_vars: Vec<(String, String)>,
 }
 
 /// What a put (or a CLI action) hands off: the resources to check, and
 /// where, when that can be known.
 #[derive(Clone, Debug)]
-pub struct Handoff {
+pub(crate) struct Handoff {
     /// The resources, in the order given.
-    pub resources: Vec<String>,
+    pub(crate) resources: Vec<String>,
     /// The pipeline, or why there is none to call (no `ATC_EXTERNAL_URL`,
     /// no `webhook_token`, ...): said once, after the write.
-    pub target: Result<(Pipeline, Secret), String>,
+    pub(crate) target: Result<(Pipeline, Secret), String>,
 }
 
 impl Handoff {
     /// Nothing to check.
-    pub fn none() -> Handoff {
+    pub(crate) fn none() -> Handoff {
         Handoff {
             resources: Vec::new(),
             target: Err(String::new()),
@@ -56,7 +56,7 @@ impl Handoff {
     /// `env` with the source's `token`. A bad name is an error (nothing is
     /// written then); a missing pipeline or token is not: the put still
     /// records, and says the handoff was skipped.
-    pub fn new(
+    pub(crate) fn new(
         resources: &[String],
         env: &BuildEnv,
         token: Option<&Secret>,
@@ -98,12 +98,16 @@ impl Handoff {
     }
 
     /// Whether there is anything to check.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.resources.is_empty()
     }
 
     /// The webhook URL of `resource` (the token in its query).
-    pub fn url(pipeline: &Pipeline, resource: &str, token: &Secret) -> Result<url::Url, String> {
+    pub(crate) fn url(
+        pipeline: &Pipeline,
+        resource: &str,
+        token: &Secret,
+    ) -> Result<url::Url, String> {
         // Not quoted: a URL that does not parse may hold a password.
         let mut u = url::Url::parse(&pipeline.external_url)
             .map_err(|e| format!("ATC_EXTERNAL_URL is not a URL: {e}"))?;
@@ -208,7 +212,7 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
 
 /// Posts the webhook of every resource of `handoff`, at once, within
 /// [`TIMEOUT`] for all; says in `notes` what was checked and what failed.
-pub async fn call(handoff: &Handoff, notes: &Notes) {
+pub(crate) async fn call(handoff: &Handoff, notes: &Notes) {
     if handoff.is_empty() {
         return;
     }

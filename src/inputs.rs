@@ -10,11 +10,11 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The largest file read: 1 MiB (a document holds far less).
-pub const MAX_INPUT: u64 = 1 << 20;
+pub(crate) const MAX_INPUT: u64 = 1 << 20;
 
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
-pub enum InputError {
+pub(crate) enum InputError {
     /// No such file: a task that failed early may not have written it.
     #[error("{0}")]
     Missing(String),
@@ -34,7 +34,7 @@ fn io_error(path: &Path, e: std::io::Error) -> InputError {
 
 /// Reads `rel`, which must name a regular file inside `root` (after every
 /// symbolic link is followed). Errors are one phrase, without the param name.
-pub fn read_inside(root: &Path, rel: &str) -> Result<Vec<u8>, InputError> {
+pub(crate) fn read_inside(root: &Path, rel: &str) -> Result<Vec<u8>, InputError> {
     let full = root.join(rel);
     let real = full.canonicalize().map_err(|e| io_error(&full, e))?;
     let real_root = root.canonicalize().map_err(|e| io_error(root, e))?;
@@ -50,7 +50,7 @@ pub fn read_inside(root: &Path, rel: &str) -> Result<Vec<u8>, InputError> {
 }
 
 /// Reads `path`, which must be a regular file of at most [`MAX_INPUT`] bytes.
-pub fn read_regular(path: &Path) -> Result<Vec<u8>, InputError> {
+pub(crate) fn read_regular(path: &Path) -> Result<Vec<u8>, InputError> {
     let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
     not_regular(path, &meta.file_type())?;
     // Non-blocking, so that a file swapped for a FIFO meanwhile cannot hang
@@ -201,13 +201,13 @@ mod tests {
 /// Where the files a request names are read: the [`translate`] seam.
 ///
 /// [`translate`]: crate::request::translate
-pub trait Files {
+pub(crate) trait Files {
     /// The body of the file `path` names.
     fn read(&self, path: &str) -> Result<Vec<u8>, InputError>;
 }
 
 /// A put's files: inside the sources directory Concourse gives `out`.
-pub struct SourcesDir<'a>(pub &'a Path);
+pub(crate) struct SourcesDir<'a>(pub &'a Path);
 
 impl Files for SourcesDir<'_> {
     fn read(&self, path: &str) -> Result<Vec<u8>, InputError> {
@@ -216,7 +216,7 @@ impl Files for SourcesDir<'_> {
 }
 
 /// The CLI's files: paths as given, from the working directory.
-pub struct WorkingDir;
+pub(crate) struct WorkingDir;
 
 impl Files for WorkingDir {
     fn read(&self, path: &str) -> Result<Vec<u8>, InputError> {
@@ -226,11 +226,11 @@ impl Files for WorkingDir {
 
 /// Files in memory (for tests): a name not inserted is missing.
 #[derive(Default)]
-pub struct InMemory(std::collections::BTreeMap<String, Vec<u8>>);
+pub(crate) struct InMemory(std::collections::BTreeMap<String, Vec<u8>>);
 
 impl InMemory {
     /// Adds a file.
-    pub fn insert(&mut self, path: &str, body: &[u8]) {
+    pub(crate) fn insert(&mut self, path: &str, body: &[u8]) {
         self.0.insert(path.to_string(), body.to_vec());
     }
 }

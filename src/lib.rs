@@ -1,6 +1,7 @@
 //! build-state: a Concourse resource type that records each build's
 //! milestone (a state code) and status in one JSON document per build.
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod model;
 
@@ -11,18 +12,18 @@ pub fn now() -> model::Timestamp {
     chrono::Utc::now().trunc_subsecs(3)
 }
 
-pub mod app;
+pub(crate) mod app;
 pub mod cli;
 pub mod concourse;
 pub mod config;
-pub mod engine;
-pub mod handoff;
-pub mod inputs;
-pub mod net;
+pub(crate) mod engine;
+pub(crate) mod handoff;
+pub(crate) mod inputs;
+pub(crate) mod net;
 pub mod protocol;
-pub mod request;
+pub(crate) mod request;
 pub mod resource;
-pub mod store;
+pub(crate) mod store;
 
 /// What a program has to say besides its answer: warnings, progress,
 /// notes. The library never prints; it hands lines to the `Notes` the

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 /// Whether requests go through the proxies the environment names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Through `http_proxy` / `https_proxy`, unless `no_proxy` says not.
     Environment,
     /// Straight to the server (the instance metadata service).
@@ -29,7 +29,7 @@ pub enum Route {
 
 /// The TLS settings: the system's roots, plus the PEM certificates of
 /// `ca_bundle` when given.
-pub fn tls_context(ca_bundle: Option<&str>) -> Result<tls::TlsContext, String> {
+pub(crate) fn tls_context(ca_bundle: Option<&str>) -> Result<tls::TlsContext, String> {
     let mut trust = tls::TrustStore::default();
     if let Some(pem) = ca_bundle {
         trust = trust.with_pem_certificate(pem.as_bytes().to_vec());
@@ -41,7 +41,7 @@ pub fn tls_context(ca_bundle: Option<&str>) -> Result<tls::TlsContext, String> {
 }
 
 /// A connector with `tls`, routed as `route` says.
-pub fn connector(
+pub(crate) fn connector(
     tls: &tls::TlsContext,
     route: Route,
     settings: Option<&HttpConnectorSettings>,
@@ -104,7 +104,7 @@ impl HttpClient for Client {
 }
 
 /// An HTTP client for the AWS SDK with `tls`, routed as `route` says.
-pub fn http_client(tls: &tls::TlsContext, route: Route) -> SharedHttpClient {
+pub(crate) fn http_client(tls: &tls::TlsContext, route: Route) -> SharedHttpClient {
     SharedHttpClient::new(Client {
         tls: tls.clone(),
         route,

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 /// Where a request came from: how its fields are spelled in messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Front {
+pub(crate) enum Front {
     /// A put's params: `params.error_file`.
     Put,
     /// The CLI's arguments: `--error-file`.
@@ -26,7 +26,7 @@ pub enum Front {
 
 impl Front {
     /// The field as a name: `params.error` / `--error`.
-    pub fn name(self, field: &str) -> String {
+    pub(crate) fn name(self, field: &str) -> String {
         match self {
             Front::Put => format!("params.{field}"),
             Front::Cli => format!("--{}", field.replace('_', "-")),
@@ -68,11 +68,11 @@ impl Front {
 /// names the field as its front spells it).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct RequestError {
+pub(crate) struct RequestError {
     /// The field it is about (`error_file`, `status`, ...).
-    pub field: &'static str,
+    pub(crate) field: &'static str,
     /// What is wrong, in words.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 fn refuse(field: &'static str, message: String) -> RequestError {
@@ -82,30 +82,30 @@ fn refuse(field: &'static str, message: String) -> RequestError {
 /// One change asked for: an action and what goes with it, as given (files
 /// not read yet, words not parsed yet).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Request {
+pub(crate) struct Request {
     /// The action and its code (or reason, or file).
-    pub action: PutAction,
+    pub(crate) action: PutAction,
     /// What went wrong (`fail`, `finish`).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// A file holding what went wrong (`fail`, `finish`).
-    pub error_file: Option<String>,
+    pub(crate) error_file: Option<String>,
     /// `transient` or `persistent` (`fail`, `finish`).
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// The status a `set` puts the build in.
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// Why a `set` overrides the ladder.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// A file holding a JSON object merged into the build's vars.
-    pub vars_file: Option<String>,
+    pub(crate) vars_file: Option<String>,
     /// Free text recorded in the history entry.
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     /// The resources Concourse checks at once after the write landed.
-    pub check: Vec<String>,
+    pub(crate) check: Vec<String>,
 }
 
 impl Request {
     /// `action` with nothing else.
-    pub fn new(action: PutAction) -> Request {
+    pub(crate) fn new(action: PutAction) -> Request {
         Request {
             action,
             error: None,
@@ -120,7 +120,7 @@ impl Request {
     }
 
     /// A put's params: exactly one action, plus what goes with it.
-    pub fn from_params(p: &OutParams) -> Result<Request, RequestError> {
+    pub(crate) fn from_params(p: &OutParams) -> Result<Request, RequestError> {
         let action = PutAction::of(p).map_err(|m| refuse("params", m))?;
         Ok(Request {
             action,
@@ -137,26 +137,26 @@ impl Request {
 }
 
 /// Everything a request is translated against.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// Spells the fields in messages.
-    pub front: Front,
+    pub(crate) front: Front,
     /// The build's configuration: ladder, classifier.
-    pub config: &'a Config,
+    pub(crate) config: &'a Config,
     /// The Concourse build (for `finish`: its status and name).
-    pub env: &'a BuildEnv,
+    pub(crate) env: &'a BuildEnv,
     /// Who makes the change.
-    pub actor: Actor,
+    pub(crate) actor: Actor,
     /// When (the application layer sets it again at each attempt).
-    pub now: Timestamp,
+    pub(crate) now: Timestamp,
     /// Where named files are read.
-    pub files: &'a dyn Files,
+    pub(crate) files: &'a dyn Files,
     /// Where warnings go.
-    pub notes: &'a Notes,
+    pub(crate) notes: &'a Notes,
 }
 
 /// Turns `req` into the change to record, or says what is wrong with it.
 /// Nothing is written; warnings (a fallback taken) go to `cx.notes`.
-pub fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, RequestError> {
+pub(crate) fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, RequestError> {
     let front = cx.front;
     let name = req.action.name();
     let fails = matches!(req.action, PutAction::Fail(_) | PutAction::Finish(_));

@@ -114,7 +114,7 @@ pub fn check_request(input: &[u8]) -> Result<(Config, Option<Version>)> {
 }
 
 /// `check` on a given store, at the clock's time.
-pub async fn check_store<S: Store>(
+pub(crate) async fn check_store<S: Store>(
     config: &Config,
     store: &S,
     clock: &dyn Clock,
@@ -316,7 +316,7 @@ pub fn get_request(input: &[u8]) -> Result<(Config, Version, Option<crate::model
 }
 
 /// `in` on a given store, into `dest`.
-pub async fn get_store<S: Store>(
+pub(crate) async fn get_store<S: Store>(
     config: &Config,
     store: &S,
     version: Version,
@@ -334,7 +334,7 @@ pub async fn get_store<S: Store>(
 }
 
 /// `in` on a given store: the reply and the files it writes.
-pub async fn get_files<S: Store>(
+pub(crate) async fn get_files<S: Store>(
     config: &Config,
     store: &S,
     version: Version,
@@ -424,7 +424,7 @@ pub fn landed(result: &Result<(Response, bool)>) -> bool {
 /// An `out` request read and validated, its files read from `files`: the
 /// configuration, the change to record and what to hand off once it
 /// landed (`check:`). Nothing is written.
-pub fn put_request(
+pub(crate) fn put_request(
     input: &[u8],
     files: &dyn crate::inputs::Files,
     env: &BuildEnv,
@@ -467,8 +467,10 @@ pub fn put_request(
     Ok((config, change, handoff))
 }
 
-/// `out` on a given store, at the clock's time, once its params are read.
-pub async fn put_store<S: Store>(
+/// `out` on a given store, at the clock's time, once its params are read
+/// (the tests'; the program hands off too: [`put_landed`]).
+#[cfg(test)]
+pub(crate) async fn put_store<S: Store>(
     config: &Config,
     store: &S,
     clock: &dyn Clock,
@@ -478,9 +480,9 @@ pub async fn put_store<S: Store>(
     Ok(put_landed(config, store, clock, change, notes).await?.0)
 }
 
-/// [`put_store`], and whether to hand off now: a write landed, or the put
+/// `out` on a given store, and whether to hand off now: a write landed, or the put
 /// only hands off (never after a refusal, a replay or a heartbeat).
-pub async fn put_landed<S: Store>(
+pub(crate) async fn put_landed<S: Store>(
     config: &Config,
     store: &S,
     clock: &dyn Clock,

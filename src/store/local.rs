@@ -17,14 +17,14 @@ use std::time::Duration;
 /// no program's async thread, so `serve` goes on answering and stops on
 /// SIGTERM, and a step fails within its bound instead of hanging.
 #[derive(Clone)]
-pub struct LocalStore {
+pub(crate) struct LocalStore {
     root: Arc<PathBuf>,
     deadline: Duration,
 }
 
 /// The longest one operation on a local directory may take: an S3
 /// request's attempt timeout.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A write's condition, owned (to cross to a blocking thread).
 enum Condition {
@@ -51,7 +51,7 @@ impl Condition {
     }
 }
 
-pub use super::etag_of;
+pub(crate) use super::etag_of;
 use super::same_etag;
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -87,7 +87,7 @@ fn lock(path: &Path) -> Result<File, StoreError> {
 
 impl LocalStore {
     /// The store rooted at `root`.
-    pub fn new(root: PathBuf) -> LocalStore {
+    pub(crate) fn new(root: PathBuf) -> LocalStore {
         LocalStore {
             root: Arc::new(root),
             deadline: DEADLINE,
@@ -95,7 +95,8 @@ impl LocalStore {
     }
 
     /// The same store, each operation within `deadline` (tests).
-    pub fn with_deadline(mut self, deadline: Duration) -> LocalStore {
+    #[cfg(test)]
+    pub(crate) fn with_deadline(mut self, deadline: Duration) -> LocalStore {
         self.deadline = deadline;
         self
     }
@@ -490,7 +491,7 @@ pub(crate) fn write_atomically(path: &Path, body: &[u8], mode: u32) -> std::io::
 const CURRENT: &str = "current";
 
 /// Versions kept of each object written (the newest ones).
-pub const KEEP_VERSIONS: usize = 10;
+pub(crate) const KEEP_VERSIONS: usize = 10;
 
 fn modified(path: &Path) -> Result<Option<crate::model::Timestamp>, StoreError> {
     match fs::metadata(path) {

@@ -6,7 +6,7 @@
 //! write), or another writer's change slipped in just before a write (a
 //! real conflict). In the style of mountpoint-s3's failure client.
 
-pub use super::etag_of;
+pub(crate) use super::etag_of;
 use super::{Fetched, Precondition, Store, StoreError, same_etag};
 use crate::model::Timestamp;
 use std::collections::{BTreeMap, VecDeque};
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Objects in memory, with S3's conditional semantics.
 #[derive(Default)]
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
     /// With versioning: every body each key has had, oldest first.
     versions: Option<Mutex<BTreeMap<String, Vec<Vec<u8>>>>>,
@@ -26,13 +26,14 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     /// An empty store.
-    pub fn new() -> MemoryStore {
+    pub(crate) fn new() -> MemoryStore {
         MemoryStore::default()
     }
 
     /// An empty store that keeps every version, as a bucket with
     /// versioning does (version ids `v1`, `v2`, ...).
-    pub fn versioned() -> MemoryStore {
+    #[cfg(test)]
+    pub(crate) fn versioned() -> MemoryStore {
         MemoryStore {
             versions: Some(Mutex::default()),
             ..MemoryStore::default()
@@ -40,7 +41,7 @@ impl MemoryStore {
     }
 
     /// Rises with every change of what is stored.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
     }
 
@@ -59,18 +60,20 @@ impl MemoryStore {
     }
 
     /// The body stored under `key`, if any.
-    pub fn body(&self, key: &str) -> Option<Vec<u8>> {
+    pub(crate) fn body(&self, key: &str) -> Option<Vec<u8>> {
         self.objects.lock().unwrap().get(key).cloned()
     }
 
     /// Removes `key` unconditionally (another tool's delete).
-    pub fn remove(&self, key: &str) {
+    #[cfg(test)]
+    pub(crate) fn remove(&self, key: &str) {
         self.changed();
         self.objects.lock().unwrap().remove(key);
     }
 
     /// Writes `key` unconditionally (a hand edit, another tool).
-    pub fn set(&self, key: &str, body: Vec<u8>) {
+    #[cfg(test)]
+    pub(crate) fn set(&self, key: &str, body: Vec<u8>) {
         self.changed();
         self.keep(key, &body);
         self.objects.lock().unwrap().insert(key.to_string(), body);
@@ -204,7 +207,7 @@ impl Store for MemoryStore {
 
 /// A store operation, for counting and for aiming faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Op {
+pub(crate) enum Op {
     /// A read.
     Get,
     /// A write.
@@ -215,8 +218,10 @@ pub enum Op {
     Delete,
 }
 
-/// What to do to one call of a store `S`.
-pub enum Fault<S = MemoryStore> {
+/// What to do to one call of a store `S` (`simulate` injects failures; the
+/// tests every kind).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Fault<S = MemoryStore> {
     /// Fail without touching the store.
     Fail(StoreError),
     /// Apply a write, then report it lost ([`StoreError::Uncertain`]).
@@ -232,7 +237,7 @@ type Queue<S> = VecDeque<(usize, Fault<S>)>;
 /// Wraps any store (the memory store by default, the local store too);
 /// faults are queued per operation and fire on the calls they are aimed at
 /// (the nth call of that operation, 1-based).
-pub struct FaultyStore<S = MemoryStore> {
+pub(crate) struct FaultyStore<S = MemoryStore> {
     inner: S,
     faults: Mutex<BTreeMap<Op, Queue<S>>>,
     calls: Mutex<BTreeMap<Op, usize>>,
@@ -244,7 +249,7 @@ pub struct FaultyStore<S = MemoryStore> {
 
 impl<S: Store> FaultyStore<S> {
     /// Wraps `inner` with no fault yet.
-    pub fn new(inner: S) -> FaultyStore<S> {
+    pub(crate) fn new(inner: S) -> FaultyStore<S> {
         FaultyStore {
             inner,
             faults: Mutex::default(),
@@ -257,17 +262,17 @@ impl<S: Store> FaultyStore<S> {
     /// Every call made at a time from `from` until `until` fails, as a
     /// store that is down does (the time is the one [`FaultyStore::at`] set);
     /// such a call is neither counted nor met by a fault aimed at a call.
-    pub fn outage(&self, from: Timestamp, until: Timestamp) {
+    pub(crate) fn outage(&self, from: Timestamp, until: Timestamp) {
         self.outages.lock().unwrap().push((from, until));
     }
 
     /// The calls that follow are made at `now`.
-    pub fn at(&self, now: Timestamp) {
+    pub(crate) fn at(&self, now: Timestamp) {
         *self.clock.lock().unwrap() = Some(now);
     }
 
     /// Whether the store is down now (an outage covers the clock).
-    pub fn down(&self) -> bool {
+    pub(crate) fn down(&self) -> bool {
         let Some(now) = *self.clock.lock().unwrap() else {
             return false;
         };
@@ -280,7 +285,8 @@ impl<S: Store> FaultyStore<S> {
 
     /// Aims `fault` at the `nth` call of `op` (1-based, counted from the
     /// store's creation).
-    pub fn on(&self, op: Op, nth: usize, fault: Fault<S>) -> &Self {
+    #[cfg(test)]
+    pub(crate) fn on(&self, op: Op, nth: usize, fault: Fault<S>) -> &Self {
         self.faults
             .lock()
             .unwrap()
@@ -291,12 +297,13 @@ impl<S: Store> FaultyStore<S> {
     }
 
     /// Calls of `op` so far.
-    pub fn calls(&self, op: Op) -> usize {
+    #[cfg(test)]
+    pub(crate) fn calls(&self, op: Op) -> usize {
         self.calls.lock().unwrap().get(&op).copied().unwrap_or(0)
     }
 
     /// The wrapped store.
-    pub fn inner(&self) -> &S {
+    pub(crate) fn inner(&self) -> &S {
         &self.inner
     }
 

@@ -1,16 +1,16 @@
 //! Storage of documents: one small trait with conditional reads and writes,
 //! implemented for S3 and for a local directory.
 
-pub mod local;
-pub mod memory;
-pub mod s3;
+pub(crate) mod local;
+pub(crate) mod memory;
+pub(crate) mod s3;
 mod s3_errors;
 
 use crate::config::{Settings, Storage};
 
 /// The answer to a (conditional) read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// No object under the key.
     Absent,
     /// The object still has the ETag the caller knew (no body transferred).
@@ -26,7 +26,7 @@ pub enum Fetched {
 
 /// The condition a write depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precondition<'a> {
+pub(crate) enum Precondition<'a> {
     /// Create: only if no object exists (`If-None-Match: *`).
     Absent,
     /// Replace: only if the object still has this ETag (`If-Match`).
@@ -41,29 +41,29 @@ pub enum Precondition<'a> {
 /// object does (S3: the ETag from ListObjectsV2; a local directory: the
 /// file's modification time and size).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listed {
+pub(crate) struct Listed {
     /// The key.
-    pub key: String,
+    pub(crate) key: String,
     /// Changes whenever the object does.
-    pub tag: String,
+    pub(crate) tag: String,
 }
 
 /// One stored version of an object (on a bucket with versioning).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredVersion {
+pub(crate) struct StoredVersion {
     /// The store's id of the version.
-    pub version_id: String,
+    pub(crate) version_id: String,
     /// When it was stored.
-    pub stored_at: crate::model::Timestamp,
+    pub(crate) stored_at: crate::model::Timestamp,
     /// Whether it is the object's current version.
-    pub latest: bool,
+    pub(crate) latest: bool,
     /// A delete marker (the object was deleted then), with no body.
-    pub deleted: bool,
+    pub(crate) deleted: bool,
 }
 
 /// Whether a bucket keeps the versions of its objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Versioning {
+pub(crate) enum Versioning {
     /// Every write keeps the previous version.
     On,
     /// Versioning was turned on once and is suspended now.
@@ -76,11 +76,11 @@ pub enum Versioning {
 /// far less (a thousand-event history is about 400 KiB); anything bigger is
 /// a hand edit or another tool's object, refused before its body is read,
 /// so that check, in and out stay small whatever is stored.
-pub const MAX_OBJECT: u64 = 4 << 20;
+pub(crate) const MAX_OBJECT: u64 = 4 << 20;
 
 /// Why a store operation failed. `Conflict` is the one callers branch on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// The precondition did not hold, and a fresh read confirmed that the
     /// object is no longer as it was read (or no longer absent).
     #[error(
@@ -129,7 +129,7 @@ pub enum StoreError {
 
 /// The ETag S3 gives a body it stored in one piece: its MD5, quoted. The
 /// local store and the test stores use it too.
-pub fn etag_of(body: &[u8]) -> String {
+pub(crate) fn etag_of(body: &[u8]) -> String {
     use md5::{Digest, Md5};
     let hex: String = Md5::digest(body)
         .iter()
@@ -139,7 +139,7 @@ pub fn etag_of(body: &[u8]) -> String {
 }
 
 /// The ETag without quotes or a weak prefix: the part servers compare.
-pub fn bare_etag(etag: &str) -> &str {
+pub(crate) fn bare_etag(etag: &str) -> &str {
     let e = etag.trim();
     let e = e.strip_prefix("W/").unwrap_or(e);
     e.strip_prefix('"')
@@ -149,22 +149,22 @@ pub fn bare_etag(etag: &str) -> &str {
 
 /// Whether two ETags name the same content, however each is quoted: the
 /// one comparison every store makes.
-pub fn same_etag(a: &str, b: &str) -> bool {
+pub(crate) fn same_etag(a: &str, b: &str) -> bool {
     bare_etag(a) == bare_etag(b)
 }
 
 /// A time told by the store: what its clock said, and when (on this
 /// process's monotonic clock) that was heard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoreTime {
+pub(crate) struct StoreTime {
     /// The store's time.
-    pub at: crate::model::Timestamp,
+    pub(crate) at: crate::model::Timestamp,
     /// How finely it tells time (S3's `Date`: a second, truncated).
-    pub resolution: std::time::Duration,
+    pub(crate) resolution: std::time::Duration,
     /// When this process heard it.
-    pub heard: std::time::Instant,
+    pub(crate) heard: std::time::Instant,
     /// This machine's clock then.
-    pub local: crate::model::Timestamp,
+    pub(crate) local: crate::model::Timestamp,
 }
 
 impl StoreTime {
@@ -172,7 +172,7 @@ impl StoreTime {
     /// store's within what the store can tell (its answer's resolution),
     /// this machine's clock, which is finer; otherwise the store's, plus
     /// what has elapsed since (the middle of its resolution).
-    pub fn now(&self) -> crate::model::Timestamp {
+    pub(crate) fn now(&self) -> crate::model::Timestamp {
         let resolution = chrono::Duration::from_std(self.resolution).unwrap_or_default();
         let slack = chrono::Duration::milliseconds(250);
         if self.local >= self.at - slack && self.local <= self.at + resolution + slack {
@@ -185,7 +185,7 @@ impl StoreTime {
 
 /// Conditional object storage.
 #[allow(async_fn_in_trait)]
-pub trait Store {
+pub(crate) trait Store {
     /// The store's clock, as its newest answer told it (S3: the `Date` of
     /// its answers; a local directory: the modification time the file
     /// system gives a write); `None` when it tells none (then the local
@@ -247,7 +247,7 @@ pub trait Store {
 }
 
 /// The store a configuration names.
-pub enum AnyStore {
+pub(crate) enum AnyStore {
     /// A local directory.
     Local(local::LocalStore),
     /// An S3 bucket.
@@ -262,7 +262,7 @@ pub enum AnyStore {
 
 impl AnyStore {
     /// Opens the store `config` names.
-    pub async fn open(config: &Settings) -> Result<AnyStore, StoreError> {
+    pub(crate) async fn open(config: &Settings) -> Result<AnyStore, StoreError> {
         Ok(match &config.storage {
             Storage::Local { dir, .. } => AnyStore::Local(local::LocalStore::new(dir.clone())),
             Storage::S3(s3) => AnyStore::S3(s3::S3Store::connect(s3).await?),
@@ -270,7 +270,7 @@ impl AnyStore {
     }
 
     /// The server quirks this process has met and works around, in words.
-    pub fn quirks(&self) -> Vec<String> {
+    pub(crate) fn quirks(&self) -> Vec<String> {
         match self {
             AnyStore::S3(s) => s.quirks(),
             _ => Vec::new(),

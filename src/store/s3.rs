@@ -74,7 +74,7 @@ impl aws_sdk_s3::config::Intercept for ReadsAnswers {
 }
 
 /// Documents in an S3 bucket.
-pub struct S3Store {
+pub(crate) struct S3Store {
     /// The server's clock, as its newest answer told it.
     date: Arc<std::sync::Mutex<Option<super::StoreTime>>>,
     client: Client,
@@ -95,7 +95,7 @@ const QUOTED: u8 = 0;
 /// An ETag written without its quotes (what Ceph RGW matches `If-Match` to).
 const BARE: u8 = 1;
 
-pub use super::{bare_etag, same_etag};
+pub(crate) use super::{bare_etag, same_etag};
 
 fn etag_in(form: u8, etag: &str) -> String {
     match form {
@@ -119,7 +119,7 @@ enum PutAnswer {
 
 impl S3Store {
     /// A client for the bucket `cfg` names.
-    pub async fn connect(cfg: &S3Config) -> Result<S3Store, StoreError> {
+    pub(crate) async fn connect(cfg: &S3Config) -> Result<S3Store, StoreError> {
         let tls = crate::net::tls_context(cfg.ca_bundle.as_deref())
             .map_err(|e| StoreError::Other(format!("source.ca_bundle cannot be used: {e}")))?;
         let http = crate::net::http_client(&tls, crate::net::Route::Environment);
@@ -263,7 +263,7 @@ impl S3Store {
 
     /// The server's quirks this process has learned and works around, in
     /// words (for `doctor`).
-    pub fn quirks(&self) -> Vec<String> {
+    pub(crate) fn quirks(&self) -> Vec<String> {
         let mut q = Vec::new();
         if self.if_match_form.load(Ordering::Relaxed) == BARE {
             q.push(

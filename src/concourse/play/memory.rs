@@ -1,6 +1,6 @@
 //! The resource's own `check`, `in` and `out`, in memory: the functions
-//! the programs run ([`crate::resource`]), on a [`MemoryStore`] behind the
-//! project's one fault wrapper ([`FaultyStore`]: outages at the
+//! the programs run ([`crate::resource`]), on a `MemoryStore` behind the
+//! project's one fault wrapper (`FaultyStore`: outages at the
 //! simulation's clock).
 
 use super::Steps;
