@@ -127,6 +127,41 @@ pub(super) fn age(t: &chrono::DateTime<chrono::Utc>) -> String {
     crate::model::time::ago((chrono::Utc::now() - *t).num_seconds())
 }
 
+/// `show`'s rows of detail: when the retry is due, the last error (and
+/// whose, after a start-over), labels, vars.
+fn detail_rows(t: &mut Table, config: &Config, doc: &Document) {
+    let labels: Vec<String> = doc.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Some(r) = doc.retry_at {
+        t.row(vec!["retry at".into(), rfc3339::format(&r)]);
+    }
+    if let Some(e) = &doc.last_error {
+        let at = match doc.error_elsewhere() {
+            Some((stage, attempt)) => format!(
+                "at {stage} {}, attempt {attempt} (the run went back to {}): ",
+                crate::visible(config.ladder.name(stage).unwrap_or("?")),
+                doc.state
+            ),
+            None => String::new(),
+        };
+        t.row(vec![
+            "last error".into(),
+            format!("{at}{} ({})", one_line(&e.message, 200), kind_of(e)),
+        ]);
+    }
+    if !labels.is_empty() {
+        t.row(vec![
+            "labels".into(),
+            crate::visible(&labels.join(" ")).into_owned(),
+        ]);
+    }
+    if !doc.vars.is_empty() {
+        t.row(vec![
+            "vars".into(),
+            crate::visible(&Value::Object(doc.vars.clone()).to_string()).into_owned(),
+        ]);
+    }
+}
+
 /// Stored text on one line, at most `max` characters, every control
 /// character shown escaped ([`crate::visible`]).
 fn one_line(s: &str, max: usize) -> String {
@@ -259,7 +294,6 @@ impl Out {
             return self.print_json(&serde_json::to_value(doc)?);
         }
         let last = doc.last_event();
-        let labels: Vec<String> = doc.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut t = Table::new(&[
             "build",
             &format!(
@@ -281,65 +315,8 @@ impl Out {
         };
         t.row(vec!["status".into(), status]);
         t.row(vec!["attempts".into(), doc.attempts.to_string()]);
-        if doc.status == Status::InProgress {
-            t.row(vec![
-                "heartbeat".into(),
-                match beat {
-                    Some(h) => format!(
-                        "{} ({} ago) by {}",
-                        rfc3339::format(&h.at),
-                        age(&h.at),
-                        crate::visible(&h.by.describe())
-                    ),
-                    None => "none yet".to_string(),
-                },
-            ]);
-        }
-        if let Some(n) = &need {
-            t.row(vec![
-                "needs a human".into(),
-                format!(
-                    "{} since {} ({} ago): {}",
-                    n.kind.as_str(),
-                    rfc3339::format(&n.since),
-                    age(&n.since),
-                    one_line(&n.why, 200)
-                ),
-            ]);
-            t.row(vec![
-                "to unblock".into(),
-                crate::visible(&n.unblock).into_owned(),
-            ]);
-        }
-        if let Some(r) = doc.retry_at {
-            t.row(vec!["retry at".into(), rfc3339::format(&r)]);
-        }
-        if let Some(e) = &doc.last_error {
-            let at = match doc.error_elsewhere() {
-                Some((stage, attempt)) => format!(
-                    "at {stage} {}, attempt {attempt} (the run went back to {}): ",
-                    crate::visible(config.ladder.name(stage).unwrap_or("?")),
-                    doc.state
-                ),
-                None => String::new(),
-            };
-            t.row(vec![
-                "last error".into(),
-                format!("{at}{} ({})", one_line(&e.message, 200), kind_of(e)),
-            ]);
-        }
-        if !labels.is_empty() {
-            t.row(vec![
-                "labels".into(),
-                crate::visible(&labels.join(" ")).into_owned(),
-            ]);
-        }
-        if !doc.vars.is_empty() {
-            t.row(vec![
-                "vars".into(),
-                crate::visible(&Value::Object(doc.vars.clone()).to_string()).into_owned(),
-            ]);
-        }
+        self.attention_rows(&mut t, doc, need.as_ref(), beat);
+        detail_rows(&mut t, config, doc);
         t.row(vec![
             "updated".into(),
             format!(
@@ -355,6 +332,47 @@ impl Out {
         ]);
         self.table(&t)?;
         Ok(())
+    }
+
+    /// `show`'s rows about attention: the heartbeat of a stage in progress,
+    /// and who needs a human, with the command that unblocks it.
+    fn attention_rows(
+        &self,
+        t: &mut Table,
+        doc: &Document,
+        need: Option<&crate::model::Need>,
+        beat: Option<&Heartbeat>,
+    ) {
+        if doc.status == Status::InProgress {
+            t.row(vec![
+                "heartbeat".into(),
+                match beat {
+                    Some(h) => format!(
+                        "{} ({} ago) by {}",
+                        rfc3339::format(&h.at),
+                        age(&h.at),
+                        crate::visible(&h.by.describe())
+                    ),
+                    None => "none yet".to_string(),
+                },
+            ]);
+        }
+        if let Some(n) = need {
+            t.row(vec![
+                "needs a human".into(),
+                format!(
+                    "{} since {} ({} ago): {}",
+                    n.kind.as_str(),
+                    rfc3339::format(&n.since),
+                    age(&n.since),
+                    one_line(&n.why, 200)
+                ),
+            ]);
+            t.row(vec![
+                "to unblock".into(),
+                crate::visible(&n.unblock).into_owned(),
+            ]);
+        }
     }
 
     fn event_row(&self, e: &Event) -> Vec<String> {

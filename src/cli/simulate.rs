@@ -1,6 +1,7 @@
 //! `build-state simulate`: a pipeline played on virtual time before `fly
 //! set-pipeline`, with the resource in memory (see [`crate::concourse`]).
 
+use super::Error;
 use super::output::Out;
 use crate::concourse::atc::pipeline::Pipeline;
 use crate::concourse::play::faults::Sweep;
@@ -51,8 +52,55 @@ pub(super) fn run(
     yaml_vars: &[String],
     out: &Out,
 ) -> Result<u8, super::Error> {
-    let unreadable = super::Error::Usage;
-    let release: Release = args.release.parse().map_err(unreadable)?;
+    let release: Release = args.release.parse().map_err(Error::Usage)?;
+    let given = given_vars(args, vars, yaml_vars)?;
+    let (p, scenario, missing) = load(args, release, &given)?;
+    let path = &args.pipeline_file;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".into());
+    check_sources(&p, &missing)?;
+    if let Some(d) = &args.faults {
+        let outage = crate::model::time::parse(d)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| Error::Usage(format!("--faults {d:?}: a duration such as 2s or 1m")))?;
+        let (base, sweep) =
+            crate::concourse::play::faults::sweep(&p, &name, release, &scenario, outage)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+        if out.json {
+            let both = serde_json::json!({"without_faults": base, "sweep": sweep});
+            out.write(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&both).map_err(anyhow::Error::from)?
+            ))?;
+        } else {
+            out.write(&swept(&base, &sweep))?;
+        }
+        return Ok(if base.passed() && sweep.findings.is_empty() {
+            0
+        } else {
+            1
+        });
+    }
+    let report =
+        crate::concourse::simulate(&p, &name, release, &scenario, Rc::new(InMemory::new()))
+            .map_err(|e| Error::Usage(e.to_string()))?;
+    if out.json {
+        out.write(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
+        ))?;
+    } else {
+        out.write(&human(&report))?;
+    }
+    Ok(if report.passed() { 0 } else { 1 })
+}
+
+/// The vars as fly takes them: the files, then `-v`, then `-y`.
+fn given_vars(args: &Args, vars: &[String], yaml_vars: &[String]) -> Result<pipeline::Vars, Error> {
+    let unreadable = Error::Usage;
     let mut given = pipeline::Vars::new();
     for f in &args.vars_files {
         let text = pipeline::read_text(f)
@@ -69,9 +117,21 @@ pub(super) fn run(
     for v in yaml_vars {
         pipeline::parse_var(&mut given, v, true).map_err(|e| unreadable(format!("{e:#}")))?;
     }
+    Ok(given)
+}
+
+/// The pipeline as `release` reads it (its store replaced by memory), the
+/// scenario, and the vars not given; refused beyond the simulation's
+/// budget.
+fn load(
+    args: &Args,
+    release: Release,
+    given: &pipeline::Vars,
+) -> Result<(Pipeline, Scenario, Vec<String>), Error> {
+    let unreadable = Error::Usage;
     let path = &args.pipeline_file;
     let (mut value, missing) =
-        pipeline::load_partly(path, &given).map_err(|e| unreadable(format!("{e:#}")))?;
+        pipeline::load_partly(path, given).map_err(|e| unreadable(format!("{e:#}")))?;
     if !value.is_object() {
         return Err(unreadable(format!(
             "{}: a pipeline is a mapping (resource_types, resources, jobs, groups)",
@@ -106,10 +166,12 @@ pub(super) fn run(
             crate::model::time::format(scenario.until)
         )));
     }
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "pipeline".into());
+    Ok((p, scenario, missing.into_iter().collect()))
+}
+
+/// Every build-state resource's source is one the resource accepts (the
+/// vars not given named, when that is why).
+fn check_sources(p: &Pipeline, missing: &[String]) -> Result<(), Error> {
     for r in p.resources.iter().filter(|r| r.build_state) {
         crate::resource::configure(
             &serde_json::from_value(r.source.clone())
@@ -128,44 +190,10 @@ pub(super) fn run(
                         .join(", ")
                 )
             };
-            unreadable(format!("resources.{}: {e:#}{hint}", r.name))
+            Error::Usage(format!("resources.{}: {e:#}{hint}", r.name))
         })?;
     }
-    if let Some(d) = &args.faults {
-        let outage = crate::model::time::parse(d)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| unreadable(format!("--faults {d:?}: a duration such as 2s or 1m")))?;
-        let (base, sweep) =
-            crate::concourse::play::faults::sweep(&p, &name, release, &scenario, outage)
-                .map_err(|e| unreadable(e.to_string()))?;
-        if out.json {
-            let both = serde_json::json!({"without_faults": base, "sweep": sweep});
-            out.write(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&both).map_err(anyhow::Error::from)?
-            ))?;
-        } else {
-            out.write(&swept(&base, &sweep))?;
-        }
-        return Ok(if base.passed() && sweep.findings.is_empty() {
-            0
-        } else {
-            1
-        });
-    }
-    let report =
-        crate::concourse::simulate(&p, &name, release, &scenario, Rc::new(InMemory::new()))
-            .map_err(|e| unreadable(e.to_string()))?;
-    if out.json {
-        out.write(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
-        ))?;
-    } else {
-        out.write(&human(&report))?;
-    }
-    Ok(if report.passed() { 0 } else { 1 })
+    Ok(())
 }
 
 /// A sweep's findings, for people.
@@ -225,28 +253,10 @@ fn span(secs: u64) -> String {
     crate::model::time::format(Duration::from_secs(secs))
 }
 
-/// The timeline and the summary, for people.
-pub(crate) fn human(r: &Report) -> String {
-    let mut s = format!(
-        "simulating {} on Concourse {}: {}\n\n",
-        r.pipeline, r.release, r.scenario
-    );
-    for l in &r.played.atc.timeline {
-        s.push_str(&line(l));
-    }
-    let m = &r.summary;
-    s.push_str("\nsummary\n");
-    s.push_str(&format!(
-        "  delivered: {}\n",
-        match m.delivered_at {
-            Some(t) => format!("yes, after {}", span(t)),
-            None => "no".into(),
-        }
-    ));
-    s.push_str(&format!("  simulated: {}\n", span(m.elapsed)));
-    if let Some(end) = &m.end {
-        s.push_str(&format!("  at the end: {end}\n"));
-    }
+/// The summary's counts: attempts and failures per stage, heartbeats,
+/// refusals, alerts, handoffs, dead attempts found.
+fn counts(r: &Report) -> String {
+    let (m, mut s) = (&r.summary, String::new());
     let per = |map: &std::collections::BTreeMap<u32, u32>| {
         map.iter()
             .map(|(k, v)| format!("{k}: {v}"))
@@ -289,6 +299,32 @@ pub(crate) fn human(r: &Report) -> String {
             worst
         ));
     }
+    s
+}
+
+/// The timeline and the summary, for people.
+pub(crate) fn human(r: &Report) -> String {
+    let mut s = format!(
+        "simulating {} on Concourse {}: {}\n\n",
+        r.pipeline, r.release, r.scenario
+    );
+    for l in &r.played.atc.timeline {
+        s.push_str(&line(l));
+    }
+    let m = &r.summary;
+    s.push_str("\nsummary\n");
+    s.push_str(&format!(
+        "  delivered: {}\n",
+        match m.delivered_at {
+            Some(t) => format!("yes, after {}", span(t)),
+            None => "no".into(),
+        }
+    ));
+    s.push_str(&format!("  simulated: {}\n", span(m.elapsed)));
+    if let Some(end) = &m.end {
+        s.push_str(&format!("  at the end: {end}\n"));
+    }
+    s.push_str(&counts(r));
     s.push_str(&format!(
         "  checks of build-state resources: {} ({} by webhook)\n",
         m.checks, m.webhooks

@@ -99,9 +99,10 @@ impl SourceArgs {
         self.raw_for(pipeline::SourceUse::Everything)
     }
 
-    /// The raw source block, for `use_`.
-    fn raw_for(&self, use_: pipeline::SourceUse) -> Result<(Value, String)> {
-        let mut source = match (&self.source_file, self.pipeline_file()) {
+    /// The source block as the file or the pipeline gives it (empty when
+    /// neither is named).
+    fn given(&self, use_: pipeline::SourceUse) -> Result<Value> {
+        Ok(match (&self.source_file, self.pipeline_file()) {
             (Some(_), Some(_)) => bail!("give --source or --pipeline, not both"),
             (Some(path), None) => {
                 let text = pipeline::read_text(path)
@@ -128,7 +129,13 @@ impl SourceArgs {
                 pipeline::load_resource_source(path, name, &vars, use_)?
             }
             (None, None) => json!({}),
-        };
+        })
+    }
+
+    /// The raw source block, for `use_`: the file's or the pipeline's, with
+    /// the flags and variables over it.
+    fn raw_for(&self, use_: pipeline::SourceUse) -> Result<(Value, String)> {
+        let mut source = self.given(use_)?;
         if !source.is_object() {
             bail!("the source must be a mapping of fields");
         }
@@ -145,6 +152,31 @@ impl SourceArgs {
         if self.endpoint.as_deref().is_some_and(|e| !e.is_empty()) {
             origin = "--endpoint (or BUILD_STATE_ENDPOINT)".to_string();
         }
+        self.set_flags(obj)?;
+        // As the AWS tools do: with no endpoint named, AWS_ENDPOINT_URL_S3
+        // or AWS_ENDPOINT_URL (for a bucket, not a local directory).
+        if !obj.contains_key("endpoint")
+            && !obj.contains_key("local_dir")
+            && let Some((var, url)) = aws_endpoint()
+        {
+            obj.insert("endpoint".into(), Value::from(url));
+            origin = var.to_string();
+        }
+        if self.local_dir.as_deref().is_some_and(|d| !d.is_empty()) {
+            obj.remove("bucket");
+        } else if self.bucket.as_deref().is_some_and(|b| !b.is_empty()) {
+            obj.remove("local_dir");
+        }
+        // People and build hosts use the standard AWS credential chain.
+        if !obj.contains_key("access_key_id") {
+            obj.insert("enable_aws_creds_provider".into(), Value::Bool(true));
+        }
+        Ok((source, origin))
+    }
+
+    /// The store flags and `BUILD_STATE_*` variables over the source's
+    /// fields.
+    fn set_flags(&self, obj: &mut serde_json::Map<String, Value>) -> Result<()> {
         // An empty flag or variable (BUILD_STATE_BUCKET=) counts as not given.
         let mut set = |k: &str, v: Option<Value>| {
             if let Some(v) = v.filter(|v| v.as_str() != Some("")) {
@@ -174,25 +206,7 @@ impl SourceArgs {
                 "BUILD_STATE_SECRET_ACCESS_KEY needs --access-key-id (or BUILD_STATE_ACCESS_KEY_ID)"
             ),
         }
-        // As the AWS tools do: with no endpoint named, AWS_ENDPOINT_URL_S3
-        // or AWS_ENDPOINT_URL (for a bucket, not a local directory).
-        if !obj.contains_key("endpoint")
-            && !obj.contains_key("local_dir")
-            && let Some((var, url)) = aws_endpoint()
-        {
-            obj.insert("endpoint".into(), Value::from(url));
-            origin = var.to_string();
-        }
-        if self.local_dir.as_deref().is_some_and(|d| !d.is_empty()) {
-            obj.remove("bucket");
-        } else if self.bucket.as_deref().is_some_and(|b| !b.is_empty()) {
-            obj.remove("local_dir");
-        }
-        // People and build hosts use the standard AWS credential chain.
-        if !obj.contains_key("access_key_id") {
-            obj.insert("enable_aws_creds_provider".into(), Value::Bool(true));
-        }
-        Ok((source, origin))
+        Ok(())
     }
 
     /// The raw source, naming `build_id` when one is given.
