@@ -180,86 +180,14 @@ fn registered<M: Metric + Default + Clone>(reg: &mut Registry, name: &str, help:
 pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> String {
     let name = |c: u32| settings.ladder.name(c).unwrap_or("?").to_string();
     let mut reg = Registry::with_prefix("build_state");
-    let Families {
-        builds,
-        attempts,
-        blocked,
-        failures,
-        seconds,
-        oldest_in_progress,
-        oldest_blocked,
-        stale,
-        unreadable,
-        awaiting_approval,
-        awaiting_approval_seconds,
-        oldest_awaiting_approval,
-        heartbeat_age,
-        heartbeat_timeout,
-        needs_human,
-    } = Families::register(&mut reg);
-    let mut approval_age = 0f64;
-    let age = |t: &Timestamp| (now - *t).num_milliseconds().max(0) as f64 / 1000.0;
-    let (mut in_progress_age, mut blocked_age) = (0f64, 0f64);
+    let f = Families::register(&mut reg);
+    let mut oldest = Oldest::default();
     for row in rows {
-        let doc: &Document = match &row.doc {
-            Ok(d) => d,
+        match &row.doc {
+            Ok(doc) => observe(&f, settings, doc, row.heartbeat.as_ref(), now, &mut oldest),
             Err(_) => {
-                unreadable.inc();
-                continue;
+                f.unreadable.inc();
             }
-        };
-        builds
-            .get_or_create(&ByState {
-                state: doc.state.to_string().into(),
-                state_name: name(doc.state).into(),
-                status: doc.status.to_string().into(),
-            })
-            .inc();
-        let here = ByBuild {
-            build_id: doc.build_id.clone().into(),
-            state: doc.state.to_string().into(),
-            state_name: name(doc.state).into(),
-        };
-        attempts.get_or_create(&here).set(i64::from(doc.attempts));
-        let beat = row.heartbeat.as_ref();
-        match doc.status {
-            Status::Blocked => {
-                blocked.get_or_create(&here).set(1);
-                blocked_age = blocked_age.max(age(&doc.updated_at));
-            }
-            Status::AwaitingApproval => {
-                awaiting_approval.get_or_create(&here).set(1);
-                let waited = age(&doc.updated_at);
-                awaiting_approval_seconds
-                    .get_or_create(&here)
-                    .set(millis(waited));
-                approval_age = approval_age.max(waited);
-            }
-            Status::InProgress => {
-                in_progress_age = in_progress_age.max(age(&doc.updated_at));
-                if doc.is_dead(now, &settings.retry, beat) {
-                    stale.inc();
-                }
-                if let Some(t) = settings.retry.for_state(doc.state).heartbeat_timeout {
-                    heartbeat_age
-                        .get_or_create(&here)
-                        .set(millis(age(&doc.last_sign_of_life(beat))));
-                    heartbeat_timeout
-                        .get_or_create(&here)
-                        .set(millis(t.as_secs_f64()));
-                }
-            }
-            _ => {}
-        }
-        if let Some(need) = crate::model::needs_human(doc, &settings.retry, beat, now) {
-            needs_human
-                .get_or_create(&ByNeed {
-                    build_id: here.build_id.clone(),
-                    state: here.state.clone(),
-                    state_name: here.state_name.clone(),
-                    reason: need.kind.as_str().to_string().into(),
-                })
-                .set(1);
         }
     }
     let docs = rows.iter().filter_map(|r| r.doc.as_ref().ok());
@@ -269,18 +197,103 @@ pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> Strin
             state_name: name(code).into(),
         };
         if t.failures > 0 {
-            failures.get_or_create(&stage).inc_by(t.failures);
+            f.failures.get_or_create(&stage).inc_by(t.failures);
         }
         if t.reached {
-            seconds.get_or_create(&stage).inc_by(millis(t.seconds));
+            f.seconds.get_or_create(&stage).inc_by(millis(t.seconds));
         }
     }
-    oldest_in_progress.set(millis(in_progress_age));
-    oldest_blocked.set(millis(blocked_age));
-    oldest_awaiting_approval.set(millis(approval_age));
+    f.oldest_in_progress.set(millis(oldest.in_progress));
+    f.oldest_blocked.set(millis(oldest.blocked));
+    f.oldest_awaiting_approval.set(millis(oldest.approval));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).expect("encoding to a string");
     prometheus_text(&out)
+}
+
+/// The longest waits seen so far, in seconds.
+#[derive(Default)]
+struct Oldest {
+    in_progress: f64,
+    blocked: f64,
+    approval: f64,
+}
+
+/// One readable build's series.
+fn observe(
+    f: &Families,
+    settings: &Settings,
+    doc: &Document,
+    beat: Option<&crate::model::Heartbeat>,
+    now: Timestamp,
+    oldest: &mut Oldest,
+) {
+    let name = |c: u32| settings.ladder.name(c).unwrap_or("?").to_string();
+    let age = |t: &Timestamp| (now - *t).num_milliseconds().max(0) as f64 / 1000.0;
+    let Families {
+        builds,
+        attempts,
+        blocked,
+        stale,
+        awaiting_approval,
+        awaiting_approval_seconds,
+        heartbeat_age,
+        heartbeat_timeout,
+        needs_human,
+        ..
+    } = f;
+    builds
+        .get_or_create(&ByState {
+            state: doc.state.to_string().into(),
+            state_name: name(doc.state).into(),
+            status: doc.status.to_string().into(),
+        })
+        .inc();
+    let here = ByBuild {
+        build_id: doc.build_id.clone().into(),
+        state: doc.state.to_string().into(),
+        state_name: name(doc.state).into(),
+    };
+    attempts.get_or_create(&here).set(i64::from(doc.attempts));
+    match doc.status {
+        Status::Blocked => {
+            blocked.get_or_create(&here).set(1);
+            oldest.blocked = oldest.blocked.max(age(&doc.updated_at));
+        }
+        Status::AwaitingApproval => {
+            awaiting_approval.get_or_create(&here).set(1);
+            let waited = age(&doc.updated_at);
+            awaiting_approval_seconds
+                .get_or_create(&here)
+                .set(millis(waited));
+            oldest.approval = oldest.approval.max(waited);
+        }
+        Status::InProgress => {
+            oldest.in_progress = oldest.in_progress.max(age(&doc.updated_at));
+            if doc.is_dead(now, &settings.retry, beat) {
+                stale.inc();
+            }
+            if let Some(t) = settings.retry.for_state(doc.state).heartbeat_timeout {
+                heartbeat_age
+                    .get_or_create(&here)
+                    .set(millis(age(&doc.last_sign_of_life(beat))));
+                heartbeat_timeout
+                    .get_or_create(&here)
+                    .set(millis(t.as_secs_f64()));
+            }
+        }
+        _ => {}
+    }
+    if let Some(need) = crate::model::needs_human(doc, &settings.retry, beat, now) {
+        needs_human
+            .get_or_create(&ByNeed {
+                build_id: here.build_id.clone(),
+                state: here.state.clone(),
+                state_name: here.state_name.clone(),
+                reason: need.kind.as_str().to_string().into(),
+            })
+            .set(1);
+    }
 }
 
 /// Seconds rounded to the millisecond: sums of many spans print as

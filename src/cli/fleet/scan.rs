@@ -43,21 +43,7 @@ pub(crate) async fn scan_cached(
     progress: Option<&Notes>,
     mut cache: Option<&mut Cache>,
 ) -> Result<Vec<Row>> {
-    let listed = store
-        .list_tags(config.prefix())
-        .await
-        .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
-    let mut beats: BTreeMap<String, String> = BTreeMap::new();
-    let builds: Vec<(String, String)> = listed
-        .into_iter()
-        .filter_map(|l| {
-            if let Some(id) = config.build_id_of_heartbeat_key(&l.key) {
-                beats.insert(id, l.tag);
-                return None;
-            }
-            config.build_id_of_key(&l.key).map(|id| (id, l.tag))
-        })
-        .collect();
+    let (builds, beats) = listed(config, store).await?;
     if let Some(c) = cache.as_deref_mut() {
         c.retain(&builds.iter().map(|(id, _)| id.clone()).collect());
     }
@@ -78,6 +64,70 @@ pub(crate) async fn scan_cached(
             None => to_read.push((id, tag)),
         }
     }
+    read_documents(
+        config,
+        store,
+        concurrency,
+        progress,
+        cache.as_deref_mut(),
+        to_read,
+        total,
+        &mut rows,
+    )
+    .await;
+    heartbeats(
+        config,
+        store,
+        concurrency,
+        &mut rows,
+        &beats,
+        cache.as_deref_mut(),
+    )
+    .await;
+    if let Some(c) = cache {
+        c.save();
+    }
+    rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
+    Ok(rows)
+}
+
+/// The builds under the prefix, each with its document's listing tag, and
+/// the heartbeat objects' tags by build.
+async fn listed(
+    config: &Settings,
+    store: &AnyStore,
+) -> Result<(Vec<(String, String)>, BTreeMap<String, String>)> {
+    let listed = store
+        .list_tags(config.prefix())
+        .await
+        .map_err(|e| anyhow!("listing {}: {e}", config.location(config.prefix())))?;
+    let mut beats: BTreeMap<String, String> = BTreeMap::new();
+    let builds: Vec<(String, String)> = listed
+        .into_iter()
+        .filter_map(|l| {
+            if let Some(id) = config.build_id_of_heartbeat_key(&l.key) {
+                beats.insert(id, l.tag);
+                return None;
+            }
+            config.build_id_of_key(&l.key).map(|id| (id, l.tag))
+        })
+        .collect();
+    Ok((builds, beats))
+}
+
+/// Reads the documents the cache did not have (`to_read`), `concurrency`
+/// at a time, into `rows` and the cache, saying progress every second.
+#[allow(clippy::too_many_arguments)]
+async fn read_documents(
+    config: &Arc<Settings>,
+    store: &AnyStore,
+    concurrency: usize,
+    progress: Option<&Notes>,
+    mut cache: Option<&mut Cache>,
+    to_read: Vec<(String, String)>,
+    total: usize,
+    rows: &mut Vec<Row>,
+) {
     let started = std::time::Instant::now();
     let mut last_report = started;
     let mut results = futures_util::stream::iter(to_read.into_iter().map(|(id, tag)| async move {
@@ -122,20 +172,6 @@ pub(crate) async fn scan_cached(
             started.elapsed().as_secs_f64()
         ));
     }
-    heartbeats(
-        config,
-        store,
-        concurrency,
-        &mut rows,
-        &beats,
-        cache.as_deref_mut(),
-    )
-    .await;
-    if let Some(c) = cache {
-        c.save();
-    }
-    rows.sort_by(|a, b| a.build_id.cmp(&b.build_id));
-    Ok(rows)
 }
 
 /// The heartbeats of the builds whose stage is in progress and that sent
@@ -281,6 +317,42 @@ mod tests {
         assert_eq!(docs(&fourth), docs(&third));
     }
 
+    /// Replaces a good cache file at `path` with `plant` (`copy`: where a
+    /// link's copy goes); false when this user cannot plant it.
+    fn plant_at(path: &std::path::Path, copy: &std::path::Path, plant: &str) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        match plant {
+            "mode 644" => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap()
+            }
+            // Only root may give a file away; others skip this one.
+            "another owner" if std::os::unix::fs::chown(path, Some(65534), None).is_err() => {
+                return false;
+            }
+            "/dev/zero" => {
+                std::fs::remove_file(path).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", path).unwrap();
+            }
+            "link" => {
+                std::fs::copy(path, copy).unwrap();
+                std::fs::remove_file(path).unwrap();
+                std::os::unix::fs::symlink(copy, path).unwrap();
+            }
+            "fifo" => {
+                std::fs::remove_file(path).unwrap();
+                assert!(
+                    std::process::Command::new("mkfifo")
+                        .arg(path)
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            }
+            _ => {}
+        }
+        true
+    }
+
     /// Only a cache file of this user's own is trusted: one others could
     /// write (mode 644), one another user owns, a link to a copy, a link
     /// to /dev/zero, a FIFO (no hang) are ignored and rebuilt within a
@@ -288,7 +360,6 @@ mod tests {
     #[tokio::test]
     async fn a_cache_file_not_its_own_is_ignored() {
         use crate::store::memory::{FaultyStore, Op};
-        use std::os::unix::fs::PermissionsExt;
         let settings = settings();
         let store = AnyStore::Faulty(FaultyStore::new(MemoryStore::new()));
         let (quiet, _) = Out::buffered(false);
@@ -318,34 +389,8 @@ mod tests {
             scan_cached(&settings, &store, 4, None, Some(&mut cache))
                 .await
                 .unwrap();
-            match plant {
-                "mode 644" => {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap()
-                }
-                // Only root may give a file away; others skip this one.
-                "another owner" if std::os::unix::fs::chown(&path, Some(65534), None).is_err() => {
-                    continue;
-                }
-                "/dev/zero" => {
-                    std::fs::remove_file(&path).unwrap();
-                    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
-                }
-                "link" => {
-                    std::fs::copy(&path, &copy).unwrap();
-                    std::fs::remove_file(&path).unwrap();
-                    std::os::unix::fs::symlink(&copy, &path).unwrap();
-                }
-                "fifo" => {
-                    std::fs::remove_file(&path).unwrap();
-                    assert!(
-                        std::process::Command::new("mkfifo")
-                            .arg(&path)
-                            .status()
-                            .unwrap()
-                            .success()
-                    );
-                }
-                _ => {}
+            if !plant_at(&path, &copy, plant) {
+                continue;
             }
             let (before, started) = (gets(), std::time::Instant::now());
             let notes = std::sync::Arc::new(crate::Notes::new());

@@ -186,7 +186,22 @@ async fn probe(
         ),
         Err(e) => add("versioning", Verdict::Warn, format!("cannot tell: {}", advice(&e))),
     }
-    // One clock: the store's, on which every deadline is judged.
+    clock(store, add);
+    let quirks = store.quirks();
+    if !quirks.is_empty() {
+        add(
+            "quirks",
+            Verdict::Ok,
+            format!("worked around: {}", quirks.join("; ")),
+        );
+    }
+    if created {
+        delete_probe(store, &key, add).await;
+    }
+}
+
+/// The store's clock, on which every deadline is judged.
+fn clock(store: &AnyStore, add: &mut impl FnMut(&'static str, Verdict, String)) {
     match store.clock() {
         Some(t) => {
             let off = (crate::now() - t.now()).num_seconds();
@@ -207,45 +222,44 @@ async fn probe(
             "its answers carry no usable time (no Date header, or a directory this process cannot write): each worker judges deadlines on its own clock, so keep the workers' clocks right (NTP)".into(),
         ),
     }
-    let quirks = store.quirks();
-    if !quirks.is_empty() {
-        add(
-            "quirks",
-            Verdict::Ok,
-            format!("worked around: {}", quirks.join("; ")),
-        );
-    }
-    if created {
-        // prune deletes with If-Match: does the server refuse a stale one?
-        if let Ok(Fetched::Found { etag, .. }) = store.get(&key, None).await {
-            match store
-                .delete_if(&key, "\"00000000000000000000000000000000\"")
-                .await
-            {
-                Err(StoreError::Conflict) => match store.delete_if(&key, &etag).await {
-                    Ok(()) => add(
-                        "If-Match DELETE",
-                        Verdict::Ok,
-                        "a delete with a stale If-Match was refused, one with the current ETag done: prune never deletes a build that changed".into(),
-                    ),
-                    Err(e) => add("If-Match DELETE", Verdict::Warn, format!("a delete with the current ETag failed: {}", advice(&e))),
-                },
+}
+
+/// Whether a delete with a stale `If-Match` is refused (what `prune`
+/// relies on), then the scratch object deleted.
+async fn delete_probe(
+    store: &AnyStore,
+    key: &str,
+    add: &mut impl FnMut(&'static str, Verdict, String),
+) {
+    // prune deletes with If-Match: does the server refuse a stale one?
+    if let Ok(Fetched::Found { etag, .. }) = store.get(key, None).await {
+        match store
+            .delete_if(key, "\"00000000000000000000000000000000\"")
+            .await
+        {
+            Err(StoreError::Conflict) => match store.delete_if(key, &etag).await {
                 Ok(()) => add(
                     "If-Match DELETE",
-                    Verdict::Warn,
-                    "the server ignores If-Match on DELETE: prune checks the document just before deleting it, but a build updated in that instant could be deleted".into(),
+                    Verdict::Ok,
+                    "a delete with a stale If-Match was refused, one with the current ETag done: prune never deletes a build that changed".into(),
                 ),
-                Err(e) => add("If-Match DELETE", Verdict::Warn, advice(&e)),
-            }
-        }
-        match store.delete(&key).await {
-            Ok(()) => add("cleanup", Verdict::Ok, "deleted the scratch object".into()),
-            Err(e) => add(
-                "cleanup",
+                Err(e) => add("If-Match DELETE", Verdict::Warn, format!("a delete with the current ETag failed: {}", advice(&e))),
+            },
+            Ok(()) => add(
+                "If-Match DELETE",
                 Verdict::Warn,
-                format!("could not delete {key}: {} (delete it by hand)", advice(&e)),
+                "the server ignores If-Match on DELETE: prune checks the document just before deleting it, but a build updated in that instant could be deleted".into(),
             ),
+            Err(e) => add("If-Match DELETE", Verdict::Warn, advice(&e)),
         }
+    }
+    match store.delete(key).await {
+        Ok(()) => add("cleanup", Verdict::Ok, "deleted the scratch object".into()),
+        Err(e) => add(
+            "cleanup",
+            Verdict::Warn,
+            format!("could not delete {key}: {} (delete it by hand)", advice(&e)),
+        ),
     }
 }
 

@@ -344,6 +344,48 @@ fn follow(existing: &Document, doc: &Document, config: &Settings) -> Document {
     )
 }
 
+/// Writes one imported document (over an existing one only with
+/// `force`, archiving its run): what happened, and the document written
+/// (`None` when it was not, with the error in the notes).
+async fn write_one(
+    config: &Arc<Settings>,
+    builds: &Builds<'_, AnyStore>,
+    doc: Document,
+    force: bool,
+    out: &Out,
+) -> (String, Option<Document>) {
+    let result = builds
+        .update(|cur| match cur {
+            None => Ok(Outcome::Write(doc.clone())),
+            Some(existing) if force => Ok(Outcome::Restart {
+                archive: existing.clone(),
+                document: follow(existing, &doc, config),
+            }),
+            Some(existing) => Err(Refusal::Exists(existing.whereabouts())),
+        })
+        .await;
+    match result {
+        Ok(a) => (
+            format!("imported (revision {})", a.doc.revision),
+            Some(a.doc),
+        ),
+        // Say what really failed: a document in the way, or the store
+        // (access, network, a corrupt document).
+        Err(e) => match &e.kind {
+            crate::engine::ErrorKind::Refused(Refusal::Exists(_)) => {
+                out.note(format!(
+                    "error: {e}; it is never overwritten without --force"
+                ));
+                ("not imported: exists (use --force)".to_string(), None)
+            }
+            kind => {
+                out.note(format!("error: {e}"));
+                (format!("not imported: {kind}"), None)
+            }
+        },
+    }
+}
+
 pub(super) async fn import(
     config: &Arc<Settings>,
     store: &AnyStore,
@@ -381,45 +423,11 @@ pub(super) async fn import(
                 report.push((b.build_id.clone(), what, Some(doc)));
                 continue;
             }
-            let result = builds
-                .update(|cur| match cur {
-                    None => Ok(Outcome::Write(doc.clone())),
-                    Some(existing) if force => Ok(Outcome::Restart {
-                        archive: existing.clone(),
-                        document: follow(existing, &doc, config),
-                    }),
-                    Some(existing) => Err(Refusal::Exists(existing.whereabouts())),
-                })
-                .await;
-            match result {
-                Ok(a) => report.push((
-                    b.build_id.clone(),
-                    format!("imported (revision {})", a.doc.revision),
-                    Some(a.doc),
-                )),
-                Err(e) => {
-                    if matches!(
-                        &e.kind,
-                        crate::engine::ErrorKind::Refused(Refusal::Exists(_))
-                    ) {
-                        out.note(format!(
-                            "error: {e}; it is never overwritten without --force"
-                        ));
-                    } else {
-                        out.note(format!("error: {e}"));
-                    }
-                    // Say what really failed: a document in the way, or the
-                    // store (access, network, a corrupt document).
-                    let why = match &e.kind {
-                        crate::engine::ErrorKind::Refused(Refusal::Exists(_)) => {
-                            "not imported: exists (use --force)".to_string()
-                        }
-                        kind => format!("not imported: {kind}"),
-                    };
-                    report.push((b.build_id.clone(), why, None));
-                    failures += 1;
-                }
+            let (what, doc) = write_one(config, &builds, doc, force, out).await;
+            if doc.is_none() {
+                failures += 1;
             }
+            report.push((b.build_id.clone(), what, doc));
         }
     }
     print(&report, out)?;
