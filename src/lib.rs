@@ -1,13 +1,13 @@
 //! build-state: a Concourse resource type that records each build's
 //! milestone (a state code) and status in one JSON document per build.
 #![warn(missing_docs)]
-#![warn(unreachable_pub)]
+#![deny(unreachable_pub)]
 
 pub mod model;
 
 /// The current time, rounded to what a document stores (milliseconds), so
 /// that a value survives a round trip through JSON unchanged.
-pub fn now() -> model::Timestamp {
+pub(crate) fn now() -> model::Timestamp {
     use chrono::SubsecRound;
     chrono::Utc::now().trunc_subsecs(3)
 }
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Notes {
 }
 
 impl Notes {
-    /// Notes kept until [`Notes::take`].
+    /// Notes kept until `Notes::take`.
     pub fn new() -> Notes {
         Notes::default()
     }
@@ -75,17 +75,17 @@ impl Notes {
     }
 
     /// Adds a warning (`warning: ` before it).
-    pub fn warn(&self, line: impl std::fmt::Display) {
+    pub(crate) fn warn(&self, line: impl std::fmt::Display) {
         self.note(format!("warning: {line}"));
     }
 
     /// Adds a progress line (`read 3000/10000 builds ...`).
-    pub fn progress(&self, line: impl Into<String>) {
+    pub(crate) fn progress(&self, line: impl Into<String>) {
         self.add(line.into(), true);
     }
 
     /// The lines kept so far, in order; none are left.
-    pub fn take(&self) -> Vec<String> {
+    pub(crate) fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.lines.lock().unwrap())
     }
 }
@@ -100,7 +100,7 @@ fn hostile(c: char) -> bool {
 /// `text` with every control character (C0, C1, DEL) and bidi control
 /// shown escaped (`\x1b`, `\u{202e}`): what a terminal may show of text
 /// from the store, a pipeline or a task. JSON outputs are exact instead.
-pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn visible(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(hostile) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -127,13 +127,13 @@ fn visible_keeping_newlines(text: &str) -> String {
 
 /// The runtime every program runs on: one thread (a step is one request at
 /// a time; the CLI's scans use concurrency within it).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }
 
-/// Runs `work` to its end on [`runtime`], and leaves at once: file work
+/// Runs `work` to its end on `runtime`, and leaves at once: file work
 /// that overran its deadline (a stuck mount, a lock held elsewhere) is
 /// not waited for, as dropping the runtime would.
 pub fn run_to_end<F: std::future::Future>(work: F) -> std::io::Result<F::Output> {

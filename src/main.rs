@@ -60,15 +60,6 @@ fn main() -> ExitCode {
 
 /// Reads the request from stdin, runs the program, prints the JSON reply.
 fn resource_main(program: resource::Program, notes: &Notes) -> Result<ExitCode> {
-    let mut input = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut input)
-        .context("reading the request from stdin")?;
-    let reply = build_state::run_to_end(program.run(&input, notes))??;
-    let mut out = std::io::stdout().lock();
-    out.write_all(&reply)
-        .context("writing the reply to stdout")?;
-    out.write_all(b"\n")
-        .context("writing the reply to stdout")?;
+    build_state::run_to_end(program.answer(notes))??;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,15 +8,15 @@ use std::path::Path;
 
 /// The largest YAML text any reader takes (pipelines, scenarios, sources,
 /// vars files): far beyond a real one, before the parser sees a byte.
-pub const MAX_YAML_BYTES: usize = 4 << 20;
+pub(crate) const MAX_YAML_BYTES: usize = 4 << 20;
 
 /// The deepest nesting of `[`/`{` a YAML text may have: the parser's time
 /// grows with the square of it, so it is counted before parsing.
-pub const MAX_YAML_DEPTH: usize = 64;
+pub(crate) const MAX_YAML_DEPTH: usize = 64;
 
 /// Refuses a YAML text that is too large or nested too deep, before the
 /// parser runs (which would take minutes on 400 KB of `[[[[`).
-pub fn check_yaml_shape(text: &str) -> Result<()> {
+pub(crate) fn check_yaml_shape(text: &str) -> Result<()> {
     if text.len() > MAX_YAML_BYTES {
         bail!(
             "{} bytes, more than the {} MiB a YAML text may be",
@@ -51,7 +51,7 @@ pub fn check_yaml_shape(text: &str) -> Result<()> {
 /// Reads a YAML (or JSON) file a person gives: a regular file (links
 /// followed, as a shell does), of at most [`MAX_YAML_BYTES`]; never a FIFO
 /// or a device, which could block or never end.
-pub fn read_text(path: &std::path::Path) -> Result<String> {
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String> {
     use std::io::Read;
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
@@ -73,7 +73,7 @@ pub fn read_text(path: &std::path::Path) -> Result<String> {
 }
 
 /// Parses a JSON or YAML document (anchors resolved, `<<` merge keys
-/// applied), once [`check_yaml_shape`] took it.
+/// applied), once `check_yaml_shape` took it.
 pub fn parse_yaml(text: &str) -> Result<Value> {
     check_yaml_shape(text)?;
     let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
@@ -144,7 +144,7 @@ pub fn load_partly(path: &Path, vars: &Vars) -> Result<(Value, BTreeSet<String>)
 /// `path`, with `vars` interpolated: only the vars that source uses must be
 /// given (a pipeline's other vars, and `((...))` in task scripts, are none
 /// of its business).
-pub fn load_resource_source(
+pub(crate) fn load_resource_source(
     path: &Path,
     name: &str,
     vars: &Vars,
@@ -183,7 +183,7 @@ pub fn load_resource_source(
 
 /// What a command takes a resource's source for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SourceUse {
+pub(crate) enum SourceUse {
     /// The store and the behaviour: every var must be given.
     Everything,
     /// The behaviour only (states, retry, error patterns, gate): the
@@ -311,7 +311,7 @@ pub fn interpolate(value: &mut Value, vars: &Vars, missing: &mut BTreeSet<String
 
 /// The names of the resource types that are build-state: a type named
 /// `build-state`, or one whose image repository ends in `build-state`.
-pub fn build_state_types(pipeline: &Value) -> BTreeSet<String> {
+pub(crate) fn build_state_types(pipeline: &Value) -> BTreeSet<String> {
     let mut out = BTreeSet::from(["build-state".to_string()]);
     for t in pipeline["resource_types"].as_array().into_iter().flatten() {
         let repo = t["source"]["repository"].as_str().unwrap_or_default();
@@ -342,7 +342,7 @@ pub fn build_state_resources(pipeline: &Value) -> Vec<(String, Value)> {
 }
 
 /// The source of the named build-state resource.
-pub fn resource_source(pipeline: &Value, name: &str) -> Result<Value> {
+pub(crate) fn resource_source(pipeline: &Value, name: &str) -> Result<Value> {
     let all = build_state_resources(pipeline);
     all.iter()
         .find(|(n, _)| n == name)

@@ -21,7 +21,7 @@ impl Secret {
     }
 
     /// The secret's value, for the one place that needs it (signing requests).
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -64,7 +64,7 @@ impl fmt::Debug for Secret {
 /// either).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct CodeParam(pub u32);
+pub(crate) struct CodeParam(pub u32);
 
 impl<'de> Deserialize<'de> for CodeParam {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -107,17 +107,17 @@ impl<'de> Deserialize<'de> for CodeParam {
 /// (source) and `require` (get).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConditionParam {
+pub(crate) struct ConditionParam {
     /// `{state: N}`: at N.
-    pub state: Option<CodeParam>,
+    pub(crate) state: Option<CodeParam>,
     /// `{min_state: N}`: at N or past it.
-    pub min_state: Option<CodeParam>,
+    pub(crate) min_state: Option<CodeParam>,
     /// `{status: blocked}` / `{status: awaiting_approval}`: only when the
     /// build stands so (a human is needed).
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// `{timer: true}` (a gate only): when the clock alone has made
     /// something due (a retry, a dead attempt, an overdue stage).
-    pub timer: Option<bool>,
+    pub(crate) timer: Option<bool>,
 }
 
 /// Retry settings, as written in `source.retry` and under its `states`
@@ -125,36 +125,36 @@ pub struct ConditionParam {
 /// top; the configuration refuses either in the other place).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RetryParam {
+pub(crate) struct RetryParam {
     /// Failures of a stage before it is blocked.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
+    pub(crate) max_attempts: Option<u32>,
     /// The wait after the first failure (`30s`, `5m`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<String>,
+    pub(crate) backoff: Option<String>,
     /// Each further failure multiplies the wait.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub factor: Option<f64>,
+    pub(crate) factor: Option<f64>,
     /// The wait never exceeds this.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_backoff: Option<String>,
+    pub(crate) max_backoff: Option<String>,
     /// A stage whose retry starts over from this earlier state.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resume_from: Option<CodeParam>,
+    pub(crate) resume_from: Option<CodeParam>,
     /// A stage `in_progress` longer than this is a dead attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub(crate) timeout: Option<String>,
     /// A human approves the stage before it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval: Option<bool>,
+    pub(crate) approval: Option<bool>,
     /// An attempt with no sign of life (start or heartbeat) for longer than
     /// this is a dead attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub heartbeat_timeout: Option<String>,
+    pub(crate) heartbeat_timeout: Option<String>,
     /// Per-state overrides, keyed by a code (`"35"`) or an inclusive range
     /// of codes (`"10-65"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub states: BTreeMap<String, RetryParam>,
+    pub(crate) states: BTreeMap<String, RetryParam>,
 }
 
 /// The resource's `source` block, as written.
@@ -162,56 +162,56 @@ pub struct RetryParam {
 #[serde(deny_unknown_fields)]
 pub struct Source {
     /// S3 bucket holding the states (or `local_dir`).
-    pub bucket: Option<String>,
+    pub(crate) bucket: Option<String>,
     /// A local directory instead of S3.
-    pub local_dir: Option<String>,
+    pub(crate) local_dir: Option<String>,
     #[serde(default)]
     /// Key prefix (`builds` and `builds/` both mean the folder `builds/`).
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// The build this resource tracks.
-    pub build_id: Option<String>,
+    pub(crate) build_id: Option<String>,
     /// AWS region (default `us-east-1`).
-    pub region_name: Option<String>,
+    pub(crate) region_name: Option<String>,
     /// A custom S3 endpoint (S3-compatible servers).
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     #[serde(default)]
     /// Path-style addressing (`endpoint/bucket/key`).
-    pub use_path_style: bool,
+    pub(crate) use_path_style: bool,
     /// Static credentials, with `secret_access_key`.
-    pub access_key_id: Option<String>,
+    pub(crate) access_key_id: Option<String>,
     /// Never printed, logged or written anywhere.
-    pub secret_access_key: Option<Secret>,
+    pub(crate) secret_access_key: Option<Secret>,
     /// For temporary credentials; never printed.
-    pub session_token: Option<Secret>,
+    pub(crate) session_token: Option<Secret>,
     /// A role to assume (STS).
-    pub aws_role_arn: Option<String>,
+    pub(crate) aws_role_arn: Option<String>,
     /// PEM certificates to trust besides the system's (at least one).
-    pub ca_bundle: Option<String>,
+    pub(crate) ca_bundle: Option<String>,
     /// `AES256` or `aws:kms`.
-    pub server_side_encryption: Option<String>,
+    pub(crate) server_side_encryption: Option<String>,
     /// The KMS key, with `aws:kms`.
-    pub sse_kms_key_id: Option<String>,
+    pub(crate) sse_kms_key_id: Option<String>,
     #[serde(default)]
     /// Without keys, use the standard AWS credential chain.
-    pub enable_aws_creds_provider: bool,
+    pub(crate) enable_aws_creds_provider: bool,
     #[serde(default)]
     /// Free string labels stored in the document by `init`.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// A custom ladder of `{code, name}`, strictly increasing.
-    pub states: Option<Vec<Step>>,
+    pub(crate) states: Option<Vec<Step>>,
     /// The retry policy.
-    pub retry: Option<RetryParam>,
+    pub(crate) retry: Option<RetryParam>,
     #[serde(default)]
     /// Regexes: a matching error is retried.
-    pub transient_errors: Vec<String>,
+    pub(crate) transient_errors: Vec<String>,
     #[serde(default)]
     /// Regexes: a matching error blocks the stage at once.
-    pub persistent_errors: Vec<String>,
+    pub(crate) persistent_errors: Vec<String>,
     /// Makes `check` emit a version only when the condition passes.
-    pub gate: Option<ConditionParam>,
+    pub(crate) gate: Option<ConditionParam>,
     /// The token of the pipeline's check webhooks (the gated resources'
     /// `webhook_token`), for a put's `check:`; a secret.
-    pub webhook_token: Option<Secret>,
+    pub(crate) webhook_token: Option<Secret>,
 }
 
 /// The behaviour settings that decide what a put means (the ladder, the
@@ -221,31 +221,31 @@ pub struct Source {
 /// build").
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// `states`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub states: Option<Vec<Step>>,
+    pub(crate) states: Option<Vec<Step>>,
     /// `retry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetryParam>,
+    pub(crate) retry: Option<RetryParam>,
     /// `transient_errors`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transient_errors: Vec<String>,
+    pub(crate) transient_errors: Vec<String>,
     /// `persistent_errors`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub persistent_errors: Vec<String>,
+    pub(crate) persistent_errors: Vec<String>,
 }
 
 impl Policy {
     /// Whether it says nothing (every setting at its default).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Policy::default()
     }
 }
 
 impl Source {
     /// The source's behaviour settings.
-    pub fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         Policy {
             states: self.states.clone(),
             retry: self.retry.clone(),
@@ -255,7 +255,7 @@ impl Source {
     }
 
     /// The source with `policy` in place of its own behaviour settings.
-    pub fn with_policy(&self, policy: Policy) -> Source {
+    pub(crate) fn with_policy(&self, policy: Policy) -> Source {
         Source {
             states: policy.states,
             retry: policy.retry,
@@ -273,38 +273,38 @@ impl Source {
 /// know: Concourse keeps the versions an older image emitted and sends them
 /// back to a newer one, which must keep working with them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Version {
+pub(crate) struct Version {
     /// The document's revision, as a string.
-    pub revision: String,
+    pub(crate) revision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// The state code at that revision.
-    pub state: Option<String>,
+    pub(crate) state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// The status at that revision.
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// The document's ETag at that revision (for the conditional read).
-    pub etag: Option<String>,
+    pub(crate) etag: Option<String>,
 }
 
 /// Name/value metadata shown in the Concourse UI.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MetadataField {
+pub(crate) struct MetadataField {
     /// The field's name, e.g. `state`.
-    pub name: String,
+    pub(crate) name: String,
     /// Its value, as text.
-    pub value: String,
+    pub(crate) value: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// What Concourse sends `check`.
-pub struct CheckRequest {
+pub(crate) struct CheckRequest {
     /// The resource's source block.
-    pub source: Source,
+    pub(crate) source: Source,
     /// The newest version Concourse has, if any.
-    pub version: Option<Version>,
+    pub(crate) version: Option<Version>,
 }
 
 /// `get` params.
@@ -312,19 +312,19 @@ pub struct CheckRequest {
 #[serde(deny_unknown_fields)]
 pub struct InParams {
     /// Fail the step unless the revision satisfies this condition.
-    pub require: Option<ConditionParam>,
+    pub(crate) require: Option<ConditionParam>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// What Concourse sends `in`.
-pub struct InRequest {
+pub(crate) struct InRequest {
     /// The resource's source block.
-    pub source: Source,
+    pub(crate) source: Source,
     /// The version to fetch.
-    pub version: Version,
+    pub(crate) version: Version,
     /// The get step's params.
-    pub params: Option<InParams>,
+    pub(crate) params: Option<InParams>,
 }
 
 /// `put` params: exactly one action, plus what goes with it.
@@ -332,53 +332,53 @@ pub struct InRequest {
 #[serde(deny_unknown_fields)]
 pub struct OutParams {
     /// Create the build at its initial state.
-    pub init: Option<bool>,
+    pub(crate) init: Option<bool>,
     /// With `init`: start a new run after a delivered or cancelled one; alone: archive and restart.
-    pub restart: Option<bool>,
+    pub(crate) restart: Option<bool>,
     /// Stage N is running.
-    pub start: Option<CodeParam>,
+    pub(crate) start: Option<CodeParam>,
     /// Stage N succeeded.
-    pub complete: Option<CodeParam>,
+    pub(crate) complete: Option<CodeParam>,
     /// Stage N failed.
-    pub fail: Option<CodeParam>,
+    pub(crate) fail: Option<CodeParam>,
     /// Complete or fail stage N by `BUILD_STATUS`.
-    pub finish: Option<CodeParam>,
+    pub(crate) finish: Option<CodeParam>,
     /// A human's retry of stage N.
-    pub retry: Option<CodeParam>,
+    pub(crate) retry: Option<CodeParam>,
     /// A manual override to state N.
-    pub set: Option<CodeParam>,
+    pub(crate) set: Option<CodeParam>,
     /// Abandon the build, for this reason.
-    pub cancel: Option<String>,
+    pub(crate) cancel: Option<String>,
     /// A whole document that extends the stored one.
-    pub file: Option<String>,
+    pub(crate) file: Option<String>,
     /// A human approves stage N (awaiting approval).
-    pub approve: Option<CodeParam>,
+    pub(crate) approve: Option<CodeParam>,
     /// Stage N (in progress) is alive.
-    pub heartbeat: Option<CodeParam>,
+    pub(crate) heartbeat: Option<CodeParam>,
     /// With `fail` / `finish`: the error message, or the file holding it.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// With `fail` / `finish`: a file holding the error message.
-    pub error_file: Option<String>,
+    pub(crate) error_file: Option<String>,
     /// With `fail` / `finish`: `transient` or `persistent`.
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// With `set`.
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// With `set`: why (required); with `approve`: why (optional).
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// With any action.
-    pub vars_file: Option<String>,
+    pub(crate) vars_file: Option<String>,
     /// With any action: free text in the history entry.
     pub note: Option<String>,
     /// With any action that writes: the resources whose check Concourse
     /// runs at once (its check webhook), after the write landed.
-    pub check: Option<Vec<String>>,
+    pub(crate) check: Option<Vec<String>>,
 }
 
 /// The one action a put names, parsed once from its params: adding an
 /// action is a variant here, and the compiler finds every place that must
 /// handle it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PutAction {
+pub(crate) enum PutAction {
     /// `init: true`, with `restart: true` to start a new run after a
     /// delivered or cancelled one.
     Init {
@@ -413,12 +413,12 @@ pub enum PutAction {
 }
 
 /// Every action a put may name, for messages.
-pub const PUT_ACTIONS: &str =
+pub(crate) const PUT_ACTIONS: &str =
     "init, start, complete, fail, finish, retry, set, cancel, restart, approve, heartbeat or file";
 
 impl PutAction {
     /// The param that names it.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             PutAction::Init { .. } => "init",
             PutAction::Restart => "restart",
@@ -437,7 +437,7 @@ impl PutAction {
     }
 
     /// The put's action: exactly one must be given.
-    pub fn of(p: &OutParams) -> Result<PutAction, String> {
+    pub(crate) fn of(p: &OutParams) -> Result<PutAction, String> {
         let restart = p.restart == Some(true);
         let code = |c: &Option<CodeParam>| c.as_ref().map(|c| c.0);
         let given: Vec<PutAction> = [
@@ -482,20 +482,20 @@ impl PutAction {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// What Concourse sends `out`.
-pub struct OutRequest {
+pub(crate) struct OutRequest {
     /// The resource's source block.
-    pub source: Source,
+    pub(crate) source: Source,
     /// The put step's params.
-    pub params: Option<OutParams>,
+    pub(crate) params: Option<OutParams>,
 }
 
 /// The reply of `in` and `out`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
+pub(crate) struct Response {
     /// The version the step fetched or produced.
-    pub version: Version,
+    pub(crate) version: Version,
     /// Shown in the Concourse UI.
-    pub metadata: Vec<MetadataField>,
+    pub(crate) metadata: Vec<MetadataField>,
 }
 
 /// Parses a request, naming the path of the offending field.
@@ -525,9 +525,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(input: &[u8]) -> Result<T, PayloadE
 #[error("invalid payload: {}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
 pub struct PayloadError {
     /// The path of the offending field (`source.retry.backoff`), empty for the whole request.
-    pub path: String,
+    pub(crate) path: String,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 #[cfg(test)]
@@ -853,10 +853,10 @@ pub struct BuildEnv {
     pub url: Option<String>,
     /// `BUILD_CREATED_BY`: who started the build, when the resource has
     /// `expose_build_created_by: true`.
-    pub created_by: Option<String>,
+    pub(crate) created_by: Option<String>,
     /// `BUILD_PIPELINE_INSTANCE_VARS`: the pipeline's instance vars, as
     /// JSON (an instanced pipeline).
-    pub instance_vars: Option<String>,
+    pub(crate) instance_vars: Option<String>,
 }
 
 /// `url` without the user and password it may carry (`http://admin:pw@ci`):
@@ -875,12 +875,12 @@ fn without_userinfo(url: &str) -> String {
 
 impl BuildEnv {
     /// The build's variables, from this process's environment.
-    pub fn from_env() -> BuildEnv {
+    pub(crate) fn from_env() -> BuildEnv {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// The build's variables, from a lookup (for tests).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> BuildEnv {
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> BuildEnv {
         let var = |name: &str| {
             get(name)
                 .map(|v| v.trim().to_string())
@@ -903,7 +903,7 @@ impl BuildEnv {
     /// The build's page: `BUILD_URL` when Concourse gives it (8.0+), else
     /// made from `ATC_EXTERNAL_URL` as Concourse makes it; none from a URL
     /// that does not parse (it is stored, and might hold a secret).
-    pub fn build_url(&self) -> Option<String> {
+    pub(crate) fn build_url(&self) -> Option<String> {
         if let Some(url) = &self.url {
             return url::Url::parse(url).is_ok().then(|| url.clone());
         }
@@ -921,7 +921,7 @@ impl BuildEnv {
     }
 
     /// Who made a change: this Concourse build.
-    pub fn actor(&self) -> crate::model::Actor {
+    pub(crate) fn actor(&self) -> crate::model::Actor {
         crate::model::Actor {
             team: self.team.clone(),
             pipeline: self.pipeline.clone(),

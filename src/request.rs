@@ -98,7 +98,7 @@ pub(crate) struct Request {
     /// A file holding a JSON object merged into the build's vars.
     pub(crate) vars_file: Option<String>,
     /// Free text recorded in the history entry.
-    pub(crate) note: Option<String>,
+    pub note: Option<String>,
     /// The resources Concourse checks at once after the write landed.
     pub(crate) check: Vec<String>,
 }

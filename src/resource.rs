@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Validates a source block; errors name the build when the source does.
-pub fn configure(source: &Source) -> Result<Config> {
+pub(crate) fn configure(source: &Source) -> Result<Config> {
     Config::from_source(source).map_err(|e| match source.build_id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() && !e.field.starts_with("build_id") => anyhow!("{id}: {e}"),
         _ => anyhow!(e),
@@ -71,6 +71,23 @@ impl Program {
             }
         })
     }
+
+    /// Runs the program as Concourse does: the request read from stdin, the
+    /// reply (a line of JSON) written to stdout. What the binary runs, and
+    /// `build-state check|in|out`.
+    pub async fn answer(&self, notes: &Notes) -> Result<()> {
+        use std::io::{Read, Write};
+        let mut input = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut input)
+            .context("reading the request from stdin")?;
+        let mut reply = self.run(&input, notes).await?;
+        reply.push(b'\n');
+        std::io::stdout()
+            .lock()
+            .write_all(&reply)
+            .context("writing the reply to stdout")
+    }
 }
 
 /// The version of the document as of one revision. Concourse identifies a
@@ -78,7 +95,7 @@ impl Program {
 /// (by check, as the newest or as an intermediate revision, and by put): its
 /// ETag is the one the document had when that revision was written, computed
 /// from the revision itself, and it lets an unchanged check cost one 304.
-pub fn version_of(doc: &Document) -> Version {
+pub(crate) fn version_of(doc: &Document) -> Version {
     Version {
         revision: doc.revision.to_string(),
         state: Some(doc.state.to_string()),
@@ -98,7 +115,7 @@ fn parse_revision(v: &Version) -> Result<u64> {
 
 /// `check`: with a gate, the current revision when it passes (else
 /// nothing); without, every revision of the current run after the given one.
-pub async fn check(input: &[u8], notes: &Notes) -> Result<Vec<Version>> {
+pub(crate) async fn check(input: &[u8], notes: &Notes) -> Result<Vec<Version>> {
     let (config, version) = check_request(input)?;
     let store = open(&config).await?;
     check_store(&config, &store, &StoreClock(&store), version, notes).await
@@ -106,7 +123,7 @@ pub async fn check(input: &[u8], notes: &Notes) -> Result<Vec<Version>> {
 
 /// A check request read and validated: the configuration and the version
 /// given.
-pub fn check_request(input: &[u8]) -> Result<(Config, Option<Version>)> {
+pub(crate) fn check_request(input: &[u8]) -> Result<(Config, Option<Version>)> {
     let req: CheckRequest = parse(input)?;
     let config = configure(&req.source)?;
     req.version.as_ref().map(parse_revision).transpose()?;
@@ -219,7 +236,7 @@ pub(crate) async fn check_store<S: Store>(
 }
 
 /// Metadata shown in the Concourse UI.
-pub fn metadata(doc: &Document) -> Vec<MetadataField> {
+pub(crate) fn metadata(doc: &Document) -> Vec<MetadataField> {
     let mut m = vec![
         ("state", doc.state.to_string()),
         ("state_name", doc.state_name.clone()),
@@ -250,7 +267,7 @@ fn shell_quote(v: &str) -> String {
 }
 
 /// The files `in` writes, by name.
-pub fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)> {
     let vars = Value::Object(doc.vars.clone());
     let mut vars_json = serde_json::to_vec_pretty(&vars).expect("vars serialize");
     vars_json.push(b'\n');
@@ -293,7 +310,7 @@ pub fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Vec<u8>)>
 }
 
 /// `in`: the document as of the requested revision, into `dest`.
-pub async fn get(input: &[u8], dest: &Path, notes: &Notes) -> Result<Response> {
+pub(crate) async fn get(input: &[u8], dest: &Path, notes: &Notes) -> Result<Response> {
     let (config, version, require) = get_request(input)?;
     let store = open(&config).await?;
     get_store(&config, &store, version, require, dest, notes).await
@@ -301,7 +318,9 @@ pub async fn get(input: &[u8], dest: &Path, notes: &Notes) -> Result<Response> {
 
 /// An `in` request read and validated: the configuration, the version and
 /// the `require` condition.
-pub fn get_request(input: &[u8]) -> Result<(Config, Version, Option<crate::model::Condition>)> {
+pub(crate) fn get_request(
+    input: &[u8],
+) -> Result<(Config, Version, Option<crate::model::Condition>)> {
     let req: InRequest = parse(input)?;
     let config = configure(&req.source)?;
     parse_revision(&req.version)?;
@@ -392,7 +411,12 @@ pub(crate) async fn get_files<S: Store>(
 }
 
 /// `out`: one action on the document, as a compare-and-swap.
-pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) -> Result<Response> {
+pub(crate) async fn put(
+    input: &[u8],
+    sources: &Path,
+    env: &BuildEnv,
+    notes: &Notes,
+) -> Result<Response> {
     let (config, change, handoff) =
         put_request(input, &SourcesDir(sources), env, crate::now(), notes)?;
     let store = open(&config).await?;
@@ -412,7 +436,7 @@ pub async fn put(input: &[u8], sources: &Path, env: &BuildEnv, notes: &Notes) ->
 /// refusal that wrote nothing, a replay or a heartbeat), even when the put
 /// fails after it (a dead attempt recorded as blocked: the alert job must
 /// hear of it at once).
-pub fn landed(result: &Result<(Response, bool)>) -> bool {
+pub(crate) fn landed(result: &Result<(Response, bool)>) -> bool {
     match result {
         Ok((_, landed)) => *landed,
         Err(e) => e

@@ -16,17 +16,17 @@ use std::path::PathBuf;
 pub(crate) struct AtcArgs {
     /// The ATC a --check goes to (its external URL)
     #[arg(long, global = true, value_name = "URL")]
-    pub atc_url: Option<String>,
+    pub(crate) atc_url: Option<String>,
     /// The team of the pipeline a --check goes to
     #[arg(long, global = true, value_name = "NAME")]
-    pub team: Option<String>,
+    pub(crate) team: Option<String>,
     /// A fly target (~/.flyrc) whose api and team a --check goes to
     #[arg(long, global = true, value_name = "NAME")]
-    pub fly_target: Option<String>,
+    pub(crate) fly_target: Option<String>,
     /// An instance var of the pipeline a --check goes to, as fly's -i
     /// (KEY=VALUE, the value YAML; repeatable)
     #[arg(long = "instance-var", global = true, value_name = "KEY=VALUE")]
-    pub instance_vars: Vec<String>,
+    pub(crate) instance_vars: Vec<String>,
     /// The gates' webhook token (else the source's webhook_token)
     #[arg(
         long,
@@ -35,7 +35,7 @@ pub(crate) struct AtcArgs {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub webhook_token: Option<String>,
+    pub(crate) webhook_token: Option<String>,
 }
 
 impl AtcArgs {

@@ -32,11 +32,11 @@ use std::sync::Arc;
 pub(crate) use fleet::scan::Row;
 
 /// Exit codes, as documented in the README: an error.
-pub const EXIT_ERROR: u8 = 1;
+pub(crate) const EXIT_ERROR: u8 = 1;
 /// Exit codes: a usage error.
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 /// Exit codes: no such build.
-pub const EXIT_NOT_FOUND: u8 = 3;
+pub(crate) const EXIT_NOT_FOUND: u8 = 3;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -187,13 +187,7 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Error> {
 }
 
 async fn resource_cmd(program: crate::resource::Program, out: &Out) -> Result<()> {
-    use std::io::Read;
-    let mut input = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut input)
-        .context("reading the request from stdin")?;
-    let reply = program.run(&input, &out.notes).await?;
-    out.write(&format!("{}\n", String::from_utf8_lossy(&reply)))
+    program.answer(&out.notes).await
 }
 
 /// Opens the store the settings name.

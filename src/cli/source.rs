@@ -22,41 +22,41 @@ pub(crate) struct SourceArgs {
         env = "BUILD_STATE_SOURCE",
         value_name = "FILE"
     )]
-    pub source_file: Option<PathBuf>,
+    pub(crate) source_file: Option<PathBuf>,
     /// Take the source from a pipeline file (with --resource); without
     /// --resource, the Concourse pipeline a --check goes to
     #[arg(long, global = true, value_name = "FILE|NAME")]
-    pub pipeline: Option<PathBuf>,
+    pub(crate) pipeline: Option<PathBuf>,
     /// The build-state resource in --pipeline
     #[arg(long, global = true, value_name = "NAME")]
-    pub resource: Option<String>,
+    pub(crate) resource: Option<String>,
     /// A ((var)) of --pipeline, as fly's -v: the value is a string (repeatable)
     #[arg(short = 'v', long = "var", global = true, value_name = "KEY=VALUE")]
-    pub vars: Vec<String>,
+    pub(crate) vars: Vec<String>,
     /// A ((var)) of --pipeline, as fly's -y: the value is YAML (repeatable)
     #[arg(short = 'y', long = "yaml-var", global = true, value_name = "KEY=YAML")]
-    pub yaml_vars: Vec<String>,
+    pub(crate) yaml_vars: Vec<String>,
     /// S3 bucket
     #[arg(long, global = true, env = "BUILD_STATE_BUCKET")]
-    pub bucket: Option<String>,
+    pub(crate) bucket: Option<String>,
     /// A local directory instead of S3
     #[arg(long, global = true, env = "BUILD_STATE_LOCAL_DIR")]
-    pub local_dir: Option<String>,
+    pub(crate) local_dir: Option<String>,
     /// Key prefix
     #[arg(long, global = true, env = "BUILD_STATE_PREFIX")]
-    pub prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
     /// AWS region
     #[arg(long, global = true, env = "BUILD_STATE_REGION")]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// S3 endpoint (S3-compatible servers)
     #[arg(long, global = true, env = "BUILD_STATE_ENDPOINT")]
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// Path-style addressing
     #[arg(long, global = true, env = "BUILD_STATE_USE_PATH_STYLE")]
-    pub use_path_style: Option<bool>,
+    pub(crate) use_path_style: Option<bool>,
     /// A role to assume
     #[arg(long, global = true, env = "BUILD_STATE_ROLE_ARN")]
-    pub role_arn: Option<String>,
+    pub(crate) role_arn: Option<String>,
     /// An access key of the CLI's own (with BUILD_STATE_SECRET_ACCESS_KEY),
     /// instead of the AWS credential chain: a task that runs Packer with
     /// one key sends heartbeats with another, which can only read and
@@ -67,11 +67,11 @@ pub(crate) struct SourceArgs {
         env = "BUILD_STATE_ACCESS_KEY_ID",
         value_name = "ID"
     )]
-    pub access_key_id: Option<String>,
+    pub(crate) access_key_id: Option<String>,
     /// Its secret: from the environment only, never a flag (a flag shows
     /// in the process list)
     #[arg(skip = std::env::var("BUILD_STATE_SECRET_ACCESS_KEY").ok())]
-    pub secret_access_key: Option<String>,
+    pub(crate) secret_access_key: Option<String>,
 }
 
 impl SourceArgs {

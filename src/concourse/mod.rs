@@ -24,9 +24,9 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Release {
     /// The major version.
-    pub major: u32,
+    pub(crate) major: u32,
     /// The minor version.
-    pub minor: u32,
+    pub(crate) minor: u32,
 }
 
 impl Release {
@@ -50,12 +50,12 @@ impl Release {
     }
 
     /// `no_get` on a put: since v7.9.0 (commit f08aa8104).
-    pub const fn has_no_get(self) -> bool {
+    pub(crate) const fn has_no_get(self) -> bool {
         self.at_least(7, 9)
     }
 
     /// `BUILD_URL` in a resource's environment: since 8.0.
-    pub const fn has_build_url(self) -> bool {
+    pub(crate) const fn has_build_url(self) -> bool {
         self.at_least(8, 0)
     }
 
@@ -67,14 +67,14 @@ impl Release {
 
     /// A put's `inputs` default to `detect` (the artifacts its params name)
     /// since 8.0 (`atc/exec/put_step.go`); before, `all`.
-    pub const fn detects_put_inputs(self) -> bool {
+    pub(crate) const fn detects_put_inputs(self) -> bool {
         self.at_least(8, 0)
     }
 
     /// Since 8.2 only resources some job triggers on are checked on their
     /// `check_every` (`atc/lidar/check_factory.go`); the others are checked
     /// when a build needs them.
-    pub const fn checks_only_triggers(self) -> bool {
+    pub(crate) const fn checks_only_triggers(self) -> bool {
         self.at_least(8, 2)
     }
 }
@@ -110,7 +110,7 @@ use serde_json::Value;
 
 /// The storage fields of a build-state source, replaced by the in-memory
 /// store when a pipeline is simulated.
-pub const STORAGE_FIELDS: [&str; 12] = [
+pub(crate) const STORAGE_FIELDS: [&str; 12] = [
     "bucket",
     "local_dir",
     "endpoint",

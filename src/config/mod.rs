@@ -20,9 +20,9 @@ pub use s3::{Credentials, Encryption, S3Config};
 #[error("source.{field}: {message}")]
 pub struct ConfigError {
     /// The source field at fault, e.g. `retry.backoff`.
-    pub field: String,
+    pub(crate) field: String,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
@@ -38,9 +38,9 @@ fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Con
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The build whose document this is.
-    pub build_id: String,
+    pub(crate) build_id: String,
     /// The resource's settings, shared by every build under them.
-    pub settings: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
 }
 
 impl std::ops::Deref for Config {
@@ -56,28 +56,28 @@ impl std::ops::Deref for Config {
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Where the documents live.
-    pub storage: Storage,
+    pub(crate) storage: Storage,
     /// The state ladder.
     pub ladder: Ladder,
     /// The retry policy, per stage.
-    pub retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
     /// How an error message is classified.
-    pub classifier: Classifier,
+    pub(crate) classifier: Classifier,
     /// Labels stored by `init`.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// The condition a gated `check` waits for.
-    pub gate: Option<Condition>,
+    pub(crate) gate: Option<Condition>,
     /// The behaviour settings as written (what `out` records in the
     /// document for the CLI to decide by).
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// The token of the pipeline's check webhooks (a secret: never in the
     /// document, the output or an error).
-    pub webhook_token: Option<crate::protocol::Secret>,
+    pub(crate) webhook_token: Option<crate::protocol::Secret>,
 }
 
 /// Where documents live, and under which prefix.
 #[derive(Clone, Debug)]
-pub enum Storage {
+pub(crate) enum Storage {
     /// A local directory.
     Local {
         /// The directory.
@@ -91,24 +91,25 @@ pub enum Storage {
 
 /// Decides whether an error message is transient or persistent.
 #[derive(Clone, Debug, Default)]
-pub struct Classifier {
+pub(crate) struct Classifier {
     /// Regexes of errors that are retried.
-    pub transient: Vec<Regex>,
+    pub(crate) transient: Vec<Regex>,
     /// Regexes of errors that block the stage at once.
-    pub persistent: Vec<Regex>,
+    pub(crate) persistent: Vec<Regex>,
 }
 
 impl Classifier {
     /// A persistent match wins over a transient one (a human looks rather
     /// than a stage retrying something hopeless); no match means transient.
-    pub fn classify(&self, message: &str) -> FailureKind {
+    #[cfg(test)]
+    pub(crate) fn classify(&self, message: &str) -> FailureKind {
         self.error(message.to_string(), None).kind
     }
 
     /// The recorded error: of the kind given, else of the first pattern that
     /// matches (persistent ones first), which the error names; else
     /// transient (unknown).
-    pub fn error(&self, message: String, given: Option<FailureKind>) -> ErrorInfo {
+    pub(crate) fn error(&self, message: String, given: Option<FailureKind>) -> ErrorInfo {
         if let Some(kind) = given {
             return ErrorInfo::new(message, kind);
         }
@@ -134,7 +135,7 @@ impl Classifier {
 
 /// Checks a build id: 1-128 characters of `[A-Za-z0-9._-]`, starting with a
 /// letter or digit, so it can never name a parent directory.
-pub fn validate_build_id(id: &str) -> Result<(), String> {
+pub(crate) fn validate_build_id(id: &str) -> Result<(), String> {
     let ok_len = (1..=128).contains(&id.len());
     let ok_chars = id
         .chars()
@@ -256,7 +257,7 @@ fn stage_retry(field: &str, p: &RetryParam, base: &StageRetry) -> Result<StageRe
 
 /// Parses a `{state: N}` / `{min_state: N}` / `{status: blocked}` block
 /// against a ladder.
-pub fn parse_condition(
+pub(crate) fn parse_condition(
     field: &str,
     p: &ConditionParam,
     ladder: &Ladder,
@@ -352,13 +353,8 @@ impl Config {
         })
     }
 
-    /// The same settings for another build under the same prefix.
-    pub fn with_build_id(&self, build_id: &str) -> Result<Config, ConfigError> {
-        self.settings.for_build(build_id)
-    }
-
     /// The transition rules this configuration sets.
-    pub fn rules(&self) -> crate::model::Rules<'_> {
+    pub(crate) fn rules(&self) -> crate::model::Rules<'_> {
         crate::model::Rules {
             build_id: &self.build_id,
             ladder: &self.ladder,
@@ -368,18 +364,18 @@ impl Config {
     }
 
     /// The key of the live document: `<prefix><build_id>/state.json`.
-    pub fn state_key(&self) -> String {
+    pub(crate) fn state_key(&self) -> String {
         format!("{}{}/state.json", self.prefix(), self.build_id)
     }
 
     /// `<prefix><build_id>/heartbeat.json`: the newest sign of life of the
     /// stage in progress (never part of the document).
-    pub fn heartbeat_key(&self) -> String {
+    pub(crate) fn heartbeat_key(&self) -> String {
         format!("{}{}/heartbeat.json", self.prefix(), self.build_id)
     }
 
     /// `<prefix><build_id>/runs/<run>.json`.
-    pub fn archive_key(&self, run: u64) -> String {
+    pub(crate) fn archive_key(&self, run: u64) -> String {
         format!("{}{}/runs/{run}.json", self.prefix(), self.build_id)
     }
 }
@@ -518,7 +514,7 @@ impl Settings {
     }
 
     /// The configuration of build `build_id` under these settings.
-    pub fn for_build(self: &Arc<Self>, build_id: &str) -> Result<Config, ConfigError> {
+    pub(crate) fn for_build(self: &Arc<Self>, build_id: &str) -> Result<Config, ConfigError> {
         validate_build_id(build_id).or_else(|m| err("build_id", m))?;
         Ok(Config {
             build_id: build_id.to_string(),
@@ -527,7 +523,7 @@ impl Settings {
     }
 
     /// The build id a state key names (`<prefix><id>/state.json`), if any.
-    pub fn build_id_of_key(&self, key: &str) -> Option<String> {
+    pub(crate) fn build_id_of_key(&self, key: &str) -> Option<String> {
         let id = key
             .strip_prefix(self.prefix())?
             .strip_suffix("/state.json")?;
@@ -535,7 +531,7 @@ impl Settings {
     }
 
     /// The build a heartbeat object belongs to (`<prefix><id>/heartbeat.json`).
-    pub fn build_id_of_heartbeat_key(&self, key: &str) -> Option<String> {
+    pub(crate) fn build_id_of_heartbeat_key(&self, key: &str) -> Option<String> {
         let id = key
             .strip_prefix(self.prefix())?
             .strip_suffix("/heartbeat.json")?;
@@ -543,7 +539,7 @@ impl Settings {
     }
 
     /// The key prefix (empty, or ending in `/`).
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         match &self.storage {
             Storage::Local { prefix, .. } => prefix,
             Storage::S3(s3) => &s3.prefix,
@@ -551,7 +547,7 @@ impl Settings {
     }
 
     /// Where a key lives, for messages: `s3://bucket/key` or a path.
-    pub fn location(&self, key: &str) -> String {
+    pub(crate) fn location(&self, key: &str) -> String {
         match &self.storage {
             Storage::Local { dir, .. } => dir.join(key).display().to_string(),
             Storage::S3(s3) => format!("s3://{}/{key}", s3.bucket),

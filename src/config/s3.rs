@@ -9,26 +9,26 @@ use crate::protocol::{Secret, Source};
 /// Where an S3 store is and how to reach it.
 pub struct S3Config {
     /// The bucket.
-    pub bucket: String,
+    pub(crate) bucket: String,
     /// The key prefix, ending in `/` (or empty).
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// The bucket's region.
-    pub region: String,
+    pub(crate) region: String,
     /// A custom endpoint (S3-compatible servers).
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// What set `endpoint`, in words for an error (`source.endpoint`; the
     /// CLI names its flag or variable).
-    pub endpoint_origin: String,
+    pub(crate) endpoint_origin: String,
     /// Path-style addressing.
-    pub path_style: bool,
+    pub(crate) path_style: bool,
     /// Which credentials sign requests.
-    pub credentials: Credentials,
+    pub(crate) credentials: Credentials,
     /// A role to assume with them.
-    pub role_arn: Option<String>,
+    pub(crate) role_arn: Option<String>,
     /// PEM certificates to trust besides the system's.
-    pub ca_bundle: Option<String>,
+    pub(crate) ca_bundle: Option<String>,
     /// Server-side encryption of written documents.
-    pub sse: Option<Encryption>,
+    pub(crate) sse: Option<Encryption>,
 }
 
 #[derive(Clone, Debug)]

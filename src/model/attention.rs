@@ -20,7 +20,7 @@ pub enum NeedKind {
     /// The attempt in progress shows no sign of life (past its `timeout`
     /// or `heartbeat_timeout`): its worker is gone.
     Stale,
-    /// The stage has been due for long ([`overdue_since`]) and no build
+    /// The stage has been due for long (`overdue_since`) and no build
     /// started it: its job cannot run (a paused pipeline or job, an input
     /// that keeps failing, the resource unreachable).
     Overdue,
@@ -28,7 +28,7 @@ pub enum NeedKind {
 
 impl NeedKind {
     /// As written in output and metrics.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NeedKind::Blocked => "blocked",
             NeedKind::AwaitingApproval => "awaiting_approval",
@@ -42,20 +42,20 @@ impl NeedKind {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Need {
     /// The build.
-    pub build_id: String,
+    pub(crate) build_id: String,
     /// The stage.
-    pub state: super::ladder::Code,
+    pub(crate) state: super::ladder::Code,
     /// The stage's name.
-    pub state_name: String,
+    pub(crate) state_name: String,
     /// Why, in one word.
-    pub kind: NeedKind,
+    pub(crate) kind: NeedKind,
     /// Since when.
     #[serde(with = "rfc3339")]
-    pub since: Timestamp,
+    pub(crate) since: Timestamp,
     /// Why, in words (the last error and what decided it, the heartbeat).
-    pub why: String,
+    pub(crate) why: String,
     /// What unblocks it: the exact command, or the Concourse job to run.
-    pub unblock: String,
+    pub(crate) unblock: String,
 }
 
 /// Whether `doc` needs a human at `now`, and what for.
@@ -196,7 +196,7 @@ fn shell_word(word: &str) -> Option<String> {
 
 /// How long a stage may be due with no start before it needs a human:
 /// twice its `timeout` (an hour when it has none).
-pub fn overdue_after(retry: &RetryPolicy, n: super::ladder::Code) -> std::time::Duration {
+pub(crate) fn overdue_after(retry: &RetryPolicy, n: super::ladder::Code) -> std::time::Duration {
     2 * retry
         .for_state(n)
         .timeout
@@ -206,7 +206,7 @@ pub fn overdue_after(retry: &RetryPolicy, n: super::ladder::Code) -> std::time::
 /// When the stage the build is at became due and stayed so with no start:
 /// the event that made it pending, or its failure's `retry_at`;
 /// deferrals (builds that never started it) and restores do not change it.
-pub fn due_since(doc: &Document) -> Option<Timestamp> {
+pub(crate) fn due_since(doc: &Document) -> Option<Timestamp> {
     if !matches!(doc.status, Status::Pending | Status::Failed) {
         return None;
     }
@@ -224,12 +224,16 @@ pub fn due_since(doc: &Document) -> Option<Timestamp> {
 
 /// When the stage the build is at becomes overdue (due for longer than
 /// [`overdue_after`] with no start), if it stays as it is.
-pub fn overdue_at(doc: &Document, retry: &RetryPolicy) -> Option<Timestamp> {
+pub(crate) fn overdue_at(doc: &Document, retry: &RetryPolicy) -> Option<Timestamp> {
     let bound = chrono::Duration::from_std(overdue_after(retry, doc.state)).ok()?;
     due_since(doc)?.checked_add_signed(bound)
 }
 
 /// Since when the stage the build is at is overdue at `now`, if it is.
-pub fn overdue_since(doc: &Document, retry: &RetryPolicy, now: Timestamp) -> Option<Timestamp> {
+pub(crate) fn overdue_since(
+    doc: &Document,
+    retry: &RetryPolicy,
+    now: Timestamp,
+) -> Option<Timestamp> {
     overdue_at(doc, retry).filter(|t| now >= *t)
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// The schema version this program reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 pub use super::time::{Timestamp, rfc3339};
 
@@ -17,39 +17,39 @@ pub use super::event::{ActionKind, Actor, ErrorInfo, Event, FailureKind, Status}
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Document {
     /// The document format's version.
-    pub schema_version: u32,
+    pub(crate) schema_version: u32,
     /// The build this document tracks.
-    pub build_id: String,
+    pub(crate) build_id: String,
     /// The run (1, 2, ... after each restart).
-    pub run: u64,
+    pub(crate) run: u64,
     /// Rises by one with every write, across runs.
-    pub revision: u64,
+    pub(crate) revision: u64,
     #[serde(default)]
     /// Free string labels.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// The state code: the last milestone reached.
-    pub state: Code,
+    pub(crate) state: Code,
     /// The state's name on the ladder.
-    pub state_name: String,
+    pub(crate) state_name: String,
     /// The status of the stage at `state`.
-    pub status: Status,
+    pub(crate) status: Status,
     /// Failures of the current stage.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     #[serde(default, with = "rfc3339::option")]
     /// When failed: when the retry is due.
-    pub retry_at: Option<Timestamp>,
+    pub(crate) retry_at: Option<Timestamp>,
     #[serde(default)]
     /// The stage's last failure.
-    pub last_error: Option<ErrorInfo>,
+    pub(crate) last_error: Option<ErrorInfo>,
     #[serde(default)]
     /// Variables merged from every event.
-    pub vars: Map<String, Value>,
+    pub(crate) vars: Map<String, Value>,
     #[serde(with = "rfc3339")]
     /// When the run started.
-    pub created_at: Timestamp,
+    pub(crate) created_at: Timestamp,
     #[serde(with = "rfc3339")]
     /// When the document last changed.
-    pub updated_at: Timestamp,
+    pub(crate) updated_at: Timestamp,
     /// Every event of the run, oldest first; the summary above is their fold.
     pub history: Vec<Event>,
 }
@@ -58,23 +58,23 @@ pub struct Document {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     /// The newest event's revision.
-    pub revision: u64,
+    pub(crate) revision: u64,
     /// The state code.
-    pub state: Code,
+    pub(crate) state: Code,
     /// The status.
-    pub status: Status,
+    pub(crate) status: Status,
     /// Failures of the current stage.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// When the retry is due.
-    pub retry_at: Option<Timestamp>,
+    pub(crate) retry_at: Option<Timestamp>,
     /// The stage's last failure.
-    pub last_error: Option<ErrorInfo>,
+    pub(crate) last_error: Option<ErrorInfo>,
     /// Merged variables.
-    pub vars: Map<String, Value>,
+    pub(crate) vars: Map<String, Value>,
     /// The first event's time.
-    pub created_at: Timestamp,
+    pub(crate) created_at: Timestamp,
     /// The newest event's time.
-    pub updated_at: Timestamp,
+    pub(crate) updated_at: Timestamp,
 }
 
 /// Why a stored document cannot be used.
@@ -94,7 +94,7 @@ pub enum DocumentError {
 }
 
 /// Parses a vars file: a JSON object, or a message saying what is wrong.
-pub fn parse_vars(body: &[u8]) -> Result<Map<String, Value>, String> {
+pub(crate) fn parse_vars(body: &[u8]) -> Result<Map<String, Value>, String> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err("must hold a JSON object ({\"ami_id\": \"ami-123\"})".to_string()),
@@ -103,7 +103,7 @@ pub fn parse_vars(body: &[u8]) -> Result<Map<String, Value>, String> {
 }
 
 /// Merges `vars` into `into` key by key (a later value replaces an earlier one).
-pub fn merge_vars(into: &mut Map<String, Value>, vars: &Map<String, Value>) {
+pub(crate) fn merge_vars(into: &mut Map<String, Value>, vars: &Map<String, Value>) {
     for (k, v) in vars {
         into.insert(k.clone(), v.clone());
     }
@@ -175,7 +175,7 @@ impl Document {
     /// build is at: the stage that failed and its attempt (a start-over
     /// stage's failure sends the build back to its `resume_from`, which
     /// then shows the error it did not make).
-    pub fn error_elsewhere(&self) -> Option<(Code, u32)> {
+    pub(crate) fn error_elsewhere(&self) -> Option<(Code, u32)> {
         self.last_error.as_ref()?;
         let e = self
             .history
@@ -190,7 +190,7 @@ impl Document {
     /// had): its history, then a `restore` event that keeps where it stood
     /// (state, status, attempt, `retry_at`) and says which revision it
     /// restored and why.
-    pub fn restored(
+    pub(crate) fn restored(
         &self,
         revision: u64,
         by: Actor,
@@ -226,7 +226,7 @@ impl Document {
 
     /// Builds a document whose summary is the fold of `history` (which must
     /// not be empty).
-    pub fn from_history(
+    pub(crate) fn from_history(
         build_id: &str,
         run: u64,
         labels: BTreeMap<String, String>,
@@ -254,7 +254,7 @@ impl Document {
     }
 
     /// The summary fields as stored.
-    pub fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         Summary {
             revision: self.revision,
             state: self.state,
@@ -272,7 +272,7 @@ impl Document {
     /// run, revisions rising by one), its summary (exactly the fold of the
     /// history) and its state (on the ladder). `state_name` is not compared:
     /// names may be edited in the source; it is rewritten on the next write.
-    pub fn verify(&self, ladder: &Ladder) -> Result<(), DocumentError> {
+    pub(crate) fn verify(&self, ladder: &Ladder) -> Result<(), DocumentError> {
         if self.schema_version != SCHEMA_VERSION {
             return Err(DocumentError::Schema(self.schema_version));
         }
@@ -322,7 +322,7 @@ impl Document {
 
     /// The document as it was at `revision`, rebuilt from the history;
     /// `None` when the revision is not in this run.
-    pub fn at_revision(&self, revision: u64, ladder: &Ladder) -> Option<Document> {
+    pub(crate) fn at_revision(&self, revision: u64, ladder: &Ladder) -> Option<Document> {
         if revision == self.revision {
             return Some(self.clone());
         }
@@ -341,19 +341,19 @@ impl Document {
     }
 
     /// The first revision of this run.
-    pub fn first_revision(&self) -> u64 {
+    pub(crate) fn first_revision(&self) -> u64 {
         self.history.first().map_or(self.revision, |e| e.revision)
     }
 
     /// The newest event.
-    pub fn last_event(&self) -> &Event {
+    pub(crate) fn last_event(&self) -> &Event {
         self.history
             .last()
             .expect("a verified document has history")
     }
 
     /// `rhel8-web is at 30 (monitoring setup, pending)`.
-    pub fn whereabouts(&self) -> String {
+    pub(crate) fn whereabouts(&self) -> String {
         let name = if self.state_name.is_empty() {
             String::new()
         } else {
@@ -366,7 +366,8 @@ impl Document {
     }
 
     /// The behaviour settings the run recorded last (see [`Event::policy`]).
-    pub fn policy(&self) -> Option<&Value> {
+    #[cfg(test)]
+    pub(crate) fn policy(&self) -> Option<&Value> {
         self.history.iter().rev().find_map(|e| e.policy.as_ref())
     }
 
@@ -381,7 +382,7 @@ impl Document {
     /// bytes, quoted, as S3 (without SSE-KMS) and the local store give it.
     /// A pure function of the revision: the same whether the revision is
     /// the newest or rebuilt from a later history (see `at_revision`).
-    pub fn etag(&self) -> String {
+    pub(crate) fn etag(&self) -> String {
         use md5::{Digest, Md5};
         let digest = Md5::digest(self.to_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

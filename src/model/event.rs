@@ -30,7 +30,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of the table in the README.
-    pub const ALL: [Status; 7] = [
+    pub(crate) const ALL: [Status; 7] = [
         Status::Pending,
         Status::InProgress,
         Status::Failed,
@@ -41,7 +41,7 @@ impl Status {
     ];
 
     /// The status as written in documents and versions.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
             Status::InProgress => "in_progress",
@@ -86,7 +86,7 @@ impl FailureKind {
     }
 
     /// The kind as written in documents.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FailureKind::Transient => "transient",
             FailureKind::Persistent => "persistent",
@@ -98,14 +98,14 @@ impl FailureKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
     /// What went wrong (bounded to 4000 characters, the end kept).
-    pub message: String,
+    pub(crate) message: String,
     /// Whether it is retried.
-    pub kind: FailureKind,
+    pub(crate) kind: FailureKind,
     /// The source pattern that gave `kind` (`persistent_errors: ...` or
     /// `transient_errors: ...`); absent when the put gave the kind or no
     /// pattern matched (unknown: transient).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub(crate) rule: Option<String>,
 }
 
 impl ErrorInfo {
@@ -154,7 +154,7 @@ pub enum ActionKind {
 
 impl ActionKind {
     /// The action as written in documents.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ActionKind::Init => "init",
             ActionKind::Start => "start",
@@ -208,25 +208,25 @@ impl fmt::Display for ActionKind {
 pub struct Actor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// `BUILD_TEAM_NAME`
-    pub team: Option<String>,
+    pub(crate) team: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// `BUILD_PIPELINE_NAME`
-    pub pipeline: Option<String>,
+    pub(crate) pipeline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// `BUILD_JOB_NAME`
-    pub job: Option<String>,
+    pub(crate) job: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// `BUILD_NAME`
-    pub build_name: Option<String>,
+    pub(crate) build_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// `BUILD_ID`
-    pub build_id: Option<String>,
+    pub(crate) build_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// The build's page.
-    pub build_url: Option<String>,
+    pub(crate) build_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// A person or a host (the CLI).
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// Who started the Concourse build (`BUILD_CREATED_BY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
@@ -235,7 +235,7 @@ pub struct Actor {
 impl Actor {
     /// One short phrase: `team/pipeline/job #12` (with who ran it by hand,
     /// when the resource exposes it: `... #12 (by alice)`), or `cli:alice`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if let Some(job) = &self.job {
             let mut s = String::new();
             for part in [&self.team, &self.pipeline].into_iter().flatten() {
@@ -265,39 +265,39 @@ impl Actor {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// The revision this event made.
-    pub revision: u64,
+    pub(crate) revision: u64,
     #[serde(with = "rfc3339")]
     /// When.
-    pub at: Timestamp,
+    pub(crate) at: Timestamp,
     /// What.
     pub action: ActionKind,
     /// The code the action named (`complete 25` has target 25, state 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<Code>,
+    pub(crate) target: Option<Code>,
     /// State after the event.
-    pub state: Code,
+    pub(crate) state: Code,
     /// Status after the event.
-    pub status: Status,
+    pub(crate) status: Status,
     /// The attempt at the stage this event concerns (1-based; 0 when the
     /// stage has not been attempted).
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// With `fail` (and `defer`): what went wrong.
-    pub error: Option<ErrorInfo>,
+    pub(crate) error: Option<ErrorInfo>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "rfc3339::option"
     )]
     /// With `fail` (retried) and `defer`: when the stage is due again.
-    pub retry_at: Option<Timestamp>,
+    pub(crate) retry_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     /// Variables this event merged into the document's `vars`.
-    pub vars: Map<String, Value>,
+    pub(crate) vars: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// With `set`, `cancel` and `approve`: why; with `defer`, and a `fail`
     /// recorded for another build's dead attempt: what the resource decided.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Free text.
     pub note: Option<String>,
@@ -309,5 +309,5 @@ pub struct Event {
     /// ones the run recorded last: what the CLI decides by when it is not
     /// given its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<Value>,
+    pub(crate) policy: Option<Value>,
 }

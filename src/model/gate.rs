@@ -25,14 +25,14 @@ pub enum At {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Condition {
     /// Where on the ladder.
-    pub at: At,
+    pub(crate) at: At,
     /// Only when the build stands there in this status (`blocked` or
     /// `awaiting_approval`: a human is needed).
-    pub status: Option<Status>,
+    pub(crate) status: Option<Status>,
     /// `{timer: true}` (with `at: Any`, no status): passes when the clock
     /// alone has made something due that no write will announce (see
     /// [`clock_opened`]).
-    pub timer: bool,
+    pub(crate) timer: bool,
 }
 
 /// Whether the clock alone, with nothing written, has made something of
@@ -40,7 +40,7 @@ pub struct Condition {
 /// passed, an attempt in progress past its deadline (a dead attempt), a
 /// stage overdue. What `{timer: true}` passes on: a gate checked often,
 /// whose job hands off to the stage gates (checked rarely) that can open.
-pub fn clock_opened(
+pub(crate) fn clock_opened(
     doc: &Document,
     now: Timestamp,
     retry: &RetryPolicy,
@@ -59,7 +59,8 @@ pub const HUMAN_STATUSES: [Status; 2] = [Status::Blocked, Status::AwaitingApprov
 
 impl Condition {
     /// `{state: N}`.
-    pub fn state(n: Code) -> Condition {
+    #[cfg(test)]
+    pub(crate) fn state(n: Code) -> Condition {
         Condition {
             at: At::State(n),
             status: None,
@@ -68,7 +69,8 @@ impl Condition {
     }
 
     /// `{min_state: N}`.
-    pub fn min_state(n: Code) -> Condition {
+    #[cfg(test)]
+    pub(crate) fn min_state(n: Code) -> Condition {
         Condition {
             at: At::MinState(n),
             status: None,
@@ -77,7 +79,7 @@ impl Condition {
     }
 
     /// `{timer: true}`.
-    pub fn timer() -> Condition {
+    pub(crate) fn timer() -> Condition {
         Condition {
             at: At::Any,
             status: None,
@@ -86,7 +88,7 @@ impl Condition {
     }
 
     /// The code the condition names, if any.
-    pub fn code(self) -> Option<Code> {
+    pub(crate) fn code(self) -> Option<Code> {
         match self.at {
             At::Any => None,
             At::State(n) | At::MinState(n) => Some(n),
@@ -95,7 +97,7 @@ impl Condition {
 
     /// Whether this is a stage's gate (`{state: N}` alone): it opens when
     /// the stage is due.
-    pub fn is_stage_gate(self) -> bool {
+    pub(crate) fn is_stage_gate(self) -> bool {
         !self.timer && self.status.is_none() && matches!(self.at, At::State(_))
     }
 
@@ -115,7 +117,7 @@ impl Condition {
     /// status, the gate passes when the build stands there in that status
     /// (or anywhere, alone): a human is needed; `blocked` passes for a
     /// stage overdue too (due for long, no build starting it).
-    pub fn gate_passes(
+    pub(crate) fn gate_passes(
         self,
         doc: &Document,
         now: Timestamp,
@@ -152,7 +154,12 @@ impl Condition {
     /// `heartbeat_timeout`, is not dead by its timeout already, and its
     /// start alone no longer proves it alive. Otherwise no heartbeat can
     /// change the answer, and none is read.
-    pub fn needs_heartbeat(self, doc: &Document, now: Timestamp, retry: &RetryPolicy) -> bool {
+    pub(crate) fn needs_heartbeat(
+        self,
+        doc: &Document,
+        now: Timestamp,
+        retry: &RetryPolicy,
+    ) -> bool {
         (self.timer || self.is_stage_gate() && self.code() == Some(doc.state))
             && doc.needs_heartbeat(now, retry)
     }
@@ -160,7 +167,7 @@ impl Condition {
     /// Requirement semantics (in): `{state: N}` holds when the revision is
     /// at N, whatever its status; `{min_state: N}` when it is at N or past
     /// it; with a status, when the revision stands in it.
-    pub fn require(self, doc: &Document) -> bool {
+    pub(crate) fn require(self, doc: &Document) -> bool {
         self.place_holds(doc) && self.status.is_none_or(|s| doc.status == s)
     }
 }
@@ -192,7 +199,7 @@ pub enum NextStep {
     /// The stage failed and will be retried, not before its `retry_at`.
     Retry,
     /// The stage failed (or was deferred) and is not due yet (only from
-    /// [`NextStep::live`], which reads the clock).
+    /// `NextStep::live`, which reads the clock).
     Wait,
     /// A human must look.
     Blocked,
@@ -210,7 +217,7 @@ impl NextStep {
     /// version), so a failed stage reads `Retry` whenever it is fetched;
     /// when the retry is due is `retry_at`'s business (a gated check emits
     /// the version once it is due).
-    pub fn of(doc: &Document) -> NextStep {
+    pub(crate) fn of(doc: &Document) -> NextStep {
         match doc.status {
             Status::Pending | Status::InProgress => NextStep::Run,
             Status::Failed => NextStep::Retry,
@@ -223,7 +230,7 @@ impl NextStep {
 
     /// The next step now: `Wait` for a failed or deferred stage that is not
     /// due at `now` (for the CLI, which reads the live document).
-    pub fn live(doc: &Document, now: Timestamp) -> NextStep {
+    pub(crate) fn live(doc: &Document, now: Timestamp) -> NextStep {
         match NextStep::of(doc) {
             NextStep::Retry | NextStep::Run
                 if doc.status != Status::InProgress && doc.retry_at.is_some_and(|t| t > now) =>
@@ -235,7 +242,7 @@ impl NextStep {
     }
 
     /// The step as written in `action` and `state.env`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NextStep::Run => "run",
             NextStep::Retry => "retry",

@@ -19,20 +19,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The build.
-    pub build_id: String,
+    pub(crate) build_id: String,
     /// The run the attempt belongs to.
-    pub run: u64,
+    pub(crate) run: u64,
     /// The stage.
-    pub state: Code,
+    pub(crate) state: Code,
     /// The attempt (as the start recorded it).
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     /// The document's revision while this attempt is in progress.
-    pub revision: u64,
+    pub(crate) revision: u64,
     /// When the worker last showed it is alive.
     #[serde(with = "rfc3339")]
-    pub at: Timestamp,
+    pub(crate) at: Timestamp,
     /// Who sent it.
-    pub by: Actor,
+    pub(crate) by: Actor,
 }
 
 /// What a heartbeat says of itself: its stage, and, when the sender knows
@@ -47,14 +47,14 @@ pub struct Claim {
     pub attempt: Option<u32>,
     /// Who sends it (a Concourse build is checked against the one that
     /// started the attempt).
-    pub by: Actor,
+    pub(crate) by: Actor,
     /// When.
-    pub at: Timestamp,
+    pub(crate) at: Timestamp,
 }
 
 impl Document {
     /// The attempt in progress, if the stage is in progress.
-    pub fn attempt_in_progress(&self) -> Option<u32> {
+    pub(crate) fn attempt_in_progress(&self) -> Option<u32> {
         (self.status == Status::InProgress).then(|| self.last_event().attempt)
     }
 
@@ -62,12 +62,15 @@ impl Document {
     /// alone, for `state.env`): the one in progress, or the next one to
     /// start. A start put's implicit get gives a task the attempt its own
     /// start recorded: what its heartbeats name.
-    pub fn next_attempt(&self) -> u32 {
+    pub(crate) fn next_attempt(&self) -> u32 {
         self.attempts + 1
     }
 
     /// `heartbeat` if it belongs to the attempt in progress now.
-    pub fn own_heartbeat<'a>(&self, heartbeat: Option<&'a Heartbeat>) -> Option<&'a Heartbeat> {
+    pub(crate) fn own_heartbeat<'a>(
+        &self,
+        heartbeat: Option<&'a Heartbeat>,
+    ) -> Option<&'a Heartbeat> {
         heartbeat.filter(|h| {
             self.status == Status::InProgress
                 && h.build_id == self.build_id
@@ -79,7 +82,7 @@ impl Document {
 
     /// The newest sign of life of the attempt in progress: its start (the
     /// newest write), or its newest heartbeat.
-    pub fn last_sign_of_life(&self, heartbeat: Option<&Heartbeat>) -> Timestamp {
+    pub(crate) fn last_sign_of_life(&self, heartbeat: Option<&Heartbeat>) -> Timestamp {
         match self.own_heartbeat(heartbeat) {
             Some(h) if h.at > self.updated_at => h.at,
             _ => self.updated_at,
@@ -90,7 +93,7 @@ impl Document {
     /// policies: (its start plus the stage's `timeout`, its last sign of
     /// life plus the stage's `heartbeat_timeout`); none for a policy the
     /// stage lacks, or when it is not in progress.
-    pub fn deadlines(
+    pub(crate) fn deadlines(
         &self,
         retry: &RetryPolicy,
         heartbeat: Option<&Heartbeat>,
@@ -112,7 +115,7 @@ impl Document {
 
     /// When the stage in progress counts as a dead attempt: the earlier of
     /// its [`deadlines`](Document::deadlines).
-    pub fn dead_since(
+    pub(crate) fn dead_since(
         &self,
         retry: &RetryPolicy,
         heartbeat: Option<&Heartbeat>,
@@ -123,7 +126,7 @@ impl Document {
 
     /// Whether the stage is in progress and its attempt dead at `now` (stale:
     /// a worker that vanished never reports).
-    pub fn is_dead(
+    pub(crate) fn is_dead(
         &self,
         now: Timestamp,
         retry: &RetryPolicy,
@@ -136,7 +139,7 @@ impl Document {
     /// progress is dead at `now`: the stage has a `heartbeat_timeout`, its
     /// start alone no longer proves it alive, and its `timeout` (if any)
     /// has not passed. Only then does a reader fetch `heartbeat.json`.
-    pub fn needs_heartbeat(&self, now: Timestamp, retry: &RetryPolicy) -> bool {
+    pub(crate) fn needs_heartbeat(&self, now: Timestamp, retry: &RetryPolicy) -> bool {
         let (by_timeout, by_start) = self.deadlines(retry, None);
         by_start.is_some_and(|t| now >= t) && by_timeout.is_none_or(|t| now < t)
     }

@@ -11,9 +11,9 @@ pub type Code = u32;
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// The state code.
-    pub code: Code,
+    pub(crate) code: Code,
     /// Its name, e.g. `kickstart initiated`.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// A strictly increasing list of codes with names; the first is the initial
@@ -104,38 +104,38 @@ impl Ladder {
     }
 
     /// Every step, in order.
-    pub fn steps(&self) -> &[Step] {
+    pub(crate) fn steps(&self) -> &[Step] {
         &self.steps
     }
 
     /// The first code.
-    pub fn initial(&self) -> Code {
+    pub(crate) fn initial(&self) -> Code {
         self.steps[0].code
     }
 
     /// The last code (delivered).
-    pub fn final_code(&self) -> Code {
+    pub(crate) fn final_code(&self) -> Code {
         self.steps[self.steps.len() - 1].code
     }
 
     /// Whether `code` is a state of the ladder.
-    pub fn contains(&self, code: Code) -> bool {
+    pub(crate) fn contains(&self, code: Code) -> bool {
         self.index(code).is_some()
     }
 
     /// The name of `code`.
-    pub fn name(&self, code: Code) -> Option<&str> {
+    pub(crate) fn name(&self, code: Code) -> Option<&str> {
         self.index(code).map(|i| self.steps[i].name.as_str())
     }
 
     /// The code after `code`, or `None` at the final code.
-    pub fn next(&self, code: Code) -> Option<Code> {
+    pub(crate) fn next(&self, code: Code) -> Option<Code> {
         let i = self.index(code)?;
         self.steps.get(i + 1).map(|s| s.code)
     }
 
     /// The position of `code` on the ladder (0 for the initial state).
-    pub fn index(&self, code: Code) -> Option<usize> {
+    pub(crate) fn index(&self, code: Code) -> Option<usize> {
         self.steps.binary_search_by_key(&code, |s| s.code).ok()
     }
 
@@ -152,7 +152,7 @@ impl Ladder {
     }
 
     /// The codes as a short list, for messages: `0, 5, 10, ..., 100`.
-    pub fn codes(&self) -> String {
+    pub(crate) fn codes(&self) -> String {
         let codes: Vec<String> = self.steps.iter().map(|s| s.code.to_string()).collect();
         if codes.len() <= 8 {
             codes.join(", ")
@@ -173,7 +173,7 @@ impl Ladder {
     }
 
     /// `30 (monitoring setup)`.
-    pub fn label(&self, code: Code) -> String {
+    pub(crate) fn label(&self, code: Code) -> String {
         match self.name(code) {
             Some(name) => format!("{code} ({name})"),
             None => format!("{code} (not on the ladder)"),
@@ -186,9 +186,9 @@ impl Ladder {
 #[error("state {code} is not on the ladder ({ladder})")]
 pub struct OffLadder {
     /// The code that is not on the ladder.
-    pub code: Code,
+    pub(crate) code: Code,
     /// The ladder, in words.
-    pub ladder: String,
+    pub(crate) ladder: String,
 }
 
 impl fmt::Display for Step {

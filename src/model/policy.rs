@@ -8,26 +8,26 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageRetry {
     /// Failures after which the stage is blocked for a human.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// Wait after the first failure.
-    pub backoff: Duration,
+    pub(crate) backoff: Duration,
     /// Each further failure multiplies the wait by this.
-    pub factor: f64,
+    pub(crate) factor: f64,
     /// The wait never exceeds this.
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// A start-over stage: when it fails and will be retried, the build goes
     /// back to this earlier state, and the retry re-runs the stages from
     /// there.
-    pub resume_from: Option<Code>,
+    pub(crate) resume_from: Option<Code>,
     /// A stage `in_progress` longer than this is a dead attempt (its worker
     /// vanished and never reports).
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// A human approves the stage before it runs: the build reaches it
     /// `awaiting_approval`, not `pending`.
-    pub approval: bool,
+    pub(crate) approval: bool,
     /// An attempt whose last sign of life (its start, or its newest
     /// heartbeat) is older than this is dead, as after `timeout`.
-    pub heartbeat_timeout: Option<Duration>,
+    pub(crate) heartbeat_timeout: Option<Duration>,
 }
 
 impl Default for StageRetry {
@@ -48,7 +48,7 @@ impl Default for StageRetry {
 impl StageRetry {
     /// The wait after the `attempts`-th failure (1-based):
     /// `backoff * factor^(attempts-1)`, capped at `max_backoff`.
-    pub fn backoff_after(&self, attempts: u32) -> Duration {
+    pub(crate) fn backoff_after(&self, attempts: u32) -> Duration {
         let exp = attempts.saturating_sub(1).min(64) as i32;
         let secs = self.backoff.as_secs_f64() * self.factor.powi(exp);
         let cap = self.max_backoff.as_secs_f64();
@@ -64,18 +64,18 @@ impl StageRetry {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RetryPolicy {
     /// The policy of every stage without one of its own.
-    pub default: StageRetry,
+    pub(crate) default: StageRetry,
     /// Stages with their own policy (a code key).
-    pub states: BTreeMap<Code, StageRetry>,
+    pub(crate) states: BTreeMap<Code, StageRetry>,
     /// Inclusive ranges of stages sharing a policy (`"10-65"`); they never
     /// overlap.
-    pub ranges: Vec<(Code, Code, StageRetry)>,
+    pub(crate) ranges: Vec<(Code, Code, StageRetry)>,
 }
 
 impl RetryPolicy {
     /// The policy of stage `code`: its own (a code key beats a range), else
     /// its range's, else the default.
-    pub fn for_state(&self, code: Code) -> &StageRetry {
+    pub(crate) fn for_state(&self, code: Code) -> &StageRetry {
         self.states
             .get(&code)
             .or_else(|| {
@@ -90,7 +90,7 @@ impl RetryPolicy {
     /// Each policy whose `backoff` is more than its `max_backoff`, in words
     /// with the wait used (the cap, for every failure): a setting that
     /// would otherwise be capped without a word.
-    pub fn capped(&self) -> Vec<String> {
+    pub(crate) fn capped(&self) -> Vec<String> {
         let fmt = super::time::format;
         std::iter::once(("retry".to_string(), &self.default))
             .chain(
@@ -118,14 +118,14 @@ impl RetryPolicy {
     /// The waits before each retry of `code` (after failure 1, 2, ...,
     /// up to the last one that is retried): what `max_attempts`, `backoff`,
     /// `factor` and `max_backoff` make together.
-    pub fn waits(&self, code: Code) -> Vec<Duration> {
+    pub(crate) fn waits(&self, code: Code) -> Vec<Duration> {
         let r = self.for_state(code);
         (1..r.max_attempts).map(|a| r.backoff_after(a)).collect()
     }
 
     /// Where the policy of `code` comes from, for the states table:
     /// `"35"`, `"10-65"` or `"default"`.
-    pub fn source_of(&self, code: Code) -> String {
+    pub(crate) fn source_of(&self, code: Code) -> String {
         if self.states.contains_key(&code) {
             return code.to_string();
         }

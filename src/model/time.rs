@@ -16,7 +16,7 @@ pub mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     /// RFC 3339 with milliseconds, `Z`.
-    pub fn format(t: &Timestamp) -> String {
+    pub(crate) fn format(t: &Timestamp) -> String {
         t.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
@@ -26,12 +26,12 @@ pub mod rfc3339 {
     }
 
     /// Serializes a time as RFC 3339 with milliseconds.
-    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(t))
     }
 
     /// Deserializes an RFC 3339 time.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)
     }
@@ -41,7 +41,10 @@ pub mod rfc3339 {
         use super::*;
 
         /// Serializes an optional time.
-        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(
+            t: &Option<Timestamp>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => super::serialize(t, s),
                 None => s.serialize_none(),
@@ -49,7 +52,9 @@ pub mod rfc3339 {
         }
 
         /// Deserializes an optional time.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Timestamp>, D::Error> {
             match Option::<String>::deserialize(d)? {
                 Some(s) => parse(&s).map(Some).map_err(serde::de::Error::custom),
                 None => Ok(None),
@@ -77,7 +82,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// A duration in the units `parse` reads, compact: `30s`, `5m`,
 /// `1h 30m`, `30d`, `1s 500ms` (to the millisecond: what it prints, `parse`
 /// reads back as the same duration).
-pub fn format(d: Duration) -> String {
+pub(crate) fn format(d: Duration) -> String {
     let mut secs = d.as_secs();
     if secs == 0 {
         return if d.is_zero() {
@@ -101,7 +106,7 @@ pub fn format(d: Duration) -> String {
 }
 
 /// How long ago, to its largest unit: `42s`, `3m`, `2h`, `5d` (tables).
-pub fn ago(secs: i64) -> String {
+pub(crate) fn ago(secs: i64) -> String {
     let secs = secs.max(0);
     match secs {
         0..60 => format!("{secs}s"),
@@ -112,7 +117,7 @@ pub fn ago(secs: i64) -> String {
 }
 
 /// A span to two units, aligned: `42s`, `3m 05s`, `2h 03m` (the report).
-pub fn span(secs: i64) -> String {
+pub(crate) fn span(secs: i64) -> String {
     let secs = secs.max(0);
     match secs {
         0..60 => format!("{secs}s"),

@@ -60,7 +60,7 @@ pub enum Action {
 
 impl Action {
     /// The kind recorded in the event.
-    pub fn kind(&self) -> ActionKind {
+    pub(crate) fn kind(&self) -> ActionKind {
         match self {
             Action::Init { .. } => ActionKind::Init,
             Action::Start(_) => ActionKind::Start,
@@ -75,7 +75,7 @@ impl Action {
     }
 
     /// The code the action names, if any.
-    pub fn target(&self) -> Option<Code> {
+    pub(crate) fn target(&self) -> Option<Code> {
         match self {
             Action::Start(n) | Action::Complete(n) | Action::Retry(n) => Some(*n),
             Action::Fail { state, .. }
@@ -86,7 +86,7 @@ impl Action {
     }
 
     /// `complete 25`, `init`, `cancel`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.target() {
             Some(n) => format!("{} {n}", self.kind()),
             None => self.kind().to_string(),
@@ -98,25 +98,25 @@ impl Action {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Update {
     /// The action.
-    pub action: Action,
+    pub(crate) action: Action,
     /// Variables to merge into the document.
-    pub vars: Map<String, Value>,
+    pub(crate) vars: Map<String, Value>,
     /// Free text for the event.
     pub note: Option<String>,
     /// Who.
-    pub by: Actor,
+    pub(crate) by: Actor,
     /// When.
-    pub at: Timestamp,
+    pub(crate) at: Timestamp,
     /// The behaviour settings the update was decided by, recorded in its
     /// event when they differ from the ones the run recorded last.
-    pub policy: Option<Value>,
+    pub(crate) policy: Option<Value>,
     /// Refuse after writing, with this message (the write records what
     /// went wrong, and the put must fail all the same).
-    pub then_refuse: Option<String>,
+    pub(crate) then_refuse: Option<String>,
     /// The stored heartbeat of the stage, when the caller read it (a
     /// `start` of a stage with a `heartbeat_timeout`): whether the attempt
     /// in progress is dead depends on it.
-    pub heartbeat: Option<super::heartbeat::Heartbeat>,
+    pub(crate) heartbeat: Option<super::heartbeat::Heartbeat>,
 }
 
 impl Update {
@@ -837,7 +837,7 @@ fn event(update: &Update, revision: u64, state: Code, status: Status, attempt: u
 
 /// The longest error message a document keeps, in characters. Task output
 /// can be huge; the end of it (where the cause usually is) is kept.
-pub const MAX_ERROR_CHARS: usize = 4000;
+pub(crate) const MAX_ERROR_CHARS: usize = 4000;
 
 /// `error` with its message cut to its last [`MAX_ERROR_CHARS`] characters.
 fn bounded(error: &ErrorInfo) -> ErrorInfo {

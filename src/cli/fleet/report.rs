@@ -35,25 +35,25 @@ fn colour(s: Status) -> &'static str {
 
 /// Time spent at each stage of a run: (state, entered, left, failures, how it ended).
 pub(super) struct Span {
-    pub state: Code,
-    pub from: Timestamp,
+    pub(crate) state: Code,
+    pub(crate) from: Timestamp,
     pub to: Timestamp,
-    pub failures: u32,
-    pub end: Status,
+    pub(crate) failures: u32,
+    pub(crate) end: Status,
 }
 
 /// One stage across a fleet's current runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(super) struct StageTotals {
     /// Failures recorded at the stage (a `fail` event's target).
-    pub failures: u64,
+    pub(crate) failures: u64,
     /// Time the stage was worked on (in progress), in seconds: not the
     /// time a build sat there pending, failed, blocked or waiting.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// Whether any build reached it.
-    pub reached: bool,
+    pub(crate) reached: bool,
     /// Builds at the stage now.
-    pub builds: u64,
+    pub(crate) builds: u64,
 }
 
 /// Failures, time and builds per stage across `docs` (for `metrics` and

@@ -161,7 +161,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// `fly check-resource`: a check build now.
-    pub fn check_resource(&self, name: &str) {
+    pub(crate) fn check_resource(&self, name: &str) {
         self.log(None, format!("fly check-resource {name}"), None);
         self.spawn_check(name);
     }

@@ -21,7 +21,7 @@ const UNITS: [(&str, f64); 8] = [
 /// Parses `text` as Go's `time.ParseDuration` does (`[-+]?([0-9]*(\.[0-9]*)?[a-z]+)+`,
 /// or `0`); the error says what Go's says. Negative durations are refused
 /// here too: nothing in a pipeline means one.
-pub(crate) fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, String> {
     let bad = || format!("time: invalid duration {text:?}");
     let mut s = text;
     if let Some(rest) = s.strip_prefix('+') {

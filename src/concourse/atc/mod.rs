@@ -4,8 +4,8 @@
 //! build, build and component tick as a task; time jumps to the next timer
 //! when all of them wait, so hours of a pipeline play in milliseconds and
 //! the same inputs always give the same timeline. What runs on workers
-//! (resource scripts, tasks) is the [`Worker`]'s; what the ATC did is told
-//! to the [`Observer`]. Both are build-state's side ([`super::play`]).
+//! (resource scripts, tasks) is the `Worker`'s; what the ATC did is told
+//! to the `Observer`. Both are build-state's side ([`super::play`]).
 //!
 //! The parts, each from concourse/concourse `atc/` (read at v8.2.5):
 //! - [`pipeline`], [`validate`], [`duration`]: the pipeline as
@@ -44,27 +44,27 @@ use tokio::time::Instant;
 /// `Interval: 10 * time.Second`), the lidar scanner
 /// (`--lidar-scanner-interval`, 10s) and the build tracker
 /// (`--build-tracker-interval`, 10s).
-pub const TICK: Duration = Duration::from_secs(10);
+pub(crate) const TICK: Duration = Duration::from_secs(10);
 
 /// How long a check build takes (a container, the resource's `check`).
-pub const CHECK_TIME: Duration = Duration::from_secs(3);
+pub(crate) const CHECK_TIME: Duration = Duration::from_secs(3);
 
 /// How long a get takes (a container, a resource script).
-pub const STEP_TIME: Duration = Duration::from_secs(3);
+pub(crate) const STEP_TIME: Duration = Duration::from_secs(3);
 
 /// A put: its write lands this long after the step starts ...
-pub const PUT_WRITES_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const PUT_WRITES_AFTER: Duration = Duration::from_secs(1);
 
 /// ... and the step ends this long after the write.
-pub const PUT_ENDS_AFTER: Duration = Duration::from_secs(2);
+pub(crate) const PUT_ENDS_AFTER: Duration = Duration::from_secs(2);
 
 /// A build finishes (its outputs count for `passed`) this long after its
 /// last step.
-pub const FINISH_TIME: Duration = Duration::from_secs(2);
+pub(crate) const FINISH_TIME: Duration = Duration::from_secs(2);
 
 /// From a worker vanishing to the ATC erroring the step that ran on it
 /// (the worker's connection lost, its heartbeat's TTL passed).
-pub const WORKER_GONE: Duration = Duration::from_secs(60);
+pub(crate) const WORKER_GONE: Duration = Duration::from_secs(60);
 
 /// The files of one artifact, by path inside it.
 pub type Files = BTreeMap<String, Vec<u8>>;
@@ -85,7 +85,7 @@ pub enum Status {
 
 impl Status {
     /// As Concourse spells it (and gives it in `BUILD_STATUS`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
@@ -109,23 +109,23 @@ pub enum StepError {
 
 /// What a put answered.
 #[derive(Clone, Debug)]
-pub struct PutDone {
+pub(crate) struct PutDone {
     /// Its version.
-    pub version: Value,
+    pub(crate) version: Value,
     /// What it said on stderr (each line).
-    pub said: Vec<String>,
+    pub(crate) said: Vec<String>,
     /// The check webhooks it posted.
-    pub handoffs: Vec<Handed>,
+    pub(crate) handoffs: Vec<Handed>,
 }
 
 /// A put that failed, and the check webhooks it posted all the same (a
 /// write that landed before the put was refused hands off).
 #[derive(Clone, Debug)]
-pub struct PutFailed {
+pub(crate) struct PutFailed {
     /// Why it failed.
-    pub error: StepError,
+    pub(crate) error: StepError,
     /// The check webhooks it posted.
-    pub handoffs: Vec<Handed>,
+    pub(crate) handoffs: Vec<Handed>,
 }
 
 /// A check webhook a put posted: the resource, and the token it sent.
@@ -138,20 +138,20 @@ pub struct Handed {
 }
 
 /// A task to run on a worker.
-pub struct TaskCall<'a> {
+pub(crate) struct TaskCall<'a> {
     /// Its job.
-    pub job: &'a Job,
+    pub(crate) job: &'a Job,
     /// The build it runs in.
-    pub build: &'a BuildRecord,
+    pub(crate) build: &'a BuildRecord,
     /// The step.
-    pub task: &'a TaskStep,
+    pub(crate) task: &'a TaskStep,
     /// The artifacts it sees.
-    pub artifacts: &'a BTreeMap<String, Files>,
+    pub(crate) artifacts: &'a BTreeMap<String, Files>,
 }
 
 /// How a task ended (a task that hangs never answers).
 #[derive(Debug)]
-pub enum TaskEnd {
+pub(crate) enum TaskEnd {
     /// Its process exited: succeeded or failed, with its outputs.
     Exited {
         /// Succeeded or failed.
@@ -179,7 +179,7 @@ pub enum TaskEnd {
 
 /// What runs on workers: the resource's scripts and the tasks.
 #[allow(async_fn_in_trait)]
-pub trait Worker {
+pub(crate) trait Worker {
     /// A check build's `check` from `from` (the resource's newest version).
     async fn check(
         &self,
@@ -213,7 +213,7 @@ pub trait Worker {
 
 /// Told what the ATC does (build-state's side keeps its books with it).
 #[allow(async_fn_in_trait)]
-pub trait Observer {
+pub(crate) trait Observer {
     /// What to show beside a line of the timeline (the state after it).
     async fn state(&self) -> Option<String>;
 
@@ -225,14 +225,14 @@ pub trait Observer {
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// The Concourse release.
-    pub release: Release,
+    pub(crate) release: Release,
     /// The pipeline's name (for `BUILD_PIPELINE_NAME`).
-    pub pipeline: String,
+    pub(crate) pipeline: String,
     /// The virtual time the simulation starts at.
-    pub t0: Timestamp,
+    pub(crate) t0: Timestamp,
     /// `--enable-rerun-when-worker-disappears` (since 7.6): a build whose
     /// worker vanished is run again from its start instead of erroring.
-    pub rerun_when_worker_disappears: bool,
+    pub(crate) rerun_when_worker_disappears: bool,
 }
 
 /// One line of the timeline.
@@ -252,29 +252,29 @@ pub struct Line {
 
 /// One build, as the model recorded it.
 #[derive(Clone, Debug, Serialize)]
-pub struct BuildRecord {
+pub(crate) struct BuildRecord {
     /// Unique in the simulation (`BUILD_ID`).
-    pub id: u64,
+    pub(crate) id: u64,
     /// Its job.
-    pub job: String,
+    pub(crate) job: String,
     /// Its name in the job (`BUILD_NAME`): `3`, or `3.1` for a rerun.
-    pub name: String,
+    pub(crate) name: String,
     /// Triggered by hand (`fly trigger-job`).
-    pub manual: bool,
+    pub(crate) manual: bool,
     /// The build it reruns (`fly rerun-build`), by id.
-    pub rerun_of: Option<u64>,
+    pub(crate) rerun_of: Option<u64>,
     /// How it ended (`None`: still pending or running at the end).
-    pub status: Option<Status>,
+    pub(crate) status: Option<Status>,
     /// When it was created (seconds since the start).
-    pub created: u64,
+    pub(crate) created: u64,
     /// When it started.
-    pub started: Option<u64>,
+    pub(crate) started: Option<u64>,
     /// When it finished.
-    pub finished: Option<u64>,
+    pub(crate) finished: Option<u64>,
     /// Its inputs: get name → (resource, version).
-    pub inputs: BTreeMap<String, (String, Value)>,
+    pub(crate) inputs: BTreeMap<String, (String, Value)>,
     /// Its outputs: (resource, version) of each put.
-    pub outputs: Vec<(String, Value)>,
+    pub(crate) outputs: Vec<(String, Value)>,
 }
 
 /// What the ATC did, at the end.
@@ -283,19 +283,19 @@ pub struct Record {
     /// The timeline.
     pub timeline: Vec<Line>,
     /// Every build.
-    pub builds: Vec<BuildRecord>,
+    pub(crate) builds: Vec<BuildRecord>,
     /// Gets served from the cache.
     pub cache_hits: u64,
     /// Gets that ran `in`.
-    pub gets_run: u64,
+    pub(crate) gets_run: u64,
     /// Check builds of build-state resources (each an S3 request or more).
-    pub checks: u64,
+    pub(crate) checks: u64,
     /// Check webhooks the ATC took.
-    pub webhooks: u64,
+    pub(crate) webhooks: u64,
 }
 
 /// The ATC and what it knows.
-pub struct Atc<H: Worker + Observer> {
+pub(crate) struct Atc<H: Worker + Observer> {
     /// Itself, for the tasks it spawns.
     me: std::rc::Weak<Atc<H>>,
     p: Pipeline,
@@ -312,7 +312,11 @@ pub struct Atc<H: Worker + Observer> {
 impl<H: Worker + Observer + 'static> Atc<H> {
     /// The ATC of `p` with `settings`, its workers and observer `host`;
     /// call from inside the paused runtime's `LocalSet`.
-    pub fn new(p: Pipeline, host: std::rc::Rc<H>, settings: Settings) -> std::rc::Rc<Atc<H>> {
+    pub(crate) fn new(
+        p: Pipeline,
+        host: std::rc::Rc<H>,
+        settings: Settings,
+    ) -> std::rc::Rc<Atc<H>> {
         std::rc::Rc::new_cyclic(|me| Atc {
             me: me.clone(),
             checks: RefCell::new(checks::Scopes::new(&p, settings.release)),
@@ -335,17 +339,17 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// The pipeline.
-    pub fn pipeline(&self) -> &Pipeline {
+    pub(crate) fn pipeline(&self) -> &Pipeline {
         &self.p
     }
 
     /// Virtual time since the start.
-    pub fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         Instant::now() - self.start
     }
 
     /// Virtual time as a timestamp.
-    pub fn now(&self) -> Timestamp {
+    pub(crate) fn now(&self) -> Timestamp {
         let ms = self.elapsed().as_millis() as i64;
         self.settings.t0 + chrono::Duration::milliseconds(ms)
     }
@@ -353,19 +357,19 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     /// One round of the ATC's components: the lidar scanner creates the
     /// periodic checks that are due, the scheduler schedules and starts
     /// builds, the tracker runs the builds to rerun.
-    pub async fn tick(&self) {
+    pub(crate) async fn tick(&self) {
         self.scan();
         self.schedule().await;
         self.track();
     }
 
     /// Whether a build runs (one the ATC will see end), or a check build.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.builds.borrow().busy() || self.checks.borrow().running()
     }
 
     /// The builds that stay running because their worker vanished unnoticed.
-    pub fn stuck_builds(&self) -> Vec<String> {
+    pub(crate) fn stuck_builds(&self) -> Vec<String> {
         let builds = self.builds.borrow();
         builds
             .stuck
@@ -375,7 +379,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// Adds a line to the timeline (`build`: the build index that did it).
-    pub fn log(&self, build: Option<usize>, what: String, state: Option<String>) {
+    pub(crate) fn log(&self, build: Option<usize>, what: String, state: Option<String>) {
         let (job, name) = match build {
             Some(b) => {
                 let builds = self.builds.borrow();
@@ -394,7 +398,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// Adds a line for what `build` (a record the ATC gave out) did.
-    pub fn note(&self, build: &BuildRecord, what: String, state: Option<String>) {
+    pub(crate) fn note(&self, build: &BuildRecord, what: String, state: Option<String>) {
         self.timeline.borrow_mut().push(Line {
             at: self.elapsed().as_secs(),
             job: Some(build.job.clone()),
@@ -405,7 +409,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// What happened, at the end.
-    pub fn record(&self) -> Record {
+    pub(crate) fn record(&self) -> Record {
         let checks = self.checks.borrow();
         let cache = self.cache.borrow();
         Record {
@@ -425,7 +429,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// A new commit on every git resource (found by their next check).
-    pub fn commit(&self) -> u64 {
+    pub(crate) fn commit(&self) -> u64 {
         let mut s = self.stand_ins.borrow_mut();
         s.commits += 1;
         s.commits

@@ -10,57 +10,59 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// Concourse's default `check_every`.
-pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// A whole pipeline.
 #[derive(Clone, Debug)]
 pub struct Pipeline {
     /// Its resources, in the file's order.
-    pub resources: Vec<Resource>,
+    pub(crate) resources: Vec<Resource>,
     /// Its jobs, in the file's order.
-    pub jobs: Vec<Job>,
+    pub(crate) jobs: Vec<Job>,
 }
 
 /// A resource.
 #[derive(Clone, Debug)]
 pub struct Resource {
     /// Its name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its type's name.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Whether the type is build-state (see [`crate::pipeline::build_state_types`]).
-    pub build_state: bool,
+    pub(crate) build_state: bool,
     /// Its `source`.
     pub source: Value,
     /// How often it is checked (`None`: `never`).
-    pub check_every: Option<Duration>,
+    pub(crate) check_every: Option<Duration>,
     /// `webhook_token`, when it has one (checked at once on a webhook).
-    pub webhook_token: Option<String>,
+    pub(crate) webhook_token: Option<String>,
     /// `expose_build_created_by`: its puts get `BUILD_CREATED_BY`
     /// (`atc/builds/planner.go`, `atc/engine/builder.go` `stepMetadata`).
-    pub expose_build_created_by: bool,
+    pub(crate) expose_build_created_by: bool,
 }
 
 /// A job.
 #[derive(Clone, Debug)]
-pub struct Job {
+pub(crate) struct Job {
     /// Its name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its plan (a `do` of the plan's steps), with the job's hooks.
-    pub plan: Step,
+    pub(crate) plan: Step,
     /// `serial: true` (or `max_in_flight: 1`).
-    pub serial: bool,
+    pub(crate) serial: bool,
     /// `serial_groups`: jobs sharing one run one build at a time.
-    pub serial_groups: Vec<String>,
+    pub(crate) serial_groups: Vec<String>,
     /// `max_in_flight` (`None`: unbounded).
-    pub max_in_flight: Option<u32>,
-    /// `disable_manual_trigger`.
-    pub disable_manual_trigger: bool,
+    pub(crate) max_in_flight: Option<u32>,
+    /// `disable_manual_trigger` (read as Concourse reads it; no play
+    /// triggers a job by hand that sets it).
+    #[allow(dead_code)]
+    pub(crate) disable_manual_trigger: bool,
 }
 
 impl Job {
     /// How many of its builds may run at once (`None`: any number).
-    pub fn in_flight_limit(&self) -> Option<u32> {
+    pub(crate) fn in_flight_limit(&self) -> Option<u32> {
         if self.serial || !self.serial_groups.is_empty() {
             Some(1)
         } else {
@@ -69,7 +71,7 @@ impl Job {
     }
 
     /// Every get step of the job (plan and hooks), in order.
-    pub fn gets(&self) -> Vec<&GetStep> {
+    pub(crate) fn gets(&self) -> Vec<&GetStep> {
         let mut out = Vec::new();
         self.plan.visit(&mut |s| {
             if let StepKind::Get(g) = &s.kind {
@@ -80,7 +82,7 @@ impl Job {
     }
 
     /// Every put step of the job (plan and hooks), in order.
-    pub fn puts(&self) -> Vec<&PutStep> {
+    pub(crate) fn puts(&self) -> Vec<&PutStep> {
         let mut out = Vec::new();
         self.plan.visit(&mut |s| {
             if let StepKind::Put(p) = &s.kind {
@@ -95,18 +97,18 @@ impl Job {
 #[derive(Clone, Debug)]
 pub struct Step {
     /// What it does.
-    pub kind: StepKind,
+    pub(crate) kind: StepKind,
     /// `attempts` (1 when not given).
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// `timeout`.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// Its hooks.
-    pub hooks: Hooks,
+    pub(crate) hooks: Hooks,
 }
 
 /// The kinds of step.
 #[derive(Clone, Debug)]
-pub enum StepKind {
+pub(crate) enum StepKind {
     /// `get`.
     Get(GetStep),
     /// `put`.
@@ -117,9 +119,12 @@ pub enum StepKind {
     InParallel {
         /// The steps.
         steps: Vec<Step>,
-        /// At most this many at once.
+        /// At most this many at once (read, not modelled: the steps run
+        /// one after another on virtual time).
+        #[allow(dead_code)]
         limit: Option<u32>,
-        /// Stop the others at the first failure.
+        /// Stop the others at the first failure (read, not modelled).
+        #[allow(dead_code)]
         fail_fast: bool,
     },
     /// `do`.
@@ -133,27 +138,27 @@ pub enum StepKind {
 
 /// A step's hooks (and a job's).
 #[derive(Clone, Debug, Default)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     /// `on_success`.
-    pub on_success: Option<Box<Step>>,
+    pub(crate) on_success: Option<Box<Step>>,
     /// `on_failure`.
-    pub on_failure: Option<Box<Step>>,
+    pub(crate) on_failure: Option<Box<Step>>,
     /// `on_error`.
-    pub on_error: Option<Box<Step>>,
+    pub(crate) on_error: Option<Box<Step>>,
     /// `on_abort`.
-    pub on_abort: Option<Box<Step>>,
+    pub(crate) on_abort: Option<Box<Step>>,
     /// `ensure`.
-    pub ensure: Option<Box<Step>>,
+    pub(crate) ensure: Option<Box<Step>>,
 }
 
 impl Hooks {
     /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.all().next().is_none()
     }
 
     /// The hooks present, in Concourse's nesting order (innermost first).
-    pub fn all(&self) -> impl Iterator<Item = &Step> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Step> {
         [
             &self.on_success,
             &self.on_failure,
@@ -168,51 +173,53 @@ impl Hooks {
 
 /// A get.
 #[derive(Clone, Debug)]
-pub struct GetStep {
+pub(crate) struct GetStep {
     /// The artifact's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The resource.
-    pub resource: String,
+    pub(crate) resource: String,
     /// `passed`.
-    pub passed: Vec<String>,
+    pub(crate) passed: Vec<String>,
     /// `trigger`.
-    pub trigger: bool,
+    pub(crate) trigger: bool,
     /// `params`.
-    pub params: Value,
+    pub(crate) params: Value,
     /// `version` (`latest`, `every`, or a pinned version).
-    pub version: Option<Value>,
+    pub(crate) version: Option<Value>,
 }
 
 /// A put.
 #[derive(Clone, Debug)]
-pub struct PutStep {
+pub(crate) struct PutStep {
     /// The artifact's name (of its implicit get).
-    pub name: String,
+    pub(crate) name: String,
     /// The resource.
-    pub resource: String,
+    pub(crate) resource: String,
     /// `params`.
-    pub params: Value,
+    pub(crate) params: Value,
     /// `get_params`.
-    pub get_params: Value,
+    pub(crate) get_params: Value,
     /// `no_get`.
-    pub no_get: bool,
+    pub(crate) no_get: bool,
     /// `inputs` (`all`, `detect`, or a list of artifact names).
-    pub inputs: Option<Value>,
+    pub(crate) inputs: Option<Value>,
 }
 
 /// A task.
 #[derive(Clone, Debug)]
 pub struct TaskStep {
     /// The task's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its inputs: (name, optional), after `input_mapping`.
     pub inputs: Vec<(String, bool)>,
     /// Its outputs, after `output_mapping`.
     pub outputs: Vec<String>,
     /// Its config (`None`: from a `file:` the model does not read).
     pub config: Option<Value>,
-    /// `file:`, when the config comes from an artifact.
-    pub file: Option<String>,
+    /// `file:`, when the config comes from an artifact (read; its task
+    /// is played by the scenario, not from the file).
+    #[allow(dead_code)]
+    pub(crate) file: Option<String>,
 }
 
 impl Step {
@@ -284,19 +291,19 @@ impl Pipeline {
 
     /// The ungated build-state resource every put goes to: the build's
     /// document.
-    pub fn state_resource(&self) -> Option<&Resource> {
+    pub(crate) fn state_resource(&self) -> Option<&Resource> {
         self.resources
             .iter()
             .find(|r| r.build_state && r.source.get("gate").is_none())
     }
 
     /// The resource named `name`.
-    pub fn resource(&self, name: &str) -> Option<&Resource> {
+    pub(crate) fn resource(&self, name: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.name == name)
     }
 
     /// The job named `name`.
-    pub fn job(&self, name: &str) -> Option<&Job> {
+    pub(crate) fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)
     }
 
@@ -304,7 +311,7 @@ impl Pipeline {
     /// the ones 8.2's scanner checks on their `check_every`
     /// (`atc/db/check_factory.go` `Resources`: `job_inputs WHERE
     /// passed_job_id IS NULL`, `bool_or(trigger)`).
-    pub fn triggers(&self) -> BTreeSet<String> {
+    pub(crate) fn triggers(&self) -> BTreeSet<String> {
         self.jobs
             .iter()
             .flat_map(|j| j.gets())
@@ -314,7 +321,7 @@ impl Pipeline {
     }
 
     /// Every task step's name, in the order of the jobs.
-    pub fn tasks(&self) -> BTreeSet<String> {
+    pub(crate) fn tasks(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for j in &self.jobs {
             j.plan.visit(&mut |s| {

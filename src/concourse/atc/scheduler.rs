@@ -119,7 +119,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// `fly trigger-job`: a manual pending build (`None`: no such job).
-    pub fn trigger_job(&self, job: &str) -> Option<usize> {
+    pub(crate) fn trigger_job(&self, job: &str) -> Option<usize> {
         let ji = self.p.jobs.iter().position(|j| j.name == job)?;
         let b = self.create_build(ji, true, None);
         self.log(Some(b), "fly trigger-job: a pending build".into(), None);
@@ -128,7 +128,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
 
     /// `fly rerun-build` of the job's newest build: a pending build with
     /// its inputs (`None`: the job has no build to rerun).
-    pub fn rerun_build(&self, job: &str) -> Option<usize> {
+    pub(crate) fn rerun_build(&self, job: &str) -> Option<usize> {
         let newest = self.builds.borrow().list.iter().rposition(|b| {
             b.rec.job == job && b.rec.rerun_of.is_none() && b.rec.started.is_some()
         })?;

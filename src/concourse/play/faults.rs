@@ -21,15 +21,15 @@ use std::time::Duration;
 #[derive(Debug, Serialize)]
 pub struct Sweep {
     /// The pipeline's name.
-    pub pipeline: String,
+    pub(crate) pipeline: String,
     /// The release modelled.
-    pub release: String,
+    pub(crate) release: String,
     /// How long each outage lasts (seconds).
-    pub outage: f64,
+    pub(crate) outage: f64,
     /// Moments a step touched the store in the play without faults.
     pub moments: usize,
     /// Plays, the one without faults included.
-    pub plays: usize,
+    pub(crate) plays: usize,
     /// The plays that went wrong.
     pub findings: Vec<Finding>,
 }
@@ -44,7 +44,7 @@ pub struct Finding {
     /// What went wrong: stalled, a task run twice, a failure no task had.
     pub verdicts: Vec<String>,
     /// The last lines of its timeline.
-    pub tail: Vec<Line>,
+    pub(crate) tail: Vec<Line>,
 }
 
 /// One play to make: an outage at a moment, or a task that hangs.

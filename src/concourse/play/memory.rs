@@ -72,7 +72,7 @@ impl InMemory {
     }
 
     /// Every moment a step touched the store so far: (when, what).
-    pub fn touches(&self) -> Vec<(Timestamp, String)> {
+    pub(crate) fn touches(&self) -> Vec<(Timestamp, String)> {
         self.touches.borrow().clone()
     }
 

@@ -2,10 +2,10 @@
 //! in memory with the resource's own functions, [`memory::InMemory`], or
 //! elsewhere: the tests run the packaged programs through it), the task
 //! stand-ins and their heartbeats (`tasks.rs`), the scenario's humans and
-//! events, the stop rule and the invariants ([`stand::Play`]), what must
+//! events, the stop rule and the invariants (`stand::Play`), what must
 //! hold ([`report`]), the wiring check ([`wiring`]) and the fault sweep
 //! ([`faults`]). The ATC ([`super::atc`]) meets it at its `Worker` and
-//! `Observer` traits, which [`stand::Play`] implements.
+//! `Observer` traits, which `stand::Play` implements.
 
 mod documents;
 pub mod faults;
@@ -123,7 +123,7 @@ pub enum Unplayable {
 }
 
 /// The moment every simulation starts at.
-pub fn t0() -> Timestamp {
+pub(crate) fn t0() -> Timestamp {
     "2026-12-01T08:00:00Z".parse().expect("a valid time")
 }
 

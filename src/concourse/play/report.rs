@@ -14,11 +14,11 @@ use std::time::Duration;
 #[derive(Debug, Serialize)]
 pub struct Report {
     /// The pipeline's name.
-    pub pipeline: String,
+    pub(crate) pipeline: String,
     /// The release modelled.
-    pub release: String,
+    pub(crate) release: String,
     /// The scenario's description.
-    pub scenario: String,
+    pub(crate) scenario: String,
     /// Wiring problems (any of them fails the simulation).
     pub wiring: Vec<String>,
     /// Expectations that did not hold, and invariants broken.
@@ -33,31 +33,31 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct Summary {
     /// The build was delivered.
-    pub delivered: bool,
+    pub(crate) delivered: bool,
     /// When (seconds since the start).
-    pub delivered_at: Option<u64>,
+    pub(crate) delivered_at: Option<u64>,
     /// Seconds simulated.
-    pub elapsed: u64,
+    pub(crate) elapsed: u64,
     /// The build's state, status and run at the end.
-    pub end: Option<String>,
+    pub(crate) end: Option<String>,
     /// Attempts started per stage (the current run).
-    pub attempts: BTreeMap<u32, u32>,
+    pub(crate) attempts: BTreeMap<u32, u32>,
     /// Failures recorded per stage (the current run).
-    pub failures: BTreeMap<u32, u32>,
+    pub(crate) failures: BTreeMap<u32, u32>,
     /// Heartbeats per stage: accepted and refused.
     pub heartbeats: BTreeMap<u32, Beats>,
     /// Builds of the alert jobs (jobs triggered by a gate on a status).
-    pub alerts: u64,
+    pub(crate) alerts: u64,
     /// Handoffs, in seconds: from each stage becoming due (pending, or its
     /// retry due) to its `start` landing; what checks and scheduling add
     /// to a build.
-    pub handoffs: Vec<f64>,
+    pub(crate) handoffs: Vec<f64>,
     /// Check webhooks the ATC took.
     pub webhooks: u64,
     /// Check builds of build-state resources (each at least one S3 request).
     pub checks: u64,
     /// Why the simulation stopped.
-    pub stopped: String,
+    pub(crate) stopped: String,
 }
 
 /// Heartbeats of one stage.
@@ -100,7 +100,7 @@ impl Report {
 /// The handoffs of a run's history: for each `start` that follows the
 /// event that made its stage due (at that stage: pending, or failed with
 /// its retry due), the seconds between them.
-pub fn handoffs(doc: &crate::model::Document) -> Vec<f64> {
+pub(crate) fn handoffs(doc: &crate::model::Document) -> Vec<f64> {
     use crate::model::{ActionKind, Status};
     doc.history
         .windows(2)

@@ -54,13 +54,13 @@ pub enum Outcome {
 
 /// One run of a task.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TaskRun {
+pub(crate) struct TaskRun {
     /// How it ends.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
     /// What it says went wrong (`fail`, `error`).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// How long it takes (the scenario's `task_time` when not given).
-    pub after: Option<Duration>,
+    pub(crate) after: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -77,14 +77,14 @@ struct RunFields {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// When, from the start of the simulation.
-    pub at: Duration,
+    pub(crate) at: Duration,
     /// What.
-    pub what: Happening,
+    pub(crate) what: Happening,
 }
 
 /// What an event is.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Happening {
+pub(crate) enum Happening {
     /// A new commit on every git resource.
     Commit,
     /// The store refuses every request for this long.
@@ -127,7 +127,7 @@ struct EventFields {
 
 /// A number of times: exactly (`3`) or a bound (`">=1"`, `"<=2"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Count {
+pub(crate) enum Count {
     /// Exactly.
     Exactly(u64),
     /// At least.
@@ -138,7 +138,7 @@ pub enum Count {
 
 impl Count {
     /// Whether `n` satisfies it.
-    pub fn holds(&self, n: u64) -> bool {
+    pub(crate) fn holds(&self, n: u64) -> bool {
         match self {
             Count::Exactly(m) => n == *m,
             Count::AtLeast(m) => n >= *m,
@@ -175,33 +175,33 @@ fn count(v: &Value, at: &str) -> Result<Count, String> {
 
 /// What must hold at the end.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Expect {
+pub(crate) struct Expect {
     /// Delivered (the final state, completed), or not.
-    pub delivered: Option<bool>,
+    pub(crate) delivered: Option<bool>,
     /// Delivered within this time.
-    pub within: Option<Duration>,
+    pub(crate) within: Option<Duration>,
     /// The build's state at the end.
-    pub state: Option<u32>,
+    pub(crate) state: Option<u32>,
     /// The build's status at the end.
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// Builds per job.
-    pub builds: BTreeMap<String, Count>,
+    pub(crate) builds: BTreeMap<String, Count>,
     /// Runs per task.
-    pub task_runs: BTreeMap<String, Count>,
+    pub(crate) task_runs: BTreeMap<String, Count>,
     /// Failures recorded per stage (in the current run's history).
-    pub failures: BTreeMap<u32, Count>,
+    pub(crate) failures: BTreeMap<u32, Count>,
     /// Runs of the build (1 unless restarted).
-    pub runs: Option<u64>,
+    pub(crate) runs: Option<u64>,
     /// Puts and heartbeats the resource refuses (none unless said).
-    pub refused: Option<Count>,
+    pub(crate) refused: Option<Count>,
     /// An alert job's build starts within this time of the build first
     /// becoming blocked.
-    pub alerted_within: Option<Duration>,
+    pub(crate) alerted_within: Option<Duration>,
     /// Every stage starts within this time of becoming due (pending, or
     /// its retry due): the worst handoff.
-    pub handoffs_within: Option<Duration>,
+    pub(crate) handoffs_within: Option<Duration>,
     /// Every dead attempt is recorded within this time of its deadline.
-    pub dead_found_within: Option<Duration>,
+    pub(crate) dead_found_within: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -234,57 +234,57 @@ struct ExpectFields {
 }
 
 /// The longest a scenario may play (virtual time): a month.
-pub const MAX_UNTIL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const MAX_UNTIL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A whole scenario.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
     /// What it shows.
-    pub description: String,
+    pub(crate) description: String,
     /// The pipeline files (their names without `.yml`) it applies to; empty:
     /// any.
-    pub pipelines: Vec<String>,
+    pub(crate) pipelines: Vec<String>,
     /// The releases it applies to; empty: any.
-    pub releases: Vec<super::Release>,
+    pub(crate) releases: Vec<super::Release>,
     /// How long a task takes when its run does not say.
-    pub task_time: Duration,
+    pub(crate) task_time: Duration,
     /// Runs of each task, by task name (or `job/task`), in order; once they
     /// are used up, the task succeeds.
-    pub tasks: BTreeMap<String, Vec<TaskRun>>,
+    pub(crate) tasks: BTreeMap<String, Vec<TaskRun>>,
     /// What happens when.
-    pub events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
     /// The end of simulated time.
-    pub until: Duration,
+    pub(crate) until: Duration,
     /// How long after a stage starts waiting for its approval a human
     /// gives it (`None`: nobody does).
-    pub approve_after: Option<Duration>,
+    pub(crate) approve_after: Option<Duration>,
     /// How often a task that sends heartbeats (its script runs
     /// `build-state heartbeat`) sends one while it runs.
-    pub heartbeat_every: Duration,
+    pub(crate) heartbeat_every: Duration,
     /// How the ATC is set up.
-    pub atc: AtcSettings,
+    pub(crate) atc: AtcSettings,
     /// What must hold.
-    pub expect: Expect,
+    pub(crate) expect: Expect,
 }
 
 /// The ATC's flags a scenario may set.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct AtcSettings {
+pub(crate) struct AtcSettings {
     /// `--enable-rerun-when-worker-disappears`.
     #[serde(default)]
-    pub rerun_when_worker_disappears: bool,
+    pub(crate) rerun_when_worker_disappears: bool,
 }
 
 /// The default end of simulated time.
-pub const DEFAULT_UNTIL: Duration = Duration::from_secs(48 * 3600);
+pub(crate) const DEFAULT_UNTIL: Duration = Duration::from_secs(48 * 3600);
 
 /// The default time a task takes: long enough that a step or stage
 /// timeout shorter than a real task shows.
-pub const DEFAULT_TASK_TIME: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_TASK_TIME: Duration = Duration::from_secs(600);
 
 /// How often a task sends its heartbeat when the scenario does not say.
-pub const DEFAULT_HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -509,7 +509,10 @@ impl Scenario {
 
     /// Refuses a scenario that names a task, job or resource the pipeline
     /// lacks (it would test nothing), saying what the pipeline has.
-    pub fn check_names(&self, p: &crate::concourse::atc::pipeline::Pipeline) -> Result<(), String> {
+    pub(crate) fn check_names(
+        &self,
+        p: &crate::concourse::atc::pipeline::Pipeline,
+    ) -> Result<(), String> {
         let tasks = p.tasks();
         let jobs: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
         let resources: Vec<&str> = p.resources.iter().map(|r| r.name.as_str()).collect();

@@ -1,7 +1,7 @@
 //! The play: what stands in for the world around Concourse while the ATC
-//! runs a pipeline. It is the ATC's [`Worker`](crate::concourse::atc::Worker) (the resource's steps
+//! runs a pipeline. It is the ATC's `Worker` (the resource's steps
 //! through [`Steps`], the tasks as the scenario says, their heartbeats)
-//! and its [`Observer`] (the commit each run builds, refusals), runs the
+//! and its `Observer` (the commit each run builds, refusals), runs the
 //! scenario's events and humans, and decides when nothing is left to
 //! happen.
 
@@ -25,28 +25,28 @@ pub struct Played {
     #[serde(flatten)]
     pub atc: Record,
     /// Runs per task.
-    pub task_runs: BTreeMap<String, u64>,
+    pub(crate) task_runs: BTreeMap<String, u64>,
     /// Heartbeats the tasks sent per stage: (accepted, refused).
-    pub heartbeats: BTreeMap<u32, (u64, u64)>,
+    pub(crate) heartbeats: BTreeMap<u32, (u64, u64)>,
     /// For each dead attempt recorded, the seconds from its deadline (its
     /// timeout, or its last sign of life plus its heartbeat timeout) to
     /// the write that recorded it.
-    pub dead_found: Vec<f64>,
+    pub(crate) dead_found: Vec<f64>,
     /// Puts and heartbeats the resource refused, each said once.
-    pub refused: Vec<String>,
+    pub(crate) refused: Vec<String>,
     /// The build's document at the end.
     #[serde(skip)]
     pub document: Option<Document>,
     /// Seconds simulated.
-    pub elapsed: u64,
+    pub(crate) elapsed: u64,
     /// When the build was delivered (seconds since the start).
-    pub delivered_at: Option<u64>,
+    pub(crate) delivered_at: Option<u64>,
     /// Invariants the play broke (one run built two commits, ...).
-    pub violations: Vec<String>,
+    pub(crate) violations: Vec<String>,
     /// Why the play stopped.
-    pub stopped: String,
+    pub(crate) stopped: String,
     /// Whether it stopped with nothing left to happen (not its time out).
-    pub settled: bool,
+    pub(crate) settled: bool,
 }
 
 /// build-state's books of the play.
@@ -70,7 +70,7 @@ pub(super) struct Books {
 }
 
 /// The world around the ATC.
-pub struct Play<S: Steps + 'static> {
+pub(crate) struct Play<S: Steps + 'static> {
     pub(super) steps: Rc<S>,
     pub(super) scenario: Scenario,
     /// The ungated build-state resource whose document is the build's.
@@ -81,7 +81,7 @@ pub struct Play<S: Steps + 'static> {
 }
 
 /// Plays `scenario` on `pipeline`: what happened.
-pub fn play<S: Steps + 'static>(
+pub(crate) fn play<S: Steps + 'static>(
     pipeline: &Pipeline,
     steps: Rc<S>,
     settings: Settings,
