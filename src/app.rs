@@ -84,6 +84,29 @@ pub(crate) enum Change {
     HandOff(crate::model::Actor),
 }
 
+/// Records `change` and hands off, the one way `out` and the CLI act: the
+/// check webhooks of `handoff` are called once a write landed (also one
+/// the change is refused after: a dead attempt recorded as blocked, whose
+/// alert must hear of it at once) or when the change is a hand-off alone;
+/// never after a refusal that wrote nothing, a replay or a heartbeat.
+pub(crate) async fn act<S: Store>(
+    config: &Config,
+    store: &S,
+    clock: &dyn Clock,
+    change: Change,
+    handoff: &crate::handoff::Handoff,
+    notes: &crate::Notes,
+) -> Result<Applied, Error> {
+    let only = matches!(change, Change::HandOff(_));
+    let result = record(config, store, clock, change, notes).await;
+    let landed = match &result {
+        Ok(a) => a.written || only,
+        Err(e) => e.landed(),
+    };
+    crate::handoff::after(handoff, landed, notes).await;
+    result
+}
+
 /// Applies `change` to the configured build's document by compare-and-swap.
 pub(crate) async fn record<S: Store>(
     config: &Config,

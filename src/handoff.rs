@@ -212,6 +212,19 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
 
 /// Posts the webhook of every resource of `handoff`, at once, within
 /// [`TIMEOUT`] for all; says in `notes` what was checked and what failed.
+/// Hands off once a write `landed` (the webhooks called), or says, once,
+/// that the checks were skipped because nothing was written.
+pub(crate) async fn after(handoff: &Handoff, landed: bool, notes: &Notes) {
+    if landed {
+        call(handoff, notes).await;
+    } else if !handoff.is_empty() {
+        notes.note(format!(
+            "check of {} skipped: nothing was written",
+            handoff.resources.join(", ")
+        ));
+    }
+}
+
 pub(crate) async fn call(handoff: &Handoff, notes: &Notes) {
     if handoff.is_empty() {
         return;

@@ -4,12 +4,12 @@
 //! input, calls the library and prints: the reply on stdout, the library's
 //! notes on stderr.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use build_state::{Notes, resource};
 
 /// Notes go to stderr as `build-state: LINE`; on a terminal a progress line

@@ -420,16 +420,10 @@ pub(crate) async fn put(
     let (config, change, handoff) =
         put_request(input, &SourcesDir(sources), env, crate::now(), notes)?;
     let store = open(&config).await?;
-    let result = put_landed(&config, &store, &StoreClock(&store), change, notes).await;
-    if landed(&result) {
-        crate::handoff::call(&handoff, notes).await;
-    } else if !handoff.is_empty() {
-        notes.note(format!(
-            "check of {} skipped: this put wrote nothing",
-            handoff.resources.join(", ")
-        ));
-    }
-    Ok(result?.0)
+    let clock = StoreClock(&store);
+    Ok(put_landed(&config, &store, &clock, change, &handoff, notes)
+        .await?
+        .0)
 }
 
 /// Whether a put's write landed: what a handoff waits for (never after a
@@ -501,7 +495,10 @@ pub(crate) async fn put_store<S: Store>(
     change: Change,
     notes: &Notes,
 ) -> Result<Response> {
-    Ok(put_landed(config, store, clock, change, notes).await?.0)
+    let none = crate::handoff::Handoff::none();
+    Ok(put_landed(config, store, clock, change, &none, notes)
+        .await?
+        .0)
 }
 
 /// `out` on a given store, and whether to hand off now: a write landed, or the put
@@ -511,11 +508,12 @@ pub(crate) async fn put_landed<S: Store>(
     store: &S,
     clock: &dyn Clock,
     change: Change,
+    handoff: &crate::handoff::Handoff,
     notes: &Notes,
 ) -> Result<(Response, bool)> {
     let key = config.state_key();
     let hand_off = matches!(change, Change::HandOff(_));
-    let applied = crate::app::record(config, store, clock, change, notes).await?;
+    let applied = crate::app::act(config, store, clock, change, handoff, notes).await?;
     let doc = &applied.doc;
     if applied.written {
         let e = doc.last_event();

@@ -21,7 +21,7 @@ mod testing;
 use crate::Notes;
 use crate::config::Settings;
 use crate::store::AnyStore;
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
 use output::Out;
 use std::ffi::OsString;

@@ -82,7 +82,7 @@ fn a_landed_put_posts_its_webhooks(w: World) {
     assert!(
         again
             .stderr
-            .contains("check of at-kickstart skipped: this put wrote nothing"),
+            .contains("check of at-kickstart skipped: nothing was written"),
         "{}",
         again.stderr
     );

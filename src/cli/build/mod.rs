@@ -400,16 +400,9 @@ pub(super) async fn act(
         Change::Heartbeat(c) => format!("heartbeat {}", c.state),
         Change::HandOff(_) => "check".to_string(),
     };
-    let applied = crate::app::record(config, store, &StoreClock(store), change, &out.notes).await?;
+    let clock = StoreClock(store);
+    let applied = crate::app::act(config, store, &clock, change, handoff, &out.notes).await?;
     out.applied(&described, &applied.doc, applied.written)?;
-    if applied.written {
-        crate::handoff::call(handoff, &out.notes).await;
-    } else if !handoff.is_empty() {
-        out.note(format!(
-            "check of {} skipped: nothing was written",
-            handoff.resources.join(", ")
-        ));
-    }
     Ok(())
 }
 

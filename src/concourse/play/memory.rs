@@ -210,6 +210,8 @@ impl Steps for InMemory {
             &self.store,
             &ManualClock::at(now),
             change,
+            // The simulation plays the ATC's side of the hand-off below.
+            &crate::handoff::Handoff::none(),
             &notes,
         )
         .await;
