@@ -101,6 +101,11 @@ pub(crate) struct Request {
     pub note: Option<String>,
     /// The resources Concourse checks at once after the write landed.
     pub(crate) check: Vec<String>,
+    /// With `heartbeat`: the run the worker works for (the CLI's `--run`;
+    /// a put's heartbeat is its build's, judged by the build).
+    pub(crate) run: Option<u64>,
+    /// With `heartbeat`: the attempt the worker works for.
+    pub(crate) attempt: Option<u32>,
 }
 
 impl Request {
@@ -116,6 +121,8 @@ impl Request {
             vars_file: None,
             note: None,
             check: Vec::new(),
+            run: None,
+            attempt: None,
         }
     }
 
@@ -132,6 +139,8 @@ impl Request {
             vars_file: p.vars_file.clone(),
             note: p.note.clone(),
             check: p.check.clone().unwrap_or_default(),
+            run: None,
+            attempt: None,
         })
     }
 }
@@ -229,8 +238,8 @@ pub(crate) fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, Reque
                 .map_err(|e| refuse("state", format!("{}: {e}", front.action("heartbeat"))))?;
             return Ok(Change::Heartbeat(crate::model::Claim {
                 state,
-                run: None,
-                attempt: None,
+                run: req.run,
+                attempt: req.attempt,
                 by: cx.actor.clone(),
                 at: cx.now,
             }));

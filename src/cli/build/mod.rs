@@ -269,16 +269,9 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<(), Error> {
             attempt,
         } => {
             let (config, store) = src.build(&build_id, &out.notes).await?;
-            let claim = crate::model::Claim {
-                state,
-                run,
-                attempt,
-                by: actor(),
-                at: crate::now(),
-            };
-            config.ladder.check(state).map_err(anyhow::Error::from)?;
-            let (doc, beat) = Builds::new(&config, &store).beat(&claim).await?;
-            Ok(out.beat(&doc, &beat)?)
+            let mut req = Request::new(PutAction::Heartbeat(state));
+            (req.run, req.attempt) = (run, attempt);
+            act(&config, &store, &req, &crate::handoff::Handoff::none(), out).await
         }
         Command::History { build_id } => {
             let (config, store) = src.build(&build_id, &out.notes).await?;
@@ -402,7 +395,10 @@ pub(super) async fn act(
     };
     let clock = StoreClock(store);
     let applied = crate::app::act(config, store, &clock, change, handoff, &out.notes).await?;
-    out.applied(&described, &applied.doc, applied.written)?;
+    match &applied.beat {
+        Some(beat) => out.beat(&applied.doc, beat)?,
+        None => out.applied(&described, &applied.doc, applied.written)?,
+    }
     Ok(())
 }
 
