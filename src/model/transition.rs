@@ -224,25 +224,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
         rules.ladder.check(code)?;
     }
     let Some(doc) = current else {
-        return match action {
-            Action::Init { .. } | Action::Restart => Ok(Outcome::Write(Document::from_history(
-                rules.build_id,
-                1,
-                rules.labels.clone(),
-                vec![event(
-                    update,
-                    1,
-                    rules.ladder.initial(),
-                    arrival(&[], rules.ladder.initial(), rules),
-                    0,
-                )],
-                rules.ladder,
-            ))),
-            _ => Err(Refusal::NoDocument {
-                build_id: rules.build_id.to_string(),
-                attempted: action.describe(),
-            }),
-        };
+        return create(update, rules);
     };
 
     if is_replay(doc, update) {
@@ -263,45 +245,13 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
     use Status::*;
 
     let (state, status, attempt, retry_at, error) = match action {
-        Action::Init { restart } => {
-            if doc.state == rules.ladder.initial()
-                && matches!(doc.status, Pending | AwaitingApproval)
-            {
-                return Ok(Outcome::Unchanged);
-            }
-            if *restart && run_is_over(doc.status) {
-                return Ok(restart_run(doc, update, rules));
-            }
-            if *restart {
-                // A new commit while a run is under way: say so plainly.
-                return Err(Refusal::Invalid(format!(
-                    "{}; run {} is under way, so init with restart starts no new run: that happens once this run is delivered or cancelled (run the job again then, or cancel the build to start over now)",
-                    doc.whereabouts(),
-                    doc.run
-                )));
-            }
-            return refuse();
-        }
+        Action::Init { restart } => return init(doc, update, rules, *restart),
         Action::Restart => return Ok(restart_run(doc, update, rules)),
         Action::Start(n) => {
             if !at_stage(*n, ActionKind::Start) {
                 return refuse();
             }
-            // The backoff is binding: a stage job run early does not retry.
-            // (A deferral only says when the gate opens again: a human's
-            // build may start the stage before.)
-            if doc.status == Failed
-                && doc.last_event().action != ActionKind::Defer
-                && let Some(due) = doc.retry_at
-                && update.at < due
-            {
-                return Err(Refusal::Invalid(format!(
-                    "{}; its retry is due at {} (in {}): start {n} is refused until then (the backoff is binding); a human retries at once with retry {n}",
-                    doc.whereabouts(),
-                    super::document::rfc3339::format(&due),
-                    super::time::format((due - update.at).to_std().unwrap_or_default()),
-                )));
-            }
+            binding_backoff(doc, update, *n)?;
             if doc.is_dead(update.at, rules.retry, update.heartbeat.as_ref()) {
                 return Ok(dead_attempt(doc, update, rules, *n, Finder::Start));
             }
@@ -324,27 +274,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
             if !at_stage(*n, ActionKind::Fail) {
                 return refuse();
             }
-            let policy = rules.retry.for_state(*n);
-            let attempts = doc.attempts + 1;
-            let error = bounded(error);
-            if error.kind == FailureKind::Persistent || attempts >= policy.max_attempts {
-                (*n, Blocked, attempts, None, Some(error))
-            } else {
-                let wait = chrono::Duration::from_std(policy.backoff_after(attempts))
-                    .unwrap_or(chrono::Duration::MAX);
-                let retry_at = update.at.checked_add_signed(wait);
-                // A start-over stage sends the build back: the retry re-runs
-                // the stages from there (the error names this stage).
-                let back_to = policy.resume_from.unwrap_or(*n);
-                // Sent back to a stage that needs an approval it no longer
-                // has (it completed since, or a `set` skipped it): it waits
-                // for one, as on any arrival there.
-                if back_to != *n && arrival(&doc.history, back_to, rules) == AwaitingApproval {
-                    (back_to, AwaitingApproval, attempts, None, Some(error))
-                } else {
-                    (back_to, Failed, attempts, retry_at, Some(error))
-                }
-            }
+            failed(doc, update, rules, *n, error)
         }
         Action::Retry(n) => {
             if !at_stage(*n, ActionKind::Retry) {
@@ -364,29 +294,7 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
             state: n,
             status,
             reason,
-        } => {
-            if reason.trim().is_empty() {
-                return Err(Refusal::Invalid(format!(
-                    "{}; set {n} needs a reason (a manual override is recorded with why)",
-                    doc.whereabouts()
-                )));
-            }
-            if *status == Completed && *n != rules.ladder.final_code() {
-                return Err(Refusal::Invalid(format!(
-                    "{}; cannot set {n} to completed: only the final state {} can be completed",
-                    doc.whereabouts(),
-                    rules.ladder.label(rules.ladder.final_code())
-                )));
-            }
-            // Set to pending on a stage that needs approval: it waits for it
-            // (a manual override resets the stage's approval).
-            let status = if *status == Pending {
-                arrival(&[], *n, rules)
-            } else {
-                *status
-            };
-            (*n, status, 0, None, None)
-        }
+        } => set(doc, rules, *n, *status, reason)?,
         Action::Cancel { .. } => {
             if run_is_over(doc.status) {
                 return refuse();
@@ -407,6 +315,133 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
         history,
         rules.ladder,
     )))
+}
+/// The first document of a build: only `init` (or `restart`) creates it.
+fn create(update: &Update, rules: &Rules) -> Result<Outcome, Refusal> {
+    match &update.action {
+        Action::Init { .. } | Action::Restart => Ok(Outcome::Write(Document::from_history(
+            rules.build_id,
+            1,
+            rules.labels.clone(),
+            vec![event(
+                update,
+                1,
+                rules.ladder.initial(),
+                arrival(&[], rules.ladder.initial(), rules),
+                0,
+            )],
+            rules.ladder,
+        ))),
+        action => Err(Refusal::NoDocument {
+            build_id: rules.build_id.to_string(),
+            attempted: action.describe(),
+        }),
+    }
+}
+
+/// An event's fields as a stage action decides them: state, status,
+/// attempt, `retry_at`, error.
+type Next = (Code, Status, u32, Option<Timestamp>, Option<ErrorInfo>);
+
+/// `init` on a build that has a document: a no-op at the initial state, a
+/// new run once the run is over (`restart`), refused otherwise, saying so
+/// plainly for a new commit while a run is under way.
+fn init(doc: &Document, update: &Update, rules: &Rules, restart: bool) -> Result<Outcome, Refusal> {
+    use Status::*;
+    if doc.state == rules.ladder.initial() && matches!(doc.status, Pending | AwaitingApproval) {
+        return Ok(Outcome::Unchanged);
+    }
+    if restart && run_is_over(doc.status) {
+        return Ok(restart_run(doc, update, rules));
+    }
+    if restart {
+        return Err(Refusal::Invalid(format!(
+            "{}; run {} is under way, so init with restart starts no new run: that happens once this run is delivered or cancelled (run the job again then, or cancel the build to start over now)",
+            doc.whereabouts(),
+            doc.run
+        )));
+    }
+    Err(Refusal::NotAllowed {
+        whereabouts: doc.whereabouts(),
+        attempted: update.action.describe(),
+        allowed: allowed(doc),
+    })
+}
+
+/// The backoff is binding: a stage job run early does not retry. (A
+/// deferral only says when the gate opens again: a human's build may start
+/// the stage before.)
+fn binding_backoff(doc: &Document, update: &Update, n: Code) -> Result<(), Refusal> {
+    if doc.status == Status::Failed
+        && doc.last_event().action != ActionKind::Defer
+        && let Some(due) = doc.retry_at
+        && update.at < due
+    {
+        return Err(Refusal::Invalid(format!(
+            "{}; its retry is due at {} (in {}): start {n} is refused until then (the backoff is binding); a human retries at once with retry {n}",
+            doc.whereabouts(),
+            super::document::rfc3339::format(&due),
+            super::time::format((due - update.at).to_std().unwrap_or_default()),
+        )));
+    }
+    Ok(())
+}
+
+/// The event of a failure of stage `n`: blocked after its last attempt or
+/// on a persistent error, else failed with its backoff, sent back to its
+/// `resume_from` on a start-over stage (the error names this stage).
+fn failed(doc: &Document, update: &Update, rules: &Rules, n: Code, error: &ErrorInfo) -> Next {
+    use Status::*;
+    let policy = rules.retry.for_state(n);
+    let attempts = doc.attempts + 1;
+    let error = bounded(error);
+    if error.kind == FailureKind::Persistent || attempts >= policy.max_attempts {
+        return (n, Blocked, attempts, None, Some(error));
+    }
+    let wait =
+        chrono::Duration::from_std(policy.backoff_after(attempts)).unwrap_or(chrono::Duration::MAX);
+    let retry_at = update.at.checked_add_signed(wait);
+    let back_to = policy.resume_from.unwrap_or(n);
+    // Sent back to a stage that needs an approval it no longer has (it
+    // completed since, or a `set` skipped it): it waits for one, as on any
+    // arrival there.
+    if back_to != n && arrival(&doc.history, back_to, rules) == AwaitingApproval {
+        (back_to, AwaitingApproval, attempts, None, Some(error))
+    } else {
+        (back_to, Failed, attempts, retry_at, Some(error))
+    }
+}
+
+/// `set n`: a human's override, with a reason; only the final state may be
+/// set completed; set to pending on a stage that needs approval waits for
+/// it (a manual override resets the stage's approval).
+fn set(
+    doc: &Document,
+    rules: &Rules,
+    n: Code,
+    status: Status,
+    reason: &str,
+) -> Result<Next, Refusal> {
+    use Status::*;
+    if reason.trim().is_empty() {
+        return Err(Refusal::Invalid(format!(
+            "{}; set {n} needs a reason (a manual override is recorded with why)",
+            doc.whereabouts()
+        )));
+    }
+    if status == Completed && n != rules.ladder.final_code() {
+        return Err(Refusal::Invalid(format!(
+            "{}; cannot set {n} to completed: only the final state {} can be completed",
+            doc.whereabouts(),
+            rules.ladder.label(rules.ladder.final_code())
+        )));
+    }
+    let status = if status == Pending {
+        arrival(&[], n, rules)
+    } else {
+        status
+    };
+    Ok((n, status, 0, None, None))
 }
 
 /// A put that repeats the newest history entry of the same Concourse build
