@@ -105,7 +105,7 @@ impl FromStr for Release {
     }
 }
 
-pub use play::{Report, Summary, simulate};
+pub use play::{PlaySummary, Report, simulate};
 use serde_json::Value;
 
 /// The storage fields of a build-state source, replaced by the in-memory

@@ -8,7 +8,7 @@
 
 use crate::util::{Step, World};
 use build_state::concourse::atc::pipeline::{Pipeline, Resource, TaskStep};
-use build_state::concourse::atc::{Files, Handed, Status, StepError};
+use build_state::concourse::atc::{BuildStatus, Files, Handed, StepError};
 use build_state::concourse::play::Steps;
 use build_state::concourse::play::memory::InMemory;
 use build_state::concourse::play::scenario::Scenario;
@@ -807,7 +807,7 @@ impl Steps for Processes {
         &self,
         task: &TaskStep,
         artifacts: &BTreeMap<String, Files>,
-    ) -> Option<(Status, BTreeMap<String, Files>, String)> {
+    ) -> Option<(BuildStatus, BTreeMap<String, Files>, String)> {
         if !self.real_tasks {
             return None;
         }
@@ -868,9 +868,9 @@ impl Steps for Processes {
         .unwrap_or("")
         .to_string();
         let status = if out.status.success() {
-            Status::Succeeded
+            BuildStatus::Succeeded
         } else {
-            Status::Failed
+            BuildStatus::Failed
         };
         Some((status, outputs, last))
     }

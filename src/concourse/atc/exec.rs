@@ -20,7 +20,7 @@
 
 use super::pipeline::{GetStep, PutStep, Resource, Step, StepKind, TaskStep};
 use super::{
-    Atc, FINISH_TIME, Files, Observer, PUT_ENDS_AFTER, PUT_WRITES_AFTER, STEP_TIME, Status,
+    Atc, BuildStatus, FINISH_TIME, Files, Observer, PUT_ENDS_AFTER, PUT_WRITES_AFTER, STEP_TIME,
     TaskCall, TaskEnd, WORKER_GONE, Worker,
 };
 use crate::protocol::BuildEnv;
@@ -84,7 +84,12 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         self.log(Some(b), status.as_str().to_string(), after);
     }
 
-    fn exec<'s>(&'s self, ctx: &'s Ctx, step: &'s Step, env: Option<Status>) -> Boxed<'s, Status> {
+    fn exec<'s>(
+        &'s self,
+        ctx: &'s Ctx,
+        step: &'s Step,
+        env: Option<BuildStatus>,
+    ) -> Boxed<'s, BuildStatus> {
         Box::pin(async move {
             let mut attempt = 0;
             let result = loop {
@@ -93,7 +98,9 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                 if ctx.aborted.get() || ctx.rerun.get() {
                     break r;
                 }
-                if matches!(r, Status::Failed | Status::Errored) && attempt < step.attempts {
+                if matches!(r, BuildStatus::Failed | BuildStatus::Errored)
+                    && attempt < step.attempts
+                {
                     self.log(
                         Some(ctx.build),
                         format!(
@@ -116,7 +123,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// One attempt of `step`, within its `timeout`.
-    async fn exec_timed(&self, ctx: &Ctx, step: &Step, env: Option<Status>) -> Status {
+    async fn exec_timed(&self, ctx: &Ctx, step: &Step, env: Option<BuildStatus>) -> BuildStatus {
         let Some(d) = step.timeout else {
             return self.exec_kind(ctx, step, env).await;
         };
@@ -132,50 +139,56 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                     ),
                     None,
                 );
-                Status::Failed
+                BuildStatus::Failed
             }
         }
     }
 
     /// The hooks of `step` around `result`, nested as Concourse builds
     /// them; `env` is the status the enclosing hook gives (for `ensure`).
-    async fn hooks(&self, ctx: &Ctx, step: &Step, result: Status, env: Option<Status>) -> Status {
+    async fn hooks(
+        &self,
+        ctx: &Ctx,
+        step: &Step,
+        result: BuildStatus,
+        env: Option<BuildStatus>,
+    ) -> BuildStatus {
         // An aborted build still runs its hooks (on_abort, ensure); the
         // plan after them stays skipped.
         let aborted = ctx.aborted.replace(false);
         let h = &step.hooks;
         let mut r = result;
         if let Some(s) = &h.on_success
-            && r == Status::Succeeded
+            && r == BuildStatus::Succeeded
         {
-            r = self.exec(ctx, s, Some(Status::Succeeded)).await;
+            r = self.exec(ctx, s, Some(BuildStatus::Succeeded)).await;
         }
         if let Some(s) = &h.on_failure
-            && r == Status::Failed
+            && r == BuildStatus::Failed
         {
-            let hr = self.exec(ctx, s, Some(Status::Failed)).await;
-            if matches!(hr, Status::Errored | Status::Aborted) {
+            let hr = self.exec(ctx, s, Some(BuildStatus::Failed)).await;
+            if matches!(hr, BuildStatus::Errored | BuildStatus::Aborted) {
                 r = hr;
             }
         }
         if let Some(s) = &h.on_abort
-            && r == Status::Aborted
+            && r == BuildStatus::Aborted
         {
-            self.exec(ctx, s, Some(Status::Aborted)).await;
+            self.exec(ctx, s, Some(BuildStatus::Aborted)).await;
         }
         // A `Retriable` error (a worker gone, rerun on) skips on_error.
         if let Some(s) = &h.on_error
-            && r == Status::Errored
+            && r == BuildStatus::Errored
             && !ctx.rerun.get()
         {
-            self.exec(ctx, s, Some(Status::Errored)).await;
+            self.exec(ctx, s, Some(BuildStatus::Errored)).await;
         }
         if let Some(s) = &h.ensure {
             // `ensure` runs whatever happened, a `Retriable` error too.
             let rerun = ctx.rerun.replace(false);
             let hr = self.exec(ctx, s, env).await;
             ctx.rerun.set(rerun || ctx.rerun.get());
-            if r == Status::Succeeded {
+            if r == BuildStatus::Succeeded {
                 r = hr;
             }
         }
@@ -183,38 +196,42 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         r
     }
 
-    async fn exec_kind(&self, ctx: &Ctx, step: &Step, env: Option<Status>) -> Status {
+    async fn exec_kind(&self, ctx: &Ctx, step: &Step, env: Option<BuildStatus>) -> BuildStatus {
         if ctx.aborted.get() || ctx.rerun.get() {
-            return Status::Aborted;
+            return BuildStatus::Aborted;
         }
         match &step.kind {
             StepKind::Do(steps) => {
                 for s in steps {
                     let r = self.exec(ctx, s, env).await;
-                    if r != Status::Succeeded {
+                    if r != BuildStatus::Succeeded {
                         return r;
                     }
                 }
-                Status::Succeeded
+                BuildStatus::Succeeded
             }
             // `limit` and `fail_fast` are not modelled (README): all run.
             StepKind::InParallel { steps, .. } => {
                 let results =
                     futures_util::future::join_all(steps.iter().map(|s| self.exec(ctx, s, env)))
                         .await;
-                [Status::Aborted, Status::Errored, Status::Failed]
-                    .into_iter()
-                    .find(|bad| results.contains(bad))
-                    .unwrap_or(Status::Succeeded)
+                [
+                    BuildStatus::Aborted,
+                    BuildStatus::Errored,
+                    BuildStatus::Failed,
+                ]
+                .into_iter()
+                .find(|bad| results.contains(bad))
+                .unwrap_or(BuildStatus::Succeeded)
             }
             StepKind::Try(inner) => match self.exec(ctx, inner, env).await {
-                Status::Aborted => Status::Aborted,
-                _ => Status::Succeeded,
+                BuildStatus::Aborted => BuildStatus::Aborted,
+                _ => BuildStatus::Succeeded,
             },
             StepKind::Get(g) => self.get(ctx, g).await,
             StepKind::Put(p) => self.put(ctx, p, env).await,
             StepKind::Task(t) => self.task(ctx, t).await,
-            StepKind::Other(_) => Status::Succeeded,
+            StepKind::Other(_) => BuildStatus::Succeeded,
         }
     }
 
@@ -242,7 +259,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         Ok(files)
     }
 
-    async fn get(&self, ctx: &Ctx, g: &GetStep) -> Status {
+    async fn get(&self, ctx: &Ctx, g: &GetStep) -> BuildStatus {
         let input = self.builds.borrow().list[ctx.build]
             .rec
             .inputs
@@ -254,24 +271,24 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                 format!("get {}: no version: errored", g.name),
                 None,
             );
-            return Status::Errored;
+            return BuildStatus::Errored;
         };
         let r = self.p.resource(&resource).expect("a validated resource");
         match self.fetch(r, &version, &g.params).await {
             Ok(files) => {
                 ctx.artifacts.borrow_mut().insert(g.name.clone(), files);
-                Status::Succeeded
+                BuildStatus::Succeeded
             }
             Err(e) => {
                 let line = format!("get {}: failed: {e}", g.name);
                 self.log(Some(ctx.build), line, None);
-                Status::Failed
+                BuildStatus::Failed
             }
         }
     }
 
     /// The environment of a put of `ctx`'s build to `r`.
-    fn env(&self, ctx: &Ctx, r: &Resource, status: Option<Status>) -> BuildEnv {
+    fn env(&self, ctx: &Ctx, r: &Resource, status: Option<BuildStatus>) -> BuildEnv {
         let builds = self.builds.borrow();
         let rec = &builds.list[ctx.build].rec;
         let job = &self.p.jobs[ctx.job].name;
@@ -327,7 +344,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         all.into_iter().filter(|(k, _)| named.contains(k)).collect()
     }
 
-    async fn put(&self, ctx: &Ctx, p: &PutStep, env: Option<Status>) -> Status {
+    async fn put(&self, ctx: &Ctx, p: &PutStep, env: Option<BuildStatus>) -> BuildStatus {
         let r = self.p.resource(&p.resource).expect("a validated resource");
         let shown = match env.filter(|_| self.settings.release.has_build_status()) {
             Some(s) => format!(
@@ -342,7 +359,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         let version = if r.build_state {
             match self.put_build_state(ctx, r, p, env, shown).await {
                 Some(v) => v,
-                None => return Status::Failed,
+                None => return BuildStatus::Failed,
             }
         } else {
             self.log(Some(ctx.build), shown, None);
@@ -359,17 +376,17 @@ impl<H: Worker + Observer + 'static> Atc<H> {
             self.host.put_landed(&rec, r).await;
         }
         if p.no_get {
-            return Status::Succeeded;
+            return BuildStatus::Succeeded;
         }
         match self.fetch(r, &version, &p.get_params).await {
             Ok(files) => {
                 ctx.artifacts.borrow_mut().insert(p.name.clone(), files);
-                Status::Succeeded
+                BuildStatus::Succeeded
             }
             Err(e) => {
                 let line = format!("put {}: its implicit get failed: {e}", p.name);
                 self.log(Some(ctx.build), line, None);
-                Status::Failed
+                BuildStatus::Failed
             }
         }
     }
@@ -380,7 +397,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         ctx: &Ctx,
         r: &Resource,
         p: &PutStep,
-        status: Option<Status>,
+        status: Option<BuildStatus>,
         shown: String,
     ) -> Option<Value> {
         let inputs = self.put_inputs(ctx, p);
@@ -422,7 +439,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         }
     }
 
-    async fn task(&self, ctx: &Ctx, t: &TaskStep) -> Status {
+    async fn task(&self, ctx: &Ctx, t: &TaskStep) -> BuildStatus {
         let missing = {
             let arts = ctx.artifacts.borrow();
             t.inputs
@@ -433,7 +450,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         if let Some(name) = missing {
             let line = format!("task {}: missing input {name}: errored", t.name);
             self.log(Some(ctx.build), line, None);
-            return Status::Errored;
+            return BuildStatus::Errored;
         }
         let rec = self.builds.borrow().list[ctx.build].rec.clone();
         let artifacts = ctx.artifacts.borrow().clone();
@@ -453,10 +470,10 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                 ctx.artifacts.borrow_mut().extend(outputs);
                 (status, format!("{}: {said}", status.as_str()))
             }
-            TaskEnd::Errored(why) => (Status::Errored, format!("errored: {why}")),
+            TaskEnd::Errored(why) => (BuildStatus::Errored, format!("errored: {why}")),
             TaskEnd::Aborted => {
                 ctx.aborted.set(true);
-                (Status::Aborted, "aborted by a human".into())
+                (BuildStatus::Aborted, "aborted by a human".into())
             }
             TaskEnd::WorkerLost { rerun } => return self.worker_lost(ctx, t, rerun).await,
             TaskEnd::Stuck => {
@@ -476,7 +493,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
 
     /// The task's worker vanished: the ATC notices, and errors the step (or
     /// marks the build for a rerun).
-    async fn worker_lost(&self, ctx: &Ctx, t: &TaskStep, rerun: bool) -> Status {
+    async fn worker_lost(&self, ctx: &Ctx, t: &TaskStep, rerun: bool) -> BuildStatus {
         let line = format!("task {}: its worker vanished", t.name);
         self.log(Some(ctx.build), line, None);
         tokio::time::sleep(WORKER_GONE).await;
@@ -490,7 +507,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
             format!("task {}: errored: worker disappeared", t.name)
         };
         self.log(Some(ctx.build), line, None);
-        Status::Errored
+        BuildStatus::Errored
     }
 }
 

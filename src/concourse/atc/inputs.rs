@@ -8,7 +8,7 @@
 
 use super::pipeline::{GetStep, Job};
 use super::scheduler::Build;
-use super::{Atc, BuildRecord, Observer, Status, Worker};
+use super::{Atc, BuildRecord, BuildStatus, Observer, Worker};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,7 +62,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         let builds = self.builds.borrow();
         fn done<'a>(list: &'a [Build], job: &'a str) -> impl Iterator<Item = &'a Build> + 'a {
             list.iter()
-                .filter(move |b| b.rec.job == job && b.rec.status == Some(Status::Succeeded))
+                .filter(move |b| b.rec.job == job && b.rec.status == Some(BuildStatus::Succeeded))
         }
         let succeeded = |job| done(&builds.list, job);
         let mut seen: Vec<Value> = Vec::new();

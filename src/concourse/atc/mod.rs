@@ -72,7 +72,7 @@ pub type Files = BTreeMap<String, Vec<u8>>;
 /// How a step, or a build, ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub enum BuildStatus {
     /// Succeeded.
     Succeeded,
     /// Failed.
@@ -83,14 +83,14 @@ pub enum Status {
     Aborted,
 }
 
-impl Status {
+impl BuildStatus {
     /// As Concourse spells it (and gives it in `BUILD_STATUS`).
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::Errored => "errored",
-            Status::Aborted => "aborted",
+            BuildStatus::Succeeded => "succeeded",
+            BuildStatus::Failed => "failed",
+            BuildStatus::Errored => "errored",
+            BuildStatus::Aborted => "aborted",
         }
     }
 }
@@ -155,7 +155,7 @@ pub(crate) enum TaskEnd {
     /// Its process exited: succeeded or failed, with its outputs.
     Exited {
         /// Succeeded or failed.
-        status: Status,
+        status: BuildStatus,
         /// Its outputs.
         outputs: BTreeMap<String, Files>,
         /// Its last word.
@@ -264,7 +264,7 @@ pub(crate) struct BuildRecord {
     /// The build it reruns (`fly rerun-build`), by id.
     pub(crate) rerun_of: Option<u64>,
     /// How it ended (`None`: still pending or running at the end).
-    pub(crate) status: Option<Status>,
+    pub(crate) status: Option<BuildStatus>,
     /// When it was created (seconds since the start).
     pub(crate) created: u64,
     /// When it started.

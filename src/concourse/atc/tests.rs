@@ -93,11 +93,11 @@ impl Worker for Host {
             said: what.into(),
         };
         match what {
-            "fail" => exited(Status::Failed),
+            "fail" => exited(BuildStatus::Failed),
             "lost" => TaskEnd::WorkerLost { rerun: false },
             "stuck" => TaskEnd::Stuck,
             "hang" => std::future::pending().await,
-            _ => exited(Status::Succeeded),
+            _ => exited(BuildStatus::Succeeded),
         }
     }
 }
@@ -230,7 +230,7 @@ fn first_occurrence_only() {
     );
     let a = builds(&r, "a");
     assert_eq!(a.len(), 2, "{}", lines(&r));
-    assert_eq!(a[0].status, Some(Status::Failed));
+    assert_eq!(a[0].status, Some(BuildStatus::Failed));
     assert_ne!(a[0].inputs["repo"], a[1].inputs["repo"]);
 }
 
@@ -443,7 +443,7 @@ fn hooks_run(host: &Host) -> Vec<String> {
 #[test]
 fn a_lost_worker_errors_the_step_and_on_error_runs() {
     let (r, host) = play(LOST, "8.2", false, &[("t", &["lost"])], vec![], 1);
-    assert_eq!(builds(&r, "a")[0].status, Some(Status::Errored));
+    assert_eq!(builds(&r, "a")[0].status, Some(BuildStatus::Errored));
     assert_eq!(hooks_run(&host), ["error", "ensure"]);
 }
 
@@ -457,7 +457,7 @@ fn a_lost_worker_reruns_the_build_with_the_flag() {
     let (r, host) = play(LOST, "8.2", true, &[("t", &["lost"])], vec![], 1);
     let a = builds(&r, "a");
     assert_eq!(a.len(), 1);
-    assert_eq!(a[0].status, Some(Status::Succeeded), "{}", lines(&r));
+    assert_eq!(a[0].status, Some(BuildStatus::Succeeded), "{}", lines(&r));
     assert_eq!(host.runs.borrow().len(), 2);
     assert_eq!(hooks_run(&host), ["ensure", "ensure"]);
 }

@@ -7,9 +7,9 @@
 //! with the model's own transitions: the same ones the CLI runs.
 
 use super::Steps;
-use super::scenario::{Outcome as Ran, TaskRun};
+use super::scenario::{TaskOutcome as Ran, TaskRun};
 use super::stand::Play;
-use crate::concourse::atc::{Files, Status, TaskCall, TaskEnd};
+use crate::concourse::atc::{BuildStatus, Files, TaskCall, TaskEnd};
 use crate::model::{
     Action, Actor, Document, ErrorInfo, FailureKind, NextStep, Outcome, Update, apply,
 };
@@ -78,19 +78,19 @@ impl<S: Steps + 'static> Play<S> {
             serde_json::from_slice::<Document>(&body),
             self.config.as_ref(),
         ) else {
-            return exited(Status::Errored, outputs, "no document to read".into());
+            return exited(BuildStatus::Errored, outputs, "no document to read".into());
         };
         let atc = self.atc();
         let step = NextStep::live(&doc, atc.now());
         if !matches!(step, NextStep::Run | NextStep::Retry) {
             let said = format!("nothing to run now ({})", step.as_str());
-            return exited(Status::Succeeded, outputs, said);
+            return exited(BuildStatus::Succeeded, outputs, said);
         }
         let n = doc.state;
         let apply_now = |doc: &Document, action| on_copy(config, call, doc, action, atc.now());
         let started = match apply_now(&doc, Action::Start(n)) {
             Ok(d) => d,
-            Err(e) => return exited(Status::Failed, outputs, format!("start {n}: {e}")),
+            Err(e) => return exited(BuildStatus::Failed, outputs, format!("start {n}: {e}")),
         };
         self.count_run(format!("{}: stage {n}", call.task.name));
         let run = self.next_run(call);
@@ -115,9 +115,9 @@ impl<S: Steps + 'static> Play<S> {
             Ok(d) => {
                 out(&mut outputs, d.to_bytes());
                 let said = format!("stage {n}: {}", d.whereabouts());
-                exited(Status::Succeeded, outputs, said)
+                exited(BuildStatus::Succeeded, outputs, said)
             }
-            Err(e) => exited(Status::Failed, outputs, e),
+            Err(e) => exited(BuildStatus::Failed, outputs, e),
         }
     }
 }

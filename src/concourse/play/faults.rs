@@ -7,7 +7,7 @@
 //! task had is a finding.
 
 use super::memory::InMemory;
-use super::scenario::{Event, Happening, Outcome, Scenario, TaskRun};
+use super::scenario::{Happening, Scenario, ScenarioEvent, TaskOutcome, TaskRun};
 use super::{Report, Unplayable, simulate, t0};
 use crate::concourse::Release;
 use crate::concourse::atc::Line;
@@ -157,7 +157,7 @@ fn judge(
     let mut s = scenario.clone();
     let (at, label, hung) = match &fault {
         Fault::Outage { at, what } => {
-            s.events.push(Event {
+            s.events.push(ScenarioEvent {
                 at: *at,
                 what: Happening::StoreDown(outage),
             });
@@ -176,7 +176,7 @@ fn judge(
             runs.insert(
                 0,
                 TaskRun {
-                    outcome: Outcome::Hang,
+                    outcome: TaskOutcome::Hang,
                     error: None,
                     after: None,
                 },

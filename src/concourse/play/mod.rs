@@ -20,10 +20,10 @@ pub mod wiring;
 
 use super::Release;
 use super::atc::pipeline::{Pipeline, Resource, TaskStep};
-use super::atc::{Files, Handed, Settings, Status, StepError};
+use super::atc::{BuildStatus, Files, Handed, Settings, StepError};
 use crate::model::{Document, Timestamp};
 use crate::protocol::BuildEnv;
-pub use report::{Report, Summary};
+pub use report::{PlaySummary, Report};
 use scenario::Scenario;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -100,7 +100,7 @@ pub trait Steps {
         &self,
         _task: &TaskStep,
         _artifacts: &BTreeMap<String, Files>,
-    ) -> Option<(Status, BTreeMap<String, Files>, String)> {
+    ) -> Option<(BuildStatus, BTreeMap<String, Files>, String)> {
         None
     }
 }
@@ -169,7 +169,7 @@ fn with_init(pipeline: &Pipeline, scenario: &Scenario) -> Scenario {
     if !by_job && !by_event {
         s.events.insert(
             0,
-            scenario::Event {
+            scenario::ScenarioEvent {
                 at: std::time::Duration::ZERO,
                 what: scenario::Happening::Put {
                     params: serde_json::json!({"init": true}),

@@ -24,14 +24,14 @@ pub struct Report {
     /// Expectations that did not hold, and invariants broken.
     pub failures: Vec<String>,
     /// The summary.
-    pub summary: Summary,
+    pub summary: PlaySummary,
     /// What happened.
     pub played: Played,
 }
 
 /// The summary of a simulation.
 #[derive(Debug, Serialize)]
-pub struct Summary {
+pub struct PlaySummary {
     /// The build was delivered.
     pub(crate) delivered: bool,
     /// When (seconds since the start).
@@ -101,7 +101,7 @@ impl Report {
 /// event that made its stage due (at that stage: pending, or failed with
 /// its retry due), the seconds between them.
 pub(crate) fn handoffs(doc: &crate::model::Document) -> Vec<f64> {
-    use crate::model::{ActionKind, Status};
+    use crate::model::{ActionKind, Status as DocStatus};
     doc.history
         .windows(2)
         .filter_map(|w| {
@@ -110,8 +110,8 @@ pub(crate) fn handoffs(doc: &crate::model::Document) -> Vec<f64> {
                 return None;
             }
             let due = match before.status {
-                Status::Pending => before.at,
-                Status::Failed => before.retry_at.map_or(before.at, |t| t.max(before.at)),
+                DocStatus::Pending => before.at,
+                DocStatus::Failed => before.retry_at.map_or(before.at, |t| t.max(before.at)),
                 _ => return None,
             };
             Some((start.at - due).num_milliseconds().max(0) as f64 / 1000.0)
@@ -119,7 +119,7 @@ pub(crate) fn handoffs(doc: &crate::model::Document) -> Vec<f64> {
         .collect()
 }
 
-fn summarize(p: &Pipeline, played: &Played) -> Summary {
+fn summarize(p: &Pipeline, played: &Played) -> PlaySummary {
     let mut attempts = BTreeMap::new();
     let mut failures = BTreeMap::new();
     if let Some(doc) = &played.document {
@@ -133,7 +133,7 @@ fn summarize(p: &Pipeline, played: &Played) -> Summary {
         }
     }
     let alert_jobs = alert_jobs(p);
-    Summary {
+    PlaySummary {
         delivered: played.delivered_at.is_some(),
         delivered_at: played.delivered_at,
         elapsed: played.elapsed,
@@ -189,7 +189,7 @@ pub(super) fn alert_jobs(p: &Pipeline) -> Vec<&str> {
         .collect()
 }
 
-fn expectations(p: &Pipeline, s: &Scenario, played: &Played, summary: &Summary) -> Vec<String> {
+fn expectations(p: &Pipeline, s: &Scenario, played: &Played, summary: &PlaySummary) -> Vec<String> {
     let x = &s.expect;
     let mut out = played.violations.clone();
     let end = summary.end.clone().unwrap_or_else(|| "no document".into());
@@ -299,7 +299,12 @@ fn alerted(p: &Pipeline, played: &Played, within: Duration) -> Option<String> {
 }
 
 /// The counted expectations: builds, task runs, failures, refusals.
-fn counts(x: &super::scenario::Expect, played: &Played, summary: &Summary, out: &mut Vec<String>) {
+fn counts(
+    x: &super::scenario::Expect,
+    played: &Played,
+    summary: &PlaySummary,
+    out: &mut Vec<String>,
+) {
     for (job, want) in &x.builds {
         let n = played
             .atc

@@ -27,7 +27,7 @@ use std::time::Duration;
 /// How a task run ends.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum TaskOutcome {
     /// It succeeds (writing the files the job's puts read from its outputs).
     Succeed,
     /// It exits 1 (writing its error to the `error_file` the puts name).
@@ -56,7 +56,7 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct TaskRun {
     /// How it ends.
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: TaskOutcome,
     /// What it says went wrong (`fail`, `error`).
     pub(crate) error: Option<String>,
     /// How long it takes (the scenario's `task_time` when not given).
@@ -66,7 +66,7 @@ pub(crate) struct TaskRun {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RunFields {
-    outcome: Outcome,
+    outcome: TaskOutcome,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
@@ -75,7 +75,7 @@ struct RunFields {
 
 /// Something that happens at a given time.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Event {
+pub struct ScenarioEvent {
     /// When, from the start of the simulation.
     pub(crate) at: Duration,
     /// What.
@@ -252,7 +252,7 @@ pub struct Scenario {
     /// are used up, the task succeeds.
     pub(crate) tasks: BTreeMap<String, Vec<TaskRun>>,
     /// What happens when.
-    pub(crate) events: Vec<Event>,
+    pub(crate) events: Vec<ScenarioEvent>,
     /// The end of simulated time.
     pub(crate) until: Duration,
     /// How long after a stage starts waiting for its approval a human
@@ -342,7 +342,7 @@ fn task_runs(name: &str, runs: Vec<Value>) -> Result<Vec<TaskRun>, String> {
     Ok(out)
 }
 
-fn event(i: usize, e: EventFields) -> Result<Event, String> {
+fn event(i: usize, e: EventFields) -> Result<ScenarioEvent, String> {
     let at = format!("events[{i}]");
     let when = dur(&e.at, &format!("{at}.at"))?;
     let mut whats = Vec::new();
@@ -372,7 +372,7 @@ fn event(i: usize, e: EventFields) -> Result<Event, String> {
             w.len()
         )
     })?;
-    Ok(Event { at: when, what })
+    Ok(ScenarioEvent { at: when, what })
 }
 
 fn expect(x: ExpectFields) -> Result<Expect, String> {

@@ -4,11 +4,11 @@
 //! whose script runs `build-state heartbeat` sends while it runs).
 
 use super::Steps;
-use super::scenario::{Outcome, TaskRun};
+use super::scenario::{TaskOutcome, TaskRun};
 use super::stand::Play;
 use crate::concourse::atc::pipeline::{Resource, TaskStep};
 use crate::concourse::atc::{
-    Files, PutDone, PutFailed, Status, StepError, TaskCall, TaskEnd, Worker,
+    BuildStatus, Files, PutDone, PutFailed, StepError, TaskCall, TaskEnd, Worker,
 };
 use crate::model::Timestamp;
 use crate::protocol::BuildEnv;
@@ -81,7 +81,7 @@ impl<S: Steps + 'static> Worker for Play<S> {
         }
         self.count_run(call.task.name.clone());
         let run = self.next_run(&call);
-        if run.outcome == Outcome::Error {
+        if run.outcome == TaskOutcome::Error {
             let why = run
                 .error
                 .clone()
@@ -90,7 +90,7 @@ impl<S: Steps + 'static> Worker for Play<S> {
         }
         let took = run.after.unwrap_or(self.scenario.task_time);
         let beats = self.heartbeats(&call);
-        if run.outcome == Outcome::Hang {
+        if run.outcome == TaskOutcome::Hang {
             self.atc()
                 .note(call.build, format!("task {}: hangs", call.task.name), None);
             // Its process lives on, and its heartbeat loop too.
@@ -121,7 +121,7 @@ impl<S: Steps + 'static> Play<S> {
             b.scripts.get_mut(&call.task.name)
         };
         queue.and_then(VecDeque::pop_front).unwrap_or(TaskRun {
-            outcome: Outcome::Succeed,
+            outcome: TaskOutcome::Succeed,
             error: None,
             after: None,
         })
@@ -142,8 +142,8 @@ impl<S: Steps + 'static> Play<S> {
             .unwrap_or_else(|| format!("{} failed", t.name));
         for p in call.job.puts() {
             for (field, on) in [
-                ("vars_file", Outcome::Succeed),
-                ("error_file", Outcome::Fail),
+                ("vars_file", TaskOutcome::Succeed),
+                ("error_file", TaskOutcome::Fail),
             ] {
                 let Some((art, rest)) = p.params[field].as_str().and_then(|p| p.split_once('/'))
                 else {
@@ -164,21 +164,21 @@ impl<S: Steps + 'static> Play<S> {
             }
         }
         match run.outcome {
-            Outcome::Succeed => TaskEnd::Exited {
-                status: Status::Succeeded,
+            TaskOutcome::Succeed => TaskEnd::Exited {
+                status: BuildStatus::Succeeded,
                 outputs,
                 said: "done".into(),
             },
-            Outcome::Fail => TaskEnd::Exited {
-                status: Status::Failed,
+            TaskOutcome::Fail => TaskEnd::Exited {
+                status: BuildStatus::Failed,
                 outputs,
                 said: message,
             },
-            Outcome::Abort => TaskEnd::Aborted,
-            Outcome::WorkerLost => TaskEnd::WorkerLost { rerun: false },
-            Outcome::WorkerLostRerun => TaskEnd::WorkerLost { rerun: true },
-            Outcome::Stuck => TaskEnd::Stuck,
-            Outcome::Error | Outcome::Hang => unreachable!("handled before the task ran"),
+            TaskOutcome::Abort => TaskEnd::Aborted,
+            TaskOutcome::WorkerLost => TaskEnd::WorkerLost { rerun: false },
+            TaskOutcome::WorkerLostRerun => TaskEnd::WorkerLost { rerun: true },
+            TaskOutcome::Stuck => TaskEnd::Stuck,
+            TaskOutcome::Error | TaskOutcome::Hang => unreachable!("handled before the task ran"),
         }
     }
 

@@ -24,7 +24,10 @@ expect:
     )
     .unwrap();
     assert_eq!(s.task_time, Duration::from_secs(600));
-    assert_eq!(s.tasks["packer-kickstart"][1].outcome, Outcome::WorkerLost);
+    assert_eq!(
+        s.tasks["packer-kickstart"][1].outcome,
+        TaskOutcome::WorkerLost
+    );
     assert_eq!(
         s.events[0].what,
         Happening::StoreDown(Duration::from_secs(600))
