@@ -226,16 +226,16 @@ impl Files for WorkingDir {
 
 /// Files in memory (for tests): a name not inserted is missing.
 #[derive(Default)]
-pub(crate) struct InMemory(std::collections::BTreeMap<String, Vec<u8>>);
+pub(crate) struct FilesInMemory(std::collections::BTreeMap<String, Vec<u8>>);
 
-impl InMemory {
+impl FilesInMemory {
     /// Adds a file.
     pub(crate) fn insert(&mut self, path: &str, body: &[u8]) {
         self.0.insert(path.to_string(), body.to_vec());
     }
 }
 
-impl Files for InMemory {
+impl Files for FilesInMemory {
     fn read(&self, path: &str) -> Result<Vec<u8>, InputError> {
         let body = self.0.get(path).cloned().ok_or_else(|| {
             InputError::Missing(format!(

@@ -537,7 +537,7 @@ fn vars(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inputs::InMemory;
+    use crate::inputs::FilesInMemory;
 
     fn config() -> Config {
         let source: crate::protocol::Source =
@@ -548,7 +548,7 @@ mod tests {
     fn run(
         req: &Request,
         front: Front,
-        files: &InMemory,
+        files: &FilesInMemory,
         notes: &Notes,
     ) -> Result<Change, RequestError> {
         let config = config();
@@ -579,7 +579,7 @@ mod tests {
             (Front::Cli, "--vars-file:"),
         ] {
             let notes = Notes::new();
-            let change = run(&req, front, &InMemory::default(), &notes).unwrap();
+            let change = run(&req, front, &FilesInMemory::default(), &notes).unwrap();
             let Change::Apply(u) = change else {
                 panic!("an action")
             };
@@ -597,7 +597,7 @@ mod tests {
         let mut start = Request::new(PutAction::Start(5));
         start.vars_file = Some("out/vars.json".into());
         let notes = Notes::new();
-        let err = run(&start, Front::Put, &InMemory::default(), &notes).unwrap_err();
+        let err = run(&start, Front::Put, &FilesInMemory::default(), &notes).unwrap_err();
         assert_eq!(err.field, "vars_file");
         assert!(err.message.starts_with("params.vars_file: "), "{err}");
         assert!(notes.take().is_empty());
@@ -611,7 +611,8 @@ mod tests {
         let mut req = Request::new(PutAction::Complete(5));
         req.vars_file = Some("out/vars.json".into());
         let notes = Notes::new();
-        let Change::Apply(u) = run(&req, Front::Put, &InMemory::default(), &notes).unwrap() else {
+        let Change::Apply(u) = run(&req, Front::Put, &FilesInMemory::default(), &notes).unwrap()
+        else {
             panic!("an action")
         };
         let Action::Fail { state: 5, error } = &u.action else {
@@ -632,10 +633,10 @@ mod tests {
             "{:?}",
             u.then_refuse
         );
-        let err = run(&req, Front::Cli, &InMemory::default(), &notes).unwrap_err();
+        let err = run(&req, Front::Cli, &FilesInMemory::default(), &notes).unwrap_err();
         assert_eq!(err.field, "vars_file");
         // Written: no refusal, a completion.
-        let mut files = InMemory::default();
+        let mut files = FilesInMemory::default();
         files.insert("out/vars.json", b"{\"ami\": \"ami-1\"}");
         let Change::Apply(u) = run(&req, Front::Put, &files, &notes).unwrap() else {
             panic!("an action")
@@ -646,7 +647,7 @@ mod tests {
     /// The same rule, the same message, two spellings.
     #[test]
     fn one_message_per_rule_in_each_front() {
-        let files = InMemory::default();
+        let files = FilesInMemory::default();
         let notes = Notes::new();
         let fail = Request::new(PutAction::Fail(5));
         assert_eq!(
@@ -684,7 +685,7 @@ mod tests {
     /// `error` with a warning; an empty one to `error` silently.
     #[test]
     fn the_error_file_and_its_fallbacks() {
-        let mut files = InMemory::default();
+        let mut files = FilesInMemory::default();
         files.insert("err.txt", b"  kickstart: no network\n");
         files.insert("empty.txt", b"  \n");
         let notes = Notes::new();

@@ -739,7 +739,7 @@ mod tests {
     /// the same code every reader uses, or nothing was written.
     mod any_input {
         use super::*;
-        use crate::inputs::InMemory;
+        use crate::inputs::FilesInMemory;
         use crate::request::{Context, Front, Request, translate};
         use proptest::prelude::*;
 
@@ -767,7 +767,7 @@ mod tests {
                     let (store, clock) = (MemoryStore::new(), clock());
                     at_5(&c, &store, &clock).await;
                     let before = store.body(&c.state_key());
-                    let mut files = InMemory::default();
+                    let mut files = FilesInMemory::default();
                     let vars = format!(
                         "{{\"deep\": {}, \"wide\": {:?}}}",
                         nested(depth, text.clone()),

@@ -8,7 +8,7 @@
 
 use crate::util::{Step, World};
 use build_state::concourse::atc::pipeline::{Pipeline, Resource, TaskStep};
-use build_state::concourse::atc::{BuildStatus, Files, Handed, StepError};
+use build_state::concourse::atc::{Artifacts, BuildStatus, Handed, StepError};
 use build_state::concourse::play::Steps;
 use build_state::concourse::play::memory::InMemory;
 use build_state::concourse::play::scenario::Scenario;
@@ -576,7 +576,7 @@ impl Processes {
         d
     }
 
-    fn write(dir: &Path, artifacts: &BTreeMap<String, Files>) {
+    fn write(dir: &Path, artifacts: &BTreeMap<String, Artifacts>) {
         for (name, files) in artifacts {
             std::fs::create_dir_all(dir.join(name)).unwrap();
             for (path, body) in files {
@@ -587,8 +587,8 @@ impl Processes {
         }
     }
 
-    fn read(dir: &Path) -> Files {
-        let mut out = Files::new();
+    fn read(dir: &Path) -> Artifacts {
+        let mut out = Artifacts::new();
         for e in walk(dir) {
             let rel = e.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
             out.insert(rel, std::fs::read(&e).unwrap());
@@ -686,7 +686,7 @@ impl Steps for Processes {
         version: &Value,
         params: &Value,
         _now: Timestamp,
-    ) -> Result<Files, StepError> {
+    ) -> Result<Artifacts, StepError> {
         let dest = self.dir("get");
         let out = Step::program(&self.w, "in")
             .arg(&dest)
@@ -703,7 +703,7 @@ impl Steps for Processes {
         resource: &Resource,
         params: &Value,
         env: &BuildEnv,
-        artifacts: &BTreeMap<String, Files>,
+        artifacts: &BTreeMap<String, Artifacts>,
         _now: Timestamp,
     ) -> Result<(Value, Vec<String>), StepError> {
         let dir = self.dir("put");
@@ -806,8 +806,8 @@ impl Steps for Processes {
     async fn task(
         &self,
         task: &TaskStep,
-        artifacts: &BTreeMap<String, Files>,
-    ) -> Option<(BuildStatus, BTreeMap<String, Files>, String)> {
+        artifacts: &BTreeMap<String, Artifacts>,
+    ) -> Option<(BuildStatus, BTreeMap<String, Artifacts>, String)> {
         if !self.real_tasks {
             return None;
         }

@@ -18,10 +18,10 @@
 //!   again from its start (`atc/engine/engine.go`, `atc/builds/tracker.go`);
 //!   when the ATC never notices, the build stays running (concourse#3011).
 
-use super::pipeline::{GetStep, PutStep, Resource, Step, StepKind, TaskStep};
+use super::pipeline::{GetStep, PlanStep, PutStep, Resource, StepKind, TaskStep};
 use super::{
-    Atc, BuildStatus, FINISH_TIME, Files, Observer, PUT_ENDS_AFTER, PUT_WRITES_AFTER, STEP_TIME,
-    TaskCall, TaskEnd, WORKER_GONE, Worker,
+    Artifacts, Atc, BuildStatus, FINISH_TIME, Observer, PUT_ENDS_AFTER, PUT_WRITES_AFTER,
+    STEP_TIME, TaskCall, TaskEnd, WORKER_GONE, Worker,
 };
 use crate::protocol::BuildEnv;
 use serde_json::{Value, json};
@@ -34,16 +34,16 @@ use std::rc::Rc;
 /// The get cache: (source, params, version) → files.
 #[derive(Default)]
 pub(super) struct Cache {
-    files: BTreeMap<String, Files>,
+    files: BTreeMap<String, Artifacts>,
     pub(super) hits: u64,
     pub(super) runs: u64,
 }
 
 /// One build as it runs.
-struct Ctx {
+struct BuildCtx {
     build: usize,
     job: usize,
-    artifacts: RefCell<BTreeMap<String, Files>>,
+    artifacts: RefCell<BTreeMap<String, Artifacts>>,
     /// Aborted: the rest of the plan is skipped, the hooks run.
     aborted: Cell<bool>,
     /// Its worker vanished and the build is to run again: `on_error` is
@@ -59,7 +59,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         let job = &self.p.jobs[ji];
         let at = self.host.state().await;
         self.log(Some(b), "started".into(), at);
-        let ctx = Ctx {
+        let ctx = BuildCtx {
             build: b,
             job: ji,
             artifacts: RefCell::default(),
@@ -86,8 +86,8 @@ impl<H: Worker + Observer + 'static> Atc<H> {
 
     fn exec<'s>(
         &'s self,
-        ctx: &'s Ctx,
-        step: &'s Step,
+        ctx: &'s BuildCtx,
+        step: &'s PlanStep,
         env: Option<BuildStatus>,
     ) -> Boxed<'s, BuildStatus> {
         Box::pin(async move {
@@ -123,7 +123,12 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// One attempt of `step`, within its `timeout`.
-    async fn exec_timed(&self, ctx: &Ctx, step: &Step, env: Option<BuildStatus>) -> BuildStatus {
+    async fn exec_timed(
+        &self,
+        ctx: &BuildCtx,
+        step: &PlanStep,
+        env: Option<BuildStatus>,
+    ) -> BuildStatus {
         let Some(d) = step.timeout else {
             return self.exec_kind(ctx, step, env).await;
         };
@@ -148,8 +153,8 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     /// them; `env` is the status the enclosing hook gives (for `ensure`).
     async fn hooks(
         &self,
-        ctx: &Ctx,
-        step: &Step,
+        ctx: &BuildCtx,
+        step: &PlanStep,
         result: BuildStatus,
         env: Option<BuildStatus>,
     ) -> BuildStatus {
@@ -196,7 +201,12 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         r
     }
 
-    async fn exec_kind(&self, ctx: &Ctx, step: &Step, env: Option<BuildStatus>) -> BuildStatus {
+    async fn exec_kind(
+        &self,
+        ctx: &BuildCtx,
+        step: &PlanStep,
+        env: Option<BuildStatus>,
+    ) -> BuildStatus {
         if ctx.aborted.get() || ctx.rerun.get() {
             return BuildStatus::Aborted;
         }
@@ -237,7 +247,12 @@ impl<H: Worker + Observer + 'static> Atc<H> {
 
     /// A get: from the cache when (source, params, version) was fetched
     /// before, else by `in` (ours) or a stand-in (git, time).
-    async fn fetch(&self, r: &Resource, version: &Value, params: &Value) -> Result<Files, String> {
+    async fn fetch(
+        &self,
+        r: &Resource,
+        version: &Value,
+        params: &Value,
+    ) -> Result<Artifacts, String> {
         let key = json!([r.source, params, version]).to_string();
         let cached = self.cache.borrow().files.get(&key).cloned();
         if let Some(files) = cached {
@@ -251,7 +266,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
                 .await
                 .map_err(|e| e.to_string())?
         } else {
-            Files::new()
+            Artifacts::new()
         };
         let mut cache = self.cache.borrow_mut();
         cache.runs += 1;
@@ -259,7 +274,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         Ok(files)
     }
 
-    async fn get(&self, ctx: &Ctx, g: &GetStep) -> BuildStatus {
+    async fn get(&self, ctx: &BuildCtx, g: &GetStep) -> BuildStatus {
         let input = self.builds.borrow().list[ctx.build]
             .rec
             .inputs
@@ -288,7 +303,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     }
 
     /// The environment of a put of `ctx`'s build to `r`.
-    fn env(&self, ctx: &Ctx, r: &Resource, status: Option<BuildStatus>) -> BuildEnv {
+    fn env(&self, ctx: &BuildCtx, r: &Resource, status: Option<BuildStatus>) -> BuildEnv {
         let builds = self.builds.borrow();
         let rec = &builds.list[ctx.build].rec;
         let job = &self.p.jobs[ctx.job].name;
@@ -318,7 +333,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
 
     /// The artifacts a put sees: all (before 8.0), the ones its params name
     /// (`detect`, since 8.0), or those listed.
-    fn put_inputs(&self, ctx: &Ctx, p: &PutStep) -> BTreeMap<String, Files> {
+    fn put_inputs(&self, ctx: &BuildCtx, p: &PutStep) -> BTreeMap<String, Artifacts> {
         let all = ctx.artifacts.borrow().clone();
         let detect = match &p.inputs {
             Some(Value::String(s)) if s == "all" => false,
@@ -344,7 +359,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         all.into_iter().filter(|(k, _)| named.contains(k)).collect()
     }
 
-    async fn put(&self, ctx: &Ctx, p: &PutStep, env: Option<BuildStatus>) -> BuildStatus {
+    async fn put(&self, ctx: &BuildCtx, p: &PutStep, env: Option<BuildStatus>) -> BuildStatus {
         let r = self.p.resource(&p.resource).expect("a validated resource");
         let shown = match env.filter(|_| self.settings.release.has_build_status()) {
             Some(s) => format!(
@@ -394,7 +409,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
     /// `out` of a build-state resource: its version, or `None` (failed).
     async fn put_build_state(
         &self,
-        ctx: &Ctx,
+        ctx: &BuildCtx,
         r: &Resource,
         p: &PutStep,
         status: Option<BuildStatus>,
@@ -439,7 +454,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         }
     }
 
-    async fn task(&self, ctx: &Ctx, t: &TaskStep) -> BuildStatus {
+    async fn task(&self, ctx: &BuildCtx, t: &TaskStep) -> BuildStatus {
         let missing = {
             let arts = ctx.artifacts.borrow();
             t.inputs
@@ -493,7 +508,7 @@ impl<H: Worker + Observer + 'static> Atc<H> {
 
     /// The task's worker vanished: the ATC notices, and errors the step (or
     /// marks the build for a rerun).
-    async fn worker_lost(&self, ctx: &Ctx, t: &TaskStep, rerun: bool) -> BuildStatus {
+    async fn worker_lost(&self, ctx: &BuildCtx, t: &TaskStep, rerun: bool) -> BuildStatus {
         let line = format!("task {}: its worker vanished", t.name);
         self.log(Some(ctx.build), line, None);
         tokio::time::sleep(WORKER_GONE).await;
@@ -546,7 +561,7 @@ pub(crate) fn compact(v: &Value) -> String {
     }
 }
 
-fn describe(step: &Step) -> String {
+fn describe(step: &PlanStep) -> String {
     match &step.kind {
         StepKind::Get(g) => format!("get {}", g.name),
         StepKind::Put(p) => format!("put {}", p.name),

@@ -67,7 +67,7 @@ pub(crate) const FINISH_TIME: Duration = Duration::from_secs(2);
 pub(crate) const WORKER_GONE: Duration = Duration::from_secs(60);
 
 /// The files of one artifact, by path inside it.
-pub type Files = BTreeMap<String, Vec<u8>>;
+pub type Artifacts = BTreeMap<String, Vec<u8>>;
 
 /// How a step, or a build, ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -146,7 +146,7 @@ pub(crate) struct TaskCall<'a> {
     /// The step.
     pub(crate) task: &'a TaskStep,
     /// The artifacts it sees.
-    pub(crate) artifacts: &'a BTreeMap<String, Files>,
+    pub(crate) artifacts: &'a BTreeMap<String, Artifacts>,
 }
 
 /// How a task ended (a task that hangs never answers).
@@ -157,7 +157,7 @@ pub(crate) enum TaskEnd {
         /// Succeeded or failed.
         status: BuildStatus,
         /// Its outputs.
-        outputs: BTreeMap<String, Files>,
+        outputs: BTreeMap<String, Artifacts>,
         /// Its last word.
         said: String,
     },
@@ -195,7 +195,7 @@ pub(crate) trait Worker {
         version: &Value,
         params: &Value,
         now: Timestamp,
-    ) -> Result<Files, StepError>;
+    ) -> Result<Artifacts, StepError>;
 
     /// `out` with `params`, the build's `env` and the artifacts it sees.
     async fn put(
@@ -203,7 +203,7 @@ pub(crate) trait Worker {
         resource: &Resource,
         params: &Value,
         env: &BuildEnv,
-        artifacts: &BTreeMap<String, Files>,
+        artifacts: &BTreeMap<String, Artifacts>,
         now: Timestamp,
     ) -> Result<PutDone, PutFailed>;
 

@@ -47,7 +47,7 @@ pub(crate) struct Job {
     /// Its name.
     pub(crate) name: String,
     /// Its plan (a `do` of the plan's steps), with the job's hooks.
-    pub(crate) plan: Step,
+    pub(crate) plan: PlanStep,
     /// `serial: true` (or `max_in_flight: 1`).
     pub(crate) serial: bool,
     /// `serial_groups`: jobs sharing one run one build at a time.
@@ -95,7 +95,7 @@ impl Job {
 
 /// One step, with its modifiers and hooks.
 #[derive(Clone, Debug)]
-pub struct Step {
+pub struct PlanStep {
     /// What it does.
     pub(crate) kind: StepKind,
     /// `attempts` (1 when not given).
@@ -118,7 +118,7 @@ pub(crate) enum StepKind {
     /// `in_parallel` (its `limit` and `fail_fast`).
     InParallel {
         /// The steps.
-        steps: Vec<Step>,
+        steps: Vec<PlanStep>,
         /// At most this many at once (read, not modelled: the steps run
         /// one after another on virtual time).
         #[allow(dead_code)]
@@ -128,9 +128,9 @@ pub(crate) enum StepKind {
         fail_fast: bool,
     },
     /// `do`.
-    Do(Vec<Step>),
+    Do(Vec<PlanStep>),
     /// `try`.
-    Try(Box<Step>),
+    Try(Box<PlanStep>),
     /// A step the model does not play (`set_pipeline`, `load_var`): it
     /// succeeds.
     Other(String),
@@ -140,15 +140,15 @@ pub(crate) enum StepKind {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Hooks {
     /// `on_success`.
-    pub(crate) on_success: Option<Box<Step>>,
+    pub(crate) on_success: Option<Box<PlanStep>>,
     /// `on_failure`.
-    pub(crate) on_failure: Option<Box<Step>>,
+    pub(crate) on_failure: Option<Box<PlanStep>>,
     /// `on_error`.
-    pub(crate) on_error: Option<Box<Step>>,
+    pub(crate) on_error: Option<Box<PlanStep>>,
     /// `on_abort`.
-    pub(crate) on_abort: Option<Box<Step>>,
+    pub(crate) on_abort: Option<Box<PlanStep>>,
     /// `ensure`.
-    pub(crate) ensure: Option<Box<Step>>,
+    pub(crate) ensure: Option<Box<PlanStep>>,
 }
 
 impl Hooks {
@@ -158,7 +158,7 @@ impl Hooks {
     }
 
     /// The hooks present, in Concourse's nesting order (innermost first).
-    pub(crate) fn all(&self) -> impl Iterator<Item = &Step> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &PlanStep> {
         [
             &self.on_success,
             &self.on_failure,
@@ -222,9 +222,9 @@ pub struct TaskStep {
     pub(crate) file: Option<String>,
 }
 
-impl Step {
+impl PlanStep {
     /// Calls `f` on this step and every step inside it (hooks included).
-    pub fn visit<'s>(&'s self, f: &mut impl FnMut(&'s Step)) {
+    pub fn visit<'s>(&'s self, f: &mut impl FnMut(&'s PlanStep)) {
         f(self);
         match &self.kind {
             StepKind::InParallel { steps, .. } | StepKind::Do(steps) => {
@@ -267,7 +267,7 @@ impl Pipeline {
                     .map(step)
                     .collect();
                 Job {
-                    plan: Step {
+                    plan: PlanStep {
                         kind: StepKind::Do(steps),
                         attempts: 1,
                         timeout: None,
@@ -377,13 +377,14 @@ fn hooks(holder: &Value) -> Hooks {
     }
 }
 
-fn step(s: &Value) -> Step {
+fn step(s: &Value) -> PlanStep {
     // Validated already (Go's grammar).
     let timeout = s
         .get("timeout")
         .and_then(Value::as_str)
         .and_then(|t| duration::parse(t).ok());
-    let many = |v: &Value| -> Vec<Step> { v.as_array().into_iter().flatten().map(step).collect() };
+    let many =
+        |v: &Value| -> Vec<PlanStep> { v.as_array().into_iter().flatten().map(step).collect() };
     let kind = if let Some(name) = s.get("get").and_then(Value::as_str) {
         StepKind::Get(get_step(s, name))
     } else if let Some(name) = s.get("put").and_then(Value::as_str) {
@@ -422,7 +423,7 @@ fn step(s: &Value) -> Step {
             .unwrap_or_default();
         StepKind::Other(kind)
     };
-    Step {
+    PlanStep {
         kind,
         attempts: s["attempts"].as_u64().map_or(1, |n| n.max(1) as u32),
         timeout,

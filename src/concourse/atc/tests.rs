@@ -39,15 +39,15 @@ impl Worker for Host {
         _: &Value,
         _: &Value,
         _: Timestamp,
-    ) -> Result<Files, StepError> {
-        Ok(Files::new())
+    ) -> Result<Artifacts, StepError> {
+        Ok(Artifacts::new())
     }
     async fn put(
         &self,
         r: &Resource,
         params: &Value,
         env: &BuildEnv,
-        artifacts: &BTreeMap<String, Files>,
+        artifacts: &BTreeMap<String, Artifacts>,
         _: Timestamp,
     ) -> Result<PutDone, super::PutFailed> {
         self.seen
@@ -88,7 +88,7 @@ impl Worker for Host {
                 .task
                 .outputs
                 .iter()
-                .map(|o| (o.clone(), Files::new()))
+                .map(|o| (o.clone(), Artifacts::new()))
                 .collect(),
             said: what.into(),
         };

@@ -9,7 +9,7 @@
 use super::Steps;
 use super::scenario::{TaskOutcome as Ran, TaskRun};
 use super::stand::Play;
-use crate::concourse::atc::{BuildStatus, Files, TaskCall, TaskEnd};
+use crate::concourse::atc::{Artifacts, BuildStatus, TaskCall, TaskEnd};
 use crate::model::{
     Action, Actor, Document, ErrorInfo, FailureKind, NextStep, Outcome, Update, apply,
 };
@@ -55,15 +55,15 @@ impl<S: Steps + 'static> Play<S> {
     /// Runs a task that keeps a document copy: what it writes back.
     pub(super) async fn run_on_copy(&self, call: &TaskCall<'_>, copy: CopyOf) -> TaskEnd {
         let body = call.artifacts[&copy.input]["state.json"].clone();
-        let mut outputs: BTreeMap<String, Files> = call
+        let mut outputs: BTreeMap<String, Artifacts> = call
             .task
             .outputs
             .iter()
-            .map(|o| (o.clone(), Files::new()))
+            .map(|o| (o.clone(), Artifacts::new()))
             .collect();
         // The script copies the document first: a task that ends early
         // writes back what it got (a no-op put).
-        let out = |outputs: &mut BTreeMap<String, Files>, bytes: Vec<u8>| {
+        let out = |outputs: &mut BTreeMap<String, Artifacts>, bytes: Vec<u8>| {
             if let Some(files) = outputs.get_mut(&copy.output) {
                 files.insert(copy.path.clone(), bytes);
             }

@@ -7,8 +7,8 @@ use super::Steps;
 use crate::Notes;
 use crate::app::ManualClock;
 use crate::concourse::atc::pipeline::Resource;
-use crate::concourse::atc::{Files, Handed, StepError};
-use crate::inputs::InMemory as InMemoryFiles;
+use crate::concourse::atc::{Artifacts, Handed, StepError};
+use crate::inputs::FilesInMemory as InMemoryFiles;
 use crate::model::{Document, Timestamp};
 use crate::protocol::BuildEnv;
 use crate::store::StoreError;
@@ -166,7 +166,7 @@ impl Steps for InMemory {
         version: &Value,
         params: &Value,
         now: Timestamp,
-    ) -> Result<Files, StepError> {
+    ) -> Result<Artifacts, StepError> {
         self.at(now, format!("get of {}", resource.name));
         let req = json!({"source": resource.source, "version": version, "params": params});
         let (config, version, require) =
@@ -183,7 +183,7 @@ impl Steps for InMemory {
         resource: &Resource,
         params: &Value,
         env: &BuildEnv,
-        artifacts: &BTreeMap<String, Files>,
+        artifacts: &BTreeMap<String, Artifacts>,
         now: Timestamp,
     ) -> Result<(Value, Vec<String>), StepError> {
         self.at(

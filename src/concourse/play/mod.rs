@@ -20,7 +20,7 @@ pub mod wiring;
 
 use super::Release;
 use super::atc::pipeline::{Pipeline, Resource, TaskStep};
-use super::atc::{BuildStatus, Files, Handed, Settings, StepError};
+use super::atc::{Artifacts, BuildStatus, Handed, Settings, StepError};
 use crate::model::{Document, Timestamp};
 use crate::protocol::BuildEnv;
 pub use report::{PlaySummary, Report};
@@ -48,7 +48,7 @@ pub trait Steps {
         version: &serde_json::Value,
         params: &serde_json::Value,
         now: Timestamp,
-    ) -> Result<Files, StepError>;
+    ) -> Result<Artifacts, StepError>;
 
     /// `out` with `params`, the build's `env`, and the artifacts it sees:
     /// the version it answers, and what it said on stderr.
@@ -57,7 +57,7 @@ pub trait Steps {
         resource: &Resource,
         params: &serde_json::Value,
         env: &BuildEnv,
-        artifacts: &BTreeMap<String, Files>,
+        artifacts: &BTreeMap<String, Artifacts>,
         now: Timestamp,
     ) -> Result<(serde_json::Value, Vec<String>), StepError>;
 
@@ -99,8 +99,8 @@ pub trait Steps {
     async fn task(
         &self,
         _task: &TaskStep,
-        _artifacts: &BTreeMap<String, Files>,
-    ) -> Option<(BuildStatus, BTreeMap<String, Files>, String)> {
+        _artifacts: &BTreeMap<String, Artifacts>,
+    ) -> Option<(BuildStatus, BTreeMap<String, Artifacts>, String)> {
         None
     }
 }

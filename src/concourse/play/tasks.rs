@@ -8,7 +8,7 @@ use super::scenario::{TaskOutcome, TaskRun};
 use super::stand::Play;
 use crate::concourse::atc::pipeline::{Resource, TaskStep};
 use crate::concourse::atc::{
-    BuildStatus, Files, PutDone, PutFailed, StepError, TaskCall, TaskEnd, Worker,
+    Artifacts, BuildStatus, PutDone, PutFailed, StepError, TaskCall, TaskEnd, Worker,
 };
 use crate::model::Timestamp;
 use crate::protocol::BuildEnv;
@@ -31,7 +31,7 @@ impl<S: Steps + 'static> Worker for Play<S> {
         version: &Value,
         params: &Value,
         now: Timestamp,
-    ) -> Result<Files, StepError> {
+    ) -> Result<Artifacts, StepError> {
         self.steps.get(resource, version, params, now).await
     }
 
@@ -40,7 +40,7 @@ impl<S: Steps + 'static> Worker for Play<S> {
         resource: &Resource,
         params: &Value,
         env: &BuildEnv,
-        artifacts: &BTreeMap<String, Files>,
+        artifacts: &BTreeMap<String, Artifacts>,
         now: Timestamp,
     ) -> Result<PutDone, PutFailed> {
         match self.steps.put(resource, params, env, artifacts, now).await {
@@ -131,10 +131,10 @@ impl<S: Steps + 'static> Play<S> {
     /// puts read from its outputs.
     pub(super) fn end_of(&self, call: &TaskCall<'_>, run: &TaskRun) -> TaskEnd {
         let t = call.task;
-        let mut outputs: BTreeMap<String, Files> = t
+        let mut outputs: BTreeMap<String, Artifacts> = t
             .outputs
             .iter()
-            .map(|o| (o.clone(), Files::new()))
+            .map(|o| (o.clone(), Artifacts::new()))
             .collect();
         let message = run
             .error
@@ -232,7 +232,7 @@ impl<S: Steps + 'static> Play<S> {
 }
 
 /// The run and attempt in the `state.env` among a task's inputs.
-fn state_env(t: &TaskStep, artifacts: &BTreeMap<String, Files>) -> (Option<u64>, Option<u64>) {
+fn state_env(t: &TaskStep, artifacts: &BTreeMap<String, Artifacts>) -> (Option<u64>, Option<u64>) {
     let env_of = |key: &str| -> Option<u64> {
         t.inputs.iter().find_map(|(name, _)| {
             let env = String::from_utf8_lossy(artifacts.get(name)?.get("state.env")?).into_owned();

@@ -10,7 +10,7 @@
 //! who gave them.
 
 use crate::concourse::Release;
-use crate::concourse::atc::pipeline::{Job, Pipeline, PutStep, Step, StepKind};
+use crate::concourse::atc::pipeline::{Job, Pipeline, PlanStep, PutStep, StepKind};
 use crate::config::Config;
 use crate::model::gate::At;
 use serde_json::Value;
@@ -333,7 +333,7 @@ impl Wiring<'_> {
 /// Every task under `step` with the step timeout that bounds it (its own
 /// or an enclosing step's, the shortest).
 fn tasks_with_timeouts(
-    step: &Step,
+    step: &PlanStep,
     bound: Option<std::time::Duration>,
 ) -> Vec<(
     &crate::concourse::atc::pipeline::TaskStep,
