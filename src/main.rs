@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use build_state::{Notes, resource};
 
 /// Notes go to stderr as `build-state: LINE`; on a terminal a progress line
@@ -60,6 +60,10 @@ fn main() -> ExitCode {
 
 /// Reads the request from stdin, runs the program, prints the JSON reply.
 fn resource_main(program: resource::Program, notes: &Notes) -> Result<ExitCode> {
-    build_state::run_to_end(program.answer(notes))??;
+    let reply = build_state::run_to_end(program.answer(std::io::stdin().lock(), notes))??;
+    std::io::stdout()
+        .lock()
+        .write_all(&reply)
+        .context("writing the reply to stdout")?;
     Ok(ExitCode::SUCCESS)
 }

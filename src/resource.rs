@@ -72,21 +72,18 @@ impl Program {
         })
     }
 
-    /// Runs the program as Concourse does: the request read from stdin, the
-    /// reply (a line of JSON) written to stdout. What the binary runs, and
-    /// `build-state check|in|out`.
-    pub async fn answer(&self, notes: &Notes) -> Result<()> {
-        use std::io::{Read, Write};
-        let mut input = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut input)
+    /// Runs the program as Concourse does: the request read whole from
+    /// `input` (the caller's stdin), the reply answered as one line of JSON
+    /// for the caller to print. What the binary runs, and `build-state
+    /// check|in|out`; the library itself touches neither stream.
+    pub async fn answer(&self, mut input: impl std::io::Read, notes: &Notes) -> Result<Vec<u8>> {
+        let mut request = Vec::new();
+        input
+            .read_to_end(&mut request)
             .context("reading the request from stdin")?;
-        let mut reply = self.run(&input, notes).await?;
+        let mut reply = self.run(&request, notes).await?;
         reply.push(b'\n');
-        std::io::stdout()
-            .lock()
-            .write_all(&reply)
-            .context("writing the reply to stdout")
+        Ok(reply)
     }
 }
 

@@ -187,7 +187,8 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Error> {
 }
 
 async fn resource_cmd(program: crate::resource::Program, out: &Out) -> Result<()> {
-    program.answer(&out.notes).await
+    let reply = program.answer(std::io::stdin().lock(), &out.notes).await?;
+    out.write(&String::from_utf8_lossy(&reply))
 }
 
 /// Opens the store the settings name.

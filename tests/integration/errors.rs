@@ -689,13 +689,7 @@ mod server {
         fn ca_bundle_trusts_a_private_endpoint() {
             let w = World::new(Kind::S3, "ca_bundle");
             let dir = w.tmp.path();
-            let port: u16 = crate::util::s3()
-                .endpoint
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let port = crate::util::s3().port();
             let front = crate::util::TlsFront::start(dir, port);
             let tls = front.url.clone();
 

@@ -159,13 +159,7 @@ fn planted_files_neither_hang_nor_fail_a_reader() {
         let _ = std::fs::remove_file(&beat);
         let _ = std::fs::remove_dir(&beat);
         match plant {
-            "fifo" => assert!(
-                std::process::Command::new("mkfifo")
-                    .arg(&beat)
-                    .status()
-                    .unwrap()
-                    .success()
-            ),
+            "fifo" => mkfifo(&beat),
             "dir" => std::fs::create_dir(&beat).unwrap(),
             _ => std::os::unix::fs::symlink("/dev/zero", &beat).unwrap(),
         }
@@ -191,13 +185,7 @@ fn planted_files_neither_hang_nor_fail_a_reader() {
         "{err}"
     );
     std::fs::remove_file(&state).unwrap();
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&state)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&state);
     let (code, _, err) = within(w.cli(&["show", "rhel8-web"]));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not a regular file"), "{err}");

@@ -119,13 +119,7 @@ mod s3 {
     fn a_private_endpoint_inside_the_image() {
         let Some(image) = image() else { return };
         let w = World::new(Kind::S3, "image_tls");
-        let port: u16 = crate::util::s3()
-            .endpoint
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let port = crate::util::s3().port();
         let front = crate::util::TlsFront::start(w.tmp.path(), port);
         let mut s = w.source();
         s["endpoint"] = json!(front.url);

@@ -565,3 +565,20 @@ crate::both_stores!(
     vars_too_deep_for_the_document_never_brick_a_build,
     file_must_extend_the_history,
 );
+
+/// A backoff above its max_backoff is said by `out` (on stderr, with the
+/// wait that is used), and the put still lands.
+#[test]
+fn a_capped_backoff_is_said_by_the_put() {
+    let w = World::new(crate::util::Kind::Local, "capped_backoff")
+        .with(json!({"retry": {"states": {"5": {"backoff": "2h"}}}}));
+    let out = w.put(json!({"init": true})).run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("retry.states.5: backoff 2h is more than max_backoff 1h: every wait is 1h"),
+        "{}",
+        out.stderr
+    );
+    assert!(w.raw("state.json").is_some(), "the put landed");
+}

@@ -123,6 +123,11 @@ pub(crate) fn not_on_ceph(why: &str) {
 }
 
 impl S3Server {
+    /// The port of its endpoint on 127.0.0.1.
+    pub(crate) fn port(&self) -> u16 {
+        self.endpoint.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
     /// Whether the server verifies request signatures (Ceph RGW does; the
     /// emulators take any): a proxy that rewrites headers breaks them.
     pub(crate) fn checks_signatures(&self) -> bool {
