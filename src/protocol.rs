@@ -118,6 +118,9 @@ pub(crate) struct ConditionParam {
     /// `{timer: true}` (a gate only): when the clock alone has made
     /// something due (a retry, a dead attempt, an overdue stage).
     pub(crate) timer: Option<bool>,
+    /// `{leaked: true}` (a gate only): while the build has leaked
+    /// resources (a cleanup job's gate).
+    pub(crate) leaked: Option<bool>,
 }
 
 /// Retry settings, as written in `source.retry` and under its `states`
@@ -372,6 +375,19 @@ pub struct OutParams {
     /// With any action that writes: the resources whose check Concourse
     /// runs at once (its check webhook), after the write landed.
     pub(crate) check: Option<Vec<String>>,
+    /// Cloud resources the attempt created: `{NAME: ID, ...}` (with a stage
+    /// action, or alone for the attempt in progress).
+    pub(crate) created: Option<std::collections::BTreeMap<String, String>>,
+    /// A file holding such a JSON object (a task writes it as it creates).
+    pub(crate) created_file: Option<String>,
+    /// Resources removed: ids, or names of live ones.
+    pub(crate) release: Option<Vec<String>>,
+    /// With `start`: names of the failed attempt's resources the retry
+    /// keeps using.
+    pub(crate) adopt: Option<Vec<String>>,
+    /// With `fail` / `finish` (or alone): keep the attempt's resources for
+    /// a human this long (`2h`).
+    pub(crate) hold: Option<String>,
 }
 
 /// The one action a put names, parsed once from its params: adding an
@@ -410,6 +426,13 @@ pub(crate) enum PutAction {
     /// No action, only `check: [...]`: records nothing and hands off (the
     /// timer job: the clock made something due that no write announced).
     HandOff,
+    /// No action, `created` or `created_file`: resources the attempt in
+    /// progress created (the stage of the build's newest start).
+    Created,
+    /// No action, only `release`: resources removed (a cleanup job).
+    Release,
+    /// No action, only `hold`: keep the build's resources for a human.
+    Hold,
 }
 
 /// Every action a put may name, for messages.
@@ -433,6 +456,9 @@ impl PutAction {
             PutAction::Approve(_) => "approve",
             PutAction::Heartbeat(_) => "heartbeat",
             PutAction::HandOff => "check",
+            PutAction::Created => "created",
+            PutAction::Release => "release",
+            PutAction::Hold => "hold",
         }
     }
 
@@ -457,8 +483,12 @@ impl PutAction {
         .into_iter()
         .flatten()
         .collect();
+        let resources = p.created.is_some() || p.created_file.is_some();
         match given.as_slice() {
             [one] => Ok(one.clone()),
+            [] if resources => Ok(PutAction::Created),
+            [] if p.release.is_some() && p.hold.is_none() => Ok(PutAction::Release),
+            [] if p.hold.is_some() && p.release.is_none() => Ok(PutAction::Hold),
             [] if p.check.as_ref().is_some_and(|c| !c.is_empty())
                 && p.vars_file.is_none()
                 && p.note.is_none() =>
@@ -466,7 +496,7 @@ impl PutAction {
                 Ok(PutAction::HandOff)
             }
             [] => Err(format!(
-                "params: no action given; a put takes exactly one of {PUT_ACTIONS} (or only check: [...], to hand off)"
+                "params: no action given; a put takes exactly one of {PUT_ACTIONS} (or only check: [...], to hand off; or created, release or hold alone, for resources)"
             )),
             many => Err(format!(
                 "params: {} given; a put takes exactly one action ({PUT_ACTIONS})",

@@ -11,7 +11,10 @@ use crate::Notes;
 use crate::app::Change;
 use crate::config::Config;
 use crate::inputs::{Files, InputError};
-use crate::model::{Action, Actor, Document, FailureKind, Status, Timestamp, Update};
+use crate::model::resources::{bad_id, bad_name};
+use crate::model::{
+    Action, Actor, Document, FailureKind, ResourceChange, Status, Timestamp, Update,
+};
 use crate::protocol::{BuildEnv, OutParams, PutAction};
 use serde_json::{Map, Value};
 
@@ -104,8 +107,18 @@ pub(crate) struct Request {
     /// With `heartbeat`: the run the worker works for (the CLI's `--run`;
     /// a put's heartbeat is its build's, judged by the build).
     pub(crate) run: Option<u64>,
-    /// With `heartbeat`: the attempt the worker works for.
+    /// With `heartbeat` and `created`: the attempt the worker works for.
     pub(crate) attempt: Option<u32>,
+    /// Resources created: name to id.
+    pub(crate) created: std::collections::BTreeMap<String, String>,
+    /// A file holding a JSON object of resources created, name to id.
+    pub(crate) created_file: Option<String>,
+    /// Resources removed: ids, or names of live ones.
+    pub(crate) release: Vec<String>,
+    /// With `start`: names of resources the retry keeps using.
+    pub(crate) adopt: Vec<String>,
+    /// With a failure, or alone: how long to keep resources for a human.
+    pub(crate) hold: Option<String>,
 }
 
 impl Request {
@@ -123,6 +136,11 @@ impl Request {
             check: Vec::new(),
             run: None,
             attempt: None,
+            created: Default::default(),
+            created_file: None,
+            release: Vec::new(),
+            adopt: Vec::new(),
+            hold: None,
         }
     }
 
@@ -141,6 +159,11 @@ impl Request {
             check: p.check.clone().unwrap_or_default(),
             run: None,
             attempt: None,
+            created: p.created.clone().unwrap_or_default(),
+            created_file: p.created_file.clone(),
+            release: p.release.clone().unwrap_or_default(),
+            adopt: p.adopt.clone().unwrap_or_default(),
+            hold: p.hold.clone(),
         })
     }
 }
@@ -171,7 +194,45 @@ pub(crate) fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, Reque
     let fails = matches!(req.action, PutAction::Fail(_) | PutAction::Finish(_));
     let sets = matches!(req.action, PutAction::Set(_));
     let reasons = matches!(req.action, PutAction::Set(_) | PutAction::Approve(_));
+    let staged = matches!(
+        req.action,
+        PutAction::Start(_)
+            | PutAction::Complete(_)
+            | PutAction::Fail(_)
+            | PutAction::Finish(_)
+            | PutAction::Created
+    );
+    let creates = !req.created.is_empty() || req.created_file.is_some();
+    let releases = !matches!(
+        req.action,
+        PutAction::File(_) | PutAction::Heartbeat(_) | PutAction::HandOff
+    );
+    let holds = fails || matches!(req.action, PutAction::Hold);
     for (field, present, belongs, with) in [
+        (
+            "created",
+            creates,
+            staged,
+            "start, complete, fail or finish (or alone)",
+        ),
+        (
+            "release",
+            !req.release.is_empty(),
+            releases,
+            "any action that writes the document",
+        ),
+        (
+            "adopt",
+            !req.adopt.is_empty(),
+            matches!(req.action, PutAction::Start(_)),
+            "start",
+        ),
+        (
+            "hold",
+            req.hold.is_some(),
+            holds,
+            "fail or finish (or alone)",
+        ),
         ("error", req.error.is_some(), fails, "fail or finish"),
         (
             "error_file",
@@ -247,16 +308,89 @@ pub(crate) fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, Reque
         PutAction::HandOff => return Ok(Change::HandOff(cx.actor.clone())),
         other => action(req, other, cx)?,
     };
+    let resources = resource_change(req, cx)?;
     if let (Action::Complete(n), Front::Put, Some(path)) = (&action, front, &req.vars_file)
         && let Err((true, e)) = read(cx, "vars_file", path)
     {
-        return Ok(Change::Apply(vars_missing(*n, path, e, cx)));
+        let mut update = vars_missing(*n, path, e, cx);
+        update.resources = resources;
+        return Ok(Change::Apply(update));
     }
     let failing = matches!(action, Action::Fail { .. });
     let mut update = Update::new(action, cx.actor.clone(), cx.now);
     update.vars = vars(req, cx, failing)?;
     update.note = req.note.clone().filter(|n| !n.trim().is_empty());
+    update.resources = resources;
     Ok(Change::Apply(update))
+}
+
+/// What a request asks of the build's resources: `created` (and the
+/// object in `created_file`, merged), `release`, `adopt`, `hold`; each
+/// name and id checked.
+fn resource_change(req: &Request, cx: &Context<'_>) -> Result<ResourceChange, RequestError> {
+    let front = cx.front;
+    let mut created = req.created.clone();
+    if let Some(path) = &req.created_file {
+        let body = read(cx, "created_file", path).map_err(|(_, e)| e)?;
+        let bad = |m: String| {
+            refuse(
+                "created_file",
+                format!("{} {path} {m}", front.file("created_file")),
+            )
+        };
+        let map: Map<String, Value> =
+            match serde_json::from_slice(&body) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) => return Err(bad(
+                    "must hold a JSON object of names and ids ({\"green_instance\": \"i-0abc\"})"
+                        .into(),
+                )),
+                Err(e) => return Err(bad(format!("is not valid JSON: {e}"))),
+            };
+        for (name, id) in map {
+            let Value::String(id) = id else {
+                return Err(bad(format!("gives {name} an id that is not a string")));
+            };
+            created.insert(name, id);
+        }
+    }
+    let field = |f: &'static str, m: String| refuse(f, format!("{} {m}", front.value(f)));
+    for (name, id) in &created {
+        if let Some(m) = bad_name(name).or_else(|| bad_id(id)) {
+            return Err(field("created", m));
+        }
+    }
+    for token in &req.release {
+        if bad_id(token).is_some() {
+            return Err(field(
+                "release",
+                format!("{token:?} is not a resource's id or name"),
+            ));
+        }
+    }
+    for name in &req.adopt {
+        if let Some(m) = bad_name(name) {
+            return Err(field("adopt", m));
+        }
+    }
+    let hold = req
+        .hold
+        .as_deref()
+        .map(|h| crate::model::time::parse(h).map_err(|e| field("hold", format!("{h:?}: {e}"))))
+        .transpose()?;
+    if created.len() + req.release.len() > 100 {
+        return Err(field(
+            "created",
+            "and release name more than 100 resources at once; record them in smaller batches"
+                .into(),
+        ));
+    }
+    Ok(ResourceChange {
+        created,
+        release: req.release.clone(),
+        adopt: req.adopt.clone(),
+        hold,
+    })
 }
 
 /// A stage whose build succeeded without writing its `vars_file`: what the
@@ -366,6 +500,13 @@ fn action(req: &Request, asked: &PutAction, cx: &Context<'_>) -> Result<Action, 
                 .filter(|r| !r.is_empty())
                 .map(str::to_string),
         },
+        PutAction::Created => Action::Created {
+            state: None,
+            run: req.run,
+            attempt: req.attempt,
+        },
+        PutAction::Release => Action::Release,
+        PutAction::Hold => Action::Hold,
         PutAction::File(_) | PutAction::Heartbeat(_) | PutAction::HandOff => {
             unreachable!("a file, a heartbeat or a hand-off is not an action")
         }

@@ -181,7 +181,14 @@ pub(crate) async fn check_store<S: Store>(
         };
         let heartbeat = heartbeat.as_ref();
         if gate.gate_passes(doc, now, &config.retry, heartbeat) {
-            return Ok(vec![newest()]);
+            let stage = doc.stage_event().revision;
+            if gate.sees_resource_records() || stage == doc.revision {
+                return Ok(vec![newest()]);
+            }
+            let then = doc
+                .at_revision(stage, &config.ladder)
+                .expect("a revision of the history");
+            return Ok(vec![version_of(&then)]);
         }
         let at_gate = gate.is_stage_gate() && gate.code() == Some(doc.state);
         let wait = match (
@@ -303,7 +310,37 @@ pub(crate) fn files_for(doc: &Document, step: NextStep) -> Vec<(&'static str, Ve
         ("action", step.as_str().as_bytes().to_vec()),
         ("vars.json", vars_json),
         ("state.env", env.into_bytes()),
+        ("leaked.json", leaked_json(doc)),
     ]
+}
+
+/// `leaked.json`: the resources a cleanup job deletes (leaked as of the
+/// revision: a pure function of it, as everything `in` writes), each with
+/// the build's labels (`cloud_provider`, ...), so that a task can act on
+/// one entry alone. `[]` when there are none.
+fn leaked_json(doc: &Document) -> Vec<u8> {
+    let leaked: Vec<Value> = doc
+        .resources
+        .iter()
+        .filter(|r| r.holding == crate::model::Holding::Leaked)
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "id": r.id,
+                "stage": r.stage,
+                "attempt": r.attempt,
+                "run": r.run.unwrap_or(doc.run),
+                "created_at": rfc3339::format(&r.created_at),
+                "since": rfc3339::format(&r.since),
+                "why": r.why,
+                "build_id": doc.build_id,
+                "labels": doc.labels,
+            })
+        })
+        .collect();
+    let mut out = serde_json::to_vec_pretty(&leaked).expect("leaked serializes");
+    out.push(b'\n');
+    out
 }
 
 /// `in`: the document as of the requested revision, into `dest`.

@@ -279,6 +279,18 @@ pub(crate) fn parse_condition(
             }
         },
     };
+    if p.leaked == Some(true) {
+        if p.state.is_some() || p.min_state.is_some() || status.is_some() || p.timer.is_some() {
+            return err(field, "`leaked: true` stands alone");
+        }
+        if field != "gate" {
+            return err(
+                format!("{field}.leaked"),
+                "only a gate opens on leaked resources (`gate: {leaked: true}`); a cleanup task reads leaked.json",
+            );
+        }
+        return Ok(Condition::leaked());
+    }
     if p.timer == Some(true) {
         if p.state.is_some() || p.min_state.is_some() || status.is_some() {
             return err(field, "`timer: true` stands alone");
@@ -298,7 +310,7 @@ pub(crate) fn parse_condition(
         _ => {
             return err(
                 field,
-                "give exactly one of `state: N` or `min_state: N` (or `status: blocked` / `status: awaiting_approval`, alone or with one of them; or, for a gate, `timer: true`)",
+                "give exactly one of `state: N` or `min_state: N` (or `status: blocked` / `status: awaiting_approval`, alone or with one of them; or, for a gate, `timer: true` or `leaked: true`)",
             );
         }
     };
@@ -306,6 +318,7 @@ pub(crate) fn parse_condition(
         at,
         status,
         timer: false,
+        leaked: false,
     };
     if let Some(code) = c.code() {
         ladder.check(code).or_else(|e| err(field, e.to_string()))?;

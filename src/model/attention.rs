@@ -110,14 +110,14 @@ pub fn needs_human(
             };
             Some(need(
                 NeedKind::Blocked,
-                doc.updated_at,
+                doc.stage_since(),
                 why,
                 format!("fix the cause, then: build-state retry {id} {n}"),
             ))
         }
         Status::AwaitingApproval => Some(need(
             NeedKind::AwaitingApproval,
-            doc.updated_at,
+            doc.stage_since(),
             format!("stage {n} ({}) needs a human's approval", doc.state_name),
             format!(
                 "build-state approve {id} {n} --reason TEXT (or run the pipeline's approval job)"
@@ -132,7 +132,7 @@ pub fn needs_human(
                 .find(|e| e.action == ActionKind::Start);
             let sign = match doc.own_heartbeat(heartbeat) {
                 Some(h) => format!("last heartbeat at {}", rfc3339::format(&h.at)),
-                None => format!("in progress since {}", rfc3339::format(&doc.updated_at)),
+                None => format!("in progress since {}", rfc3339::format(&doc.stage_since())),
             };
             // Names a pipeline chose: quoted for a shell, word by word, so
             // that pasting the command runs that command and nothing else.

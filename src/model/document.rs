@@ -2,6 +2,7 @@
 //! computes the summary fields from the history.
 
 use super::ladder::{Code, Ladder};
+use super::resources::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -50,6 +51,9 @@ pub struct Document {
     #[serde(with = "rfc3339")]
     /// When the document last changed.
     pub(crate) updated_at: Timestamp,
+    /// The cloud resources the build recorded, and where each stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) resources: Vec<Resource>,
     /// Every event of the run, oldest first; the summary above is their fold.
     pub history: Vec<Event>,
 }
@@ -75,6 +79,8 @@ pub struct Summary {
     pub(crate) created_at: Timestamp,
     /// The newest event's time.
     pub(crate) updated_at: Timestamp,
+    /// The resources the history recorded.
+    pub(crate) resources: Vec<Resource>,
 }
 
 /// Why a stored document cannot be used.
@@ -167,6 +173,7 @@ pub fn fold(history: &[Event]) -> Option<Summary> {
         vars,
         created_at: first.at,
         updated_at: last.at,
+        resources: super::resources::fold(history),
     })
 }
 
@@ -214,6 +221,7 @@ impl Document {
             note: None,
             by,
             policy: None,
+            resources: Default::default(),
         });
         Document::from_history(
             &self.build_id,
@@ -249,6 +257,7 @@ impl Document {
             vars: s.vars,
             created_at: s.created_at,
             updated_at: s.updated_at,
+            resources: s.resources,
             history,
         }
     }
@@ -265,6 +274,7 @@ impl Document {
             vars: self.vars.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            resources: self.resources.clone(),
         }
     }
 
@@ -345,6 +355,22 @@ impl Document {
         self.history.first().map_or(self.revision, |e| e.revision)
     }
 
+    /// The newest event that concerns the stage (not one that only
+    /// records resources): the stage's start while it is in progress.
+    pub(crate) fn stage_event(&self) -> &Event {
+        self.history
+            .iter()
+            .rev()
+            .find(|e| !e.action.is_resource_record())
+            .unwrap_or_else(|| self.last_event())
+    }
+
+    /// Since when the stage stands where it is (an attempt in progress:
+    /// since its start).
+    pub(crate) fn stage_since(&self) -> Timestamp {
+        self.stage_event().at
+    }
+
     /// The newest event.
     pub(crate) fn last_event(&self) -> &Event {
         self.history
@@ -412,6 +438,7 @@ fn describe_mismatch(stored: &Summary, folded: &Summary) -> String {
     cmp!(last_error);
     cmp!(created_at);
     cmp!(updated_at);
+    cmp!(resources);
     if stored.vars != folded.vars {
         diffs.push("vars differ from the vars its history set".to_string());
     }

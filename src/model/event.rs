@@ -150,9 +150,30 @@ pub enum ActionKind {
     /// again at the event's `retry_at` (a new revision: a new version for
     /// its gate to trigger on).
     Defer,
+    /// Resources an attempt created, recorded from inside its task
+    /// (`build-state created`) or by a put: nothing else changes.
+    Created,
+    /// Resources removed (`release`): nothing else changes.
+    Release,
+    /// Resources kept for a human until a time (`hold`): nothing else
+    /// changes.
+    Hold,
+    /// A hold whose time passed, recorded by the clock (the timer's
+    /// hand-off): its resources are leaked now.
+    Leak,
 }
 
 impl ActionKind {
+    /// Whether the event only records resources (`created`, `release`,
+    /// `hold`, `leak`): the stage's logic (its attempt, its start, its
+    /// deadlines, its gate's version) looks past such events.
+    pub(crate) fn is_resource_record(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Created | ActionKind::Release | ActionKind::Hold | ActionKind::Leak
+        )
+    }
+
     /// The action as written in documents.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -167,6 +188,10 @@ impl ActionKind {
             ActionKind::Restart => "restart",
             ActionKind::Restore => "restore",
             ActionKind::Defer => "defer",
+            ActionKind::Created => "created",
+            ActionKind::Release => "release",
+            ActionKind::Hold => "hold",
+            ActionKind::Leak => "leak",
         }
     }
 
@@ -310,4 +335,7 @@ pub struct Event {
     /// given its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) policy: Option<Value>,
+    /// What the event did to the build's cloud resources.
+    #[serde(flatten)]
+    pub(crate) resources: super::resources::ResourceEvents,
 }

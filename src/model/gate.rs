@@ -33,6 +33,9 @@ pub struct Condition {
     /// alone has made something due that no write will announce (see
     /// [`clock_opened`]).
     pub(crate) timer: bool,
+    /// `{leaked: true}` (with `at: Any`, no status): passes while the
+    /// build has leaked resources (a cleanup job's gate).
+    pub(crate) leaked: bool,
 }
 
 /// Whether the clock alone, with nothing written, has made something of
@@ -49,8 +52,12 @@ pub(crate) fn clock_opened(
     let due = |t: Option<Timestamp>| t.is_some_and(|t| t <= now);
     match doc.status {
         Status::Failed | Status::Pending if due(doc.retry_at) => true,
-        Status::InProgress => doc.is_dead(now, retry, heartbeat),
-        _ => super::attention::overdue_since(doc, retry, now).is_some(),
+        Status::InProgress if doc.is_dead(now, retry, heartbeat) => true,
+        Status::InProgress => super::resources::hold_ended(&doc.resources, now),
+        _ => {
+            super::attention::overdue_since(doc, retry, now).is_some()
+                || super::resources::hold_ended(&doc.resources, now)
+        }
     }
 }
 
@@ -65,6 +72,7 @@ impl Condition {
             at: At::State(n),
             status: None,
             timer: false,
+            leaked: false,
         }
     }
 
@@ -75,6 +83,7 @@ impl Condition {
             at: At::MinState(n),
             status: None,
             timer: false,
+            leaked: false,
         }
     }
 
@@ -84,7 +93,32 @@ impl Condition {
             at: At::Any,
             status: None,
             timer: true,
+            leaked: false,
         }
+    }
+
+    /// `{leaked: true}`.
+    pub(crate) fn leaked() -> Condition {
+        Condition {
+            leaked: true,
+            ..Condition::timer_off()
+        }
+    }
+
+    fn timer_off() -> Condition {
+        Condition {
+            timer: false,
+            ..Condition::timer()
+        }
+    }
+
+    /// Whether the gate emits the build's newest revision, rather than the
+    /// newest that changed the stage: only the `leaked` and `timer` gates
+    /// open on a write that records resources alone (a stage's gate must
+    /// not trigger its job again on a revision that only recorded a
+    /// created instance).
+    pub(crate) fn sees_resource_records(self) -> bool {
+        self.leaked || self.timer
     }
 
     /// The code the condition names, if any.
@@ -98,7 +132,7 @@ impl Condition {
     /// Whether this is a stage's gate (`{state: N}` alone): it opens when
     /// the stage is due.
     pub(crate) fn is_stage_gate(self) -> bool {
-        !self.timer && self.status.is_none() && matches!(self.at, At::State(_))
+        !self.timer && !self.leaked && self.status.is_none() && matches!(self.at, At::State(_))
     }
 
     fn place_holds(self, doc: &Document) -> bool {
@@ -126,6 +160,15 @@ impl Condition {
     ) -> bool {
         if self.timer {
             return clock_opened(doc, now, retry, heartbeat);
+        }
+        if self.leaked {
+            // As the revision records it: a hold that ended is leaked by
+            // the next write (the timer's hand-off makes one), so that
+            // `in` of the version emitted lists it in `leaked.json`.
+            return doc
+                .resources
+                .iter()
+                .any(|r| r.holding == super::resources::Holding::Leaked);
         }
         if let Some(status) = self.status {
             // A stage due for long that no build starts needs a human as
@@ -181,6 +224,9 @@ impl fmt::Display for Condition {
         };
         if self.timer {
             return f.write_str("timer: true");
+        }
+        if self.leaked {
+            return f.write_str("leaked: true");
         }
         match (self.status, place) {
             (Some(s), Some(p)) => write!(f, "status: {s}, {p}"),

@@ -55,7 +55,7 @@ pub struct Claim {
 impl Document {
     /// The attempt in progress, if the stage is in progress.
     pub(crate) fn attempt_in_progress(&self) -> Option<u32> {
-        (self.status == Status::InProgress).then(|| self.last_event().attempt)
+        (self.status == Status::InProgress).then(|| self.stage_event().attempt)
     }
 
     /// The attempt this revision is about (a function of the revision
@@ -76,7 +76,7 @@ impl Document {
                 && h.build_id == self.build_id
                 && h.run == self.run
                 && h.state == self.state
-                && h.revision == self.revision
+                && h.revision == self.stage_event().revision
         })
     }
 
@@ -84,8 +84,8 @@ impl Document {
     /// newest write), or its newest heartbeat.
     pub(crate) fn last_sign_of_life(&self, heartbeat: Option<&Heartbeat>) -> Timestamp {
         match self.own_heartbeat(heartbeat) {
-            Some(h) if h.at > self.updated_at => h.at,
-            _ => self.updated_at,
+            Some(h) if h.at > self.stage_since() => h.at,
+            _ => self.stage_since(),
         }
     }
 
@@ -106,7 +106,7 @@ impl Document {
             from.checked_add_signed(chrono::Duration::from_std(d).ok()?)
         };
         (
-            policy.timeout.and_then(|t| after(self.updated_at, t)),
+            policy.timeout.and_then(|t| after(self.stage_since(), t)),
             policy
                 .heartbeat_timeout
                 .and_then(|t| after(self.last_sign_of_life(heartbeat), t)),
@@ -166,65 +166,91 @@ pub fn heartbeat(
             attempted,
         });
     };
-    let zombie = |what: String| {
-        Err(Refusal::Invalid(format!(
-            "{}; heartbeat {n} refused: {what}; this worker's attempt is over (a zombie): stop it, nothing was changed",
-            doc.whereabouts()
-        )))
-    };
-    if let Some(run) = claim.run.filter(|r| *r != doc.run) {
-        return zombie(format!(
-            "it is for run {run}, and the build is on run {}",
-            doc.run
-        ));
-    }
-    let Some(attempt) = doc.attempt_in_progress().filter(|_| doc.state == n) else {
-        if claim.run.is_some() || claim.attempt.is_some() || claim.by.build_id.is_some() {
-            return zombie(format!(
-                "stage {n} is not in progress (a heartbeat is for an attempt in progress)"
-            ));
-        }
-        return Err(Refusal::NotAllowed {
-            whereabouts: doc.whereabouts(),
-            attempted,
-            allowed: format!("{} (a heartbeat is for a stage in progress)", allowed(doc)),
-        });
-    };
-    if let Some(theirs) = claim.attempt.filter(|a| *a != attempt) {
-        return zombie(format!(
-            "it is for attempt {theirs}, and attempt {attempt} is in progress (if this worker is alive, the likely cause is a stale state.env: a gate's version fetched by a rerun or a manual build names an older attempt; take BUILD_STATE_ATTEMPT from the state.env of the stage's own start put, its implicit get)"
-        ));
-    }
-    let start = doc.last_event();
-    // A Concourse build proves it is the attempt by being its starter; a
-    // worker outside one (a task, a terminal) by naming the run and the
-    // attempt its start recorded: one that names neither could be the
-    // zombie of an earlier attempt, and would keep a dead one alive.
-    match (&claim.by.build_id, &start.by.build_id) {
-        (Some(mine), starter) if starter.as_ref() != Some(mine) => {
-            return zombie(format!(
-                "{} did not start attempt {attempt} ({} did, at revision {})",
-                claim.by.describe(),
-                start.by.describe(),
-                start.revision
-            ));
-        }
-        (None, _) if claim.run.is_none() || claim.attempt.is_none() => {
-            return Err(Refusal::Invalid(format!(
-                "{}; heartbeat {n} refused: outside a Concourse build a heartbeat names the run and the attempt it is for (--run {} --attempt {attempt}, or BUILD_STATE_RUN and BUILD_STATE_ATTEMPT from the state.env of the stage's start put), so that a worker whose attempt is over cannot keep another alive; nothing was changed",
-                doc.whereabouts(),
-                doc.run
-            )));
-        }
-        _ => {}
-    }
+    let attempt = doc.own_attempt(n, claim.run, claim.attempt, &claim.by, "heartbeat")?;
     Ok(Heartbeat {
         build_id: doc.build_id.clone(),
         run: doc.run,
         state: n,
         attempt,
-        revision: doc.revision,
+        revision: doc.stage_event().revision,
         at: claim.at,
         by: claim.by.clone(),
     })
+}
+
+impl Document {
+    /// The attempt in progress at stage `n` that a worker claims to work
+    /// for (`what`: `heartbeat`, `created`), or why the claim is refused
+    /// (nothing is written then): the stage must be in progress, the run
+    /// and attempt (when given) the ones in progress, a Concourse build the
+    /// one that started the attempt; outside a build, run and attempt must
+    /// be given. A worker whose attempt is over (a zombie) is told to stop.
+    pub(crate) fn own_attempt(
+        &self,
+        n: Code,
+        run: Option<u64>,
+        attempt_claimed: Option<u32>,
+        by: &Actor,
+        what: &str,
+    ) -> Result<u32, Refusal> {
+        let doc = self;
+        let a_what = if what == "heartbeat" {
+            "a heartbeat".to_string()
+        } else {
+            format!("`{what}`")
+        };
+        let zombie = |why: String| {
+            Err(Refusal::Invalid(format!(
+                "{}; {what} {n} refused: {why}; this worker's attempt is over (a zombie): stop it, nothing was changed",
+                doc.whereabouts()
+            )))
+        };
+        if let Some(run) = run.filter(|r| *r != doc.run) {
+            return zombie(format!(
+                "it is for run {run}, and the build is on run {}",
+                doc.run
+            ));
+        }
+        let Some(attempt) = doc.attempt_in_progress().filter(|_| doc.state == n) else {
+            if run.is_some() || attempt_claimed.is_some() || by.build_id.is_some() {
+                return zombie(format!(
+                    "stage {n} is not in progress ({a_what} is for an attempt in progress)"
+                ));
+            }
+            return Err(Refusal::NotAllowed {
+                whereabouts: doc.whereabouts(),
+                attempted: format!("{what} {n}"),
+                allowed: format!("{} ({a_what} is for a stage in progress)", allowed(doc)),
+            });
+        };
+        if let Some(theirs) = attempt_claimed.filter(|a| *a != attempt) {
+            return zombie(format!(
+                "it is for attempt {theirs}, and attempt {attempt} is in progress (if this worker is alive, the likely cause is a stale state.env: a gate's version fetched by a rerun or a manual build names an older attempt; take BUILD_STATE_ATTEMPT from the state.env of the stage's own start put, its implicit get)"
+            ));
+        }
+        let start = doc.stage_event();
+        // A Concourse build proves it is the attempt by being its starter; a
+        // worker outside one (a task, a terminal) by naming the run and the
+        // attempt its start recorded: one that names neither could be the
+        // zombie of an earlier attempt, and would keep a dead one alive.
+        match (&by.build_id, &start.by.build_id) {
+            (Some(mine), starter) if starter.as_ref() != Some(mine) => {
+                return zombie(format!(
+                    "{} did not start attempt {attempt} ({} did, at revision {})",
+                    by.describe(),
+                    start.by.describe(),
+                    start.revision
+                ));
+            }
+            (None, _) if run.is_none() || attempt_claimed.is_none() => {
+                return Err(Refusal::Invalid(format!(
+                    "{}; {what} {n} refused: outside a Concourse build {a_what} names the run and the attempt it is for (--run {} --attempt {attempt}, or BUILD_STATE_RUN and BUILD_STATE_ATTEMPT from the state.env of the stage's start put), so that a worker whose attempt is over cannot keep another alive; nothing was changed",
+                    doc.whereabouts(),
+                    doc.run
+                )));
+            }
+            _ => {}
+        }
+        Ok(attempt)
+    }
 }

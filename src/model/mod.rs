@@ -7,6 +7,7 @@ pub mod gate;
 pub mod heartbeat;
 pub mod ladder;
 pub mod policy;
+pub mod resources;
 pub mod rules;
 pub mod time;
 pub mod transition;
@@ -20,6 +21,7 @@ pub use gate::{At, Condition, HUMAN_STATUSES, NextStep};
 pub use heartbeat::{Claim, Heartbeat, heartbeat};
 pub use ladder::{Code, Ladder, LadderError, OffLadder, Step};
 pub use policy::{RetryPolicy, StageRetry};
+pub use resources::{Holding, Resource, ResourceChange};
 pub use transition::{Action, Outcome, Refusal, Rules, Update, allowed, apply, clock, extend};
 
 #[cfg(test)]

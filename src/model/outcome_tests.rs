@@ -205,6 +205,7 @@ fn a_stage_due_for_long_with_no_start_is_overdue() {
         at: At::Any,
         status: Some(Status::Blocked),
         timer: false,
+        leaked: false,
     };
     let hour = due + Duration::seconds(3599);
     assert!(needs_human(w.doc(), &w.retry, None, hour).is_none());

@@ -6,6 +6,7 @@ use super::document::{
 };
 use super::ladder::{Code, Ladder};
 use super::policy::RetryPolicy;
+use super::resources::{self, ResourceChange};
 pub use super::rules::{Refusal, allowed};
 use super::rules::{run_is_over, stage_allows};
 use serde_json::{Map, Value};
@@ -56,6 +57,21 @@ pub enum Action {
         /// Why, or what was checked (optional).
         reason: Option<String>,
     },
+    /// Resources (in [`Update::resources`]) that the attempt in progress at
+    /// stage N created, recorded from inside its task: refused for an
+    /// attempt that is over, as a heartbeat is.
+    Created {
+        /// The stage (a put's `created` alone: the stage in progress).
+        state: Option<Code>,
+        /// The run the task works for (`state.env`), when it knows it.
+        run: Option<u64>,
+        /// The attempt the task works for, when it knows it.
+        attempt: Option<u32>,
+    },
+    /// Resources removed (`release` alone): ids, or names of live ones.
+    Release,
+    /// Keep the build's resources for a human (`hold` alone).
+    Hold,
 }
 
 impl Action {
@@ -71,6 +87,9 @@ impl Action {
             Action::Cancel { .. } => ActionKind::Cancel,
             Action::Restart => ActionKind::Restart,
             Action::Approve { .. } => ActionKind::Approve,
+            Action::Created { .. } => ActionKind::Created,
+            Action::Release => ActionKind::Release,
+            Action::Hold => ActionKind::Hold,
         }
     }
 
@@ -81,7 +100,12 @@ impl Action {
             Action::Fail { state, .. }
             | Action::Set { state, .. }
             | Action::Approve { state, .. } => Some(*state),
-            Action::Init { .. } | Action::Cancel { .. } | Action::Restart => None,
+            Action::Created { state, .. } => *state,
+            Action::Init { .. }
+            | Action::Cancel { .. }
+            | Action::Restart
+            | Action::Release
+            | Action::Hold => None,
         }
     }
 
@@ -117,6 +141,8 @@ pub struct Update {
     /// `start` of a stage with a `heartbeat_timeout`): whether the attempt
     /// in progress is dead depends on it.
     pub(crate) heartbeat: Option<super::heartbeat::Heartbeat>,
+    /// What the update asks of the build's cloud resources.
+    pub(crate) resources: ResourceChange,
 }
 
 impl Update {
@@ -131,6 +157,7 @@ impl Update {
             policy: None,
             then_refuse: None,
             heartbeat: None,
+            resources: ResourceChange::default(),
         }
     }
 }
@@ -185,6 +212,7 @@ pub fn apply(
     rules: &Rules,
 ) -> Result<Outcome, Refusal> {
     let mut outcome = decide(current, update, rules)?;
+    settle(current, &mut outcome, update, rules)?;
     if let Some(policy) = &update.policy {
         record_policy(&mut outcome, policy);
     }
@@ -198,6 +226,121 @@ pub fn apply(
         };
     }
     Ok(outcome)
+}
+
+/// Decides what the written events do to the build's resources (see
+/// [`resources::settle`]). An update whose action writes nothing (a replay,
+/// an outcome that counts nothing) still records the resources it names
+/// that are new, and releases what it names: nothing recorded is lost.
+fn settle(
+    current: Option<&Document>,
+    outcome: &mut Outcome,
+    update: &Update,
+    rules: &Rules,
+) -> Result<(), Refusal> {
+    let change = &update.resources;
+    let rebuild = |doc: &mut Document, new: usize| -> Result<(), Refusal> {
+        let mut history = std::mem::take(&mut doc.history);
+        resources::settle(&mut history, new, change)?;
+        *doc = Document::from_history(
+            &doc.build_id,
+            doc.run,
+            doc.labels.clone(),
+            history,
+            rules.ladder,
+        );
+        Ok(())
+    };
+    let new = current.map_or(0, |d| d.history.len());
+    match outcome {
+        Outcome::Write(doc) => {
+            rebuild(doc, new)?;
+            // A release or hold that changed nothing writes nothing.
+            let last = doc.last_event();
+            if last.action.is_resource_record() && last.resources.is_empty() {
+                *outcome = Outcome::Unchanged;
+            }
+            Ok(())
+        }
+        Outcome::WriteAndRefuse { document: doc, .. } => rebuild(doc, new),
+        Outcome::Restart { document, .. } => rebuild(document, 0),
+        Outcome::Unchanged | Outcome::Ignored(_) => {
+            let Some(doc) = current.filter(|_| !change.is_empty()) else {
+                return Ok(());
+            };
+            let ignored = match outcome {
+                Outcome::Ignored(why) => Some(why.clone()),
+                _ => None,
+            };
+            if let Some(written) = resources_alone(doc, update, rules, ignored)? {
+                *outcome = Outcome::Write(written);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The resources an update names, recorded in an event of their own when
+/// its action wrote nothing: `None` when they change nothing. An outcome
+/// that counted nothing (`ignored`) is of an attempt that is over: what it
+/// created is leaked at once.
+fn resources_alone(
+    doc: &Document,
+    update: &Update,
+    rules: &Rules,
+    ignored: Option<String>,
+) -> Result<Option<Document>, Refusal> {
+    let change = &update.resources;
+    if change.created.is_empty() && change.release.is_empty() {
+        return Ok(None);
+    }
+    let mut e = record_event(doc, update);
+    let zombie = ignored.is_some() && !change.created.is_empty();
+    if zombie {
+        e.reason = ignored;
+    }
+    let mut history = doc.history.clone();
+    let new = history.len();
+    history.push(e);
+    resources::settle(&mut history, new, &update.resources)?;
+    let last = history.last_mut().expect("pushed");
+    if zombie {
+        let ids: Vec<String> = last.resources.created.values().cloned().collect();
+        last.resources.leaked.extend(ids);
+    }
+    if last.resources.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Document::from_history(
+        &doc.build_id,
+        doc.run,
+        doc.labels.clone(),
+        history,
+        rules.ladder,
+    )))
+}
+
+/// An event that records resources only: the build stays where it is.
+fn record_event(doc: &Document, update: &Update) -> Event {
+    let last = doc.last_event();
+    let kind = if !update.resources.created.is_empty() {
+        ActionKind::Created
+    } else if !update.resources.release.is_empty() {
+        ActionKind::Release
+    } else {
+        ActionKind::Hold
+    };
+    let mut e = event(
+        update,
+        doc.revision + 1,
+        doc.state,
+        doc.status,
+        last.attempt,
+    );
+    e.action = kind;
+    e.retry_at = last.retry_at;
+    e.vars = Map::new();
+    e
 }
 
 /// Records `policy` in the event a written document adds, unless the run
@@ -246,6 +389,21 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
 
     let (state, status, attempt, retry_at, error) = match action {
         Action::Init { restart } => return init(doc, update, rules, *restart),
+        Action::Created {
+            state: n,
+            run,
+            attempt,
+        } => {
+            doc.own_attempt(
+                n.unwrap_or(doc.state),
+                *run,
+                *attempt,
+                &update.by,
+                "created",
+            )?;
+            return Ok(record(doc, update, rules));
+        }
+        Action::Release | Action::Hold => return Ok(record(doc, update, rules)),
         Action::Restart => return Ok(restart_run(doc, update, rules)),
         Action::Start(n) => {
             if !at_stage(*n, ActionKind::Start) {
@@ -316,6 +474,19 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
         rules.ladder,
     )))
 }
+/// An event that records resources alone (what they are is [`settle`]'s).
+fn record(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
+    let mut history = doc.history.clone();
+    history.push(record_event(doc, update));
+    Outcome::Write(Document::from_history(
+        &doc.build_id,
+        doc.run,
+        doc.labels.clone(),
+        history,
+        rules.ladder,
+    ))
+}
+
 /// The first document of a build: only `init` (or `restart`) creates it.
 fn create(update: &Update, rules: &Rules) -> Result<Outcome, Refusal> {
     match &update.action {
@@ -373,7 +544,7 @@ fn init(doc: &Document, update: &Update, rules: &Rules, restart: bool) -> Result
 /// the stage before.)
 fn binding_backoff(doc: &Document, update: &Update, n: Code) -> Result<(), Refusal> {
     if doc.status == Status::Failed
-        && doc.last_event().action != ActionKind::Defer
+        && doc.stage_event().action != ActionKind::Defer
         && let Some(due) = doc.retry_at
         && update.at < due
     {
@@ -447,7 +618,7 @@ fn set(
 /// A put that repeats the newest history entry of the same Concourse build
 /// (same action and code) changes nothing, so a re-run put step is safe.
 fn is_replay(doc: &Document, update: &Update) -> bool {
-    let last = doc.last_event();
+    let last = doc.stage_event();
     update.by.build_id.is_some()
         && last.by.build_id == update.by.build_id
         && last.action == update.action.kind()
@@ -479,11 +650,11 @@ fn another_builds_outcome(doc: &Document, update: &Update, rules: &Rules) -> Opt
     };
     let n = update.action.target()?;
     let mine = update.by.build_id.as_ref()?;
-    let own = doc
-        .history
-        .iter()
-        .rev()
-        .find(|e| e.target == Some(n) && e.by.build_id.as_ref() == Some(mine));
+    let own = doc.history.iter().rev().find(|e| {
+        e.target == Some(n)
+            && e.by.build_id.as_ref() == Some(mine)
+            && !e.action.is_resource_record()
+    });
     if kind == ActionKind::Fail
         && let Some(done) = own.filter(|e| e.action == ActionKind::Complete)
     {
@@ -618,7 +789,25 @@ pub fn clock(
     rules: &Rules,
 ) -> Outcome {
     if doc.status != Status::InProgress || !doc.is_dead(now, rules.retry, heartbeat.as_ref()) {
-        return Outcome::Unchanged;
+        if !resources::hold_ended(&doc.resources, now) {
+            return Outcome::Unchanged;
+        }
+        // A hold whose time passed: its resources are leaked now (a new
+        // revision, which the `leaked` gate emits).
+        let mut e = record_event(doc, &Update::new(Action::Hold, by, now));
+        e.action = ActionKind::Leak;
+        let mut history = doc.history.clone();
+        history.push(e);
+        let new = history.len() - 1;
+        resources::settle(&mut history, new, &ResourceChange::default())
+            .expect("leaking adds no resource");
+        return Outcome::Write(Document::from_history(
+            &doc.build_id,
+            doc.run,
+            doc.labels.clone(),
+            history,
+            rules.ladder,
+        ));
     }
     let n = doc.state;
     let mut update = Update::new(
@@ -670,13 +859,15 @@ fn defer(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outcome {
 fn restart_run(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
     let mut labels = doc.labels.clone();
     labels.extend(rules.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let first = event(
+    let mut first = event(
         update,
         doc.revision + 1,
         rules.ladder.initial(),
         arrival(&[], rules.ladder.initial(), rules),
         0,
     );
+    first.resources.carried =
+        resources::carry(&doc.resources, doc.run, update.at, doc.revision + 1);
     Outcome::Restart {
         archive: doc.clone(),
         document: Document::from_history(
@@ -714,7 +905,7 @@ fn dead_attempt(
     let then_start = finder == Finder::Start;
     let policy = rules.retry.for_state(n);
     let attempts = doc.attempts + 1;
-    let since = super::document::rfc3339::format(&doc.updated_at);
+    let since = super::document::rfc3339::format(&doc.stage_since());
     let heartbeat = update.heartbeat.as_ref();
     // Which deadline passed first: the heartbeat's, or the timeout's.
     let (by_timeout, by_heartbeat) = doc.deadlines(rules.retry, heartbeat);
@@ -867,6 +1058,7 @@ fn event(update: &Update, revision: u64, state: Code, status: Status, attempt: u
         note: update.note.as_deref().map(capped),
         by: update.by.clone(),
         policy: None,
+        resources: Default::default(),
     }
 }
 

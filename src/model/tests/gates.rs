@@ -52,16 +52,19 @@ fn a_blocked_gate_passes_only_for_a_build_that_needs_a_human() {
         at: At::Any,
         status: Some(Status::Blocked),
         timer: false,
+        leaked: false,
     };
     let here = Condition {
         at: At::State(25),
         status: Some(Status::Blocked),
         timer: false,
+        leaked: false,
     };
     let elsewhere = Condition {
         at: At::MinState(30),
         status: Some(Status::Blocked),
         timer: false,
+        leaked: false,
     };
     assert!(!any.gate_passes(w.doc(), w.clock, &w.retry, None));
     let d = w.ok(fail(25, "fatal")).clone();

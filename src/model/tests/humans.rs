@@ -20,6 +20,7 @@ fn an_approval_stage_waits_for_a_human_once_per_reset() {
         at: At::Any,
         status: Some(Status::AwaitingApproval),
         timer: false,
+        leaked: false,
     };
     assert!(asks.gate_passes(w.doc(), w.clock, &w.retry, None));
     assert_eq!(NextStep::of(w.doc()), NextStep::Approval);
