@@ -243,12 +243,10 @@ fn step(rs: &mut Vec<Resource>, e: &Event) {
     set(&r.released, Holding::Released, None);
 }
 
-/// The unreleased resource with this id (or the newest released one).
+/// The unreleased resource with this id.
 fn find(rs: &[Resource], id: &str) -> Option<usize> {
     rs.iter()
         .rposition(|r| r.id == id && r.holding != Holding::Released)
-        .or_else(|| rs.iter().rposition(|r| r.id == id))
-        .filter(|&i| rs[i].holding != Holding::Released)
 }
 
 /// Why event `e` put a resource in `holding`, in words.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 mod gates;
 mod humans;
 mod properties;
+mod resources;
 mod retries;
 mod transitions;
 
