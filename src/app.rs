@@ -188,14 +188,25 @@ pub(crate) async fn record<S: Store>(
             {
                 update.heartbeat = builds.heartbeat().await?;
             }
-            builds
+            let applied = builds
                 .update(|cur| {
                     // Never before what the document records: one clock
                     // that tells time to a second may seem to go back.
                     update.at = cur.map_or_else(|| clock.now(), |d| clock.now().max(d.updated_at));
                     apply(cur, &update, &rules)
                 })
-                .await
+                .await?;
+            for token in &update.resources.release {
+                let rs = &applied.doc.resources;
+                if !rs.iter().any(|r| &r.id == token || &r.name == token) {
+                    notes.note(format!(
+                        "{}: release {}: no resource of that id or name is recorded (nothing released for it)",
+                        config.build_id,
+                        crate::visible(token)
+                    ));
+                }
+            }
+            Ok(applied)
         }
     }
 }

@@ -427,8 +427,8 @@ pub(crate) enum PutAction {
     /// timer job: the clock made something due that no write announced).
     HandOff,
     /// No action, `created` or `created_file`: resources the attempt in
-    /// progress created (the stage of the build's newest start).
-    Created,
+    /// progress created (a put's: the stage in progress; the CLI names it).
+    Created(Option<u32>),
     /// No action, only `release`: resources removed (a cleanup job).
     Release,
     /// No action, only `hold`: keep the build's resources for a human.
@@ -456,7 +456,7 @@ impl PutAction {
             PutAction::Approve(_) => "approve",
             PutAction::Heartbeat(_) => "heartbeat",
             PutAction::HandOff => "check",
-            PutAction::Created => "created",
+            PutAction::Created(_) => "created",
             PutAction::Release => "release",
             PutAction::Hold => "hold",
         }
@@ -486,7 +486,7 @@ impl PutAction {
         let resources = p.created.is_some() || p.created_file.is_some();
         match given.as_slice() {
             [one] => Ok(one.clone()),
-            [] if resources => Ok(PutAction::Created),
+            [] if resources => Ok(PutAction::Created(None)),
             [] if p.release.is_some() && p.hold.is_none() => Ok(PutAction::Release),
             [] if p.hold.is_some() && p.release.is_none() => Ok(PutAction::Hold),
             [] if p.check.as_ref().is_some_and(|c| !c.is_empty())

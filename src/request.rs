@@ -200,7 +200,7 @@ pub(crate) fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, Reque
             | PutAction::Complete(_)
             | PutAction::Fail(_)
             | PutAction::Finish(_)
-            | PutAction::Created
+            | PutAction::Created(_)
     );
     let creates = !req.created.is_empty() || req.created_file.is_some();
     let releases = !matches!(
@@ -500,8 +500,8 @@ fn action(req: &Request, asked: &PutAction, cx: &Context<'_>) -> Result<Action, 
                 .filter(|r| !r.is_empty())
                 .map(str::to_string),
         },
-        PutAction::Created => Action::Created {
-            state: None,
+        PutAction::Created(n) => Action::Created {
+            state: n.map(code).transpose()?,
             run: req.run,
             attempt: req.attempt,
         },

@@ -3,6 +3,7 @@
 use super::Row;
 use crate::config::Config;
 use crate::model::document::rfc3339;
+use crate::model::resources::{Holding, LeftBehind};
 use crate::model::{
     Document, Event, Heartbeat, Need, NeedKind, RetryPolicy, Status, Timestamp, needs_human,
 };
@@ -115,11 +116,61 @@ pub(super) fn rows_json(rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Va
                     "updated_at": rfc3339::format(&d.updated_at),
                     "retry_at": d.retry_at.map(|t| rfc3339::format(&t)),
                     "last_error": d.last_error,
+                    "left_behind": left_behind(d, now),
                 }),
                 Err(e) => json!({"build_id": r.build_id, "error": e}),
             })
             .collect(),
     )
+}
+
+/// What a build left behind at `now` that a cleanup must see (leaked, or
+/// held for a human): what `list`, the dashboard and `metrics` show.
+pub(crate) fn left_behind(doc: &Document, now: Timestamp) -> Vec<LeftBehind> {
+    crate::model::resources::left_behind(doc, now)
+        .into_iter()
+        .filter(|l| l.holding != Holding::Live)
+        .collect()
+}
+
+/// `show`'s rows of the resources the build has not released: in use,
+/// held until a time, or leaked since when and why, each with the command
+/// that records it removed.
+fn left_rows(t: &mut Table, doc: &Document, now: Timestamp) {
+    for l in crate::model::resources::left_behind(doc, now) {
+        let label = match l.holding {
+            Holding::Live => "resource in use",
+            _ => "left behind",
+        };
+        let state = match (l.holding, l.until) {
+            (Holding::Held, Some(until)) => format!(
+                "held until {} (in {})",
+                rfc3339::format(&until),
+                crate::model::time::ago((until - now).num_seconds())
+            ),
+            (Holding::Leaked, _) => format!(
+                "leaked since {} ({} ago)",
+                rfc3339::format(&l.since),
+                crate::model::time::ago((now - l.since).num_seconds())
+            ),
+            _ => "live".to_string(),
+        };
+        let release = match l.holding {
+            Holding::Live => String::new(),
+            _ => format!("; once deleted: {}", crate::visible(&l.release)),
+        };
+        t.row(vec![
+            label.into(),
+            format!(
+                "{} {} (stage {}, attempt {}): {state}: {}{release}",
+                crate::visible(&l.name),
+                crate::visible(&l.id),
+                l.stage,
+                l.attempt,
+                one_line(&l.why, 120),
+            ),
+        ]);
+    }
 }
 
 /// `3m`, `2h`, `5d`: how long ago.
@@ -316,6 +367,7 @@ impl Out {
         t.row(vec!["status".into(), status]);
         t.row(vec!["attempts".into(), doc.attempts.to_string()]);
         self.attention_rows(&mut t, doc, need.as_ref(), beat);
+        left_rows(&mut t, doc, now);
         detail_rows(&mut t, config, doc);
         t.row(vec![
             "updated".into(),
@@ -386,6 +438,12 @@ impl Out {
             .or_else(|| e.reason.as_deref().map(|r| one_line(r, 200)))
             .or_else(|| e.note.as_deref().map(|n| one_line(n, 200)))
             .unwrap_or_default();
+        let things = e.resources.describe();
+        let detail = match (detail.is_empty(), things.is_empty()) {
+            (_, true) => detail,
+            (true, false) => one_line(&things, 200),
+            (false, false) => format!("{detail} [{}]", one_line(&things, 120)),
+        };
         vec![
             e.revision.to_string(),
             rfc3339::format(&e.at),
@@ -537,7 +595,50 @@ impl Out {
             }
             self.table(&t)?;
         }
-        Ok(())
+        self.left_panel(rows, now)
+    }
+
+    /// `list`'s panel of what builds left behind: what, since when, why,
+    /// and the command that records it removed.
+    fn left_panel(&self, rows: &[Row], now: Timestamp) -> Result<()> {
+        let left: Vec<LeftBehind> = rows
+            .iter()
+            .filter_map(|r| r.doc.as_ref().ok())
+            .flat_map(|d| left_behind(d, now))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        self.write(&format!("\nLeft behind ({}):\n", left.len()))?;
+        let mut t = Table::new(&[
+            "BUILD",
+            "WHAT",
+            "ID",
+            "STAGE",
+            "HOLDING",
+            "SINCE",
+            "WHY",
+            "ONCE DELETED",
+        ]);
+        for l in &left {
+            t.row(vec![
+                l.build_id.clone(),
+                crate::visible(&l.name).into_owned(),
+                crate::visible(&l.id).into_owned(),
+                format!("{} (attempt {})", l.stage, l.attempt),
+                match l.until {
+                    Some(u) => format!("held until {}", rfc3339::format(&u)),
+                    None => l.holding.as_str().to_string(),
+                },
+                format!(
+                    "{} ago",
+                    crate::model::time::ago((now - l.since).num_seconds())
+                ),
+                one_line(&l.why, 60),
+                crate::visible(&l.release).into_owned(),
+            ]);
+        }
+        self.table(&t)
     }
 
     /// A heartbeat taken.
@@ -558,6 +659,15 @@ impl Out {
     pub(crate) fn applied(&self, described: &str, doc: &Document, written: bool) -> Result<()> {
         if self.json {
             return self.print_json(&json!({"written": written, "document": doc}));
+        }
+        let last = doc.last_event();
+        if written && last.action.is_resource_record() {
+            return self.write(&format!(
+                "{}: {}, revision {}\n",
+                doc.build_id,
+                crate::visible(&last.resources.describe()),
+                doc.revision
+            ));
         }
         if written {
             self.write(&format!(

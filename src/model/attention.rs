@@ -187,7 +187,7 @@ pub fn needs_human(
 
 /// `word` as one shell word (quoted when it must be), or `None` when no
 /// quoting makes it safe to show and paste (a control character, a NUL).
-fn shell_word(word: &str) -> Option<String> {
+pub(crate) fn shell_word(word: &str) -> Option<String> {
     if word.chars().any(char::is_control) {
         return None;
     }

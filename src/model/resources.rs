@@ -145,6 +145,38 @@ impl ResourceEvents {
     pub(crate) fn is_empty(&self) -> bool {
         *self == ResourceEvents::default()
     }
+
+    /// `created green_instance=i-1; leaked i-0`: what the event did, for a
+    /// history line (empty when nothing).
+    pub(crate) fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.created.is_empty() {
+            let pairs: Vec<String> = self
+                .created
+                .iter()
+                .map(|(n, i)| format!("{n}={i}"))
+                .collect();
+            parts.push(format!("created {}", pairs.join(" ")));
+        }
+        for (word, ids) in [
+            ("adopted", &self.adopted),
+            ("held", &self.held),
+            ("leaked", &self.leaked),
+            ("released", &self.released),
+        ] {
+            if !ids.is_empty() {
+                let until = match (word, self.held_until) {
+                    ("held", Some(t)) => format!(" until {}", rfc3339::format(&t)),
+                    _ => String::new(),
+                };
+                parts.push(format!("{word} {}{until}", ids.join(" ")));
+            }
+        }
+        if !self.carried.is_empty() {
+            parts.push(format!("carried {} from the last run", self.carried.len()));
+        }
+        parts.join("; ")
+    }
 }
 
 /// What an update asks of the build's resources besides its action.
@@ -464,4 +496,89 @@ pub(crate) fn carry(rs: &[Resource], run: u64, at: Timestamp, revision: u64) -> 
 pub(crate) fn hold_ended(rs: &[Resource], now: Timestamp) -> bool {
     rs.iter()
         .any(|r| r.holding == Holding::Held && r.until.is_some_and(|t| t <= now))
+}
+
+/// A resource that is not released, as `show`, `list`, the dashboard and
+/// `metrics` say it: where it stands at `now` (a hold past its time is
+/// leaked), since when, why, and the command that releases it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeftBehind {
+    /// The build.
+    pub(crate) build_id: String,
+    /// What it is to the pipeline.
+    pub(crate) name: String,
+    /// Its cloud id.
+    pub(crate) id: String,
+    /// The stage whose attempt made it.
+    pub(crate) stage: Code,
+    /// That attempt.
+    pub(crate) attempt: u32,
+    /// Where it stands at `now`.
+    pub(crate) holding: Holding,
+    /// Since when.
+    #[serde(with = "rfc3339")]
+    pub(crate) since: Timestamp,
+    /// When held: until when.
+    #[serde(skip_serializing_if = "Option::is_none", with = "rfc3339::option")]
+    pub(crate) until: Option<Timestamp>,
+    /// Why, in words.
+    pub(crate) why: String,
+    /// The command that records it removed (quoted for a shell).
+    pub(crate) release: String,
+}
+
+/// What `doc`'s build left behind at `now` and has not released: the
+/// leaked first (a hold past its time is leaked), then the held, then the
+/// live, oldest first within each.
+pub(crate) fn left_behind(doc: &super::Document, now: Timestamp) -> Vec<LeftBehind> {
+    let mut out: Vec<LeftBehind> = doc
+        .resources
+        .iter()
+        .filter(|r| r.holding != Holding::Released)
+        .map(|r| {
+            let ended = r.holding == Holding::Held && r.until.is_some_and(|t| t <= now);
+            let (holding, since, why) = if ended {
+                let until = r.until.expect("held with a time");
+                (
+                    Holding::Leaked,
+                    until,
+                    format!("its hold ended at {}", rfc3339::format(&until)),
+                )
+            } else {
+                let why = r.why.clone().unwrap_or_else(|| match r.holding {
+                    Holding::Live => format!("in use by the run (stage {} made it)", r.stage),
+                    _ => String::new(),
+                });
+                (r.holding, r.since, why)
+            };
+            let release = ["build-state", "release", &doc.build_id, &r.id]
+                .iter()
+                .map(|w| super::attention::shell_word(w).unwrap_or_else(|| "'?'".into()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            LeftBehind {
+                build_id: doc.build_id.clone(),
+                name: r.name.clone(),
+                id: r.id.clone(),
+                stage: r.stage,
+                attempt: r.attempt,
+                holding,
+                since,
+                until: r.until.filter(|_| holding == Holding::Held),
+                why,
+                release,
+            }
+        })
+        .collect();
+    let rank = |h: Holding| match h {
+        Holding::Leaked => 0,
+        Holding::Held => 1,
+        _ => 2,
+    };
+    out.sort_by(|a, b| {
+        rank(a.holding)
+            .cmp(&rank(b.holding))
+            .then(a.since.cmp(&b.since))
+    });
+    out
 }

@@ -31,6 +31,17 @@ pub(super) struct Extras {
     /// or the source's webhook_token
     #[arg(long = "check", value_name = "RESOURCE")]
     check: Vec<String>,
+    /// A cloud resource this attempt created (repeatable; with start,
+    /// complete or fail)
+    #[arg(long = "created", value_name = "NAME=ID")]
+    created: Vec<String>,
+    /// A resource removed: its id, or the name of a live one (repeatable)
+    #[arg(long = "release", value_name = "ID")]
+    release: Vec<String>,
+    /// With start: a resource of the failed attempt the retry keeps using
+    /// (its name; repeatable)
+    #[arg(long = "adopt", value_name = "NAME")]
+    adopt: Vec<String>,
 }
 
 /// A build and one of its stages.
@@ -81,6 +92,9 @@ pub(super) enum Command {
         /// transient (retried) or persistent (blocked at once); default: from the source's regex lists
         #[arg(long)]
         kind: Option<String>,
+        /// Keep this attempt's resources for a human this long (2h)
+        #[arg(long, value_name = "DURATION")]
+        hold: Option<String>,
         #[command(flatten)]
         extras: Extras,
     },
@@ -125,6 +139,38 @@ pub(super) enum Command {
         #[arg(long, env = "BUILD_STATE_ATTEMPT")]
         attempt: Option<u32>,
     },
+    /// Record cloud resources the attempt in progress at stage N created,
+    /// the moment they exist (from inside its Packer or Ansible task).
+    /// Refused (exit 1) when the attempt it names is over
+    Created {
+        build_id: String,
+        state: u32,
+        /// What each is to the pipeline, and its cloud id
+        #[arg(required = true, value_name = "NAME=ID")]
+        resources: Vec<String>,
+        /// The run this worker works for (state.env's BUILD_STATE_RUN)
+        #[arg(long, env = "BUILD_STATE_RUN")]
+        run: Option<u64>,
+        /// The attempt this worker works for (state.env's BUILD_STATE_ATTEMPT)
+        #[arg(long, env = "BUILD_STATE_ATTEMPT")]
+        attempt: Option<u32>,
+    },
+    /// Record resources removed: their ids (or names of live ones)
+    Release {
+        build_id: String,
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        /// Once recorded, ask Concourse to check this resource (repeatable)
+        #[arg(long = "check", value_name = "RESOURCE")]
+        check: Vec<String>,
+    },
+    /// Keep the build's resources (all but those of an attempt in
+    /// progress) for a human until DURATION from now; they are leaked then
+    Hold {
+        build_id: String,
+        /// How long (2h, 30m)
+        duration: String,
+    },
     /// Archive the current run and start a new one at the initial state
     Restart {
         build_id: String,
@@ -154,7 +200,10 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
         r.vars_file = path(&extras.vars_file);
         r.note = extras.note.clone();
         r.check = extras.check.clone();
-        r
+        r.release = extras.release.clone();
+        r.adopt = extras.adopt.clone();
+        r.created = pairs(&extras.created)?;
+        Ok::<_, anyhow::Error>(r)
     };
     Ok(match command {
         Command::Init {
@@ -162,20 +211,24 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
             labels,
             restart,
             extras,
-        } => (build_id, with(PutAction::Init { restart }, &extras), labels),
+        } => (
+            build_id,
+            with(PutAction::Init { restart }, &extras)?,
+            labels,
+        ),
         Command::Start(s) => (
             s.build_id,
-            with(PutAction::Start(s.state), &s.extras),
+            with(PutAction::Start(s.state), &s.extras)?,
             vec![],
         ),
         Command::Complete(s) => (
             s.build_id,
-            with(PutAction::Complete(s.state), &s.extras),
+            with(PutAction::Complete(s.state), &s.extras)?,
             vec![],
         ),
         Command::Retry(s) => (
             s.build_id,
-            with(PutAction::Retry(s.state), &s.extras),
+            with(PutAction::Retry(s.state), &s.extras)?,
             vec![],
         ),
         Command::Fail {
@@ -184,10 +237,11 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
             error,
             error_file,
             kind,
+            hold,
             extras,
         } => {
-            let mut r = with(PutAction::Fail(state), &extras);
-            (r.error, r.error_file, r.kind) = (error, path(&error_file), kind);
+            let mut r = with(PutAction::Fail(state), &extras)?;
+            (r.error, r.error_file, r.kind, r.hold) = (error, path(&error_file), kind, hold);
             (build_id, r, vec![])
         }
         Command::Set {
@@ -197,7 +251,7 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
             reason,
             extras,
         } => {
-            let mut r = with(PutAction::Set(state), &extras);
+            let mut r = with(PutAction::Set(state), &extras)?;
             (r.status, r.reason) = (Some(status), Some(reason));
             (build_id, r, vec![])
         }
@@ -216,7 +270,7 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
             (build_id, r, vec![])
         }
         Command::Restart { build_id, extras } => {
-            (build_id, with(PutAction::Restart, &extras), vec![])
+            (build_id, with(PutAction::Restart, &extras)?, vec![])
         }
         Command::Update {
             build_id,
@@ -224,8 +278,46 @@ fn request(command: Command) -> Result<(String, Request, Vec<String>)> {
             status,
             error,
         } => (build_id, old_update(state, status, error)?, vec![]),
+        Command::Created {
+            build_id,
+            state,
+            resources,
+            run,
+            attempt,
+        } => {
+            let mut r = Request::new(PutAction::Created(Some(state)));
+            (r.run, r.attempt) = (run, attempt);
+            r.created = pairs(&resources)?;
+            (build_id, r, vec![])
+        }
+        Command::Release {
+            build_id,
+            ids,
+            check,
+        } => {
+            let mut r = Request::new(PutAction::Release);
+            (r.release, r.check) = (ids, check);
+            (build_id, r, vec![])
+        }
+        Command::Hold { build_id, duration } => {
+            let mut r = Request::new(PutAction::Hold);
+            r.hold = Some(duration);
+            (build_id, r, vec![])
+        }
         other => unreachable!("{other:?} is not an action"),
     })
+}
+
+/// `NAME=ID` arguments, as a map (names and ids are checked by the
+/// translator).
+fn pairs(args: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    args.iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(n, i)| (n.trim().to_string(), i.trim().to_string()))
+                .ok_or_else(|| anyhow!("{a:?} is not NAME=ID (green_instance=i-0abc123)"))
+        })
+        .collect()
 }
 
 /// The old scripts' `update BUILD_ID STATE [completed|failed] [ERROR]`.

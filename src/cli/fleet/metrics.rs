@@ -63,6 +63,12 @@ struct ByNeed {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByHolding {
+    build_id: Value,
+    holding: Value,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByStage {
     state: Value,
     state_name: Value,
@@ -88,6 +94,8 @@ struct Families {
     heartbeat_age: Family<ByBuild, FloatGauge>,
     heartbeat_timeout: Family<ByBuild, FloatGauge>,
     needs_human: Family<ByNeed, Gauge>,
+    leaked: Family<ByHolding, Gauge>,
+    oldest_leaked: FloatGauge,
 }
 
 impl Families {
@@ -165,6 +173,16 @@ impl Families {
                 "needs_human",
                 "1 for each build that needs a human, by reason (blocked, awaiting_approval, stale)",
             ),
+            leaked: registered(
+                reg,
+                "leaked_resources",
+                "Cloud resources each build left behind, by holding: leaked (to be deleted; a hold past its time counts) or held (kept for a human)",
+            ),
+            oldest_leaked: registered(
+                reg,
+                "oldest_leaked_seconds",
+                "Age of the oldest leaked resource, in seconds (0 when none)",
+            ),
         }
     }
 }
@@ -206,6 +224,7 @@ pub(super) fn render(settings: &Settings, rows: &[Row], now: Timestamp) -> Strin
     f.oldest_in_progress.set(millis(oldest.in_progress));
     f.oldest_blocked.set(millis(oldest.blocked));
     f.oldest_awaiting_approval.set(millis(oldest.approval));
+    f.oldest_leaked.set(millis(oldest.leaked));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).expect("encoding to a string");
     prometheus_text(&out)
@@ -217,6 +236,7 @@ struct Oldest {
     in_progress: f64,
     blocked: f64,
     approval: f64,
+    leaked: f64,
 }
 
 /// One readable build's series.
@@ -240,8 +260,20 @@ fn observe(
         heartbeat_age,
         heartbeat_timeout,
         needs_human,
+        leaked,
         ..
     } = f;
+    for l in crate::cli::output::left_behind(doc, now) {
+        leaked
+            .get_or_create(&ByHolding {
+                build_id: doc.build_id.clone().into(),
+                holding: l.holding.as_str().to_string().into(),
+            })
+            .inc();
+        if l.holding == crate::model::Holding::Leaked {
+            oldest.leaked = oldest.leaked.max(age(&l.since));
+        }
+    }
     builds
         .get_or_create(&ByState {
             state: doc.state.to_string().into(),
@@ -258,18 +290,18 @@ fn observe(
     match doc.status {
         Status::Blocked => {
             blocked.get_or_create(&here).set(1);
-            oldest.blocked = oldest.blocked.max(age(&doc.updated_at));
+            oldest.blocked = oldest.blocked.max(age(&doc.stage_since()));
         }
         Status::AwaitingApproval => {
             awaiting_approval.get_or_create(&here).set(1);
-            let waited = age(&doc.updated_at);
+            let waited = age(&doc.stage_since());
             awaiting_approval_seconds
                 .get_or_create(&here)
                 .set(millis(waited));
             oldest.approval = oldest.approval.max(waited);
         }
         Status::InProgress => {
-            oldest.in_progress = oldest.in_progress.max(age(&doc.updated_at));
+            oldest.in_progress = oldest.in_progress.max(age(&doc.stage_since()));
             if doc.is_dead(now, &settings.retry, beat) {
                 stale.inc();
             }

@@ -151,6 +151,23 @@ fn judge(
     if !matches!(doc.status, Status::Completed | Status::Cancelled) {
         return kept(format!("live: {}", doc.whereabouts()));
     }
+    let left: Vec<String> = doc
+        .resources
+        .iter()
+        .filter(|r| r.holding != crate::model::Holding::Released)
+        .map(|r| format!("{} {} ({})", r.name, r.id, r.holding.as_str()))
+        .collect();
+    if !left.is_empty() {
+        // Its document is the only record of them: pruned, they would be
+        // forgotten and cost money until someone found them.
+        return kept(crate::visible(&format!(
+            "left {} behind: {}; delete them, then `build-state release {} ID...` (or let the pipeline's cleanup job do it)",
+            crate::cli::output::count(left.len() as u64, "cloud resource"),
+            left.join(", "),
+            doc.build_id
+        ))
+        .into_owned());
+    }
     if doc.updated_at > cutoff {
         return kept(format!(
             "updated less than {} ago",
