@@ -382,6 +382,9 @@ pub struct OutParams {
     pub(crate) created_file: Option<String>,
     /// Resources removed: ids, or names of live ones.
     pub(crate) release: Option<Vec<String>>,
+    /// A file holding a JSON array of such ids (a cleanup task writes what
+    /// it deleted); a file that is not there releases nothing.
+    pub(crate) release_file: Option<String>,
     /// With `start`: names of the failed attempt's resources the retry
     /// keeps using.
     pub(crate) adopt: Option<Vec<String>>,
@@ -487,7 +490,9 @@ impl PutAction {
         match given.as_slice() {
             [one] => Ok(one.clone()),
             [] if resources => Ok(PutAction::Created(None)),
-            [] if p.release.is_some() && p.hold.is_none() => Ok(PutAction::Release),
+            [] if (p.release.is_some() || p.release_file.is_some()) && p.hold.is_none() => {
+                Ok(PutAction::Release)
+            }
             [] if p.hold.is_some() && p.release.is_none() => Ok(PutAction::Hold),
             [] if p.check.as_ref().is_some_and(|c| !c.is_empty())
                 && p.vars_file.is_none()

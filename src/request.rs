@@ -115,6 +115,8 @@ pub(crate) struct Request {
     pub(crate) created_file: Option<String>,
     /// Resources removed: ids, or names of live ones.
     pub(crate) release: Vec<String>,
+    /// A file holding a JSON array of resources removed.
+    pub(crate) release_file: Option<String>,
     /// With `start`: names of resources the retry keeps using.
     pub(crate) adopt: Vec<String>,
     /// With a failure, or alone: how long to keep resources for a human.
@@ -139,6 +141,7 @@ impl Request {
             created: Default::default(),
             created_file: None,
             release: Vec::new(),
+            release_file: None,
             adopt: Vec::new(),
             hold: None,
         }
@@ -162,6 +165,7 @@ impl Request {
             created: p.created.clone().unwrap_or_default(),
             created_file: p.created_file.clone(),
             release: p.release.clone().unwrap_or_default(),
+            release_file: p.release_file.clone(),
             adopt: p.adopt.clone().unwrap_or_default(),
             hold: p.hold.clone(),
         })
@@ -217,7 +221,7 @@ pub(crate) fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, Reque
         ),
         (
             "release",
-            !req.release.is_empty(),
+            !req.release.is_empty() || req.release_file.is_some(),
             releases,
             "any action that writes the document",
         ),
@@ -330,28 +334,46 @@ pub(crate) fn translate(req: &Request, cx: &Context<'_>) -> Result<Change, Reque
 fn resource_change(req: &Request, cx: &Context<'_>) -> Result<ResourceChange, RequestError> {
     let front = cx.front;
     let mut created = req.created.clone();
-    if let Some(path) = &req.created_file {
-        let body = read(cx, "created_file", path).map_err(|(_, e)| e)?;
+    if let Some(path) = &req.created_file
+        && let Some(map) = file_json(req, cx, "created_file", path)?
+    {
         let bad = |m: String| {
             refuse(
                 "created_file",
                 format!("{} {path} {m}", front.file("created_file")),
             )
         };
-        let map: Map<String, Value> =
-            match serde_json::from_slice(&body) {
-                Ok(Value::Object(m)) => m,
-                Ok(_) => return Err(bad(
-                    "must hold a JSON object of names and ids ({\"green_instance\": \"i-0abc\"})"
-                        .into(),
-                )),
-                Err(e) => return Err(bad(format!("is not valid JSON: {e}"))),
-            };
+        let Value::Object(map) = map else {
+            return Err(bad(
+                "must hold a JSON object of names and ids ({\"green_instance\": \"i-0abc\"})"
+                    .into(),
+            ));
+        };
         for (name, id) in map {
             let Value::String(id) = id else {
                 return Err(bad(format!("gives {name} an id that is not a string")));
             };
             created.insert(name, id);
+        }
+    }
+    let mut release = req.release.clone();
+    if let Some(path) = &req.release_file
+        && let Some(list) = file_json(req, cx, "release_file", path)?
+    {
+        let bad = |m: String| {
+            refuse(
+                "release_file",
+                format!("{} {path} {m}", front.file("release_file")),
+            )
+        };
+        let Value::Array(list) = list else {
+            return Err(bad("must hold a JSON array of ids ([\"i-0abc\"])".into()));
+        };
+        for id in list {
+            let Value::String(id) = id else {
+                return Err(bad(format!("holds {id}, not an id")));
+            };
+            release.push(id);
         }
     }
     let field = |f: &'static str, m: String| refuse(f, format!("{} {m}", front.value(f)));
@@ -360,7 +382,7 @@ fn resource_change(req: &Request, cx: &Context<'_>) -> Result<ResourceChange, Re
             return Err(field("created", m));
         }
     }
-    for token in &req.release {
+    for token in &release {
         if bad_id(token).is_some() {
             return Err(field(
                 "release",
@@ -378,7 +400,7 @@ fn resource_change(req: &Request, cx: &Context<'_>) -> Result<ResourceChange, Re
         .as_deref()
         .map(|h| crate::model::time::parse(h).map_err(|e| field("hold", format!("{h:?}: {e}"))))
         .transpose()?;
-    if created.len() + req.release.len() > 100 {
+    if created.len() + release.len() > 100 {
         return Err(field(
             "created",
             "and release name more than 100 resources at once; record them in smaller batches"
@@ -387,9 +409,35 @@ fn resource_change(req: &Request, cx: &Context<'_>) -> Result<ResourceChange, Re
     }
     Ok(ResourceChange {
         created,
-        release: req.release.clone(),
+        release,
         adopt: req.adopt.clone(),
         hold,
+    })
+}
+
+/// The JSON in a resources file (`created_file`, `release_file`), or
+/// `None` when the file is not there: a task that died before it wrote
+/// one created or removed nothing it could say (a note says so). Any
+/// other problem with it is an error.
+fn file_json(
+    _req: &Request,
+    cx: &Context<'_>,
+    field: &'static str,
+    path: &str,
+) -> Result<Option<Value>, RequestError> {
+    let body = match read(cx, field, path) {
+        Ok(body) => body,
+        Err((true, e)) => {
+            cx.notes.note(format!("{e}: nothing recorded from it"));
+            return Ok(None);
+        }
+        Err((false, e)) => return Err(e),
+    };
+    serde_json::from_slice(&body).map(Some).map_err(|e| {
+        refuse(
+            field,
+            format!("{} {path} is not valid JSON: {e}", cx.front.file(field)),
+        )
     })
 }
 

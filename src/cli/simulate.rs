@@ -282,6 +282,18 @@ fn counts(r: &Report) -> String {
         ));
     }
     s.push_str(&format!("  alerts: {}\n", m.alerts));
+    s.push_str(&format!("  left behind: {}\n", m.left_behind));
+    for l in &r.played.left_behind {
+        s.push_str(&format!(
+            "    {} {} (stage {}, attempt {}): {}: {}\n",
+            crate::visible(&l.name),
+            crate::visible(&l.id),
+            l.stage,
+            l.attempt,
+            l.holding.as_str(),
+            crate::visible(&l.why)
+        ));
+    }
     if let Some(worst) = m.handoffs.iter().copied().reduce(f64::max) {
         let total: f64 = m.handoffs.iter().sum();
         s.push_str(&format!(

@@ -97,18 +97,6 @@ pub struct Resource {
     pub(crate) why: Option<String>,
 }
 
-impl Resource {
-    /// Whether a cleanup should delete it at `now`: leaked, or held past
-    /// its time (which the next write records as leaked).
-    pub(crate) fn to_clean(&self, now: Timestamp) -> bool {
-        match self.holding {
-            Holding::Leaked => true,
-            Holding::Held => self.until.is_some_and(|t| t <= now),
-            Holding::Live | Holding::Released => false,
-        }
-    }
-}
-
 /// What an event did to the build's resources. Empty on most events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceEvents {
@@ -431,7 +419,10 @@ fn record_asked(
         }
     }
     leaking.retain(|id| !out.released.contains(id));
-    if let Some(d) = a.hold {
+    if let Some(d) = a
+        .hold
+        .filter(|_| matches!(e.action, ActionKind::Fail | ActionKind::Hold))
+    {
         let until =
             e.at.checked_add_signed(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
         // A failure holds its attempt's resources (and what a start-over

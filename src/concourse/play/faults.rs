@@ -179,6 +179,7 @@ fn judge(
                     outcome: TaskOutcome::Hang,
                     error: None,
                     after: None,
+                    creates: Vec::new(),
                 },
             );
             (0, format!("task {task} hangs"), Some(task.clone()))

@@ -270,6 +270,37 @@ impl Steps for InMemory {
         ))
     }
 
+    async fn created(
+        &self,
+        resource: &Resource,
+        claim: crate::model::Claim,
+        resources: BTreeMap<String, String>,
+    ) -> Result<String, StepError> {
+        self.store.at(claim.at);
+        let config = self.config(resource).map_err(StepError::Refused)?;
+        let mut update = crate::model::Update::new(
+            crate::model::Action::Created {
+                state: Some(claim.state),
+                run: claim.run,
+                attempt: claim.attempt,
+            },
+            claim.by,
+            claim.at,
+        );
+        update.resources.created = resources;
+        let notes = Notes::new();
+        let applied = crate::app::record(
+            &config,
+            &self.store,
+            &ManualClock::at(claim.at),
+            crate::app::Change::Apply(update),
+            &notes,
+        )
+        .await
+        .map_err(|e| judged(e.into()))?;
+        Ok(applied.doc.last_event().resources.describe())
+    }
+
     fn outage(&self, from: Timestamp, until: Timestamp) -> bool {
         self.store.outage(from, until);
         true

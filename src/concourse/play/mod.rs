@@ -88,6 +88,19 @@ pub trait Steps {
         ))
     }
 
+    /// `build-state created BUILD_ID N NAME=ID...` from inside a task, for
+    /// `claim`'s attempt: what it said, or why it was refused.
+    async fn created(
+        &self,
+        _resource: &Resource,
+        _claim: crate::model::Claim,
+        _resources: BTreeMap<String, String>,
+    ) -> Result<String, StepError> {
+        Err(StepError::Refused(
+            "recording resources is not played by these steps".into(),
+        ))
+    }
+
     /// Makes the store refuse every request from `from` to `until`; false
     /// when this implementation cannot.
     fn outage(&self, _from: Timestamp, _until: Timestamp) -> bool {

@@ -56,6 +56,8 @@ pub struct PlaySummary {
     pub webhooks: u64,
     /// Check builds of build-state resources (each at least one S3 request).
     pub checks: u64,
+    /// Cloud resources left behind at the end (leaked or held).
+    pub(crate) left_behind: u64,
     /// Why the simulation stopped.
     pub(crate) stopped: String,
 }
@@ -169,6 +171,7 @@ fn summarize(p: &Pipeline, played: &Played) -> PlaySummary {
         handoffs: played.document.as_ref().map(handoffs).unwrap_or_default(),
         webhooks: played.atc.webhooks,
         checks: played.atc.checks,
+        left_behind: played.left_behind.len() as u64,
         stopped: played.stopped.clone(),
     }
 }
@@ -327,6 +330,20 @@ fn counts(
         if !want.holds(n) {
             out.push(format!(
                 "expected {want} failure(s) recorded at {code}; the history has {n}"
+            ));
+        }
+    }
+    if let Some(want) = &x.leaked {
+        let n = played.left_behind.len() as u64;
+        if !want.holds(n) {
+            let what: Vec<String> = played
+                .left_behind
+                .iter()
+                .map(|l| format!("{} {} ({}: {})", l.name, l.id, l.holding.as_str(), l.why))
+                .collect();
+            out.push(format!(
+                "expected {want} cloud resource(s) left behind at the end; {n} were: {}",
+                what.join("; ")
             ));
         }
     }

@@ -61,6 +61,9 @@ pub(crate) struct TaskRun {
     pub(crate) error: Option<String>,
     /// How long it takes (the scenario's `task_time` when not given).
     pub(crate) after: Option<Duration>,
+    /// Cloud resources it creates (by name), besides what its script
+    /// records with `build-state created`.
+    pub(crate) creates: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +74,8 @@ struct RunFields {
     error: Option<String>,
     #[serde(default)]
     after: Option<String>,
+    #[serde(default)]
+    creates: Vec<String>,
 }
 
 /// Something that happens at a given time.
@@ -202,6 +207,9 @@ pub(crate) struct Expect {
     pub(crate) handoffs_within: Option<Duration>,
     /// Every dead attempt is recorded within this time of its deadline.
     pub(crate) dead_found_within: Option<Duration>,
+    /// Cloud resources left behind at the end (leaked or held): `0` once
+    /// the cleanup job removed them all.
+    pub(crate) leaked: Option<Count>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +239,8 @@ struct ExpectFields {
     handoffs_within: Option<String>,
     #[serde(default)]
     dead_found_within: Option<String>,
+    #[serde(default)]
+    leaked: Option<Value>,
 }
 
 /// The longest a scenario may play (virtual time): a month.
@@ -326,6 +336,7 @@ fn task_runs(name: &str, runs: Vec<Value>) -> Result<Vec<TaskRun>, String> {
                 outcome: serde_json::from_value(r).map_err(|e| format!("{at}: {e}"))?,
                 error: None,
                 after: None,
+                creates: Vec::new(),
             },
             other => {
                 let fields: RunFields =
@@ -334,6 +345,7 @@ fn task_runs(name: &str, runs: Vec<Value>) -> Result<Vec<TaskRun>, String> {
                     outcome: fields.outcome,
                     error: fields.error,
                     after: fields.after.map(|a| dur(&a, &at)).transpose()?,
+                    creates: fields.creates,
                 }
             }
         };
@@ -402,6 +414,7 @@ fn expect(x: ExpectFields) -> Result<Expect, String> {
         failures,
         runs: x.runs,
         refused: x.refused.map(|v| count(&v, "expect.refused")).transpose()?,
+        leaked: x.leaked.map(|v| count(&v, "expect.leaked")).transpose()?,
         alerted_within: x
             .alerted_within
             .map(|w| dur(&w, "expect.alerted_within"))

@@ -39,6 +39,9 @@ pub struct Played {
     pub document: Option<Document>,
     /// Seconds simulated.
     pub(crate) elapsed: u64,
+    /// The cloud resources the build left behind at the end (leaked or
+    /// held; not released, not in use).
+    pub(crate) left_behind: Vec<crate::model::resources::LeftBehind>,
     /// When the build was delivered (seconds since the start).
     pub(crate) delivered_at: Option<u64>,
     /// Invariants the play broke (one run built two commits, ...).
@@ -168,6 +171,13 @@ impl<S: Steps + 'static> Play<S> {
             heartbeats: books.heartbeats,
             dead_found: books.dead_found,
             refused: books.refused,
+            left_behind: document
+                .as_ref()
+                .map(|d| crate::model::resources::left_behind(d, atc.now()))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|l| l.holding != crate::model::Holding::Live)
+                .collect(),
             document,
             elapsed: atc.elapsed().as_secs(),
             delivered_at: books.delivered_at.map(|d| d.as_secs()),

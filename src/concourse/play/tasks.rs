@@ -89,6 +89,7 @@ impl<S: Steps + 'static> Worker for Play<S> {
             return TaskEnd::Errored(why);
         }
         let took = run.after.unwrap_or(self.scenario.task_time);
+        self.record_created(&call, &run).await;
         let beats = self.heartbeats(&call);
         if run.outcome == TaskOutcome::Hang {
             self.atc()
@@ -124,6 +125,7 @@ impl<S: Steps + 'static> Play<S> {
             outcome: TaskOutcome::Succeed,
             error: None,
             after: None,
+            creates: Vec::new(),
         })
     }
 
@@ -163,6 +165,27 @@ impl<S: Steps + 'static> Play<S> {
                 }
             }
         }
+        // A cleanup task: it deletes what the `leaked.json` among its
+        // inputs lists and writes the ids to the file its put releases.
+        if run.outcome == TaskOutcome::Succeed {
+            let leaked: Vec<Value> = t
+                .inputs
+                .iter()
+                .filter_map(|(name, _)| call.artifacts.get(name)?.get("leaked.json"))
+                .filter_map(|body| serde_json::from_slice::<Vec<Value>>(body).ok())
+                .flatten()
+                .filter_map(|l| l.get("id").cloned())
+                .collect();
+            for p in call.job.puts() {
+                let Some((art, rest)) = p.params["release_file"].as_str().and_then(|p| p.split_once('/'))
+                else {
+                    continue;
+                };
+                if let Some(files) = outputs.get_mut(art) {
+                    files.insert(rest.to_string(), Value::Array(leaked.clone()).to_string().into_bytes());
+                }
+            }
+        }
         match run.outcome {
             TaskOutcome::Succeed => TaskEnd::Exited {
                 status: BuildStatus::Succeeded,
@@ -180,6 +203,50 @@ impl<S: Steps + 'static> Play<S> {
             TaskOutcome::Stuck => TaskEnd::Stuck,
             TaskOutcome::Error | TaskOutcome::Hang => unreachable!("handled before the task ran"),
         }
+    }
+
+    /// What a task records as it creates it, when its script runs
+    /// `build-state created BUILD_ID N NAME=ID...` (or its scenario run
+    /// says `creates: [NAME]`): one id per name, made up from the job and
+    /// build (`green_instance-green-image-3`), recorded for the run and
+    /// attempt of the `state.env` among its inputs.
+    async fn record_created(&self, call: &TaskCall<'_>, run: &TaskRun) {
+        let t = call.task;
+        let Some((n, mut names)) = t.config.as_ref().and_then(created_stage) else {
+            return;
+        };
+        names.extend(run.creates.iter().cloned());
+        let (run_no, attempt) = state_env(t, call.artifacts);
+        let atc = self.atc();
+        let claim = crate::model::Claim {
+            state: n,
+            run: run_no,
+            attempt: attempt.map(|a| a as u32),
+            by: crate::model::Actor {
+                user: Some(format!("task {}", t.name)),
+                ..Default::default()
+            },
+            at: atc.now(),
+        };
+        let ids = names
+            .into_iter()
+            .map(|name| {
+                let id = format!("{name}-{}-{}", call.job.name, call.build.name);
+                (name, id)
+            })
+            .collect();
+        let line = match self.steps.created(&self.state, claim, ids).await {
+            Ok(said) => format!("task {}: {said}", t.name),
+            Err(StepError::Refused(e)) | Err(StepError::Unavailable(e)) => {
+                let line = format!("task {}: created {n} refused: {e}", t.name);
+                self.books
+                    .borrow_mut()
+                    .refused
+                    .push(format!("{} #{}: {line}", call.build.job, call.build.name));
+                line
+            }
+        };
+        atc.note(call.build, line, None);
     }
 
     /// The heartbeats a task sends while it runs, when its script runs
@@ -242,6 +309,29 @@ fn state_env(t: &TaskStep, artifacts: &BTreeMap<String, Artifacts>) -> (Option<u
         })
     };
     (env_of("BUILD_STATE_RUN"), env_of("BUILD_STATE_ATTEMPT"))
+}
+
+/// The stage and names a task's script records with `build-state created
+/// BUILD_ID N ... NAME=ID` (each such line; names before their `=`).
+pub(crate) fn created_stage(config: &Value) -> Option<(u32, Vec<String>)> {
+    let mut found: Option<(u32, Vec<String>)> = None;
+    crate::concourse::atc::strings(&config["run"], &mut |s| {
+        for line in s.lines() {
+            let Some(rest) = line.split("build-state created ").nth(1) else {
+                continue;
+            };
+            let mut words = rest.split_whitespace();
+            let Some(n) = words.nth(1).and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let names = words
+                .filter_map(|w| w.split_once('=').map(|(name, _)| name.to_string()))
+                .filter(|name| !name.is_empty() && crate::model::resources::bad_name(name).is_none());
+            let entry = found.get_or_insert((n, Vec::new()));
+            entry.1.extend(names);
+        }
+    });
+    found
 }
 
 /// The stage a task's script sends heartbeats for (`build-state
