@@ -181,12 +181,12 @@ pub(crate) async fn check_store<S: Store>(
         };
         let heartbeat = heartbeat.as_ref();
         if gate.gate_passes(doc, now, &config.retry, heartbeat) {
-            let stage = doc.stage_event().revision;
-            if gate.sees_resource_records() || stage == doc.revision {
+            let emitted = gate.emits(doc);
+            if emitted == doc.revision {
                 return Ok(vec![newest()]);
             }
             let then = doc
-                .at_revision(stage, &config.ladder)
+                .at_revision(emitted, &config.ladder)
                 .expect("a revision of the history");
             return Ok(vec![version_of(&then)]);
         }

@@ -365,6 +365,25 @@ impl Document {
             .unwrap_or_else(|| self.last_event())
     }
 
+    /// The newest revision that leaked a resource (a transition, a hold
+    /// that ended, a restart carrying leaked ones): what a `leaked` gate
+    /// emits, so that a cleanup job runs once per leak, not again on every
+    /// later write while the leak lasts.
+    pub(crate) fn leak_revision(&self) -> u64 {
+        use super::resources::Holding;
+        self.history
+            .iter()
+            .rev()
+            .find(|e| {
+                !e.resources.leaked.is_empty()
+                    || e.resources
+                        .carried
+                        .iter()
+                        .any(|r| r.holding == Holding::Leaked)
+            })
+            .map_or(self.revision, |e| e.revision)
+    }
+
     /// Since when the stage stands where it is (an attempt in progress:
     /// since its start).
     pub(crate) fn stage_since(&self) -> Timestamp {

@@ -112,13 +112,19 @@ impl Condition {
         }
     }
 
-    /// Whether the gate emits the build's newest revision, rather than the
-    /// newest that changed the stage: only the `leaked` and `timer` gates
-    /// open on a write that records resources alone (a stage's gate must
-    /// not trigger its job again on a revision that only recorded a
-    /// created instance).
-    pub(crate) fn sees_resource_records(self) -> bool {
-        self.leaked || self.timer
+    /// The revision the gate emits when it passes: a stage's gate the
+    /// newest that changed the stage (it must not trigger its job again on
+    /// a revision that only recorded a created instance), a `leaked` gate
+    /// the newest that leaked something (one cleanup per leak), the timer
+    /// the newest.
+    pub(crate) fn emits(self, doc: &Document) -> u64 {
+        if self.leaked {
+            doc.leak_revision()
+        } else if self.timer {
+            doc.revision
+        } else {
+            doc.stage_event().revision
+        }
     }
 
     /// The code the condition names, if any.

@@ -177,12 +177,17 @@ impl<S: Steps + 'static> Play<S> {
                 .filter_map(|l| l.get("id").cloned())
                 .collect();
             for p in call.job.puts() {
-                let Some((art, rest)) = p.params["release_file"].as_str().and_then(|p| p.split_once('/'))
+                let Some((art, rest)) = p.params["release_file"]
+                    .as_str()
+                    .and_then(|p| p.split_once('/'))
                 else {
                     continue;
                 };
                 if let Some(files) = outputs.get_mut(art) {
-                    files.insert(rest.to_string(), Value::Array(leaked.clone()).to_string().into_bytes());
+                    files.insert(
+                        rest.to_string(),
+                        Value::Array(leaked.clone()).to_string().into_bytes(),
+                    );
                 }
             }
         }
@@ -326,7 +331,9 @@ pub(crate) fn created_stage(config: &Value) -> Option<(u32, Vec<String>)> {
             };
             let names = words
                 .filter_map(|w| w.split_once('=').map(|(name, _)| name.to_string()))
-                .filter(|name| !name.is_empty() && crate::model::resources::bad_name(name).is_none());
+                .filter(|name| {
+                    !name.is_empty() && crate::model::resources::bad_name(name).is_none()
+                });
             let entry = found.get_or_insert((n, Vec::new()));
             entry.1.extend(names);
         }
