@@ -690,6 +690,78 @@ mod tests {
         );
     }
 
+    /// `hold: 2h` on a failure keeps its attempt's instance out of the
+    /// `leaked` gate until then, on the store's (here: injected) clock; the
+    /// timer's hand-off after that records it leaked and the gate emits
+    /// that revision, whose `leaked.json` lists it. A stage's gate is not
+    /// opened by the records.
+    #[tokio::test]
+    async fn a_hold_keeps_a_failure_out_of_the_leaked_gate_until_its_time() {
+        let c = config("");
+        let leaked = config(r#", "gate": {"leaked": true}"#);
+        let stage = config(r#", "gate": {"state": 5}"#);
+        let (store, clock) = (MemoryStore::new(), clock());
+        let check = |c: &Config| {
+            let (c, store, clock) = (c.clone(), &store, &clock);
+            async move {
+                check_store(&c, store, clock, None, &Notes::new())
+                    .await
+                    .unwrap()
+            }
+        };
+        at_5(&c, &store, &clock).await;
+        quiet_put(&c, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
+        let mut record = Update::new(
+            Action::Created {
+                state: Some(5),
+                run: Some(1),
+                attempt: Some(1),
+            },
+            Actor::default(),
+            crate::now(),
+        );
+        record
+            .resources
+            .created
+            .insert("packer_builder".into(), "i-1".into());
+        quiet_put(&c, &store, &clock, Change::Apply(record))
+            .await
+            .unwrap();
+        assert!(check(&stage).await.is_empty(), "a record opens no stage");
+        let mut failure = Update::new(fail(5), Actor::default(), crate::now());
+        failure.resources.hold = Some(std::time::Duration::from_secs(7200));
+        quiet_put(&c, &store, &clock, Change::Apply(failure))
+            .await
+            .unwrap();
+        clock.advance(chrono::Duration::minutes(5));
+        quiet_put(&c, &store, &clock, action(Action::Start(5)))
+            .await
+            .unwrap();
+        clock.advance(chrono::Duration::minutes(100));
+        assert!(check(&leaked).await.is_empty(), "held");
+        let hand_off = || Change::HandOff(Actor::default());
+        quiet_put(&c, &store, &clock, hand_off()).await.unwrap();
+        assert!(check(&leaked).await.is_empty(), "still held");
+        clock.advance(chrono::Duration::minutes(15));
+        let out = quiet_put(&c, &store, &clock, hand_off()).await.unwrap();
+        let emitted = check(&leaked).await;
+        assert_eq!(emitted, vec![out.version.clone()], "leaked by the clock");
+        let doc = Builds::new(&c, &store)
+            .current()
+            .await
+            .unwrap()
+            .unwrap()
+            .doc;
+        assert_eq!(doc.last_event().action, crate::model::ActionKind::Leak);
+        let files = files_for(&doc, NextStep::of(&doc));
+        let (_, body) = files.iter().find(|(n, _)| *n == "leaked.json").unwrap();
+        let list: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(list[0]["id"], "i-1");
+        assert!(list[0]["why"].as_str().unwrap().contains("its hold ended"));
+    }
+
     #[tokio::test]
     async fn an_unchanged_check_is_one_conditional_read() {
         let c = config("");

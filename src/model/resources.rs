@@ -382,6 +382,24 @@ fn decide(rs: &[Resource], e: &mut Event, asked: Option<&ResourceChange>) {
     }
     if let Some(a) = asked {
         record_asked(rs, e, a, &mut out, &mut leaking);
+        // What the same event records: as its stage's other resources.
+        let over = matches!(e.status, Status::Completed | Status::Cancelled)
+            && e.action != ActionKind::Restart;
+        let start_over = e.action == ActionKind::Fail && e.state != code;
+        let held = e.action == ActionKind::Fail && out.held_until.is_some()
+            || e.action == ActionKind::Fail && a.hold.is_some();
+        for id in e.resources.created.values() {
+            if held {
+                out.held.push(id.clone());
+            } else if over || start_over {
+                leaking.push(id.clone());
+            }
+        }
+        if held && out.held_until.is_none() {
+            out.held_until = a
+                .hold
+                .and_then(|d| e.at.checked_add_signed(chrono::Duration::from_std(d).ok()?));
+        }
     }
     out.leaked = ended;
     for id in leaking {

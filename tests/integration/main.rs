@@ -24,6 +24,8 @@ mod humans;
 pub(crate) mod policies;
 /// `out`: every action, on both stores.
 mod put;
+/// Cloud resources an attempt leaves behind: recorded, leaked, released.
+mod resources;
 
 // Promises at the edges.
 /// One clock: deadlines judged on the store's clock, workers' clocks off.
