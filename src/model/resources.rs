@@ -323,8 +323,7 @@ pub(crate) fn settle(
     }
     let mut rs = fold(&history[..new]);
     let last = history.len() - 1;
-    for i in new..history.len() {
-        let e = &mut history[i];
+    for (i, e) in history.iter_mut().enumerate().skip(new) {
         let asked = (i == last).then_some(change);
         decide(&rs, e, asked);
         step(&mut rs, e);
@@ -386,8 +385,7 @@ fn decide(rs: &[Resource], e: &mut Event, asked: Option<&ResourceChange>) {
         let over = matches!(e.status, Status::Completed | Status::Cancelled)
             && e.action != ActionKind::Restart;
         let start_over = e.action == ActionKind::Fail && e.state != code;
-        let held = e.action == ActionKind::Fail && out.held_until.is_some()
-            || e.action == ActionKind::Fail && a.hold.is_some();
+        let held = e.action == ActionKind::Fail && a.hold.is_some();
         for id in e.resources.created.values() {
             if held {
                 out.held.push(id.clone());

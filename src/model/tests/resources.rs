@@ -450,8 +450,7 @@ proptest! {
                 }
                 6 => {
                     let target = recorded.get(pick as usize * 3 % recorded.len().max(1)).cloned().unwrap_or(name);
-                    let out = w.with(Action::Release, release(&[&target]));
-                    out
+                    w.with(Action::Release, release(&[&target]))
                 }
                 7 => w.with(Action::Retry(n), ResourceChange::default()),
                 8 => w.with(Action::Cancel { reason: "stop".into() }, ResourceChange::default()),
