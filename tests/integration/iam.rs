@@ -56,7 +56,7 @@ fn operations() -> BTreeSet<String> {
 }
 
 /// The README's JSON policies, in order: the resource's, the heartbeat
-/// key's, the operator's.
+/// key's, the operator's, the cleanup job's (EC2).
 fn policies() -> Vec<Value> {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let section = &readme[readme.find("## Required IAM permissions").unwrap()..];
@@ -97,8 +97,8 @@ fn every_s3_call_has_its_permission_in_the_readme() {
     let policies = policies();
     assert_eq!(
         policies.len(),
-        3,
-        "the resource's policy, the heartbeat key's and the operator's"
+        4,
+        "the resource's policy, the heartbeat key's, the operator's and the cleanup job's"
     );
     let (resource, heartbeat, operator) = (
         actions(&policies[0]),
@@ -147,7 +147,7 @@ fn the_policies_name_the_pipelines_bucket_and_prefix() {
     let bucket = "image-states";
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     assert!(readme.contains(&format!("bucket: {bucket}, prefix: {prefix}")));
-    for (i, policy) in policies().iter().enumerate() {
+    for (i, policy) in policies().iter().enumerate().take(3) {
         let objects = format!("arn:aws:s3:::{bucket}/{prefix}*");
         let want: BTreeSet<String> = if i == 1 {
             // The heartbeat key: the state prefix only.
@@ -156,5 +156,29 @@ fn the_policies_name_the_pipelines_bucket_and_prefix() {
             [objects, format!("arn:aws:s3:::{bucket}")].into()
         };
         assert_eq!(resources(policy), want, "policy {i}");
+    }
+}
+
+/// The cleanup job's policy allows exactly the EC2 calls its task makes
+/// in the staged pipelines, and nothing of S3.
+#[test]
+fn the_cleanup_policy_is_what_the_cleanup_task_calls() {
+    let policy = &policies()[3];
+    let allowed = actions(policy);
+    for name in ["staged-image-build.yml", "staged-image-build-7x.yml"] {
+        let pipeline = std::fs::read_to_string(root().join("pipelines").join(name)).unwrap();
+        let task = &pipeline[pipeline.find("- task: delete-leaked").unwrap()..];
+        let task = &task[..task.find("\n  ensure:").unwrap()];
+        let mut called = BTreeSet::new();
+        for (command, permission) in [
+            ("aws ec2 terminate-instances", "ec2:TerminateInstances"),
+            ("aws ec2 delete-volume", "ec2:DeleteVolume"),
+            ("aws ec2 delete-security-group", "ec2:DeleteSecurityGroup"),
+        ] {
+            if task.contains(command) {
+                called.insert(permission.to_string());
+            }
+        }
+        assert_eq!(allowed, called, "{name}: the cleanup task's calls");
     }
 }
