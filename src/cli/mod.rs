@@ -12,9 +12,9 @@ mod atc;
 mod build;
 mod fleet;
 mod ops;
-mod output;
 mod simulate;
 mod source;
+mod terminal;
 #[cfg(test)]
 mod testing;
 
@@ -23,11 +23,11 @@ use crate::config::Settings;
 use crate::store::AnyStore;
 use anyhow::{Result, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
-use output::Out;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use terminal::Out;
 
 pub(crate) use fleet::scan::Row;
 

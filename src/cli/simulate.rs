@@ -2,7 +2,7 @@
 //! set-pipeline`, with the resource in memory (see [`crate::concourse`]).
 
 use super::Error;
-use super::output::Out;
+use super::terminal::Out;
 use crate::concourse::atc::pipeline::Pipeline;
 use crate::concourse::play::faults::Sweep;
 use crate::concourse::play::memory::InMemory;

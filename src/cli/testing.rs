@@ -2,7 +2,7 @@
 //! to a failed kickstart on the in-memory store, an action applied as the
 //! CLI prints it, the text an `Out` buffered.
 
-use super::output::Out;
+use super::terminal::Out;
 use crate::app::Change;
 use crate::config::{Config, Settings};
 use crate::model::{Action, Actor, ErrorInfo, FailureKind, Update};

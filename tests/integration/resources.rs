@@ -222,3 +222,70 @@ crate::both_stores!(
     bad_records_are_refused_and_write_nothing,
     prune_keeps_a_build_with_a_leaked_resource,
 );
+
+/// The dashboard's "Left behind" panel, in headless Chromium: a failed
+/// attempt's instance held for a human says until when, a leaked one since
+/// when and why, each with the command that releases it; `/api/builds`
+/// and `metrics` count them.
+#[test]
+fn the_dashboard_shows_what_is_left_behind() {
+    let w = World::new(crate::util::Kind::Local, "left_behind")
+        .with(json!({"retry": {"backoff": "1s", "factor": 1, "max_attempts": 3}}));
+    walk_to(&w, 10);
+    w.put(json!({"start": 10, "created": {"volume": "vol-9"}}))
+        .ok();
+    w.put(json!({"fail": 10, "error": "boom", "hold": "2h", "created": {"green_instance": "i-7"}}))
+        .ok();
+    std::thread::sleep(Duration::from_millis(1100));
+    // A later attempt's security group, leaked by a start-over... here by
+    // the retry that does not adopt it.
+    w.put(json!({"start": 10, "created": {"sg": "sg-3"}})).ok();
+    w.put(json!({"fail": 10, "error": "boom"})).ok();
+    std::thread::sleep(Duration::from_millis(1100));
+    w.put(json!({"start": 10})).ok();
+    let metrics = w.cli(&["metrics"]).text();
+    assert!(
+        metrics.contains("build_state_leaked_resources{build_id=\"rhel8-web\",holding=\"held\"} 2")
+            && metrics.contains(
+                "build_state_leaked_resources{build_id=\"rhel8-web\",holding=\"leaked\"} 1"
+            ),
+        "{metrics}"
+    );
+    crate::cli::promtool_accepts(&metrics);
+    let (mut server, _stderr, addr) = crate::cli::serve(&w, &["--listen", "127.0.0.1:0"]);
+    let (status, body) = crate::cli::http(&addr, "GET", "/api/builds");
+    assert_eq!(status, 200);
+    let rows: Value = serde_json::from_str(&body).unwrap();
+    let left = rows[0]["left_behind"].as_array().unwrap();
+    assert_eq!(left.len(), 3, "{body}");
+    assert_eq!(left[0]["id"], "sg-3", "the leaked first");
+    let profile = w.tmp.path().join("chromium-profile");
+    if crate::util::chromium(&profile).is_none() {
+        crate::util::missing_tool("chromium", "the dashboard's panel of what is left behind");
+    } else {
+        let out = crate::util::chromium(&profile)
+            .unwrap()
+            .args(["--virtual-time-budget=4000", "--dump-dom"])
+            .arg(format!("http://{addr}/"))
+            .output()
+            .unwrap();
+        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at = |s: &str| page.find(s).unwrap_or_else(|| panic!("{s:?} in:\n{page}"));
+        assert!(
+            at("Left behind (3)") < at("<h2>Builds</h2>"),
+            "the panel is at the top"
+        );
+        for want in [
+            "data-left=\"sg-3\"",
+            "sg sg-3 (stage 10, attempt 2)",
+            "start 10 (attempt 3) did not adopt it",
+            "<code>build-state release rhel8-web sg-3</code>",
+            "data-left=\"i-7\"",
+            "held until 20",
+            "<code>build-state release rhel8-web i-7</code>",
+        ] {
+            at(want);
+        }
+    }
+    let _ = server.kill();
+}

@@ -773,6 +773,38 @@ impl Steps for Processes {
         serde_json::from_slice(&body).ok()
     }
 
+    /// The CLI's `created`, as the task's script runs it.
+    async fn created(
+        &self,
+        resource: &Resource,
+        claim: build_state::model::Claim,
+        resources: BTreeMap<String, String>,
+    ) -> Result<String, StepError> {
+        let file = self.dir("created").join("source.json");
+        std::fs::write(&file, resource.source.to_string()).unwrap();
+        let mut args = vec![
+            "created".to_string(),
+            resource.source["build_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            claim.state.to_string(),
+        ];
+        args.extend(resources.iter().map(|(n, i)| format!("{n}={i}")));
+        if let Some(r) = claim.run {
+            args.extend(["--run".into(), r.to_string()]);
+        }
+        if let Some(a) = claim.attempt {
+            args.extend(["--attempt".into(), a.to_string()]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.w.bare_cli(&argv).arg("--source").arg(&file).run();
+        if out.code != Some(0) {
+            return Err(said(&out));
+        }
+        Ok(out.stdout.trim().to_string())
+    }
+
     /// The CLI's heartbeat, as the task's script runs it.
     async fn beat(
         &self,
@@ -890,6 +922,18 @@ fn through_programs(
     simulate(&p, &name, release, s, steps).unwrap()
 }
 
+/// The first `start N` of a document's history (a task's records of what
+/// it created come between the events of its stage).
+fn first_start(doc: &Value, n: u32) -> Value {
+    doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "start" && e["target"] == n)
+        .cloned()
+        .unwrap_or_else(|| panic!("no start {n} in {doc}"))
+}
+
 /// End to end: the staged pipeline delivered by the real `check`, `in` and
 /// `out` over the store (a kickstart failure retried on the way), on 8.2
 /// and with the 7.x variant on 7.11.
@@ -911,9 +955,14 @@ fn staged_pipeline_through_the_programs(w: World) {
     let doc = steps.w.doc();
     assert_eq!(doc["vars"]["packer_kickstart"], "kickstart #2");
     assert_eq!(
-        doc["history"][3]["by"]["build_url"],
+        first_start(&doc, 5)["by"]["build_url"],
         "https://ci.example.com/teams/main/pipelines/staged-image-build/jobs/kickstart/builds/1"
     );
+    // The kickstart's task recorded Packer's builder instance through the
+    // CLI; its retry leaked it and the cleanup job released it.
+    let rs = doc["resources"].as_array().unwrap();
+    assert!(!rs.is_empty(), "{doc}");
+    assert!(rs.iter().all(|r| r["holding"] == "released"), "{rs:?}");
     // The 7.x variant on 7.11, on a build of its own (on the local store:
     // the S3 store's behaviour is the same, and every process costs).
     if steps.w.kind == crate::util::Kind::S3 {
@@ -937,7 +986,7 @@ fn staged_pipeline_through_the_programs(w: World) {
     // 7.11 gives no BUILD_URL: the resource makes it from ATC_EXTERNAL_URL
     // (here the stand-in ATC's, which took the webhooks).
     assert_eq!(
-        steps.w.doc()["history"][3]["by"]["build_url"],
+        first_start(&steps.w.doc(), 5)["by"]["build_url"],
         format!(
             "{}/teams/main/pipelines/staged-image-build-7x/jobs/kickstart/builds/1",
             steps.atc.url

@@ -3,7 +3,9 @@
 //! become a [`Request`] and go through the library's one translator, as a
 //! put's params do.
 
-use super::{Ctx, Error, output::Out, output::Table};
+use super::{Ctx, Error, terminal::Out, terminal::Table};
+
+mod show;
 use crate::app::{Change, StoreClock};
 use crate::config::{Config, Settings};
 use crate::engine::Builds;

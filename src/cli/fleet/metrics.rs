@@ -263,7 +263,7 @@ fn observe(
         leaked,
         ..
     } = f;
-    for l in crate::cli::output::left_behind(doc, now) {
+    for l in crate::cli::fleet::list::left_behind(doc, now) {
         leaked
             .get_or_create(&ByHolding {
                 build_id: doc.build_id.clone().into(),
@@ -387,7 +387,7 @@ pub(super) fn write_atomically(path: &std::path::Path, text: &str) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::output::Out;
+    use crate::cli::terminal::Out;
     use crate::cli::testing::{act_with, text};
     use crate::model::Action;
     use crate::store::AnyStore;

@@ -3,6 +3,7 @@
 //! dashboard (`serve`). All read through [`scan`](super::scan) and its cache.
 
 pub(crate) mod cache;
+pub(crate) mod list;
 mod metrics;
 mod report;
 pub(crate) mod scan;
@@ -149,7 +150,7 @@ mod tests {
 
     use super::{scan::scan, watch::tests::watch_once};
     use crate::cli::build::current;
-    use crate::cli::output::Out;
+    use crate::cli::terminal::Out;
     use crate::cli::testing::text;
     use crate::config::Settings;
     use crate::model::{Action, Actor, Update};

@@ -3,10 +3,12 @@
 //! a human.
 
 use crate::cli::Row;
+use crate::cli::terminal::{Out, count};
 use crate::config::Settings;
 use crate::model::document::rfc3339;
 use crate::model::{ActionKind, Code, Document, Status, Timestamp};
 use anyhow::{Context, Result};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
@@ -158,7 +160,7 @@ fn timeline(config: &Settings, doc: &Document, now: Timestamp) -> String {
             s.state,
             esc(config.ladder.name(s.state).unwrap_or("?")),
             duration((s.to - s.from).num_seconds()),
-            crate::cli::output::count(s.failures, "failure"),
+            crate::cli::terminal::count(s.failures, "failure"),
             s.end
         );
         if width > 22.0 {
@@ -211,7 +213,7 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
 <h1>build-state report</h1>
 <p class="meta">{} under {} &middot; generated {}</p>
 "#,
-        crate::cli::output::count(rows.len() as u64, "build"),
+        crate::cli::terminal::count(rows.len() as u64, "build"),
         esc(&config.location(config.prefix())),
         rfc3339::format(&now)
     );
@@ -227,7 +229,7 @@ details summary{{cursor:pointer;color:#555}} .human{{background:#fff4f4}} .ok{{c
 /// since when, why and what unblocks them, and the unreadable ones.
 fn needs_a_human(h: &mut String, config: &Settings, rows: &[Row], now: Timestamp) {
     h.push_str("<h2>Needs a human</h2>\n");
-    let needs = crate::cli::output::needs(rows, &config.retry, now);
+    let needs = crate::cli::fleet::list::needs(rows, &config.retry, now);
     let unreadable: Vec<&Row> = rows.iter().filter(|r| r.doc.is_err()).collect();
     if needs.is_empty() && unreadable.is_empty() {
         h.push_str("<p class=\"ok\">Nobody needs a human.</p>\n");
@@ -299,8 +301,8 @@ fn failures_per_stage(h: &mut String, config: &Settings, docs: &[&Document], now
             esc(&s.name),
             256.0 + bar,
             y + 13,
-            crate::cli::output::count(n, "failure"),
-            crate::cli::output::count(reached, "build"),
+            crate::cli::terminal::count(n, "failure"),
+            crate::cli::terminal::count(reached, "build"),
             rate
         );
     }
@@ -434,6 +436,19 @@ fn decisions(h: &mut String, d: &Document) {
 pub(super) fn write(config: &Settings, rows: &[Row], path: &Path) -> Result<()> {
     let html = render(config, rows, crate::now());
     std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
+}
+
+impl Out {
+    pub(crate) fn report(&self, path: &Path, builds: usize) -> Result<()> {
+        if self.json {
+            return self.print_json(&json!({"out": path, "builds": builds}));
+        }
+        self.write(&format!(
+            "wrote {} ({})\n",
+            path.display(),
+            count(builds as u64, "build")
+        ))
+    }
 }
 
 #[cfg(test)]

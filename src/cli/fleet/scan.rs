@@ -228,7 +228,7 @@ mod tests {
     //! The scan and its cache on the in-memory store.
 
     use super::*;
-    use crate::cli::output::Out;
+    use crate::cli::terminal::Out;
     use crate::cli::testing::{act_with, settings, text, walk};
     use crate::model::{Action, Status};
     use crate::store::memory::MemoryStore;

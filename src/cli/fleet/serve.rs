@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use {super::cache, super::metrics, super::scan::scan_cached, crate::cli::Row, crate::cli::output};
+use {super::cache, super::metrics, super::scan::scan_cached, crate::cli::Row};
 
 /// How long a connection may take to send its request's headers.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -217,7 +217,7 @@ async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Re
         "/api/builds" => {
             let body = fleet
                 .view("builds", |rows| {
-                    output::rows_json(rows, &fleet.settings.retry, crate::now())
+                    super::list::rows_json(rows, &fleet.settings.retry, crate::now())
                         .to_string()
                         .into()
                 })
@@ -325,7 +325,7 @@ async fn accept(
     if drained.is_err() {
         notes.note(format!(
             "{} still open after {}s; closing",
-            crate::cli::output::count(tasks.len() as u64, "connection"),
+            crate::cli::terminal::count(tasks.len() as u64, "connection"),
             DRAIN.as_secs()
         ));
         tasks.abort_all();

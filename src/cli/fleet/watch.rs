@@ -1,12 +1,14 @@
 //! `watch`: poll with conditional GETs and print each transition once.
 
 use super::cache::Cache;
-use crate::cli::output::Out;
+use crate::cli::terminal::Out;
 use crate::config::Settings;
 use crate::engine::{Builds, Read};
-use crate::model::{Document, Heartbeat};
+use crate::model::document::rfc3339;
+use crate::model::{Document, Event, Heartbeat, Timestamp};
 use crate::store::{AnyStore, Store};
 use anyhow::{Result, anyhow};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -314,13 +316,75 @@ fn seen_found(
     Ok(())
 }
 
+/// What `watch` prints as it sees it.
+impl Out {
+    /// A stage `watch` finds in progress past its timeout.
+    pub(crate) fn stale(&self, build_id: &str, doc: &Document, since: &Timestamp) -> Result<()> {
+        if self.json {
+            let v = json!({"build_id": build_id, "revision": doc.revision, "state": doc.state,
+                           "status": doc.status, "stale": true, "dead_since": rfc3339::format(since)});
+            return self.write(&format!("{}\n", serde_json::to_string(&v)?));
+        }
+        self.write(&format!(
+            "{} {build_id} r{} {} in_progress is stale: no sign of life within the stage's timeout or heartbeat_timeout, dead since {} (a worker that vanished?)\n",
+            rfc3339::format(&crate::now()),
+            doc.revision,
+            doc.state,
+            rfc3339::format(since)
+        ))
+    }
+
+    /// A heartbeat seen by `watch`.
+    pub(crate) fn heartbeat(&self, build_id: &str, doc: &Document, beat: &Heartbeat) -> Result<()> {
+        if self.json {
+            let v = json!({"build_id": build_id, "revision": doc.revision, "state": doc.state,
+                           "status": doc.status, "heartbeat": beat});
+            return self.write(&format!("{}\n", serde_json::to_string(&v)?));
+        }
+        self.write(&format!(
+            "{} {build_id} r{} {} in_progress heartbeat (attempt {}) by {}\n",
+            rfc3339::format(&beat.at),
+            doc.revision,
+            doc.state,
+            beat.attempt,
+            crate::visible(&beat.by.describe())
+        ))
+    }
+
+    /// One transition seen by `watch`.
+    pub(crate) fn event(&self, build_id: &str, e: &Event) -> Result<()> {
+        if self.json {
+            let mut v = serde_json::to_value(e)?;
+            v["build_id"] = json!(build_id);
+            return self.write(&format!("{}\n", serde_json::to_string(&v)?));
+        }
+        let r = self.event_row(e);
+        let line = format!(
+            "{} {build_id} r{} {} → {} {} (attempt {}) by {}{}\n",
+            r[1],
+            r[0],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            if r[7].is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r[7])
+            }
+        );
+        self.write(&line)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     //! `watch` on the in-memory store.
 
     use super::*;
     use crate::cli::fleet::{cache, scan::scan_cached};
-    use crate::cli::output::Out;
+    use crate::cli::terminal::Out;
     use crate::cli::testing::{act_with, settings, text, walk};
     use crate::model::Action;
     use crate::store::memory::MemoryStore;

@@ -2,7 +2,7 @@
 //! credentials, bucket, region, path style, and whether the endpoint really
 //! enforces conditional writes (without that, concurrent puts lose updates).
 
-use crate::cli::output::{Out, Table};
+use crate::cli::terminal::{Out, Table};
 use crate::config::{Credentials, Settings, Storage};
 use crate::store::{AnyStore, Fetched, Precondition, Store, StoreError, Versioning};
 use anyhow::{Result, bail};
@@ -67,7 +67,7 @@ pub(super) async fn doctor(config: &Settings, out: &Out) -> Result<()> {
                     Verdict::Ok,
                     format!(
                         "readable; {} under the prefix",
-                        crate::cli::output::count(builds as u64, "build")
+                        crate::cli::terminal::count(builds as u64, "build")
                     ),
                 );
                 true
@@ -544,7 +544,7 @@ mod tests {
     //! `doctor` on a local directory.
 
     use super::*;
-    use crate::cli::output::Out;
+    use crate::cli::terminal::Out;
     use crate::cli::testing::text;
 
     #[tokio::test]

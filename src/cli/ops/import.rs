@@ -2,7 +2,7 @@
 //! (`builds` and `state_history`) into documents whose history reproduces
 //! the old events, through the same transitions as the resource.
 
-use crate::cli::output::{Out, Table};
+use crate::cli::terminal::{Out, Table};
 use crate::config::Settings;
 use crate::engine::Builds;
 use crate::model::{
@@ -434,7 +434,7 @@ pub(super) async fn import(
     if failures > 0 {
         bail!(
             "{failures} of {} not imported (see above)",
-            crate::cli::output::count(report.len() as u64, "build")
+            crate::cli::terminal::count(report.len() as u64, "build")
         );
     }
     Ok(())

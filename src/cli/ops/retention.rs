@@ -3,7 +3,7 @@
 //! judged; `restore` puts a stored version of a document back, as a new
 //! revision, by compare-and-swap.
 
-use crate::cli::output::{Out, Table};
+use crate::cli::terminal::{Out, Table};
 use crate::config::{Config, Settings};
 use crate::engine::Builds;
 use crate::model::document::rfc3339;
@@ -118,7 +118,7 @@ pub(super) async fn prune(
     if failures > 0 {
         bail!(
             "{} could not be pruned (see above)",
-            crate::cli::output::count(failures as u64, "build")
+            crate::cli::terminal::count(failures as u64, "build")
         );
     }
     Ok(())
@@ -162,7 +162,7 @@ fn judge(
         // forgotten and cost money until someone found them.
         return kept(crate::visible(&format!(
             "left {} behind: {}; delete them, then `build-state release {} ID...` (or let the pipeline's cleanup job do it)",
-            crate::cli::output::count(left.len() as u64, "cloud resource"),
+            crate::cli::terminal::count(left.len() as u64, "cloud resource"),
             left.join(", "),
             doc.build_id
         ))
@@ -467,7 +467,7 @@ mod tests {
     use super::*;
     use crate::cli::build::current;
     use crate::cli::fleet::scan::scan;
-    use crate::cli::output::Out;
+    use crate::cli::terminal::Out;
     use crate::cli::testing::{act_with, settings, text};
     use crate::model::{Action, Actor, Update};
     use crate::store::memory::MemoryStore;

@@ -248,7 +248,13 @@ fn verdicts(p: &Pipeline, base: &Report, r: &Report, hung: Option<&str>) -> Vec<
     if handed {
         again.extend(tasks_of(p, &alerts));
     }
+    // A cleanup job runs once per leak: a fault that failed an attempt
+    // leaked its resources, and cleaning them up is no stage run twice.
+    let cleanups = tasks_of(p, &super::report::cleanup_jobs(p));
     for (task, n) in &r.played.task_runs {
+        if cleanups.contains(task) {
+            continue;
+        }
         let before = base.played.task_runs.get(task).copied().unwrap_or(0);
         // A task that records on a document copy counts per stage.
         let name = task
@@ -260,6 +266,20 @@ fn verdicts(p: &Pipeline, base: &Report, r: &Report, hung: Option<&str>) -> Vec<
                 "task {task} ran {n} times (without the fault: {before})"
             ));
         }
+    }
+    // Nothing a fault made an attempt leave behind may stay behind.
+    let (left, before) = (r.played.left_behind.len(), base.played.left_behind.len());
+    if left > before && !handed {
+        let what: Vec<String> = r
+            .played
+            .left_behind
+            .iter()
+            .map(|l| format!("{} {} ({})", l.name, l.id, l.holding.as_str()))
+            .collect();
+        out.push(format!(
+            "left {left} cloud resource(s) behind (without the fault: {before}): {}",
+            what.join(", ")
+        ));
     }
     let hung_stages = hung.map(|t| stages_of_task(p, t)).unwrap_or_default();
     for (stage, n) in &r.summary.failures {

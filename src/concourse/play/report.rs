@@ -176,6 +176,23 @@ fn summarize(p: &Pipeline, played: &Played) -> PlaySummary {
     }
 }
 
+/// The cleanup jobs: triggered by a build-state gate `{leaked: true}`:
+/// they delete what attempts left behind, so they run whenever a fault
+/// made an attempt fail (they are no stage).
+pub(super) fn cleanup_jobs(p: &Pipeline) -> Vec<&str> {
+    p.jobs
+        .iter()
+        .filter(|j| {
+            j.gets().iter().any(|g| {
+                g.trigger
+                    && p.resource(&g.resource)
+                        .is_some_and(|r| r.build_state && r.source["gate"]["leaked"] == true)
+            })
+        })
+        .map(|j| j.name.as_str())
+        .collect()
+}
+
 /// The alert jobs: triggered by a build-state gate on a status (blocked,
 /// awaiting approval): they tell a human.
 pub(super) fn alert_jobs(p: &Pipeline) -> Vec<&str> {
