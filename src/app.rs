@@ -14,11 +14,11 @@ pub(crate) trait Clock {
     fn now(&self) -> Timestamp;
 }
 
-/// The system's clock (the tests'; the programs judge by the store's).
-#[cfg(test)]
+/// This process's clock: what a person's terminal shows ages and
+/// staleness by (the CLI's views, through its `Ctx`), and the tests'. The
+/// programs decide by the store's.
 pub(crate) struct SystemClock;
 
-#[cfg(test)]
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         crate::now()

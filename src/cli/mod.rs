@@ -91,6 +91,16 @@ pub(crate) struct Ctx<'a> {
     pub(crate) atc: &'a atc::AtcArgs,
     pub(crate) out: &'a Out,
     pub(crate) no_cache: bool,
+    /// What the views judge ages and staleness by (this process's clock;
+    /// a test's own). Actions take their time from the store's clock.
+    pub(crate) clock: Arc<dyn crate::app::Clock + Send + Sync>,
+}
+
+impl Ctx<'_> {
+    /// Now, by the views' clock.
+    pub(crate) fn now(&self) -> crate::model::Timestamp {
+        self.clock.now()
+    }
 }
 
 /// How a command failed, and the exit code that says so (as the README
@@ -168,6 +178,7 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Error> {
         atc: &cli.atc,
         out,
         no_cache: cli.no_cache,
+        clock: Arc::new(crate::app::SystemClock),
     };
     match cli.command {
         Command::Build(c) => build::run(c, &ctx).await,

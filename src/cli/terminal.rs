@@ -84,8 +84,8 @@ impl Table {
 }
 
 /// `3m`, `2h`, `5d`: how long ago.
-pub(crate) fn age(t: &chrono::DateTime<chrono::Utc>) -> String {
-    crate::model::time::ago((chrono::Utc::now() - *t).num_seconds())
+pub(crate) fn age(t: &chrono::DateTime<chrono::Utc>, now: crate::model::Timestamp) -> String {
+    crate::model::time::ago((now - *t).num_seconds())
 }
 
 /// Stored text on one line, at most `max` characters, every control

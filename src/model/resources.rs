@@ -17,7 +17,7 @@
 //! `held`, `leaked`, `released`, and on a new run `carried`), so the
 //! document's `resources` are the fold of its history like every other
 //! summary field, and a revision's resources never depend on the clock.
-//! [`settle`] decides those lists when an update is applied.
+//! `settle` decides those lists when an update is applied.
 
 use super::document::{ActionKind, Event, Status, Timestamp, rfc3339};
 use super::ladder::Code;

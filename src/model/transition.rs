@@ -57,7 +57,7 @@ pub enum Action {
         /// Why, or what was checked (optional).
         reason: Option<String>,
     },
-    /// Resources (in [`Update::resources`]) that the attempt in progress at
+    /// Resources (in the update's `resources`) that the attempt in progress at
     /// stage N created, recorded from inside its task: refused for an
     /// attempt that is over, as a heartbeat is.
     Created {

@@ -354,7 +354,7 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<(), Error> {
             } else {
                 None
             };
-            Ok(out.document(&config, &doc, beat.as_ref())?)
+            Ok(out.document(&config, &doc, beat.as_ref(), ctx.now())?)
         }
         Command::Heartbeat {
             build_id,
@@ -468,6 +468,9 @@ pub(super) async fn act(
     out: &Out,
 ) -> Result<(), Error> {
     let env = BuildEnv::from_env();
+    // The store's clock: actions take their time from it (the translator's
+    // is set again at each attempt of the compare-and-swap).
+    let clock = StoreClock(store);
     let change = translate(
         req,
         &Context {
@@ -475,7 +478,7 @@ pub(super) async fn act(
             config,
             env: &env,
             actor: actor(),
-            now: crate::now(),
+            now: crate::app::Clock::now(&clock),
             files: &WorkingDir,
             notes: &out.notes,
         },
@@ -487,7 +490,6 @@ pub(super) async fn act(
         Change::Heartbeat(c) => format!("heartbeat {}", c.state),
         Change::HandOff(_) => "check".to_string(),
     };
-    let clock = StoreClock(store);
     let applied = crate::app::act(config, store, &clock, change, handoff, &out.notes).await?;
     match &applied.beat {
         Some(beat) => out.beat(&applied.doc, beat)?,

@@ -91,8 +91,8 @@ impl Out {
         config: &Config,
         doc: &Document,
         heartbeat: Option<&Heartbeat>,
+        now: Timestamp,
     ) -> Result<()> {
-        let now = crate::now();
         let need = needs_human(doc, &config.retry, heartbeat, now);
         let beat = doc.own_heartbeat(heartbeat);
         if self.json {
@@ -122,7 +122,7 @@ impl Out {
         };
         t.row(vec!["status".into(), status]);
         t.row(vec!["attempts".into(), doc.attempts.to_string()]);
-        self.attention_rows(&mut t, doc, need.as_ref(), beat);
+        self.attention_rows(&mut t, doc, need.as_ref(), beat, now);
         left_rows(&mut t, doc, now);
         detail_rows(&mut t, config, doc);
         t.row(vec![
@@ -130,7 +130,7 @@ impl Out {
             format!(
                 "{} ({} ago) by {}",
                 rfc3339::format(&doc.updated_at),
-                age(&doc.updated_at),
+                age(&doc.updated_at, now),
                 crate::visible(&last.by.describe())
             ),
         ]);
@@ -150,6 +150,7 @@ impl Out {
         doc: &Document,
         need: Option<&crate::model::Need>,
         beat: Option<&Heartbeat>,
+        now: Timestamp,
     ) {
         if doc.status == Status::InProgress {
             t.row(vec![
@@ -158,7 +159,7 @@ impl Out {
                     Some(h) => format!(
                         "{} ({} ago) by {}",
                         rfc3339::format(&h.at),
-                        age(&h.at),
+                        age(&h.at, now),
                         crate::visible(&h.by.describe())
                     ),
                     None => "none yet".to_string(),
@@ -172,7 +173,7 @@ impl Out {
                     "{} since {} ({} ago): {}",
                     n.kind.as_str(),
                     rfc3339::format(&n.since),
-                    age(&n.since),
+                    age(&n.since, now),
                     one_line(&n.why, 200)
                 ),
             ]);

@@ -56,8 +56,7 @@ pub(crate) fn left_behind(doc: &Document, now: Timestamp) -> Vec<LeftBehind> {
 }
 
 impl Out {
-    pub(crate) fn list(&self, rows: &[Row], retry: &RetryPolicy) -> Result<()> {
-        let now = crate::now();
+    pub(crate) fn list(&self, rows: &[Row], retry: &RetryPolicy, now: Timestamp) -> Result<()> {
         if self.json {
             return self.print_json(&rows_json(rows, retry, now));
         }
@@ -82,7 +81,7 @@ impl Out {
                         self.status(d.status)
                     },
                     d.attempts.to_string(),
-                    age(&d.updated_at),
+                    age(&d.updated_at, now),
                     d.last_error
                         .as_ref()
                         .map(|e| match d.error_elsewhere() {
@@ -115,7 +114,7 @@ impl Out {
                     n.build_id.clone(),
                     format!("{} {}", n.state, crate::visible(&n.state_name)),
                     n.kind.as_str().to_string(),
-                    format!("{} ago", age(&n.since)),
+                    format!("{} ago", age(&n.since, now)),
                     one_line(&n.why, 80),
                     crate::visible(&n.unblock).into_owned(),
                 ]);

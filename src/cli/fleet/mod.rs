@@ -98,7 +98,7 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
                     Err(_) => status.is_none() && state.is_none(),
                 })
                 .collect();
-            out.list(&rows, &config.retry)
+            out.list(&rows, &config.retry, ctx.now())
         }
         Command::Watch {
             build_id,
@@ -113,21 +113,21 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
                 &config,
                 &store,
                 build_id.as_deref(),
-                interval,
-                until,
+                (interval, until),
                 cache,
                 out,
+                &*ctx.clock,
             )
             .await
         }
         Command::Report { out: path } => {
             let rows = scan_cached(&config, &store, 32, Some(&out.notes), cache().as_mut()).await?;
-            report::write(&config, &rows, &path)?;
+            report::write(&config, &rows, &path, ctx.now())?;
             out.report(&path, rows.len())
         }
         Command::Metrics { out: path } => {
             let rows = scan_cached(&config, &store, 32, None, cache().as_mut()).await?;
-            let text = metrics::render(&config, &rows, crate::now());
+            let text = metrics::render(&config, &rows, ctx.now());
             match path {
                 Some(p) => metrics::write_atomically(&p, &text)
                     .map_err(|e| anyhow!("writing {}: {e}", p.display())),
@@ -139,7 +139,16 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
             allow_hosts,
         } => {
             let notes = out.notes.clone();
-            serve::serve(config, store, &listen, allow_hosts, ctx.no_cache, notes).await
+            serve::serve(
+                config,
+                store,
+                &listen,
+                allow_hosts,
+                ctx.no_cache,
+                notes,
+                ctx.clock.clone(),
+            )
+            .await
         }
     }
 }
@@ -186,10 +195,15 @@ mod tests {
         let store = AnyStore::Memory(store);
         let (out, buf) = Out::buffered(false);
         let rows = scan(&settings, &store, 1, None).await.unwrap();
-        out.list(&rows, &settings.retry).unwrap();
+        out.list(&rows, &settings.retry, crate::now()).unwrap();
         assert!(text(&buf).contains("in_progress (stale)"));
-        out.document(&config, &current(&config, &store).await.unwrap(), None)
-            .unwrap();
+        out.document(
+            &config,
+            &current(&config, &store).await.unwrap(),
+            None,
+            crate::now(),
+        )
+        .unwrap();
         let shown = text(&buf);
         assert!(
             shown.contains("in_progress (stale: no sign of life: in progress since"),
@@ -202,7 +216,7 @@ mod tests {
             "{said}"
         );
         let (json_out, buf) = Out::buffered(true);
-        json_out.list(&rows, &settings.retry).unwrap();
+        json_out.list(&rows, &settings.retry, crate::now()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text(&buf)).unwrap();
         assert_eq!(v[0]["stale"], true);
         assert_eq!(v[0]["needs_human"]["kind"], "stale");

@@ -433,8 +433,8 @@ fn decisions(h: &mut String, d: &Document) {
     h.push_str("</table></details>");
 }
 
-pub(super) fn write(config: &Settings, rows: &[Row], path: &Path) -> Result<()> {
-    let html = render(config, rows, crate::now());
+pub(super) fn write(config: &Settings, rows: &[Row], path: &Path, now: Timestamp) -> Result<()> {
+    let html = render(config, rows, now);
     std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))
 }
 

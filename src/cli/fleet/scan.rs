@@ -247,7 +247,7 @@ mod tests {
         let rows = scan(&settings(), &store, 4, None).await.unwrap();
         let ids: Vec<&str> = rows.iter().map(|r| r.build_id.as_str()).collect();
         assert_eq!(ids, ["broken", "rhel8-web", "rhel9-db"]);
-        out.list(&rows, &settings().retry).unwrap();
+        out.list(&rows, &settings().retry, crate::now()).unwrap();
         let table = text(&buf);
         assert!(table.starts_with("BUILD"), "{table}");
         assert!(table.contains("broken     -      -"), "{table}");

@@ -54,6 +54,8 @@ struct Fleet {
     scan: tokio::sync::Mutex<Option<cache::Cache>>,
     /// The last scan, and what was rendered from it.
     last: std::cell::RefCell<Option<Last>>,
+    /// What the views judge ages and staleness by.
+    clock: Arc<dyn crate::app::Clock + Send + Sync>,
 }
 
 /// The last scan, and what was rendered from it (each view once per scan:
@@ -171,9 +173,9 @@ fn json_reply(v: &Value) -> Reply {
 
 /// Failures and time spent per stage, and the builds there now, across the
 /// builds: every stage of the ladder.
-fn stages(settings: &Settings, rows: &[Row]) -> Value {
+fn stages(settings: &Settings, rows: &[Row], now: crate::model::Timestamp) -> Value {
     let docs = rows.iter().filter_map(|r| r.doc.as_ref().ok());
-    let totals = super::report::stage_totals(docs, crate::now());
+    let totals = super::report::stage_totals(docs, now);
     Value::Array(
         settings
             .ladder
@@ -209,7 +211,7 @@ async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Re
         "/metrics" => {
             let body = fleet
                 .view("metrics", |rows| {
-                    metrics::render(&fleet.settings, rows, crate::now()).into()
+                    metrics::render(&fleet.settings, rows, fleet.clock.now()).into()
                 })
                 .await?;
             reply(StatusCode::OK, "text/plain; version=0.0.4", body)
@@ -217,7 +219,7 @@ async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Re
         "/api/builds" => {
             let body = fleet
                 .view("builds", |rows| {
-                    super::list::rows_json(rows, &fleet.settings.retry, crate::now())
+                    super::list::rows_json(rows, &fleet.settings.retry, fleet.clock.now())
                         .to_string()
                         .into()
                 })
@@ -227,7 +229,9 @@ async fn route(fleet: &Fleet, req: &Request<hyper::body::Incoming>) -> Result<Re
         "/api/stages" => {
             let body = fleet
                 .view("stages", |rows| {
-                    stages(&fleet.settings, rows).to_string().into()
+                    stages(&fleet.settings, rows, fleet.clock.now())
+                        .to_string()
+                        .into()
                 })
                 .await?;
             reply(StatusCode::OK, "application/json", body)
@@ -258,6 +262,7 @@ pub(super) async fn serve(
     allow_hosts: Vec<String>,
     no_cache: bool,
     notes: Arc<crate::Notes>,
+    clock: Arc<dyn crate::app::Clock + Send + Sync>,
 ) -> Result<()> {
     let addr: SocketAddr = listen
         .parse()
@@ -279,6 +284,7 @@ pub(super) async fn serve(
         hosts: allow_hosts,
         scan: tokio::sync::Mutex::new(cache),
         last: std::cell::RefCell::new(None),
+        clock,
     });
     let local = tokio::task::LocalSet::new();
     local

@@ -32,6 +32,8 @@ struct Watcher<'a> {
     config: &'a Arc<Settings>,
     store: &'a AnyStore,
     out: &'a Out,
+    /// What staleness is judged by.
+    clock: &'a dyn crate::app::Clock,
     /// Each build as last seen.
     seen: HashMap<String, Seen>,
     /// Revisions already said to be stale, by build.
@@ -58,16 +60,17 @@ pub(super) async fn watch(
     config: &Arc<Settings>,
     store: &AnyStore,
     one: Option<&str>,
-    interval: Duration,
-    until: Option<Duration>,
+    (interval, until): (Duration, Option<Duration>),
     cache: Option<Cache>,
     out: &Out,
+    clock: &dyn crate::app::Clock,
 ) -> Result<()> {
     let deadline = until.map(|d| Instant::now() + d);
     let mut w = Watcher {
         config,
         store,
         out,
+        clock,
         seen: HashMap::new(),
         stale: HashMap::new(),
         tags: HashMap::new(),
@@ -143,7 +146,7 @@ impl Watcher<'_> {
                 .seen
                 .get(&id)
                 .and_then(|s| s.dead_since.map(|t| (t, s.revision)))
-                .is_some_and(|(t, rev)| crate::now() >= t && self.stale.get(&id) != Some(&rev));
+                .is_some_and(|(t, rev)| self.clock.now() >= t && self.stale.get(&id) != Some(&rev));
             let cached = if self.first {
                 self.cache
                     .as_ref()
@@ -218,7 +221,15 @@ impl Watcher<'_> {
         if let Some((doc, tag)) = cached {
             // Where it stands, from the cache: the listing's tag is what a
             // later change is told by.
-            return seen_found(config, out, &mut self.seen, &mut self.stale, id, &doc, &tag);
+            return seen_found(
+                config,
+                out,
+                &mut self.seen,
+                &mut self.stale,
+                id,
+                (&doc, &tag),
+                self.clock.now(),
+            );
         }
         let cfg = config.for_build(id)?;
         let builds = Builds::new(&cfg, self.store);
@@ -227,13 +238,13 @@ impl Watcher<'_> {
             Ok(Read::Unchanged) => {
                 if let Some(s) = known
                     && let Some(since) = s.dead_since
-                    && crate::now() >= since
+                    && self.clock.now() >= since
                     && self.stale.get(id) != Some(&s.revision)
                 {
                     let revision = s.revision;
                     let doc = builds.current().await?.map(|c| c.doc);
                     if let Some(doc) = doc.filter(|d| d.revision == revision) {
-                        out.stale(id, &doc, &since)?;
+                        out.stale(id, &doc, &since, self.clock.now())?;
                         self.stale.insert(id.to_string(), revision);
                     }
                 }
@@ -253,8 +264,8 @@ impl Watcher<'_> {
                     &mut self.seen,
                     &mut self.stale,
                     id,
-                    &c.doc,
-                    &c.etag,
+                    (&c.doc, &c.etag),
+                    self.clock.now(),
                 )?;
             }
             Err(e) => out.note(e.to_string()),
@@ -272,8 +283,8 @@ fn seen_found(
     seen: &mut HashMap<String, Seen>,
     stale: &mut HashMap<String, u64>,
     id: &str,
-    doc: &Document,
-    etag: &str,
+    (doc, etag): (&Document, &str),
+    now: Timestamp,
 ) -> Result<()> {
     let new: Vec<_> = match seen.get(id) {
         // Starting: where the build stands now.
@@ -289,10 +300,10 @@ fn seen_found(
         out.event(id, e)?;
     }
     let dead_since = doc.dead_since(&config.retry, None);
-    if let Some(since) = dead_since.filter(|t| crate::now() >= *t)
+    if let Some(since) = dead_since.filter(|t| now >= *t)
         && stale.get(id) != Some(&doc.revision)
     {
-        out.stale(id, doc, &since)?;
+        out.stale(id, doc, &since, now)?;
         stale.insert(id.to_string(), doc.revision);
     }
     seen.insert(
@@ -319,7 +330,13 @@ fn seen_found(
 /// What `watch` prints as it sees it.
 impl Out {
     /// A stage `watch` finds in progress past its timeout.
-    pub(crate) fn stale(&self, build_id: &str, doc: &Document, since: &Timestamp) -> Result<()> {
+    pub(crate) fn stale(
+        &self,
+        build_id: &str,
+        doc: &Document,
+        since: &Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
         if self.json {
             let v = json!({"build_id": build_id, "revision": doc.revision, "state": doc.state,
                            "status": doc.status, "stale": true, "dead_since": rfc3339::format(since)});
@@ -327,7 +344,7 @@ impl Out {
         }
         self.write(&format!(
             "{} {build_id} r{} {} in_progress is stale: no sign of life within the stage's timeout or heartbeat_timeout, dead since {} (a worker that vanished?)\n",
-            rfc3339::format(&crate::now()),
+            rfc3339::format(&now),
             doc.revision,
             doc.state,
             rfc3339::format(since)
@@ -401,10 +418,13 @@ pub(crate) mod tests {
             settings,
             store,
             one,
-            std::time::Duration::from_millis(1),
-            Some(std::time::Duration::ZERO),
+            (
+                std::time::Duration::from_millis(1),
+                Some(std::time::Duration::ZERO),
+            ),
             cache,
             &out,
+            &crate::app::SystemClock,
         )
         .await
         .unwrap();
@@ -475,10 +495,13 @@ pub(crate) mod tests {
             &settings(),
             &store,
             None,
-            std::time::Duration::from_millis(5),
-            Some(std::time::Duration::from_millis(60)),
+            (
+                std::time::Duration::from_millis(5),
+                Some(std::time::Duration::from_millis(60)),
+            ),
             None,
             &out,
+            &crate::app::SystemClock,
         )
         .await
         .unwrap();

@@ -33,7 +33,11 @@ fn advice(e: &StoreError) -> String {
     }
 }
 
-pub(super) async fn doctor(config: &Settings, out: &Out) -> Result<()> {
+pub(super) async fn doctor(
+    config: &Settings,
+    out: &Out,
+    wall: &dyn crate::app::Clock,
+) -> Result<()> {
     let mut checks: Vec<Check> = Vec::new();
     let mut add = |name, verdict, detail: String| {
         checks.push(Check {
@@ -89,7 +93,7 @@ pub(super) async fn doctor(config: &Settings, out: &Out) -> Result<()> {
         };
         // Without a bucket the write checks can only repeat that failure.
         if bucket_ok {
-            probe(config, store, &mut add).await;
+            probe(config, store, wall, &mut add).await;
         }
     }
     print(&checks, out)
@@ -160,6 +164,7 @@ const ROUNDS: usize = 3;
 async fn probe(
     config: &Settings,
     store: &AnyStore,
+    wall: &dyn crate::app::Clock,
     add: &mut impl FnMut(&'static str, Verdict, String),
 ) {
     let key = format!(
@@ -186,7 +191,7 @@ async fn probe(
         ),
         Err(e) => add("versioning", Verdict::Warn, format!("cannot tell: {}", advice(&e))),
     }
-    clock(store, add);
+    clock(store, wall, add);
     let quirks = store.quirks();
     if !quirks.is_empty() {
         add(
@@ -201,10 +206,14 @@ async fn probe(
 }
 
 /// The store's clock, on which every deadline is judged.
-fn clock(store: &AnyStore, add: &mut impl FnMut(&'static str, Verdict, String)) {
+fn clock(
+    store: &AnyStore,
+    wall: &dyn crate::app::Clock,
+    add: &mut impl FnMut(&'static str, Verdict, String),
+) {
     match store.clock() {
         Some(t) => {
-            let off = (crate::now() - t.now()).num_seconds();
+            let off = (wall.now() - t.now()).num_seconds();
             let detail = if off.abs() <= 2 {
                 "its answers carry the time: every deadline is judged on it".to_string()
             } else {
@@ -554,7 +563,9 @@ mod tests {
             serde_json::from_value(serde_json::json!({"local_dir": dir.path()})).unwrap();
         let settings = Settings::from_source(&source).unwrap();
         let (out, buf) = Out::buffered(false);
-        doctor(&settings, &out).await.unwrap();
+        doctor(&settings, &out, &crate::app::SystemClock)
+            .await
+            .unwrap();
         let said = text(&buf);
         for want in [
             "compare-and-swap  ok",

@@ -65,7 +65,7 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
         }
         Command::Doctor => {
             let settings = src.settings()?;
-            doctor::doctor(&settings, out).await
+            doctor::doctor(&settings, out, &*ctx.clock).await
         }
         Command::Prune {
             older_than,
@@ -75,10 +75,13 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
             let settings = src.settings()?;
             let store = open(&settings).await?;
             let older_than = duration_flag("--older-than", &older_than)?;
+            let cutoff = ctx.now()
+                - chrono::Duration::from_std(older_than)
+                    .map_err(|_| anyhow::anyhow!("--older-than is too long"))?;
             retention::prune(
                 &settings,
                 &store,
-                older_than,
+                (older_than, cutoff),
                 dry_run,
                 archive_to.as_deref(),
                 out,

@@ -66,7 +66,7 @@ fn archive_prefix(settings: &Settings, given: &str) -> Result<String> {
 pub(super) async fn prune(
     settings: &Arc<Settings>,
     store: &AnyStore,
-    older_than: Duration,
+    (older_than, cutoff): (Duration, crate::model::Timestamp),
     dry_run: bool,
     archive_to: Option<&str>,
     out: &Out,
@@ -74,9 +74,6 @@ pub(super) async fn prune(
     let archive_to = archive_to
         .map(|p| archive_prefix(settings, p))
         .transpose()?;
-    let cutoff = crate::now()
-        - chrono::Duration::from_std(older_than)
-            .map_err(|_| anyhow!("--older-than is too long"))?;
     let rows: Vec<Row> = scan(settings, store, 16, None).await?;
     let mut decisions = Vec::new();
     let mut failures = 0;
@@ -331,10 +328,11 @@ pub(super) async fn restore(
     {
         bail!("not restored");
     }
+    // An event like any action's: its time from the store's clock.
     let restored = doc.restored(
         highest + 1,
         actor(),
-        crate::now(),
+        crate::app::Clock::now(&crate::app::StoreClock(store)),
         format!("restored {what}"),
         &config.ladder,
     );
@@ -519,7 +517,7 @@ mod tests {
         prune(
             &settings,
             &store,
-            std::time::Duration::ZERO,
+            (std::time::Duration::ZERO, crate::now()),
             false,
             None,
             &out,
@@ -630,9 +628,16 @@ mod tests {
             ("fleet/old/", "overlaps the prefix being pruned"),
             ("", "no empty, . or .. segments"),
         ] {
-            let err = prune(&settings, &store, Duration::ZERO, false, Some(given), &out)
-                .await
-                .unwrap_err();
+            let err = prune(
+                &settings,
+                &store,
+                (Duration::ZERO, crate::now()),
+                false,
+                Some(given),
+                &out,
+            )
+            .await
+            .unwrap_err();
             assert!(err.to_string().contains(says), "{given:?}: {err}");
         }
         assert_eq!(text(&buf), "", "nothing judged, nothing printed");
