@@ -330,12 +330,10 @@ fn imported_eleven_days_ago(w: &World) {
     );
 }
 
-/// Who needs a human, everywhere: `list`, `metrics` (promtool accepts it,
-/// and the alert rules' series are there) and the dashboard, whose panel
-/// at the top says why, since when and what to type, checked in headless
-/// Chromium (the screenshot is in the test output). Time per stage counts
-/// work, stages with nothing in them fold away, long text wraps.
-fn the_fleet_shows_who_needs_a_human(w: World) {
+/// A fleet where four builds need a human, each for another reason: one
+/// blocked by a persistent error (a long one), one awaiting approval, one
+/// stale (its heartbeat lost), one imported eleven days ago and overdue.
+fn fleet_that_needs_humans(w: World) -> World {
     let w = w.with(json!({
         "persistent_errors": ["(?i)license"],
         "retry": {"states": {"15": {"approval": true}, "5": {"heartbeat_timeout": "1s"}}}
@@ -371,7 +369,13 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
     .text();
     imported_eleven_days_ago(&w);
     std::thread::sleep(Duration::from_millis(1300));
+    w
+}
 
+/// Who needs a human, in `list` and `metrics` (promtool accepts it, and
+/// the alert rules' series are there).
+fn the_fleet_lists_who_needs_a_human(w: World) {
+    let w = fleet_that_needs_humans(w);
     let list = crate::util::squeeze(&w.cli(&["list"]).text());
     // The imported build has been due at 15 for days and nothing started
     // it: overdue.
@@ -402,7 +406,14 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
         assert!(metrics.contains(want), "{want:?} in:\n{metrics}");
     }
     crate::cli::promtool_accepts(&metrics);
+}
 
+/// And then the dashboard, whose panel at the top says why, since when and
+/// what to type, checked in headless Chromium (the screenshot is in the
+/// test output). Time per stage counts work, stages with nothing in them
+/// fold away, long text wraps.
+fn the_dashboard_shows_who_needs_a_human(w: World) {
+    let w = fleet_that_needs_humans(w);
     let (mut server, _stderr, addr) = crate::cli::serve(&w, &["--listen", "127.0.0.1:0"]);
     let (status, body) = crate::cli::http(&addr, "GET", "/api/stages");
     assert_eq!(status, 200);
@@ -504,6 +515,14 @@ fn the_fleet_shows_who_needs_a_human(w: World) {
 }
 
 #[test]
-fn the_fleet_shows_who_needs_a_human_locally() {
-    the_fleet_shows_who_needs_a_human(World::new(crate::util::Kind::Local, "needs_a_human"));
+fn the_fleet_lists_who_needs_a_human_locally() {
+    the_fleet_lists_who_needs_a_human(World::new(crate::util::Kind::Local, "needs_a_human"));
+}
+
+#[test]
+fn the_dashboard_shows_who_needs_a_human_locally() {
+    the_dashboard_shows_who_needs_a_human(World::new(
+        crate::util::Kind::Local,
+        "needs_a_human_page",
+    ));
 }

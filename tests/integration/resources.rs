@@ -13,10 +13,9 @@ fn leaked_gate(w: &World) -> Value {
 }
 
 /// A stage-10 attempt records its instance from inside its task, fails,
-/// and the retry starts without adopting it: the `leaked` gate emits, `in`
-/// writes it to `leaked.json`, `show` says how to release it; a cleanup's
-/// `release_file` put closes it and the gate shuts.
-fn a_failed_attempts_instance_is_leaked_then_released(w: World) {
+/// and the retry starts without adopting it: the `leaked` gate emits (what
+/// it emitted is answered).
+fn leaked_instance(w: World) -> (World, Value) {
     let w = w.with(json!({"retry": {"backoff": "1s", "factor": 1, "max_attempts": 3}}));
     walk_to(&w, 10);
     let started = w.put(json!({"start": 10})).build("green-image", 7).ok();
@@ -51,6 +50,13 @@ fn a_failed_attempts_instance_is_leaked_then_released(w: World) {
         json!([retry["version"]]),
         "the gate emits the leak"
     );
+    (w, emitted)
+}
+
+/// The leak, and then what says so: `in` writes it to `leaked.json`, `show`
+/// says how to release it, `list --json` has it.
+fn a_failed_attempts_instance_is_leaked(w: World) {
+    let (w, emitted) = leaked_instance(w);
     let got = w.get(&emitted[0]).run();
     assert_eq!(got.code, Some(0), "{}", got.stderr);
     let leaked: Value = serde_json::from_str(
@@ -83,6 +89,13 @@ fn a_failed_attempts_instance_is_leaked_then_released(w: World) {
     );
     let list = w.cli(&["list", "--json"]).ok();
     assert_eq!(list[0]["left_behind"][0]["holding"], "leaked", "{list}");
+}
+
+/// The leak, and then its cleanup: a later write that leaks nothing is no
+/// new version of the gate; a cleanup's `release_file` put closes it and
+/// the gate shuts.
+fn a_cleanup_release_shuts_the_leaked_gate(w: World) {
+    let (w, emitted) = leaked_instance(w);
     // A later write that leaks nothing is no new version of the gate.
     w.cli(&[
         "created",
@@ -218,7 +231,8 @@ fn prune_keeps_a_build_with_a_leaked_resource(w: World) {
 }
 
 crate::both_stores!(
-    a_failed_attempts_instance_is_leaked_then_released,
+    a_failed_attempts_instance_is_leaked,
+    a_cleanup_release_shuts_the_leaked_gate,
     bad_records_are_refused_and_write_nothing,
     prune_keeps_a_build_with_a_leaked_resource,
 );
