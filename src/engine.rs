@@ -117,9 +117,7 @@ pub(crate) struct Mismatch {
 /// A document and the ETag it was read with.
 #[derive(Clone, Debug)]
 pub(crate) struct Current {
-    /// The document.
     pub(crate) doc: Document,
-    /// Its ETag.
     pub(crate) etag: String,
 }
 
@@ -130,7 +128,6 @@ pub(crate) enum Read {
     Absent,
     /// The document still has the ETag the caller knew.
     Unchanged,
-    /// The document.
     Found(Current),
 }
 
@@ -168,7 +165,6 @@ async fn backoff(attempt: u32) {
 pub(crate) struct Builds<'a, S> {
     /// The configuration (build, storage, rules).
     pub(crate) config: &'a Config,
-    /// The store.
     pub(crate) store: &'a S,
     /// Where the compare-and-swap loop says what it does (a conflict, a
     /// lost answer); nowhere when not given.

@@ -101,6 +101,26 @@ impl Ctx<'_> {
     pub(crate) fn now(&self) -> crate::model::Timestamp {
         self.clock.now()
     }
+
+    /// One build's configuration (the source's, or the policy its
+    /// document recorded) and its store: how every command about one
+    /// build opens it.
+    pub(crate) async fn build(
+        &self,
+        build_id: &str,
+    ) -> Result<(crate::config::Config, crate::store::AnyStore), Error> {
+        Ok(self.source.build(build_id, &self.out.notes).await?)
+    }
+
+    /// The prefix's settings and its store: how every command about the
+    /// fleet (or the bucket) opens it.
+    pub(crate) async fn prefix(&self) -> anyhow::Result<(Arc<Settings>, AnyStore)> {
+        let settings = self.source.settings()?;
+        let store = AnyStore::open(&settings)
+            .await
+            .map_err(|e| anyhow!("opening the store: {e}"))?;
+        Ok((settings, store))
+    }
 }
 
 /// How a command failed, and the exit code that says so (as the README
@@ -200,13 +220,6 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Error> {
 async fn resource_cmd(program: crate::resource::Program, out: &Out) -> Result<()> {
     let reply = program.answer(std::io::stdin().lock(), &out.notes).await?;
     out.write(&String::from_utf8_lossy(&reply))
-}
-
-/// Opens the store the settings name.
-pub(crate) async fn open(config: &Settings) -> Result<AnyStore> {
-    AnyStore::open(config)
-        .await
-        .map_err(|e| anyhow!("opening the store: {e}"))
 }
 
 /// A duration flag, read as the source's durations are.

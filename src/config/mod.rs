@@ -80,7 +80,6 @@ pub struct Settings {
 pub(crate) enum Storage {
     /// A local directory.
     Local {
-        /// The directory.
         dir: PathBuf,
         /// The key prefix (empty, or ending in `/`).
         prefix: String,

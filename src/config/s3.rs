@@ -8,7 +8,6 @@ use crate::protocol::{Secret, Source};
 #[derive(Clone, Debug)]
 /// Where an S3 store is and how to reach it.
 pub struct S3Config {
-    /// The bucket.
     pub(crate) bucket: String,
     /// The key prefix, ending in `/` (or empty).
     pub(crate) prefix: String,

@@ -65,7 +65,6 @@ pub struct Summary {
     pub(crate) revision: u64,
     /// The state code.
     pub(crate) state: Code,
-    /// The status.
     pub(crate) status: Status,
     /// Failures of the current stage.
     pub(crate) attempts: u32,
@@ -204,7 +203,11 @@ impl Document {
         at: Timestamp,
         reason: String,
         ladder: &Ladder,
+        newest: Option<&Document>,
     ) -> Document {
+        let resources = newest
+            .map(|n| self.resources_after(n, revision))
+            .unwrap_or_default();
         let mut history = self.history.clone();
         history.push(Event {
             revision,
@@ -221,7 +224,7 @@ impl Document {
             note: None,
             by,
             policy: None,
-            resources: Default::default(),
+            resources,
         });
         Document::from_history(
             &self.build_id,
@@ -230,6 +233,45 @@ impl Document {
             history,
             ladder,
         )
+    }
+
+    /// What a restore of this document over `newest` (the newest stored
+    /// version) does to resources, so that none is forgotten: what `newest`
+    /// recorded and did not release that this one lacks is carried in,
+    /// leaked (the run that made it can no longer be sure of it); what
+    /// `newest` released that this one holds is released.
+    fn resources_after(
+        &self,
+        newest: &Document,
+        revision: u64,
+    ) -> super::resources::ResourceEvents {
+        use super::resources::Holding;
+        let open_here = |id: &str| {
+            self.resources
+                .iter()
+                .any(|r| r.id == id && r.holding != Holding::Released)
+        };
+        let mut out = super::resources::ResourceEvents::default();
+        for r in &newest.resources {
+            match r.holding {
+                Holding::Released if open_here(&r.id) => out.released.push(r.id.clone()),
+                Holding::Released => {}
+                _ if open_here(&r.id) => {}
+                _ => {
+                    let mut r = r.clone();
+                    r.run = r.run.or(Some(newest.run));
+                    if r.holding == Holding::Live {
+                        r.holding = Holding::Leaked;
+                        r.why = Some(format!(
+                            "recorded at revision {} or later, which the restore at revision {revision} put aside",
+                            self.revision + 1
+                        ));
+                    }
+                    out.carried.push(r);
+                }
+            }
+        }
+        out
     }
 
     /// Builds a document whose summary is the fold of `history` (which must

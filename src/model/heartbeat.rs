@@ -194,10 +194,10 @@ impl Document {
         what: &str,
     ) -> Result<u32, Refusal> {
         let doc = self;
-        let a_what = if what == "heartbeat" {
-            "a heartbeat".to_string()
+        let (a_what, guarded) = if what == "heartbeat" {
+            ("a heartbeat".to_string(), "keep another alive")
         } else {
-            format!("`{what}`")
+            (format!("`{what}`"), "record in another's name")
         };
         let zombie = |why: String| {
             Err(Refusal::Invalid(format!(
@@ -244,7 +244,7 @@ impl Document {
             }
             (None, _) if run.is_none() || attempt_claimed.is_none() => {
                 return Err(Refusal::Invalid(format!(
-                    "{}; {what} {n} refused: outside a Concourse build {a_what} names the run and the attempt it is for (--run {} --attempt {attempt}, or BUILD_STATE_RUN and BUILD_STATE_ATTEMPT from the state.env of the stage's start put), so that a worker whose attempt is over cannot keep another alive; nothing was changed",
+                    "{}; {what} {n} refused: outside a Concourse build {a_what} names the run and the attempt it is for (--run {} --attempt {attempt}, or BUILD_STATE_RUN and BUILD_STATE_ATTEMPT from the state.env of the stage's start put), so that a worker whose attempt is over cannot {guarded}; nothing was changed",
                     doc.whereabouts(),
                     doc.run
                 )));

@@ -38,7 +38,7 @@ pub enum Action {
     Set {
         /// The state to put the build at.
         state: Code,
-        /// Its status.
+        /// The status it has there.
         status: Status,
         /// Why (required).
         reason: String,
@@ -121,7 +121,6 @@ impl Action {
 /// An action with what goes along with it into the history entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Update {
-    /// The action.
     pub(crate) action: Action,
     /// Variables to merge into the document.
     pub(crate) vars: Map<String, Value>,

@@ -19,7 +19,6 @@ pub(crate) enum Fetched {
     Found {
         /// Its bytes.
         body: Vec<u8>,
-        /// Its ETag.
         etag: String,
     },
 }
@@ -42,7 +41,6 @@ pub(crate) enum Precondition<'a> {
 /// file's modification time and size).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Listed {
-    /// The key.
     pub(crate) key: String,
     /// Changes whenever the object does.
     pub(crate) tag: String,
@@ -119,7 +117,6 @@ pub(crate) enum StoreError {
     TooLarge {
         /// The object.
         key: String,
-        /// Its size.
         size: u64,
     },
     #[error("{0}")]

@@ -402,6 +402,7 @@ fn wiring_mistakes_are_named() {
             {"name": "kickstart", "plan": [
                 {"get": "at-kickstart", "trigger": true},
                 {"put": "at-kickstart", "no_get": true, "params": {"start": 5}},
+                {"task": "packer", "config": {"platform": "linux", "run": {"path": "sh", "args": ["-c", "build-state created b 5 --run 1 --attempt 1 packer_builder=$id"]}}},
                 {"put": "state", "no_get": true, "params": {"complete": 10}},
             ]},
         ],
@@ -414,6 +415,7 @@ fn wiring_mistakes_are_named() {
         "job kickstart: starts 5 but records the outcome of 10",
         "job kickstart: gets the gate at-kickstart without serial: true",
         "stage 5 (kickstart initiated): no job records it",
+        "task packer records the cloud resources it creates, and no job triggers on a `gate: {leaked: true}` resource",
     ] {
         assert!(
             problems.iter().any(|p| p.starts_with(want)),

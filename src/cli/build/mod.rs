@@ -339,15 +339,46 @@ fn old_update(state: u32, status: Option<String>, error: Option<String>) -> Resu
     })
 }
 
+/// What a command does once its build is open.
+enum Then {
+    Show,
+    History,
+    Next,
+    Heartbeat(Request),
+    /// An action's request, with `init`'s labels.
+    Act(Request, Vec<String>),
+}
+
 pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<(), Error> {
-    let (src, out) = (ctx.source, ctx.out);
-    match command {
+    let out = ctx.out;
+    // What the arguments ask is read before the store is opened: a usage
+    // mistake is said as one, whatever the store.
+    let (build_id, then) = match command {
         Command::States => {
-            let settings = src.behaviour()?;
-            Ok(states(&settings, out)?)
+            let settings = ctx.source.behaviour()?;
+            return Ok(states(&settings, out)?);
         }
-        Command::Show { build_id } => {
-            let (config, store) = src.build(&build_id, &out.notes).await?;
+        Command::Show { build_id } => (build_id, Then::Show),
+        Command::History { build_id } => (build_id, Then::History),
+        Command::Next { build_id } => (build_id, Then::Next),
+        Command::Heartbeat {
+            build_id,
+            state,
+            run,
+            attempt,
+        } => {
+            let mut req = Request::new(PutAction::Heartbeat(state));
+            (req.run, req.attempt) = (run, attempt);
+            (build_id, Then::Heartbeat(req))
+        }
+        action => {
+            let (build_id, req, labels) = request(action)?;
+            (build_id, Then::Act(req, labels))
+        }
+    };
+    let (config, store) = ctx.build(&build_id).await?;
+    match then {
+        Then::Show => {
             let doc = current(&config, &store).await?;
             let beat = if doc.status == crate::model::Status::InProgress {
                 Builds::new(&config, &store).heartbeat().await?
@@ -356,34 +387,20 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<(), Error> {
             };
             Ok(out.document(&config, &doc, beat.as_ref(), ctx.now())?)
         }
-        Command::Heartbeat {
-            build_id,
-            state,
-            run,
-            attempt,
-        } => {
-            let (config, store) = src.build(&build_id, &out.notes).await?;
-            let mut req = Request::new(PutAction::Heartbeat(state));
-            (req.run, req.attempt) = (run, attempt);
-            act(&config, &store, &req, &crate::handoff::Handoff::none(), out).await
-        }
-        Command::History { build_id } => {
-            let (config, store) = src.build(&build_id, &out.notes).await?;
-            Ok(out.history(&current(&config, &store).await?)?)
-        }
-        Command::Next { build_id } => {
-            let (config, store) = src.build(&build_id, &out.notes).await?;
+        Then::History => Ok(out.history(&current(&config, &store).await?)?),
+        Then::Next => {
             let doc = current(&config, &store).await?;
             let now = crate::app::Clock::now(&StoreClock(&store));
             Ok(next(&doc, now, out)?)
         }
-        action => {
-            let (build_id, req, labels) = request(action)?;
-            let (config, store) = src.build(&build_id, &out.notes).await?;
+        Then::Heartbeat(req) => {
+            act(&config, &store, &req, &crate::handoff::Handoff::none(), out).await
+        }
+        Then::Act(req, labels) => {
             let config = with_labels(config, &build_id, &labels)?;
             let atc = ctx
                 .atc
-                .target(BuildEnv::from_env(), src.concourse_pipeline())?;
+                .target(BuildEnv::from_env(), ctx.source.concourse_pipeline())?;
             let token = ctx.atc.token().or_else(|| config.webhook_token.clone());
             let handoff = crate::handoff::Handoff::new(&req.check, &atc, token.as_ref())
                 .map_err(|m| anyhow!("--check: {m}"))?;

@@ -10,7 +10,7 @@ pub(crate) mod scan;
 mod serve;
 mod watch;
 
-use super::{Ctx, duration_flag, open};
+use super::{Ctx, duration_flag};
 use crate::model::Status;
 use anyhow::{Result, anyhow};
 use scan::scan_cached;
@@ -65,8 +65,7 @@ pub(super) enum Command {
 
 pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
     let out = ctx.out;
-    let config = ctx.source.settings()?;
-    let store = open(&config).await?;
+    let (config, store) = ctx.prefix().await?;
     let cache = || {
         (!ctx.no_cache)
             .then(|| cache::Cache::open(&config, &out.notes))

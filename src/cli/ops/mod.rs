@@ -6,7 +6,7 @@ mod doctor;
 mod import;
 mod retention;
 
-use super::{Ctx, duration_flag, open};
+use super::{Ctx, duration_flag};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -59,8 +59,7 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
             dry_run,
             force,
         } => {
-            let config = src.settings()?;
-            let store = open(&config).await?;
+            let (config, store) = ctx.prefix().await?;
             import::import(&config, &store, &databases, dry_run, force, out).await
         }
         Command::Doctor => {
@@ -72,8 +71,7 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
             dry_run,
             archive_to,
         } => {
-            let settings = src.settings()?;
-            let store = open(&settings).await?;
+            let (settings, store) = ctx.prefix().await?;
             let older_than = duration_flag("--older-than", &older_than)?;
             let cutoff = ctx.now()
                 - chrono::Duration::from_std(older_than)
@@ -93,7 +91,7 @@ pub(super) async fn run(command: Command, ctx: &Ctx<'_>) -> Result<()> {
             version_id,
             yes,
         } => {
-            let (config, store) = src.build(&build_id, &out.notes).await?;
+            let (config, store) = ctx.build(&build_id).await?;
             retention::restore(&config, &store, version_id.as_deref(), yes, out).await
         }
     }

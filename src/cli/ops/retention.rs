@@ -309,6 +309,12 @@ pub(super) async fn restore(
         out.table(&candidates_table(&candidates))?;
     }
     let (chosen, doc) = choose(config, &candidates, version_id)?;
+    // The newest readable version: what the build recorded last of its
+    // resources, none of which a restore may forget.
+    let newest = candidates
+        .iter()
+        .filter_map(|c| c.doc.as_ref().ok())
+        .max_by_key(|d| d.revision);
     // Revisions keep rising: above every revision any version has had.
     let highest = candidates
         .iter()
@@ -335,6 +341,7 @@ pub(super) async fn restore(
         crate::app::Clock::now(&crate::app::StoreClock(store)),
         format!("restored {what}"),
         &config.ladder,
+        newest,
     );
     // Compare-and-swap over what was judged, corrupt or not.
     let when = match &judged {

@@ -110,7 +110,6 @@ pub enum StepError {
 /// What a put answered.
 #[derive(Clone, Debug)]
 pub(crate) struct PutDone {
-    /// Its version.
     pub(crate) version: Value,
     /// What it said on stderr (each line).
     pub(crate) said: Vec<String>,
@@ -139,7 +138,6 @@ pub struct Handed {
 
 /// A task to run on a worker.
 pub(crate) struct TaskCall<'a> {
-    /// Its job.
     pub(crate) job: &'a Job,
     /// The build it runs in.
     pub(crate) build: &'a BuildRecord,
@@ -156,7 +154,6 @@ pub(crate) enum TaskEnd {
     Exited {
         /// Succeeded or failed.
         status: BuildStatus,
-        /// Its outputs.
         outputs: BTreeMap<String, Artifacts>,
         /// Its last word.
         said: String,
@@ -255,7 +252,6 @@ pub struct Line {
 pub(crate) struct BuildRecord {
     /// Unique in the simulation (`BUILD_ID`).
     pub(crate) id: u64,
-    /// Its job.
     pub(crate) job: String,
     /// Its name in the job (`BUILD_NAME`): `3`, or `3.1` for a rerun.
     pub(crate) name: String,
@@ -338,7 +334,6 @@ impl<H: Worker + Observer + 'static> Atc<H> {
         self.me.upgrade().expect("the ATC outlives its tasks")
     }
 
-    /// The pipeline.
     pub(crate) fn pipeline(&self) -> &Pipeline {
         &self.p
     }

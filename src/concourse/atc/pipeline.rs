@@ -24,7 +24,6 @@ pub struct Pipeline {
 /// A resource.
 #[derive(Clone, Debug)]
 pub struct Resource {
-    /// Its name.
     pub(crate) name: String,
     /// Its type's name.
     pub(crate) kind: String,
@@ -44,7 +43,6 @@ pub struct Resource {
 /// A job.
 #[derive(Clone, Debug)]
 pub(crate) struct Job {
-    /// Its name.
     pub(crate) name: String,
     /// Its plan (a `do` of the plan's steps), with the job's hooks.
     pub(crate) plan: PlanStep,
@@ -102,7 +100,6 @@ pub struct PlanStep {
     pub(crate) attempts: u32,
     /// `timeout`.
     pub(crate) timeout: Option<Duration>,
-    /// Its hooks.
     pub(crate) hooks: Hooks,
 }
 
@@ -117,7 +114,6 @@ pub(crate) enum StepKind {
     Task(TaskStep),
     /// `in_parallel` (its `limit` and `fail_fast`).
     InParallel {
-        /// The steps.
         steps: Vec<PlanStep>,
         /// At most this many at once (read, not modelled: the steps run
         /// one after another on virtual time).
@@ -176,7 +172,6 @@ impl Hooks {
 pub(crate) struct GetStep {
     /// The artifact's name.
     pub(crate) name: String,
-    /// The resource.
     pub(crate) resource: String,
     /// `passed`.
     pub(crate) passed: Vec<String>,
@@ -193,7 +188,6 @@ pub(crate) struct GetStep {
 pub(crate) struct PutStep {
     /// The artifact's name (of its implicit get).
     pub(crate) name: String,
-    /// The resource.
     pub(crate) resource: String,
     /// `params`.
     pub(crate) params: Value,

@@ -83,7 +83,6 @@ struct RunFields {
 pub struct ScenarioEvent {
     /// When, from the start of the simulation.
     pub(crate) at: Duration,
-    /// What.
     pub(crate) what: Happening,
 }
 
@@ -99,7 +98,6 @@ pub(crate) enum Happening {
     Put {
         /// The put's params.
         params: Value,
-        /// The resource.
         resource: Option<String>,
     },
     /// `fly trigger-job` of this job.
@@ -345,7 +343,16 @@ fn task_runs(name: &str, runs: Vec<Value>) -> Result<Vec<TaskRun>, String> {
                     outcome: fields.outcome,
                     error: fields.error,
                     after: fields.after.map(|a| dur(&a, &at)).transpose()?,
-                    creates: fields.creates,
+                    creates: {
+                        if let Some(m) = fields
+                            .creates
+                            .iter()
+                            .find_map(|n| crate::model::resources::bad_name(n))
+                        {
+                            return Err(format!("{at}.creates: {m}"));
+                        }
+                        fields.creates
+                    },
                 }
             }
         };

@@ -76,6 +76,7 @@ pub fn problems(p: &Pipeline, release: Release) -> Vec<String> {
     }
     w.unrecorded();
     w.gates();
+    w.cleanup();
     w.out
 }
 
@@ -92,6 +93,32 @@ struct Wiring<'a> {
 }
 
 impl Wiring<'_> {
+    /// A task that records cloud resources (`build-state created`) with no
+    /// job to delete what the build leaves behind: every failed attempt's,
+    /// every start-over's would stay, and cost, until someone noticed.
+    fn cleanup(&mut self) {
+        let recorders: Vec<String> = self
+            .p
+            .jobs
+            .iter()
+            .flat_map(|j| tasks_with_timeouts(&j.plan, None))
+            .filter(|(t, _)| {
+                t.config
+                    .as_ref()
+                    .and_then(super::tasks::created_stage)
+                    .is_some()
+            })
+            .map(|(t, _)| t.name.clone())
+            .collect();
+        if let Some(first) = recorders.first()
+            && super::report::cleanup_jobs(self.p).is_empty()
+        {
+            self.say(format!(
+                "task {first} records the cloud resources it creates, and no job triggers on a `gate: {{leaked: true}}` resource to delete what attempts leave behind (a failed attempt's, a start-over's): they would stay until someone noticed"
+            ));
+        }
+    }
+
     fn say(&mut self, problem: String) {
         if !self.out.contains(&problem) {
             self.out.push(problem);

@@ -410,6 +410,40 @@ fn a_build_that_records_too_many_resources_is_refused() {
     );
 }
 
+#[test]
+fn a_restore_forgets_nothing_recorded_after_the_revision_it_puts_back() {
+    let mut w = World::new();
+    at(&mut w, 10);
+    w.ok(Action::Start(10));
+    record(&mut w, &[("volume", "vol-1")]).unwrap();
+    let old = w.doc().clone();
+    record(&mut w, &[("green_instance", "i-1")]).unwrap();
+    w.with(Action::Release, release(&["vol-1"])).unwrap();
+    let newest = w.doc().clone();
+    let restored = old.restored(
+        newest.revision + 1,
+        Actor::default(),
+        w.clock,
+        "restored".into(),
+        &w.ladder,
+        Some(&newest),
+    );
+    assert_eq!(restored.verify(&w.ladder), Ok(()));
+    let holding = |id: &str| {
+        restored
+            .resources
+            .iter()
+            .rev()
+            .find(|r| r.id == id)
+            .map(|r| (r.holding, r.why.clone().unwrap_or_default()))
+            .unwrap()
+    };
+    let (h, why) = holding("i-1");
+    assert_eq!(h, Holding::Leaked, "carried in, leaked");
+    assert!(why.contains("put aside"), "{why}");
+    assert_eq!(holding("vol-1").0, Holding::Released, "released since");
+}
+
 fn arb_step() -> impl Strategy<Value = (u8, u8)> {
     (0u8..12, 0u8..4)
 }

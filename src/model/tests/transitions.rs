@@ -256,6 +256,7 @@ fn a_restored_document_continues_at_a_higher_revision_and_verifies() {
         w.clock,
         "restored revision 4".into(),
         &w.ladder,
+        None,
     );
     assert_eq!(restored.verify(&w.ladder), Ok(()));
     assert_eq!(restored.revision, chosen.revision + 5);
