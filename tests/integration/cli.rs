@@ -6,23 +6,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 fn actions_show_and_history(w: World) {
-    let out = w
-        .cli(&["init", "rhel8-web", "--label", "owner=platform"])
-        .text();
-    assert_eq!(out, "rhel8-web: init → 0 initial (pending), revision 1\n");
-    w.cli(&["start", "rhel8-web", "0"]).text();
-    w.cli(&["complete", "rhel8-web", "0", "--note", "by hand"])
-        .text();
-    w.write_file("err.txt", "packer: build timed out\n");
-    let err_file = w.sources().join("err.txt");
-    w.cli(&[
-        "fail",
-        "rhel8-web",
-        "5",
-        "--error-file",
-        err_file.to_str().unwrap(),
-    ])
-    .text();
+    failed_at_5_by_hand(&w);
     let show = w.cli(&["show", "rhel8-web"]).text();
     for want in [
         "rhel8-web (run 1, revision 4)",
@@ -55,8 +39,34 @@ fn actions_show_and_history(w: World) {
         table.contains("complete 0") && table.contains("by hand"),
         "{table}"
     );
+}
 
-    // Refused, unknown, unreadable: exit codes 1, 3, 1; nothing written.
+/// A build taken to 5, failed, by the CLI (labelled, a note, an error
+/// file): what `show` and `history` are checked on.
+fn failed_at_5_by_hand(w: &World) {
+    let out = w
+        .cli(&["init", "rhel8-web", "--label", "owner=platform"])
+        .text();
+    assert_eq!(out, "rhel8-web: init → 0 initial (pending), revision 1\n");
+    w.cli(&["start", "rhel8-web", "0"]).text();
+    w.cli(&["complete", "rhel8-web", "0", "--note", "by hand"])
+        .text();
+    w.write_file("err.txt", "packer: build timed out\n");
+    let err_file = w.sources().join("err.txt");
+    w.cli(&[
+        "fail",
+        "rhel8-web",
+        "5",
+        "--error-file",
+        err_file.to_str().unwrap(),
+    ])
+    .text();
+}
+
+/// Refused, unknown, unreadable: exit codes 1, 3, 1 (2 for a usage
+/// mistake); nothing written.
+fn the_clis_refusals_write_nothing(w: World) {
+    failed_at_5_by_hand(&w);
     let before = w.raw("state.json");
     let err = w.cli(&["complete", "rhel8-web", "25"]).fails();
     assert!(err.contains("rhel8-web is at 5 (kickstart initiated, failed); cannot complete 25; allowed now: start 5"), "{err}");
@@ -101,7 +111,12 @@ fn actions_show_and_history(w: World) {
     assert_eq!(w.raw("state.json"), before);
     let usage = w.cli(&["complete", "rhel8-web"]).run();
     assert_eq!(usage.code, Some(2), "usage errors exit 2: {}", usage.stderr);
+}
 
+/// A human's retry, set, cancel and restart from the CLI: a new run, the
+/// old one archived.
+fn a_human_overrides_and_restarts_by_hand(w: World) {
+    failed_at_5_by_hand(&w);
     w.cli(&["retry", "rhel8-web", "5"]).text();
     w.cli(&[
         "set",
@@ -548,6 +563,8 @@ fn watch_prints_each_transition_once(w: World) {
     );
 }
 
+/// The source from a pipeline file: anchors, merge keys and `((vars))`,
+/// only the chosen resource's vars needed, a resource it lacks named.
 fn sources_from_pipelines_and_the_environment(w: World) {
     // A pipeline with anchors, a merge key and ((vars)).
     let storage = match w.kind {
@@ -627,7 +644,14 @@ fn sources_from_pipelines_and_the_environment(w: World) {
         err.contains("has no build-state resource named \"nope\" (it has: rhel8)"),
         "{err}"
     );
+}
 
+/// The source from `BUILD_STATE_*` variables (credentials from the AWS
+/// chain), or from a file (YAML, checked by the resource's own types);
+/// none, or a bad one, is a clear error.
+fn sources_from_the_environment_and_files(w: World) {
+    w.cli(&["init", "rhel8-web"]).text();
+    let dir = w.states_dir();
     // BUILD_STATE_* variables, with credentials from the AWS chain.
     let mut step = w
         .bare_cli(&["complete", "rhel8-web", "0"])
@@ -849,6 +873,10 @@ fn create_old_db(
     }
 }
 
+/// The old scripts' SQLite database becomes documents: a dry run plans,
+/// the import writes each build with its history (bridged with a recorded
+/// `set` where it starts late), never over a document without `--force`,
+/// which archives the old run.
 fn import_sqlite(w: World) {
     let db = w.tmp.path().join("state.db");
     create_old_db(
@@ -958,8 +986,11 @@ fn import_sqlite(w: World) {
         (Some(2), Some(10))
     );
     assert!(w.raw("runs/1.json").is_some());
+}
 
-    // Inconsistent and unreadable databases.
+/// Inconsistent and unreadable databases of the old scripts are refused,
+/// saying what is wrong, and nothing of them is written.
+fn import_sqlite_refuses_bad_databases(w: World) {
     let bad = w.tmp.path().join("bad.db");
     create_old_db(
         &bad,
@@ -1269,6 +1300,8 @@ fn serve_is_concurrent_and_strict(w: World) {
 
 crate::both_stores!(
     actions_show_and_history,
+    the_clis_refusals_write_nothing,
+    a_human_overrides_and_restarts_by_hand,
     the_cli_decides_by_the_pipelines_policy,
     update_takes_the_old_scripts_arguments,
     list_filters_and_reports,
@@ -1276,10 +1309,12 @@ crate::both_stores!(
     metrics_for_prometheus,
     watch_prints_each_transition_once,
     sources_from_pipelines_and_the_environment,
+    sources_from_the_environment_and_files,
     states_and_completions,
     doctor_probes_conditional_writes,
     resource_programs_as_subcommands,
     import_sqlite,
+    import_sqlite_refuses_bad_databases,
     report_renders_in_a_browser,
     serve_dashboard,
     serve_is_concurrent_and_strict,

@@ -25,18 +25,11 @@ fn last_event(w: &World) -> Value {
 
 /// A build reaches an approval stage and waits: the stage's gate emits
 /// nothing, the approval gate emits; `approve` anywhere else is refused
-/// with what is allowed, writing nothing; the CLI's approval opens the
-/// gate and records who and why; a failure after it retries without a new
-/// approval; a human's retry asks again, and a put approves with the
-/// Concourse build recorded.
+/// with what is allowed, writing nothing.
 fn an_approval_stage_waits_for_a_human(w: World) {
-    let w = w.with(json!({"retry": {"backoff": "1s", "factor": 1,
-        "states": {"15": {"approval": true, "max_attempts": 3}}}}));
+    let (w, out) = awaiting_approval_at_15(w);
     let gate15 = || w.check_with(json!({"gate": {"state": 15}}));
     let asks = || w.check_with(json!({"gate": {"status": "awaiting_approval"}}));
-    walk_to(&w, 10);
-    let out = w.put(json!({"complete": 10})).build("green-image", 7).ok();
-    assert_eq!(state(&out), ("15".into(), "awaiting_approval".into()));
     assert_eq!(gate15().ok(), json!([]), "the stage's gate is shut");
     assert_eq!(
         asks().ok(),
@@ -75,6 +68,27 @@ fn an_approval_stage_waits_for_a_human(w: World) {
         "{err}"
     );
     assert_eq!(w.raw("state.json"), before, "nothing written");
+}
+
+/// A build whose stage 15 (an approval stage) waits for a human; the put
+/// that took it there.
+fn awaiting_approval_at_15(w: World) -> (World, Value) {
+    let w = w.with(json!({"retry": {"backoff": "1s", "factor": 1,
+        "states": {"15": {"approval": true, "max_attempts": 3}}}}));
+    walk_to(&w, 10);
+    let out = w.put(json!({"complete": 10})).build("green-image", 7).ok();
+    assert_eq!(state(&out), ("15".into(), "awaiting_approval".into()));
+    (w, out)
+}
+
+/// And then the approval: the CLI's is recorded with who and why and opens
+/// the stage's gate; a failure after it retries without a new one; a
+/// human's retry asks again, and a put approves with the Concourse build
+/// recorded.
+fn an_approval_opens_its_stage(w: World) {
+    let (w, _) = awaiting_approval_at_15(w);
+    let gate15 = || w.check_with(json!({"gate": {"state": 15}}));
+    let asks = || w.check_with(json!({"gate": {"status": "awaiting_approval"}}));
     // The CLI's approval: recorded with who and why; the stage's gate opens.
     let said = w
         .cli(&[
@@ -285,6 +299,7 @@ fn heartbeats_keep_a_stage_alive(w: World) {
 
 crate::both_stores!(
     an_approval_stage_waits_for_a_human,
+    an_approval_opens_its_stage,
     heartbeats_keep_a_stage_alive
 );
 

@@ -12,10 +12,45 @@ fn build(w: &World, id: &str, actions: &[Value]) {
     }
 }
 
-/// Three finished builds (one with an archived run), one blocked, one in
-/// progress: prune never touches the live ones, a dry run changes nothing,
-/// `--older-than` keeps the recent, and `--archive-to` moves instead.
+/// Prune never touches the live ones: a dry run changes nothing, and
+/// `--older-than` keeps the recent.
 fn prune_removes_only_old_finished_builds(w: World) {
+    a_fleet_to_prune(&w);
+    let before = w.keys();
+    assert!(
+        before.iter().any(|k| k.ends_with("old-b/runs/1.json")),
+        "{before:?}"
+    );
+
+    let dry = w
+        .cli(&["prune", "--older-than", "0s", "--dry-run", "--json"])
+        .text();
+    let dry: Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(w.keys(), before, "a dry run changes nothing");
+    let action = |v: &Value, id: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["build_id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {v}"))["action"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(action(&dry, "old-a"), "would delete");
+    assert_eq!(action(&dry, "blocked"), "kept");
+    assert_eq!(action(&dry, "running"), "kept");
+
+    // Recent ones are kept.
+    let recent: Value =
+        serde_json::from_str(&w.cli(&["prune", "--older-than", "1h", "--json"]).text()).unwrap();
+    assert_eq!(action(&recent, "old-a"), "kept");
+    assert_eq!(w.keys(), before);
+}
+
+/// Three finished builds (one with an archived run), one blocked, one in
+/// progress.
+fn a_fleet_to_prune(w: &World) {
     let done = [json!({"init": true}), json!({"cancel": "superseded"})];
     build(&w, "old-a", &done);
     build(
@@ -47,37 +82,13 @@ fn prune_removes_only_old_finished_builds(w: World) {
             json!({"start": 5}),
         ],
     );
-    let before = w.keys();
-    assert!(
-        before.iter().any(|k| k.ends_with("old-b/runs/1.json")),
-        "{before:?}"
-    );
+}
 
-    let dry = w
-        .cli(&["prune", "--older-than", "0s", "--dry-run", "--json"])
-        .text();
-    let dry: Value = serde_json::from_str(&dry).unwrap();
-    assert_eq!(w.keys(), before, "a dry run changes nothing");
-    let action = |v: &Value, id: &str| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["build_id"] == id)
-            .unwrap_or_else(|| panic!("{id} missing: {v}"))["action"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(action(&dry, "old-a"), "would delete");
-    assert_eq!(action(&dry, "blocked"), "kept");
-    assert_eq!(action(&dry, "running"), "kept");
-
-    // Recent ones are kept.
-    let recent: Value =
-        serde_json::from_str(&w.cli(&["prune", "--older-than", "1h", "--json"]).text()).unwrap();
-    assert_eq!(action(&recent, "old-a"), "kept");
-    assert_eq!(w.keys(), before);
-
+/// And then a prune for real: `--archive-to` moves one prefix aside (the
+/// archived run with it), the rest of the old finished builds are deleted,
+/// the live ones carry on.
+fn prune_archives_or_deletes_and_the_live_carry_on(w: World) {
+    a_fleet_to_prune(&w);
     // Move one prefix aside, delete the rest.
     let moved = format!("{}moved/", w.prefix.trim_end_matches('/'));
     let table = w
@@ -376,6 +387,7 @@ fn prune_racing_restarts_strands_no_build(w: World) {
 
 crate::both_stores!(
     prune_removes_only_old_finished_builds,
+    prune_archives_or_deletes_and_the_live_carry_on,
     prune_racing_restarts_strands_no_build,
     restore_needs_versioning
 );
