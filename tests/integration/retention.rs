@@ -52,9 +52,9 @@ fn prune_removes_only_old_finished_builds(w: World) {
 /// progress.
 fn a_fleet_to_prune(w: &World) {
     let done = [json!({"init": true}), json!({"cancel": "superseded"})];
-    build(&w, "old-a", &done);
+    build(w, "old-a", &done);
     build(
-        &w,
+        w,
         "old-b",
         &[
             json!({"init": true}),
@@ -63,9 +63,9 @@ fn a_fleet_to_prune(w: &World) {
             json!({"cancel": "second run"}),
         ],
     );
-    build(&w, "old-c", &done);
+    build(w, "old-c", &done);
     build(
-        &w,
+        w,
         "blocked",
         &[
             json!({"init": true}),
@@ -74,7 +74,7 @@ fn a_fleet_to_prune(w: &World) {
         ],
     );
     build(
-        &w,
+        w,
         "running",
         &[
             json!({"init": true}),
