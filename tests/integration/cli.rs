@@ -875,34 +875,9 @@ fn create_old_db(
 
 /// The old scripts' SQLite database becomes documents: a dry run plans,
 /// the import writes each build with its history (bridged with a recorded
-/// `set` where it starts late), never over a document without `--force`,
-/// which archives the old run.
+/// `set` where it starts late).
 fn import_sqlite(w: World) {
-    let db = w.tmp.path().join("state.db");
-    create_old_db(
-        &db,
-        &[("rhel8-web", 15, "running"), ("rhel9-db", 10, "failed")],
-        &[
-            ("rhel8-web", 0, "2026-11-01 08:01:00", "completed", None),
-            (
-                "rhel8-web",
-                5,
-                "2026-11-01 08:20:00",
-                "failed",
-                Some("packer: ssh timeout"),
-            ),
-            ("rhel8-web", 5, "2026-11-01 08:40:00", "completed", None),
-            ("rhel8-web", 10, "2026-11-01 08:50:00", "completed", None),
-            ("rhel9-db", 5, "2026-11-01 08:10:00", "completed", None),
-            (
-                "rhel9-db",
-                10,
-                "2026-11-01 08:30:00",
-                "failed",
-                Some("ansible: unreachable"),
-            ),
-        ],
-    );
+    let db = old_database(&w);
     let dbs = db.to_str().unwrap();
     let before = w.keys();
     let plan = w.cli(&["import-sqlite", dbs, "--dry-run"]).text();
@@ -947,7 +922,46 @@ fn import_sqlite(w: World) {
         (Some(10), Some("failed"), Some(1))
     );
     assert_eq!(other["history"][1]["action"], "set");
+}
 
+/// The old scripts' database: two builds, rhel8-web at 15 after a retried
+/// kickstart, rhel9-db failed at 10 with a history that starts at 5.
+fn old_database(w: &World) -> std::path::PathBuf {
+    let db = w.tmp.path().join("state.db");
+    create_old_db(
+        &db,
+        &[("rhel8-web", 15, "running"), ("rhel9-db", 10, "failed")],
+        &[
+            ("rhel8-web", 0, "2026-11-01 08:01:00", "completed", None),
+            (
+                "rhel8-web",
+                5,
+                "2026-11-01 08:20:00",
+                "failed",
+                Some("packer: ssh timeout"),
+            ),
+            ("rhel8-web", 5, "2026-11-01 08:40:00", "completed", None),
+            ("rhel8-web", 10, "2026-11-01 08:50:00", "completed", None),
+            ("rhel9-db", 5, "2026-11-01 08:10:00", "completed", None),
+            (
+                "rhel9-db",
+                10,
+                "2026-11-01 08:30:00",
+                "failed",
+                Some("ansible: unreachable"),
+            ),
+        ],
+    );
+    db
+}
+
+/// And then an import over what it wrote: never without `--force`, which
+/// says what really failed (a corrupt document in the way) and archives
+/// the old run, revisions going on rising.
+fn import_sqlite_again_needs_force(w: World) {
+    let db = old_database(&w);
+    let dbs = db.to_str().unwrap();
+    w.cli(&["import-sqlite", dbs]).text();
     // Never overwritten without --force.
     let stored = w.raw("state.json");
     let again = w.cli(&["import-sqlite", dbs]).run();
@@ -1079,9 +1093,8 @@ pub(crate) fn serve(
     (server, stderr, addr)
 }
 
-/// `serve`: the fleet's JSON API, /metrics and a dashboard that a real
-/// browser renders from the API and that follows changes; read only;
-/// SIGTERM stops it cleanly.
+/// `serve`: the fleet's JSON API and /metrics; read only; SIGTERM stops
+/// it cleanly.
 fn serve_dashboard(w: World) {
     small_fleet(&w, "<img src=x onerror=alert(1)> license expired");
     let keys_before = w.keys();
@@ -1144,6 +1157,28 @@ fn serve_dashboard(w: World) {
     let (status, _) = http(&addr, "GET", "/nothing-here");
     assert_eq!(status, 404);
 
+    assert_eq!(
+        w.keys().len(),
+        keys_before.len(),
+        "serving wrote nothing to the store"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = server.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "exit {status:?}: {rest}");
+    assert!(rest.contains("build-state: stopped"), "{rest}");
+}
+
+/// And then the dashboard in a real browser: it renders the API's answer
+/// (text from the store as text, never markup) and follows a change in
+/// the store on its next refresh.
+fn serve_dashboard_in_a_browser(w: World) {
+    small_fleet(&w, "<img src=x onerror=alert(1)> license expired");
+    let (mut server, _stderr, addr) = serve(&w, &["--listen", "127.0.0.1:0"]);
     let profile = w.tmp.path().join("chromium-profile");
     if crate::util::chromium(&profile).is_some() {
         let dom = |url: &str| {
@@ -1186,21 +1221,7 @@ fn serve_dashboard(w: World) {
     } else {
         eprintln!("SKIPPED the browser check: no chromium");
     }
-
-    assert_eq!(
-        w.keys().len(),
-        keys_before.len(),
-        "serving wrote nothing to the store"
-    );
-    std::process::Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    let status = server.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    assert!(status.success(), "exit {status:?}: {rest}");
-    assert!(rest.contains("build-state: stopped"), "{rest}");
+    let _ = server.kill();
 }
 
 /// Sends raw bytes as one request; the status line's code and the head.
@@ -1314,9 +1335,11 @@ crate::both_stores!(
     doctor_probes_conditional_writes,
     resource_programs_as_subcommands,
     import_sqlite,
+    import_sqlite_again_needs_force,
     import_sqlite_refuses_bad_databases,
     report_renders_in_a_browser,
     serve_dashboard,
+    serve_dashboard_in_a_browser,
     serve_is_concurrent_and_strict,
     a_key_of_its_own_for_heartbeats,
 );

@@ -166,9 +166,7 @@ fn an_approval_opens_its_stage(w: World) {
 
 /// Heartbeats (every half second here: each takes a process or two more)
 /// keep a stage with `heartbeat_timeout: 2s` alive for 5 s, past it;
-/// once they stop, the gate passes within 3 s and the next start records
-/// the dead attempt; heartbeats add no version; a zombie's is refused and
-/// changes nothing.
+/// heartbeats add no version and no revision; `show` says whose.
 fn heartbeats_keep_a_stage_alive(w: World) {
     let w =
         w.with(json!({"retry": {"states": {"5": {"heartbeat_timeout": "2s", "max_attempts": 3}}}}));
@@ -224,6 +222,26 @@ fn heartbeats_keep_a_stage_alive(w: World) {
         show.contains("s ago) by main/staged-image-build/kickstart #21"),
         "{show}"
     );
+}
+
+/// Stage 5 in progress, started by Concourse build 21, whose heartbeat
+/// was taken; the start's reply.
+fn beating_at_5(w: World) -> (World, Value) {
+    let w =
+        w.with(json!({"retry": {"states": {"5": {"heartbeat_timeout": "2s", "max_attempts": 3}}}}));
+    walk_to(&w, 5);
+    let started = w.put(json!({"start": 5})).build("kickstart", 21).ok();
+    w.put(json!({"heartbeat": 5})).build("kickstart", 21).ok();
+    (w, started)
+}
+
+/// And then the zombies: another attempt's, another run's, another
+/// Concourse build's heartbeats are refused, changing nothing; once the
+/// heartbeats stop, the gate passes, and the next start records the dead
+/// attempt naming its last heartbeat, after which its worker is a zombie.
+fn zombie_heartbeats_are_refused_and_a_silent_stage_dies(w: World) {
+    let (w, started) = beating_at_5(w);
+    let gate5 = || w.check_with(json!({"gate": {"state": 5}}));
     // Zombies: another attempt, another run, another Concourse build.
     let kept = w.raw("heartbeat.json");
     let err = w
@@ -300,7 +318,8 @@ fn heartbeats_keep_a_stage_alive(w: World) {
 crate::both_stores!(
     an_approval_stage_waits_for_a_human,
     an_approval_opens_its_stage,
-    heartbeats_keep_a_stage_alive
+    heartbeats_keep_a_stage_alive,
+    zombie_heartbeats_are_refused_and_a_silent_stage_dies,
 );
 
 /// An imported build that sat at 15 for 11 days: its document, written
@@ -343,6 +362,49 @@ fn imported_eleven_days_ago(w: &World) {
         &format!("{}imported/state.json", w.prefix),
         &doc.unwrap().to_bytes(),
     );
+}
+
+/// The dashboard at 1100 px, in a screenshot (its path in the test
+/// output): the panel's colours are there (the purple of an approval, the
+/// red of a blocked build), and no text reaches the window's right edge
+/// (the long error wraps).
+fn screenshot_shows_the_panel(profile: &std::path::Path, addr: &str) {
+    let shot =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-needs-a-human.png");
+    let _ = std::fs::remove_file(&shot);
+    let took = crate::util::chromium(profile)
+        .unwrap()
+        .args(["--virtual-time-budget=4000", "--window-size=1100,1000"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("http://{addr}/"))
+        .output()
+        .unwrap();
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&took.stderr)
+    );
+    println!("screenshot of the dashboard: {}", shot.display());
+    let pixels = crate::cli::rgb_pixels(&shot);
+    let purple = pixels
+        .iter()
+        .filter(|p| p[0] > 120 && p[0] < 160 && p[1] < 90 && p[2] > 150)
+        .count();
+    let red = pixels
+        .iter()
+        .filter(|p| p[0] > 190 && p[1] < 90 && p[2] < 90)
+        .count();
+    assert!(
+        purple > 100 && red > 300,
+        "the panel did not render (purple {purple}, red {red})"
+    );
+    // Nothing runs off the right edge: the long error wraps.
+    let width = 1100;
+    let rows = pixels.len() / width;
+    let right_edge_ink = (0..rows)
+        .filter(|y| pixels[y * width + width - 3][..3].iter().any(|&c| c < 180))
+        .count();
+    assert_eq!(right_edge_ink, 0, "text reaches the window's right edge");
 }
 
 /// A fleet where four builds need a human, each for another reason: one
@@ -489,42 +551,7 @@ fn the_dashboard_shows_who_needs_a_human(w: World) {
             !page.contains("data-state=\"95\""),
             "an empty stage folds away"
         );
-        let shot =
-            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-needs-a-human.png");
-        let _ = std::fs::remove_file(&shot);
-        let took = crate::util::chromium(&profile)
-            .unwrap()
-            .args(["--virtual-time-budget=4000", "--window-size=1100,1000"])
-            .arg(format!("--screenshot={}", shot.display()))
-            .arg(format!("http://{addr}/"))
-            .output()
-            .unwrap();
-        assert!(
-            shot.exists(),
-            "no screenshot: {}",
-            String::from_utf8_lossy(&took.stderr)
-        );
-        println!("screenshot of the dashboard: {}", shot.display());
-        let pixels = crate::cli::rgb_pixels(&shot);
-        let purple = pixels
-            .iter()
-            .filter(|p| p[0] > 120 && p[0] < 160 && p[1] < 90 && p[2] > 150)
-            .count();
-        let red = pixels
-            .iter()
-            .filter(|p| p[0] > 190 && p[1] < 90 && p[2] < 90)
-            .count();
-        assert!(
-            purple > 100 && red > 300,
-            "the panel did not render (purple {purple}, red {red})"
-        );
-        // Nothing runs off the right edge: the long error wraps.
-        let width = 1100;
-        let rows = pixels.len() / width;
-        let right_edge_ink = (0..rows)
-            .filter(|y| pixels[y * width + width - 3][..3].iter().any(|&c| c < 180))
-            .count();
-        assert_eq!(right_edge_ink, 0, "text reaches the window's right edge");
+        screenshot_shows_the_panel(&profile, &addr);
     }
     let _ = server.kill();
 }

@@ -198,6 +198,10 @@ fn per_state_retry_policy(w: World) {
     assert_eq!(state(&out), ("5", "blocked"));
 }
 
+/// `finish` by `BUILD_STATUS`: none is an error that writes nothing;
+/// `succeeded` completes, `failed` fails with the error file, `errored`
+/// fails naming the build when the task never wrote its error file, and a
+/// success needs no error file.
 fn finish_follows_the_build_status(w: World) {
     // Retries due at once: each build below starts its own attempt first
     // (a failure counts only for the attempt its build started).
@@ -285,7 +289,18 @@ fn finish_follows_the_build_status(w: World) {
         .env("BUILD_STATUS", "succeeded")
         .ok();
     assert_eq!(state(&out), ("10", "pending"));
+}
 
+/// And then, at stage 10: a failing task that wrote no vars still records
+/// its failure; `aborted` blocks the stage for a human; Concourse's docs'
+/// spellings `failure` and `success` do what `failed` and `succeeded` do.
+fn finish_follows_every_spelling_of_the_build_status(w: World) {
+    let w = w.with(json!({"retry": {"backoff": "0s", "max_attempts": 10}}));
+    let start = |id: u32, n: u32| {
+        w.put(json!({"start": n})).build("j", id).ok();
+    };
+    crate::policies::walk_to(&w, 10);
+    w.write_file("out/error.txt", "  ansible: role 'hardening' failed\n");
     // A failing task may not have written its vars: the failure still lands.
     start(7, 10);
     let out = w
@@ -557,6 +572,7 @@ crate::both_stores!(
     persistent_failures_block_at_once,
     per_state_retry_policy,
     finish_follows_the_build_status,
+    finish_follows_every_spelling_of_the_build_status,
     records_the_build_url_and_creator,
     a_replayed_put_is_a_no_op,
     restart_archives_the_run,
