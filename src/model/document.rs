@@ -274,6 +274,18 @@ impl Document {
         out
     }
 
+    /// This build's run with `history` (this history and what an update
+    /// adds), its summary folded again.
+    pub(crate) fn continued(&self, history: Vec<Event>, ladder: &Ladder) -> Document {
+        Document::from_history(
+            &self.build_id,
+            self.run,
+            self.labels.clone(),
+            history,
+            ladder,
+        )
+    }
+
     /// Builds a document whose summary is the fold of `history` (which must
     /// not be empty).
     pub(crate) fn from_history(

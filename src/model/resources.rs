@@ -356,7 +356,13 @@ fn decide(rs: &[Resource], e: &mut Event, asked: Option<&ResourceChange>) {
     let adopt = asked.map(|a| a.adopt.as_slice()).unwrap_or_default();
     match e.action {
         ActionKind::Start => {
-            for r in rs.iter().filter(open).filter(|r| r.stage == code) {
+            // This run's resources of the stage: what an earlier run left
+            // is no retry's to adopt.
+            for r in rs
+                .iter()
+                .filter(open)
+                .filter(|r| r.stage == code && r.run.is_none())
+            {
                 if adopt.contains(&r.name) {
                     out.adopted.push(r.id.clone());
                 } else if r.holding == Holding::Live {

@@ -241,13 +241,7 @@ fn settle(
     let rebuild = |doc: &mut Document, new: usize| -> Result<(), Refusal> {
         let mut history = std::mem::take(&mut doc.history);
         resources::settle(&mut history, new, change)?;
-        *doc = Document::from_history(
-            &doc.build_id,
-            doc.run,
-            doc.labels.clone(),
-            history,
-            rules.ladder,
-        );
+        *doc = doc.continued(history, rules.ladder);
         Ok(())
     };
     let new = current.map_or(0, |d| d.history.len());
@@ -310,13 +304,7 @@ fn resources_alone(
     if last.resources.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Document::from_history(
-        &doc.build_id,
-        doc.run,
-        doc.labels.clone(),
-        history,
-        rules.ladder,
-    )))
+    Ok(Some(doc.continued(history, rules.ladder)))
 }
 
 /// An event that records resources only: the build stays where it is.
@@ -465,25 +453,13 @@ fn decide(current: Option<&Document>, update: &Update, rules: &Rules) -> Result<
     e.error = error;
     let mut history = doc.history.clone();
     history.push(e);
-    Ok(Outcome::Write(Document::from_history(
-        &doc.build_id,
-        doc.run,
-        doc.labels.clone(),
-        history,
-        rules.ladder,
-    )))
+    Ok(Outcome::Write(doc.continued(history, rules.ladder)))
 }
 /// An event that records resources alone (what they are is [`settle`]'s).
 fn record(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
     let mut history = doc.history.clone();
     history.push(record_event(doc, update));
-    Outcome::Write(Document::from_history(
-        &doc.build_id,
-        doc.run,
-        doc.labels.clone(),
-        history,
-        rules.ladder,
-    ))
+    Outcome::Write(doc.continued(history, rules.ladder))
 }
 
 /// The first document of a build: only `init` (or `restart`) creates it.
@@ -800,13 +776,7 @@ pub fn clock(
         let new = history.len() - 1;
         resources::settle(&mut history, new, &ResourceChange::default())
             .expect("leaking adds no resource");
-        return Outcome::Write(Document::from_history(
-            &doc.build_id,
-            doc.run,
-            doc.labels.clone(),
-            history,
-            rules.ladder,
-        ));
+        return Outcome::Write(doc.continued(history, rules.ladder));
     }
     let n = doc.state;
     let mut update = Update::new(
@@ -846,13 +816,7 @@ fn defer(doc: &Document, update: &Update, rules: &Rules, n: Code) -> Outcome {
     ));
     let mut history = doc.history.clone();
     history.push(e);
-    Outcome::Write(Document::from_history(
-        &doc.build_id,
-        doc.run,
-        doc.labels.clone(),
-        history,
-        rules.ladder,
-    ))
+    Outcome::Write(doc.continued(history, rules.ladder))
 }
 
 fn restart_run(doc: &Document, update: &Update, rules: &Rules) -> Outcome {
@@ -976,13 +940,7 @@ fn dead_attempt(
             attempts + 1,
         ));
     }
-    let document = Document::from_history(
-        &doc.build_id,
-        doc.run,
-        doc.labels.clone(),
-        history,
-        rules.ladder,
-    );
+    let document = doc.continued(history, rules.ladder);
     if blocked && then_start {
         let refusal = Refusal::Invalid(format!(
             "{}; its attempt {attempts} timed out and was the last (max_attempts {}): recorded as blocked, so start {n} does not go on; a human decides (retry {n})",

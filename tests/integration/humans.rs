@@ -519,16 +519,7 @@ fn the_dashboard_shows_who_needs_a_human(w: World) {
     );
 
     let profile = w.tmp.path().join("chromium-profile");
-    if crate::util::chromium(&profile).is_none() {
-        crate::util::missing_tool("chromium", "the dashboard's panel of who needs a human");
-    } else {
-        let out = crate::util::chromium(&profile)
-            .unwrap()
-            .args(["--virtual-time-budget=4000", "--dump-dom"])
-            .arg(format!("http://{addr}/"))
-            .output()
-            .unwrap();
-        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+    if let Some(page) = crate::util::rendered(&profile, &format!("http://{addr}/")) {
         let at = |s: &str| page.find(s).unwrap_or_else(|| panic!("{s:?} in:\n{page}"));
         assert!(
             at("Needs a human (4)") < at("<h2>Builds</h2>"),

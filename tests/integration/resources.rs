@@ -274,16 +274,7 @@ fn the_dashboard_shows_what_is_left_behind() {
     assert_eq!(left.len(), 3, "{body}");
     assert_eq!(left[0]["id"], "sg-3", "the leaked first");
     let profile = w.tmp.path().join("chromium-profile");
-    if crate::util::chromium(&profile).is_none() {
-        crate::util::missing_tool("chromium", "the dashboard's panel of what is left behind");
-    } else {
-        let out = crate::util::chromium(&profile)
-            .unwrap()
-            .args(["--virtual-time-budget=4000", "--dump-dom"])
-            .arg(format!("http://{addr}/"))
-            .output()
-            .unwrap();
-        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+    if let Some(page) = crate::util::rendered(&profile, &format!("http://{addr}/")) {
         let at = |s: &str| page.find(s).unwrap_or_else(|| panic!("{s:?} in:\n{page}"));
         assert!(
             at("Left behind (3)") < at("<h2>Builds</h2>"),

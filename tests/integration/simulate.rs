@@ -598,6 +598,41 @@ impl Processes {
         out
     }
 
+    /// `build-state COMMAND BUILD_ID N ARGS... --run R --attempt A` on
+    /// `resource`'s source, as a task's script runs it for `claim`'s
+    /// attempt: what it printed, or why it was refused.
+    fn for_attempt(
+        &self,
+        resource: &Resource,
+        command: &str,
+        claim: &build_state::model::Claim,
+        extra: Vec<String>,
+    ) -> Result<String, StepError> {
+        let file = self.dir(command).join("source.json");
+        std::fs::write(&file, resource.source.to_string()).unwrap();
+        let mut args = vec![
+            command.to_string(),
+            resource.source["build_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            claim.state.to_string(),
+        ];
+        args.extend(extra);
+        if let Some(r) = claim.run {
+            args.extend(["--run".into(), r.to_string()]);
+        }
+        if let Some(a) = claim.attempt {
+            args.extend(["--attempt".into(), a.to_string()]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.w.bare_cli(&argv).arg("--source").arg(&file).run();
+        if out.code != Some(0) {
+            return Err(said(&out));
+        }
+        Ok(out.stdout.trim().to_string())
+    }
+
     fn stubs(dir: &Path) {
         for (path, key) in [
             ("packer/kickstart.sh", "kickstart"),
@@ -782,29 +817,8 @@ impl Steps for Processes {
         claim: build_state::model::Claim,
         resources: BTreeMap<String, String>,
     ) -> Result<String, StepError> {
-        let file = self.dir("created").join("source.json");
-        std::fs::write(&file, resource.source.to_string()).unwrap();
-        let mut args = vec![
-            "created".to_string(),
-            resource.source["build_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            claim.state.to_string(),
-        ];
-        args.extend(resources.iter().map(|(n, i)| format!("{n}={i}")));
-        if let Some(r) = claim.run {
-            args.extend(["--run".into(), r.to_string()]);
-        }
-        if let Some(a) = claim.attempt {
-            args.extend(["--attempt".into(), a.to_string()]);
-        }
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.w.bare_cli(&argv).arg("--source").arg(&file).run();
-        if out.code != Some(0) {
-            return Err(said(&out));
-        }
-        Ok(out.stdout.trim().to_string())
+        let pairs = resources.iter().map(|(n, i)| format!("{n}={i}")).collect();
+        self.for_attempt(resource, "created", &claim, pairs)
     }
 
     /// The CLI's heartbeat, as the task's script runs it.
@@ -813,28 +827,7 @@ impl Steps for Processes {
         resource: &Resource,
         claim: build_state::model::Claim,
     ) -> Result<String, StepError> {
-        let file = self.dir("beat").join("source.json");
-        std::fs::write(&file, resource.source.to_string()).unwrap();
-        let mut args = vec![
-            "heartbeat".to_string(),
-            resource.source["build_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            claim.state.to_string(),
-        ];
-        if let Some(r) = claim.run {
-            args.extend(["--run".into(), r.to_string()]);
-        }
-        if let Some(a) = claim.attempt {
-            args.extend(["--attempt".into(), a.to_string()]);
-        }
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.w.bare_cli(&argv).arg("--source").arg(&file).run();
-        if out.code != Some(0) {
-            return Err(said(&out));
-        }
-        Ok(out.stdout.trim().to_string())
+        self.for_attempt(resource, "heartbeat", &claim, Vec::new())
     }
 
     async fn task(

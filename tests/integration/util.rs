@@ -851,6 +851,19 @@ pub(crate) fn promtool(check: &str) -> Option<PathBuf> {
     None
 }
 
+/// The DOM of the page at `url` once headless Chromium rendered it (4 s of
+/// virtual time for its scripts), or `None` when Chromium is missing and
+/// the opt-out names it.
+#[track_caller]
+pub(crate) fn rendered(profile: &Path, url: &str) -> Option<String> {
+    let out = chromium(profile)?
+        .args(["--virtual-time-budget=4000", "--dump-dom"])
+        .arg(url)
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A headless Chromium with its profile in `profile` (`scripts/test` and
 /// `.ci/run` install Debian's), or `None` when it is missing and the
 /// opt-out names it.

@@ -176,37 +176,32 @@ fn summarize(p: &Pipeline, played: &Played) -> PlaySummary {
     }
 }
 
-/// The cleanup jobs: triggered by a build-state gate `{leaked: true}`:
-/// they delete what attempts left behind, so they run whenever a fault
-/// made an attempt fail (they are no stage).
-pub(super) fn cleanup_jobs(p: &Pipeline) -> Vec<&str> {
+/// The jobs a build-state gate whose `gate` block `opens` triggers.
+fn jobs_on_gate(p: &Pipeline, opens: impl Fn(&serde_json::Value) -> bool) -> Vec<&str> {
     p.jobs
         .iter()
         .filter(|j| {
             j.gets().iter().any(|g| {
                 g.trigger
                     && p.resource(&g.resource)
-                        .is_some_and(|r| r.build_state && r.source["gate"]["leaked"] == true)
+                        .is_some_and(|r| r.build_state && opens(&r.source["gate"]))
             })
         })
         .map(|j| j.name.as_str())
         .collect()
 }
 
+/// The cleanup jobs: triggered by a build-state gate `{leaked: true}`:
+/// they delete what attempts left behind, so they run whenever a fault
+/// made an attempt fail (they are no stage).
+pub(super) fn cleanup_jobs(p: &Pipeline) -> Vec<&str> {
+    jobs_on_gate(p, |gate| gate["leaked"] == true)
+}
+
 /// The alert jobs: triggered by a build-state gate on a status (blocked,
 /// awaiting approval): they tell a human.
 pub(super) fn alert_jobs(p: &Pipeline) -> Vec<&str> {
-    p.jobs
-        .iter()
-        .filter(|j| {
-            j.gets().iter().any(|g| {
-                g.trigger
-                    && p.resource(&g.resource)
-                        .is_some_and(|r| r.build_state && r.source["gate"].get("status").is_some())
-            })
-        })
-        .map(|j| j.name.as_str())
-        .collect()
+    jobs_on_gate(p, |gate| gate.get("status").is_some())
 }
 
 fn expectations(p: &Pipeline, s: &Scenario, played: &Played, summary: &PlaySummary) -> Vec<String> {

@@ -53,6 +53,11 @@ impl World {
 
     pub(super) fn try_do(&mut self, action: Action) -> Result<Outcome, Refusal> {
         let u = self.update(action);
+        self.apply_update(u)
+    }
+
+    /// Applies `u` to the world's document, keeping what it writes.
+    pub(super) fn apply_update(&mut self, u: Update) -> Result<Outcome, Refusal> {
         let out = apply(self.doc.as_ref(), &u, &self.rules())?;
         match &out {
             Outcome::Write(d) => self.doc = Some(d.clone()),

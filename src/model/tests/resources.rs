@@ -14,19 +14,6 @@ impl World {
         self.apply_update(u)
     }
 
-    fn apply_update(&mut self, u: Update) -> Result<Outcome, Refusal> {
-        let out = apply(self.doc.as_ref(), &u, &self.rules())?;
-        match &out {
-            Outcome::Write(d) => self.doc = Some(d.clone()),
-            Outcome::Restart { document, .. } | Outcome::WriteAndRefuse { document, .. } => {
-                self.doc = Some(document.clone())
-            }
-            Outcome::Unchanged | Outcome::Ignored(_) => {}
-        }
-        assert_eq!(self.doc().verify(&self.ladder), Ok(()));
-        Ok(out)
-    }
-
     /// Where resource `id` stands.
     fn holding(&self, id: &str) -> Holding {
         self.doc()
@@ -254,6 +241,38 @@ fn a_restart_turns_live_resources_into_leaked_ones() {
     let r = &w.doc().resources[0];
     assert_eq!((r.holding, r.run), (Holding::Leaked, Some(1)));
     assert!(r.why.as_deref().unwrap().contains("left by run 1"));
+}
+
+/// Found by the property test: a held resource carried into a new run is
+/// no retry's to adopt there; it stays held.
+#[test]
+fn an_earlier_runs_resource_is_not_adopted() {
+    let mut w = World::new();
+    w.retry.default = stage(3, None, None);
+    at(&mut w, 5);
+    w.ok(Action::Start(5));
+    record(&mut w, &[("builder", "i-1")]).unwrap();
+    w.with(
+        fail(5, "boom"),
+        ResourceChange {
+            hold: Some(std::time::Duration::from_secs(3600)),
+            ..ResourceChange::default()
+        },
+    )
+    .unwrap();
+    w.ok(Action::Restart);
+    w.ok(Action::Complete(0));
+    w.with(
+        Action::Start(5),
+        ResourceChange {
+            adopt: vec!["builder".into()],
+            ..ResourceChange::default()
+        },
+    )
+    .unwrap();
+    let r = &w.doc().resources[0];
+    assert_eq!((r.holding, r.run), (Holding::Held, Some(1)));
+    assert!(w.doc().last_event().resources.adopted.is_empty());
 }
 
 #[test]
