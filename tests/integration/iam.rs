@@ -174,6 +174,8 @@ fn the_cleanup_policy_is_what_the_cleanup_task_calls() {
             ("aws ec2 terminate-instances", "ec2:TerminateInstances"),
             ("aws ec2 delete-volume", "ec2:DeleteVolume"),
             ("aws ec2 delete-security-group", "ec2:DeleteSecurityGroup"),
+            ("aws ec2 delete-snapshot", "ec2:DeleteSnapshot"),
+            ("aws ec2 deregister-image", "ec2:DeregisterImage"),
         ] {
             if task.contains(command) {
                 called.insert(permission.to_string());
