@@ -226,13 +226,7 @@ impl Document {
             policy: None,
             resources,
         });
-        Document::from_history(
-            &self.build_id,
-            self.run,
-            self.labels.clone(),
-            history,
-            ladder,
-        )
+        self.continued(history, ladder)
     }
 
     /// What a restore of this document over `newest` (the newest stored
@@ -391,13 +385,7 @@ impl Document {
             return Some(self.clone());
         }
         let idx = self.history.iter().position(|e| e.revision == revision)?;
-        let mut doc = Document::from_history(
-            &self.build_id,
-            self.run,
-            self.labels.clone(),
-            self.history[..=idx].to_vec(),
-            ladder,
-        );
+        let mut doc = self.continued(self.history[..=idx].to_vec(), ladder);
         if doc.state_name.is_empty() {
             doc.state_name = self.state_name.clone();
         }

@@ -186,6 +186,11 @@ fn bad_records_are_refused_and_write_nothing(w: World) {
         "{err}"
     );
     let err = w
+        .put(json!({"fail": 10, "error": "boom", "hold": "soon"}))
+        .build("green-image", 7)
+        .fails_with(1);
+    assert!(err.contains("params.hold: \"soon\""), "{err}");
+    let err = w
         .put(json!({"complete": 10, "adopt": ["green_instance"]}))
         .fails();
     assert!(
